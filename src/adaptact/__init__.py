@@ -1,0 +1,54 @@
+"""adaptact: attention-based and adaptive activation functions for PyTorch.
+
+    >>> import adaptact
+    >>> act = adaptact.create("acon_c", channels=64)
+    >>> adaptact.available("adaptive")
+    ['acon_a', 'acon_b', 'acon_c', 'aprelu', 'arelu', 'meta_acon_c']
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from . import functional
+from .nn import (
+    APL,
+    PAU,
+    SLAF,
+    AconA,
+    AconB,
+    AconC,
+    APReLU,
+    AReLU,
+    CReLU,
+    Maxout,
+    MetaAconC,
+    Mixture,
+    Swish,
+)
+from .registry import ActivationSpec, available, create, get, spec
+
+try:
+    __version__ = version("adaptact")
+except PackageNotFoundError:  # running from a source tree
+    __version__ = "0.0.0+src"
+
+__all__ = [
+    "APL",
+    "PAU",
+    "SLAF",
+    "APReLU",
+    "AReLU",
+    "ActivationSpec",
+    "AconA",
+    "AconB",
+    "AconC",
+    "CReLU",
+    "Maxout",
+    "MetaAconC",
+    "Mixture",
+    "Swish",
+    "available",
+    "create",
+    "functional",
+    "get",
+    "spec",
+]

@@ -1,0 +1,171 @@
+"""The reference maths of adaptact: one pure function per activation, plain torch ops.
+
+Every module and every fast path in ``adaptact.ops`` must equal these functions.
+
+Parameter shapes. Inputs are (N, C, *) with channels on dim 1. A parameter may be
+
+* a scalar (0-d or shape (1,)): shared by the whole tensor;
+* per channel, shape (C,): broadcast on dim 1;
+* per sample and channel, shape (N, C) (or (N, 1), one value per sample);
+* already broadcastable against ``x`` (ndim == x.ndim), e.g. Meta-ACON's pixel-wise beta.
+
+Parameters are cast to the input's dtype, so a float32 module applied to bfloat16
+activations returns bfloat16 (gradients still reach the float32 parameters).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "channel_view",
+    "spatial_mean",
+    "arelu",
+    "acon_a",
+    "acon_b",
+    "acon_c",
+    "meta_acon_c",
+    "aprelu",
+    "swish",
+    "crelu",
+    "apl",
+    "mixture",
+    "slaf",
+    "pau",
+    "maxout",
+]
+
+
+def channel_view(t: Tensor, x: Tensor) -> Tensor:
+    """View ``t`` (scalar, (C,), (N, C) or x-shaped) so it broadcasts against ``x`` on dims 0/1."""
+    t = t.to(x.dtype)
+    if t.ndim == 1 and x.ndim > 2:
+        return t.reshape((-1,) + (1,) * (x.ndim - 2))
+    if t.ndim == 2 and x.ndim > 2:
+        return t.reshape(t.shape + (1,) * (x.ndim - 2))
+    return t
+
+
+def spatial_mean(x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """Global average pool of (N, C, *) over every dim after the channels: (N, C).
+
+    ``dtype`` sets the accumulation and result dtype (no full-size cast of ``x``).
+    """
+    if x.ndim <= 2:
+        return x if dtype is None else x.to(dtype)
+    return x.mean(dim=tuple(range(2, x.ndim)), dtype=dtype)
+
+
+def arelu(x: Tensor, alpha: Tensor, beta: Tensor) -> Tensor:
+    """AReLU (Chen et al. 2020, arXiv 2006.13858).
+
+    y = (1 + sigmoid(beta)) * relu(x) - clamp(alpha, 0.01, 0.99) * relu(-x)
+    """
+    gain = channel_view(1 + torch.sigmoid(beta), x)
+    slope = channel_view(alpha.clamp(0.01, 0.99), x)
+    return gain * F.relu(x) - slope * F.relu(-x)
+
+
+def acon_c(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> Tensor:
+    """ACON-C (Ma et al., CVPR 2021, arXiv 2009.04759): S_beta(p1 x, p2 x).
+
+    y = (p1 - p2) x * sigmoid(beta (p1 - p2) x) + p2 x
+    """
+    d = channel_view(p1 - p2, x) * x
+    return d * torch.sigmoid(channel_view(beta, x) * d) + channel_view(p2, x) * x
+
+
+def acon_b(x: Tensor, p: Tensor, beta: Tensor) -> Tensor:
+    """ACON-B: S_beta(x, p x) = (1 - p) x * sigmoid(beta (1 - p) x) + p x."""
+    return acon_c(x, torch.ones_like(p), p, beta)
+
+
+def acon_a(x: Tensor, beta: Tensor) -> Tensor:
+    """ACON-A: S_beta(x, 0) = x * sigmoid(beta x), Swish with a learnable beta."""
+    return x * torch.sigmoid(channel_view(beta, x) * x)
+
+
+def meta_acon_c(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> Tensor:
+    """Meta-ACON-C: ACON-C whose ``beta`` is generated from the input.
+
+    ``beta`` is (N, C) for the channel-wise generator, (N, 1) for the layer-wise one and
+    x-shaped for the pixel-wise one; the modules in ``adaptact.nn`` compute it.
+    """
+    return acon_c(x, p1, p2, beta)
+
+
+def aprelu(x: Tensor, alpha: Tensor) -> Tensor:
+    """APReLU (Zhao et al., IEEE TIE 2020): y = max(x, 0) + alpha * min(x, 0).
+
+    ``alpha`` is per sample: (N, C) in the paper, (N, 1) in the authors' Keras CIFAR code.
+    """
+    return F.relu(x) + channel_view(alpha, x) * torch.clamp(x, max=0)
+
+
+def swish(x: Tensor, beta: Tensor | float = 1.0) -> Tensor:
+    """Swish (Ramachandran et al. 2017, arXiv 1710.05941): x * sigmoid(beta x)."""
+    if not isinstance(beta, Tensor):
+        return x * torch.sigmoid(beta * x)
+    return acon_a(x, beta)
+
+
+def crelu(x: Tensor) -> Tensor:
+    """CReLU (Shang et al., ICML 2016): concat(relu(x), relu(-x)) on dim 1 (2C channels)."""
+    return torch.cat((F.relu(x), F.relu(-x)), dim=1)
+
+
+def apl(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """Adaptive piecewise linear unit (Agostinelli et al., ICLR-W 2015, arXiv 1412.6830).
+
+    y = relu(x) + sum_s a_s * relu(b_s - x); ``a`` and ``b`` have shape (S,) (shared).
+    """
+    hinge = F.relu(b.to(x.dtype).reshape((-1,) + (1,) * x.ndim) - x)
+    return F.relu(x) + (a.to(x.dtype).reshape((-1,) + (1,) * x.ndim) * hinge).sum(0)
+
+
+def mixture(x: Tensor, p: Tensor) -> Tensor:
+    """Mixture of identity and ReLU, as in the AReLU paper's code: y = p x + (1 - p) relu(x)."""
+    p = p.to(x.dtype)
+    return p * x + (1 - p) * F.relu(x)
+
+
+def slaf(x: Tensor, coeff: Tensor) -> Tensor:
+    """Self-learnable activation (Goyal et al. 2019, arXiv 1906.09529): y = sum_i c_i x^i.
+
+    Evaluated by Horner's rule; ``coeff`` is (K,), lowest degree first.
+    """
+    return _polyval(coeff.to(x.dtype), x)
+
+
+def _polyval(coeff: Tensor, x: Tensor) -> Tensor:
+    y = torch.zeros_like(x) + coeff[-1]
+    for i in range(coeff.shape[0] - 2, -1, -1):
+        y = y * x + coeff[i]
+    return y
+
+
+def pau(x: Tensor, numerator: Tensor, denominator: Tensor) -> Tensor:
+    """Safe Pade activation unit (Molina et al., ICLR 2020, arXiv 1907.06732).
+
+    y = (a_0 + a_1 x + ... + a_m x^m) / (1 + |b_1| |x| + ... + |b_n| |x|^n)
+
+    ``numerator`` is (m + 1,) = (a_0..a_m); ``denominator`` is (n,) = (b_1..b_n).
+    The denominator is >= 1, so the unit has no poles.
+    """
+    num = _polyval(numerator.to(x.dtype), x)
+    b = torch.cat((denominator.new_zeros(1), denominator.abs())).to(x.dtype)
+    den = 1 + _polyval(b, x.abs())
+    return num / den
+
+
+def maxout(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """Per-channel maxout of K affine pieces: y = max_k (w_ck x + b_ck).
+
+    ``weight`` and ``bias`` are (C, K). This is a maxout unit (Goodfellow et al., ICML 2013)
+    whose K input maps are per-channel affine functions of x, so the shape is preserved.
+    """
+    shape = (1, weight.shape[0]) + (1,) * (x.ndim - 2) + (weight.shape[1],)
+    pieces = x.unsqueeze(-1) * weight.to(x.dtype).reshape(shape) + bias.to(x.dtype).reshape(shape)
+    return pieces.amax(dim=-1)

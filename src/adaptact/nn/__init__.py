@@ -1,0 +1,27 @@
+"""torch.nn modules of adaptact's activations (torch.nn's own classes cover the rest)."""
+
+from .acon import AconA, AconB, AconC
+from .aprelu import APReLU
+from .arelu import AReLU
+from .base import ActivationModule
+from .classic import CReLU, Swish
+from .comparators import APL, SLAF, Maxout, Mixture
+from .meta_acon import MetaAconC
+from .rational import PAU
+
+__all__ = [
+    "APL",
+    "PAU",
+    "SLAF",
+    "APReLU",
+    "AReLU",
+    "ActivationModule",
+    "AconA",
+    "AconB",
+    "AconC",
+    "CReLU",
+    "Maxout",
+    "MetaAconC",
+    "Mixture",
+    "Swish",
+]

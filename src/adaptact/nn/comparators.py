@@ -1,0 +1,110 @@
+"""The learnable activations the AReLU paper compares against: APL, Mixture, SLAF, Maxout.
+
+APL, Mixture and SLAF follow the AReLU reference code (densechen/AReLU): a few scalars
+shared by the layer, with its initial values. PAU lives in ``rational.py``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .. import functional as AF
+from .acon import _channels
+from .base import ActivationModule, check_input
+
+__all__ = ["APL", "Mixture", "SLAF", "Maxout"]
+
+
+class APL(ActivationModule):
+    """Adaptive piecewise linear unit (Agostinelli et al., arXiv 1412.6830).
+
+    .. math:: y = \\mathrm{relu}(x) + \\sum_{s=1}^{S} a_s\\,\\mathrm{relu}(b_s - x)
+
+    ``S`` hinges with shared scalars, initialised a_s = 0.2, b_s = 0.5 as in the AReLU code.
+    """
+
+    def __init__(self, s: int = 1, a: float = 0.2, b: float = 0.5, inplace: bool = False) -> None:
+        super().__init__()
+        if isinstance(s, bool) or not isinstance(s, int) or s < 1:
+            raise ValueError(f"s (number of hinges) must be a positive int, got {s!r}")
+        self.a = nn.Parameter(torch.full((s,), float(a)))
+        self.b = nn.Parameter(torch.full((s,), float(b)))
+        self.inplace = inplace
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_input(self, x, None)
+        return AF.apl(x, self.a, self.b)
+
+    def extra_repr(self) -> str:
+        return f"s={self.a.numel()}"
+
+
+class Mixture(ActivationModule):
+    """Learnable mix of identity and ReLU, the AReLU paper's "Mixture".
+
+    .. math:: y = p\\,x + (1 - p)\\,\\mathrm{relu}(x)
+
+    One scalar ``p``, initialised to 0 (pure ReLU), as in the AReLU code.
+    """
+
+    def __init__(self, p: float = 0.0, inplace: bool = False) -> None:
+        super().__init__()
+        self.p = nn.Parameter(torch.tensor([float(p)]))
+        self.inplace = inplace
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_input(self, x, None)
+        return AF.mixture(x, self.p)
+
+
+class SLAF(ActivationModule):
+    """Self-learnable activation function (Goyal et al., arXiv 1906.09529).
+
+    .. math:: y = \\sum_{i=0}^{K-1} c_i x^i
+
+    ``K`` shared coefficients, all initialised to 1 (K = 2: y = 1 + x), as in the AReLU code.
+    """
+
+    def __init__(self, k: int = 2, inplace: bool = False) -> None:
+        super().__init__()
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k (number of coefficients) must be a positive int, got {k!r}")
+        self.coeff = nn.Parameter(torch.ones(k))
+        self.inplace = inplace
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_input(self, x, None)
+        return AF.slaf(x, self.coeff)
+
+    def extra_repr(self) -> str:
+        return f"k={self.coeff.numel()}"
+
+
+class Maxout(ActivationModule):
+    """Per-channel maxout of ``pieces`` affine maps (Goodfellow et al., ICML 2013).
+
+    .. math:: y_c = \\max_k (w_{ck} x_c + b_{ck})
+
+    A maxout unit takes the max over K linear maps of its input; here those maps are
+    per-channel affine functions of the activation's input, so the layer keeps the shape
+    (C in, C out) and drops into any network. (The AReLU code's channel-pooling Maxout with
+    its default pool_size=1 is the identity.) Initialised to ReLU: slopes evenly spaced in
+    [0, 1], biases 0. Weight and bias have shape (C, pieces).
+    """
+
+    def __init__(self, channels: int, pieces: int = 2, inplace: bool = False) -> None:
+        super().__init__()
+        if isinstance(pieces, bool) or not isinstance(pieces, int) or pieces < 2:
+            raise ValueError(f"pieces must be an int >= 2, got {pieces!r}")
+        self.channels = _channels(channels)
+        self.weight = nn.Parameter(torch.linspace(0.0, 1.0, pieces).repeat(channels, 1))
+        self.bias = nn.Parameter(torch.zeros(channels, pieces))
+        self.inplace = inplace
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_input(self, x, self.channels)
+        return AF.maxout(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, pieces={self.weight.shape[1]}"

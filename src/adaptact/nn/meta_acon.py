@@ -1,0 +1,87 @@
+"""Meta-ACON-C: ACON-C whose switching factor beta is generated from the input."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from .. import functional as AF
+from .acon import _channels
+from .base import ActivationModule, batch_norm, check_input
+
+__all__ = ["MetaAconC"]
+
+Granularity = Literal["channel", "layer", "pixel"]
+
+
+class MetaAconC(ActivationModule):
+    """Meta-ACON-C (Ma et al., "Activate or Not", CVPR 2021, arXiv 2009.04759).
+
+    .. math:: y = (p_1 - p_2) x\\,\\sigma(\\beta (p_1 - p_2) x) + p_2 x
+
+    with ``beta`` computed per sample from the input:
+
+    * ``granularity="channel"`` (the official design, nmaac/acon):
+      beta = sigmoid(bn2(fc2(bn1(fc1(GAP(x)))))), shape (N, C); fc1: C -> max(r, C // r),
+      fc2 back to C, both with bias, no non-linearity between.
+    * ``"layer"``: beta = sigmoid(mean of x over all but the batch dim), one per sample.
+    * ``"pixel"``: beta = sigmoid(x), elementwise.
+
+    ``fc1``/``fc2`` are ``nn.Linear`` applied to the pooled (N, C) statistics, which is the
+    official 1x1 ``Conv2d`` on a (N, C, 1, 1) tensor; the official state_dict (conv weights
+    (out, in, 1, 1), p1/p2 (1, C, 1, 1)) loads with plain ``load_state_dict``. Any rank from
+    (N, C) to (N, C, D, H, W) works.
+
+    Batch size 1 in training mode: the official BatchNorm raises. Here the generator's
+    BatchNorms normalise a single sample with their running statistics (as in eval mode)
+    and do not update them; batches of two or more use batch statistics as usual.
+
+    The generator runs in its parameters' dtype (pooling accumulates in it), and beta is cast
+    to the input dtype, so a float32 module works on bfloat16 activations.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        r: int = 16,
+        granularity: Granularity = "channel",
+        inplace: bool = False,
+    ) -> None:
+        super().__init__()
+        if granularity not in ("channel", "layer", "pixel"):
+            raise ValueError(
+                f"granularity must be 'channel', 'layer' or 'pixel', got {granularity!r}"
+            )
+        if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+            raise ValueError(f"r must be a positive int, got {r!r}")
+        self.channels = _channels(channels)
+        self.r = r
+        self.granularity = granularity
+        self.inplace = inplace
+        if granularity == "channel":
+            hidden = max(r, channels // r)
+            self.fc1 = nn.Linear(channels, hidden)
+            self.bn1 = nn.BatchNorm1d(hidden)
+            self.fc2 = nn.Linear(hidden, channels)
+            self.bn2 = nn.BatchNorm1d(channels)
+        self.p1 = nn.Parameter(torch.randn(channels))
+        self.p2 = nn.Parameter(torch.randn(channels))
+
+    def generate_beta(self, x: Tensor) -> Tensor:
+        """The switching factor for ``x``: (N, C), (N, 1) or x-shaped by granularity."""
+        if self.granularity == "pixel":
+            return torch.sigmoid(x)
+        if self.granularity == "layer":
+            return torch.sigmoid(x.mean(dim=tuple(range(1, x.ndim)), dtype=self.p1.dtype)).unsqueeze(1)
+        h = AF.spatial_mean(x, dtype=self.fc1.weight.dtype)
+        h = batch_norm(self.bn1, self.fc1(h))
+        return torch.sigmoid(batch_norm(self.bn2, self.fc2(h)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_input(self, x, self.channels)
+        return AF.meta_acon_c(x, self.p1, self.p2, self.generate_beta(x))
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, r={self.r}, granularity={self.granularity!r}"

@@ -1,0 +1,210 @@
+"""Names of every activation: ``available()``, ``get()`` and ``create()``.
+
+A spec says how to build the module and what kind of activation it is, so generic code
+(model conversion, the comparison harness, the CLI table) never special-cases a name.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import inspect
+from dataclasses import dataclass
+from typing import Callable, Literal, Union
+
+from torch import nn
+
+from . import nn as ann
+
+__all__ = ["ActivationSpec", "FAMILIES", "available", "create", "get", "spec"]
+
+Family = Literal["classic", "learnable", "adaptive"]
+FAMILIES: tuple[str, ...] = ("classic", "learnable", "adaptive")
+ActivationLike = Union[str, type, Callable[..., nn.Module]]
+
+
+@dataclass(frozen=True)
+class ActivationSpec:
+    """What the registry knows of one activation.
+
+    Attributes:
+        name: registry name (lower case, underscores).
+        factory: ``factory(channels, **kwargs) -> nn.Module``.
+        family: "classic" (fixed shape), "learnable" (trainable parameters shared by all
+            inputs) or "adaptive" (the library's attention/adaptive activations).
+        learnable: has trainable parameters.
+        per_sample: its shape adapts to each input sample (Meta-ACON, APReLU).
+        per_channel: needs ``channels`` (parameters of shape (C,) or a channel-sized generator).
+        paper: where it comes from.
+        channel_factor: output channels / input channels (2 for CReLU, else 1).
+    """
+
+    name: str
+    factory: Callable[..., nn.Module]
+    family: Family
+    learnable: bool
+    per_sample: bool
+    per_channel: bool
+    paper: str
+    channel_factor: int = 1
+
+
+def _accepts(fn: Callable, name: str) -> bool:
+    """Whether ``fn`` takes a keyword ``name`` explicitly (``**kwargs`` alone does not count)."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params
+
+
+def _torch(cls: type, **fixed) -> Callable[..., nn.Module]:
+    """Factory for a torch.nn class without per-channel state (``channels`` is ignored)."""
+    takes_inplace = _accepts(cls, "inplace")
+
+    def build(channels: int | None = None, inplace: bool = False, **kwargs) -> nn.Module:
+        if takes_inplace:
+            kwargs["inplace"] = inplace
+        return cls(**{**fixed, **kwargs})
+
+    return build
+
+
+def _shared(cls: type, **fixed) -> Callable[..., nn.Module]:
+    """Factory for an adaptact class without per-channel state (``channels`` is ignored)."""
+
+    def build(channels: int | None = None, **kwargs) -> nn.Module:
+        return cls(**{**fixed, **kwargs})
+
+    return build
+
+
+def _per_channel(cls: type, **fixed) -> Callable[..., nn.Module]:
+    def build(channels: int, **kwargs) -> nn.Module:
+        return cls(channels, **{**fixed, **kwargs})
+
+    return build
+
+
+def _prelu(channels: int, inplace: bool = False, **kwargs) -> nn.Module:
+    return nn.PReLU(num_parameters=channels, **kwargs)
+
+
+def _specs() -> dict[str, ActivationSpec]:
+    c, lrn, ad = "classic", "learnable", "adaptive"
+    rows = [
+        # name, factory, family, learnable, per_sample, per_channel, paper
+        ("sigmoid", _torch(nn.Sigmoid), c, False, False, False, "logistic function"),
+        ("tanh", _torch(nn.Tanh), c, False, False, False, "hyperbolic tangent"),
+        ("relu", _torch(nn.ReLU), c, False, False, False, "Nair & Hinton, ICML 2010"),
+        ("relu6", _torch(nn.ReLU6), c, False, False, False, "Krizhevsky 2010"),
+        ("leaky_relu", _torch(nn.LeakyReLU), c, False, False, False, "Maas et al., ICML-W 2013"),
+        ("rrelu", _torch(nn.RReLU), c, False, False, False, "Xu et al., arXiv 1505.00853"),
+        ("elu", _torch(nn.ELU), c, False, False, False, "Clevert et al., arXiv 1511.07289"),
+        ("selu", _torch(nn.SELU), c, False, False, False, "Klambauer et al., NeurIPS 2017"),
+        ("celu", _torch(nn.CELU), c, False, False, False, "Barron, arXiv 1704.07483"),
+        ("gelu", _torch(nn.GELU), c, False, False, False, "Hendrycks & Gimpel, arXiv 1606.08415"),
+        ("gelu_tanh", _torch(nn.GELU, approximate="tanh"), c, False, False, False,
+         "Hendrycks & Gimpel, arXiv 1606.08415 (tanh form)"),
+        ("silu", _torch(nn.SiLU), c, False, False, False, "Elfwing et al., arXiv 1702.03118"),
+        ("hardswish", _torch(nn.Hardswish), c, False, False, False, "Howard et al., ICCV 2019"),
+        ("hardsigmoid", _torch(nn.Hardsigmoid), c, False, False, False, "Courbariaux et al. 2015"),
+        ("mish", _torch(nn.Mish), c, False, False, False, "Misra, arXiv 1908.08681"),
+        ("softplus", _torch(nn.Softplus), c, False, False, False, "Dugas et al., NeurIPS 2001"),
+        ("softmax", _torch(nn.Softmax, dim=1), c, False, False, False, "softmax over dim 1"),
+        ("prelu", _prelu, lrn, True, False, True, "He et al., ICCV 2015"),
+        ("swish", _shared(ann.Swish, learnable=True), lrn, True, False, False,
+         "Ramachandran et al., arXiv 1710.05941"),
+        ("apl", _shared(ann.APL), lrn, True, False, False, "Agostinelli et al., arXiv 1412.6830"),
+        ("mixture", _shared(ann.Mixture), lrn, True, False, False, "AReLU paper's comparator"),
+        ("slaf", _shared(ann.SLAF), lrn, True, False, False, "Goyal et al., arXiv 1906.09529"),
+        ("pau", _shared(ann.PAU), lrn, True, False, False, "Molina et al., ICLR 2020"),
+        ("maxout", _per_channel(ann.Maxout), lrn, True, False, True, "Goodfellow et al., ICML 2013"),
+        ("arelu", _shared(ann.AReLU), ad, True, False, False, "Chen et al., arXiv 2006.13858"),
+        ("acon_a", _per_channel(ann.AconA), ad, True, False, True, "Ma et al., CVPR 2021"),
+        ("acon_b", _per_channel(ann.AconB), ad, True, False, True, "Ma et al., CVPR 2021"),
+        ("acon_c", _per_channel(ann.AconC), ad, True, False, True, "Ma et al., CVPR 2021"),
+        ("meta_acon_c", _per_channel(ann.MetaAconC), ad, True, True, True, "Ma et al., CVPR 2021"),
+        ("aprelu", _per_channel(ann.APReLU), ad, True, True, True, "Zhao et al., IEEE TIE 2020"),
+    ]
+    specs = {row[0]: ActivationSpec(*row) for row in rows}
+    specs["crelu"] = ActivationSpec(
+        "crelu", _shared(ann.CReLU), c, False, False, False, "Shang et al., ICML 2016", channel_factor=2
+    )
+    return dict(sorted(specs.items()))
+
+
+_REGISTRY: dict[str, ActivationSpec] = _specs()
+
+
+def _normalise(name: str) -> str:
+    return name.strip().lower().replace("-", "_")
+
+
+def spec(name: str) -> ActivationSpec:
+    """The spec of a registered activation; unknown names raise ValueError with suggestions."""
+    if not isinstance(name, str):
+        raise TypeError(f"activation name must be a str, got {type(name).__name__}")
+    key = _normalise(name)
+    if key not in _REGISTRY:
+        close = difflib.get_close_matches(key, list(_REGISTRY), n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(repr(n) for n in close)}?" if close else ""
+        raise ValueError(
+            f"unknown activation {name!r}{hint} (adaptact.available() lists all {len(_REGISTRY)})"
+        )
+    return _REGISTRY[key]
+
+
+def available(family: str | None = None) -> list[str]:
+    """Registered names, sorted; ``family`` is one of "classic", "learnable", "adaptive"."""
+    if family is None:
+        return list(_REGISTRY)
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES} or None, got {family!r}")
+    return [n for n, s in _REGISTRY.items() if s.family == family]
+
+
+def create(activation: ActivationLike, channels: int | None = None, **kwargs) -> nn.Module:
+    """Build an activation module.
+
+    Args:
+        activation: a registry name (``"acon_c"``), an ``nn.Module`` class, or any callable
+            returning a module (e.g. ``functools.partial``).
+        channels: size of dim 1 of the input. Required by per-channel activations; accepted
+            and ignored by the rest, so generic code can always pass it. Classes and callables
+            get it only when their signature takes ``channels``.
+        **kwargs: constructor arguments (``inplace`` is accepted by every registry entry).
+    """
+    if isinstance(activation, str):
+        s = spec(activation)
+        if s.per_channel and channels is None:
+            raise ValueError(
+                f"activation {s.name!r} has per-channel state: pass channels=C, the size of "
+                f"dim 1 of its input"
+            )
+        return s.factory(channels, **kwargs)
+    if callable(activation):
+        if channels is not None and _accepts(activation, "channels"):
+            kwargs["channels"] = channels
+        module = activation(**kwargs)
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"{activation!r} returned {type(module).__name__}, not an nn.Module")
+        return module
+    raise TypeError(
+        f"activation must be a name, an nn.Module class or a callable, got {type(activation).__name__}"
+    )
+
+
+def get(activation: ActivationLike) -> Callable[..., nn.Module]:
+    """A factory ``f(channels=None, **kwargs) -> nn.Module`` for a name, class or callable.
+
+    Names are checked now (ValueError with suggestions), so a typo fails at configuration
+    time rather than at model construction.
+    """
+    if isinstance(activation, str):
+        return functools.partial(create, spec(activation).name)
+    if callable(activation):
+        return functools.partial(create, activation)
+    raise TypeError(
+        f"activation must be a name, an nn.Module class or a callable, got {type(activation).__name__}"
+    )

@@ -1,0 +1,27 @@
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+RANKS = (2, 3, 4, 5)
+
+
+def random_input(shape, dtype=torch.float32, margin=0.05, requires_grad=False):
+    """N(0,1) values kept at least ``margin`` away from 0, where several activations have kinks."""
+    x = torch.randn(shape, dtype=torch.float64)
+    x = torch.where(x.abs() < margin, x.sign() * margin + x, x)
+    x = torch.where(x == 0, torch.full_like(x, margin), x)
+    return x.to(dtype).requires_grad_(requires_grad)
+
+
+def shape_of_rank(rank, n=3, c=5):
+    return (n, c) + (4, 3, 2)[: rank - 2]
+
+
+@pytest.fixture
+def rng_seed():
+    seed = int.from_bytes(os.urandom(4), "little")
+    torch.manual_seed(seed)
+    return seed
