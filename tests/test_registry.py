@@ -1,0 +1,188 @@
+"""Every registry entry: names, create/get, and a working module in every supported setting."""
+
+import copy
+import functools
+import io
+
+import pytest
+import torch
+from torch import nn
+
+import adaptact
+from adaptact.registry import FAMILIES
+from tests.conftest import RANKS, random_input, shape_of_rank
+
+NAMES = adaptact.available()
+C = 5
+REQUIRED = """sigmoid tanh relu crelu relu6 leaky_relu prelu rrelu elu selu celu gelu gelu_tanh silu swish
+hardswish hardsigmoid mish softplus softmax apl mixture slaf pau maxout arelu acon_a acon_b acon_c
+meta_acon_c aprelu""".split()
+DTYPES = {torch.float64: 1e-12, torch.float32: 1e-6, torch.float16: 1e-2, torch.bfloat16: 1e-2}
+
+
+def test_required_names_are_registered():
+    assert set(REQUIRED) <= set(NAMES)
+    assert NAMES == sorted(NAMES)
+
+
+def test_families_partition_the_registry():
+    assert sorted(sum((adaptact.available(f) for f in FAMILIES), [])) == NAMES
+    assert set(adaptact.available("adaptive")) == {"arelu", "acon_a", "acon_b", "acon_c", "meta_acon_c", "aprelu"}
+    with pytest.raises(ValueError, match="family must be one of"):
+        adaptact.available("fancy")
+
+
+def test_torch_classes_are_used_where_torch_has_them():
+    assert type(adaptact.create("gelu_tanh")) is nn.GELU and adaptact.create("gelu_tanh").approximate == "tanh"
+    assert type(adaptact.create("silu")) is nn.SiLU
+    assert type(adaptact.create("mish")) is nn.Mish
+    prelu = adaptact.create("prelu", channels=7)
+    assert type(prelu) is nn.PReLU and prelu.num_parameters == 7
+    assert adaptact.create("softmax").dim == 1
+
+
+def test_unknown_name_suggests_closest():
+    with pytest.raises(ValueError, match=r"unknown activation 'acon-d'; did you mean 'acon_c', 'acon_b', 'acon_a'\?"):
+        adaptact.create("acon-d")
+    with pytest.raises(ValueError, match=r"unknown activation 'arleu'; did you mean 'arelu'"):
+        adaptact.get("arleu")
+
+
+def test_names_are_normalised():
+    assert isinstance(adaptact.create("Meta-ACON-C", channels=4), adaptact.MetaAconC)
+
+
+def test_per_channel_without_channels_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"'acon_c' has per-channel state: pass channels=C"):
+        adaptact.create("acon_c")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_channels_always_accepted_and_inplace_keyword(name):
+    m = adaptact.create(name, channels=C, inplace=True)
+    assert isinstance(m, nn.Module)
+    if not adaptact.spec(name).per_channel:
+        assert type(adaptact.create(name)) is type(m)
+
+
+def test_create_and_get_accept_classes_and_callables():
+    assert isinstance(adaptact.create(adaptact.AconC, channels=3), adaptact.AconC)
+    assert isinstance(adaptact.create(nn.ReLU, channels=3), nn.ReLU)  # channels dropped for ReLU
+    relu6 = adaptact.create(functools.partial(nn.Hardtanh, 0.0, 6.0))
+    assert relu6.max_val == 6.0
+    factory = adaptact.get("acon_c")
+    assert factory(channels=3).p1.shape == (3,)
+    assert isinstance(adaptact.get(nn.GELU)(channels=3), nn.GELU)
+    with pytest.raises(TypeError, match="not an nn.Module"):
+        adaptact.create(lambda: 3)
+    with pytest.raises(TypeError, match="must be a name, an nn.Module class or a callable"):
+        adaptact.create(3)
+
+
+def _expected_shape(name, shape):
+    return (shape[0], shape[1] * adaptact.spec(name).channel_factor) + tuple(shape[2:])
+
+
+def _forward_backward(m, x):
+    y = m(x)
+    y.float().square().sum().backward()
+    return y
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("rank", RANKS)
+@pytest.mark.parametrize("dtype", list(DTYPES), ids=str)
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_forward_backward_every_rank_dtype_mode(name, rank, dtype, training):
+    m = adaptact.create(name, channels=C).to(dtype).train(training)
+    x = random_input(shape_of_rank(rank), dtype, requires_grad=True)
+    if name == "rrelu" and training and dtype == torch.float16:
+        with pytest.raises(NotImplementedError, match="Half"):  # torch's own gap on CPU
+            m(x)
+        return
+    y = _forward_backward(m, x)
+    assert y.shape == _expected_shape(name, x.shape) and y.dtype == dtype
+    assert torch.isfinite(y).all() and torch.isfinite(x.grad).all()
+    for pname, p in m.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+    if name == "rrelu" and training:
+        return  # random slopes
+    # same numbers as float64 at the dtype's precision
+    ref = copy.deepcopy(m).double()
+    ref.load_state_dict({k: v.double() if v.is_floating_point() else v for k, v in m.state_dict().items()})
+    expected = ref.train(training)(x.detach().double())
+    torch.testing.assert_close(y.double(), expected, rtol=DTYPES[dtype] * 10, atol=DTYPES[dtype] * 10)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_channels_last_matches_contiguous(name):
+    m = adaptact.create(name, channels=C).train(False)
+    x = random_input((2, C, 4, 3))
+    y = m(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(y, m(x))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_non_contiguous_input(name):
+    m = adaptact.create(name, channels=C).eval()
+    x = random_input((3, 2 * C, 4))[:, ::2]
+    assert not x.is_contiguous()
+    torch.testing.assert_close(m(x), m(x.contiguous()))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_state_dict_round_trip(name):
+    torch.manual_seed(0)
+    a = adaptact.create(name, channels=C)
+    with torch.no_grad():
+        for p in a.parameters():
+            p.add_(torch.rand_like(p))
+    a.train()(random_input((4, C, 3)))  # move BN running statistics
+    buf = io.BytesIO()
+    torch.save(a.state_dict(), buf)
+    buf.seek(0)
+    b = adaptact.create(name, channels=C)
+    b.load_state_dict(torch.load(buf))
+    a.eval(), b.eval()
+    x = random_input((2, C, 3))
+    torch.testing.assert_close(a(x), b(x), rtol=0, atol=0)
+
+
+class _AllActivations(nn.Module):
+    """Every registry entry applied to the same input, so one compile covers them all."""
+
+    def __init__(self):
+        super().__init__()
+        self.acts = nn.ModuleDict({n: adaptact.create(n, channels=C) for n in NAMES})
+
+    def forward(self, x):
+        return [act(x) for act in self.acts.values()]
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_torch_compile_matches_eager(training):
+    torch.manual_seed(0)
+    model = _AllActivations().train(training)
+    compiled = torch.compile(copy.deepcopy(model), fullgraph=True)
+    x1 = random_input((4, C, 6, 5), requires_grad=True)
+    x2 = x1.detach().clone().requires_grad_()
+    y_eager, y_comp = model(x1), compiled(x2)
+    for name, a, b in zip(NAMES, y_eager, y_comp):
+        if name == "rrelu" and training:
+            continue
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5, msg=name)
+    keep = [i for i, n in enumerate(NAMES) if not (n == "rrelu" and training)]
+    sum(y_eager[i].square().sum() for i in keep).backward()
+    sum(y_comp[i].square().sum() for i in keep).backward()
+    torch.testing.assert_close(x2.grad, x1.grad, rtol=1e-4, atol=1e-4)
+    for (n, p), (_, q) in zip(model.named_parameters(), compiled.named_parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-4, msg=n)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_torch_export_matches_eager(name):
+    m = adaptact.create(name, channels=C).eval()
+    x = random_input((2, C, 4, 3))
+    exported = torch.export.export(m, (x,))
+    x2 = random_input((2, C, 4, 3))
+    torch.testing.assert_close(exported.module()(x2), m(x2))
