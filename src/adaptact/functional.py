@@ -20,21 +20,21 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
-    "channel_view",
-    "spatial_mean",
-    "arelu",
     "acon_a",
     "acon_b",
     "acon_c",
-    "meta_acon_c",
-    "aprelu",
-    "swish",
-    "crelu",
     "apl",
-    "mixture",
-    "slaf",
-    "pau",
+    "aprelu",
+    "arelu",
+    "channel_view",
+    "crelu",
     "maxout",
+    "meta_acon_c",
+    "mixture",
+    "pau",
+    "slaf",
+    "spatial_mean",
+    "swish",
 ]
 
 

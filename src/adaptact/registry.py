@@ -9,18 +9,19 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal, Union
+from typing import Literal
 
 from torch import nn
 
 from . import nn as ann
 
-__all__ = ["ActivationSpec", "FAMILIES", "available", "create", "get", "spec"]
+__all__ = ["FAMILIES", "ActivationSpec", "available", "create", "get", "spec"]
 
 Family = Literal["classic", "learnable", "adaptive"]
 FAMILIES: tuple[str, ...] = ("classic", "learnable", "adaptive")
-ActivationLike = Union[str, type, Callable[..., nn.Module]]
+ActivationLike = str | type | Callable[..., nn.Module]
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["ActivationModule", "check_input", "batch_norm"]
+__all__ = ["ActivationModule", "batch_norm", "check_input"]
 
 
 def check_input(module: nn.Module, x: torch.Tensor, channels: int | None) -> None:

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from .. import functional as AF
 from .base import ActivationModule, check_input
 
-__all__ = ["Swish", "CReLU"]
+__all__ = ["CReLU", "Swish"]
 
 
 class Swish(ActivationModule):

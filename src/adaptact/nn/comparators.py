@@ -13,7 +13,7 @@ from .. import functional as AF
 from .acon import _channels
 from .base import ActivationModule, check_input
 
-__all__ = ["APL", "Mixture", "SLAF", "Maxout"]
+__all__ = ["APL", "SLAF", "Maxout", "Mixture"]
 
 
 class APL(ActivationModule):

@@ -1,0 +1,1 @@
+"""The activation comparison: data, models, training, sweeps, storage and reports."""

@@ -1,0 +1,166 @@
+"""Offline data sets for the comparison: IDX folders (Fashion-MNIST, MNIST), MNIST-1D, digits.
+
+Nothing is downloaded. ``load(name)`` returns a :class:`Dataset` of float32 tensors,
+standardised with the training set's mean and std.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["DATASETS", "CorruptData", "DataError", "DataNotFound", "Dataset", "find_idx_dir", "load", "read_idx"]
+
+IDX_FILES = {
+    "train_x": "train-images-idx3-ubyte",
+    "train_y": "train-labels-idx1-ubyte",
+    "test_x": "t10k-images-idx3-ubyte",
+    "test_y": "t10k-labels-idx1-ubyte",
+}
+IDX_DATASETS = ("fashion-mnist", "mnist")
+DATASETS = IDX_DATASETS + ("mnist1d", "digits")
+SYSTEM_DIR = Path("/usr/share/datasets")
+_HOW_TO_GET = {
+    "fashion-mnist": "install Debian's package (apt-get install dataset-fashion-mnist), or point --data-dir "
+                     "or $ADAPTACT_DATA at a folder holding the four IDX files",
+    "mnist": "point --data-dir or $ADAPTACT_DATA at a folder holding MNIST's four IDX files "
+             "(train-images-idx3-ubyte[.gz], ...)",
+    "mnist1d": "pip install mnist1d (the data is generated locally by its make_dataset)",
+    "digits": "pip install scikit-learn (digits ships inside it)",
+}
+
+
+class DataError(Exception):
+    """A data set that cannot be used; the message says why and what to do."""
+
+
+class DataNotFound(DataError):
+    pass
+
+
+class CorruptData(DataError):
+    pass
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    train_x: torch.Tensor  # (N, 1, *) float32
+    train_y: torch.Tensor  # (N,) int64
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int = 10
+
+
+def _idx_path(folder: Path, stem: str) -> Path | None:
+    for candidate in (folder / stem, folder / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def find_idx_dir(name: str, data_dir: str | os.PathLike | None = None) -> Path:
+    """The first folder holding the four IDX files: ``data_dir``, $ADAPTACT_DATA (itself or
+    its ``<name>`` sub-folder), then /usr/share/datasets/<name>."""
+    candidates: list[Path] = []
+    if data_dir is not None:
+        candidates += [Path(data_dir), Path(data_dir) / name]
+    if os.environ.get("ADAPTACT_DATA"):
+        env = Path(os.environ["ADAPTACT_DATA"])
+        candidates += [env, env / name]
+    candidates.append(SYSTEM_DIR / name)
+    for folder in candidates:
+        if all(_idx_path(folder, stem) for stem in IDX_FILES.values()):
+            return folder
+    searched = ", ".join(str(c) for c in candidates)
+    raise DataNotFound(f"{name}: no folder with its four IDX files (searched {searched}); {_HOW_TO_GET[name]}")
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an IDX file (raw or gzip) of unsigned bytes; errors name the file."""
+    path = Path(path)
+    try:
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+            raw = f.read()
+    except (OSError, EOFError) as err:
+        raise CorruptData(f"{path}: cannot be read as {'gzip' if path.suffix == '.gz' else 'IDX'} ({err})") from err
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise CorruptData(f"{path}: not an IDX file of unsigned bytes (bad magic number)")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if ndim == 0 or len(raw) < header:
+        raise CorruptData(f"{path}: truncated IDX header")
+    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    expected = header + int(np.prod(dims))
+    if len(raw) != expected:
+        raise CorruptData(f"{path}: truncated or corrupt IDX data ({len(raw)} bytes, expected {expected} for shape {dims})")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def _standardise(train: np.ndarray, test: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    train = torch.as_tensor(np.asarray(train, dtype=np.float32))
+    test = torch.as_tensor(np.asarray(test, dtype=np.float32))
+    mean, std = train.mean(), train.std()
+    return (train - mean) / std, (test - mean) / std
+
+
+def _load_idx(name: str, data_dir) -> Dataset:
+    folder = find_idx_dir(name, data_dir)
+    arrays = {key: read_idx(_idx_path(folder, stem)) for key, stem in IDX_FILES.items()}
+    for split in ("train", "test"):
+        x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
+        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
+            raise CorruptData(f"{folder}: {split} images {x.shape} and labels {y.shape} do not match")
+    train_x, test_x = _standardise(arrays["train_x"], arrays["test_x"])
+    return Dataset(name, train_x.unsqueeze(1), torch.as_tensor(arrays["train_y"].astype(np.int64)),
+                   test_x.unsqueeze(1), torch.as_tensor(arrays["test_y"].astype(np.int64)))
+
+
+def _load_mnist1d(seed: int = 42) -> Dataset:
+    try:
+        from mnist1d.data import get_dataset_args, make_dataset
+    except ImportError as err:
+        raise DataNotFound(f"mnist1d: the mnist1d package is missing; {_HOW_TO_GET['mnist1d']}") from err
+    args = get_dataset_args()
+    args.seed = seed
+    state = np.random.get_state()
+    try:
+        data = make_dataset(args)  # generated here, never downloaded
+    finally:
+        np.random.set_state(state)
+    train_x, test_x = _standardise(data["x"], data["x_test"])
+    return Dataset("mnist1d", train_x.unsqueeze(1), torch.as_tensor(data["y"].astype(np.int64)),
+                   test_x.unsqueeze(1), torch.as_tensor(data["y_test"].astype(np.int64)))
+
+
+def _load_digits() -> Dataset:
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as err:
+        raise DataNotFound(f"digits: scikit-learn is missing; {_HOW_TO_GET['digits']}") from err
+    digits = load_digits()
+    x, y = digits.images, digits.target.astype(np.int64)
+    order = np.random.default_rng(0).permutation(len(y))
+    x, y = x[order], y[order]
+    split = int(0.8 * len(y))
+    train_x, test_x = _standardise(x[:split], x[split:])
+    return Dataset("digits", train_x.unsqueeze(1), torch.as_tensor(y[:split]),
+                   test_x.unsqueeze(1), torch.as_tensor(y[split:]))
+
+
+@functools.lru_cache(maxsize=4)
+def load(name: str, data_dir: str | None = None) -> Dataset:
+    """Load a data set by name: fashion-mnist, mnist, mnist1d or digits (cached per process)."""
+    if name in IDX_DATASETS:
+        return _load_idx(name, data_dir)
+    if name == "mnist1d":
+        return _load_mnist1d()
+    if name == "digits":
+        return _load_digits()
+    raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")

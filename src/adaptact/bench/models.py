@@ -1,0 +1,86 @@
+"""The comparison's networks; the activation is any registry name."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from ..registry import create, spec
+
+__all__ = ["MODELS", "ConvMNIST", "ConvMNIST1D", "LinearMNIST", "build"]
+
+
+def _out(activation, channels: int) -> int:
+    """Channels after the activation (CReLU doubles them)."""
+    return channels * (spec(activation).channel_factor if isinstance(activation, str) else 1)
+
+
+class ConvMNIST(nn.Module):
+    """The AReLU paper's network for 28x28 images (no BatchNorm):
+    conv(10, k5) -> maxpool2 -> act -> conv(20, k5) -> maxpool2 -> act -> conv(40, k3) -> maxpool2
+    -> act -> linear(40, num_classes)."""
+
+    def __init__(self, activation: str = "relu", in_channels: int = 1, num_classes: int = 10, **act_kwargs) -> None:
+        super().__init__()
+        widths = (10, 20, 40)
+        kernels = (5, 5, 3)
+        layers: list[nn.Module] = []
+        c = in_channels
+        for width, k in zip(widths, kernels):
+            layers += [nn.Conv2d(c, width, k), nn.MaxPool2d(2), create(activation, channels=width, **act_kwargs)]
+            c = _out(activation, width)
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(c, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.features(x).flatten(1))
+
+
+class ConvMNIST1D(nn.Module):
+    """ConvMNIST's counterpart for MNIST-1D's length-40 signals, the same layer pattern in 1D:
+    conv1d(10, k5) -> maxpool2 -> act -> conv1d(20, k5) -> maxpool2 -> act -> conv1d(40, k3)
+    -> maxpool2 -> act -> linear(40 * 2, num_classes)."""
+
+    def __init__(self, activation: str = "relu", in_channels: int = 1, num_classes: int = 10,
+                 length: int = 40, **act_kwargs) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c = in_channels
+        for width, k in zip((10, 20, 40), (5, 5, 3)):
+            layers += [nn.Conv1d(c, width, k), nn.MaxPool1d(2), create(activation, channels=width, **act_kwargs)]
+            c, length = _out(activation, width), (length - k + 1) // 2
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(c * length, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.features(x).flatten(1))
+
+
+class LinearMNIST(nn.Module):
+    """The AReLU paper's MLP: flatten -> linear(in_features, 512) -> act -> linear(512, classes)."""
+
+    def __init__(self, activation: str = "relu", in_features: int = 784, num_classes: int = 10,
+                 hidden: int = 512, **act_kwargs) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden)
+        self.act = create(activation, channels=hidden, **act_kwargs)
+        self.fc2 = nn.Linear(_out(activation, hidden), num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x.flatten(1))))
+
+
+MODELS = ("conv", "conv1d", "linear")
+
+
+def build(model: str, activation: str, sample_shape: tuple[int, ...], num_classes: int = 10) -> nn.Module:
+    """A comparison network for inputs of ``sample_shape`` (without the batch dim)."""
+    if model == "conv":
+        return ConvMNIST(activation, sample_shape[0], num_classes)
+    if model == "conv1d":
+        return ConvMNIST1D(activation, sample_shape[0], num_classes, length=sample_shape[-1])
+    if model == "linear":
+        n = 1
+        for s in sample_shape:
+            n *= s
+        return LinearMNIST(activation, n, num_classes)
+    raise ValueError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")

@@ -1,0 +1,157 @@
+"""The comparison report: Markdown tables in the AReLU paper's layout, PNG figures and a CSV.
+
+Rows are activations grouped as non-learnable / learnable / adaptive; columns are optimizer x
+learning rate; cells are test accuracy (%) mean +- std over seeds, best of each column in bold.
+"""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..registry import spec
+
+__all__ = ["GROUPS", "aggregate", "markdown_table", "write_report"]
+
+GROUPS = (("classic", "Non-learnable"), ("learnable", "Learnable"), ("adaptive", "Adaptive"))
+CSV_COLUMNS = ("dataset", "model", "activation", "family", "optimizer", "lr", "seed", "epochs", "batch_size",
+               "first_epoch_acc", "best_acc", "final_acc", "wall_time", "key")
+
+
+def _family(name: str) -> str:
+    try:
+        return spec(name).family
+    except ValueError:
+        return "classic"
+
+
+def aggregate(rows: Sequence[dict], metric: str) -> dict[tuple[str, str, float], tuple[float, float, int]]:
+    """(activation, optimizer, lr) -> (mean %, std %, seeds) of ``metric`` over seeds (sample std)."""
+    groups: dict[tuple[str, str, float], list[float]] = defaultdict(list)
+    for r in rows:
+        groups[(r["activation"], r["optimizer"], r["lr"])].append(100.0 * r[metric])
+    return {k: (statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v)) for k, v in groups.items()}
+
+
+def _columns(rows: Sequence[dict]) -> list[tuple[str, float]]:
+    return sorted({(r["optimizer"], r["lr"]) for r in rows}, key=lambda c: (c[0], -c[1]))
+
+
+def _activations(rows: Sequence[dict]) -> list[tuple[str, list[str]]]:
+    names = sorted({r["activation"] for r in rows})
+    return [(title, [n for n in names if _family(n) == fam]) for fam, title in GROUPS]
+
+
+def markdown_table(rows: Sequence[dict], metric: str) -> str:
+    stats = aggregate(rows, metric)
+    cols = _columns(rows)
+    best = {c: max(stats[(a, *c)][0] for a in {r["activation"] for r in rows} if (a, *c) in stats) for c in cols}
+    header = "| activation | " + " | ".join(f"{o.upper()} lr={lr:g}" for o, lr in cols) + " |"
+    lines = [header, "|---|" + "---|" * len(cols)]
+    for title, names in _activations(rows):
+        if not names:
+            continue
+        lines.append(f"| *{title}* |" + " |" * len(cols))
+        for a in names:
+            cells = []
+            for c in cols:
+                if (a, *c) not in stats:
+                    cells.append("—")
+                    continue
+                mean, std, _ = stats[(a, *c)]
+                cell = f"{mean:.2f} ± {std:.2f}"
+                cells.append(f"**{cell}**" if mean == best[c] else cell)
+            lines.append(f"| {a} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _write_csv(rows: Sequence[dict], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({**{c: r.get(c) for c in CSV_COLUMNS}, "family": _family(r["activation"]),
+                        "final_acc": r["test_acc"][-1]})
+
+
+def _plots(rows: Sequence[dict], out: Path, stem: str) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    cols = _columns(rows)
+    names = [n for _, group in _activations(rows) for n in group]
+    paths = []
+
+    fig, axes = plt.subplots(1, 2, figsize=(2.2 + 1.6 * len(cols) * 2, 0.35 * len(names) + 1.8), squeeze=False)
+    for ax, (metric, title) in zip(axes[0], (("first_epoch_acc", "first epoch"), ("best_acc", "best epoch"))):
+        stats = aggregate(rows, metric)
+        grid = np.array([[stats.get((a, *c), (np.nan,))[0] for c in cols] for a in names])
+        im = ax.imshow(grid, cmap="viridis", aspect="auto", vmin=np.nanmin(grid), vmax=np.nanmax(grid))
+        ax.set_xticks(range(len(cols)), [f"{o} {lr:g}" for o, lr in cols], rotation=30, ha="right")
+        ax.set_yticks(range(len(names)), names)
+        ax.set_xlabel("optimizer, learning rate")
+        ax.set_ylabel("activation")
+        ax.set_title(f"test accuracy (%), {title}")
+        for i in range(len(names)):
+            for j in range(len(cols)):
+                if not np.isnan(grid[i, j]):
+                    ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center", fontsize=7, color="w")
+        fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    paths.append(out / f"{stem}heatmap.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, len(cols), figsize=(5 * len(cols), 4), squeeze=False, sharey=True)
+    cmap = plt.get_cmap("tab20")
+    for ax, c in zip(axes[0], cols):
+        for i, a in enumerate(names):
+            curves = [r["test_acc"] for r in rows if (r["activation"], r["optimizer"], r["lr"]) == (a, *c)]
+            if curves:
+                mean = 100 * np.mean(np.array(curves), axis=0)
+                ax.plot(range(1, len(mean) + 1), mean, label=a, color=cmap(i % 20),
+                        linestyle="-" if _family(a) == "adaptive" else "--")
+        ax.set_title(f"{c[0].upper()} lr={c[1]:g}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("test accuracy (%), mean over seeds")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="lower right", ncol=2)
+    fig.tight_layout()
+    paths.append(out / f"{stem}curves.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    return paths
+
+
+def write_report(rows: Sequence[dict], out_dir: str | Path, plots: bool = True) -> list[Path]:
+    """Write report.md, runs.csv and (with matplotlib) heatmap and learning-curve PNGs per
+    (dataset, model, epochs, batch size) found in ``rows``. Returns the files written."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "runs.csv"]
+    _write_csv(rows, written[0])
+    setups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        setups[(r["dataset"], r["model"], r["epochs"], r["batch_size"])].append(r)
+    md = ["# Activation comparison", "",
+          ("Test accuracy (%), mean ± std over seeds; best of each column in bold. "
+           "Rebuild with `adaptact report --db DB --out DIR`."), ""]
+    for (dataset, model, epochs, batch), group in sorted(setups.items()):
+        stem = f"{dataset}-{model}-e{epochs}-" if len(setups) > 1 else ""
+        seeds = max(n for _, _, n in aggregate(group, "best_acc").values())
+        md += [f"## {dataset}, {model}, batch {batch}, {epochs} epochs, up to {seeds} seeds", "",
+               "### Test accuracy after the first epoch", "", markdown_table(group, "first_epoch_acc"),
+               f"### Best test accuracy over {epochs} epochs", "", markdown_table(group, "best_acc")]
+        if plots:
+            for p in _plots(group, out, stem):
+                written.append(p)
+                md += [f"![{p.stem}]({p.name})", ""]
+    written.insert(0, out / "report.md")
+    written[0].write_text("\n".join(md))
+    return written

@@ -1,0 +1,81 @@
+"""A comparison sweep: every (activation, optimizer, lr, seed), resumable through the store."""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from .executors import execute
+from .store import ResultStore
+from .train import RunConfig, run
+
+__all__ = ["DEFAULT_ACTIVATIONS", "PAPER_ACTIVATIONS", "SweepSummary", "expand", "run_sweep"]
+
+# The activations the AReLU paper compares (its Table 1), then the library's adaptive ones.
+PAPER_ACTIVATIONS = ("apl", "arelu", "gelu", "maxout", "mixture", "slaf", "swish", "relu", "relu6", "sigmoid",
+                     "leaky_relu", "elu", "prelu", "selu", "tanh", "rrelu", "celu", "softplus", "pau")
+DEFAULT_ACTIVATIONS = PAPER_ACTIVATIONS + ("acon_c", "meta_acon_c", "aprelu")
+
+
+@dataclass
+class SweepSummary:
+    total: int
+    already_done: int
+    ran: int
+
+
+def expand(dataset: str, model: str, activations: Sequence[str], optimizers: Sequence[str],
+           lrs: Sequence[float], seeds: int, epochs: int, batch_size: int = 128,
+           data_dir: str | None = None) -> list[RunConfig]:
+    """Every combination, seeds 0..seeds-1, in a stable order."""
+    return [RunConfig(dataset, model, a, o, float(lr), s, epochs, batch_size, data_dir)
+            for a, o, lr, s in itertools.product(activations, optimizers, lrs, range(seeds))]
+
+
+class _Progress:
+    """tqdm when installed, else a line per finished run (stderr)."""
+
+    def __init__(self, total: int, initial: int, enabled: bool) -> None:
+        self.bar = None
+        self.enabled = enabled
+        self.done, self.total = initial, total
+        if enabled:
+            try:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, initial=initial, unit="run", file=sys.stderr, dynamic_ncols=True)
+            except ImportError:
+                pass
+
+    def update(self, label: str) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.set_postfix_str(label, refresh=False)
+            self.bar.update(1)
+        elif self.enabled:
+            print(f"[{self.done}/{self.total}] {label}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run_sweep(configs: Iterable[RunConfig], store: ResultStore, executor: str = "local", workers: int = 1,
+              address: str | None = None, progress: bool = True) -> SweepSummary:
+    """Run the configs not yet in ``store``; each result is stored the moment it arrives."""
+    configs = list(dict.fromkeys(configs))  # drop repeats, keep order
+    finished = store.finished_keys()
+    todo = [c for c in configs if c.key not in finished]
+    bar = _Progress(len(configs), len(configs) - len(todo), progress)
+    ran = 0
+    try:
+        for result in execute(executor, run, todo, workers=workers, address=address):
+            store.add(result)
+            ran += 1
+            bar.update(f"{result['activation']} {result['optimizer']} lr={result['lr']:g} seed={result['seed']}: "
+                       f"{100 * result['first_epoch_acc']:.2f}%")
+    finally:
+        bar.close()
+    return SweepSummary(total=len(configs), already_done=len(configs) - len(todo), ran=ran)

@@ -1,0 +1,142 @@
+"""The comparison end to end on digits: DB rows, report files, resume after kill -9, executors."""
+
+import csv
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from adaptact.bench.report import aggregate
+from adaptact.bench.store import ResultStore
+from adaptact.bench.sweep import expand, run_sweep
+from adaptact.bench.train import RunConfig, run
+from adaptact.cli import main
+
+pytest.importorskip("sklearn")
+
+ACTS = "relu,swish,arelu,acon_c"
+
+
+def _rows(db):
+    with ResultStore(db) as store:
+        return store.rows()
+
+
+def test_tiny_sweep_end_to_end(tmp_path, capsys):
+    db, out = tmp_path / "r.sqlite", tmp_path / "report"
+    argv = ["compare", "--dataset", "digits", "--activations", ACTS, "--optimizers", "sgd,adam",
+            "--lrs", "1e-2,1e-3", "--seeds", "2", "--epochs", "2", "--db", str(db), "--out", str(out),
+            "--no-progress"]
+    assert main(argv) == 0
+    rows = _rows(db)
+    assert len(rows) == 4 * 2 * 2 * 2 == len({r["key"] for r in rows})
+    for r in rows:
+        assert len(r["test_acc"]) == len(r["train_loss"]) == 2
+        assert r["first_epoch_acc"] == r["test_acc"][0] and r["best_acc"] == max(r["test_acc"])
+        assert r["versions"]["torch"] and r["wall_time"] > 0
+    for name in ("report.md", "runs.csv", "heatmap.png", "curves.png"):
+        assert (out / name).stat().st_size > 0, name
+
+    # every table cell equals the DB: parse "mean ± std" per (activation, column)
+    md = (out / "report.md").read_text()
+    first, best = md.split("### Best test accuracy")
+    header = [h.strip() for h in first.split("| activation |")[1].splitlines()[0].split("|") if h.strip()]
+    for table, metric in ((first, "first_epoch_acc"), (best, "best_acc")):
+        stats = aggregate(rows, metric)
+        cells = 0
+        for line in table.splitlines():
+            m = re.match(r"\| (\w+) \| (.*) \|$", line)
+            if not m or m.group(1) == "activation":
+                continue
+            for col, cell in zip(header, m.group(2).split(" | ")):
+                opt, lr = col.split(" lr=")
+                mean, std, n = stats[(m.group(1), opt.lower(), float(lr))]
+                assert cell.strip("*") == f"{mean:.2f} ± {std:.2f}" and n == 2
+                cells += 1
+        assert cells == 4 * 4
+    # best of each column is bold
+    assert md.count("**") == 2 * 2 * 4
+    with open(out / "runs.csv") as f:
+        csv_rows = list(csv.DictReader(f))
+    assert len(csv_rows) == len(rows)
+    assert {"activation", "optimizer", "lr", "seed", "first_epoch_acc", "best_acc"} <= set(csv_rows[0])
+
+    # running again resumes: nothing to do, same rows; `report` rebuilds the same tables
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "0 runs done now, 32 already" in capsys.readouterr().out
+    assert _rows(db) == rows
+    assert main(["report", "--db", str(db), "--out", str(tmp_path / "again")]) == 0
+    assert (tmp_path / "again" / "report.md").read_text() == md
+
+
+def test_same_config_and_seed_give_the_same_numbers():
+    config = RunConfig("digits", "linear", "meta_acon_c", "sgd", 1e-2, seed=3, epochs=2)
+    a, b = run(config), run(config)
+    assert a["train_loss"] == b["train_loss"] and a["test_acc"] == b["test_acc"]
+    other = run(RunConfig("digits", "linear", "meta_acon_c", "sgd", 1e-2, seed=4, epochs=2))
+    assert other["train_loss"] != a["train_loss"]
+
+
+def test_config_key_ignores_data_location():
+    a = RunConfig("mnist", "conv", "relu", "sgd", 0.01, 0, 1)
+    assert a.key == RunConfig("mnist", "conv", "relu", "sgd", 0.01, 0, 1, data_dir="/x").key
+    assert a.key != RunConfig("mnist", "conv", "relu", "sgd", 0.001, 0, 1).key
+
+
+def test_kill_dash_nine_then_resume(tmp_path):
+    db = tmp_path / "r.sqlite"
+    argv = [sys.executable, "-m", "adaptact", "compare", "--dataset", "digits", "--activations", ACTS,
+            "--optimizers", "sgd", "--lrs", "1e-2,1e-3", "--seeds", "3", "--epochs", "15", "--db", str(db),
+            "--out", str(tmp_path / "out"), "--no-progress", "--workers", "2"]
+    total = 4 * 2 * 3
+    proc = subprocess.Popen(argv, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    count = 0
+    while time.time() < deadline and proc.poll() is None:
+        if db.exists():
+            try:
+                count = sqlite3.connect(db).execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+            except sqlite3.OperationalError:
+                count = 0
+            if count >= 3:
+                break
+        time.sleep(0.02)
+    assert proc.poll() is None, f"sweep ended before it could be killed: {proc.stderr.read().decode()}"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = {r["key"]: r for r in _rows(db)}
+    assert 3 <= len(before) < total
+    subprocess.run(argv, check=True, capture_output=True)
+    after = _rows(db)
+    assert len(after) == total == len({r["key"] for r in after})
+    for r in after:  # nothing finished before the kill was lost or rewritten
+        if r["key"] in before:
+            assert r == before[r["key"]]
+    expected = {c.key for c in expand("digits", "linear", ACTS.split(","), ["sgd"], [1e-2, 1e-3], 3, 15)}
+    assert {r["key"] for r in after} == expected
+
+
+def test_local_pool_workers_give_identical_rows(tmp_path):
+    configs = expand("digits", "linear", ["relu", "aprelu"], ["adam"], [1e-3], 2, 2)
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("wall_time", "finished_at")} for r in rows]
+    with ResultStore(tmp_path / "a.sqlite") as a, ResultStore(tmp_path / "b.sqlite") as b:
+        run_sweep(configs, a, workers=1, progress=False)
+        run_sweep(configs, b, workers=2, progress=False)
+        assert strip(a.rows()) == strip(b.rows())
+
+
+def test_ray_executor_matches_local_pool(tmp_path):
+    pytest.importorskip("ray")
+    configs = expand("digits", "linear", ["relu", "acon_c"], ["sgd"], [1e-2], 2, 2)
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("wall_time", "finished_at")} for r in rows]
+    with ResultStore(tmp_path / "local.sqlite") as local, ResultStore(tmp_path / "ray.sqlite") as ray_store:
+        run_sweep(configs, local, executor="local", workers=1, progress=False)
+        summary = run_sweep(configs, ray_store, executor="ray", workers=2, progress=False)
+        assert summary.ran == len(configs)
+        assert strip(ray_store.rows()) == strip(local.rows())
