@@ -4,6 +4,7 @@ TORCH_VERSION ?= 2.13.0
 PIP := $(PYTHON) -m pip install --quiet --disable-pip-version-check
 WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 DEMO_EPOCHS ?= 40
+EXTRAS ?= bench
 
 .PHONY: install demo test test-fast lint
 
