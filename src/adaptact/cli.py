@@ -115,6 +115,8 @@ def _compare_configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="folder with the data set's files (else $ADAPTACT_DATA, /usr/share/datasets)")
     p.add_argument("--db", default="results.sqlite", help="SQLite results database (resumable)")
     p.add_argument("--out", default="report", help="report folder")
+    p.add_argument("--save-checkpoints", metavar="DIR", help="save each trained model as DIR/<run key>.pt "
+                   "(for `adaptact inspect` and `adaptact plot --checkpoint`)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -151,7 +153,7 @@ def _compare(args: argparse.Namespace) -> int:
         return _fail(str(err))
     model = args.model or DEFAULT_MODEL[args.dataset]
     configs = expand(args.dataset, model, activations, args.optimizers, args.lrs, args.seeds, args.epochs,
-                     args.batch_size, args.data_dir)
+                     args.batch_size, args.data_dir, args.save_checkpoints)
     with ResultStore(args.db) as store:
         summary = run_sweep(configs, store, args.executor, args.workers, args.address, not args.no_progress)
         rows = [r for r in store.rows() if r["key"] in {c.key for c in configs}]
@@ -181,6 +183,130 @@ def _report(args: argparse.Namespace) -> int:
         return _fail(f"no runs in {args.db}" + (f" for dataset {args.dataset}" if args.dataset else ""))
     files = write_report(rows, args.out)
     print(f"report of {len(rows)} runs: {files[0]}")
+    return 0
+
+
+def _props_configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("names", nargs="*", help="registry names (default: all)")
+    p.add_argument("--format", choices=("markdown", "csv"), default="markdown")
+    p.add_argument("--no-cost", action="store_true", help="skip the CPU timing (relative_cost)")
+    p.add_argument("--depth", type=_positive(int), default=20, help="MLP depth for the gradient-flow ratio")
+
+
+@command("props", "property table of activations: monotonic, smooth, bounds, f' range, dying, cost, ...")(
+    _props_configure)
+def _props(args: argparse.Namespace) -> int:
+    from .analysis import gradient_flow, properties
+    from .registry import available, spec
+
+    try:
+        names = [spec(n).name for n in args.names] or available()
+    except ValueError as err:
+        return _fail(str(err))
+    yes = lambda b: "yes" if b else "no"
+    header = ("name", "monotonic", "smooth (C1)", "bounded below", "bounded above", "mean N(0,1)", "std N(0,1)",
+              "dying", "saturation", "f' min", "f' max", "params/channel", "shared params", "cost vs ReLU",
+              f"grad ratio (depth {args.depth})")
+    rows = []
+    for name in names:
+        p = properties(name, cost=not args.no_cost)
+        rows.append((name, yes(p.monotonic), yes(p.smooth), yes(p.bounded_below), yes(p.bounded_above),
+                     f"{p.output_mean:.3f}", f"{p.output_std:.3f}", f"{p.dying_fraction:.3f}",
+                     f"{p.saturation:.3f}", f"{p.derivative_min:.4f}", f"{p.derivative_max:.4f}",
+                     f"{p.params_per_channel:g}", p.params_shared,
+                     "-" if p.relative_cost is None else f"{p.relative_cost:.2f}",
+                     f"{gradient_flow(name, depth=args.depth):.3g}"))
+    sys.stdout.write(format_table(header, rows, args.format))
+    return 0
+
+
+def _plot_configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("names", nargs="*", help="registry names; acon_c draws its family of curves")
+    p.add_argument("--derivative", action="store_true", help="also plot f'")
+    p.add_argument("--checkpoint", help="a checkpoint saved by `adaptact compare --save-checkpoints`: "
+                   "plot the learned activations of its model")
+    p.add_argument("-o", "--output", required=True, help="PNG file to write")
+
+
+@command("plot", "plot activation curves (and derivatives), or the learned ones of a checkpoint")(_plot_configure)
+def _plot(args: argparse.Namespace) -> int:
+    from .analysis.plots import plot_acon_family, plot_curves
+    from .registry import spec
+
+    try:
+        names = [spec(n).name for n in args.names]
+    except ValueError as err:
+        return _fail(str(err))
+    items: list = list(names)
+    if args.checkpoint:
+        from .analysis.inspect import learned_activations
+        from .bench.checkpoints import load_checkpoint
+
+        try:
+            model, _ = load_checkpoint(args.checkpoint)
+        except (OSError, ValueError, KeyError) as err:
+            return _fail(f"cannot load checkpoint {args.checkpoint}: {err}")
+        items += learned_activations(model)
+    if not items:
+        return _fail("name at least one activation or give --checkpoint")
+    if items == ["acon_c"]:
+        path = plot_acon_family(args.output)
+    else:
+        path = plot_curves(items, args.output, derivative=args.derivative)
+    print(f"wrote {path}")
+    return 0
+
+
+def _inspect_configure(p: argparse.ArgumentParser) -> None:
+    from .bench.data import DATASETS
+
+    p.add_argument("--checkpoint", action="append", required=True,
+                   help="checkpoint from `adaptact compare --save-checkpoints` (repeat: an ACON-C one serves "
+                        "as the fixed-beta reference for Meta-ACON)")
+    p.add_argument("--dataset", choices=DATASETS, required=True, help="data whose test split is run through")
+    p.add_argument("--data-dir")
+    p.add_argument("--samples", type=_positive(int), default=4, help="random samples to show")
+    p.add_argument("--out", default="inspect", help="folder for the PNGs")
+
+
+@command("inspect", "what trained adaptive activations do: Meta-ACON beta, APReLU alpha, AReLU feature maps")(
+    _inspect_configure)
+def _inspect(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .analysis import inspect as ins
+    from .bench import data as bench_data
+    from .bench.checkpoints import load_checkpoint
+
+    try:
+        models = [load_checkpoint(c)[0] for c in args.checkpoint]
+        ds = bench_data.load(args.dataset, args.data_dir)
+    except bench_data.DataError as err:
+        return _fail(str(err))
+    except (OSError, RuntimeError, KeyError, ValueError) as err:
+        return _fail(f"cannot load checkpoint: {err}")
+    reference = next((b for b in map(ins.acon_reference_beta, models) if b is not None), None)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for k, model in enumerate(models):
+        try:
+            got = ins.collect(model, ds.test_x, keep_maps=args.samples)
+        except (RuntimeError, ValueError) as err:
+            return _fail(f"{args.checkpoint[k]} does not fit {args.dataset}: {err}")
+        tag = f"m{k}-" if len(models) > 1 else ""
+        for layer, beta in list(got.meta_acon_beta.items())[:1]:
+            written.append(ins.plot_meta_acon_beta(beta, out / f"{tag}meta_acon_beta.png", args.samples,
+                                                   reference, layer))
+        for layer, alpha in list(got.aprelu_alpha.items())[:1]:
+            written.append(ins.plot_aprelu_alpha(alpha, out / f"{tag}aprelu_alpha.png", layer=layer))
+        for layer, (pre, post) in list(got.arelu_maps.items())[:1]:
+            written.append(ins.plot_arelu_maps(got.inputs, pre, post, out / f"{tag}arelu_maps.png",
+                                               args.samples, layer=layer))
+    if not written:
+        return _fail("no Meta-ACON-C, APReLU or AReLU layer in the given checkpoints")
+    for path in written:
+        print(f"wrote {path}")
     return 0
 
 

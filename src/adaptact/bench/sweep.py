@@ -28,9 +28,9 @@ class SweepSummary:
 
 def expand(dataset: str, model: str, activations: Sequence[str], optimizers: Sequence[str],
            lrs: Sequence[float], seeds: int, epochs: int, batch_size: int = 128,
-           data_dir: str | None = None) -> list[RunConfig]:
+           data_dir: str | None = None, checkpoint_dir: str | None = None) -> list[RunConfig]:
     """Every combination, seeds 0..seeds-1, in a stable order."""
-    return [RunConfig(dataset, model, a, o, float(lr), s, epochs, batch_size, data_dir)
+    return [RunConfig(dataset, model, a, o, float(lr), s, epochs, batch_size, data_dir, checkpoint_dir)
             for a, o, lr, s in itertools.product(activations, optimizers, lrs, range(seeds))]
 
 

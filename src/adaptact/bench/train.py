@@ -7,11 +7,13 @@ import json
 import platform
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from . import data as bench_data
+from .checkpoints import save_checkpoint
 from .models import build
 
 __all__ = ["OPTIMIZERS", "RunConfig", "run"]
@@ -22,7 +24,8 @@ PROTOCOL = 1  # bump when training changes in a way that changes numbers
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything that determines a run's numbers (``data_dir`` only says where to find data)."""
+    """Everything that determines a run's numbers (``data_dir`` says where to find data and
+    ``checkpoint_dir`` where to save the trained model as ``<key>.pt``; neither is identity)."""
 
     dataset: str
     model: str
@@ -33,10 +36,12 @@ class RunConfig:
     epochs: int
     batch_size: int = 128
     data_dir: str | None = field(default=None, compare=False)
+    checkpoint_dir: str | None = field(default=None, compare=False)
 
     def identity(self) -> dict:
         d = asdict(self)
         d.pop("data_dir")
+        d.pop("checkpoint_dir")
         d["protocol"] = PROTOCOL
         return d
 
@@ -95,6 +100,10 @@ def run(config: RunConfig) -> dict:
             total += loss.item() * len(idx)
         losses.append(total / n)
         accs.append(_accuracy(model, ds.test_x, ds.test_y))
+    wall = time.perf_counter() - start
+    if config.checkpoint_dir:
+        save_checkpoint(Path(config.checkpoint_dir) / f"{config.key}.pt", model, config.identity(),
+                        tuple(ds.train_x.shape[1:]), ds.num_classes)
     return {
         "key": config.key,
         **config.identity(),
@@ -102,6 +111,6 @@ def run(config: RunConfig) -> dict:
         "test_acc": accs,
         "first_epoch_acc": accs[0],
         "best_acc": max(accs),
-        "wall_time": time.perf_counter() - start,
+        "wall_time": wall,
         "versions": versions(),
     }

@@ -1,0 +1,164 @@
+"""What trained adaptive activations do: per-sample Meta-ACON beta, APReLU alpha, AReLU maps.
+
+Forward hooks collect, over a data set, the beta each Meta-ACON-C layer generates for every
+sample, the alpha of every APReLU layer, and AReLU's pre- and post-activation feature maps;
+the plot functions draw them. Models to inspect come from ``adaptact compare --save-checkpoints``
+(``adaptact.bench.checkpoints.load_checkpoint``).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..nn import AconC, ActivationModule, APReLU, AReLU, MetaAconC
+
+__all__ = ["Collected", "acon_reference_beta", "collect", "learned_activations", "plot_aprelu_alpha",
+           "plot_arelu_maps", "plot_meta_acon_beta"]
+
+
+def learned_activations(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(path, module) of every activation with learnable parameters in ``model``."""
+    return [(f"{name} ({type(m).__name__})", m) for name, m in model.named_modules()
+            if isinstance(m, (ActivationModule, nn.PReLU)) and any(True for _ in m.parameters())]
+
+
+@dataclass
+class Collected:
+    """Per-layer tensors over the data set, keyed by module path."""
+
+    meta_acon_beta: dict[str, torch.Tensor] = field(default_factory=dict)  # (N, C), (N, 1) or per pixel
+    aprelu_alpha: dict[str, torch.Tensor] = field(default_factory=dict)  # (N, C) or (N, 1)
+    # (pre, post) of the first AReLU layers with spatial dims (after convolutions)
+    arelu_maps: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    inputs: torch.Tensor | None = None  # the first ``keep_maps`` inputs
+
+
+@torch.no_grad()
+def collect(model: nn.Module, x: torch.Tensor, batch_size: int = 500, keep_maps: int = 8) -> Collected:
+    """Run ``model`` (eval mode) over ``x`` and collect what its adaptive activations compute."""
+    out = Collected(inputs=x[:keep_maps].clone())
+    parts: dict[str, dict[str, list[torch.Tensor]]] = {"beta": {}, "alpha": {}}
+    hooks = []
+
+    def hook(name: str):
+        def fn(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            (inp,) = args
+            if isinstance(module, MetaAconC):
+                beta = module.generate_beta(inp)
+                if beta.ndim > 2:  # pixel-wise: one value per channel and sample, its spatial mean
+                    beta = beta.flatten(2).mean(2)
+                parts["beta"].setdefault(name, []).append(beta.float())
+            elif isinstance(module, APReLU):
+                parts["alpha"].setdefault(name, []).append(module.generate_alpha(inp).float())
+            elif isinstance(module, AReLU) and inp.ndim > 2 and name not in out.arelu_maps:
+                out.arelu_maps[name] = (inp[:keep_maps].clone(), output[:keep_maps].clone())
+
+        return fn
+
+    for name, m in model.named_modules():
+        if isinstance(m, (MetaAconC, APReLU, AReLU)):
+            hooks.append(m.register_forward_hook(hook(name)))
+    try:
+        model.eval()
+        for i in range(0, len(x), batch_size):
+            model(x[i : i + batch_size])
+    finally:
+        for h in hooks:
+            h.remove()
+    out.meta_acon_beta = {k: torch.cat(v) for k, v in parts["beta"].items()}
+    out.aprelu_alpha = {k: torch.cat(v) for k, v in parts["alpha"].items()}
+    return out
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_meta_acon_beta(beta: torch.Tensor, path: str | Path, samples: int = 4, acon_beta: torch.Tensor | None = None,
+                        layer: str = "", seed: int = 0) -> Path:
+    """Distribution over channels of the beta Meta-ACON generates for a few random samples of one
+    layer, beside ACON-C's fixed beta (its learned per-channel values, or 1, its initial value)."""
+    plt = _pyplot()
+    idx = sorted(random.Random(seed).sample(range(len(beta)), min(samples, len(beta))))
+    data = [beta[i].numpy() for i in idx]
+    labels = [f"sample {i}" for i in idx]
+    ref = acon_beta.detach().flatten().float().numpy() if acon_beta is not None else None
+    fig, ax = plt.subplots(figsize=(1.6 * (len(data) + 1) + 2, 4.5))
+    ax.violinplot(data, showmedians=True)
+    if ref is not None:
+        ax.violinplot([ref], positions=[len(data) + 1], showmedians=True)
+        labels.append("ACON-C (learned, fixed)")
+    else:
+        ax.axhline(1.0, color="k", ls="--", lw=1, label="ACON-C fixed beta = 1 (init)")
+        ax.legend(fontsize=8)
+    ax.set_xticks(range(1, len(labels) + 1), labels, rotation=20)
+    ax.set_xlabel("input sample")
+    ax.set_ylabel("beta over channels")
+    ax.set_title(f"Meta-ACON-C switching factor per sample {layer}".strip())
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_aprelu_alpha(alpha: torch.Tensor, path: str | Path, samples: int = 16, layer: str = "") -> Path:
+    """Per-sample APReLU slopes: a (sample x channel) heat map of alpha, and its spread per sample."""
+    plt = _pyplot()
+    a = alpha[:samples].numpy()
+    fig, (ax_h, ax_b) = plt.subplots(1, 2, figsize=(12, 4.5))
+    im = ax_h.imshow(a, aspect="auto", cmap="magma", vmin=0, vmax=1)
+    ax_h.set(xlabel="channel", ylabel="input sample", title=f"APReLU alpha {layer}".strip())
+    fig.colorbar(im, ax=ax_h, label="alpha")
+    ax_b.boxplot(list(a), showfliers=False)
+    ax_b.set(xlabel="input sample", ylabel="alpha over channels", title="spread of alpha per sample")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_arelu_maps(inputs: torch.Tensor, pre: torch.Tensor, post: torch.Tensor, path: str | Path,
+                    samples: int = 3, channels: int = 4, layer: str = "") -> Path:
+    """For a few test images: the image, then AReLU's pre- and post-activation maps of a few channels.
+    1-D signals are drawn as curves."""
+    plt = _pyplot()
+    n, c = min(samples, len(pre)), min(channels, pre.shape[1])
+    fig, axes = plt.subplots(n, 1 + 2 * c, figsize=(2 * (1 + 2 * c), 2.1 * n), squeeze=False)
+    for i in range(n):
+        panels = [("input", inputs[i, 0])] + [(f"pre ch{j}", pre[i, j]) for j in range(c)] + [
+            (f"post ch{j}", post[i, j]) for j in range(c)]
+        for ax, (title, img) in zip(axes[i], panels):
+            if img.ndim == 2:
+                ax.imshow(img.numpy(), cmap="coolwarm" if title != "input" else "gray")
+                ax.set_xticks([])
+                ax.set_yticks([])
+            else:
+                ax.plot(img.numpy())
+            ax.set_xlabel(title, fontsize=8)
+            ax.set_ylabel(f"sample {i}", fontsize=8)
+    fig.suptitle(f"AReLU pre- and post-activation feature maps {layer}".strip())
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def acon_reference_beta(model: nn.Module) -> torch.Tensor | None:
+    """The learned per-channel beta of the first ACON-C layer in ``model`` (None if there is none)."""
+    for m in model.modules():
+        if isinstance(m, AconC):
+            return m.beta.detach()
+    return None

@@ -1,0 +1,199 @@
+"""Numbers that describe an activation: monotonicity, smoothness, bounds, derivative range,
+zero-centredness, dying units, saturation, parameters, cost and gradient flow.
+
+Everything is measured numerically in float64 on the module as it is (learnable activations
+at their current parameters), in eval mode:
+
+* the curve is evaluated once on a symmetric input: a grid of [-6, 6] with step 1e-4 plus
+  far points at +-1e2..1e5, laid along the last dim of a (1, C, G) tensor with every channel
+  holding the same values (channel 1 held at 0 for modules without per-channel state, so
+  softmax is analysed as the sigmoid of one logit against a zero one). Per-sample activations
+  (Meta-ACON, APReLU) thus see one fixed input and their beta/alpha is held fixed across it.
+* f' is the central difference between neighbouring grid points of that one evaluation, so
+  it is the elementwise derivative with any generated beta/alpha held fixed.
+* per-channel modules report the channel-wise worst case (min of minima, max of maxima;
+  monotonic/smooth/bounded only if every channel is).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from ..registry import create, spec
+
+__all__ = ["Properties", "gradient_flow", "properties", "relative_cost", "response"]
+
+STEP = 1e-4
+SPAN = 6.0
+FAR = (1e2, 1e3, 1e4, 1e5)
+
+
+@dataclass(frozen=True)
+class Properties:
+    """What :func:`properties` measures (see the module docstring for how)."""
+
+    name: str
+    monotonic: bool
+    smooth: bool  # C1: no jump in f' larger than 1e-2 between grid steps of 1e-4
+    bounded_below: bool
+    bounded_above: bool
+    output_mean: float  # under N(0, 1) input
+    output_std: float
+    dying_fraction: float  # share of N(0, 1) inputs where f' == 0
+    saturation: float  # share of [-6, 6] where |f'| < 1e-3
+    derivative_min: float
+    derivative_max: float
+    params_per_channel: float  # learnable parameters per channel at C = 64 (0 for layer-shared ones)
+    params_shared: int  # learnable parameters shared by the layer
+    relative_cost: float | None  # forward+backward time over ReLU's on CPU (None if not measured)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _module(activation: str | nn.Module, channels: int) -> tuple[str, nn.Module, int]:
+    if isinstance(activation, str):
+        s = spec(activation)
+        return s.name, create(s.name, channels=channels), channels
+    c = getattr(activation, "channels", None) or getattr(activation, "num_parameters", None)
+    return type(activation).__name__, activation, int(c) if c else 0
+
+
+def response(activation: str | nn.Module, x: torch.Tensor, channels: int = 4) -> torch.Tensor:
+    """f(x) for a 1-D float64 ``x``, per channel: (C, len(x)) (C = 1 for shared activations).
+
+    For a module, ``channels`` is its channel count (0 for modules without per-channel state).
+
+    The module is copied to float64 and eval mode; see the module docstring for the layout.
+    """
+    name, module, c = _module(activation, channels)
+    if isinstance(activation, str) and not spec(name).per_channel:
+        c = 0
+    elif not isinstance(activation, str):
+        c = channels
+    module = copy.deepcopy(module).double().eval()
+    if c:
+        inp = x.reshape(1, 1, -1).expand(1, c, -1).clone()
+    else:
+        inp = torch.stack((x, torch.zeros_like(x))).unsqueeze(0)
+    with torch.no_grad():
+        y = module(inp)[0]
+    return y if c else y[:1]
+
+
+def _grid() -> tuple[torch.Tensor, slice]:
+    n = round(2 * SPAN / STEP)
+    grid = torch.linspace(-SPAN, SPAN, n + 1, dtype=torch.float64)
+    far = torch.tensor(FAR, dtype=torch.float64)
+    x = torch.cat((-far.flip(0), grid, far))
+    return x, slice(len(FAR), len(FAR) + n + 1)
+
+
+def relative_cost(activation: str | nn.Module, channels: int = 64, repeats: int = 7) -> float:
+    """Median forward+backward time over ReLU's on a (32, C, 28, 28) float32 CPU tensor
+    (C = ``channels``; a module given directly must have that many channels if it has any)."""
+
+    def timed(module: nn.Module) -> float:
+        x = torch.randn(32, channels, 28, 28, requires_grad=True)
+        times = []
+        for i in range(repeats + 2):
+            start = time.perf_counter()
+            module(x).sum().backward()
+            if i >= 2:  # two warm-ups
+                times.append(time.perf_counter() - start)
+        return sorted(times)[len(times) // 2]
+
+    _, module, _ = _module(activation, channels)
+    return timed(module) / timed(nn.ReLU())
+
+
+def properties(activation: str | nn.Module, channels: int = 4, cost: bool = True, seed: int = 0) -> Properties:
+    """Measure an activation given by registry name or as a module (at its current parameters).
+
+    ``channels`` sizes per-channel modules built from a name; ``cost=False`` skips timing.
+    """
+    name, module, c = _module(activation, channels)
+    per_channel = bool(c) and (not isinstance(activation, str) or spec(name).per_channel)
+    x, inner = _grid()
+    y = response(module, x, c)
+    g = y[:, inner]
+    d = (g[:, 2:] - g[:, :-2]) / (2 * STEP)  # f' at grid[1:-1]
+    xs = x[inner][1:-1]
+    jumps = (d[:, 1:] - d[:, :-1]).abs().amax()
+    diffs = y[:, 1:] - y[:, :-1]
+    monotonic = bool(((diffs >= -1e-12).all(1) | (diffs <= 1e-12).all(1)).all())
+    near_hi = torch.maximum(y[:, inner].amax(1), y[:, : len(FAR) + 1].amax(1)).max()
+    near_lo = torch.minimum(y[:, inner].amin(1), y[:, : len(FAR) + 1].amin(1)).min()
+    far_slopes = torch.cat((diffs[:, : len(FAR)] / (x[1 : len(FAR) + 1] - x[: len(FAR)]),
+                            diffs[:, -len(FAR):] / (x[-len(FAR):] - x[-len(FAR) - 1 : -1])), dim=1)
+
+    gen = torch.Generator().manual_seed(seed)
+    normal = torch.randn(100_000, generator=gen, dtype=torch.float64)
+    out = response(module, normal, c)
+    d_at_normal = torch.stack([_interp(normal, xs, d[i]) for i in range(d.shape[0])])
+    inside = normal.abs() < SPAN - 2 * STEP
+    dying = float(((d_at_normal.abs() < 1e-9) & inside).double().mean(1).amax())
+
+    if isinstance(activation, str) and per_channel:  # count at a typical width, as `adaptact list` does
+        c, module_for_count = 64, create(name, channels=64)
+    else:
+        module_for_count = module
+    n_params = sum(p.numel() for p in module_for_count.parameters() if p.requires_grad)
+    return Properties(
+        name=name,
+        monotonic=monotonic,
+        smooth=bool(jumps < 1e-2),
+        bounded_below=bool(y.amin() >= near_lo - 1.0),
+        bounded_above=bool(y.amax() <= near_hi + 1.0),
+        output_mean=float(out.mean()),
+        output_std=float(out.std()),
+        dying_fraction=dying,
+        saturation=float((d.abs() < 1e-3).double().mean(1).amax()),
+        derivative_min=float(torch.minimum(d.amin(), far_slopes.amin())),
+        derivative_max=float(torch.maximum(d.amax(), far_slopes.amax())),
+        params_per_channel=n_params / c if per_channel else 0.0,
+        params_shared=0 if per_channel else n_params,
+        relative_cost=(relative_cost(activation if isinstance(activation, str) else module, c or 64)
+                       if cost else None),
+    )
+
+
+def _interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
+    """Linear interpolation of (xp, fp) at x (xp sorted); clamps outside."""
+    idx = torch.searchsorted(xp, x).clamp(1, len(xp) - 1)
+    x0, x1 = xp[idx - 1], xp[idx]
+    w = ((x - x0) / (x1 - x0)).clamp(0, 1)
+    return fp[idx - 1] * (1 - w) + fp[idx] * w
+
+
+def gradient_flow(activation: str, depth: int = 20, width: int = 64, batch: int = 256, seed: int = 0) -> float:
+    """||dL/dW_first|| / ||dL/dW_last|| of a depth-``depth`` MLP (Linear + activation per layer,
+    LeCun-normal weights N(0, 1/fan_in), zero biases) on N(0, 1) input and random labels, at
+    initialisation (training mode, cross-entropy loss).
+
+    Near 1: gradients flow; << 1: they vanish towards the input; >> 1: they explode.
+    """
+    if depth < 2:
+        raise ValueError(f"depth must be at least 2, got {depth}")
+    torch.manual_seed(seed)
+    factor = spec(activation).channel_factor if isinstance(activation, str) else 1
+    layers: list[nn.Module] = []
+    for _ in range(depth):
+        layers += [nn.Linear(width, width // factor), create(activation, channels=width // factor)]
+    layers.append(nn.Linear(width, 10))
+    net = nn.Sequential(*layers).double().train()
+    for m in net:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=m.in_features**-0.5)
+            nn.init.zeros_(m.bias)
+    x = torch.randn(batch, width, dtype=torch.float64)
+    y = torch.randint(0, 10, (batch,))
+    nn.functional.cross_entropy(net(x), y).backward()
+    linears = [m for m in net if isinstance(m, nn.Linear)]
+    first, last = linears[0].weight.grad.norm(), linears[-2].weight.grad.norm()
+    return float(first / last) if last > 0 else float("inf")
