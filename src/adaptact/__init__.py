@@ -25,6 +25,7 @@ from .nn import (
     Swish,
 )
 from .registry import ActivationSpec, available, create, get, spec
+from .convert import replace_activations
 
 try:
     __version__ = version("adaptact")
@@ -50,5 +51,6 @@ __all__ = [
     "create",
     "functional",
     "get",
+    "replace_activations",
     "spec",
 ]

@@ -101,6 +101,8 @@ def _compare_configure(p: argparse.ArgumentParser) -> None:
     from .bench.sweep import DEFAULT_ACTIVATIONS
 
     p.add_argument("--dataset", choices=DATASETS, default="mnist1d")
+    p.add_argument("--suite", choices=("resnet",), help="resnet: the ACON paper's ResNet comparison (ResNet-18 at "
+                   "width 16; ReLU, Swish, ACON-C, Meta-ACON-C after the 3x3 convs only, APReLU, AReLU)")
     p.add_argument("--model", choices=MODELS, help="default: conv (images), conv1d (mnist1d), linear (digits)")
     p.add_argument("--activations", type=_csv_list("activation"), default=list(DEFAULT_ACTIVATIONS),
                    help="comma-separated registry names (default: the AReLU paper's set + acon_c, meta_acon_c, aprelu)")
@@ -138,6 +140,13 @@ def _compare(args: argparse.Namespace) -> int:
     from .bench.train import OPTIMIZERS
     from .registry import spec
 
+    policies = {}
+    if args.suite == "resnet":
+        from .bench.sweep import RESNET_SUITE
+
+        args.model = args.model or RESNET_SUITE["model"]
+        args.activations = list(RESNET_SUITE["activations"])
+        policies = RESNET_SUITE["policies"]
     try:
         activations = [spec(a).name for a in args.activations]
     except ValueError as err:
@@ -153,7 +162,7 @@ def _compare(args: argparse.Namespace) -> int:
         return _fail(str(err))
     model = args.model or DEFAULT_MODEL[args.dataset]
     configs = expand(args.dataset, model, activations, args.optimizers, args.lrs, args.seeds, args.epochs,
-                     args.batch_size, args.data_dir, args.save_checkpoints)
+                     args.batch_size, args.data_dir, args.save_checkpoints, policies)
     with ResultStore(args.db) as store:
         summary = run_sweep(configs, store, args.executor, args.workers, args.address, not args.no_progress)
         rows = [r for r in store.rows() if r["key"] in {c.key for c in configs}]

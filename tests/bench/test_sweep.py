@@ -140,3 +140,25 @@ def test_ray_executor_matches_local_pool(tmp_path):
         summary = run_sweep(configs, ray_store, executor="ray", workers=2, progress=False)
         assert summary.ran == len(configs)
         assert strip(ray_store.rows()) == strip(local.rows())
+
+
+def test_resnet_suite_reports_top1_error(tmp_path):
+    db, out = tmp_path / "r.sqlite", tmp_path / "out"
+    assert main(["compare", "--suite", "resnet", "--dataset", "digits", "--optimizers", "sgd", "--lrs", "0.05",
+                 "--seeds", "1", "--epochs", "1", "--db", str(db), "--out", str(out), "--no-progress"]) == 0
+    rows = _rows(db)
+    assert {(r["activation"], r["policy"], r["model"]) for r in rows} == {
+        ("relu", "all", "resnet18_w16"), ("swish", "all", "resnet18_w16"), ("acon_c", "all", "resnet18_w16"),
+        ("meta_acon_c", "resnet_after_3x3", "resnet18_w16"), ("aprelu", "all", "resnet18_w16"),
+        ("arelu", "all", "resnet18_w16")}
+    md = (out / "report.md").read_text()
+    table = md.split("### Top-1 error (%)")[1]
+    meta = next(r for r in rows if r["activation"] == "meta_acon_c")
+    assert f"| meta_acon_c (resnet_after_3x3) | {100 - 100 * meta['best_acc']:.2f} ± 0.00" in table.replace("**", "")
+
+
+def test_policy_is_part_of_the_key_only_when_not_all():
+    base = RunConfig("mnist", "resnet18", "acon_c", "sgd", 0.1, 0, 1)
+    assert "policy" not in base.identity()
+    other = RunConfig("mnist", "resnet18", "acon_c", "sgd", 0.1, 0, 1, policy="resnet_after_3x3")
+    assert other.identity()["policy"] == "resnet_after_3x3" and other.key != base.key

@@ -29,6 +29,12 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
     """Rebuild the comparison model saved at ``path``: (model in eval mode, its config)."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     config = ckpt["config"]
-    model = build(config["model"], config["activation"], tuple(ckpt["sample_shape"]), ckpt["num_classes"])
+    policy = config.get("policy", "all")
+    model = build(config["model"], config["activation"] if policy == "all" else "relu",
+                  tuple(ckpt["sample_shape"]), ckpt["num_classes"])
+    if policy != "all":
+        from ..convert import replace_activations
+
+        replace_activations(model, config["activation"], policy=policy)
     model.load_state_dict(ckpt["state_dict"])
     return model.eval(), config

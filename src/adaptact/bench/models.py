@@ -5,8 +5,10 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ..registry import create, spec
+from .resnet import BasicBlock, ResNet, resnet18, resnet50
+from .shufflenet import shufflenet_v2
 
-__all__ = ["MODELS", "ConvMNIST", "ConvMNIST1D", "LinearMNIST", "build"]
+__all__ = ["MODELS", "ConvMNIST", "ConvMNIST1D", "LinearMNIST", "build", "resnet18", "resnet50", "shufflenet_v2"]
 
 
 def _out(activation, channels: int) -> int:
@@ -69,7 +71,8 @@ class LinearMNIST(nn.Module):
         return self.fc2(self.act(self.fc1(x.flatten(1))))
 
 
-MODELS = ("conv", "conv1d", "linear")
+MODELS = ("conv", "conv1d", "linear", "resnet18", "resnet18_w16", "resnet50", "shufflenet_v2")
+_VISION = {"resnet18": resnet18, "resnet50": resnet50, "shufflenet_v2": shufflenet_v2}
 
 
 def build(model: str, activation: str, sample_shape: tuple[int, ...], num_classes: int = 10) -> nn.Module:
@@ -83,4 +86,8 @@ def build(model: str, activation: str, sample_shape: tuple[int, ...], num_classe
         for s in sample_shape:
             n *= s
         return LinearMNIST(activation, n, num_classes)
+    if model in _VISION:  # small images: the CIFAR stem
+        return _VISION[model](num_classes, sample_shape[0], activation, cifar_stem=True)
+    if model == "resnet18_w16":  # ResNet-18 at a quarter of the width, for CPU budgets
+        return ResNet(BasicBlock, (2, 2, 2, 2), num_classes, sample_shape[0], activation, cifar_stem=True, width=16)
     raise ValueError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")

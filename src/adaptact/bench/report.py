@@ -17,13 +17,13 @@ from ..registry import spec
 __all__ = ["GROUPS", "aggregate", "markdown_table", "write_report"]
 
 GROUPS = (("classic", "Non-learnable"), ("learnable", "Learnable"), ("adaptive", "Adaptive"))
-CSV_COLUMNS = ("dataset", "model", "activation", "family", "optimizer", "lr", "seed", "epochs", "batch_size",
+CSV_COLUMNS = ("dataset", "model", "activation", "family", "policy", "optimizer", "lr", "seed", "epochs", "batch_size",
                "first_epoch_acc", "best_acc", "final_acc", "wall_time", "key")
 
 
 def _family(name: str) -> str:
     try:
-        return spec(name).family
+        return spec(name.split(" ")[0]).family  # "meta_acon_c (resnet_after_3x3)" -> meta_acon_c
     except ValueError:
         return "classic"
 
@@ -45,10 +45,14 @@ def _activations(rows: Sequence[dict]) -> list[tuple[str, list[str]]]:
     return [(title, [n for n in names if _family(n) == fam]) for fam, title in GROUPS]
 
 
-def markdown_table(rows: Sequence[dict], metric: str) -> str:
+def markdown_table(rows: Sequence[dict], metric: str, error: bool = False) -> str:
+    """The table of ``metric``; with ``error`` cells are top-1 error (100 - accuracy), best = lowest."""
     stats = aggregate(rows, metric)
+    if error:
+        stats = {k: (100.0 - mean, std, n) for k, (mean, std, n) in stats.items()}
+    pick = min if error else max
     cols = _columns(rows)
-    best = {c: max(stats[(a, *c)][0] for a in {r["activation"] for r in rows} if (a, *c) in stats) for c in cols}
+    best = {c: pick(stats[(a, *c)][0] for a in {r["activation"] for r in rows} if (a, *c) in stats) for c in cols}
     header = "| activation | " + " | ".join(f"{o.upper()} lr={lr:g}" for o, lr in cols) + " |"
     lines = [header, "|---|" + "---|" * len(cols)]
     for title, names in _activations(rows):
@@ -88,7 +92,7 @@ def _plots(rows: Sequence[dict], out: Path, stem: str) -> list[Path]:
     names = [n for _, group in _activations(rows) for n in group]
     paths = []
 
-    fig, axes = plt.subplots(1, 2, figsize=(2.2 + 1.6 * len(cols) * 2, 0.35 * len(names) + 1.8), squeeze=False)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * (4.5 + 1.3 * len(cols)), 0.35 * len(names) + 2.2), squeeze=False)
     for ax, (metric, title) in zip(axes[0], (("first_epoch_acc", "first epoch"), ("best_acc", "best epoch"))):
         stats = aggregate(rows, metric)
         grid = np.array([[stats.get((a, *c), (np.nan,))[0] for c in cols] for a in names])
@@ -134,6 +138,9 @@ def write_report(rows: Sequence[dict], out_dir: str | Path, plots: bool = True) 
     (dataset, model, epochs, batch size) found in ``rows``. Returns the files written."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    # an activation put in with a policy other than "all" is its own row: "meta_acon_c (resnet_after_3x3)"
+    rows = [r if r.get("policy", "all") == "all" else {**r, "activation": f"{r['activation']} ({r['policy']})"}
+            for r in rows]
     written = [out / "runs.csv"]
     _write_csv(rows, written[0])
     setups: dict[tuple, list[dict]] = defaultdict(list)
@@ -148,6 +155,8 @@ def write_report(rows: Sequence[dict], out_dir: str | Path, plots: bool = True) 
         md += [f"## {dataset}, {model}, batch {batch}, {epochs} epochs, up to {seeds} seeds", "",
                "### Test accuracy after the first epoch", "", markdown_table(group, "first_epoch_acc"),
                f"### Best test accuracy over {epochs} epochs", "", markdown_table(group, "best_acc")]
+        if not model.startswith(("conv", "linear")):  # ImageNet-style networks: the ACON paper's top-1 error
+            md += [f"### Top-1 error (%) at the best of {epochs} epochs", "", markdown_table(group, "best_acc", True)]
         if plots:
             for p in _plots(group, out, stem):
                 written.append(p)

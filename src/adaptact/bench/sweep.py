@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from .executors import execute
@@ -17,6 +17,9 @@ __all__ = ["DEFAULT_ACTIVATIONS", "PAPER_ACTIVATIONS", "SweepSummary", "expand",
 PAPER_ACTIVATIONS = ("apl", "arelu", "gelu", "maxout", "mixture", "slaf", "swish", "relu", "relu6", "sigmoid",
                      "leaky_relu", "elu", "prelu", "selu", "tanh", "rrelu", "celu", "softplus", "pau")
 DEFAULT_ACTIVATIONS = PAPER_ACTIVATIONS + ("acon_c", "meta_acon_c", "aprelu")
+# The ACON paper's ResNet comparison: Meta-ACON-C only after the 3x3 conv of each block.
+RESNET_SUITE = {"model": "resnet18_w16", "activations": ("relu", "swish", "acon_c", "meta_acon_c", "aprelu", "arelu"),
+                "policies": {"meta_acon_c": "resnet_after_3x3"}}
 
 
 @dataclass
@@ -28,9 +31,13 @@ class SweepSummary:
 
 def expand(dataset: str, model: str, activations: Sequence[str], optimizers: Sequence[str],
            lrs: Sequence[float], seeds: int, epochs: int, batch_size: int = 128,
-           data_dir: str | None = None, checkpoint_dir: str | None = None) -> list[RunConfig]:
-    """Every combination, seeds 0..seeds-1, in a stable order."""
-    return [RunConfig(dataset, model, a, o, float(lr), s, epochs, batch_size, data_dir, checkpoint_dir)
+           data_dir: str | None = None, checkpoint_dir: str | None = None,
+           policies: Mapping[str, str] | None = None) -> list[RunConfig]:
+    """Every combination, seeds 0..seeds-1, in a stable order; ``policies`` maps an activation to
+    the replace_activations policy it is put in with (default "all")."""
+    policies = policies or {}
+    return [RunConfig(dataset, model, a, o, float(lr), s, epochs, batch_size, policies.get(a, "all"), data_dir,
+                      checkpoint_dir)
             for a, o, lr, s in itertools.product(activations, optimizers, lrs, range(seeds))]
 
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from . import data as bench_data
+from ..convert import replace_activations
 from .checkpoints import save_checkpoint
 from .models import build
 
@@ -35,6 +36,7 @@ class RunConfig:
     seed: int
     epochs: int
     batch_size: int = 128
+    policy: str = "all"  # which activations of the model get ``activation`` (see replace_activations)
     data_dir: str | None = field(default=None, compare=False)
     checkpoint_dir: str | None = field(default=None, compare=False)
 
@@ -42,6 +44,8 @@ class RunConfig:
         d = asdict(self)
         d.pop("data_dir")
         d.pop("checkpoint_dir")
+        if d["policy"] == "all":  # the default keeps the keys of runs stored before the field existed
+            d.pop("policy")
         d["protocol"] = PROTOCOL
         return d
 
@@ -83,7 +87,12 @@ def run(config: RunConfig) -> dict:
     torch.set_num_threads(1)
     ds = bench_data.load(config.dataset, config.data_dir)
     torch.manual_seed(config.seed)
-    model = build(config.model, config.activation, tuple(ds.train_x.shape[1:]), ds.num_classes)
+    shape = tuple(ds.train_x.shape[1:])
+    if config.policy == "all":
+        model = build(config.model, config.activation, shape, ds.num_classes)
+    else:
+        model = build(config.model, "relu", shape, ds.num_classes)
+        replace_activations(model, config.activation, policy=config.policy)
     opt = _optimizer(config.optimizer, model.parameters(), config.lr)
     order = torch.Generator().manual_seed(config.seed)
     n = len(ds.train_y)
@@ -107,6 +116,7 @@ def run(config: RunConfig) -> dict:
     return {
         "key": config.key,
         **config.identity(),
+        "policy": config.policy,
         "train_loss": losses,
         "test_acc": accs,
         "first_epoch_acc": accs[0],

@@ -34,18 +34,56 @@ def check_input(module: nn.Module, x: torch.Tensor, channels: int | None) -> Non
 
 
 def batch_norm(bn: nn.modules.batchnorm._BatchNorm, h: torch.Tensor) -> torch.Tensor:
-    """Apply ``bn`` to (N, C) statistics, also for a single sample in training mode.
+    """Apply ``bn`` to the (N, C) statistics of a generator (Meta-ACON, APReLU).
 
-    Batch statistics of one sample are undefined (``nn.BatchNorm1d`` raises). For N == 1 in
-    training mode we normalise with the running statistics and leave them unchanged, which
-    is what the module does in eval mode. ``nn.SyncBatchNorm`` is left alone: its batch is
-    the global one.
+    * One sample in training mode: batch statistics are undefined (``nn.BatchNorm1d``
+      raises), so it is normalised with the running statistics, which stay unchanged, as in
+      eval mode.
+    * ``nn.SyncBatchNorm`` (after ``nn.SyncBatchNorm.convert_sync_batchnorm``) in distributed
+      training: its batch is the global one. torch syncs only GPU tensors; for CPU tensors
+      (gloo) the statistics are synced here with a differentiable all-reduce.
     """
-    if bn.training and h.shape[0] == 1 and not isinstance(bn, nn.SyncBatchNorm):
+    if isinstance(bn, nn.SyncBatchNorm):
+        if bn.training and h.device.type == "cpu" and _distributed_world(bn) > 1:
+            return _sync_batch_norm_cpu(bn, h)
+        return bn(h)
+    if bn.training and h.shape[0] == 1:
         return nn.functional.batch_norm(
             h, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps
         )
     return bn(h)
+
+
+def _distributed_world(bn: nn.SyncBatchNorm) -> int:
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()):
+        return 1
+    return dist.get_world_size(bn.process_group or dist.group.WORLD)
+
+
+def _sync_batch_norm_cpu(bn: nn.SyncBatchNorm, h: torch.Tensor) -> torch.Tensor:
+    """Training-mode batch norm of (N, C) ``h`` over the whole process group (gloo, CPU)."""
+    from torch.distributed.nn.functional import all_reduce
+
+    group = bn.process_group or torch.distributed.group.WORLD
+    c = h.shape[1]
+    x = h.float()
+    local = torch.cat((x.sum(0), (x * x).sum(0), x.new_tensor([x.shape[0]])))
+    total = all_reduce(local, group=group)  # differentiable sum over processes
+    n = total[-1]
+    mean = total[:c] / n
+    var = (total[c : 2 * c] / n - mean * mean).clamp_min(0)
+    y = (x - mean) * torch.rsqrt(var + bn.eps)
+    if bn.affine:
+        y = y * bn.weight + bn.bias
+    if bn.track_running_stats:
+        with torch.no_grad():
+            bn.num_batches_tracked.add_(1)
+            momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+            unbiased = var * n / (n - 1).clamp_min(1)
+            bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), momentum)
+            bn.running_var.lerp_(unbiased.to(bn.running_var.dtype), momentum)
+    return y.to(h.dtype)
 
 
 def _squeezed(shape: torch.Size) -> tuple[int, ...]:

@@ -1,0 +1,197 @@
+"""replace_activations: every site found, channels from the producer, policies, errors."""
+
+import copy
+import io
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import adaptact
+from adaptact import replace_activations
+from adaptact.bench.models import resnet18, resnet50, shufflenet_v2
+
+
+class NormAct(nn.BatchNorm2d):
+    """A norm + act layer that holds its activation as an attribute (timm's BatchNormAct2d style)."""
+
+    def __init__(self, c):
+        super().__init__(c)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        return self.act(super().forward(x))
+
+
+class SharedRelu(nn.Module):
+    """One ReLU module called after tensors of different widths (torchvision's Bottleneck does this)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(6, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 12, 1)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        return self.relu(self.conv2(self.relu(self.conv1(x))))
+
+
+class Functional(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(12, 7)
+
+    def forward(self, x):
+        return F.relu(self.fc(x.mean((2, 3))))
+
+
+class SmallNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(inplace=True))
+        self.block = SharedRelu()
+        self.norm = nn.Conv2d(12, 10, 1)
+        self.norm_act = NormAct(10)
+        self.proj = nn.Conv2d(10, 12, 1)
+        self.head = Functional()
+
+    def forward(self, x):
+        x = self.proj(self.norm_act(self.norm(self.block(self.stem(x)))))
+        return self.head(x)
+
+
+def test_every_activation_replaced_with_producer_channels():
+    torch.manual_seed(0)
+    model = SmallNet()
+    paths = replace_activations(model, "acon_c")
+    assert paths == ["stem.2", "block.relu_site0", "block.relu_site1", "norm_act.act", "head.act_site0"]
+    channels = {p: model.get_submodule(p).channels for p in paths}
+    assert channels == {"stem.2": 6, "block.relu_site0": 4, "block.relu_site1": 12, "norm_act.act": 10,
+                        "head.act_site0": 7}
+    assert all(isinstance(model.get_submodule(p), adaptact.AconC) for p in paths)
+    assert model(torch.randn(2, 3, 8, 8)).shape == (2, 7)
+    assert not any(isinstance(m, nn.ReLU) for m in model.modules())
+
+
+def test_replacing_with_relu_leaves_outputs_unchanged():
+    torch.manual_seed(0)
+    for model in (SmallNet(), resnet18(10, 1, cifar_stem=True), shufflenet_v2(10, 3)):
+        model.eval()
+        x = torch.randn(2, model.stem[0].in_channels, 32, 32)
+        before = model(x)
+        assert replace_activations(model, "relu")
+        torch.testing.assert_close(model(x), before)
+
+
+@pytest.mark.parametrize("factory, per_block", [(resnet18, "act1"), (resnet50, "act2")])
+def test_resnet_after_3x3_replaces_one_activation_per_block(factory, per_block):
+    model = factory(10, 3, cifar_stem=True)
+    paths = replace_activations(model, "meta_acon_c", policy="resnet_after_3x3")
+    blocks = [f"{layer}.{i}" for layer in ("layer1", "layer2", "layer3", "layer4")
+              for i in range(len(model.get_submodule(layer)))]
+    assert paths == [f"{b}.{per_block}" for b in blocks]
+    for b in blocks:
+        acts = [m for m in model.get_submodule(b).children() if isinstance(m, adaptact.MetaAconC)]
+        assert len(acts) == 1 and acts[0].channels == model.get_submodule(b).bn2.num_features
+    assert isinstance(model.stem[2], nn.ReLU)  # the stem is not a residual block
+    model(torch.randn(2, 3, 16, 16))
+
+
+def test_resnet_after_3x3_on_a_shared_relu_block():
+    """torchvision-style Bottleneck: one self.relu for all three sites; only the one after the 3x3 changes."""
+
+    class Bottleneck(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.bn1 = nn.Conv2d(16, 4, 1, bias=False), nn.BatchNorm2d(4)
+            self.conv2, self.bn2 = nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4)
+            self.conv3, self.bn3 = nn.Conv2d(4, 16, 1, bias=False), nn.BatchNorm2d(16)
+            self.relu = nn.ReLU(inplace=True)
+
+        def forward(self, x):
+            out = self.relu(self.bn1(self.conv1(x)))
+            out = self.relu(self.bn2(self.conv2(out)))
+            return self.relu(self.bn3(self.conv3(out)) + x)
+
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), Bottleneck(), Bottleneck())
+    paths = replace_activations(model, "acon_c", policy="resnet_after_3x3")
+    assert paths == ["1.relu_site1", "2.relu_site1"]
+    assert model[1].relu_site1.channels == 4 and isinstance(model[1].relu, nn.ReLU)
+    assert model(torch.randn(2, 3, 9, 9)).shape == (2, 16, 7, 7)
+
+
+def test_callable_policy():
+    model = SmallNet()
+    paths = replace_activations(model, "swish", policy=lambda path, m: path.startswith("stem"))
+    assert paths == ["stem.2"] and isinstance(model.stem[2], adaptact.Swish)
+
+
+def test_converted_state_dict_loads_into_a_fresh_conversion():
+    torch.manual_seed(0)
+    a = resnet18(10, 1, cifar_stem=True)
+    replace_activations(a, "aprelu", policy="resnet_after_3x3")
+    b = copy.deepcopy(a)  # same structure, then different weights
+    with torch.no_grad():
+        for p in a.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    buf = io.BytesIO()
+    torch.save(a.state_dict(), buf)
+    fresh = resnet18(10, 1, cifar_stem=True)
+    replace_activations(fresh, "aprelu", policy="resnet_after_3x3")
+    buf.seek(0)
+    fresh.load_state_dict(torch.load(buf))
+    x = torch.randn(2, 1, 16, 16)
+    torch.testing.assert_close(fresh.eval()(x), a.eval()(x))
+    assert not torch.allclose(b.eval()(x), a(x))
+
+    shared = SmallNet()
+    replace_activations(shared, "meta_acon_c")
+    again = SmallNet()
+    replace_activations(again, "meta_acon_c")
+    again.load_state_dict(shared.state_dict())
+
+
+def test_inplace_flag_is_kept():
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(inplace=True))
+    replace_activations(model, "leaky_relu")
+    assert model[1].inplace
+
+
+def test_errors_name_the_layer():
+    with pytest.raises(ValueError, match=r"cannot infer the channels of the activation at '0'"):
+        replace_activations(nn.Sequential(nn.ReLU(), nn.Conv2d(3, 4, 1)), "acon_c")
+
+    class RootFunctional(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 1)
+
+        def forward(self, x):
+            return F.relu(self.conv(x))
+
+    with pytest.raises(ValueError, match=r"model's own forward .*<relu>.*nn.Sequential\(model\)"):
+        replace_activations(RootFunctional(), "acon_c")
+    model = nn.Sequential(RootFunctional())
+    assert replace_activations(model, "acon_c") == ["0.act_site0"]
+    with pytest.raises(ValueError, match=r"'crelu' changes the number of channels .* at '1'"):
+        replace_activations(nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU()), "crelu")
+    with pytest.raises(ValueError, match="policy must be one of"):
+        replace_activations(SmallNet(), "relu", policy="every_other")
+    with pytest.raises(ValueError, match="unknown activation 'aconc'"):
+        replace_activations(SmallNet(), "aconc")
+
+
+def test_models_from_timm_and_torchvision():
+    tv = pytest.importorskip("torchvision")
+    model = tv.models.resnet50(num_classes=10)
+    paths = replace_activations(model, "acon_c", policy="resnet_after_3x3")
+    assert len(paths) == 16
+    model(torch.randn(1, 3, 64, 64))
+
+
+def test_models_from_timm():
+    timm = pytest.importorskip("timm")
+    model = timm.create_model("resnet18", num_classes=10)
+    assert replace_activations(model, "meta_acon_c")
+    model(torch.randn(2, 3, 64, 64))

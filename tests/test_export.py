@@ -1,0 +1,43 @@
+"""A converted ResNet-18 exports with torch.export and to ONNX, and gives the same outputs."""
+
+import pytest
+import torch
+
+import adaptact
+from adaptact.bench.models import resnet18
+
+ADAPTIVE = adaptact.available("adaptive")
+
+
+def _converted(name):
+    torch.manual_seed(0)
+    model = resnet18(num_classes=10, in_channels=1, cifar_stem=True)
+    adaptact.replace_activations(model, name)
+    model.train()(torch.randn(4, 1, 16, 16))  # non-trivial BN statistics
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", ADAPTIVE)
+def test_torch_export(name):
+    model = _converted(name)
+    x = torch.randn(2, 1, 16, 16)
+    exported = torch.export.export(model, (x,))
+    x2 = torch.randn(2, 1, 16, 16)
+    torch.testing.assert_close(exported.module()(x2), model(x2), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ADAPTIVE)
+def test_onnx_in_onnxruntime(name, tmp_path):
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    model = _converted(name)
+    x = torch.randn(2, 1, 16, 16)
+    path = tmp_path / f"{name}.onnx"
+    torch.onnx.export(model, (x,), str(path), input_names=["x"], output_names=["y"], dynamo=True)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x2 = torch.randn(2, 1, 16, 16)
+    (y,) = session.run(None, {"x": x2.numpy()})
+    expected = model(x2).detach().numpy()
+    # float32 rounding grows with the logits' scale (AReLU's gain of ~1.9 per layer makes them ~1e2)
+    assert abs(y - expected).max() <= 1e-4 * max(1.0, abs(expected).max())
