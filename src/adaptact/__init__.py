@@ -9,6 +9,7 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from . import functional
+from .convert import replace_activations
 from .nn import (
     APL,
     PAU,
@@ -25,7 +26,6 @@ from .nn import (
     Swish,
 )
 from .registry import ActivationSpec, available, create, get, spec
-from .convert import replace_activations
 
 try:
     __version__ = version("adaptact")

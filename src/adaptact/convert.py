@@ -171,15 +171,16 @@ def _sites(model: nn.Module) -> tuple[list[_Site], dict[str, fx.Graph]]:
     before: int | None = None  # channels of the last producer registered before the current holder
     for path, owner in model.named_modules():
         holder_input, before = before, producer_channels(owner) or before
-        if isinstance(owner, ACTIVATION_TYPES) or isinstance(owner, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
-            if isinstance(owner, nn.Sequential):
-                sites += _sequential_sites(path, owner, holder_input)
+        if isinstance(owner, nn.Sequential):
+            sites += _sequential_sites(path, owner, holder_input)
+            continue
+        if isinstance(owner, (*ACTIVATION_TYPES, nn.ModuleList, nn.ModuleDict)):
             continue
         if not _holds_activations(owner):
             continue
         try:
             graph = _ChildrenAsLeaves().trace(owner)
-        except Exception:  # fx cannot trace this forward: fall back to registration order
+        except Exception:  # noqa: BLE001 - fx fails in many ways on dynamic code: use registration order
             sites += _static_sites(path, owner, holder_input)
             continue
         residual = _has_residual_add(graph)

@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import data as bench_data
 from ..convert import replace_activations
+from . import data as bench_data
 from .checkpoints import save_checkpoint
 from .models import build
 
