@@ -38,9 +38,11 @@ __all__ = [
 ]
 
 
-def channel_view(t: Tensor, x: Tensor) -> Tensor:
-    """View ``t`` (scalar, (C,), (N, C) or x-shaped) so it broadcasts against ``x`` on dims 0/1."""
-    t = t.to(x.dtype)
+def channel_view(t: Tensor, x: Tensor, cast: bool = True) -> Tensor:
+    """View ``t`` (scalar, (C,), (N, C) or x-shaped) so it broadcasts against ``x`` on dims 0/1,
+    cast to ``x``'s dtype unless ``cast`` is False."""
+    if cast:
+        t = t.to(x.dtype)
     if t.ndim == 1 and x.ndim > 2:
         return t.reshape((-1,) + (1,) * (x.ndim - 2))
     if t.ndim == 2 and x.ndim > 2:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .. import functional as AF
+from ..ops import dispatch
 from .base import ActivationModule, check_input
 
 __all__ = ["AconA", "AconB", "AconC"]
@@ -25,18 +25,20 @@ class AconA(ActivationModule):
     Swish with a learnable per-channel ``beta`` (shape (C,), initialised to ``beta``).
     """
 
-    def __init__(self, channels: int, beta: float = 1.0, inplace: bool = False) -> None:
+    def __init__(self, channels: int, beta: float = 1.0, inplace: bool = False, backend: str = "auto") -> None:
         super().__init__()
         self.channels = _channels(channels)
         self.beta = nn.Parameter(torch.full((channels,), float(beta)))
         self.inplace = inplace
+        self._set_backend(backend)
 
     def forward(self, x: Tensor) -> Tensor:
         check_input(self, x, self.channels)
-        return AF.acon_a(x, self.beta)
+        one = torch.ones((), dtype=self.beta.dtype, device=self.beta.device)
+        return dispatch.acon_c(x, one, one - 1, self.beta, self.backend)
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}"
+        return f"channels={self.channels}" + self._backend_repr()
 
 
 class AconB(ActivationModule):
@@ -48,19 +50,22 @@ class AconB(ActivationModule):
     ``beta`` (initialised to 1, as in the official ACON-C).
     """
 
-    def __init__(self, channels: int, p: float = 0.25, beta: float = 1.0, inplace: bool = False) -> None:
+    def __init__(self, channels: int, p: float = 0.25, beta: float = 1.0, inplace: bool = False,
+                 backend: str = "auto") -> None:
         super().__init__()
         self.channels = _channels(channels)
         self.p = nn.Parameter(torch.full((channels,), float(p)))
         self.beta = nn.Parameter(torch.full((channels,), float(beta)))
         self.inplace = inplace
+        self._set_backend(backend)
 
     def forward(self, x: Tensor) -> Tensor:
         check_input(self, x, self.channels)
-        return AF.acon_b(x, self.p, self.beta)
+        one = torch.ones((), dtype=self.p.dtype, device=self.p.device)
+        return dispatch.acon_c(x, one, self.p, self.beta, self.backend)
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}"
+        return f"channels={self.channels}" + self._backend_repr()
 
 
 class AconC(ActivationModule):
@@ -76,17 +81,18 @@ class AconC(ActivationModule):
     as the official code initialises them. The official (1, C, 1, 1) tensors load as they are.
     """
 
-    def __init__(self, channels: int, beta: float = 1.0, inplace: bool = False) -> None:
+    def __init__(self, channels: int, beta: float = 1.0, inplace: bool = False, backend: str = "auto") -> None:
         super().__init__()
         self.channels = _channels(channels)
         self.p1 = nn.Parameter(torch.randn(channels))
         self.p2 = nn.Parameter(torch.randn(channels))
         self.beta = nn.Parameter(torch.full((channels,), float(beta)))
         self.inplace = inplace
+        self._set_backend(backend)
 
     def forward(self, x: Tensor) -> Tensor:
         check_input(self, x, self.channels)
-        return AF.acon_c(x, self.p1, self.p2, self.beta)
+        return dispatch.acon_c(x, self.p1, self.p2, self.beta, self.backend)
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}"
+        return f"channels={self.channels}" + self._backend_repr()

@@ -7,7 +7,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from .. import functional as AF
+from ..ops import dispatch
 from .acon import _channels
 from .base import ActivationModule, batch_norm, check_input
 
@@ -37,8 +37,10 @@ class APReLU(ActivationModule):
         channels: int,
         alpha: Literal["channel", "sample"] = "channel",
         inplace: bool = False,
+        backend: str = "auto",
     ) -> None:
         super().__init__()
+        self._set_backend(backend)
         if alpha not in ("channel", "sample"):
             raise ValueError(f"alpha must be 'channel' or 'sample', got {alpha!r}")
         self.channels = _channels(channels)
@@ -52,17 +54,13 @@ class APReLU(ActivationModule):
 
     def generate_alpha(self, x: Tensor) -> Tensor:
         """The negative slopes for ``x``: (N, C) or (N, 1)."""
-        dtype = self.fc1.weight.dtype
-        s = torch.cat(
-            (AF.spatial_mean(torch.clamp(x, max=0), dtype), AF.spatial_mean(torch.relu(x), dtype)),
-            dim=1,
-        )
+        s = torch.cat(dispatch.signed_spatial_mean(x, self.fc1.weight.dtype, self.backend), dim=1)
         h = torch.relu(batch_norm(self.bn1, self.fc1(s)))
         return torch.sigmoid(batch_norm(self.bn2, self.fc2(h)))
 
     def forward(self, x: Tensor) -> Tensor:
         check_input(self, x, self.channels)
-        return AF.aprelu(x, self.generate_alpha(x))
+        return dispatch.aprelu(x, self.generate_alpha(x), self.backend)
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, alpha={self.alpha_mode!r}"
+        return f"channels={self.channels}, alpha={self.alpha_mode!r}" + self._backend_repr()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .. import functional as AF
+from ..ops import dispatch
 from .base import ActivationModule, check_input
 
 
@@ -21,17 +21,19 @@ class AReLU(ActivationModule):
         alpha: initial negative-side slope before clamping (paper: 0.90).
         beta: initial positive-side gain logit (paper: 2.0).
         inplace: accepted for interop with ``nn.ReLU``-style code; the result is always a new tensor.
+        backend: "auto", "reference", "autograd" or "triton" (see ``adaptact.ops.dispatch``).
     """
 
-    def __init__(self, alpha: float = 0.90, beta: float = 2.0, inplace: bool = False) -> None:
+    def __init__(self, alpha: float = 0.90, beta: float = 2.0, inplace: bool = False, backend: str = "auto") -> None:
         super().__init__()
+        self._set_backend(backend)
         self.alpha = nn.Parameter(torch.tensor([float(alpha)]))
         self.beta = nn.Parameter(torch.tensor([float(beta)]))
         self.inplace = inplace
 
     def forward(self, x: Tensor) -> Tensor:
         check_input(self, x, None)
-        return AF.arelu(x, self.alpha, self.beta)
+        return dispatch.arelu(x, self.alpha, self.beta, self.backend)
 
     def extra_repr(self) -> str:
-        return f"alpha={self.alpha.item():.4g}, beta={self.beta.item():.4g}"
+        return f"alpha={self.alpha.item():.4g}, beta={self.beta.item():.4g}" + self._backend_repr()

@@ -93,11 +93,24 @@ def _squeezed(shape: torch.Size) -> tuple[int, ...]:
 class ActivationModule(nn.Module):
     """Base of adaptact's modules.
 
+    Adaptive modules take ``backend=`` ("auto", "reference", "autograd", "triton"; see
+    ``adaptact.ops.dispatch``): the same numbers from different implementations.
+
     ``load_state_dict`` accepts the official implementations' layouts: a tensor whose shape
     equals ours once size-1 dims are dropped (ACON's (1, C, 1, 1) for our (C,), a 1x1 conv's
     (out, in, 1, 1) for a Linear's (out, in)) is reshaped to ours. Non-finite values are
     refused with an error naming the entry.
     """
+
+    backend: str = "auto"
+
+    def _set_backend(self, backend: str) -> None:
+        from ..ops.dispatch import check_backend
+
+        self.backend = check_backend(backend)
+
+    def _backend_repr(self) -> str:
+        return "" if self.backend == "auto" else f", backend={self.backend!r}"
 
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import functional as AF
+from ..ops import dispatch
 from .acon import _channels
 from .base import ActivationModule, batch_norm, check_input
 
@@ -48,8 +49,10 @@ class MetaAconC(ActivationModule):
         r: int = 16,
         granularity: Granularity = "channel",
         inplace: bool = False,
+        backend: str = "auto",
     ) -> None:
         super().__init__()
+        self._set_backend(backend)
         if granularity not in ("channel", "layer", "pixel"):
             raise ValueError(
                 f"granularity must be 'channel', 'layer' or 'pixel', got {granularity!r}"
@@ -81,7 +84,9 @@ class MetaAconC(ActivationModule):
 
     def forward(self, x: Tensor) -> Tensor:
         check_input(self, x, self.channels)
-        return AF.meta_acon_c(x, self.p1, self.p2, self.generate_beta(x))
+        if self.granularity == "pixel":  # beta = sigmoid(x) is fused: no x-sized beta tensor
+            return dispatch.acon_c_pixel(x, self.p1, self.p2, self.backend)
+        return dispatch.acon_c(x, self.p1, self.p2, self.generate_beta(x), self.backend)
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, r={self.r}, granularity={self.granularity!r}"
+        return f"channels={self.channels}, r={self.r}, granularity={self.granularity!r}" + self._backend_repr()

@@ -1,0 +1,217 @@
+"""Memory-lean autograd Functions behind the adaptive activations (every device).
+
+Each Function saves only its input (plus the small per-(N, C) tensors Meta-ACON and APReLU
+already have) and recomputes what backward needs, instead of the 2-3 full-size intermediates
+the plain composition in ``adaptact.functional`` keeps alive. Parameter gradients are reduced
+to the parameters' broadcast shapes in backward. The numbers equal ``adaptact.functional``.
+
+Parameters arrive already viewed for broadcasting against ``x`` (``functional.channel_view``),
+so autograd maps their gradients back to the parameters' own shapes. float16 and bfloat16
+inputs are computed in float32 (temporaries only; the saved input stays in its dtype), so
+parameter gradients accumulate in float32. A second backward through them (``create_graph=True``)
+is refused with an error rather than silently missing terms: use ``backend="reference"`` for
+higher-order gradients.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import Tensor
+
+__all__ = ["arelu", "acon_c", "acon_c_pixel", "aprelu", "signed_spatial_mean"]
+
+
+_LOW = (torch.float16, torch.bfloat16)
+
+
+def _first_order(backward):
+    """Refuse ``create_graph=True``: these backward formulas are not themselves differentiated."""
+
+    @functools.wraps(backward)
+    def checked(ctx, *grads):
+        if torch.is_grad_enabled():
+            raise RuntimeError("adaptact's fused backends compute first-order gradients only (a backward with "
+                               "create_graph=True was asked for); use backend='reference' for higher orders")
+        return backward(ctx, *grads)
+
+    return checked
+
+
+def _up(*tensors: Tensor) -> tuple[Tensor, ...]:
+    """float16/bfloat16 tensors as float32 for computing; others as they are."""
+    return tuple(t.float() if t.dtype in _LOW else t for t in tensors)
+
+
+def _cast(grads, likes):
+    return tuple(None if g is None else g.to(like.dtype) for g, like in zip(grads, likes))
+
+
+def _positive_part(dy: Tensor, x: Tensor) -> Tensor:
+    """dy where x > 0, else 0 (one pass; torch's own relu backward)."""
+    return torch.ops.aten.threshold_backward(dy, x, 0)
+
+
+class _AReLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, slope: Tensor, gain: Tensor) -> Tensor:
+        ctx.save_for_backward(x, slope, gain)
+        xc, sc, gc = _up(x, slope, gain)
+        return (sc * xc).addcmul_(torch.relu(xc), gc - sc).to(x.dtype)
+
+    @staticmethod
+    @_first_order
+    def backward(ctx, dy: Tensor):
+        saved = ctx.saved_tensors
+        x, slope, gain, dy = _up(*saved, dy)
+        on_pos = _positive_part(dy, x)
+        on_neg = _positive_part(dy, x.neg())  # relu'(0) = 0 on both sides, as in the reference
+        dx = dslope = dgain = None
+        if ctx.needs_input_grad[2]:
+            dgain = (on_pos * x).sum_to_size(gain.shape)
+        if ctx.needs_input_grad[1]:
+            dslope = (on_neg * x).sum_to_size(slope.shape)
+        if ctx.needs_input_grad[0]:
+            dx = on_pos.mul_(gain).addcmul_(on_neg, slope)
+        return _cast((dx, dslope, dgain), saved)
+
+
+def arelu(x: Tensor, slope: Tensor, gain: Tensor) -> Tensor:
+    """y = gain * relu(x) - slope * relu(-x), i.e. gain * x for x > 0 and slope * x below;
+    ``gain`` = 1 + sigmoid(beta) and ``slope`` = clamp(alpha) come in already computed."""
+    return _AReLU.apply(x, slope, gain)
+
+
+def _acon_forward(x: Tensor, dp: Tensor, p2: Tensor, beta: Tensor) -> Tensor:
+    d = dp * x
+    s = torch.mul(beta, d).sigmoid_()
+    return d.mul_(s).addcmul_(p2, x)
+
+
+def _acon_backward(ctx, dy: Tensor, x: Tensor, dp: Tensor, p2: Tensor, beta: Tensor, want: tuple[bool, ...]):
+    """Gradients of (p1 - p2) x sigmoid(beta (p1 - p2) x) + p2 x for x, p1, p2 and beta, with
+    g = s + u s (1 - s) (u = beta d, s = sigmoid(u)) the derivative of d sigmoid(beta d) / beta."""
+    want_x, want_p1, want_p2, want_beta = want
+    d = dp * x
+    u = beta * d
+    s = torch.sigmoid(u)
+    t = torch.ops.aten.sigmoid_backward(dy, s)  # dy s (1 - s)
+    g = s.mul_(dy).addcmul_(u, t)  # dy * g, in s's buffer
+    dbeta = dp1 = dp2 = dx = None
+    if want_beta:
+        dbeta = t.mul_(d).mul_(d).sum_to_size(beta.shape)
+    if want_p1 or want_p2:
+        on_p1 = torch.mul(g, x, out=u).sum_to_size(dp.shape)
+        dp1 = on_p1 if want_p1 else None
+        dp2 = torch.mul(dy, x, out=d).sum_to_size(p2.shape) - on_p1 if want_p2 else None
+    if want_x:
+        dx = g.mul_(dp).addcmul_(dy, p2)
+    return dx, dp1, dp2, dbeta
+
+
+class _AconC(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> Tensor:
+        ctx.save_for_backward(x, p1, p2, beta)
+        xc, p1c, p2c, bc = _up(x, p1, p2, beta)
+        return _acon_forward(xc, p1c - p2c, p2c, bc).to(x.dtype)
+
+    @staticmethod
+    @_first_order
+    def backward(ctx, dy: Tensor):
+        saved = ctx.saved_tensors
+        x, p1, p2, beta, dy = _up(*saved, dy)
+        grads = _acon_backward(ctx, dy, x, p1 - p2, p2, beta, ctx.needs_input_grad)
+        return _cast(grads, saved)
+
+
+def acon_c(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> Tensor:
+    """(p1 - p2) x sigmoid(beta (p1 - p2) x) + p2 x with per-channel or per-sample ``beta``."""
+    return _AconC.apply(x, p1, p2, beta)
+
+
+class _AconCPixel(torch.autograd.Function):
+    """Meta-ACON-C with pixel-wise beta = sigmoid(x): the beta path folds into dx."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, p1: Tensor, p2: Tensor) -> Tensor:
+        ctx.save_for_backward(x, p1, p2)
+        xc, p1c, p2c = _up(x, p1, p2)
+        return _acon_forward(xc, p1c - p2c, p2c, torch.sigmoid(xc)).to(x.dtype)
+
+    @staticmethod
+    @_first_order
+    def backward(ctx, dy: Tensor):
+        saved = ctx.saved_tensors
+        x, p1, p2, dy = _up(*saved, dy)
+        beta = torch.sigmoid(x)
+        want = ctx.needs_input_grad
+        # dL/dbeta elementwise, then through beta = sigmoid(x)
+        dx, dp1, dp2, dbeta = _acon_backward(ctx, dy, x, p1 - p2, p2, beta,
+                                             (want[0], want[1], want[2], want[0]))
+        if want[0]:
+            dx = dx.add_(torch.ops.aten.sigmoid_backward(dbeta, beta))
+        return _cast((dx, dp1, dp2), saved)
+
+
+def acon_c_pixel(x: Tensor, p1: Tensor, p2: Tensor) -> Tensor:
+    return _AconCPixel.apply(x, p1, p2)
+
+
+class _APReLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, alpha: Tensor) -> Tensor:
+        ctx.save_for_backward(x, alpha)
+        xc, ac = _up(x, alpha)
+        return torch.relu(xc).addcmul_(ac, torch.clamp(xc, max=0)).to(x.dtype)
+
+    @staticmethod
+    @_first_order
+    def backward(ctx, dy: Tensor):
+        saved = ctx.saved_tensors
+        x, alpha, dy = _up(*saved, dy)
+        on_pos = _positive_part(dy, x)
+        on_neg = dy - on_pos  # relu'(0) = 0 and d min(x, 0)/dx = 1 at 0, as torch's ops
+        dx = dalpha = None
+        if ctx.needs_input_grad[1]:
+            dalpha = (on_neg * x).sum_to_size(alpha.shape)
+        if ctx.needs_input_grad[0]:
+            dx = on_neg.mul_(alpha).add_(on_pos)
+        return _cast((dx, dalpha), saved)
+
+
+def aprelu(x: Tensor, alpha: Tensor) -> Tensor:
+    """max(x, 0) + alpha min(x, 0) with per-sample ``alpha`` viewed as (N, C, 1, ...)."""
+    return _APReLU.apply(x, alpha)
+
+
+class _SignedMean(torch.autograd.Function):
+    """(mean of min(x, 0), mean of max(x, 0)) over the spatial dims, saving only x."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        ctx.save_for_backward(x)
+        dims = tuple(range(2, x.ndim))
+        neg, pos = torch.clamp(x, max=0), torch.relu(x)
+        if not dims:
+            return neg.to(dtype), pos.to(dtype)  # (N, C): nothing to pool
+        return neg.mean(dims, dtype=dtype), pos.mean(dims, dtype=dtype)
+
+    @staticmethod
+    @_first_order
+    def backward(ctx, dneg: Tensor, dpos: Tensor):
+        (saved,) = ctx.saved_tensors
+        (x,) = _up(saved)
+        count = 1
+        for size in x.shape[2:]:
+            count *= size
+        view = dneg.shape + (1,) * (x.ndim - 2)
+        dneg = (dneg / count).to(x.dtype).reshape(view)
+        jump = (dpos / count).to(x.dtype).reshape(view) - dneg
+        # torch's clamp(max=0) passes the gradient at 0, relu does not: 0 goes to the negative side
+        return _positive_part(jump.expand_as(x), x).add_(dneg).to(saved.dtype), None
+
+
+def signed_spatial_mean(x: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    return _SignedMean.apply(x, dtype)

@@ -1,0 +1,109 @@
+"""Pick the implementation behind an adaptive activation: ``backend=`` on every module.
+
+* ``"reference"``: the plain composition in ``adaptact.functional`` (the truth).
+* ``"autograd"``: ``ops.autograd``'s memory-lean Functions (any device).
+* ``"triton"``: fused Triton kernels (CUDA; on CPU only under ``TRITON_INTERPRET=1``).
+* ``"auto"``: triton for CUDA tensors when Triton imports, autograd elsewhere.
+
+Every function here takes the same arguments as its ``adaptact.functional`` namesake plus
+``backend`` and returns the same numbers.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+from torch import Tensor
+
+from .. import functional as AF
+from . import autograd as AG
+
+__all__ = ["BACKENDS", "acon_c", "acon_c_pixel", "aprelu", "arelu", "check_backend", "resolve",
+           "signed_spatial_mean", "triton_available"]
+
+BACKENDS = ("auto", "reference", "autograd", "triton")
+
+
+@functools.cache
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
+    return backend
+
+
+def resolve(backend: str, x: Tensor) -> str:
+    """The backend that runs for ``x``; explains why when "triton" cannot."""
+    if backend == "auto":
+        return "triton" if x.is_cuda and triton_available() else "autograd"
+    if backend == "triton":
+        if not triton_available():
+            raise RuntimeError("backend='triton' needs Triton: pip install 'adaptact[triton]'")
+        if x.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise RuntimeError("backend='triton' on CPU tensors runs only in Triton's interpreter: set "
+                               "TRITON_INTERPRET=1 before starting Python (for tests), or use backend='autograd'")
+        if x.device.type not in ("cpu", "cuda"):
+            raise RuntimeError(f"backend='triton' supports CUDA tensors, got a {x.device.type} tensor")
+    return backend
+
+
+def _view(t: Tensor, x: Tensor) -> Tensor:
+    """Parameters keep their dtype on the fused paths: they compute in float32 for half inputs."""
+    return AF.channel_view(t, x, cast=False)
+
+
+def _triton():
+    from . import triton as T
+
+    return T
+
+
+def arelu(x: Tensor, alpha: Tensor, beta: Tensor, backend: str = "auto") -> Tensor:
+    b = resolve(backend, x)
+    if b == "reference":
+        return AF.arelu(x, alpha, beta)
+    slope = _view(alpha.clamp(0.01, 0.99), x)
+    gain = _view(1 + torch.sigmoid(beta), x)
+    return (AG if b == "autograd" else _triton()).arelu(x, slope, gain)
+
+
+def acon_c(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor, backend: str = "auto") -> Tensor:
+    """ACON-C with per-channel (C,) or per-sample (N, C) / (N, 1) ``beta`` (also ACON-A/B, Meta-ACON)."""
+    b = resolve(backend, x)
+    if b == "reference":
+        return AF.acon_c(x, p1, p2, beta)
+    views = (_view(t, x) for t in (p1, p2, beta))
+    return (AG if b == "autograd" else _triton()).acon_c(x, *views)
+
+
+def acon_c_pixel(x: Tensor, p1: Tensor, p2: Tensor, backend: str = "auto") -> Tensor:
+    """Meta-ACON-C with pixel-wise beta = sigmoid(x)."""
+    b = resolve(backend, x)
+    if b == "reference":
+        return AF.acon_c(x, p1, p2, torch.sigmoid(x))
+    views = (_view(t, x) for t in (p1, p2))
+    return (AG if b == "autograd" else _triton()).acon_c_pixel(x, *views)
+
+
+def aprelu(x: Tensor, alpha: Tensor, backend: str = "auto") -> Tensor:
+    b = resolve(backend, x)
+    if b == "reference":
+        return AF.aprelu(x, alpha)
+    return (AG if b == "autograd" else _triton()).aprelu(x, _view(alpha, x))
+
+
+def signed_spatial_mean(x: Tensor, dtype: torch.dtype, backend: str = "auto") -> tuple[Tensor, Tensor]:
+    """(GAP(min(x, 0)), GAP(max(x, 0))), each (N, C) in ``dtype``: APReLU's statistics."""
+    b = resolve(backend, x)
+    if b == "reference":
+        return AF.spatial_mean(torch.clamp(x, max=0), dtype), AF.spatial_mean(torch.relu(x), dtype)
+    return (AG if b == "autograd" else _triton()).signed_spatial_mean(x, dtype)
