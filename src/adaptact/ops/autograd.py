@@ -20,7 +20,7 @@ import functools
 import torch
 from torch import Tensor
 
-__all__ = ["arelu", "acon_c", "acon_c_pixel", "aprelu", "signed_spatial_mean"]
+__all__ = ["acon_c", "acon_c_pixel", "aprelu", "arelu", "signed_spatial_mean"]
 
 
 _LOW = (torch.float16, torch.bfloat16)
