@@ -21,9 +21,11 @@ demo: install
 	$(PYTHON) -m adaptact compare --dataset mnist1d --optimizers sgd --lrs 1e-2,1e-3 --seeds 3 \
 		--epochs $(DEMO_EPOCHS) --workers $(WORKERS) --db report/demo.sqlite --out report
 
+# The Triton kernels run a second time under Triton's CPU interpreter (their speed needs a GPU).
 test: EXTRAS = test
 test: install
 	$(PYTHON) -m pytest -q
+	TRITON_INTERPRET=1 $(PYTHON) -m pytest -q tests/ops -k triton
 
 lint:
 	$(PYTHON) -m ruff check src tests

@@ -319,6 +319,31 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_kernels_configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--shape", default="64,128,56,56", type=_csv_list("shape", _positive(int)),
+                   help="input shape N,C,H,W (default: the issue's 64x128x56x56)")
+    p.add_argument("--dtypes", default=["float32", "bfloat16"], type=_csv_list("dtype"))
+    p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--repeats", type=_positive(int), default=20)
+    p.add_argument("--json", default="bench-kernels.json", help="where to write the full results")
+
+
+@command("bench-kernels", "forward+backward time and memory of each backend against the bandwidth floor")(
+    _bench_kernels_configure)
+def _bench_kernels(args: argparse.Namespace) -> int:
+    from .bench.kernels import format_results, run_kernel_bench, write_json
+
+    bad = [d for d in args.dtypes if d not in ("float32", "float16", "bfloat16")]
+    if bad:
+        return _fail(f"unknown dtype {bad[0]!r}; choose from float32, float16, bfloat16")
+    if len(args.shape) < 2:
+        return _fail("--shape needs at least N,C")
+    report = run_kernel_bench(tuple(args.shape), tuple(args.dtypes), args.device, repeats=args.repeats)
+    sys.stdout.write(format_results(report))
+    print(f"\nJSON: {write_json(report, args.json)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 

@@ -1,0 +1,126 @@
+"""Kernel microbenchmark: forward+backward time and memory of each backend against the
+memory-bandwidth floor (``adaptact bench-kernels``).
+
+floor = tensor passes x bytes per tensor / measured copy bandwidth, with 5 passes for AReLU and
+ACON (forward: read x, write y; backward: read x and dy, write dx) and 8 for Meta-ACON-C and
+APReLU (plus a pooling read in forward and a reduction read in backward).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from ..ops.dispatch import triton_available
+from ..registry import create
+
+__all__ = ["PASSES", "KernelResult", "copy_bandwidth", "run_kernel_bench"]
+
+PASSES = {"arelu": 5, "acon_c": 5, "meta_acon_c": 8, "aprelu": 8}
+BACKENDS = ("reference", "compile", "autograd", "triton")
+
+
+@dataclass
+class KernelResult:
+    activation: str
+    dtype: str
+    backend: str
+    median_ms: float
+    saved_bytes: int  # kept for backward by one forward (distinct storages)
+    floor_ms: float
+    floor_over_time: float
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _median_ms(fn, device: torch.device, repeats: int) -> float:
+    for _ in range(3):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def copy_bandwidth(device: torch.device, nbytes: int = 1 << 28, repeats: int = 20) -> float:
+    """Measured device-to-device copy bandwidth in bytes/s (read + write counted)."""
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    ms = _median_ms(lambda: dst.copy_(src), device, repeats)
+    return 2 * nbytes / (ms / 1e3)
+
+
+def _saved_bytes(module: torch.nn.Module, x: torch.Tensor) -> int:
+    storages: dict[int, int] = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        storages[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        module(x)
+    return sum(storages.values())
+
+
+def run_kernel_bench(shape: tuple[int, ...] = (64, 128, 56, 56), dtypes: tuple[str, ...] = ("float32", "bfloat16"),
+                     device: str | None = None, activations: tuple[str, ...] = tuple(PASSES),
+                     backends: tuple[str, ...] = BACKENDS, repeats: int = 20) -> dict:
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    bandwidth = copy_bandwidth(dev, nbytes=min(1 << 28, 4 * 2 ** 24) if dev.type == "cpu" else 1 << 30)
+    results = []
+    for name in activations:
+        for dtype_name in dtypes:
+            dtype = getattr(torch, dtype_name)
+            x = torch.randn(shape, device=dev).to(dtype).requires_grad_()
+            dy = torch.randn(shape, device=dev).to(dtype)
+            floor_ms = 1e3 * PASSES[name] * x.nbytes / bandwidth
+            base = create(name, channels=shape[1]).to(dev).train()
+            for backend in backends:
+                if backend == "triton" and not (dev.type == "cuda" and triton_available()):
+                    continue
+                module = copy.deepcopy(base)
+                module.backend = "reference" if backend == "compile" else backend
+                run = torch.compile(module) if backend == "compile" else module
+                ms = _median_ms(lambda run=run, x=x, dy=dy: run(x).backward(dy), dev, repeats)
+                saved = _saved_bytes(module, x) if backend != "compile" else -1
+                results.append(KernelResult(name, dtype_name, backend, ms, saved, floor_ms, floor_ms / ms))
+    return {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
+            "device_type": dev.type,
+            "shape": list(shape), "copy_bandwidth_GBps": bandwidth / 1e9, "torch": torch.__version__,
+            "results": [asdict(r) for r in results]}
+
+
+def format_results(report: dict) -> str:
+    from ..cli import format_table
+
+    rows = [(r["activation"], r["dtype"], r["backend"], f"{r['median_ms']:.3f}",
+             "-" if r["saved_bytes"] < 0 else f"{r['saved_bytes'] / 2**20:.1f}", f"{r['floor_ms']:.3f}",
+             f"{r['floor_over_time']:.2f}") for r in report["results"]]
+    head = (f"device: {report['device']}, shape {tuple(report['shape'])}, copy bandwidth "
+            f"{report['copy_bandwidth_GBps']:.1f} GB/s, torch {report['torch']}\n")
+    if report["device_type"] == "cpu":
+        head += "(CPU: tensors that fit in cache can beat the DRAM floor; the floor is meant for GPUs)\n"
+    head += "\n"
+    return head + format_table(("activation", "dtype", "backend", "fwd+bwd median ms", "saved MiB", "floor ms",
+                                "floor/time"), rows)
+
+
+def write_json(report: dict, path: str | Path) -> Path:
+    path = Path(path)
+    path.write_text(json.dumps(report, indent=2))
+    return path

@@ -1,0 +1,99 @@
+"""Triton kernels for the adaptive activations: one fused forward and one fused backward pass.
+
+The input is seen as rows (n, c) of S = prod(spatial) elements with one stride for the
+flattened spatial dims (true for contiguous and channels_last tensors). A program handles a
+block of one row, so each parameter is a scalar per program: per channel (C,), per sample
+(N, C) or shared, passed as an (N, C) view with strides (0 where broadcast). Everything is
+computed in float32. The backward writes dx and per-(row, block) partial sums of the
+parameter gradients, which the host reduces (a few floats per row): no extra full pass.
+
+KIND selects the activation:
+  0 AReLU       a = clamp(alpha) (slope), b = 1 + sigmoid(beta) (gain)
+  1 ACON-C      a = p1 - p2, b = p2, c = beta          (ACON-A/B and Meta-ACON-C too)
+  2 ACON-C      a = p1 - p2, b = p2, beta = sigmoid(x)   (Meta-ACON-C, pixel-wise)
+  3 APReLU      a = alpha
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+AReLU, ACON, ACON_PIXEL, APReLU = 0, 1, 2, 3
+
+
+@triton.jit
+def _load_param(ptr, n, c, sn, sc):
+    return tl.load(ptr + n * sn + c * sc).to(tl.float32)
+
+
+@triton.jit
+def activation_fwd(x_ptr, y_ptr, a_ptr, b_ptr, c_ptr, a_sn, a_sc, b_sn, b_sc, c_sn, c_sc,
+                   C, S, x_sn, x_sc, x_ss, KIND: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    n = row // C
+    ch = row % C
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < S
+    ptrs = n * x_sn + ch * x_sc + offs * x_ss
+    x = tl.load(x_ptr + ptrs, mask=mask, other=0.0).to(tl.float32)
+    a = _load_param(a_ptr, n, ch, a_sn, a_sc)
+    if KIND == 0:
+        b = _load_param(b_ptr, n, ch, b_sn, b_sc)
+        y = tl.where(x > 0, b * x, a * x)
+    elif KIND == 3:
+        y = tl.where(x > 0, x, a * x)
+    else:
+        b = _load_param(b_ptr, n, ch, b_sn, b_sc)
+        if KIND == 1:
+            beta = _load_param(c_ptr, n, ch, c_sn, c_sc)
+        else:
+            beta = tl.sigmoid(x)
+        d = a * x
+        y = d * tl.sigmoid(beta * d) + b * x
+    tl.store(y_ptr + ptrs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def activation_bwd(x_ptr, dy_ptr, dx_ptr, ga_ptr, gb_ptr, gc_ptr, a_ptr, b_ptr, c_ptr,
+                   a_sn, a_sc, b_sn, b_sc, c_sn, c_sc, C, S, NB,
+                   x_sn, x_sc, x_ss, d_sn, d_sc, d_ss, KIND: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    blk = tl.program_id(1)
+    n = row // C
+    ch = row % C
+    offs = blk * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < S
+    xp = n * x_sn + ch * x_sc + offs * x_ss
+    dp = n * d_sn + ch * d_sc + offs * d_ss
+    x = tl.load(x_ptr + xp, mask=mask, other=0.0).to(tl.float32)
+    dy = tl.load(dy_ptr + dp, mask=mask, other=0.0).to(tl.float32)
+    a = _load_param(a_ptr, n, ch, a_sn, a_sc)
+    part = row * NB + blk
+    if KIND == 0:
+        b = _load_param(b_ptr, n, ch, b_sn, b_sc)
+        dyx = dy * x
+        dx = dy * tl.where(x > 0, b, tl.where(x < 0, a, 0.0))  # relu'(0) = 0, as the reference
+        tl.store(ga_ptr + part, tl.sum(tl.where(x < 0, dyx, 0.0), axis=0))
+        tl.store(gb_ptr + part, tl.sum(tl.where(x > 0, dyx, 0.0), axis=0))
+    elif KIND == 3:
+        dx = tl.where(x > 0, dy, dy * a)  # d min(x, 0)/dx = 1 at 0, as torch.clamp
+        tl.store(ga_ptr + part, tl.sum(tl.where(x > 0, 0.0, dy * x), axis=0))
+    else:
+        b = _load_param(b_ptr, n, ch, b_sn, b_sc)
+        if KIND == 1:
+            beta = _load_param(c_ptr, n, ch, c_sn, c_sc)
+        else:
+            beta = tl.sigmoid(x)
+        d = a * x
+        s = tl.sigmoid(beta * d)
+        t = s * (1.0 - s)
+        g = s + beta * d * t
+        dbeta = dy * d * d * t
+        dx = dy * (a * g + b)
+        if KIND == 2:
+            dx += dbeta * beta * (1.0 - beta)
+        tl.store(ga_ptr + part, tl.sum(dy * x * g, axis=0))  # -> p1 - p2 direction
+        tl.store(gb_ptr + part, tl.sum(dy * x, axis=0))
+        tl.store(gc_ptr + part, tl.sum(dbeta, axis=0))
+    tl.store(dx_ptr + dp, dx.to(dx_ptr.dtype.element_ty), mask=mask)

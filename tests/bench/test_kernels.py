@@ -1,0 +1,26 @@
+"""The kernel benchmark measures what it says: floors from the measured bandwidth, saved bytes."""
+
+import json
+
+from adaptact.bench.kernels import PASSES, format_results, run_kernel_bench
+from adaptact.cli import main
+
+
+def test_kernel_bench_on_cpu(tmp_path, capsys):
+    report = run_kernel_bench((2, 8, 6, 6), ("float32",), "cpu", backends=("reference", "autograd"), repeats=2)
+    rows = report["results"]
+    assert {(r["activation"], r["backend"]) for r in rows} == {(a, b) for a in PASSES for b in ("reference", "autograd")}
+    nbytes = 2 * 8 * 6 * 6 * 4
+    for r in rows:
+        expected = 1e3 * PASSES[r["activation"]] * nbytes / (report["copy_bandwidth_GBps"] * 1e9)
+        assert abs(r["floor_ms"] - expected) < 1e-9 + 1e-6 * expected
+        assert r["floor_over_time"] == r["floor_ms"] / r["median_ms"]
+    by = {(r["activation"], r["backend"]): r["saved_bytes"] for r in rows}
+    for a in PASSES:
+        assert by[(a, "autograd")] < by[(a, "reference")]
+    assert "floor/time" in format_results(report)
+    assert main(["bench-kernels", "--shape", "2,4,5,5", "--dtypes", "float32", "--device", "cpu", "--repeats", "2",
+                 "--json", str(tmp_path / "k.json")]) == 0
+    data = json.loads((tmp_path / "k.json").read_text())
+    assert {r["backend"] for r in data["results"]} == {"reference", "compile", "autograd"}
+    assert "| arelu" in capsys.readouterr().out
