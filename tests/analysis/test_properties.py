@@ -95,3 +95,10 @@ def test_gradient_flow():
     assert gradient_flow("tanh", depth=4) > gradient_flow("tanh", depth=20) * 0.5
     with pytest.raises(ValueError, match="depth must be at least 2"):
         gradient_flow("relu", depth=1)
+
+
+def test_softmax_is_analysed_as_the_sigmoid_of_one_logit_and_crelu_as_its_first_half():
+    soft, sig = properties("softmax", cost=False), properties("sigmoid", cost=False)
+    assert soft.output_mean == pytest.approx(sig.output_mean) and soft.derivative_max == pytest.approx(0.25)
+    crelu, relu = properties("crelu", cost=False), properties("relu", cost=False)
+    assert (crelu.derivative_min, crelu.derivative_max) == (relu.derivative_min, relu.derivative_max)
