@@ -25,3 +25,15 @@ def rng_seed():
     seed = int.from_bytes(os.urandom(4), "little")
     torch.manual_seed(seed)
     return seed
+
+
+@pytest.fixture
+def no_system_data(monkeypatch, tmp_path):
+    """No data set installed: the system folder is empty and $ADAPTACT_DATA unset; caches cleared."""
+    from adaptact.bench import data
+
+    monkeypatch.setattr(data, "SYSTEM_DIR", tmp_path / "system")
+    monkeypatch.delenv("ADAPTACT_DATA", raising=False)
+    data.load.cache_clear()
+    yield
+    data.load.cache_clear()

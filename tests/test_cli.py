@@ -6,7 +6,6 @@ import sys
 import pytest
 
 import adaptact
-from adaptact.bench import data as D
 from adaptact.cli import main
 from tests.bench.test_data import write_idx
 
@@ -28,15 +27,6 @@ def test_list_csv_and_module_entry_point():
                          capture_output=True, text=True, check=True).stdout
     assert out.splitlines()[0].startswith("name,family,learnable")
     assert sorted(line.split(",")[0] for line in out.splitlines()[1:]) == adaptact.available("adaptive")
-
-
-@pytest.fixture
-def no_system_data(monkeypatch, tmp_path):
-    monkeypatch.setattr(D, "SYSTEM_DIR", tmp_path / "none")
-    monkeypatch.delenv("ADAPTACT_DATA", raising=False)
-    D.load.cache_clear()
-    yield
-    D.load.cache_clear()
 
 
 def _compare(tmp_path, *extra):

@@ -172,7 +172,7 @@ def _sites(model: nn.Module) -> tuple[list[_Site], dict[str, fx.Graph]]:
     for path, owner in model.named_modules():
         holder_input, before = before, producer_channels(owner) or before
         if isinstance(owner, nn.Sequential):
-            sites += _sequential_sites(path, owner, holder_input)
+            sites += _registration_order_sites(path, owner, holder_input)
             continue
         if isinstance(owner, (*ACTIVATION_TYPES, nn.ModuleList, nn.ModuleDict)):
             continue
@@ -181,7 +181,7 @@ def _sites(model: nn.Module) -> tuple[list[_Site], dict[str, fx.Graph]]:
         try:
             graph = _ChildrenAsLeaves().trace(owner)
         except Exception:  # noqa: BLE001 - fx fails in many ways on dynamic code: use registration order
-            sites += _static_sites(path, owner, holder_input)
+            sites += _registration_order_sites(path, owner, producer_channels(owner) or holder_input)
             continue
         residual = _has_residual_add(graph)
         found = False
@@ -201,19 +201,10 @@ def _sites(model: nn.Module) -> tuple[list[_Site], dict[str, fx.Graph]]:
     return sites, graphs
 
 
-def _sequential_sites(path: str, seq: nn.Sequential, channels: int | None) -> list[_Site]:
-    """nn.Sequential runs its children in order: channels are the last producer before each one."""
+def _registration_order_sites(path: str, owner: nn.Module, channels: int | None) -> list[_Site]:
+    """Children taken to run in registration order (nn.Sequential does; the fallback for holders
+    fx cannot trace): each activation gets the last producer before it, starting from ``channels``."""
     sites = []
-    for name, child in seq.named_children():
-        if isinstance(child, ACTIVATION_TYPES):
-            sites.append(_Site(path, seq, None, name, channels, False))
-        else:
-            channels = _last_producer(child) or channels
-    return sites
-
-
-def _static_sites(path: str, owner: nn.Module, channels: int | None) -> list[_Site]:
-    sites, channels = [], producer_channels(owner) or channels
     for name, child in owner.named_children():
         if isinstance(child, ACTIVATION_TYPES):
             sites.append(_Site(path, owner, None, name, channels, False))

@@ -26,12 +26,8 @@ def write_idx(folder, n_train=12, n_test=6, size=28, gz=False, rng=None):
 
 
 @pytest.fixture(autouse=True)
-def isolated(monkeypatch, tmp_path):
-    monkeypatch.setattr(D, "SYSTEM_DIR", tmp_path / "system")
-    monkeypatch.delenv("ADAPTACT_DATA", raising=False)
-    D.load.cache_clear()
+def isolated(no_system_data):
     yield
-    D.load.cache_clear()
 
 
 @pytest.mark.parametrize("gz", [False, True])

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import adaptact
+from adaptact.bench.kernels import saved_bytes
 from adaptact.ops import dispatch
 from tests.conftest import random_input
 
@@ -104,20 +105,6 @@ def test_float64_gradcheck_and_no_silent_double_backward(case):
     assert torch.autograd.gradgradcheck(m, (x,), eps=1e-6, atol=1e-4)
 
 
-def _saved_bytes(module, x):
-    """Bytes of distinct storages saved for backward by one forward pass."""
-    storages = {}
-
-    def pack(t):
-        s = t.untyped_storage()
-        storages[s.data_ptr()] = s.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        module(x)
-    return sum(storages.values())
-
-
 @pytest.mark.parametrize("backend", FUSED)
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_fused_backends_save_only_the_input(case, backend):
@@ -126,10 +113,10 @@ def test_fused_backends_save_only_the_input(case, backend):
     x = torch.randn(n, c, 24, 24, requires_grad=True)
     small = 64 * 1024  # O(N*C) statistics and parameters
     m = adaptact.create(name, channels=c, backend=backend, **kwargs).train()
-    saved = _saved_bytes(m, x)
+    saved = saved_bytes(m, x)
     assert saved <= x.nbytes + small, f"{backend}: {saved} bytes saved, input is {x.nbytes}"
     ref = adaptact.create(name, channels=c, backend="reference", **kwargs).train()
-    assert _saved_bytes(ref, x) >= 2 * x.nbytes  # the plain composition keeps intermediates
+    assert saved_bytes(ref, x) >= 2 * x.nbytes  # the plain composition keeps intermediates
 
 
 def _best_time(module, x, repeats=15):

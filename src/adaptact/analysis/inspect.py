@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..nn import AconC, ActivationModule, APReLU, AReLU, MetaAconC
+from .plots import pyplot, save_figure
 
 __all__ = ["Collected", "acon_reference_beta", "collect", "learned_activations", "plot_aprelu_alpha",
            "plot_arelu_maps", "plot_meta_acon_beta"]
@@ -75,20 +76,11 @@ def collect(model: nn.Module, x: torch.Tensor, batch_size: int = 500, keep_maps:
     return out
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_meta_acon_beta(beta: torch.Tensor, path: str | Path, samples: int = 4, acon_beta: torch.Tensor | None = None,
                         layer: str = "", seed: int = 0) -> Path:
     """Distribution over channels of the beta Meta-ACON generates for a few random samples of one
     layer, beside ACON-C's fixed beta (its learned per-channel values, or 1, its initial value)."""
-    plt = _pyplot()
+    plt = pyplot()
     idx = sorted(random.Random(seed).sample(range(len(beta)), min(samples, len(beta))))
     data = [beta[i].numpy() for i in idx]
     labels = [f"sample {i}" for i in idx]
@@ -105,16 +97,12 @@ def plot_meta_acon_beta(beta: torch.Tensor, path: str | Path, samples: int = 4, 
     ax.set_xlabel("input sample")
     ax.set_ylabel("beta over channels")
     ax.set_title(f"Meta-ACON-C switching factor per sample {layer}".strip())
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_aprelu_alpha(alpha: torch.Tensor, path: str | Path, samples: int = 16, layer: str = "") -> Path:
     """Per-sample APReLU slopes: a (sample x channel) heat map of alpha, and its spread per sample."""
-    plt = _pyplot()
+    plt = pyplot()
     a = alpha[:samples].numpy()
     fig, (ax_h, ax_b) = plt.subplots(1, 2, figsize=(12, 4.5))
     im = ax_h.imshow(a, aspect="auto", cmap="magma", vmin=0, vmax=1)
@@ -122,18 +110,14 @@ def plot_aprelu_alpha(alpha: torch.Tensor, path: str | Path, samples: int = 16, 
     fig.colorbar(im, ax=ax_h, label="alpha")
     ax_b.boxplot(list(a), showfliers=False)
     ax_b.set(xlabel="input sample", ylabel="alpha over channels", title="spread of alpha per sample")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_arelu_maps(inputs: torch.Tensor, pre: torch.Tensor, post: torch.Tensor, path: str | Path,
                     samples: int = 3, channels: int = 4, layer: str = "") -> Path:
     """For a few test images: the image, then AReLU's pre- and post-activation maps of a few channels.
     1-D signals are drawn as curves."""
-    plt = _pyplot()
+    plt = pyplot()
     n, c = min(samples, len(pre)), min(channels, pre.shape[1])
     fig, axes = plt.subplots(n, 1 + 2 * c, figsize=(2 * (1 + 2 * c), 2.1 * n), squeeze=False)
     for i in range(n):
@@ -149,11 +133,7 @@ def plot_arelu_maps(inputs: torch.Tensor, pre: torch.Tensor, post: torch.Tensor,
             ax.set_xlabel(title, fontsize=8)
             ax.set_ylabel(f"sample {i}", fontsize=8)
     fig.suptitle(f"AReLU pre- and post-activation feature maps {layer}".strip())
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def acon_reference_beta(model: nn.Module) -> torch.Tensor | None:

@@ -10,12 +10,12 @@ from torch import nn
 
 from .properties import response
 
-__all__ = ["acon_c_derivative_bounds", "plot_acon_family", "plot_curves"]
+__all__ = ["acon_c_derivative_bounds", "plot_acon_family", "plot_curves", "save_figure"]
 
 G_MIN, G_MAX = -0.0998, 1.0998  # range of d/du [u sigmoid(u)], ACON paper
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -30,6 +30,15 @@ def acon_c_derivative_bounds(p1: float, p2: float) -> tuple[float, float]:
     return min(a, b), max(a, b)
 
 
+def save_figure(fig, path: str | Path) -> Path:
+    """Lay out, write and close a figure."""
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    pyplot().close(fig)
+    return path
+
+
 def _derivative(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.gradient(y, spacing=(x,), dim=-1)[0]
 
@@ -40,7 +49,7 @@ def plot_curves(activations: Sequence[str | tuple[str, nn.Module]], path: str | 
 
     Per-channel modules draw one thin line per channel (learned ones differ by channel).
     """
-    plt = _pyplot()
+    plt = pyplot()
     x = torch.linspace(-span, span, 2001, dtype=torch.float64)
     ncols = 2 if derivative else 1
     fig, axes = plt.subplots(1, ncols, figsize=(6 * ncols, 4.5), squeeze=False)
@@ -66,11 +75,7 @@ def plot_curves(activations: Sequence[str | tuple[str, nn.Module]], path: str | 
         ax.grid(alpha=0.3)
         ax.axhline(0, color="k", lw=0.5)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_acon_family(path: str | Path, settings: Sequence[tuple[float, float, float]] = (
@@ -80,7 +85,7 @@ def plot_acon_family(path: str | Path, settings: Sequence[tuple[float, float, fl
     p2 + (p1 - p2) * (-0.0998, 1.0998) drawn as dashed lines."""
     from ..functional import acon_c
 
-    plt = _pyplot()
+    plt = pyplot()
     x = torch.linspace(-span, span, 2001, dtype=torch.float64)
     fig, (ax_f, ax_d) = plt.subplots(1, 2, figsize=(12, 4.5))
     cmap = plt.get_cmap("tab10")
@@ -97,8 +102,4 @@ def plot_acon_family(path: str | Path, settings: Sequence[tuple[float, float, fl
     for ax in (ax_f, ax_d):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

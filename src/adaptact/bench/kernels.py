@@ -21,7 +21,7 @@ import torch
 from ..ops.dispatch import triton_available
 from ..registry import create
 
-__all__ = ["PASSES", "KernelResult", "copy_bandwidth", "run_kernel_bench"]
+__all__ = ["PASSES", "KernelResult", "copy_bandwidth", "run_kernel_bench", "saved_bytes"]
 
 PASSES = {"arelu": 5, "acon_c": 5, "meta_acon_c": 8, "aprelu": 8}
 BACKENDS = ("reference", "compile", "autograd", "triton")
@@ -64,7 +64,8 @@ def copy_bandwidth(device: torch.device, nbytes: int = 1 << 28, repeats: int = 2
     return 2 * nbytes / (ms / 1e3)
 
 
-def _saved_bytes(module: torch.nn.Module, x: torch.Tensor) -> int:
+def saved_bytes(module: torch.nn.Module, x: torch.Tensor) -> int:
+    """Bytes of the distinct storages one forward pass of ``module`` saves for backward."""
     storages: dict[int, int] = {}
 
     def pack(t):
@@ -97,7 +98,7 @@ def run_kernel_bench(shape: tuple[int, ...] = (64, 128, 56, 56), dtypes: tuple[s
                 module.backend = "reference" if backend == "compile" else backend
                 run = torch.compile(module) if backend == "compile" else module
                 ms = _median_ms(lambda run=run, x=x, dy=dy: run(x).backward(dy), dev, repeats)
-                saved = _saved_bytes(module, x) if backend != "compile" else -1
+                saved = saved_bytes(module, x) if backend != "compile" else -1
                 results.append(KernelResult(name, dtype_name, backend, ms, saved, floor_ms, floor_ms / ms))
     return {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
             "device_type": dev.type,
