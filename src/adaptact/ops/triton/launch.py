@@ -1,9 +1,12 @@
-"""Host side of the Triton kernels: layouts, launches and the autograd Functions."""
+"""Host side of the Triton kernels: layouts, launches, and their registration as PyTorch
+operators (``torch.library.triton_op``) with autograd, so torch.compile and torch.export see
+them as ops (Dynamo does not graph-break on them)."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.library import wrap_triton
 
 from .. import autograd as AG
 from . import kernels as K
@@ -36,10 +39,8 @@ def _geometry(x: Tensor) -> tuple[int, int, int, int, int, int]:
     return n, c, s, x.stride(0), x.stride(1), ss
 
 
-def _nc(p: Tensor | None, x: Tensor) -> tuple[Tensor, int, int]:
+def _nc(p: Tensor, x: Tensor) -> tuple[Tensor, int, int]:
     """An (N, C) view of a parameter broadcast against x, and its two strides."""
-    if p is None:
-        p = torch.zeros((), device=x.device)
     view = p.expand(*x.shape[:2], *([1] * (x.ndim - 2)))[(...,) + (0,) * (x.ndim - 2)]
     return view, view.stride(0), view.stride(1)
 
@@ -49,96 +50,77 @@ def _grad_to(partial: Tensor, p: Tensor, x: Tensor) -> Tensor:
     return grad.sum_to_size(p.shape).reshape(p.shape).to(p.dtype)
 
 
-def _forward(kind: int, x: Tensor, a: Tensor, b: Tensor | None, c: Tensor | None) -> Tensor:
+@torch.library.triton_op("adaptact::activation_fwd", mutates_args=())
+def activation_fwd(x: Tensor, a: Tensor, b: Tensor, c: Tensor, kind: int) -> Tensor:
+    """y for activation ``kind`` (see kernels.py) with parameters broadcasting against x on dims 0/1."""
     x = _dense(x)
     y = torch.empty_like(x)
     n, ch, s, sn, sc, ss = _geometry(x)
     (a2, asn, asc), (b2, bsn, bsc), (c2, csn, csc) = _nc(a, x), _nc(b, x), _nc(c, x)
-    grid = (n * ch, triton_cdiv(s, BLOCK))
     if x.numel():
-        K.activation_fwd[grid](x, y, a2, b2, c2, asn, asc, bsn, bsc, csn, csc, ch, s, sn, sc, ss,
-                               KIND=kind, BLOCK=BLOCK)
+        wrap_triton(K.activation_fwd)[(n * ch, triton_cdiv(s, BLOCK))](
+            x, y, a2, b2, c2, asn, asc, bsn, bsc, csn, csc, ch, s, sn, sc, ss, KIND=kind, BLOCK=BLOCK)
     return y
 
 
-def _backward(kind: int, x: Tensor, dy: Tensor, a: Tensor, b: Tensor | None, c: Tensor | None):
+@torch.library.triton_op("adaptact::activation_bwd", mutates_args=())
+def activation_bwd(x: Tensor, dy: Tensor, a: Tensor, b: Tensor, c: Tensor, kind: int
+                   ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """dx and the float32 partial sums (N * C, blocks) of the gradients of a, b and c."""
     x, dy = _dense(x), _dense(dy)
     dx = torch.empty_like(dy)
     n, ch, s, sn, sc, ss = _geometry(x)
     _, _, _, dsn, dsc, dss = _geometry(dy)
     nb = triton_cdiv(s, BLOCK)
-    parts = [torch.zeros(n * ch, nb, dtype=torch.float32, device=x.device) for _ in range(3)]
+    ga, gb, gc = (torch.zeros(n * ch, nb, dtype=torch.float32, device=x.device) for _ in range(3))
     (a2, asn, asc), (b2, bsn, bsc), (c2, csn, csc) = _nc(a, x), _nc(b, x), _nc(c, x)
     if x.numel():
-        K.activation_bwd[(n * ch, nb)](x, dy, dx, *parts, a2, b2, c2, asn, asc, bsn, bsc, csn, csc, ch, s, nb,
-                                       sn, sc, ss, dsn, dsc, dss, KIND=kind, BLOCK=BLOCK)
-    return dx, parts
+        wrap_triton(K.activation_bwd)[(n * ch, nb)](
+            x, dy, dx, ga, gb, gc, a2, b2, c2, asn, asc, bsn, bsc, csn, csc, ch, s, nb,
+            sn, sc, ss, dsn, dsc, dss, KIND=kind, BLOCK=BLOCK)
+    return dx, ga, gb, gc
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, a, b, c, kind = inputs
+    ctx.save_for_backward(x, a, b, c)
+    ctx.kind = kind
+
+
+@AG._first_order
+def _activation_backward(ctx, dy: Tensor):
+    x, a, b, c = ctx.saved_tensors
+    dx, ga, gb, gc = torch.ops.adaptact.activation_bwd(x, dy, a, b, c, ctx.kind)
+    want = ctx.needs_input_grad
+    grads = [_grad_to(g, p, x) if want[i + 1] else None for i, (g, p) in enumerate(((ga, a), (gb, b), (gc, c)))]
+    return (dx if want[0] else None, *grads, None)
+
+
+activation_fwd.register_autograd(_activation_backward, setup_context=_setup_context)
 
 
 def triton_cdiv(a: int, b: int) -> int:
     return max(1, -(-a // b))
 
 
-class _AReLU(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, slope, gain):
-        ctx.save_for_backward(x, slope, gain)
-        return _forward(K.AReLU, x, slope, gain, None)
-
-    @staticmethod
-    @AG._first_order
-    def backward(ctx, dy):
-        x, slope, gain = ctx.saved_tensors
-        dx, (ga, gb, _) = _backward(K.AReLU, x, dy, slope, gain, None)
-        return dx, _grad_to(ga, slope, x), _grad_to(gb, gain, x)
-
-
-class _Acon(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, p1, p2, beta, pixel: bool):
-        ctx.save_for_backward(x, p1, p2, beta)
-        ctx.pixel = pixel
-        return _forward(K.ACON_PIXEL if pixel else K.ACON, x, p1 - p2, p2, beta)
-
-    @staticmethod
-    @AG._first_order
-    def backward(ctx, dy):
-        x, p1, p2, beta = ctx.saved_tensors
-        dx, (g_dp, g_x, g_beta) = _backward(K.ACON_PIXEL if ctx.pixel else K.ACON, x, dy, p1 - p2, p2, beta)
-        dp1 = _grad_to(g_dp, p1, x)
-        dp2 = _grad_to(g_x - g_dp, p2, x)
-        dbeta = None if ctx.pixel else _grad_to(g_beta, beta, x)
-        return dx, dp1, dp2, dbeta, None
-
-
-class _APReLU(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, alpha):
-        ctx.save_for_backward(x, alpha)
-        return _forward(K.APReLU, x, alpha, None, None)
-
-    @staticmethod
-    @AG._first_order
-    def backward(ctx, dy):
-        x, alpha = ctx.saved_tensors
-        dx, (ga, _, _) = _backward(K.APReLU, x, dy, alpha, None, None)
-        return dx, _grad_to(ga, alpha, x)
+def _unused(x: Tensor) -> Tensor:
+    return torch.zeros((), dtype=torch.float32, device=x.device)
 
 
 def arelu(x: Tensor, slope: Tensor, gain: Tensor) -> Tensor:
-    return _AReLU.apply(x, slope, gain)
+    return activation_fwd(x, slope, gain, _unused(x), K.AReLU)
 
 
 def acon_c(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> Tensor:
-    return _Acon.apply(x, p1, p2, beta, False)
+    return activation_fwd(x, p1 - p2, p2, beta, K.ACON)
 
 
 def acon_c_pixel(x: Tensor, p1: Tensor, p2: Tensor) -> Tensor:
-    return _Acon.apply(x, p1, p2, torch.zeros((), dtype=p1.dtype, device=p1.device), True)
+    return activation_fwd(x, p1 - p2, p2, _unused(x), K.ACON_PIXEL)
 
 
 def aprelu(x: Tensor, alpha: Tensor) -> Tensor:
-    return _APReLU.apply(x, alpha)
+    return activation_fwd(x, alpha, _unused(x), _unused(x), K.APReLU)
 
 
 # APReLU's pooled statistics are O(N*C) outputs of one reduction pass; the autograd Function
