@@ -102,3 +102,18 @@ def test_softmax_is_analysed_as_the_sigmoid_of_one_logit_and_crelu_as_its_first_
     assert soft.output_mean == pytest.approx(sig.output_mean) and soft.derivative_max == pytest.approx(0.25)
     crelu, relu = properties("crelu", cost=False), properties("relu", cost=False)
     assert (crelu.derivative_min, crelu.derivative_max) == (relu.derivative_min, relu.derivative_max)
+
+
+def test_bounds_look_at_both_tails():
+    absolute = adaptact.Mixture(p=-1.0)  # -x + 2 relu(x) = |x|
+    p = properties(absolute, cost=False)
+    assert p.bounded_below and not p.bounded_above and not p.monotonic
+    square = adaptact.SLAF(k=3)
+    with torch.no_grad():
+        square.coeff.copy_(torch.tensor([0.0, 0.0, -1.0]))  # -x^2
+    p = properties(square, cost=False)
+    assert p.bounded_above and not p.bounded_below
+
+
+def test_named_activations_are_analysed_at_a_fixed_initialisation():
+    assert properties("acon_c", cost=False) == properties("acon_c", cost=False)

@@ -56,10 +56,13 @@ class Properties:
         return asdict(self)
 
 
-def _module(activation: str | nn.Module, channels: int) -> tuple[str, nn.Module, int]:
+def _module(activation: str | nn.Module, channels: int, seed: int = 0) -> tuple[str, nn.Module, int]:
+    """(name, module, channels); a name is built with its initial parameters drawn under ``seed``."""
     if isinstance(activation, str):
         s = spec(activation)
-        return s.name, create(s.name, channels=channels), channels
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            return s.name, create(s.name, channels=channels), channels
     c = getattr(activation, "channels", None) or getattr(activation, "num_parameters", None)
     return type(activation).__name__, activation, int(c) if c else 0
 
@@ -114,9 +117,10 @@ def relative_cost(activation: str | nn.Module, channels: int = 64, repeats: int 
 def properties(activation: str | nn.Module, channels: int = 4, cost: bool = True, seed: int = 0) -> Properties:
     """Measure an activation given by registry name or as a module (at its current parameters).
 
-    ``channels`` sizes per-channel modules built from a name; ``cost=False`` skips timing.
+    ``channels`` sizes per-channel modules built from a name (their initial parameters drawn
+    with ``seed``, so the numbers repeat); ``cost=False`` skips timing.
     """
-    name, module, c = _module(activation, channels)
+    name, module, c = _module(activation, channels, seed)
     per_channel = bool(c) and (not isinstance(activation, str) or spec(name).per_channel)
     c = c if per_channel else 0
     x, inner = _grid()
@@ -127,8 +131,10 @@ def properties(activation: str | nn.Module, channels: int = 4, cost: bool = True
     jumps = (d[:, 1:] - d[:, :-1]).abs().amax()
     diffs = y[:, 1:] - y[:, :-1]
     monotonic = bool(((diffs >= -1e-12).all(1) | (diffs <= 1e-12).all(1)).all())
-    near_hi = torch.maximum(y[:, inner].amax(1), y[:, : len(FAR) + 1].amax(1)).max()
-    near_lo = torch.minimum(y[:, inner].amin(1), y[:, : len(FAR) + 1].amin(1)).min()
+    # per channel: values on [-1e2, 1e2] against those out to +-1e5 (bounded: grows by less than 1)
+    near = torch.cat((y[:, inner], y[:, [len(FAR) - 1, len(y[0]) - len(FAR)]]), dim=1)
+    bounded_above = bool((y.amax(1) <= near.amax(1) + 1.0).all())
+    bounded_below = bool((y.amin(1) >= near.amin(1) - 1.0).all())
     far_slopes = torch.cat((diffs[:, : len(FAR)] / (x[1 : len(FAR) + 1] - x[: len(FAR)]),
                             diffs[:, -len(FAR):] / (x[-len(FAR):] - x[-len(FAR) - 1 : -1])), dim=1)
 
@@ -140,7 +146,7 @@ def properties(activation: str | nn.Module, channels: int = 4, cost: bool = True
     dying = float(((d_at_normal.abs() < 1e-9) & inside).double().mean(1).amax())
 
     if isinstance(activation, str) and per_channel:  # count at a typical width, as `adaptact list` does
-        c, module_for_count = 64, create(name, channels=64)
+        c, module_for_count = 64, _module(name, 64, seed)[1]
     else:
         module_for_count = module
     n_params = sum(p.numel() for p in module_for_count.parameters() if p.requires_grad)
@@ -148,8 +154,8 @@ def properties(activation: str | nn.Module, channels: int = 4, cost: bool = True
         name=name,
         monotonic=monotonic,
         smooth=bool(jumps < 1e-2),
-        bounded_below=bool(y.amin() >= near_lo - 1.0),
-        bounded_above=bool(y.amax() <= near_hi + 1.0),
+        bounded_below=bounded_below,
+        bounded_above=bounded_above,
         output_mean=float(out.mean()),
         output_std=float(out.std()),
         dying_fraction=dying,
