@@ -28,6 +28,14 @@ def _load_param(ptr, n, c, sn, sc):
 
 
 @triton.jit
+def _switching_factor(x, c_ptr, n, ch, c_sn, c_sc, KIND: tl.constexpr):
+    """ACON's beta: a parameter per channel or sample (KIND 1) or sigmoid(x) per element (KIND 2)."""
+    if KIND == 1:
+        return _load_param(c_ptr, n, ch, c_sn, c_sc)
+    return tl.sigmoid(x)
+
+
+@triton.jit
 def activation_fwd(x_ptr, y_ptr, a_ptr, b_ptr, c_ptr, a_sn, a_sc, b_sn, b_sc, c_sn, c_sc,
                    C, S, x_sn, x_sc, x_ss, KIND: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0)
@@ -45,10 +53,7 @@ def activation_fwd(x_ptr, y_ptr, a_ptr, b_ptr, c_ptr, a_sn, a_sc, b_sn, b_sc, c_
         y = tl.where(x > 0, x, a * x)
     else:
         b = _load_param(b_ptr, n, ch, b_sn, b_sc)
-        if KIND == 1:
-            beta = _load_param(c_ptr, n, ch, c_sn, c_sc)
-        else:
-            beta = tl.sigmoid(x)
+        beta = _switching_factor(x, c_ptr, n, ch, c_sn, c_sc, KIND)
         d = a * x
         y = d * tl.sigmoid(beta * d) + b * x
     tl.store(y_ptr + ptrs, y.to(y_ptr.dtype.element_ty), mask=mask)
@@ -81,10 +86,7 @@ def activation_bwd(x_ptr, dy_ptr, dx_ptr, ga_ptr, gb_ptr, gc_ptr, a_ptr, b_ptr, 
         tl.store(ga_ptr + part, tl.sum(tl.where(x > 0, 0.0, dy * x), axis=0))
     else:
         b = _load_param(b_ptr, n, ch, b_sn, b_sc)
-        if KIND == 1:
-            beta = _load_param(c_ptr, n, ch, c_sn, c_sc)
-        else:
-            beta = tl.sigmoid(x)
+        beta = _switching_factor(x, c_ptr, n, ch, c_sn, c_sc, KIND)
         d = a * x
         s = tl.sigmoid(beta * d)
         t = s * (1.0 - s)
