@@ -29,13 +29,13 @@ def _dense(x: Tensor) -> Tensor:
 
 
 def _geometry(x: Tensor) -> tuple[int, int, int, int, int, int]:
+    """(N, C, S, stride of n, stride of c, stride of the flattened spatial index) of a dense x."""
     n, c = x.shape[:2]
     s = 1
     for size in x.shape[2:]:
         s *= size
-    ss = x.stride()[-1] if x.ndim > 2 else 1
-    if x.ndim > 2:  # the stride of the innermost spatial dim with size > 1 (0-size dims excluded)
-        ss = next((st for size, st in zip(reversed(x.shape[2:]), reversed(x.stride()[2:])) if size != 1), 1)
+    # the flattened spatial stride: that of the innermost spatial dim of size > 1 (1 if none)
+    ss = next((st for size, st in zip(reversed(x.shape[2:]), reversed(x.stride()[2:])) if size != 1), 1)
     return n, c, s, x.stride(0), x.stride(1), ss
 
 
