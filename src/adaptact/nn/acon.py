@@ -6,15 +6,9 @@ import torch
 from torch import Tensor, nn
 
 from ..ops import dispatch
-from .base import ActivationModule, check_input
+from .base import ActivationModule, check_input, int_at_least
 
 __all__ = ["AconA", "AconB", "AconC"]
-
-
-def _channels(channels: int) -> int:
-    if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
-        raise ValueError(f"channels must be a positive int, got {channels!r}")
-    return channels
 
 
 class AconA(ActivationModule):
@@ -27,7 +21,7 @@ class AconA(ActivationModule):
 
     def __init__(self, channels: int, beta: float = 1.0, inplace: bool = False, backend: str = "auto") -> None:
         super().__init__()
-        self.channels = _channels(channels)
+        self.channels = int_at_least("channels", channels)
         self.beta = nn.Parameter(torch.full((channels,), float(beta)))
         self.inplace = inplace
         self._set_backend(backend)
@@ -53,7 +47,7 @@ class AconB(ActivationModule):
     def __init__(self, channels: int, p: float = 0.25, beta: float = 1.0, inplace: bool = False,
                  backend: str = "auto") -> None:
         super().__init__()
-        self.channels = _channels(channels)
+        self.channels = int_at_least("channels", channels)
         self.p = nn.Parameter(torch.full((channels,), float(p)))
         self.beta = nn.Parameter(torch.full((channels,), float(beta)))
         self.inplace = inplace
@@ -83,7 +77,7 @@ class AconC(ActivationModule):
 
     def __init__(self, channels: int, beta: float = 1.0, inplace: bool = False, backend: str = "auto") -> None:
         super().__init__()
-        self.channels = _channels(channels)
+        self.channels = int_at_least("channels", channels)
         self.p1 = nn.Parameter(torch.randn(channels))
         self.p2 = nn.Parameter(torch.randn(channels))
         self.beta = nn.Parameter(torch.full((channels,), float(beta)))

@@ -8,8 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..ops import dispatch
-from .acon import _channels
-from .base import ActivationModule, batch_norm, check_input
+from .base import ActivationModule, batch_norm, check_input, int_at_least
 
 __all__ = ["APReLU"]
 
@@ -43,7 +42,7 @@ class APReLU(ActivationModule):
         self._set_backend(backend)
         if alpha not in ("channel", "sample"):
             raise ValueError(f"alpha must be 'channel' or 'sample', got {alpha!r}")
-        self.channels = _channels(channels)
+        self.channels = int_at_least("channels", channels)
         self.alpha_mode = alpha
         self.inplace = inplace
         out = channels if alpha == "channel" else 1

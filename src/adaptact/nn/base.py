@@ -5,7 +5,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["ActivationModule", "batch_norm", "check_input"]
+__all__ = ["ActivationModule", "batch_norm", "check_input", "int_at_least"]
+
+
+def int_at_least(name: str, value: object, minimum: int = 1) -> int:
+    """``value`` if it is an int >= ``minimum`` (bools refused), else a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        wanted = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        raise ValueError(f"{name} must be {wanted}, got {value!r}")
+    return value
 
 
 def check_input(module: nn.Module, x: torch.Tensor, channels: int | None) -> None:

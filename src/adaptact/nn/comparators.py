@@ -10,8 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import functional as AF
-from .acon import _channels
-from .base import ActivationModule, check_input
+from .base import ActivationModule, check_input, int_at_least
 
 __all__ = ["APL", "SLAF", "Maxout", "Mixture"]
 
@@ -26,8 +25,7 @@ class APL(ActivationModule):
 
     def __init__(self, s: int = 1, a: float = 0.2, b: float = 0.5, inplace: bool = False) -> None:
         super().__init__()
-        if isinstance(s, bool) or not isinstance(s, int) or s < 1:
-            raise ValueError(f"s (number of hinges) must be a positive int, got {s!r}")
+        int_at_least("s (number of hinges)", s)
         self.a = nn.Parameter(torch.full((s,), float(a)))
         self.b = nn.Parameter(torch.full((s,), float(b)))
         self.inplace = inplace
@@ -68,8 +66,7 @@ class SLAF(ActivationModule):
 
     def __init__(self, k: int = 2, inplace: bool = False) -> None:
         super().__init__()
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"k (number of coefficients) must be a positive int, got {k!r}")
+        int_at_least("k (number of coefficients)", k)
         self.coeff = nn.Parameter(torch.ones(k))
         self.inplace = inplace
 
@@ -95,9 +92,8 @@ class Maxout(ActivationModule):
 
     def __init__(self, channels: int, pieces: int = 2, inplace: bool = False) -> None:
         super().__init__()
-        if isinstance(pieces, bool) or not isinstance(pieces, int) or pieces < 2:
-            raise ValueError(f"pieces must be an int >= 2, got {pieces!r}")
-        self.channels = _channels(channels)
+        int_at_least("pieces", pieces, 2)
+        self.channels = int_at_least("channels", channels)
         self.weight = nn.Parameter(torch.linspace(0.0, 1.0, pieces).repeat(channels, 1))
         self.bias = nn.Parameter(torch.zeros(channels, pieces))
         self.inplace = inplace

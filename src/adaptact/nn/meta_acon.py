@@ -9,8 +9,7 @@ from torch import Tensor, nn
 
 from .. import functional as AF
 from ..ops import dispatch
-from .acon import _channels
-from .base import ActivationModule, batch_norm, check_input
+from .base import ActivationModule, batch_norm, check_input, int_at_least
 
 __all__ = ["MetaAconC"]
 
@@ -57,10 +56,8 @@ class MetaAconC(ActivationModule):
             raise ValueError(
                 f"granularity must be 'channel', 'layer' or 'pixel', got {granularity!r}"
             )
-        if isinstance(r, bool) or not isinstance(r, int) or r < 1:
-            raise ValueError(f"r must be a positive int, got {r!r}")
-        self.channels = _channels(channels)
-        self.r = r
+        self.channels = int_at_least("channels", channels)
+        self.r = int_at_least("r", r)
         self.granularity = granularity
         self.inplace = inplace
         if granularity == "channel":

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import functional as AF
-from .base import ActivationModule, check_input
+from .base import ActivationModule, check_input, int_at_least
 
 __all__ = ["PAU", "fit_pau"]
 
@@ -67,9 +67,8 @@ class PAU(ActivationModule):
         inplace: bool = False,
     ) -> None:
         super().__init__()
-        for name, value in (("degree_numerator", degree_numerator), ("degree_denominator", degree_denominator)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        int_at_least("degree_numerator", degree_numerator)
+        int_at_least("degree_denominator", degree_denominator)
         num, den = fit_pau(degree_numerator, degree_denominator, float(negative_slope))
         self.numerator = nn.Parameter(torch.tensor(num, dtype=torch.float32))
         self.denominator = nn.Parameter(torch.tensor(den, dtype=torch.float32))

@@ -89,7 +89,7 @@ def _acon_forward(x: Tensor, dp: Tensor, p2: Tensor, beta: Tensor) -> Tensor:
     return d.mul_(s).addcmul_(p2, x)
 
 
-def _acon_backward(ctx, dy: Tensor, x: Tensor, dp: Tensor, p2: Tensor, beta: Tensor, want: tuple[bool, ...]):
+def _acon_backward(dy: Tensor, x: Tensor, dp: Tensor, p2: Tensor, beta: Tensor, want: tuple[bool, ...]):
     """Gradients of (p1 - p2) x sigmoid(beta (p1 - p2) x) + p2 x for x, p1, p2 and beta, with
     g = s + u s (1 - s) (u = beta d, s = sigmoid(u)) the derivative of d sigmoid(beta d) / beta."""
     want_x, want_p1, want_p2, want_beta = want
@@ -122,7 +122,7 @@ class _AconC(torch.autograd.Function):
     def backward(ctx, dy: Tensor):
         saved = ctx.saved_tensors
         x, p1, p2, beta, dy = _up(*saved, dy)
-        grads = _acon_backward(ctx, dy, x, p1 - p2, p2, beta, ctx.needs_input_grad)
+        grads = _acon_backward(dy, x, p1 - p2, p2, beta, ctx.needs_input_grad)
         return _cast(grads, saved)
 
 
@@ -148,7 +148,7 @@ class _AconCPixel(torch.autograd.Function):
         beta = torch.sigmoid(x)
         want = ctx.needs_input_grad
         # dL/dbeta elementwise, then through beta = sigmoid(x)
-        dx, dp1, dp2, dbeta = _acon_backward(ctx, dy, x, p1 - p2, p2, beta,
+        dx, dp1, dp2, dbeta = _acon_backward(dy, x, p1 - p2, p2, beta,
                                              (want[0], want[1], want[2], want[0]))
         if want[0]:
             dx = dx.add_(torch.ops.aten.sigmoid_backward(dbeta, beta))
