@@ -81,7 +81,7 @@ def _last_producer(m: nn.Module) -> int | None:
     return c
 
 
-@dataclass
+@dataclass(eq=False)  # sites are compared by identity
 class _Site:
     owner_path: str
     owner: nn.Module
@@ -162,7 +162,9 @@ def _has_residual_add(graph: fx.Graph) -> bool:
 
 
 def _holds_activations(m: nn.Module) -> bool:
-    return any(isinstance(c, ACTIVATION_TYPES) for c in m.children()) or type(m).forward is not nn.Module.forward
+    """Activation children, or a forward of its own that may call F.relu (torch's layers do not)."""
+    return (any(isinstance(c, ACTIVATION_TYPES) for c in m.children())
+            or not type(m).forward.__module__.startswith("torch."))
 
 
 def _sites(model: nn.Module) -> tuple[list[_Site], dict[str, fx.Graph]]:
