@@ -17,11 +17,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from ..ops.dispatch import triton_available
 from ..registry import create
 
-__all__ = ["PASSES", "KernelResult", "copy_bandwidth", "run_kernel_bench", "saved_bytes"]
+__all__ = ["PASSES", "KernelResult", "copy_bandwidth", "run_kernel_bench", "saved_bytes", "tensor_passes"]
 
 PASSES = {"arelu": 5, "acon_c": 5, "meta_acon_c": 8, "aprelu": 8}
 BACKENDS = ("reference", "compile", "autograd", "triton")
@@ -34,6 +36,7 @@ class KernelResult:
     backend: str
     median_ms: float
     saved_bytes: int  # kept for backward by one forward (distinct storages)
+    passes: float  # x-sized bytes read and written by forward+backward, in units of x.nbytes
     floor_ms: float
     floor_over_time: float
 
@@ -78,6 +81,41 @@ def saved_bytes(module: torch.nn.Module, x: torch.Tensor) -> int:
     return sum(storages.values())
 
 
+class _Traffic(TorchDispatchMode):
+    """Bytes of the x-sized tensors each dispatched operator reads and writes: every tensor
+    argument is read (but the target of copy_/fill_/zero_), every returned tensor written;
+    views and allocations move nothing."""
+
+    WRITE_ONLY = frozenset({"copy_", "fill_", "zero_"})
+    NO_TRAFFIC = frozenset({"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided"})
+
+    def __init__(self, numel: int) -> None:
+        super().__init__()
+        self.numel = numel
+        self.nbytes = 0
+
+    def _big(self, tree) -> list[torch.Tensor]:
+        return [t for t in tree_flatten(tree)[0] if isinstance(t, torch.Tensor) and t.numel() >= self.numel]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if not (func.is_view or func.overloadpacket.__name__ in self.NO_TRAFFIC):
+            read = self._big((args[1:], kwargs) if func.overloadpacket.__name__ in self.WRITE_ONLY else (args, kwargs))
+            self.nbytes += sum(t.nbytes for t in read) + sum(t.nbytes for t in self._big(out))
+        return out
+
+
+def tensor_passes(module: torch.nn.Module, x: torch.Tensor, dy: torch.Tensor) -> float:
+    """Bytes of x-sized tensors that the operators of one forward+backward read and write,
+    divided by ``x.nbytes``: the floor's pass count for a fused implementation. Each custom
+    operator (a Triton kernel) counts as what it takes and returns; views count nothing, an
+    in-place update a write. Not meaningful under torch.compile (its kernels are not dispatched)."""
+    x = x.detach().requires_grad_()
+    with _Traffic(x.numel()) as traffic:
+        module(x).backward(dy)
+    return traffic.nbytes / x.nbytes
+
+
 def run_kernel_bench(shape: tuple[int, ...] = (64, 128, 56, 56), dtypes: tuple[str, ...] = ("float32", "bfloat16"),
                      device: str | None = None, activations: tuple[str, ...] = tuple(PASSES),
                      backends: tuple[str, ...] = BACKENDS, repeats: int = 20) -> dict:
@@ -99,7 +137,8 @@ def run_kernel_bench(shape: tuple[int, ...] = (64, 128, 56, 56), dtypes: tuple[s
                 run = torch.compile(module) if backend == "compile" else module
                 ms = _median_ms(lambda run=run, x=x, dy=dy: run(x).backward(dy), dev, repeats)
                 saved = saved_bytes(module, x) if backend != "compile" else -1
-                results.append(KernelResult(name, dtype_name, backend, ms, saved, floor_ms, floor_ms / ms))
+                passes = tensor_passes(module, x, dy) if backend != "compile" else -1.0
+                results.append(KernelResult(name, dtype_name, backend, ms, saved, passes, floor_ms, floor_ms / ms))
     return {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
             "device_type": dev.type,
             "shape": list(shape), "copy_bandwidth_GBps": bandwidth / 1e9, "torch": torch.__version__,
@@ -110,15 +149,16 @@ def format_results(report: dict) -> str:
     from ..cli import format_table
 
     rows = [(r["activation"], r["dtype"], r["backend"], f"{r['median_ms']:.3f}",
-             "-" if r["saved_bytes"] < 0 else f"{r['saved_bytes'] / 2**20:.1f}", f"{r['floor_ms']:.3f}",
+             "-" if r["saved_bytes"] < 0 else f"{r['saved_bytes'] / 2**20:.1f}",
+             "-" if r["passes"] < 0 else f"{r['passes']:.1f}", f"{r['floor_ms']:.3f}",
              f"{r['floor_over_time']:.2f}") for r in report["results"]]
     head = (f"device: {report['device']}, shape {tuple(report['shape'])}, copy bandwidth "
             f"{report['copy_bandwidth_GBps']:.1f} GB/s, torch {report['torch']}\n")
     if report["device_type"] == "cpu":
         head += "(CPU: tensors that fit in cache can beat the DRAM floor; the floor is meant for GPUs)\n"
     head += "\n"
-    return head + format_table(("activation", "dtype", "backend", "fwd+bwd median ms", "saved MiB", "floor ms",
-                                "floor/time"), rows)
+    return head + format_table(("activation", "dtype", "backend", "fwd+bwd median ms", "saved MiB", "passes",
+                                "floor ms", "floor/time"), rows)
 
 
 def write_json(report: dict, path: str | Path) -> Path:

@@ -53,13 +53,18 @@ class APReLU(ActivationModule):
 
     def generate_alpha(self, x: Tensor) -> Tensor:
         """The negative slopes for ``x``: (N, C) or (N, 1)."""
-        s = torch.cat(dispatch.signed_spatial_mean(x, self.fc1.weight.dtype, self.backend), dim=1)
+        dtype = self.fc1.weight.dtype
+        return self.alpha_from_stats(torch.cat(dispatch.signed_spatial_mean(x, dtype, self.backend), dim=1))
+
+    def alpha_from_stats(self, s: Tensor) -> Tensor:
+        """The negative slopes from s = concat(GAP(min(x, 0)), GAP(max(x, 0))), (N, 2C)."""
         h = torch.relu(batch_norm(self.bn1, self.fc1(s)))
         return torch.sigmoid(batch_norm(self.bn2, self.fc2(h)))
 
     def forward(self, x: Tensor) -> Tensor:
         check_input(self, x, self.channels)
-        return dispatch.aprelu(x, self.generate_alpha(x), self.backend)
+        return dispatch.aprelu(x, self.alpha_from_stats, tuple(self.parameters()), self.fc1.weight.dtype,
+                               self.backend)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, alpha={self.alpha_mode!r}" + self._backend_repr()

@@ -73,17 +73,27 @@ class MetaAconC(ActivationModule):
         """The switching factor for ``x``: (N, C), (N, 1) or x-shaped by granularity."""
         if self.granularity == "pixel":
             return torch.sigmoid(x)
+        return self.beta_from_mean(AF.spatial_mean(x, dtype=self._stats_dtype))
+
+    def beta_from_mean(self, mean: Tensor) -> Tensor:
+        """beta from the spatial means of x, (N, C): (N, C) for "channel", (N, 1) for "layer"
+        (the mean over channels of the channel means is the mean over all but the batch dim)."""
         if self.granularity == "layer":
-            return torch.sigmoid(x.mean(dim=tuple(range(1, x.ndim)), dtype=self.p1.dtype)).unsqueeze(1)
-        h = AF.spatial_mean(x, dtype=self.fc1.weight.dtype)
-        h = batch_norm(self.bn1, self.fc1(h))
+            return torch.sigmoid(mean.mean(1, keepdim=True))
+        h = batch_norm(self.bn1, self.fc1(mean))
         return torch.sigmoid(batch_norm(self.bn2, self.fc2(h)))
+
+    @property
+    def _stats_dtype(self) -> torch.dtype:
+        return (self.fc1.weight if self.granularity == "channel" else self.p1).dtype
 
     def forward(self, x: Tensor) -> Tensor:
         check_input(self, x, self.channels)
         if self.granularity == "pixel":  # beta = sigmoid(x) is fused: no x-sized beta tensor
             return dispatch.acon_c_pixel(x, self.p1, self.p2, self.backend)
-        return dispatch.acon_c(x, self.p1, self.p2, self.generate_beta(x), self.backend)
+        generator = [p for name, p in self.named_parameters() if name not in ("p1", "p2")]
+        return dispatch.meta_acon_c(x, self.p1, self.p2, self.beta_from_mean, generator, self._stats_dtype,
+                                    self.backend)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, r={self.r}, granularity={self.granularity!r}" + self._backend_repr()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -20,7 +21,7 @@ from torch import Tensor
 from .. import functional as AF
 from . import autograd as AG
 
-__all__ = ["BACKENDS", "acon_c", "acon_c_pixel", "aprelu", "arelu", "check_backend", "resolve",
+__all__ = ["BACKENDS", "acon_c", "acon_c_pixel", "aprelu", "arelu", "check_backend", "meta_acon_c", "resolve",
            "signed_spatial_mean", "triton_available"]
 
 BACKENDS = ("auto", "reference", "autograd", "triton")
@@ -94,8 +95,30 @@ def acon_c_pixel(x: Tensor, p1: Tensor, p2: Tensor, backend: str = "auto") -> Te
     return (AG if b == "autograd" else _triton()).acon_c_pixel(x, *views)
 
 
-def aprelu(x: Tensor, alpha: Tensor, backend: str = "auto") -> Tensor:
+def _owns_generator(backend: str) -> bool:
+    """Eager Triton runs the generated activations as one 8-pass Function (``ops/triton/generated.py``);
+    under torch.compile the composite (pooling, generator, activation op) compiles whole instead."""
+    return backend == "triton" and not torch.compiler.is_compiling()
+
+
+def meta_acon_c(x: Tensor, p1: Tensor, p2: Tensor, beta_from_mean: Callable[[Tensor], Tensor],
+                weights: Sequence[Tensor], dtype: torch.dtype, backend: str = "auto") -> Tensor:
+    """Meta-ACON-C with beta = ``beta_from_mean``(spatial means of x, (N, C) in ``dtype``);
+    ``weights``: the tensors ``beta_from_mean`` uses that may need gradients."""
     b = resolve(backend, x)
+    if _owns_generator(b):
+        return _triton().generated_acon_c(x, _view(p1, x), _view(p2, x), beta_from_mean, weights, dtype)
+    return acon_c(x, p1, p2, beta_from_mean(AF.spatial_mean(x, dtype)), b)
+
+
+def aprelu(x: Tensor, alpha_from_stats: Callable[[Tensor], Tensor], weights: Sequence[Tensor],
+           dtype: torch.dtype, backend: str = "auto") -> Tensor:
+    """APReLU with alpha = ``alpha_from_stats``(concat(GAP(min(x, 0)), GAP(max(x, 0))), (N, 2C) in
+    ``dtype``); ``weights``: the tensors ``alpha_from_stats`` uses that may need gradients."""
+    b = resolve(backend, x)
+    if _owns_generator(b):
+        return _triton().generated_aprelu(x, alpha_from_stats, weights, dtype)
+    alpha = alpha_from_stats(torch.cat(signed_spatial_mean(x, dtype, b), dim=1))
     if b == "reference":
         return AF.aprelu(x, alpha)
     return (AG if b == "autograd" else _triton()).aprelu(x, _view(alpha, x))
@@ -103,7 +126,6 @@ def aprelu(x: Tensor, alpha: Tensor, backend: str = "auto") -> Tensor:
 
 def signed_spatial_mean(x: Tensor, dtype: torch.dtype, backend: str = "auto") -> tuple[Tensor, Tensor]:
     """(GAP(min(x, 0)), GAP(max(x, 0))), each (N, C) in ``dtype``: APReLU's statistics."""
-    b = resolve(backend, x)
-    if b == "reference":
+    if resolve(backend, x) == "reference":
         return AF.spatial_mean(torch.clamp(x, max=0), dtype), AF.spatial_mean(torch.relu(x), dtype)
-    return (AG if b == "autograd" else _triton()).signed_spatial_mean(x, dtype)
+    return AG.signed_spatial_mean(x, dtype)  # saves only x; Triton's own pooling is in generated.py

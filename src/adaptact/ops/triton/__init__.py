@@ -1,9 +1,12 @@
 """Fused Triton kernels behind ``backend="triton"`` (CUDA; CPU under ``TRITON_INTERPRET=1``).
 
 Same interface as ``adaptact.ops.autograd``: parameters arrive as views that broadcast against
-``x`` on dims 0/1, and one fused kernel runs each direction. See ``kernels.py``.
+``x`` on dims 0/1, and one fused kernel runs each direction (``kernels.py``, launched and
+registered as PyTorch operators in ``launch.py``). Meta-ACON-C and APReLU, whose parameter is
+generated from a pool of x, run as one Function that owns the generator (``generated.py``).
 """
 
-from .launch import acon_c, acon_c_pixel, aprelu, arelu, signed_spatial_mean
+from .generated import generated_acon_c, generated_aprelu
+from .launch import acon_c, acon_c_pixel, aprelu, arelu
 
-__all__ = ["acon_c", "acon_c_pixel", "aprelu", "arelu", "signed_spatial_mean"]
+__all__ = ["acon_c", "acon_c_pixel", "aprelu", "arelu", "generated_acon_c", "generated_aprelu"]

@@ -15,17 +15,30 @@ BLOCK = 1024
 
 
 def _dense(x: Tensor) -> Tensor:
-    """x itself when its spatial dims flatten to one stride (contiguous, channels_last), else a copy."""
-    if x.ndim <= 2:
-        return x
-    spatial = x.shape[2:]
-    strides = x.stride()[2:]
-    expected = strides[-1]
-    for size, stride in zip(reversed(spatial), reversed(strides)):
-        if size != 1 and stride != expected:
-            return x.contiguous()
+    """x itself when it has no gaps or overlaps (so ``empty_like`` gives its outputs x's strides:
+    the kernels address x, y and dx alike) and its spatial dims flatten to one stride, as for
+    contiguous and channels_last tensors; else a contiguous copy."""
+    return x if _gapless(x) and _spatial_flattens(x) else x.contiguous()
+
+
+def _gapless(x: Tensor) -> bool:
+    expected = 1
+    for size, stride in sorted(((n, st) for n, st in zip(x.shape, x.stride()) if n != 1), key=lambda d: d[1]):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _spatial_flattens(x: Tensor) -> bool:
+    expected = None
+    for size, stride in zip(reversed(x.shape[2:]), reversed(x.stride()[2:])):
+        if size == 1:
+            continue
+        if expected is not None and stride != expected:
+            return False
         expected = stride * size
-    return x
+    return True
 
 
 def _geometry(x: Tensor) -> tuple[int, int, int, int, int, int]:
@@ -45,8 +58,20 @@ def _nc(p: Tensor, x: Tensor) -> tuple[Tensor, int, int]:
     return view, view.stride(0), view.stride(1)
 
 
-def _grad_to(partial: Tensor, p: Tensor, x: Tensor) -> Tensor:
-    grad = partial.sum(1).reshape(*x.shape[:2], *([1] * (x.ndim - 2)))
+def _partials(x: Tensor, blocks: int) -> Tensor:
+    """float32 (N * C, blocks) buffer for per-(row, block) sums; zeros when there is nothing to sum."""
+    return (torch.empty if x.numel() else torch.zeros)(x.shape[0] * x.shape[1], blocks, dtype=torch.float32,
+                                                      device=x.device)
+
+
+def _sums(partials: Tensor, x: Tensor) -> Tensor:
+    """Per-(row, block) partial sums reduced to (N, C)."""
+    return partials.sum(1).reshape(x.shape[:2])
+
+
+def _grad_to(grad: Tensor, p: Tensor, x: Tensor) -> Tensor:
+    """An (N, C) gradient summed to the shape of the parameter view ``p`` broadcast against x."""
+    grad = grad.reshape(*x.shape[:2], *([1] * (x.ndim - 2)))
     return grad.sum_to_size(p.shape).reshape(p.shape).to(p.dtype)
 
 
@@ -63,22 +88,62 @@ def activation_fwd(x: Tensor, a: Tensor, b: Tensor, c: Tensor, kind: int) -> Ten
     return y
 
 
-@torch.library.triton_op("adaptact::activation_bwd", mutates_args=())
-def activation_bwd(x: Tensor, dy: Tensor, a: Tensor, b: Tensor, c: Tensor, kind: int
-                   ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """dx and the float32 partial sums (N * C, blocks) of the gradients of a, b and c."""
+def _backward(x: Tensor, dy: Tensor, a: Tensor, b: Tensor, c: Tensor, kind: int, partials: bool,
+              pooled: tuple[Tensor, Tensor] | None = None, dx: bool = True):
+    """One launch of the backward kernel: dx (with the pooling terms ``pooled`` = per-row values
+    for x <= 0 and x > 0) and/or the (N, C) float32 sums of the gradients of a, b and c."""
     x, dy = _dense(x), _dense(dy)
-    dx = torch.empty_like(dy)
     n, ch, s, sn, sc, ss = _geometry(x)
     _, _, _, dsn, dsc, dss = _geometry(dy)
     nb = triton_cdiv(s, BLOCK)
-    ga, gb, gc = (torch.zeros(n * ch, nb, dtype=torch.float32, device=x.device) for _ in range(3))
+    none = _unused(x)
+    out = torch.empty_like(x) if dx else none  # dx in x's layout, as the gradient of a leaf x wants
+    parts = [_partials(x, nb) if partials else none for _ in range(3)]
+    neg, pos = (none, none) if pooled is None else (p.float().contiguous() for p in pooled)
     (a2, asn, asc), (b2, bsn, bsc), (c2, csn, csc) = _nc(a, x), _nc(b, x), _nc(c, x)
     if x.numel():
         wrap_triton(K.activation_bwd)[(n * ch, nb)](
-            x, dy, dx, ga, gb, gc, a2, b2, c2, asn, asc, bsn, bsc, csn, csc, ch, s, nb,
-            sn, sc, ss, dsn, dsc, dss, KIND=kind, BLOCK=BLOCK)
+            x, dy, out, *parts, neg, pos, a2, b2, c2, asn, asc, bsn, bsc, csn, csc, ch, s, nb,
+            sn, sc, ss, dsn, dsc, dss, KIND=kind, BLOCK=BLOCK, PARTIALS=partials, DX=dx,
+            POOLED=pooled is not None)
+    sums = tuple(_sums(p, x) for p in parts) if partials else None
+    return out, sums
+
+
+@torch.library.triton_op("adaptact::activation_bwd", mutates_args=())
+def activation_bwd(x: Tensor, dy: Tensor, a: Tensor, b: Tensor, c: Tensor, kind: int
+                   ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """dx and the (N, C) float32 gradients of a, b and c, in one pass."""
+    dx, (ga, gb, gc) = _backward(x, dy, a, b, c, kind, partials=True)
     return dx, ga, gb, gc
+
+
+@torch.library.triton_op("adaptact::activation_param_grads", mutates_args=())
+def activation_param_grads(x: Tensor, dy: Tensor, a: Tensor, b: Tensor, c: Tensor, kind: int
+                           ) -> tuple[Tensor, Tensor, Tensor]:
+    """The (N, C) float32 gradients of a, b and c alone: a pass that reads x and dy."""
+    _, (ga, gb, gc) = _backward(x, dy, a, b, c, kind, partials=True, dx=False)
+    return ga, gb, gc
+
+
+@torch.library.triton_op("adaptact::activation_input_grad", mutates_args=())
+def activation_input_grad(x: Tensor, dy: Tensor, a: Tensor, b: Tensor, c: Tensor, neg: Tensor, pos: Tensor,
+                          kind: int) -> Tensor:
+    """dx plus a pooling gradient: ``neg`` (N, C) where x <= 0, ``pos`` (N, C) where x > 0."""
+    dx, _ = _backward(x, dy, a, b, c, kind, partials=False, pooled=(neg, pos))
+    return dx
+
+
+@torch.library.triton_op("adaptact::signed_sums", mutates_args=())
+def signed_sums(x: Tensor) -> tuple[Tensor, Tensor]:
+    """(sum of min(x, 0), sum of max(x, 0)) over the spatial dims, (N, C) float32: one read of x."""
+    x = _dense(x)
+    n, ch, s, sn, sc, ss = _geometry(x)
+    nb = triton_cdiv(s, BLOCK)
+    neg, pos = _partials(x, nb), _partials(x, nb)
+    if x.numel():
+        wrap_triton(K.signed_sums)[(n * ch, nb)](x, neg, pos, ch, s, nb, sn, sc, ss, BLOCK=BLOCK)
+    return _sums(neg, x), _sums(pos, x)
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -120,9 +185,4 @@ def acon_c_pixel(x: Tensor, p1: Tensor, p2: Tensor) -> Tensor:
 
 
 def aprelu(x: Tensor, alpha: Tensor) -> Tensor:
-    return activation_fwd(x, alpha, _unused(x), _unused(x), K.APReLU)
-
-
-# APReLU's pooled statistics are O(N*C) outputs of one reduction pass; the autograd Function
-# already does that with torch's reductions, so the Triton path uses it as it is.
-signed_spatial_mean = AG.signed_spatial_mean
+    return activation_fwd(x, _unused(x), _unused(x), alpha, K.APReLU)
