@@ -108,8 +108,10 @@ class _Traffic(TorchDispatchMode):
 def tensor_passes(module: torch.nn.Module, x: torch.Tensor, dy: torch.Tensor) -> float:
     """Bytes of x-sized tensors that the operators of one forward+backward read and write,
     divided by ``x.nbytes``: the floor's pass count for a fused implementation. Each custom
-    operator (a Triton kernel) counts as what it takes and returns; views count nothing, an
-    in-place update a write. Not meaningful under torch.compile (its kernels are not dispatched)."""
+    operator (a Triton kernel) counts as what it takes and returns; views and allocations count
+    nothing, an in-place update a read and a write, copy_/fill_/zero_ a write. The backward
+    accumulates into the module's parameter gradients as any backward does. Not meaningful under
+    torch.compile (its kernels are not dispatched op by op)."""
     x = x.detach().requires_grad_()
     with _Traffic(x.numel()) as traffic:
         module(x).backward(dy)
