@@ -2,7 +2,10 @@
 
 import json
 
-from adaptact.bench.kernels import PASSES, format_results, run_kernel_bench
+import torch
+from torch import nn
+
+from adaptact.bench.kernels import PASSES, format_results, run_kernel_bench, tensor_passes
 from adaptact.cli import main
 
 
@@ -26,3 +29,23 @@ def test_kernel_bench_on_cpu(tmp_path, capsys):
     data = json.loads((tmp_path / "k.json").read_text())
     assert {r["backend"] for r in data["results"]} == {"reference", "compile", "autograd"}
     assert "| arelu" in capsys.readouterr().out
+
+
+def test_tensor_passes_counts_reads_and_writes_of_x_sized_tensors():
+    x, dy = torch.randn(4, 3, 5, 5), torch.randn(4, 3, 5, 5)
+    # relu: read x, write y; backward threshold_backward: read dy and y, write dx
+    assert tensor_passes(nn.ReLU(), x, dy) == 5
+    # a view moves nothing; an in-place op on a copy: read+write (clone), then read+write (mul_)
+    assert tensor_passes(Lambda(lambda t: t.clone().mul_(2).view(-1)), x, dy.view(-1)) == 4 + 2
+    # a half-precision x counts in units of its own bytes: a float32 temporary is two passes
+    half = x.to(torch.bfloat16)
+    assert tensor_passes(Lambda(lambda t: t.float().to(torch.bfloat16)), half, dy.to(torch.bfloat16)) == 12
+
+
+class Lambda(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
