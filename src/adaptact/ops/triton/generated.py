@@ -24,6 +24,7 @@ composite route there (pooling, generator and activation ops), which compiles wh
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -37,13 +38,6 @@ from .launch import _grad_to, _unused
 __all__ = ["generated_acon_c", "generated_activation", "generated_aprelu"]
 
 
-def _pool_size(x: Tensor) -> int:
-    size = 1
-    for s in x.shape[2:]:
-        size *= s
-    return size
-
-
 def _view(c: Tensor, x: Tensor) -> Tensor:
     """The generated (N, C) or (N, 1) parameter, outside its graph, viewed against x."""
     return AF.channel_view(c.detach(), x, cast=False)
@@ -54,7 +48,7 @@ class _GeneratedActivation(torch.autograd.Function):
     def forward(ctx, x: Tensor, a: Tensor, b: Tensor, kind: int, signed: bool, dtype: torch.dtype,
                 generate: Callable[[Tensor], Tensor], *weights: Tensor) -> Tensor:
         neg, pos = torch.ops.adaptact.signed_sums(x)
-        size = _pool_size(x)
+        size = math.prod(x.shape[2:])
         stats = torch.cat((neg, pos), dim=1) if signed else neg + pos
         with torch.enable_grad():
             s = (stats / size).to(dtype).requires_grad_()

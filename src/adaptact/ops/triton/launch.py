@@ -4,6 +4,8 @@ them as ops (Dynamo does not graph-break on them)."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 from torch.library import wrap_triton
@@ -44,9 +46,7 @@ def _spatial_flattens(x: Tensor) -> bool:
 def _geometry(x: Tensor) -> tuple[int, int, int, int, int, int]:
     """(N, C, S, stride of n, stride of c, stride of the flattened spatial index) of a dense x."""
     n, c = x.shape[:2]
-    s = 1
-    for size in x.shape[2:]:
-        s *= size
+    s = math.prod(x.shape[2:])
     # the flattened spatial stride: that of the innermost spatial dim of size > 1 (1 if none)
     ss = next((st for size, st in zip(reversed(x.shape[2:]), reversed(x.stride()[2:])) if size != 1), 1)
     return n, c, s, x.stride(0), x.stride(1), ss
