@@ -33,7 +33,7 @@ from torch import Tensor
 from ... import functional as AF
 from .. import autograd as AG
 from . import kernels as K
-from .launch import _grad_to, _unused
+from .launch import _dense, _grad_to, _unused
 
 __all__ = ["generated_acon_c", "generated_activation", "generated_aprelu"]
 
@@ -44,9 +44,12 @@ def _view(c: Tensor, x: Tensor) -> Tensor:
 
 
 class _GeneratedActivation(torch.autograd.Function):
+    FIXED = 7  # inputs before ``weights``
+
     @staticmethod
     def forward(ctx, x: Tensor, a: Tensor, b: Tensor, kind: int, signed: bool, dtype: torch.dtype,
                 generate: Callable[[Tensor], Tensor], *weights: Tensor) -> Tensor:
+        x = _dense(x)  # once, not in each of the four kernel launches
         neg, pos = torch.ops.adaptact.signed_sums(x)
         size = math.prod(x.shape[2:])
         stats = torch.cat((neg, pos), dim=1) if signed else neg + pos
@@ -62,11 +65,13 @@ class _GeneratedActivation(torch.autograd.Function):
     @AG._first_order
     def backward(ctx, dy: Tensor):
         x, a, b = ctx.saved_tensors
+        dy = _dense(dy)
         s, c, weights = ctx.generated
         want = ctx.needs_input_grad
+        want_weights = want[_GeneratedActivation.FIXED:]
         cv = _view(c, x)
         ga, gb, gc = torch.ops.adaptact.activation_param_grads(x, dy, a, b, cv, ctx.kind)
-        trainable = [w for w, needed in zip(weights, want[7:]) if needed]
+        trainable = [w for w, needed in zip(weights, want_weights) if needed]
         dc = gc.sum_to_size(c.shape).to(c.dtype)
         ds, *dw = torch.autograd.grad(c, [s, *trainable], dc, retain_graph=True, allow_unused=True)
         dx = None
@@ -75,10 +80,10 @@ class _GeneratedActivation(torch.autograd.Function):
             neg, pos = ds.chunk(2, dim=1) if ctx.signed else (ds, ds)
             dx = torch.ops.adaptact.activation_input_grad(x, dy, a, b, cv, neg, pos, ctx.kind)
         given = iter(dw)
-        weight_grads = [next(given) if needed else None for needed in want[7:]]
+        weight_grads = [next(given) if needed else None for needed in want_weights]
         da = _grad_to(ga, a, x) if want[1] else None
         db = _grad_to(gb, b, x) if want[2] else None
-        return dx, da, db, None, None, None, None, *weight_grads
+        return dx, da, db, None, None, None, None, *weight_grads  # None for kind ... generate
 
 
 def generated_activation(x: Tensor, a: Tensor, b: Tensor | None, kind: int, signed: bool, dtype: torch.dtype,
@@ -97,10 +102,10 @@ def generated_activation(x: Tensor, a: Tensor, b: Tensor | None, kind: int, sign
 def generated_acon_c(x: Tensor, p1: Tensor, p2: Tensor, beta_from_mean: Callable[[Tensor], Tensor],
                      weights: Sequence[Tensor], dtype: torch.dtype) -> Tensor:
     """Meta-ACON-C with beta = beta_from_mean(spatial means of x); p1/p2 viewed against x."""
-    return generated_activation(x, p1 - p2, p2, K.ACON, False, dtype, beta_from_mean, weights)
+    return generated_activation(x, p1 - p2, p2, K.ACON_C.value, False, dtype, beta_from_mean, weights)
 
 
 def generated_aprelu(x: Tensor, alpha_from_stats: Callable[[Tensor], Tensor], weights: Sequence[Tensor],
                      dtype: torch.dtype) -> Tensor:
     """APReLU with alpha = alpha_from_stats(concat(GAP(min(x, 0)), GAP(max(x, 0))))."""
-    return generated_activation(x, None, None, K.APReLU, True, dtype, alpha_from_stats, weights)
+    return generated_activation(x, None, None, K.APReLU.value, True, dtype, alpha_from_stats, weights)

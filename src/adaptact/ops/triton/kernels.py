@@ -1,26 +1,22 @@
-"""Triton kernels for the adaptive activations: one fused forward and one fused backward pass.
+"""Triton kernels for the adaptive activations: a fused forward, a fused backward and a pooling read.
 
-The input is seen as rows (n, c) of S = prod(spatial) elements with one stride for the
-flattened spatial dims (true for contiguous and channels_last tensors). A program handles a
-block of one row, so each parameter is a scalar per program: per channel (C,), per sample
-(N, C) or shared, passed as an (N, C) view with strides (0 where broadcast). Everything is
-computed in float32. Reductions write per-(row, block) partial sums, which the host reduces
-(a few floats per row): no extra full pass.
+A dense input is seen as (N, C, S), the spatial dims flattened to S, with one stride per dim:
+contiguous NCHW/NCL/NCDHW tensors have S unit-stride, channels_last/channels_last_3d and (N, C)
+tensors C. Each program takes one tile of BLOCK_N x BLOCK_C x BLOCK_S elements; the host
+(``launch.plan``) sizes the tile so its widest side runs along the unit-stride dim, where loads
+and stores coalesce and vectorise, and so that few lanes fall outside the tensor. Parameters
+come as (N, C) views with a stride per dim (0 where broadcast): per channel, per sample or
+shared, they are gathered per tile (a BLOCK_N x BLOCK_C x 1 load, broadcast over S).
+Everything is computed in float32. Offsets are 64-bit when WIDE (tensors of 2^31 elements or more).
 
-The backward kernel has two switches. PARTIALS: write the partial sums of the parameter
-gradients. DX: write dx, plus (POOLED) a per-row term that depends only on the sign of x,
-which is how the gradient of a global average pool of x (Meta-ACON-C) or of min(x, 0) and
-max(x, 0) (APReLU) joins dx. Both on: one pass for the activations whose parameters are
-not generated from x (5 passes forward+backward). For the generated ones the generator's
-backward needs the parameter gradients before dx can be finished, so backward runs the
-kernel twice (partials only: reads x and dy; then dx only): with the pooling read in
-forward, 8 passes.
+Reductions never take a pass of their own: a tile's sums over S (and over N when no parameter
+is per sample) are written as partial sums, which the host adds up (``launch.py``).
 
-KIND selects the activation:
-  0 AReLU       a = clamp(alpha) (slope), b = 1 + sigmoid(beta) (gain)
-  1 ACON-C      a = p1 - p2, b = p2, c = beta          (ACON-A/B and Meta-ACON-C too)
-  2 ACON-C      a = p1 - p2, b = p2, beta = sigmoid(x)   (Meta-ACON-C, pixel-wise)
-  3 APReLU      c = alpha
+KIND selects the activation; a, b, c are its parameters:
+  AReLU         y = b x (x > 0), a x (x <= 0)      a = clamp(alpha, 0.01, 0.99), b = 1 + sigmoid(beta)
+  ACON_C        y = a x sigmoid(c a x) + b x        a = p1 - p2, b = p2, c = beta (ACON-A/B, Meta-ACON-C)
+  ACON_C_PIXEL  ACON_C with c = sigmoid(x)          (Meta-ACON-C, pixel-wise)
+  APReLU        y = x (x > 0), c x (x <= 0)        c = alpha
 """
 
 from __future__ import annotations
@@ -28,105 +24,148 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-AReLU, ACON, ACON_PIXEL, APReLU = 0, 1, 2, 3
+# The kinds, named like the modules (the host passes ``KIND.value``).
+AReLU: tl.constexpr = tl.constexpr(0)
+ACON_C: tl.constexpr = tl.constexpr(1)
+ACON_C_PIXEL: tl.constexpr = tl.constexpr(2)
+APReLU: tl.constexpr = tl.constexpr(3)
+
+# Which of a, b, c each kind has, and so which parameter gradients it can reduce.
+PARAMETERS = {AReLU.value: "ab", ACON_C.value: "abc", ACON_C_PIXEL.value: "ab", APReLU.value: "c"}
 
 
 @triton.jit
-def _load_param(ptr, n, c, sn, sc):
-    return tl.load(ptr + n * sn + c * sc).to(tl.float32)
+def _tile(N, C, S, NB_C, NB_S, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
+          WIDE: tl.constexpr):
+    """This program's tile: block indices and the (n, c, s) indices shaped to broadcast as
+    BLOCK_N x BLOCK_C x BLOCK_S, with the mask of the elements inside the tensor."""
+    pid = tl.program_id(0)
+    blk_s = pid % NB_S
+    blk_c = (pid // NB_S) % NB_C
+    blk_n = pid // (NB_S * NB_C)
+    n = blk_n * BLOCK_N + tl.arange(0, BLOCK_N)[:, None, None]
+    c = blk_c * BLOCK_C + tl.arange(0, BLOCK_C)[None, :, None]
+    s = blk_s * BLOCK_S + tl.arange(0, BLOCK_S)[None, None, :]
+    if WIDE:
+        n = n.to(tl.int64)
+        c = c.to(tl.int64)
+        s = s.to(tl.int64)
+    return blk_n, blk_s, n, c, s, (n < N) & (c < C) & (s < S)
 
 
 @triton.jit
-def _switching_factor(x, c_ptr, n, ch, c_sn, c_sc, KIND: tl.constexpr):
-    """ACON's beta: a parameter per channel or sample (KIND 1) or sigmoid(x) per element (KIND 2)."""
-    if KIND == 1:
-        return _load_param(c_ptr, n, ch, c_sn, c_sc)
-    return tl.sigmoid(x)
+def _gather(ptr, n, c, sn, sc, N, C):
+    """A parameter viewed as (N, C) with strides (sn, sc), gathered for the tile: BLOCK_N x BLOCK_C x 1."""
+    return tl.load(ptr + n * sn + c * sc, mask=(n < N) & (c < C), other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _activation(x, a, b, c, KIND: tl.constexpr):
+    if KIND == AReLU:
+        y = tl.where(x > 0, b * x, a * x)
+    elif KIND == APReLU:
+        y = tl.where(x > 0, x, c * x)
+    else:
+        if KIND == ACON_C_PIXEL:
+            c = tl.sigmoid(x)
+        d = a * x
+        y = d * tl.sigmoid(c * d) + b * x
+    return y
+
+
+@triton.jit
+def _activation_grads(x, dy, a, b, c, KIND: tl.constexpr):
+    """dy * dy/dx and the per-element terms of the gradients of a, b and c (each summed later)."""
+    if KIND == AReLU:
+        dx = dy * tl.where(x > 0, b, tl.where(x < 0, a, 0.0))  # relu'(0) = 0, as the reference
+        dyx = dy * x
+        da = tl.where(x < 0, dyx, 0.0)
+        db = tl.where(x > 0, dyx, 0.0)
+        dc = da
+    elif KIND == APReLU:
+        dx = tl.where(x > 0, dy, dy * c)  # d min(x, 0)/dx = 1 at 0, as torch.clamp
+        dc = tl.where(x > 0, 0.0, dy * x)
+        da = dc
+        db = dc
+    else:
+        if KIND == ACON_C_PIXEL:
+            c = tl.sigmoid(x)
+        d = a * x
+        s = tl.sigmoid(c * d)
+        t = s * (1.0 - s)
+        g = s + c * d * t
+        dc = dy * d * d * t
+        dx = dy * (a * g + b)
+        if KIND == ACON_C_PIXEL:
+            dx += dc * c * (1.0 - c)
+        da = dy * x * g
+        db = dy * x
+    return dx, da, db, dc
+
+
+@triton.jit
+def _store_sums(ptr, terms, blk_n, blk_s, n, c, N, C, NB_S, PER_SAMPLE: tl.constexpr):
+    """The tile's partial sums of ``terms``: over S into (NB_S, N, C) when PER_SAMPLE, else over
+    N and S into (NB_N * NB_S, C)."""
+    sums = tl.sum(terms, axis=2, keep_dims=True)
+    if PER_SAMPLE:
+        tl.store(ptr + (blk_s * N + n) * C + c, sums, mask=(n < N) & (c < C))
+    else:
+        sums = tl.sum(sums, axis=0, keep_dims=True)  # 1 x BLOCK_C x 1, as c
+        tl.store(ptr + (blk_n * NB_S + blk_s) * C + c, sums, mask=c < C)
 
 
 @triton.jit
 def activation_fwd(x_ptr, y_ptr, a_ptr, b_ptr, c_ptr, a_sn, a_sc, b_sn, b_sc, c_sn, c_sc,
-                   C, S, x_sn, x_sc, x_ss, KIND: tl.constexpr, BLOCK: tl.constexpr):
-    row = tl.program_id(0)
-    n = row // C
-    ch = row % C
-    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < S
-    ptrs = n * x_sn + ch * x_sc + offs * x_ss
-    x = tl.load(x_ptr + ptrs, mask=mask, other=0.0).to(tl.float32)
-    if KIND == 0:
-        a = _load_param(a_ptr, n, ch, a_sn, a_sc)
-        b = _load_param(b_ptr, n, ch, b_sn, b_sc)
-        y = tl.where(x > 0, b * x, a * x)
-    elif KIND == 3:
-        y = tl.where(x > 0, x, _load_param(c_ptr, n, ch, c_sn, c_sc) * x)
-    else:
-        a = _load_param(a_ptr, n, ch, a_sn, a_sc)
-        b = _load_param(b_ptr, n, ch, b_sn, b_sc)
-        beta = _switching_factor(x, c_ptr, n, ch, c_sn, c_sc, KIND)
-        d = a * x
-        y = d * tl.sigmoid(beta * d) + b * x
-    tl.store(y_ptr + ptrs, y.to(y_ptr.dtype.element_ty), mask=mask)
+                   N, C, S, x_sn, x_sc, x_ss, NB_C, NB_S, KIND: tl.constexpr,
+                   BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, WIDE: tl.constexpr):
+    """y = activation(x); y has x's strides."""
+    _, _, n, c, s, mask = _tile(N, C, S, NB_C, NB_S, BLOCK_N, BLOCK_C, BLOCK_S, WIDE)
+    offs = n * x_sn + c * x_sc + s * x_ss
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    a = _gather(a_ptr, n, c, a_sn, a_sc, N, C) if KIND != APReLU else 0.0
+    b = _gather(b_ptr, n, c, b_sn, b_sc, N, C) if KIND != APReLU else 0.0
+    p = _gather(c_ptr, n, c, c_sn, c_sc, N, C) if KIND == ACON_C or KIND == APReLU else 0.0
+    y = _activation(x, a, b, p, KIND)
+    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def activation_bwd(x_ptr, dy_ptr, dx_ptr, ga_ptr, gb_ptr, gc_ptr, en_ptr, ep_ptr, a_ptr, b_ptr, c_ptr,
-                   a_sn, a_sc, b_sn, b_sc, c_sn, c_sc, C, S, NB,
-                   x_sn, x_sc, x_ss, d_sn, d_sc, d_ss, KIND: tl.constexpr, BLOCK: tl.constexpr,
-                   PARTIALS: tl.constexpr, DX: tl.constexpr, POOLED: tl.constexpr):
-    row = tl.program_id(0)
-    blk = tl.program_id(1)
-    n = row // C
-    ch = row % C
-    offs = blk * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < S
-    xp = n * x_sn + ch * x_sc + offs * x_ss
-    dp = n * d_sn + ch * d_sc + offs * d_ss
-    x = tl.load(x_ptr + xp, mask=mask, other=0.0).to(tl.float32)
-    dy = tl.load(dy_ptr + dp, mask=mask, other=0.0).to(tl.float32)
-    part = row * NB + blk
-    if KIND == 0:
-        a = _load_param(a_ptr, n, ch, a_sn, a_sc)
-        b = _load_param(b_ptr, n, ch, b_sn, b_sc)
-        dx = dy * tl.where(x > 0, b, tl.where(x < 0, a, 0.0))  # relu'(0) = 0, as the reference
-        if PARTIALS:
-            dyx = dy * x
-            tl.store(ga_ptr + part, tl.sum(tl.where(x < 0, dyx, 0.0), axis=0))
-            tl.store(gb_ptr + part, tl.sum(tl.where(x > 0, dyx, 0.0), axis=0))
-    elif KIND == 3:
-        alpha = _load_param(c_ptr, n, ch, c_sn, c_sc)
-        dx = tl.where(x > 0, dy, dy * alpha)  # d min(x, 0)/dx = 1 at 0, as torch.clamp
-        if PARTIALS:
-            tl.store(gc_ptr + part, tl.sum(tl.where(x > 0, 0.0, dy * x), axis=0))
-    else:
-        a = _load_param(a_ptr, n, ch, a_sn, a_sc)
-        b = _load_param(b_ptr, n, ch, b_sn, b_sc)
-        beta = _switching_factor(x, c_ptr, n, ch, c_sn, c_sc, KIND)
-        d = a * x
-        s = tl.sigmoid(beta * d)
-        t = s * (1.0 - s)
-        g = s + beta * d * t
-        dbeta = dy * d * d * t
-        dx = dy * (a * g + b)
-        if KIND == 2:
-            dx += dbeta * beta * (1.0 - beta)
-        if PARTIALS:
-            tl.store(ga_ptr + part, tl.sum(dy * x * g, axis=0))  # -> p1 - p2 direction
-            tl.store(gb_ptr + part, tl.sum(dy * x, axis=0))
-            tl.store(gc_ptr + part, tl.sum(dbeta, axis=0))
+def activation_bwd(x_ptr, dy_ptr, dx_ptr, ga_ptr, gb_ptr, gc_ptr, pool_neg_ptr, pool_pos_ptr, a_ptr, b_ptr, c_ptr,
+                   a_sn, a_sc, b_sn, b_sc, c_sn, c_sc, N, C, S, x_sn, x_sc, x_ss, dy_sn, dy_sc, dy_ss, NB_C, NB_S,
+                   KIND: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
+                   WIDE: tl.constexpr, GRAD_A: tl.constexpr, GRAD_B: tl.constexpr, GRAD_C: tl.constexpr,
+                   PER_SAMPLE: tl.constexpr, DX: tl.constexpr, POOLED: tl.constexpr):
+    """From one read of x and dy: the partial sums of the gradients of a, b and c that GRAD_*
+    ask for, and (DX) dx in x's strides, plus (POOLED) the gradient of a pool of x that depends
+    only on the sign of x: pool_pos[n, c] where x > 0, pool_neg[n, c] elsewhere ((N, C), contiguous)."""
+    blk_n, blk_s, n, c, s, mask = _tile(N, C, S, NB_C, NB_S, BLOCK_N, BLOCK_C, BLOCK_S, WIDE)
+    offs = n * x_sn + c * x_sc + s * x_ss
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    dy = tl.load(dy_ptr + n * dy_sn + c * dy_sc + s * dy_ss, mask=mask, other=0.0).to(tl.float32)
+    a = _gather(a_ptr, n, c, a_sn, a_sc, N, C) if KIND != APReLU else 0.0
+    b = _gather(b_ptr, n, c, b_sn, b_sc, N, C) if KIND != APReLU else 0.0
+    p = _gather(c_ptr, n, c, c_sn, c_sc, N, C) if KIND == ACON_C or KIND == APReLU else 0.0
+    dx, da, db, dc = _activation_grads(x, dy, a, b, p, KIND)
+    if GRAD_A:
+        _store_sums(ga_ptr, da, blk_n, blk_s, n, c, N, C, NB_S, PER_SAMPLE)
+    if GRAD_B:
+        _store_sums(gb_ptr, db, blk_n, blk_s, n, c, N, C, NB_S, PER_SAMPLE)
+    if GRAD_C:
+        _store_sums(gc_ptr, dc, blk_n, blk_s, n, c, N, C, NB_S, PER_SAMPLE)
     if DX:
-        if POOLED:  # the pooling gradient: one value per row for x <= 0 and one for x > 0
-            dx += tl.where(x > 0, tl.load(ep_ptr + row), tl.load(en_ptr + row))
-        tl.store(dx_ptr + xp, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+        if POOLED:
+            neg = _gather(pool_neg_ptr, n, c, C, 1, N, C)
+            pos = _gather(pool_pos_ptr, n, c, C, 1, N, C)
+            dx += tl.where(x > 0, pos, neg)
+        tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def signed_sums(x_ptr, neg_ptr, pos_ptr, C, S, NB, x_sn, x_sc, x_ss, BLOCK: tl.constexpr):
-    """Partial sums of min(x, 0) and max(x, 0) per (row, block): the pooling read."""
-    row = tl.program_id(0)
-    blk = tl.program_id(1)
-    offs = blk * BLOCK + tl.arange(0, BLOCK)
-    x = tl.load(x_ptr + (row // C) * x_sn + (row % C) * x_sc + offs * x_ss, mask=offs < S, other=0.0)
-    x = x.to(tl.float32)
-    tl.store(neg_ptr + row * NB + blk, tl.sum(tl.minimum(x, 0.0), axis=0))
-    tl.store(pos_ptr + row * NB + blk, tl.sum(tl.maximum(x, 0.0), axis=0))
+def signed_sums(x_ptr, neg_ptr, pos_ptr, N, C, S, x_sn, x_sc, x_ss, NB_C, NB_S,
+                BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, WIDE: tl.constexpr):
+    """Partial sums over S of min(x, 0) and max(x, 0), (NB_S, N, C) each: the pooling read."""
+    blk_n, blk_s, n, c, s, mask = _tile(N, C, S, NB_C, NB_S, BLOCK_N, BLOCK_C, BLOCK_S, WIDE)
+    x = tl.load(x_ptr + n * x_sn + c * x_sc + s * x_ss, mask=mask, other=0.0).to(tl.float32)
+    _store_sums(neg_ptr, tl.minimum(x, 0.0), blk_n, blk_s, n, c, N, C, NB_S, True)
+    _store_sums(pos_ptr, tl.maximum(x, 0.0), blk_n, blk_s, n, c, N, C, NB_S, True)

@@ -1,10 +1,11 @@
-"""Host side of the Triton kernels: layouts, launches, and their registration as PyTorch
-operators (``torch.library.triton_op``) with autograd, so torch.compile and torch.export see
-them as ops (Dynamo does not graph-break on them)."""
+"""Host side of the Triton kernels: layouts, launch plans, launches, and their registration as
+PyTorch operators (``torch.library.triton_op``) with autograd, so torch.compile and torch.export
+see them as ops (Dynamo does not graph-break on them)."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -13,7 +14,16 @@ from torch.library import wrap_triton
 from .. import autograd as AG
 from . import kernels as K
 
-BLOCK = 1024
+__all__ = ["Plan", "acon_c", "acon_c_pixel", "aprelu", "arelu", "plan"]
+
+MIN_TILE = 256  # elements per program at least (where the tensor has them): amortises each program's set-up
+MAX_TILE = 4096  # elements per program at most
+MIN_PROGRAMS = 512  # programs wanted before tiles grow past MIN_TILE: every SM gets several
+MIN_RUN = 64  # elements at least along the unit-stride dim (where it has them): whole 32-byte sectors
+MIN_ROWS = 32  # tile rows at least when channels are unit-stride: per-channel partial sums stay <= 1/32 of x
+GOOD_USE = 0.85  # a block size is good when this share of its lanes lies inside the tensor
+ELEMENTS_PER_THREAD = 16  # num_warps = tile / (32 * this), 1 to 8: four 128-bit loads per tensor in fp32
+INT32_LIMIT = 2**31
 
 
 def _dense(x: Tensor) -> Tensor:
@@ -21,6 +31,12 @@ def _dense(x: Tensor) -> Tensor:
     the kernels address x, y and dx alike) and its spatial dims flatten to one stride, as for
     contiguous and channels_last tensors; else a contiguous copy."""
     return x if _gapless(x) and _spatial_flattens(x) else x.contiguous()
+
+
+def _readable(t: Tensor) -> Tensor:
+    """A tensor that is only read (dy) needs one stride per dim of (N, C, S), nothing more:
+    expanded and strided views are read where they are."""
+    return t if _spatial_flattens(t) else t.contiguous()
 
 
 def _gapless(x: Tensor) -> bool:
@@ -43,13 +59,114 @@ def _spatial_flattens(x: Tensor) -> bool:
     return True
 
 
-def _geometry(x: Tensor) -> tuple[int, int, int, int, int, int]:
-    """(N, C, S, stride of n, stride of c, stride of the flattened spatial index) of a dense x."""
-    n, c = x.shape[:2]
-    s = math.prod(x.shape[2:])
+def _strides(x: Tensor) -> tuple[int, int, int]:
+    """Strides of (n, c, flattened spatial index) of a tensor whose spatial dims flatten."""
     # the flattened spatial stride: that of the innermost spatial dim of size > 1 (1 if none)
     ss = next((st for size, st in zip(reversed(x.shape[2:]), reversed(x.stride()[2:])) if size != 1), 1)
-    return n, c, s, x.stride(0), x.stride(1), ss
+    return x.stride(0), x.stride(1), ss
+
+
+def _pow2_at_most(n: int) -> int:
+    return 1 << (max(n, 1).bit_length() - 1)
+
+
+def _pow2_at_least(n: int) -> int:
+    return 1 << (max(n, 1) - 1).bit_length()
+
+
+def _use(size: int, block: int) -> float:
+    """Share of the lanes of the blocks covering ``size`` elements that lie inside."""
+    return size / (-(-size // block) * block)
+
+
+def _fit(size: int, limit: int, floor: int = 1) -> int:
+    """A power-of-two block for a dim of ``size`` elements, at most ``limit`` and at least ``floor``
+    (or the whole dim where it is shorter): the largest that keeps GOOD_USE of its lanes inside
+    the tensor, else the one that keeps the most (the larger on ties)."""
+    top = min(_pow2_at_least(size), limit)
+    low = min(_pow2_at_least(floor), top)
+    candidates = [1 << k for k in range(low.bit_length() - 1, top.bit_length())]
+    good = [b for b in candidates if _use(size, b) >= GOOD_USE]
+    return max(good) if good else max(candidates, key=lambda b: (_use(size, b), b))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How the kernels walk an (N, C, S) tensor with strides (sn, sc, ss): one program per tile of
+    block_n x block_c x block_s elements, on a 1-D grid of ``programs``."""
+
+    n: int
+    c: int
+    s: int
+    block_n: int
+    block_c: int
+    block_s: int
+    wide: bool  # 64-bit offsets
+
+    @property
+    def blocks(self) -> tuple[int, int, int]:
+        return (-(-self.n // self.block_n), -(-self.c // self.block_c), -(-self.s // self.block_s))
+
+    @property
+    def programs(self) -> int:
+        return math.prod(self.blocks)
+
+    @property
+    def tile(self) -> int:
+        """Elements (lanes) per program."""
+        return self.block_n * self.block_c * self.block_s
+
+    @property
+    def lanes_used(self) -> float:
+        """Useful elements / (programs x elements per program)."""
+        return self.n * self.c * self.s / max(1, self.programs * self.tile)
+
+    @property
+    def num_warps(self) -> int:
+        return max(1, min(8, self.tile // (32 * ELEMENTS_PER_THREAD)))
+
+    def meta(self) -> dict:
+        """The geometry and tiling arguments every kernel takes."""
+        _, nb_c, nb_s = self.blocks
+        return dict(N=self.n, C=self.c, S=self.s, NB_C=nb_c, NB_S=nb_s, BLOCK_N=self.block_n,
+                    BLOCK_C=self.block_c, BLOCK_S=self.block_s, WIDE=self.wide, num_warps=self.num_warps)
+
+
+def plan(shape: tuple[int, ...] | torch.Size, strides: tuple[int, int, int], *others: tuple[int, int, int]) -> Plan:
+    """The launch plan for an (N, C, *spatial) tensor whose (n, c, flattened spatial) strides are
+    ``strides`` (``others``: those of further tensors the kernel reads, such as dy).
+
+    The tile's widest side runs along the unit-stride dim (S for NCHW-like, C for channels_last
+    and (N, C)) so loads and stores coalesce; the other dims fill the tile in the order of their
+    strides. Tiles hold MIN_TILE to MAX_TILE elements, larger as the tensor grows."""
+    n, c = shape[0], shape[1]
+    s = math.prod(shape[2:])
+    numel = n * c * s
+    sizes = {"n": n, "c": c, "s": s}
+    stride = dict(zip("ncs", strides))
+    inner = next((d for d in "scn" if stride[d] == 1 and sizes[d] > 1), "c")
+    tile = max(MIN_TILE, min(MAX_TILE, _pow2_at_most(numel // MIN_PROGRAMS)))
+    order = [inner] + sorted((d for d in "ncs" if d != inner), key=lambda d: (stride[d], d))
+    blocks = {}
+    room = tile
+    for d in order:
+        if d == inner:
+            limit = tile if d != "c" else max(MIN_RUN, tile // MIN_ROWS)
+            blocks[d] = _fit(sizes[d], limit, floor=MIN_RUN)
+        else:
+            blocks[d] = _fit(sizes[d], max(1, room))
+        room //= blocks[d]
+    reach = max(sum((size - 1) * st for size, st in zip((n, c, s), t)) for t in (strides, *others))
+    return Plan(n, c, s, blocks["n"], blocks["c"], blocks["s"], wide=max(reach, numel) >= INT32_LIMIT)
+
+
+def _plan_for(x: Tensor, *others: Tensor) -> Plan:
+    return plan(x.shape, _strides(x), *(_strides(t) for t in others))
+
+
+def _launch(kernel, p: Plan, **arguments) -> None:
+    """One launch of ``kernel`` over plan ``p``, all arguments by keyword."""
+    wrap_triton(kernel)[(p.programs,)](**p.meta(), **arguments)
 
 
 def _nc(p: Tensor, x: Tensor) -> tuple[Tensor, int, int]:
@@ -58,21 +175,36 @@ def _nc(p: Tensor, x: Tensor) -> tuple[Tensor, int, int]:
     return view, view.stride(0), view.stride(1)
 
 
-def _partials(x: Tensor, blocks: int) -> Tensor:
-    """float32 (N * C, blocks) buffer for per-(row, block) sums; zeros when there is nothing to sum."""
-    return (torch.empty if x.numel() else torch.zeros)(x.shape[0] * x.shape[1], blocks, dtype=torch.float32,
-                                                      device=x.device)
+def _params(a: Tensor, b: Tensor, c: Tensor, x: Tensor) -> dict:
+    (a2, asn, asc), (b2, bsn, bsc), (c2, csn, csc) = _nc(a, x), _nc(b, x), _nc(c, x)
+    return dict(a_ptr=a2, b_ptr=b2, c_ptr=c2, a_sn=asn, a_sc=asc, b_sn=bsn, b_sc=bsc, c_sn=csn, c_sc=csc)
 
 
-def _sums(partials: Tensor, x: Tensor) -> Tensor:
-    """Per-(row, block) partial sums reduced to (N, C)."""
-    return partials.sum(1).reshape(x.shape[:2])
+def _per_sample(x: Tensor, *params: Tensor) -> bool:
+    """Whether a parameter differs between samples, so its gradient is reduced per (n, c)."""
+    return x.shape[0] > 1 and any(_nc(p, x)[1] != 0 for p in params)
+
+
+def _partial_sums(p: Plan, per_sample: bool, device: torch.device) -> Tensor:
+    """float32 buffer for a kernel's partial sums: (NB_S, N, C) per sample, (NB_N * NB_S, C) else."""
+    nb_n, _, nb_s = p.blocks
+    shape = (nb_s, p.n, p.c) if per_sample else (nb_n * nb_s, p.c)
+    return (torch.empty if p.programs else torch.zeros)(shape, dtype=torch.float32, device=device)
+
+
+def _sum_partials(partials: Tensor, p: Plan) -> Tensor:
+    """Partial sums reduced to (N, C) (per sample) or (1, C)."""
+    return partials.sum(0).reshape(-1, p.c)
 
 
 def _grad_to(grad: Tensor, p: Tensor, x: Tensor) -> Tensor:
-    """An (N, C) gradient summed to the shape of the parameter view ``p`` broadcast against x."""
-    grad = grad.reshape(*x.shape[:2], *([1] * (x.ndim - 2)))
+    """An (N, C) or (1, C) gradient summed to the shape of the parameter view ``p`` broadcast against x."""
+    grad = grad.reshape(*grad.shape[:2], *([1] * (x.ndim - 2)))
     return grad.sum_to_size(p.shape).reshape(p.shape).to(p.dtype)
+
+
+def _unused(x: Tensor) -> Tensor:
+    return torch.zeros((), dtype=torch.float32, device=x.device)
 
 
 @torch.library.triton_op("adaptact::activation_fwd", mutates_args=())
@@ -80,49 +212,52 @@ def activation_fwd(x: Tensor, a: Tensor, b: Tensor, c: Tensor, kind: int) -> Ten
     """y for activation ``kind`` (see kernels.py) with parameters broadcasting against x on dims 0/1."""
     x = _dense(x)
     y = torch.empty_like(x)
-    n, ch, s, sn, sc, ss = _geometry(x)
-    (a2, asn, asc), (b2, bsn, bsc), (c2, csn, csc) = _nc(a, x), _nc(b, x), _nc(c, x)
     if x.numel():
-        wrap_triton(K.activation_fwd)[(n * ch, triton_cdiv(s, BLOCK))](
-            x, y, a2, b2, c2, asn, asc, bsn, bsc, csn, csc, ch, s, sn, sc, ss, KIND=kind, BLOCK=BLOCK)
+        sn, sc, ss = _strides(x)
+        _launch(K.activation_fwd, _plan_for(x), x_ptr=x, y_ptr=y, **_params(a, b, c, x),
+                x_sn=sn, x_sc=sc, x_ss=ss, KIND=kind)
     return y
 
 
-def _backward(x: Tensor, dy: Tensor, a: Tensor, b: Tensor, c: Tensor, kind: int, partials: bool,
+def _backward(x: Tensor, dy: Tensor, a: Tensor, b: Tensor, c: Tensor, kind: int, grads: bool,
               pooled: tuple[Tensor, Tensor] | None = None, dx: bool = True):
-    """One launch of the backward kernel: dx (with the pooling terms ``pooled`` = per-row values
-    for x <= 0 and x > 0) and/or the (N, C) float32 sums of the gradients of a, b and c."""
-    x, dy = _dense(x), _dense(dy)
-    n, ch, s, sn, sc, ss = _geometry(x)
-    _, _, _, dsn, dsc, dss = _geometry(dy)
-    nb = triton_cdiv(s, BLOCK)
+    """One launch of the backward kernel: dx (with the pooling terms ``pooled`` = (N, C) values
+    for x <= 0 and x > 0) and/or the float32 sums of the gradients of a, b and c, (N, C) where a
+    parameter is per sample, else (1, C); zeros for those ``kind`` does not have."""
+    x, dy = _dense(x), _readable(dy)
+    p = _plan_for(x, dy)
     none = _unused(x)
     out = torch.empty_like(x) if dx else none  # dx in x's layout, as the gradient of a leaf x wants
-    parts = [_partials(x, nb) if partials else none for _ in range(3)]
-    neg, pos = (none, none) if pooled is None else (p.float().contiguous() for p in pooled)
-    (a2, asn, asc), (b2, bsn, bsc), (c2, csn, csc) = _nc(a, x), _nc(b, x), _nc(c, x)
+    has = K.PARAMETERS[kind] if grads else ""
+    per_sample = _per_sample(x, *(t for name, t in zip("abc", (a, b, c)) if name in has))
+    partials = {name: _partial_sums(p, per_sample, x.device) if name in has else none for name in "abc"}
+    neg, pos = (none, none) if pooled is None else (t.float().contiguous() for t in pooled)
     if x.numel():
-        wrap_triton(K.activation_bwd)[(n * ch, nb)](
-            x, dy, out, *parts, neg, pos, a2, b2, c2, asn, asc, bsn, bsc, csn, csc, ch, s, nb,
-            sn, sc, ss, dsn, dsc, dss, KIND=kind, BLOCK=BLOCK, PARTIALS=partials, DX=dx,
-            POOLED=pooled is not None)
-    sums = tuple(_sums(p, x) for p in parts) if partials else None
+        sn, sc, ss = _strides(x)
+        dsn, dsc, dss = _strides(dy)
+        _launch(K.activation_bwd, p, x_ptr=x, dy_ptr=dy, dx_ptr=out, ga_ptr=partials["a"], gb_ptr=partials["b"],
+                gc_ptr=partials["c"], pool_neg_ptr=neg, pool_pos_ptr=pos, **_params(a, b, c, x),
+                x_sn=sn, x_sc=sc, x_ss=ss, dy_sn=dsn, dy_sc=dsc, dy_ss=dss, KIND=kind,
+                GRAD_A="a" in has, GRAD_B="b" in has, GRAD_C="c" in has, PER_SAMPLE=per_sample, DX=dx,
+                POOLED=pooled is not None)
+    sums = tuple(_sum_partials(partials[name], p) if name in has else
+                 torch.zeros(1, p.c, dtype=torch.float32, device=x.device) for name in "abc")
     return out, sums
 
 
 @torch.library.triton_op("adaptact::activation_bwd", mutates_args=())
 def activation_bwd(x: Tensor, dy: Tensor, a: Tensor, b: Tensor, c: Tensor, kind: int
                    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """dx and the (N, C) float32 gradients of a, b and c, in one pass."""
-    dx, (ga, gb, gc) = _backward(x, dy, a, b, c, kind, partials=True)
+    """dx and the float32 gradients of a, b and c ((N, C) or (1, C)), in one pass."""
+    dx, (ga, gb, gc) = _backward(x, dy, a, b, c, kind, grads=True)
     return dx, ga, gb, gc
 
 
 @torch.library.triton_op("adaptact::activation_param_grads", mutates_args=())
 def activation_param_grads(x: Tensor, dy: Tensor, a: Tensor, b: Tensor, c: Tensor, kind: int
                            ) -> tuple[Tensor, Tensor, Tensor]:
-    """The (N, C) float32 gradients of a, b and c alone: a pass that reads x and dy."""
-    _, (ga, gb, gc) = _backward(x, dy, a, b, c, kind, partials=True, dx=False)
+    """The float32 gradients of a, b and c alone ((N, C) or (1, C)): a pass that reads x and dy."""
+    _, (ga, gb, gc) = _backward(x, dy, a, b, c, kind, grads=True, dx=False)
     return ga, gb, gc
 
 
@@ -130,7 +265,7 @@ def activation_param_grads(x: Tensor, dy: Tensor, a: Tensor, b: Tensor, c: Tenso
 def activation_input_grad(x: Tensor, dy: Tensor, a: Tensor, b: Tensor, c: Tensor, neg: Tensor, pos: Tensor,
                           kind: int) -> Tensor:
     """dx plus a pooling gradient: ``neg`` (N, C) where x <= 0, ``pos`` (N, C) where x > 0."""
-    dx, _ = _backward(x, dy, a, b, c, kind, partials=False, pooled=(neg, pos))
+    dx, _ = _backward(x, dy, a, b, c, kind, grads=False, pooled=(neg, pos))
     return dx
 
 
@@ -138,12 +273,12 @@ def activation_input_grad(x: Tensor, dy: Tensor, a: Tensor, b: Tensor, c: Tensor
 def signed_sums(x: Tensor) -> tuple[Tensor, Tensor]:
     """(sum of min(x, 0), sum of max(x, 0)) over the spatial dims, (N, C) float32: one read of x."""
     x = _dense(x)
-    n, ch, s, sn, sc, ss = _geometry(x)
-    nb = triton_cdiv(s, BLOCK)
-    neg, pos = _partials(x, nb), _partials(x, nb)
+    p = _plan_for(x)
+    neg, pos = _partial_sums(p, True, x.device), _partial_sums(p, True, x.device)
     if x.numel():
-        wrap_triton(K.signed_sums)[(n * ch, nb)](x, neg, pos, ch, s, nb, sn, sc, ss, BLOCK=BLOCK)
-    return _sums(neg, x), _sums(pos, x)
+        sn, sc, ss = _strides(x)
+        _launch(K.signed_sums, p, x_ptr=x, neg_ptr=neg, pos_ptr=pos, x_sn=sn, x_sc=sc, x_ss=ss)
+    return _sum_partials(neg, p), _sum_partials(pos, p)
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -164,25 +299,17 @@ def _activation_backward(ctx, dy: Tensor):
 activation_fwd.register_autograd(_activation_backward, setup_context=_setup_context)
 
 
-def triton_cdiv(a: int, b: int) -> int:
-    return max(1, -(-a // b))
-
-
-def _unused(x: Tensor) -> Tensor:
-    return torch.zeros((), dtype=torch.float32, device=x.device)
-
-
 def arelu(x: Tensor, slope: Tensor, gain: Tensor) -> Tensor:
-    return activation_fwd(x, slope, gain, _unused(x), K.AReLU)
+    return activation_fwd(x, slope, gain, _unused(x), K.AReLU.value)
 
 
 def acon_c(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> Tensor:
-    return activation_fwd(x, p1 - p2, p2, beta, K.ACON)
+    return activation_fwd(x, p1 - p2, p2, beta, K.ACON_C.value)
 
 
 def acon_c_pixel(x: Tensor, p1: Tensor, p2: Tensor) -> Tensor:
-    return activation_fwd(x, p1 - p2, p2, _unused(x), K.ACON_PIXEL)
+    return activation_fwd(x, p1 - p2, p2, _unused(x), K.ACON_C_PIXEL.value)
 
 
 def aprelu(x: Tensor, alpha: Tensor) -> Tensor:
-    return activation_fwd(x, _unused(x), _unused(x), alpha, K.APReLU)
+    return activation_fwd(x, _unused(x), _unused(x), alpha, K.APReLU.value)
