@@ -21,11 +21,14 @@ demo: install
 	$(PYTHON) -m adaptact compare --dataset mnist1d --optimizers sgd --lrs 1e-2,1e-3 --seeds 3 \
 		--epochs $(DEMO_EPOCHS) --workers $(WORKERS) --db report/demo.sqlite --out report
 
-# The Triton kernels run a second time under Triton's CPU interpreter (their speed needs a GPU).
+# The Triton kernels run under Triton's CPU interpreter first (their numbers; their speed needs a
+# GPU), recording every launch; the main pass then compiles those launches for sm_80/sm_90 too.
+LAUNCHES := build/triton-launches.jsonl
 test: EXTRAS = test
 test: install
-	$(PYTHON) -m pytest -q
-	TRITON_INTERPRET=1 $(PYTHON) -m pytest -q tests/ops -k triton
+	rm -f $(LAUNCHES)
+	TRITON_INTERPRET=1 ADAPTACT_TRITON_LAUNCHES=$(LAUNCHES) $(PYTHON) -m pytest -q tests/ops -k triton
+	ADAPTACT_TRITON_LAUNCHES=$(LAUNCHES) $(PYTHON) -m pytest -q
 
 lint:
 	$(PYTHON) -m ruff check src tests

@@ -15,6 +15,7 @@ in a process without ``TRITON_INTERPRET``; with ``run=True`` (interpreter) the k
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import json
 import re
@@ -37,15 +38,21 @@ def _target(capability: int) -> GPUTarget:
     return GPUTarget("cuda", capability, WARP)
 
 
-def _jit(kernel) -> JITFunction:
+def _jit(fn) -> JITFunction:
     """The JITFunction of a kernel (under the interpreter, one built from its Python function)."""
-    return kernel if isinstance(kernel, JITFunction) else JITFunction(kernel.fn)
+    return fn if isinstance(fn, JITFunction) else JITFunction(fn)
+
+
+@functools.cache
+def _binder(fn):
+    """Triton's own argument binder for a kernel's Python function, with a CUDA backend."""
+    jit = _jit(fn)
+    return jit, create_function_from_signature(jit.signature, jit.params, make_backend(_target(ARCHS[-1])))
 
 
 def specialisation(kernel, args: tuple, kwargs: dict) -> dict:
     """The JSON record of one launch: what Triton's JIT would compile for it on a CUDA GPU."""
-    jit = _jit(kernel)
-    binder = create_function_from_signature(jit.signature, jit.params, make_backend(_target(ARCHS[-1])))
+    jit, binder = _binder(kernel if isinstance(kernel, JITFunction) else kernel.fn)
     _, spec, _ = binder(*args, **{k: v for k, v in kwargs.items() if k not in _OPTIONS})
     return {"kernel": f"{jit.fn.__module__}:{jit.fn.__name__}", "specialisation": [list(s) for s in spec],
             "options": {k: v for k, v in kwargs.items() if k in _OPTIONS}}
@@ -116,3 +123,46 @@ def resource_usage(cubin: bytes) -> dict[str, int]:
         out = subprocess.run([knobs.nvidia.cuobjdump.path, "--dump-resource-usage", f.name], check=True,
                              capture_output=True, text=True).stdout
     return {k: int(v) for k, v in re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", out)}
+
+
+_REGISTER = re.compile(r"%[a-z]+\d+")
+_NO_DESTINATION = ("st.", "bra", "ret", "bar.", "red.", "fence", "membar", "@")
+
+
+def global_accesses(ptx: str, record: dict) -> list[tuple[str, str]]:
+    """(kernel pointer argument, instruction) for every ld.global/st.global in ``ptx``, the
+    argument found by following the address register back through the instructions that
+    computed it to the ``ld.param`` of a pointer parameter (``*_ptr``)."""
+    params = [p.name for p, s in zip(jit_function(record).params, record["specialisation"]) if s[0] != "constexpr"]
+    origin: dict[str, set[str]] = {}
+    accesses = []
+    body = ptx[ptx.index("{", ptx.index(".entry")):]
+    for statement in body.split(";"):
+        text = re.sub(r"//[^\n]*", "", statement).strip()
+        text = re.sub(r"^@!?%p\d+\s+", "", text)
+        if not text or text.startswith((".", "$", "{", "}")):
+            text = text.split("\n")[-1].strip()
+            text = re.sub(r"^@!?%p\d+\s+", "", text)
+            if not text or text.startswith((".", "$", "}")):
+                continue
+        opcode, _, rest = text.partition(" ")
+        operands = [o.strip() for o in re.split(r",(?![^{]*})", rest)]
+        if opcode.startswith("ld.param"):
+            index = int(re.search(r"_param_(\d+)", rest).group(1))
+            name = params[index] if index < len(params) else f"param_{index}"
+            origin[operands[0]] = {name}
+            continue
+        if opcode.startswith(("ld.global", "st.global")):
+            address = next(o for o in operands if o.startswith("["))
+            sources = set().union(*(origin.get(r, set()) for r in _REGISTER.findall(address)))
+            accesses.append(("/".join(sorted(p for p in sources if p.endswith("_ptr"))), opcode))
+            if opcode.startswith("ld."):
+                for r in _REGISTER.findall(operands[0]):
+                    origin[r] = set()  # a loaded value is data, not an address
+            continue
+        if opcode.startswith(_NO_DESTINATION) or not operands or not operands[0]:
+            continue
+        sources = set().union(*(origin.get(r, set()) for o in operands[1:] for r in _REGISTER.findall(o)))
+        for r in _REGISTER.findall(operands[0]):
+            origin[r] = sources
+    return accesses

@@ -4,6 +4,7 @@ see them as ops (Dynamo does not graph-break on them)."""
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -20,8 +21,9 @@ MIN_TILE = 256  # elements per program at least (where the tensor has them): amo
 MAX_TILE = 4096  # elements per program at most
 MIN_PROGRAMS = 512  # programs wanted before tiles grow past MIN_TILE: every SM gets several
 MIN_RUN = 64  # elements at least along the unit-stride dim (where it has them): whole 32-byte sectors
-MIN_ROWS = 32  # tile rows at least when channels are unit-stride: per-channel partial sums stay <= 1/32 of x
-GOOD_USE = 0.85  # a block size is good when this share of its lanes lies inside the tensor
+MIN_ROWS = 32  # tile rows at least when channels are unit-stride: partial sums stay <= 1/32 of x
+LARGE = 2**18  # elements from which that holds even where it takes tiles above numel / MIN_PROGRAMS
+GOOD_USE = 0.85  # a tiling is good when this share of its lanes lies inside the tensor
 ELEMENTS_PER_THREAD = 16  # num_warps = tile / (32 * this), 1 to 8: four 128-bit loads per tensor in fp32
 INT32_LIMIT = 2**31
 
@@ -79,15 +81,10 @@ def _use(size: int, block: int) -> float:
     return size / (-(-size // block) * block)
 
 
-def _fit(size: int, limit: int, floor: int = 1) -> int:
-    """A power-of-two block for a dim of ``size`` elements, at most ``limit`` and at least ``floor``
-    (or the whole dim where it is shorter): the largest that keeps GOOD_USE of its lanes inside
-    the tensor, else the one that keeps the most (the larger on ties)."""
-    top = min(_pow2_at_least(size), limit)
-    low = min(_pow2_at_least(floor), top)
-    candidates = [1 << k for k in range(low.bit_length() - 1, top.bit_length())]
-    good = [b for b in candidates if _use(size, b) >= GOOD_USE]
-    return max(good) if good else max(candidates, key=lambda b: (_use(size, b), b))
+def _powers_of_two(size: int, limit: int) -> list[int]:
+    """Block sizes for a dim of ``size``: powers of two up to the first that covers it, at most ``limit``."""
+    top = max(1, min(_pow2_at_least(size), limit))
+    return [1 << k for k in range(top.bit_length())]
 
 
 @dataclass(frozen=True)
@@ -132,36 +129,48 @@ class Plan:
                     BLOCK_C=self.block_c, BLOCK_S=self.block_s, WIDE=self.wide, num_warps=self.num_warps)
 
 
-def plan(shape: tuple[int, ...] | torch.Size, strides: tuple[int, int, int], *others: tuple[int, int, int]) -> Plan:
+@functools.lru_cache(maxsize=4096)
+def plan(shape: tuple[int, ...], strides: tuple[int, int, int], *others: tuple[int, int, int]) -> Plan:
     """The launch plan for an (N, C, *spatial) tensor whose (n, c, flattened spatial) strides are
     ``strides`` (``others``: those of further tensors the kernel reads, such as dy).
 
-    The tile's widest side runs along the unit-stride dim (S for NCHW-like, C for channels_last
-    and (N, C)) so loads and stores coalesce; the other dims fill the tile in the order of their
-    strides. Tiles hold MIN_TILE to MAX_TILE elements, larger as the tensor grows."""
+    Tiles are powers of two per dim. The tile budget grows with the tensor from MIN_TILE to
+    MAX_TILE elements (at least MIN_RUN x MIN_ROWS for LARGE channels-inner tensors). Among the tilings within it, the plan takes, in this order of priority:
+    at least MIN_TILE elements (where the tensor has them); a run of at least MIN_RUN along the
+    unit-stride dim (S for NCHW-like, C for channels_last and (N, C)), where loads and stores
+    coalesce and vectorise; when channels are unit-stride, at least MIN_ROWS rows along S and
+    along N and S (partial sums stay small against x); the most lanes inside the tensor, all
+    shares above GOOD_USE counted alike; then the largest tile and run."""
     n, c = shape[0], shape[1]
     s = math.prod(shape[2:])
     numel = n * c * s
     sizes = {"n": n, "c": c, "s": s}
-    stride = dict(zip("ncs", strides))
-    inner = next((d for d in "scn" if stride[d] == 1 and sizes[d] > 1), "c")
-    tile = max(MIN_TILE, min(MAX_TILE, _pow2_at_most(numel // MIN_PROGRAMS)))
-    order = [inner] + sorted((d for d in "ncs" if d != inner), key=lambda d: (stride[d], d))
-    blocks = {}
-    room = tile
-    for d in order:
-        if d == inner:
-            limit = tile if d != "c" else max(MIN_RUN, tile // MIN_ROWS)
-            blocks[d] = _fit(sizes[d], limit, floor=MIN_RUN)
-        else:
-            blocks[d] = _fit(sizes[d], max(1, room))
-        room //= blocks[d]
+    inner = next((d for d, st in zip("ncs", strides) if st == 1 and sizes[d] > 1 and d != "n"), "c")
+    budget = max(MIN_TILE, min(MAX_TILE, _pow2_at_most(numel // MIN_PROGRAMS)))
+    if inner == "c" and numel >= LARGE:  # room for MIN_ROWS rows of MIN_RUN channels
+        budget = max(budget, MIN_RUN * MIN_ROWS)
+    min_tile = min(MIN_TILE, _pow2_at_least(numel))
+    min_run = min(MIN_RUN, _pow2_at_least(sizes[inner]))
+
+    def score(blocks: tuple[int, int, int]) -> tuple:
+        bn, bc, bs = blocks
+        tile = bn * bc * bs
+        run = blocks["ncs".index(inner)]
+        lanes = _use(n, bn) * _use(c, bc) * _use(s, bs)
+        # partial sums per (n, c) add numel / bs floats, per channel numel / (bn * bs)
+        rows = inner != "c" or (bs >= min(MIN_ROWS, _pow2_at_least(s))
+                                and bn * bs >= min(MIN_ROWS, _pow2_at_least(n * s)))
+        return (tile >= min_tile, run >= min_run, rows, min(lanes, GOOD_USE), tile, run, lanes)
+
+    tilings = [(bn, bc, bs) for bn in _powers_of_two(n, budget) for bc in _powers_of_two(c, budget // bn)
+               for bs in _powers_of_two(s, budget // (bn * bc))]
+    bn, bc, bs = max(tilings, key=score)
     reach = max(sum((size - 1) * st for size, st in zip((n, c, s), t)) for t in (strides, *others))
-    return Plan(n, c, s, blocks["n"], blocks["c"], blocks["s"], wide=max(reach, numel) >= INT32_LIMIT)
+    return Plan(n, c, s, bn, bc, bs, wide=max(reach, numel) >= INT32_LIMIT)
 
 
 def _plan_for(x: Tensor, *others: Tensor) -> Plan:
-    return plan(x.shape, _strides(x), *(_strides(t) for t in others))
+    return plan(tuple(x.shape), _strides(x), *(_strides(t) for t in others))
 
 
 def _launch(kernel, p: Plan, **arguments) -> None:
