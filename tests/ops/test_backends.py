@@ -272,3 +272,28 @@ def test_triton_on_cpu_without_interpreter_says_so(monkeypatch):
     m = adaptact.AconC(4, backend="triton")
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
         m(torch.randn(2, 4))
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_backend_attribute_is_checked_when_set(case):
+    name, kwargs = case
+    m = adaptact.create(name, channels=4, **kwargs)
+    for bad in ("autgrad", "cuda", None, 1):
+        with pytest.raises(ValueError, match="backend must be one of 'auto', 'reference', 'autograd', 'triton'"):
+            m.backend = bad
+    assert m.backend == "auto"
+    m.backend = "reference"
+    assert m.backend == "reference" and "backend='reference'" in repr(m)
+    assert copy.deepcopy(m).backend == "reference"
+
+
+def test_float64_takes_the_autograd_path(monkeypatch):
+    """The kernels compute in float32: "auto" sends float64 to autograd, "triton" refuses it."""
+    monkeypatch.setattr(dispatch, "_on_gpu", lambda x: True)
+    monkeypatch.setattr(dispatch, "triton_available", lambda: True)
+    assert dispatch.auto_backend(torch.zeros(2, dtype=torch.float64)) == "autograd"
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        assert dispatch.auto_backend(torch.zeros(2, dtype=dtype)) == "triton"
+    m = adaptact.AconC(3, backend="triton").double()
+    with pytest.raises(TypeError, match="backend='triton' takes float32, float16 and bfloat16 inputs"):
+        m(torch.randn(2, 3, dtype=torch.float64))

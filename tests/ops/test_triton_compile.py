@@ -32,8 +32,8 @@ if not dispatch.triton_available() or os.environ.get("TRITON_INTERPRET") == "1":
     pytest.skip("compiles in a process without TRITON_INTERPRET (the main pass of make test)",
                 allow_module_level=True)
 
-from adaptact.ops.triton import launch  # noqa: E402  (imports triton)
-from tests.ops import triton_launches as TL  # noqa: E402
+from adaptact.ops.triton import launch  # imports triton
+from tests.ops import triton_launches as TL
 
 LAYOUTS = ("contiguous", "channels_last", "strided")
 RECORDED = os.environ.get("ADAPTACT_TRITON_LAUNCHES")

@@ -24,12 +24,12 @@ class AconA(ActivationModule):
         self.channels = int_at_least("channels", channels)
         self.beta = nn.Parameter(torch.full((channels,), float(beta)))
         self.inplace = inplace
-        self._set_backend(backend)
+        self.backend = backend
 
     def forward(self, x: Tensor) -> Tensor:
         check_input(self, x, self.channels)
         one = torch.ones((), dtype=self.beta.dtype, device=self.beta.device)
-        return dispatch.acon_c(x, one, one - 1, self.beta, self.backend)
+        return self._run(dispatch.acon_c, x, one, one - 1, self.beta)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}" + self._backend_repr()
@@ -51,12 +51,12 @@ class AconB(ActivationModule):
         self.p = nn.Parameter(torch.full((channels,), float(p)))
         self.beta = nn.Parameter(torch.full((channels,), float(beta)))
         self.inplace = inplace
-        self._set_backend(backend)
+        self.backend = backend
 
     def forward(self, x: Tensor) -> Tensor:
         check_input(self, x, self.channels)
         one = torch.ones((), dtype=self.p.dtype, device=self.p.device)
-        return dispatch.acon_c(x, one, self.p, self.beta, self.backend)
+        return self._run(dispatch.acon_c, x, one, self.p, self.beta)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}" + self._backend_repr()
@@ -82,11 +82,11 @@ class AconC(ActivationModule):
         self.p2 = nn.Parameter(torch.randn(channels))
         self.beta = nn.Parameter(torch.full((channels,), float(beta)))
         self.inplace = inplace
-        self._set_backend(backend)
+        self.backend = backend
 
     def forward(self, x: Tensor) -> Tensor:
         check_input(self, x, self.channels)
-        return dispatch.acon_c(x, self.p1, self.p2, self.beta, self.backend)
+        return self._run(dispatch.acon_c, x, self.p1, self.p2, self.beta)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}" + self._backend_repr()

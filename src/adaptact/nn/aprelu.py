@@ -39,7 +39,7 @@ class APReLU(ActivationModule):
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        self._set_backend(backend)
+        self.backend = backend
         if alpha not in ("channel", "sample"):
             raise ValueError(f"alpha must be 'channel' or 'sample', got {alpha!r}")
         self.channels = int_at_least("channels", channels)
@@ -63,8 +63,8 @@ class APReLU(ActivationModule):
 
     def forward(self, x: Tensor) -> Tensor:
         check_input(self, x, self.channels)
-        return dispatch.aprelu(x, self.alpha_from_stats, tuple(self.parameters()), self.fc1.weight.dtype,
-                               self.backend)
+        return self._run(dispatch.aprelu, x, self.alpha_from_stats, tuple(self.parameters()),
+                         self.fc1.weight.dtype)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, alpha={self.alpha_mode!r}" + self._backend_repr()

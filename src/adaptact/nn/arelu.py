@@ -26,14 +26,14 @@ class AReLU(ActivationModule):
 
     def __init__(self, alpha: float = 0.90, beta: float = 2.0, inplace: bool = False, backend: str = "auto") -> None:
         super().__init__()
-        self._set_backend(backend)
+        self.backend = backend
         self.alpha = nn.Parameter(torch.tensor([float(alpha)]))
         self.beta = nn.Parameter(torch.tensor([float(beta)]))
         self.inplace = inplace
 
     def forward(self, x: Tensor) -> Tensor:
         check_input(self, x, None)
-        return dispatch.arelu(x, self.alpha, self.beta, self.backend)
+        return self._run(dispatch.arelu, x, self.alpha, self.beta)
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha.item():.4g}, beta={self.beta.item():.4g}" + self._backend_repr()

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
+
 import torch
 from torch import nn
+
+from ..ops import dispatch, fallback
 
 __all__ = ["ActivationModule", "batch_norm", "check_input", "int_at_least"]
 
@@ -110,12 +115,41 @@ class ActivationModule(nn.Module):
     refused with an error naming the entry.
     """
 
-    backend: str = "auto"
+    _backend: str = "auto"
+    _triton_failed: bool = False  # under "auto", a Triton kernel failed: autograd from then on
 
-    def _set_backend(self, backend: str) -> None:
-        from ..ops.dispatch import check_backend
+    @property
+    def backend(self) -> str:
+        """"auto", "reference", "autograd" or "triton" (``adaptact.ops.dispatch``); checked when set."""
+        return self._backend
 
-        self.backend = check_backend(backend)
+    @backend.setter
+    def backend(self, backend: str) -> None:
+        self._backend = dispatch.check_backend(backend)
+        self._triton_failed = False
+
+    def _run(self, op: Callable[..., torch.Tensor], x: torch.Tensor, *args) -> torch.Tensor:
+        """``op(x, *args, backend)`` with this module's backend. Under "auto", when the Triton path
+        raises (a kernel that does not compile or launch, here or in the backward), warn once and
+        use "autograd" for this module from then on; "triton" itself always raises."""
+        backend = self.backend
+        if backend == "auto" and self._triton_failed:
+            backend = "autograd"
+        if backend != "auto" or torch.compiler.is_compiling() or dispatch.auto_backend(x) != "triton":
+            return op(x, *args, backend)
+        try:
+            y = op(x, *args, "triton")
+        except Exception as err:  # noqa: BLE001  (any failure of the Triton path: compile, launch, driver)
+            self._fall_back(err)
+            return op(x, *args, "autograd")
+        return fallback.mark(y, self._fall_back)
+
+    def _fall_back(self, err: BaseException) -> None:
+        if not self._triton_failed:
+            warnings.warn(f"{type(self).__name__}: the Triton kernels failed under backend='auto' "
+                          f"({type(err).__name__}: {err}); this module uses backend='autograd' from now on",
+                          RuntimeWarning, stacklevel=3)
+        self._triton_failed = True
 
     def _backend_repr(self) -> str:
         return "" if self.backend == "auto" else f", backend={self.backend!r}"

@@ -51,7 +51,7 @@ class MetaAconC(ActivationModule):
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        self._set_backend(backend)
+        self.backend = backend
         if granularity not in ("channel", "layer", "pixel"):
             raise ValueError(
                 f"granularity must be 'channel', 'layer' or 'pixel', got {granularity!r}"
@@ -90,10 +90,10 @@ class MetaAconC(ActivationModule):
     def forward(self, x: Tensor) -> Tensor:
         check_input(self, x, self.channels)
         if self.granularity == "pixel":  # beta = sigmoid(x) is fused: no x-sized beta tensor
-            return dispatch.acon_c_pixel(x, self.p1, self.p2, self.backend)
+            return self._run(dispatch.acon_c_pixel, x, self.p1, self.p2)
         generator = [p for name, p in self.named_parameters() if name not in ("p1", "p2")]
-        return dispatch.meta_acon_c(x, self.p1, self.p2, self.beta_from_mean, generator, self._stats_dtype,
-                                    self.backend)
+        return self._run(dispatch.meta_acon_c, x, self.p1, self.p2, self.beta_from_mean, generator,
+                         self._stats_dtype)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, r={self.r}, granularity={self.granularity!r}" + self._backend_repr()

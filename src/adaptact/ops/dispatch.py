@@ -2,8 +2,11 @@
 
 * ``"reference"``: the plain composition in ``adaptact.functional`` (the truth).
 * ``"autograd"``: ``ops.autograd``'s memory-lean Functions (any device).
-* ``"triton"``: fused Triton kernels (CUDA; on CPU only under ``TRITON_INTERPRET=1``).
-* ``"auto"``: triton for CUDA tensors when Triton imports, autograd elsewhere.
+* ``"triton"``: fused Triton kernels (CUDA; on CPU only under ``TRITON_INTERPRET=1``), always:
+  float32, float16 and bfloat16 inputs (the kernels compute in float32); anything else raises.
+* ``"auto"``: triton for float32/float16/bfloat16 CUDA tensors when Triton imports, autograd
+  elsewhere (float64 included). On a module, a Triton failure under "auto" warns once and
+  switches that module to autograd (``ActivationModule``, ``ops.fallback``).
 
 Every function here takes the same arguments as its ``adaptact.functional`` namesake plus
 ``backend`` and returns the same numbers.
@@ -21,10 +24,11 @@ from torch import Tensor
 from .. import functional as AF
 from . import autograd as AG
 
-__all__ = ["BACKENDS", "acon_c", "acon_c_pixel", "aprelu", "arelu", "check_backend", "meta_acon_c", "resolve",
-           "signed_spatial_mean", "triton_available"]
+__all__ = ["BACKENDS", "KERNEL_DTYPES", "acon_c", "acon_c_pixel", "aprelu", "arelu", "auto_backend", "check_backend",
+           "meta_acon_c", "resolve", "signed_spatial_mean", "triton_available"]
 
 BACKENDS = ("auto", "reference", "autograd", "triton")
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what the Triton kernels take
 
 
 @functools.cache
@@ -37,16 +41,28 @@ def triton_available() -> bool:
 
 
 def check_backend(backend: str) -> str:
-    if backend not in BACKENDS:
+    if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
     return backend
+
+
+def _on_gpu(x: Tensor) -> bool:
+    return x.is_cuda
+
+
+def auto_backend(x: Tensor) -> str:
+    """What ``backend="auto"`` runs for ``x``."""
+    return "triton" if _on_gpu(x) and x.dtype in KERNEL_DTYPES and triton_available() else "autograd"
 
 
 def resolve(backend: str, x: Tensor) -> str:
     """The backend that runs for ``x``; explains why when "triton" cannot."""
     if backend == "auto":
-        return "triton" if x.is_cuda and triton_available() else "autograd"
+        return auto_backend(x)
     if backend == "triton":
+        if x.dtype not in KERNEL_DTYPES:
+            raise TypeError(f"backend='triton' takes float32, float16 and bfloat16 inputs (its kernels compute in "
+                            f"float32), got {x.dtype}: use backend='autograd', or 'auto', which picks it")
         if not triton_available():
             raise RuntimeError("backend='triton' needs Triton: pip install 'adaptact[triton]'")
         if x.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":

@@ -32,8 +32,8 @@ from torch import Tensor
 
 from ... import functional as AF
 from .. import autograd as AG
-from . import kernels as K
-from .launch import _dense, _grad_to, _unused
+from .. import fallback, kinds
+from .launch import _dense, _grad_to, _readable, _unused
 
 __all__ = ["generated_acon_c", "generated_activation", "generated_aprelu"]
 
@@ -64,26 +64,44 @@ class _GeneratedActivation(torch.autograd.Function):
     @staticmethod
     @AG._first_order
     def backward(ctx, dy: Tensor):
+        try:
+            return _GeneratedActivation._gradients(ctx, _readable(dy), kernels=True)
+        except Exception as err:
+            on_failure = fallback.handler(ctx)  # set when the forward ran under backend="auto"
+            if on_failure is None:
+                raise
+            on_failure(err)
+            return _GeneratedActivation._gradients(ctx, dy, kernels=False)
+
+    @staticmethod
+    def _gradients(ctx, dy: Tensor, kernels: bool):
+        """The Function's gradients: from the two Triton passes, or (``kernels=False``, after a
+        failure under backend="auto") from ops.autograd's Functions on the same saved inputs."""
         x, a, b = ctx.saved_tensors
-        dy = _dense(dy)
         s, c, weights = ctx.generated
         want = ctx.needs_input_grad
         want_weights = want[_GeneratedActivation.FIXED:]
         cv = _view(c, x)
-        ga, gb, gc = torch.ops.adaptact.activation_param_grads(x, dy, a, b, cv, ctx.kind)
+        if kernels:
+            ga, gb, gc = torch.ops.adaptact.activation_param_grads(x, dy, a, b, cv, ctx.kind)
+            da, db = _grad_to(ga, a, x), _grad_to(gb, b, x)
+        else:
+            dx, da, db, gc = fallback.activation_grads(x, dy, a, b, cv, ctx.kind)
+            gc = gc.reshape(gc.shape[0], -1)  # (N, C) or (N, 1), from cv's shape
         trainable = [w for w, needed in zip(weights, want_weights) if needed]
         dc = gc.sum_to_size(c.shape).to(c.dtype)
         ds, *dw = torch.autograd.grad(c, [s, *trainable], dc, retain_graph=True, allow_unused=True)
-        dx = None
         if want[0]:
             ds = torch.zeros_like(s, dtype=torch.float32) if ds is None else ds.float() / ctx.size
             neg, pos = ds.chunk(2, dim=1) if ctx.signed else (ds, ds)
-            dx = torch.ops.adaptact.activation_input_grad(x, dy, a, b, cv, neg, pos, ctx.kind)
+            if kernels:
+                dx = torch.ops.adaptact.activation_input_grad(x, dy, a, b, cv, neg, pos, ctx.kind)
+            else:
+                dx = (dx + torch.where(x > 0, _view(pos, x), _view(neg, x))).to(x.dtype)
         given = iter(dw)
         weight_grads = [next(given) if needed else None for needed in want_weights]
-        da = _grad_to(ga, a, x) if want[1] else None
-        db = _grad_to(gb, b, x) if want[2] else None
-        return dx, da, db, None, None, None, None, *weight_grads  # None for kind ... generate
+        return (dx if want[0] else None, da if want[1] else None, db if want[2] else None,
+                None, None, None, None, *weight_grads)  # None for kind ... generate
 
 
 def generated_activation(x: Tensor, a: Tensor, b: Tensor | None, kind: int, signed: bool, dtype: torch.dtype,
@@ -102,10 +120,10 @@ def generated_activation(x: Tensor, a: Tensor, b: Tensor | None, kind: int, sign
 def generated_acon_c(x: Tensor, p1: Tensor, p2: Tensor, beta_from_mean: Callable[[Tensor], Tensor],
                      weights: Sequence[Tensor], dtype: torch.dtype) -> Tensor:
     """Meta-ACON-C with beta = beta_from_mean(spatial means of x); p1/p2 viewed against x."""
-    return generated_activation(x, p1 - p2, p2, K.ACON_C.value, False, dtype, beta_from_mean, weights)
+    return generated_activation(x, p1 - p2, p2, kinds.ACON_C, False, dtype, beta_from_mean, weights)
 
 
 def generated_aprelu(x: Tensor, alpha_from_stats: Callable[[Tensor], Tensor], weights: Sequence[Tensor],
                      dtype: torch.dtype) -> Tensor:
     """APReLU with alpha = alpha_from_stats(concat(GAP(min(x, 0)), GAP(max(x, 0))))."""
-    return generated_activation(x, None, None, K.APReLU.value, True, dtype, alpha_from_stats, weights)
+    return generated_activation(x, None, None, kinds.APReLU, True, dtype, alpha_from_stats, weights)

@@ -12,11 +12,7 @@ Everything is computed in float32. Offsets are 64-bit when WIDE (tensors of 2^31
 Reductions never take a pass of their own: a tile's sums over S (and over N when no parameter
 is per sample) are written as partial sums, which the host adds up (``launch.py``).
 
-KIND selects the activation; a, b, c are its parameters:
-  AReLU         y = b x (x > 0), a x (x <= 0)      a = clamp(alpha, 0.01, 0.99), b = 1 + sigmoid(beta)
-  ACON_C        y = a x sigmoid(c a x) + b x        a = p1 - p2, b = p2, c = beta (ACON-A/B, Meta-ACON-C)
-  ACON_C_PIXEL  ACON_C with c = sigmoid(x)          (Meta-ACON-C, pixel-wise)
-  APReLU        y = x (x > 0), c x (x <= 0)        c = alpha
+KIND selects the activation (``ops.kinds``); a, b, c are its parameters.
 """
 
 from __future__ import annotations
@@ -24,14 +20,12 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-# The kinds, named like the modules (the host passes ``KIND.value``).
-AReLU: tl.constexpr = tl.constexpr(0)
-ACON_C: tl.constexpr = tl.constexpr(1)
-ACON_C_PIXEL: tl.constexpr = tl.constexpr(2)
-APReLU: tl.constexpr = tl.constexpr(3)
+from .. import kinds
 
-# Which of a, b, c each kind has, and so which parameter gradients it can reduce.
-PARAMETERS = {AReLU.value: "ab", ACON_C.value: "abc", ACON_C_PIXEL.value: "ab", APReLU.value: "c"}
+AReLU: tl.constexpr = tl.constexpr(kinds.AReLU)
+ACON_C: tl.constexpr = tl.constexpr(kinds.ACON_C)
+ACON_C_PIXEL: tl.constexpr = tl.constexpr(kinds.ACON_C_PIXEL)
+APReLU: tl.constexpr = tl.constexpr(kinds.APReLU)
 
 
 @triton.jit

@@ -13,6 +13,7 @@ from torch import Tensor
 from torch.library import wrap_triton
 
 from .. import autograd as AG
+from .. import fallback, kinds
 from . import kernels as K
 
 __all__ = ["Plan", "acon_c", "acon_c_pixel", "aprelu", "arelu", "plan"]
@@ -125,8 +126,8 @@ class Plan:
     def meta(self) -> dict:
         """The geometry and tiling arguments every kernel takes."""
         _, nb_c, nb_s = self.blocks
-        return dict(N=self.n, C=self.c, S=self.s, NB_C=nb_c, NB_S=nb_s, BLOCK_N=self.block_n,
-                    BLOCK_C=self.block_c, BLOCK_S=self.block_s, WIDE=self.wide, num_warps=self.num_warps)
+        return {"N": self.n, "C": self.c, "S": self.s, "NB_C": nb_c, "NB_S": nb_s, "BLOCK_N": self.block_n,
+                "BLOCK_C": self.block_c, "BLOCK_S": self.block_s, "WIDE": self.wide, "num_warps": self.num_warps}
 
 
 @functools.lru_cache(maxsize=4096)
@@ -170,7 +171,12 @@ def plan(shape: tuple[int, ...], strides: tuple[int, int, int], *others: tuple[i
 
 
 def _plan_for(x: Tensor, *others: Tensor) -> Plan:
-    return plan(tuple(x.shape), _strides(x), *(_strides(t) for t in others))
+    """The plan for x (sizes and strides as ints: under torch.compile that specialises on them)."""
+    return plan(_ints(x.shape), _ints(_strides(x)), *(_ints(_strides(t)) for t in others))
+
+
+def _ints(dims) -> tuple[int, ...]:
+    return tuple(int(d) for d in dims)
 
 
 def _launch(kernel, p: Plan, **arguments) -> None:
@@ -186,7 +192,8 @@ def _nc(p: Tensor, x: Tensor) -> tuple[Tensor, int, int]:
 
 def _params(a: Tensor, b: Tensor, c: Tensor, x: Tensor) -> dict:
     (a2, asn, asc), (b2, bsn, bsc), (c2, csn, csc) = _nc(a, x), _nc(b, x), _nc(c, x)
-    return dict(a_ptr=a2, b_ptr=b2, c_ptr=c2, a_sn=asn, a_sc=asc, b_sn=bsn, b_sc=bsc, c_sn=csn, c_sc=csc)
+    return {"a_ptr": a2, "b_ptr": b2, "c_ptr": c2, "a_sn": asn, "a_sc": asc, "b_sn": bsn, "b_sc": bsc,
+            "c_sn": csn, "c_sc": csc}
 
 
 def _per_sample(x: Tensor, *params: Tensor) -> bool:
@@ -237,7 +244,7 @@ def _backward(x: Tensor, dy: Tensor, a: Tensor, b: Tensor, c: Tensor, kind: int,
     p = _plan_for(x, dy)
     none = _unused(x)
     out = torch.empty_like(x) if dx else none  # dx in x's layout, as the gradient of a leaf x wants
-    has = K.PARAMETERS[kind] if grads else ""
+    has = kinds.PARAMETERS[kind] if grads else ""
     per_sample = _per_sample(x, *(t for name, t in zip("abc", (a, b, c)) if name in has))
     partials = {name: _partial_sums(p, per_sample, x.device) if name in has else none for name in "abc"}
     neg, pos = (none, none) if pooled is None else (t.float().contiguous() for t in pooled)
@@ -299,26 +306,33 @@ def _setup_context(ctx, inputs, output) -> None:
 @AG._first_order
 def _activation_backward(ctx, dy: Tensor):
     x, a, b, c = ctx.saved_tensors
-    dx, ga, gb, gc = torch.ops.adaptact.activation_bwd(x, dy, a, b, c, ctx.kind)
     want = ctx.needs_input_grad
-    grads = [_grad_to(g, p, x) if want[i + 1] else None for i, (g, p) in enumerate(((ga, a), (gb, b), (gc, c)))]
-    return (dx if want[0] else None, *grads, None)
+    try:
+        dx, ga, gb, gc = torch.ops.adaptact.activation_bwd(x, dy, a, b, c, ctx.kind)
+        grads = [_grad_to(g, p, x) for g, p in ((ga, a), (gb, b), (gc, c))]
+    except Exception as err:
+        on_failure = fallback.handler(ctx)  # set when the forward ran under backend="auto"
+        if on_failure is None:
+            raise
+        on_failure(err)
+        dx, *grads = fallback.activation_grads(x, dy, a, b, c, ctx.kind)
+    return (dx if want[0] else None, *(g if want[i + 1] else None for i, g in enumerate(grads)), None)
 
 
 activation_fwd.register_autograd(_activation_backward, setup_context=_setup_context)
 
 
 def arelu(x: Tensor, slope: Tensor, gain: Tensor) -> Tensor:
-    return activation_fwd(x, slope, gain, _unused(x), K.AReLU.value)
+    return activation_fwd(x, slope, gain, _unused(x), kinds.AReLU)
 
 
 def acon_c(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> Tensor:
-    return activation_fwd(x, p1 - p2, p2, beta, K.ACON_C.value)
+    return activation_fwd(x, p1 - p2, p2, beta, kinds.ACON_C)
 
 
 def acon_c_pixel(x: Tensor, p1: Tensor, p2: Tensor) -> Tensor:
-    return activation_fwd(x, p1 - p2, p2, _unused(x), K.ACON_C_PIXEL.value)
+    return activation_fwd(x, p1 - p2, p2, _unused(x), kinds.ACON_C_PIXEL)
 
 
 def aprelu(x: Tensor, alpha: Tensor) -> Tensor:
-    return activation_fwd(x, _unused(x), _unused(x), alpha, K.APReLU.value)
+    return activation_fwd(x, _unused(x), _unused(x), alpha, kinds.APReLU)

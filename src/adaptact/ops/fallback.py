@@ -1,0 +1,53 @@
+"""When a Triton kernel fails under ``backend="auto"``: the autograd backend's numbers instead.
+
+A module running the Triton path because it chose "auto" marks the autograd node of its output
+with a callback (``mark``). Should a backward kernel then fail to compile or launch, the backward
+calls it (the module warns once and runs "autograd" from then on) and returns the gradients of
+``ops.autograd``'s Functions for the same saved inputs (``activation_grads``). Forward failures
+are caught in the module itself (``nn.base.ActivationModule``). With ``backend="triton"`` nothing
+is marked and failures raise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from . import autograd as AG
+from .kinds import ACON_C, ACON_C_PIXEL, AReLU
+
+__all__ = ["activation_grads", "handler", "mark"]
+
+KEY = "adaptact_fallback"
+
+def mark(y: Tensor, on_failure: Callable[[BaseException], None]) -> Tensor:
+    """Attach ``on_failure`` to the autograd node that produced ``y``."""
+    if y.grad_fn is not None:
+        y.grad_fn.metadata[KEY] = on_failure
+    return y
+
+
+def handler(ctx) -> Callable[[BaseException], None] | None:
+    """The callback ``mark`` attached to this backward's node, if any."""
+    return getattr(ctx, "metadata", {}).get(KEY)
+
+
+def activation_grads(x: Tensor, dy: Tensor, a: Tensor, b: Tensor, c: Tensor, kind: int
+                     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """dx and the gradients of a, b and c (in their own shapes) of the Triton activation ``kind``
+    with parameters a, b, c (see ``ops.kinds``), by ops.autograd's Functions."""
+    with torch.enable_grad():
+        leaves = [t.detach().requires_grad_() for t in (x, a, b, c)]
+        xl, al, bl, cl = leaves
+        if kind == AReLU:
+            y = AG.arelu(xl, al, bl)
+        elif kind == ACON_C:
+            y = AG.acon_c(xl, al + bl, bl, cl)
+        elif kind == ACON_C_PIXEL:
+            y = AG.acon_c_pixel(xl, al + bl, bl)
+        else:
+            y = AG.aprelu(xl, cl)
+        dx, da, db, dc = torch.autograd.grad(y, leaves, dy, allow_unused=True, materialize_grads=True)
+    return dx, da, db, dc
