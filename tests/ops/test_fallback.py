@@ -51,21 +51,28 @@ def _same(a, b):
     assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_forward_failure_under_auto_warns_once_and_switches_to_autograd(case, triton_for_auto):
+def _run_with_failure(case, match):
+    """A module under "auto" run forward+backward while kernels fail: it warns (``match``) and
+    gives the autograd backend's output and gradients. Returns the module."""
     name, kwargs = case
-    triton_for_auto.kernels = (triton_for_auto.K.activation_fwd, triton_for_auto.K.signed_sums)
     m = _perturb(adaptact.create(name, channels=5, **kwargs)).eval()
     expected = copy.deepcopy(m)
     expected.backend = "autograd"
     x, dy = random_input((3, 5, 4, 2)), torch.randn(3, 5, 4, 2)
-    with pytest.warns(RuntimeWarning, match="injected failure .* uses backend='autograd' from now on"):
+    with pytest.warns(RuntimeWarning, match=match):
         y, dx, grads = _grads(m, x, dy)
     y_ref, dx_ref, grads_ref = _grads(expected, x, dy)
     _same(y, y_ref)
     _same(dx, dx_ref)
     for n, g in grads_ref.items():
         _same(grads[n], g)
+    return m, x, dy
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_forward_failure_under_auto_warns_once_and_switches_to_autograd(case, triton_for_auto):
+    triton_for_auto.kernels = (triton_for_auto.K.activation_fwd, triton_for_auto.K.signed_sums)
+    m, x, dy = _run_with_failure(case, "injected failure .* uses backend='autograd' from now on")
     calls = triton_for_auto.calls
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # warned once: not again
@@ -79,21 +86,9 @@ def test_forward_failure_under_auto_warns_once_and_switches_to_autograd(case, tr
 @pytest.mark.skipif(not INTERPRETED, reason="the forward kernels run only under TRITON_INTERPRET=1")
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_triton_backward_failure_under_auto_gives_autograd_gradients(case, triton_for_auto):
-    name, kwargs = case
-    K = triton_for_auto.K
-    triton_for_auto.kernels = (K.activation_bwd,)
-    m = _perturb(adaptact.create(name, channels=5, **kwargs)).eval()
-    expected = copy.deepcopy(m)
-    expected.backend = "autograd"
-    x, dy = random_input((3, 5, 4, 2)), torch.randn(3, 5, 4, 2)
-    with pytest.warns(RuntimeWarning, match="injected failure of activation_bwd"):
-        y, dx, grads = _grads(m, x, dy)
+    triton_for_auto.kernels = (triton_for_auto.K.activation_bwd,)
+    m, x, dy = _run_with_failure(case, "injected failure of activation_bwd")
     assert triton_for_auto.calls >= 2  # forward ran on Triton, backward failed
-    y_ref, dx_ref, grads_ref = _grads(expected, x, dy)
-    _same(y, y_ref)
-    _same(dx, dx_ref)
-    for n, g in grads_ref.items():
-        _same(grads[n], g)
     calls = triton_for_auto.calls
     _grads(m, x, dy)
     assert triton_for_auto.calls == calls  # autograd from then on
