@@ -23,7 +23,7 @@ MAX_TILE = 4096  # elements per program at most
 MIN_PROGRAMS = 512  # programs wanted before tiles grow past MIN_TILE: every SM gets several
 MIN_RUN = 64  # elements at least along the unit-stride dim (where it has them): whole 32-byte sectors
 MIN_ROWS = 32  # tile rows at least when channels are unit-stride: partial sums stay <= 1/32 of x
-LARGE = 2**18  # elements from which that holds even where it takes tiles above numel / MIN_PROGRAMS
+LARGE = 2**18  # channel-inner tensors this large get MIN_RUN x MIN_ROWS tiles even above numel / MIN_PROGRAMS
 GOOD_USE = 0.85  # a tiling is good when this share of its lanes lies inside the tensor
 ELEMENTS_PER_THREAD = 16  # num_warps = tile / (32 * this), 1 to 8: four 128-bit loads per tensor in fp32
 INT32_LIMIT = 2**31
