@@ -6,7 +6,7 @@ WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 DEMO_EPOCHS ?= 40
 EXTRAS ?= bench
 
-.PHONY: install demo test test-fast lint
+.PHONY: install demo test lint
 
 # Keep an installed torch; otherwise install the pinned one (an unpinned torch pulls GBs of CUDA).
 # $(EXTRAS) picks the optional dependencies: bench for the demo, test for the suite.
@@ -30,5 +30,7 @@ test: install
 	TRITON_INTERPRET=1 ADAPTACT_TRITON_LAUNCHES=$(LAUNCHES) $(PYTHON) -m pytest -q tests/ops -k triton
 	ADAPTACT_TRITON_LAUNCHES=$(LAUNCHES) $(PYTHON) -m pytest -q
 
-lint:
+# ruff with the rules and line length of pyproject.toml ([tool.ruff]).
+lint: EXTRAS = test
+lint: install
 	$(PYTHON) -m ruff check src tests

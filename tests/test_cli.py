@@ -23,7 +23,8 @@ def test_list_table_has_every_activation(capsys):
 
 
 def test_list_csv_and_module_entry_point():
-    out = subprocess.run([sys.executable, "-m", "adaptact", "list", "--format", "csv", "--family", "adaptive"],
+    out = subprocess.run([sys.executable, "-m", "adaptact", "list", "--format", "csv", "--family",
+                          "adaptive"],
                          capture_output=True, text=True, check=True).stdout
     assert out.splitlines()[0].startswith("name,family,learnable")
     assert sorted(line.split(",")[0] for line in out.splitlines()[1:]) == adaptact.available("adaptive")
@@ -52,7 +53,8 @@ def test_corrupt_idx_exit_2(tmp_path, capsys, no_system_data):
 
 def test_unknown_activation_exit_2(tmp_path, capsys):
     assert main(_compare(tmp_path, "--dataset", "digits", "--activations", "relu,acon_x")) == 2
-    assert "unknown activation 'acon_x'; did you mean 'acon_c', 'acon_b', 'acon_a'?" in capsys.readouterr().err
+    expected = "unknown activation 'acon_x'; did you mean 'acon_c', 'acon_b', 'acon_a'?"
+    assert expected in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("args, message", [

@@ -24,18 +24,20 @@ DTYPES = {torch.float64: 1e-12, torch.float32: 1e-6, torch.float16: 1e-2, torch.
 
 def test_required_names_are_registered():
     assert set(REQUIRED) <= set(NAMES)
-    assert NAMES == sorted(NAMES)
+    assert sorted(NAMES) == NAMES
 
 
 def test_families_partition_the_registry():
     assert sorted(n for f in FAMILIES for n in adaptact.available(f)) == NAMES
-    assert set(adaptact.available("adaptive")) == {"arelu", "acon_a", "acon_b", "acon_c", "meta_acon_c", "aprelu"}
+    assert set(adaptact.available("adaptive")) == {"arelu", "acon_a", "acon_b", "acon_c", "meta_acon_c",
+                                                   "aprelu"}
     with pytest.raises(ValueError, match="family must be one of"):
         adaptact.available("fancy")
 
 
 def test_torch_classes_are_used_where_torch_has_them():
-    assert type(adaptact.create("gelu_tanh")) is nn.GELU and adaptact.create("gelu_tanh").approximate == "tanh"
+    tanh = adaptact.create("gelu_tanh")
+    assert type(tanh) is nn.GELU and tanh.approximate == "tanh"
     assert type(adaptact.create("silu")) is nn.SiLU
     assert type(adaptact.create("mish")) is nn.Mish
     prelu = adaptact.create("prelu", channels=7)
@@ -44,7 +46,8 @@ def test_torch_classes_are_used_where_torch_has_them():
 
 
 def test_unknown_name_suggests_closest():
-    with pytest.raises(ValueError, match=r"unknown activation 'acon-d'; did you mean 'acon_c', 'acon_b', 'acon_a'\?"):
+    with pytest.raises(ValueError,
+                       match=r"unknown activation 'acon-d'; did you mean 'acon_c', 'acon_b', 'acon_a'\?"):
         adaptact.create("acon-d")
     with pytest.raises(ValueError, match=r"unknown activation 'arleu'; did you mean 'arelu'"):
         adaptact.get("arleu")

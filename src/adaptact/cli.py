@@ -11,7 +11,9 @@ from collections.abc import Callable, Sequence
 
 __all__ = ["format_table", "main"]
 
-_COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
+Configure = Callable[[argparse.ArgumentParser], None]
+Run = Callable[[argparse.Namespace], int]
+_COMMANDS: dict[str, tuple[str, Configure, Run]] = {}
 
 
 def command(name: str, help: str):
@@ -40,7 +42,8 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[object]], fmt: s
         return buf.getvalue()
     cells = [[str(c) for c in header]] + [[str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"
+    def line(r):
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"
     rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line(cells[0]), rule] + [line(r) for r in cells[1:]]) + "\n"
 
@@ -50,7 +53,8 @@ def _list_configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=("markdown", "csv"), default="markdown")
 
 
-@command("list", "table of every activation: family, learnable, per sample, parameters, paper")(_list_configure)
+@command("list",
+         "table of every activation: family, learnable, per sample, parameters, paper")(_list_configure)
 def _list(args: argparse.Namespace) -> int:
     from .registry import available, create, spec
 
@@ -101,11 +105,14 @@ def _compare_configure(p: argparse.ArgumentParser) -> None:
     from .bench.sweep import DEFAULT_ACTIVATIONS
 
     p.add_argument("--dataset", choices=DATASETS, default="mnist1d")
-    p.add_argument("--suite", choices=("resnet",), help="resnet: the ACON paper's ResNet comparison (ResNet-18 at "
+    p.add_argument("--suite", choices=("resnet",),
+                   help="resnet: the ACON paper's ResNet comparison (ResNet-18 at "
                    "width 16; ReLU, Swish, ACON-C, Meta-ACON-C after the 3x3 convs only, APReLU, AReLU)")
-    p.add_argument("--model", choices=MODELS, help="default: conv (images), conv1d (mnist1d), linear (digits)")
+    p.add_argument("--model", choices=MODELS,
+                   help="default: conv (images), conv1d (mnist1d), linear (digits)")
     p.add_argument("--activations", type=_csv_list("activation"), default=list(DEFAULT_ACTIVATIONS),
-                   help="comma-separated registry names (default: the AReLU paper's set + acon_c, meta_acon_c, aprelu)")
+                   help="comma-separated registry names (default: the AReLU paper's set + acon_c, "
+                        "meta_acon_c, aprelu)")
     p.add_argument("--optimizers", type=_csv_list("optimizer"), default=["sgd", "adam"])
     p.add_argument("--lrs", type=_csv_list("learning rate", _positive(float)), default=[1e-2, 1e-3])
     p.add_argument("--seeds", type=_positive(int), default=5, help="seeds 0..N-1")
@@ -114,7 +121,8 @@ def _compare_configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=_positive(int), default=1, help="parallel runs (one CPU thread each)")
     p.add_argument("--executor", choices=EXECUTORS, default="local")
     p.add_argument("--address", help="Ray cluster address (with --executor ray)")
-    p.add_argument("--data-dir", help="folder with the data set's files (else $ADAPTACT_DATA, /usr/share/datasets)")
+    p.add_argument("--data-dir",
+                   help="folder with the data set's files (else $ADAPTACT_DATA, /usr/share/datasets)")
     p.add_argument("--db", default="results.sqlite", help="SQLite results database (resumable)")
     p.add_argument("--out", default="report", help="report folder")
     p.add_argument("--save-checkpoints", metavar="DIR", help="save each trained model as DIR/<run key>.pt "
@@ -212,8 +220,10 @@ def _props(args: argparse.Namespace) -> int:
         names = [spec(n).name for n in args.names] or available()
     except ValueError as err:
         return _fail(str(err))
-    yes = lambda b: "yes" if b else "no"
-    header = ("name", "monotonic", "smooth (C1)", "bounded below", "bounded above", "mean N(0,1)", "std N(0,1)",
+    def yes(b):
+        return "yes" if b else "no"
+    header = ("name", "monotonic", "smooth (C1)", "bounded below", "bounded above", "mean N(0,1)",
+              "std N(0,1)",
               "dying", "saturation", "f' min", "f' max", "params/channel", "shared params", "cost vs ReLU",
               f"grad ratio (depth {args.depth})")
     rows = []
@@ -237,7 +247,8 @@ def _plot_configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True, help="PNG file to write")
 
 
-@command("plot", "plot activation curves (and derivatives), or the learned ones of a checkpoint")(_plot_configure)
+@command("plot",
+         "plot activation curves (and derivatives), or the learned ones of a checkpoint")(_plot_configure)
 def _plot(args: argparse.Namespace) -> int:
     from .analysis.plots import plot_acon_family, plot_curves
     from .registry import spec
@@ -347,7 +358,8 @@ def _bench_kernels(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="adaptact", description="Adaptive activation functions for PyTorch.")
+    parser = argparse.ArgumentParser(prog="adaptact",
+                                     description="Adaptive activation functions for PyTorch.")
     parser.add_argument("--version", action="version", version=f"adaptact {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (help_, configure, run) in _COMMANDS.items():

@@ -46,11 +46,13 @@ ACTIVATION_TYPES: tuple[type, ...] = (
 _FUNCTIONS = {F.relu, F.relu_, torch.relu, torch.relu_, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu,
               F.silu, F.hardswish, F.mish, F.softplus, torch.selu}
 _METHODS = {"relu", "relu_"}
-_PASS_FUNCTIONS = {operator.add, operator.iadd, torch.add, F.dropout, F.max_pool1d, F.max_pool2d, F.max_pool3d,
+_PASS_FUNCTIONS = {operator.add, operator.iadd, torch.add, F.dropout, F.max_pool1d, F.max_pool2d,
+                   F.max_pool3d,
                    F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool2d, torch.clone, torch.mean,
                    torch.flatten}
 _PASS_METHODS = {"add", "add_", "contiguous", "clone", "mean", "amax", "flatten"}  # keep channels on dim 1
-_PASS_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.Identity, nn.MaxPool1d, nn.MaxPool2d,
+_PASS_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.Identity, nn.MaxPool1d,
+                 nn.MaxPool2d,
                  nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
                  nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d) + ACTIVATION_TYPES
 _NORM_FUNCTIONS = {F.batch_norm, F.group_norm, F.layer_norm, F.instance_norm}
@@ -265,7 +267,8 @@ def replace_activations(model: nn.Module, name: ActivationLike, policy: str | Po
     rewrite: dict[str, list[_Site]] = {}
     for s in chosen:
         group = by_child.get((s.owner_path, s.child), [s]) if s.child is not None else [s]
-        in_place = s.child is not None and all(g in chosen for g in group) and len({g.channels for g in group}) == 1
+        in_place = (s.child is not None and all(g in chosen for g in group)
+                    and len({g.channels for g in group}) == 1)
         if in_place:
             if s is group[0]:
                 old = s.owner.get_submodule(s.child)

@@ -42,7 +42,8 @@ def _png(path):
 def test_curves_and_derivatives(tmp_path, figures):
     _png(plot_curves(["relu", "silu", "arelu", "acon_c"], tmp_path / "c.png", derivative=True))
     assert len(figures) == 1 and len(figures[0].axes) == 2
-    assert [t.get_text() for t in figures[0].axes[0].get_legend().get_texts()] == ["relu", "silu", "arelu", "acon_c"]
+    assert [t.get_text() for t in figures[0].axes[0].get_legend().get_texts()] == ["relu", "silu", "arelu",
+                                                                                   "acon_c"]
 
 
 def test_acon_family(tmp_path, figures):
@@ -84,7 +85,8 @@ def test_inspect_plots(tmp_path, figures):
     beta = torch.rand(30, 16)
     _png(ins.plot_meta_acon_beta(beta, tmp_path / "b.png", samples=4, acon_beta=torch.rand(16)))
     _png(ins.plot_aprelu_alpha(torch.rand(30, 16), tmp_path / "a.png"))
-    _png(ins.plot_arelu_maps(torch.randn(3, 1, 28, 28), torch.randn(3, 10, 12, 12), torch.randn(3, 10, 12, 12),
+    pre, post = torch.randn(3, 10, 12, 12), torch.randn(3, 10, 12, 12)
+    _png(ins.plot_arelu_maps(torch.randn(3, 1, 28, 28), pre, post,
                              tmp_path / "m.png"))
 
 
@@ -98,7 +100,8 @@ def test_cli_inspect_end_to_end(tmp_path, figures, monkeypatch, capsys):
     for act in ("meta_acon_c", "acon_c", "aprelu", "arelu"):
         model = ConvMNIST(act)
         config = {"model": "conv", "activation": act}
-        paths += ["--checkpoint", str(save_checkpoint(tmp_path / f"{act}.pt", model, config, (1, 28, 28), 10))]
+        paths += ["--checkpoint", str(save_checkpoint(tmp_path / f"{act}.pt", model, config, (1, 28, 28),
+                                                      10))]
     out = tmp_path / "png"
     assert main(["inspect", *paths, "--dataset", "mnist", "--data-dir", str(tmp_path / "mnist"),
                  "--out", str(out)]) == 0
@@ -114,7 +117,8 @@ def test_learned_activations_of_a_checkpoint(tmp_path, figures):
     from adaptact.bench.checkpoints import load_checkpoint
 
     model = ConvMNIST("acon_c")
-    path = save_checkpoint(tmp_path / "c.pt", model, {"model": "conv", "activation": "acon_c"}, (1, 28, 28), 10)
+    path = save_checkpoint(tmp_path / "c.pt", model, {"model": "conv", "activation": "acon_c"}, (1, 28, 28),
+                           10)
     loaded, _ = load_checkpoint(path)
     acts = ins.learned_activations(loaded)
     assert [label for label, _ in acts] == [f"features.{i} (AconC)" for i in (2, 5, 8)]

@@ -12,7 +12,8 @@ from adaptact.analysis.plots import acon_c_derivative_bounds
 
 @pytest.fixture(scope="module")
 def props():
-    names = ["relu", "silu", "sigmoid", "tanh", "mish", "relu6", "elu", "selu", "softplus", "hardswish", "pau"]
+    names = ["relu", "silu", "sigmoid", "tanh", "mish", "relu6", "elu", "selu", "softplus", "hardswish",
+             "pau"]
     return {n: properties(n, cost=False) for n in names}
 
 
@@ -55,7 +56,8 @@ def test_monotonic_smooth_bounded(props):
     assert not props["pau"].smooth  # |x| in the safe denominator: a kink at 0
 
 
-@pytest.mark.parametrize("p1, p2, beta", [(1.0, 0.0, 1.0), (2.0, 0.5, 3.0), (0.5, 1.5, 1.0), (1.2, -0.8, 0.5)])
+@pytest.mark.parametrize("p1, p2, beta",
+                         [(1.0, 0.0, 1.0), (2.0, 0.5, 3.0), (0.5, 1.5, 1.0), (1.2, -0.8, 0.5)])
 def test_acon_c_derivative_bounds_move_with_p1_p2(p1, p2, beta):
     m = adaptact.AconC(1)
     with torch.no_grad():
@@ -73,7 +75,8 @@ def test_learned_parameters_are_used():
     with torch.no_grad():
         m.p1.fill_(0.7), m.p2.fill_(0.7)  # p1 == p2: the line 0.7 x
     p = properties(m, cost=False)
-    assert p.derivative_min == pytest.approx(0.7, abs=1e-6) and p.derivative_max == pytest.approx(0.7, abs=1e-6)
+    assert p.derivative_min == pytest.approx(0.7, abs=1e-6)
+    assert p.derivative_max == pytest.approx(0.7, abs=1e-6)
     assert p.monotonic and p.smooth and p.params_per_channel == 3
 
 

@@ -38,7 +38,8 @@ def test_reads_idx_folder_raw_or_gz(tmp_path, gz):
     np.testing.assert_array_equal(ds.train_y.numpy(), arrays["train_y"])
     # standardised with the training set's statistics, order preserved
     raw = arrays["train_x"].astype(np.float32)
-    np.testing.assert_allclose(ds.train_x[:, 0].numpy(), (raw - raw.mean()) / raw.std(ddof=1), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(ds.train_x[:, 0].numpy(), (raw - raw.mean()) / raw.std(ddof=1), rtol=1e-4,
+                               atol=1e-4)
 
 
 def test_search_order(tmp_path, monkeypatch):
@@ -53,7 +54,8 @@ def test_search_order(tmp_path, monkeypatch):
 
 
 def test_missing_data_says_how_to_get_it(tmp_path):
-    with pytest.raises(D.DataNotFound, match=r"fashion-mnist: no folder with its four IDX files .*apt-get install dataset-fashion-mnist"):
+    expected = r"fashion-mnist: no folder with its four IDX files .*apt-get install dataset-fashion-mnist"
+    with pytest.raises(D.DataNotFound, match=expected):
         D.load("fashion-mnist")
 
 

@@ -10,9 +10,11 @@ from adaptact.cli import main
 
 
 def test_kernel_bench_on_cpu(tmp_path, capsys):
-    report = run_kernel_bench((2, 8, 6, 6), ("float32",), "cpu", backends=("reference", "autograd"), repeats=2)
+    report = run_kernel_bench((2, 8, 6, 6), ("float32",), "cpu", backends=("reference", "autograd"),
+                              repeats=2)
     rows = report["results"]
-    assert {(r["activation"], r["backend"]) for r in rows} == {(a, b) for a in PASSES for b in ("reference", "autograd")}
+    pairs = {(a, b) for a in PASSES for b in ("reference", "autograd")}
+    assert {(r["activation"], r["backend"]) for r in rows} == pairs
     nbytes = 2 * 8 * 6 * 6 * 4
     for r in rows:
         expected = 1e3 * PASSES[r["activation"]] * nbytes / (report["copy_bandwidth_GBps"] * 1e9)
@@ -24,7 +26,8 @@ def test_kernel_bench_on_cpu(tmp_path, capsys):
     for r in rows:  # the plain composition moves several times the floor's passes
         assert r["passes"] >= 3 * PASSES[r["activation"]], r
     assert "floor/time" in format_results(report) and "passes" in format_results(report)
-    assert main(["bench-kernels", "--shape", "2,4,5,5", "--dtypes", "float32", "--device", "cpu", "--repeats", "2",
+    assert main(["bench-kernels", "--shape", "2,4,5,5", "--dtypes", "float32", "--device", "cpu",
+                 "--repeats", "2",
                  "--json", str(tmp_path / "k.json")]) == 0
     data = json.loads((tmp_path / "k.json").read_text())
     assert {r["backend"] for r in data["results"]} == {"reference", "compile", "autograd"}

@@ -124,7 +124,8 @@ def test_kill_dash_nine_then_resume(tmp_path):
 
 def test_local_pool_workers_give_identical_rows(tmp_path):
     configs = expand("digits", "linear", ["relu", "aprelu"], ["adam"], [1e-3], 2, 2)
-    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("wall_time", "finished_at")} for r in rows]
+    def strip(rows):
+        return [{k: v for k, v in r.items() if k not in ("wall_time", "finished_at")} for r in rows]
     with ResultStore(tmp_path / "a.sqlite") as a, ResultStore(tmp_path / "b.sqlite") as b:
         run_sweep(configs, a, workers=1, progress=False)
         run_sweep(configs, b, workers=2, progress=False)
@@ -134,7 +135,8 @@ def test_local_pool_workers_give_identical_rows(tmp_path):
 def test_ray_executor_matches_local_pool(tmp_path):
     pytest.importorskip("ray")
     configs = expand("digits", "linear", ["relu", "acon_c"], ["sgd"], [1e-2], 2, 2)
-    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("wall_time", "finished_at")} for r in rows]
+    def strip(rows):
+        return [{k: v for k, v in r.items() if k not in ("wall_time", "finished_at")} for r in rows]
     with ResultStore(tmp_path / "local.sqlite") as local, ResultStore(tmp_path / "ray.sqlite") as ray_store:
         run_sweep(configs, local, executor="local", workers=1, progress=False)
         summary = run_sweep(configs, ray_store, executor="ray", workers=2, progress=False)
@@ -144,7 +146,8 @@ def test_ray_executor_matches_local_pool(tmp_path):
 
 def test_resnet_suite_reports_top1_error(tmp_path):
     db, out = tmp_path / "r.sqlite", tmp_path / "out"
-    assert main(["compare", "--suite", "resnet", "--dataset", "digits", "--optimizers", "sgd", "--lrs", "0.05",
+    assert main(["compare", "--suite", "resnet", "--dataset", "digits", "--optimizers", "sgd", "--lrs",
+                 "0.05",
                  "--seeds", "1", "--epochs", "1", "--db", str(db), "--out", str(out), "--no-progress"]) == 0
     rows = _rows(db)
     assert {(r["activation"], r["policy"], r["model"]) for r in rows} == {
@@ -154,7 +157,8 @@ def test_resnet_suite_reports_top1_error(tmp_path):
     md = (out / "report.md").read_text()
     table = md.split("### Top-1 error (%)")[1]
     meta = next(r for r in rows if r["activation"] == "meta_acon_c")
-    assert f"| meta_acon_c (resnet_after_3x3) | {100 - 100 * meta['best_acc']:.2f} ± 0.00" in table.replace("**", "")
+    expected = f"| meta_acon_c (resnet_after_3x3) | {100 - 100 * meta['best_acc']:.2f} ± 0.00"
+    assert expected in table.replace("**", "")
 
 
 def test_policy_is_part_of_the_key_only_when_not_all():

@@ -206,7 +206,8 @@ ON_CUDA = pytest.mark.skipif(DEVICE.type != "cuda" or not TRITON,
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_triton_path_compiles_whole_and_matches_eager(case, training):
     name, kwargs = case
-    eager = _perturb(adaptact.create(name, channels=16, backend="triton", **kwargs)).train(training).to(DEVICE)
+    eager = _perturb(adaptact.create(name, channels=16, backend="triton",
+                                     **kwargs)).train(training).to(DEVICE)
     compiled = torch.compile(copy.deepcopy(eager), fullgraph=True)  # fullgraph: a graph break raises
     x, dy = random_input((4, 16, 9, 7)).to(DEVICE), torch.randn(4, 16, 9, 7, device=DEVICE)
     y, dx, grads = _run(eager, x, dy)
@@ -279,7 +280,8 @@ def test_backend_attribute_is_checked_when_set(case):
     name, kwargs = case
     m = adaptact.create(name, channels=4, **kwargs)
     for bad in ("autgrad", "cuda", None, 1):
-        with pytest.raises(ValueError, match="backend must be one of 'auto', 'reference', 'autograd', 'triton'"):
+        with pytest.raises(ValueError,
+                           match="backend must be one of 'auto', 'reference', 'autograd', 'triton'"):
             m.backend = bad
     assert m.backend == "auto"
     m.backend = "reference"

@@ -57,7 +57,8 @@ def _record(cases, shapes, dtypes, layouts, make=None) -> dict[str, dict]:
                 for dtype in dtypes:
                     for layout in layouts:
                         for training in (True, False):
-                            m = adaptact.create(name, channels=shape[1], backend="triton", **kwargs).train(training)
+                            m = adaptact.create(name, channels=shape[1], backend="triton",
+                                                **kwargs).train(training)
                             if make is None:
                                 x = _layout(random_input(shape, dtype), layout)
                                 dy = torch.randn(shape).to(dtype)

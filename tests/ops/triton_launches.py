@@ -109,7 +109,8 @@ def compile_launch(record: dict, capability: int):
     constexprs = {(i,): s[1] for i, s in enumerate(spec) if s[0] == "constexpr"}
     attrs = {(i,): backend.parse_attr(s[1]) for i, s in enumerate(spec) if s[0] != "constexpr" and s[1]}
     options = backend.parse_options(dict(record["options"]))
-    return triton_compile(ASTSource(jit, signature, constexprs, attrs), target=target, options=options.__dict__)
+    return triton_compile(ASTSource(jit, signature, constexprs, attrs), target=target,
+                          options=options.__dict__)
 
 
 def resource_usage(cubin: bytes) -> dict[str, int]:
@@ -133,7 +134,8 @@ def global_accesses(ptx: str, record: dict) -> list[tuple[str, str]]:
     """(kernel pointer argument, instruction) for every ld.global/st.global in ``ptx``, the
     argument found by following the address register back through the instructions that
     computed it to the ``ld.param`` of a pointer parameter (``*_ptr``)."""
-    params = [p.name for p, s in zip(jit_function(record).params, record["specialisation"]) if s[0] != "constexpr"]
+    params = [p.name for p, s in zip(jit_function(record).params,
+                                     record["specialisation"]) if s[0] != "constexpr"]
     origin: dict[str, set[str]] = {}
     accesses = []
     body = ptx[ptx.index("{", ptx.index(".entry")):]

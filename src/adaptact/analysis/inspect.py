@@ -76,7 +76,8 @@ def collect(model: nn.Module, x: torch.Tensor, batch_size: int = 500, keep_maps:
     return out
 
 
-def plot_meta_acon_beta(beta: torch.Tensor, path: str | Path, samples: int = 4, acon_beta: torch.Tensor | None = None,
+def plot_meta_acon_beta(beta: torch.Tensor, path: str | Path, samples: int = 4,
+                        acon_beta: torch.Tensor | None = None,
                         layer: str = "", seed: int = 0) -> Path:
     """Distribution over channels of the beta Meta-ACON generates for a few random samples of one
     layer, beside ACON-C's fixed beta (its learned per-channel values, or 1, its initial value)."""

@@ -43,7 +43,8 @@ def _derivative(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.gradient(y, spacing=(x,), dim=-1)[0]
 
 
-def plot_curves(activations: Sequence[str | tuple[str, nn.Module]], path: str | Path, derivative: bool = False,
+def plot_curves(activations: Sequence[str | tuple[str, nn.Module]], path: str | Path,
+                derivative: bool = False,
                 span: float = 5.0) -> Path:
     """f (and f' with ``derivative``) of each activation, by name or as (label, module).
 
@@ -90,7 +91,8 @@ def plot_acon_family(path: str | Path, settings: Sequence[tuple[float, float, fl
     fig, (ax_f, ax_d) = plt.subplots(1, 2, figsize=(12, 4.5))
     cmap = plt.get_cmap("tab10")
     for i, (p1, p2, beta) in enumerate(settings):
-        t = lambda v: torch.tensor([v], dtype=torch.float64)
+        def t(v):
+            return torch.tensor([v], dtype=torch.float64)
         y = acon_c(x, t(p1), t(p2), t(beta))
         label = f"p1={p1:g}, p2={p2:g}, β={beta:g}"
         ax_f.plot(x, y, color=cmap(i), label=label)

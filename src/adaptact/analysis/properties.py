@@ -114,7 +114,8 @@ def relative_cost(activation: str | nn.Module, channels: int = 64, repeats: int 
     return best[id(module)] / best[id(relu)]
 
 
-def properties(activation: str | nn.Module, channels: int = 4, cost: bool = True, seed: int = 0) -> Properties:
+def properties(activation: str | nn.Module, channels: int = 4, cost: bool = True,
+               seed: int = 0) -> Properties:
     """Measure an activation given by registry name or as a module (at its current parameters).
 
     ``channels`` sizes per-channel modules built from a name (their initial parameters drawn
@@ -177,7 +178,8 @@ def _interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor
     return fp[idx - 1] * (1 - w) + fp[idx] * w
 
 
-def gradient_flow(activation: str, depth: int = 20, width: int = 64, batch: int = 256, seed: int = 0) -> float:
+def gradient_flow(activation: str, depth: int = 20, width: int = 64, batch: int = 256,
+                  seed: int = 0) -> float:
     """||dL/dW_first|| / ||dL/dW_last|| of a depth-``depth`` MLP (Linear + activation per layer,
     LeCun-normal weights N(0, 1/fan_in), zero biases) on N(0, 1) input and random labels, at
     initialisation (training mode, cross-entropy loss).

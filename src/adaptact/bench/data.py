@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["DATASETS", "CorruptData", "DataError", "DataNotFound", "Dataset", "find_idx_dir", "load", "read_idx"]
+__all__ = ["DATASETS", "CorruptData", "DataError", "DataNotFound", "Dataset", "find_idx_dir", "load",
+           "read_idx"]
 
 IDX_FILES = {
     "train_x": "train-images-idx3-ubyte",
@@ -79,7 +80,8 @@ def find_idx_dir(name: str, data_dir: str | os.PathLike | None = None) -> Path:
         if all(_idx_path(folder, stem) for stem in IDX_FILES.values()):
             return folder
     searched = ", ".join(str(c) for c in candidates)
-    raise DataNotFound(f"{name}: no folder with its four IDX files (searched {searched}); {_HOW_TO_GET[name]}")
+    raise DataNotFound(f"{name}: no folder with its four IDX files (searched {searched}); "
+                       f"{_HOW_TO_GET[name]}")
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
@@ -89,7 +91,8 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
             raw = f.read()
     except (OSError, EOFError) as err:
-        raise CorruptData(f"{path}: cannot be read as {'gzip' if path.suffix == '.gz' else 'IDX'} ({err})") from err
+        kind = "gzip" if path.suffix == ".gz" else "IDX"
+        raise CorruptData(f"{path}: cannot be read as {kind} ({err})") from err
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise CorruptData(f"{path}: not an IDX file of unsigned bytes (bad magic number)")
     ndim = raw[3]
@@ -99,7 +102,8 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     expected = header + int(np.prod(dims))
     if len(raw) != expected:
-        raise CorruptData(f"{path}: truncated or corrupt IDX data ({len(raw)} bytes, expected {expected} for shape {dims})")
+        raise CorruptData(f"{path}: truncated or corrupt IDX data ({len(raw)} bytes, expected {expected} "
+                          f"for shape {dims})")
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 

@@ -36,7 +36,8 @@ def local_pool(fn: Callable[[A], R], args: Iterable[A], workers: int = 1) -> Ite
                 future.cancel()
 
 
-def ray_cluster(fn: Callable[[A], R], args: Iterable[A], workers: int = 1, address: str | None = None) -> Iterator[R]:
+def ray_cluster(fn: Callable[[A], R], args: Iterable[A], workers: int = 1,
+                address: str | None = None) -> Iterator[R]:
     """Run ``fn`` over ``args`` as Ray tasks of one CPU each; ``address`` joins a running cluster,
     None starts a local instance with ``workers`` CPUs. Needs ``pip install adaptact[ray]``."""
     try:

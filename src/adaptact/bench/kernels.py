@@ -100,7 +100,8 @@ class _Traffic(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         if not (func.is_view or func.overloadpacket.__name__ in self.NO_TRAFFIC):
-            read = self._big((args[1:], kwargs) if func.overloadpacket.__name__ in self.WRITE_ONLY else (args, kwargs))
+            read = self._big((args[1:],
+                              kwargs) if func.overloadpacket.__name__ in self.WRITE_ONLY else (args, kwargs))
             self.nbytes += sum(t.nbytes for t in read) + sum(t.nbytes for t in self._big(out))
         return out
 
@@ -118,7 +119,8 @@ def tensor_passes(module: torch.nn.Module, x: torch.Tensor, dy: torch.Tensor) ->
     return traffic.nbytes / x.nbytes
 
 
-def run_kernel_bench(shape: tuple[int, ...] = (64, 128, 56, 56), dtypes: tuple[str, ...] = ("float32", "bfloat16"),
+def run_kernel_bench(shape: tuple[int, ...] = (64, 128, 56, 56),
+                     dtypes: tuple[str, ...] = ("float32", "bfloat16"),
                      device: str | None = None, activations: tuple[str, ...] = tuple(PASSES),
                      backends: tuple[str, ...] = BACKENDS, repeats: int = 20) -> dict:
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -140,8 +142,10 @@ def run_kernel_bench(shape: tuple[int, ...] = (64, 128, 56, 56), dtypes: tuple[s
                 ms = _median_ms(lambda run=run, x=x, dy=dy: run(x).backward(dy), dev, repeats)
                 saved = saved_bytes(module, x) if backend != "compile" else -1
                 passes = tensor_passes(module, x, dy) if backend != "compile" else -1.0
-                results.append(KernelResult(name, dtype_name, backend, ms, saved, passes, floor_ms, floor_ms / ms))
-    return {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
+                results.append(KernelResult(name, dtype_name, backend, ms, saved, passes, floor_ms,
+                                            floor_ms / ms))
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu"
+    return {"device": name,
             "device_type": dev.type,
             "shape": list(shape), "copy_bandwidth_GBps": bandwidth / 1e9, "torch": torch.__version__,
             "results": [asdict(r) for r in results]}

@@ -8,7 +8,8 @@ from ..registry import create, spec
 from .resnet import BasicBlock, ResNet, resnet18, resnet50
 from .shufflenet import shufflenet_v2
 
-__all__ = ["MODELS", "ConvMNIST", "ConvMNIST1D", "LinearMNIST", "build", "resnet18", "resnet50", "shufflenet_v2"]
+__all__ = ["MODELS", "ConvMNIST", "ConvMNIST1D", "LinearMNIST", "build", "resnet18", "resnet50",
+           "shufflenet_v2"]
 
 
 def _out(activation, channels: int) -> int:
@@ -21,14 +22,16 @@ class ConvMNIST(nn.Module):
     conv(10, k5) -> maxpool2 -> act -> conv(20, k5) -> maxpool2 -> act -> conv(40, k3) -> maxpool2
     -> act -> linear(40, num_classes)."""
 
-    def __init__(self, activation: str = "relu", in_channels: int = 1, num_classes: int = 10, **act_kwargs) -> None:
+    def __init__(self, activation: str = "relu", in_channels: int = 1, num_classes: int = 10,
+                 **act_kwargs) -> None:
         super().__init__()
         widths = (10, 20, 40)
         kernels = (5, 5, 3)
         layers: list[nn.Module] = []
         c = in_channels
         for width, k in zip(widths, kernels):
-            layers += [nn.Conv2d(c, width, k), nn.MaxPool2d(2), create(activation, channels=width, **act_kwargs)]
+            layers += [nn.Conv2d(c, width, k), nn.MaxPool2d(2),
+                       create(activation, channels=width, **act_kwargs)]
             c = _out(activation, width)
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(c, num_classes)
@@ -48,7 +51,8 @@ class ConvMNIST1D(nn.Module):
         layers: list[nn.Module] = []
         c = in_channels
         for width, k in zip((10, 20, 40), (5, 5, 3)):
-            layers += [nn.Conv1d(c, width, k), nn.MaxPool1d(2), create(activation, channels=width, **act_kwargs)]
+            layers += [nn.Conv1d(c, width, k), nn.MaxPool1d(2),
+                       create(activation, channels=width, **act_kwargs)]
             c, length = _out(activation, width), (length - k + 1) // 2
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(c * length, num_classes)
@@ -89,5 +93,6 @@ def build(model: str, activation: str, sample_shape: tuple[int, ...], num_classe
     if model in _VISION:  # small images: the CIFAR stem
         return _VISION[model](num_classes, sample_shape[0], activation, cifar_stem=True)
     if model == "resnet18_w16":  # ResNet-18 at a quarter of the width, for CPU budgets
-        return ResNet(BasicBlock, (2, 2, 2, 2), num_classes, sample_shape[0], activation, cifar_stem=True, width=16)
+        return ResNet(BasicBlock, (2, 2, 2, 2), num_classes, sample_shape[0], activation, cifar_stem=True,
+                      width=16)
     raise ValueError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")

@@ -17,7 +17,8 @@ from ..registry import spec
 __all__ = ["GROUPS", "aggregate", "markdown_table", "write_report"]
 
 GROUPS = (("classic", "Non-learnable"), ("learnable", "Learnable"), ("adaptive", "Adaptive"))
-CSV_COLUMNS = ("dataset", "model", "activation", "family", "policy", "optimizer", "lr", "seed", "epochs", "batch_size",
+CSV_COLUMNS = ("dataset", "model", "activation", "family", "policy", "optimizer", "lr", "seed", "epochs",
+               "batch_size",
                "first_epoch_acc", "best_acc", "final_acc", "wall_time", "key")
 
 
@@ -33,7 +34,8 @@ def aggregate(rows: Sequence[dict], metric: str) -> dict[tuple[str, str, float],
     groups: dict[tuple[str, str, float], list[float]] = defaultdict(list)
     for r in rows:
         groups[(r["activation"], r["optimizer"], r["lr"])].append(100.0 * r[metric])
-    return {k: (statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v)) for k, v in groups.items()}
+    return {k: (statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v))
+            for k, v in groups.items()}
 
 
 def _columns(rows: Sequence[dict]) -> list[tuple[str, float]]:
@@ -52,7 +54,8 @@ def markdown_table(rows: Sequence[dict], metric: str, error: bool = False) -> st
         stats = {k: (100.0 - mean, std, n) for k, (mean, std, n) in stats.items()}
     pick = min if error else max
     cols = _columns(rows)
-    best = {c: pick(stats[(a, *c)][0] for a in {r["activation"] for r in rows} if (a, *c) in stats) for c in cols}
+    names = {r["activation"] for r in rows}
+    best = {c: pick(stats[(a, *c)][0] for a in names if (a, *c) in stats) for c in cols}
     header = "| activation | " + " | ".join(f"{o.upper()} lr={lr:g}" for o, lr in cols) + " |"
     lines = [header, "|---|" + "---|" * len(cols)]
     for title, names in _activations(rows):
@@ -92,7 +95,8 @@ def _plots(rows: Sequence[dict], out: Path, stem: str) -> list[Path]:
     names = [n for _, group in _activations(rows) for n in group]
     paths = []
 
-    fig, axes = plt.subplots(1, 2, figsize=(2 * (4.5 + 1.3 * len(cols)), 0.35 * len(names) + 2.2), squeeze=False)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * (4.5 + 1.3 * len(cols)), 0.35 * len(names) + 2.2),
+                             squeeze=False)
     for ax, (metric, title) in zip(axes[0], (("first_epoch_acc", "first epoch"), ("best_acc", "best epoch"))):
         stats = aggregate(rows, metric)
         grid = np.array([[stats.get((a, *c), (np.nan,))[0] for c in cols] for a in names])
@@ -139,7 +143,8 @@ def write_report(rows: Sequence[dict], out_dir: str | Path, plots: bool = True) 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     # an activation put in with a policy other than "all" is its own row: "meta_acon_c (resnet_after_3x3)"
-    rows = [r if r.get("policy", "all") == "all" else {**r, "activation": f"{r['activation']} ({r['policy']})"}
+    rows = [r if r.get("policy", "all") == "all"
+            else {**r, "activation": f"{r['activation']} ({r['policy']})"}
             for r in rows]
     written = [out / "runs.csv"]
     _write_csv(rows, written[0])
@@ -156,7 +161,8 @@ def write_report(rows: Sequence[dict], out_dir: str | Path, plots: bool = True) 
                "### Test accuracy after the first epoch", "", markdown_table(group, "first_epoch_acc"),
                f"### Best test accuracy over {epochs} epochs", "", markdown_table(group, "best_acc")]
         if not model.startswith(("conv", "linear")):  # ImageNet-style networks: the ACON paper's top-1 error
-            md += [f"### Top-1 error (%) at the best of {epochs} epochs", "", markdown_table(group, "best_acc", True)]
+            md += [f"### Top-1 error (%) at the best of {epochs} epochs", "",
+                   markdown_table(group, "best_acc", True)]
         if plots:
             for p in _plots(group, out, stem):
                 written.append(p)

@@ -76,10 +76,12 @@ class ResNet(nn.Module):
                  width: int = 64) -> None:
         super().__init__()
         if cifar_stem:
-            self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width),
+            self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False),
+                                      nn.BatchNorm2d(width),
                                       create(activation, channels=width))
         else:
-            self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width),
+            self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 7, 2, 3, bias=False),
+                                      nn.BatchNorm2d(width),
                                       create(activation, channels=width), nn.MaxPool2d(3, 2, 1))
         stages, cin = [], width
         for i, n in enumerate(layers):

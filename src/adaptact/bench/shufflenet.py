@@ -44,7 +44,8 @@ class ShuffleUnit(nn.Module):
 
 
 class ShuffleNetV2(nn.Module):
-    def __init__(self, stage_channels: tuple[int, ...] = (116, 232, 464), stage_repeats: tuple[int, ...] = (4, 8, 4),
+    def __init__(self, stage_channels: tuple[int, ...] = (116, 232, 464),
+                 stage_repeats: tuple[int, ...] = (4, 8, 4),
                  final_channels: int = 1024, num_classes: int = 1000, in_channels: int = 3,
                  activation: ActivationLike = "relu", cifar_stem: bool = False) -> None:
         super().__init__()
@@ -60,7 +61,8 @@ class ShuffleNetV2(nn.Module):
             stages.append(nn.Sequential(*units))
             cin = cout
         self.stages = nn.Sequential(*stages)
-        self.head = nn.Sequential(*_conv_bn(cin, final_channels, 1), create(activation, channels=final_channels))
+        self.head = nn.Sequential(*_conv_bn(cin, final_channels, 1),
+                                  create(activation, channels=final_channels))
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(final_channels, num_classes)
 

@@ -14,7 +14,8 @@ from typing import Self
 
 __all__ = ["COLUMNS", "ResultStore"]
 
-COLUMNS = ("key", "dataset", "model", "activation", "policy", "optimizer", "lr", "seed", "epochs", "batch_size",
+COLUMNS = ("key", "dataset", "model", "activation", "policy", "optimizer", "lr", "seed", "epochs",
+           "batch_size",
            "protocol", "first_epoch_acc", "best_acc", "wall_time", "train_loss", "test_acc", "versions",
            "finished_at")
 _JSON = ("train_loss", "test_acc", "versions")
@@ -22,7 +23,8 @@ _JSON = ("train_loss", "test_acc", "versions")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     key TEXT PRIMARY KEY, dataset TEXT NOT NULL, model TEXT NOT NULL, activation TEXT NOT NULL,
-    policy TEXT NOT NULL DEFAULT 'all', optimizer TEXT NOT NULL, lr REAL NOT NULL, seed INTEGER NOT NULL, epochs INTEGER NOT NULL,
+    policy TEXT NOT NULL DEFAULT 'all', optimizer TEXT NOT NULL, lr REAL NOT NULL, seed INTEGER NOT NULL,
+    epochs INTEGER NOT NULL,
     batch_size INTEGER NOT NULL, protocol INTEGER NOT NULL, first_epoch_acc REAL NOT NULL,
     best_acc REAL NOT NULL, wall_time REAL NOT NULL, train_loss TEXT NOT NULL, test_acc TEXT NOT NULL,
     versions TEXT NOT NULL, finished_at REAL NOT NULL

@@ -18,7 +18,8 @@ PAPER_ACTIVATIONS = ("apl", "arelu", "gelu", "maxout", "mixture", "slaf", "swish
                      "leaky_relu", "elu", "prelu", "selu", "tanh", "rrelu", "celu", "softplus", "pau")
 DEFAULT_ACTIVATIONS = PAPER_ACTIVATIONS + ("acon_c", "meta_acon_c", "aprelu")
 # The ACON paper's ResNet comparison: Meta-ACON-C only after the 3x3 conv of each block.
-RESNET_SUITE = {"model": "resnet18_w16", "activations": ("relu", "swish", "acon_c", "meta_acon_c", "aprelu", "arelu"),
+RESNET_SUITE = {"model": "resnet18_w16", "activations": ("relu", "swish", "acon_c", "meta_acon_c", "aprelu",
+                                                         "arelu"),
                 "policies": {"meta_acon_c": "resnet_after_3x3"}}
 
 
@@ -36,7 +37,8 @@ def expand(dataset: str, model: str, activations: Sequence[str], optimizers: Seq
     """Every combination, seeds 0..seeds-1, in a stable order; ``policies`` maps an activation to
     the replace_activations policy it is put in with (default "all")."""
     policies = policies or {}
-    return [RunConfig(dataset, model, a, o, float(lr), s, epochs, batch_size, policies.get(a, "all"), data_dir,
+    return [RunConfig(dataset, model, a, o, float(lr), s, epochs, batch_size, policies.get(a, "all"),
+                      data_dir,
                       checkpoint_dir)
             for a, o, lr, s in itertools.product(activations, optimizers, lrs, range(seeds))]
 
@@ -81,8 +83,8 @@ def run_sweep(configs: Iterable[RunConfig], store: ResultStore, executor: str = 
         for result in execute(executor, run, todo, workers=workers, address=address):
             store.add(result)
             ran += 1
-            bar.update(f"{result['activation']} {result['optimizer']} lr={result['lr']:g} seed={result['seed']}: "
-                       f"{100 * result['first_epoch_acc']:.2f}%")
+            bar.update(f"{result['activation']} {result['optimizer']} lr={result['lr']:g} "
+                       f"seed={result['seed']}: {100 * result['first_epoch_acc']:.2f}%")
     finally:
         bar.close()
     return SweepSummary(total=len(configs), already_done=len(configs) - len(todo), ran=ran)

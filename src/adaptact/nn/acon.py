@@ -19,7 +19,8 @@ class AconA(ActivationModule):
     Swish with a learnable per-channel ``beta`` (shape (C,), initialised to ``beta``).
     """
 
-    def __init__(self, channels: int, beta: float = 1.0, inplace: bool = False, backend: str = "auto") -> None:
+    def __init__(self, channels: int, beta: float = 1.0, inplace: bool = False,
+                 backend: str = "auto") -> None:
         super().__init__()
         self.channels = int_at_least("channels", channels)
         self.beta = nn.Parameter(torch.full((channels,), float(beta)))
@@ -75,7 +76,8 @@ class AconC(ActivationModule):
     as the official code initialises them. The official (1, C, 1, 1) tensors load as they are.
     """
 
-    def __init__(self, channels: int, beta: float = 1.0, inplace: bool = False, backend: str = "auto") -> None:
+    def __init__(self, channels: int, beta: float = 1.0, inplace: bool = False,
+                 backend: str = "auto") -> None:
         super().__init__()
         self.channels = int_at_least("channels", channels)
         self.p1 = nn.Parameter(torch.randn(channels))

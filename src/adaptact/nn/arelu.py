@@ -12,7 +12,8 @@ from .base import ActivationModule, check_input
 class AReLU(ActivationModule):
     """AReLU (Chen et al. 2020, "AReLU: Attention-based Rectified Linear Unit", arXiv 2006.13858).
 
-    .. math:: y = (1 + \\sigma(\\beta))\\,\\mathrm{relu}(x) - \\mathrm{clamp}(\\alpha, 0.01, 0.99)\\,\\mathrm{relu}(-x)
+    .. math:: y = (1 + \\sigma(\\beta))\\,\\mathrm{relu}(x) - \\mathrm{clamp}(\\alpha, 0.01,
+                                                                              0.99)\\,\\mathrm{relu}(-x)
 
     Two learnable scalars shared by the layer, shaped (1,) as in the official code
     (densechen/AReLU), so its state_dict loads unchanged.
@@ -24,7 +25,8 @@ class AReLU(ActivationModule):
         backend: "auto", "reference", "autograd" or "triton" (see ``adaptact.ops.dispatch``).
     """
 
-    def __init__(self, alpha: float = 0.90, beta: float = 2.0, inplace: bool = False, backend: str = "auto") -> None:
+    def __init__(self, alpha: float = 0.90, beta: float = 2.0, inplace: bool = False,
+                 backend: str = "auto") -> None:
         super().__init__()
         self.backend = backend
         self.alpha = nn.Parameter(torch.tensor([float(alpha)]))

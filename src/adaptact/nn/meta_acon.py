@@ -96,4 +96,5 @@ class MetaAconC(ActivationModule):
                          self._stats_dtype)
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, r={self.r}, granularity={self.granularity!r}" + self._backend_repr()
+        granularity = f"granularity={self.granularity!r}"
+        return f"channels={self.channels}, r={self.r}, {granularity}" + self._backend_repr()

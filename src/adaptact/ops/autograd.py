@@ -32,8 +32,9 @@ def _first_order(backward):
     @functools.wraps(backward)
     def checked(ctx, *grads):
         if torch.is_grad_enabled():
-            raise RuntimeError("adaptact's fused backends compute first-order gradients only (a backward with "
-                               "create_graph=True was asked for); use backend='reference' for higher orders")
+            raise RuntimeError("adaptact's fused backends compute first-order gradients only (a backward "
+                               "with create_graph=True was asked for); use backend='reference' for higher "
+                               "orders")
         return backward(ctx, *grads)
 
     return checked

@@ -24,7 +24,8 @@ from torch import Tensor
 from .. import functional as AF
 from . import autograd as AG
 
-__all__ = ["BACKENDS", "KERNEL_DTYPES", "acon_c", "acon_c_pixel", "aprelu", "arelu", "auto_backend", "check_backend",
+__all__ = ["BACKENDS", "KERNEL_DTYPES", "acon_c", "acon_c_pixel", "aprelu", "arelu", "auto_backend",
+           "check_backend",
            "meta_acon_c", "resolve", "signed_spatial_mean", "triton_available"]
 
 BACKENDS = ("auto", "reference", "autograd", "triton")
@@ -61,13 +62,15 @@ def resolve(backend: str, x: Tensor) -> str:
         return auto_backend(x)
     if backend == "triton":
         if x.dtype not in KERNEL_DTYPES:
-            raise TypeError(f"backend='triton' takes float32, float16 and bfloat16 inputs (its kernels compute in "
-                            f"float32), got {x.dtype}: use backend='autograd', or 'auto', which picks it")
+            raise TypeError(f"backend='triton' takes float32, float16 and bfloat16 inputs (its kernels "
+                            f"compute in float32), got {x.dtype}: use backend='autograd', or 'auto', which "
+                            "picks it")
         if not triton_available():
             raise RuntimeError("backend='triton' needs Triton: pip install 'adaptact[triton]'")
         if x.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
             raise RuntimeError("backend='triton' on CPU tensors runs only in Triton's interpreter: set "
-                               "TRITON_INTERPRET=1 before starting Python (for tests), or use backend='autograd'")
+                               "TRITON_INTERPRET=1 before starting Python (for tests), or use "
+                               "backend='autograd'")
         if x.device.type not in ("cpu", "cuda"):
             raise RuntimeError(f"backend='triton' supports CUDA tensors, got a {x.device.type} tensor")
     return backend

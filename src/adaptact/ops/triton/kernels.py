@@ -55,9 +55,9 @@ def _gather(ptr, n, c, sn, sc, N, C):
 
 @triton.jit
 def _activation(x, a, b, c, KIND: tl.constexpr):
-    if KIND == AReLU:
+    if AReLU == KIND:
         y = tl.where(x > 0, b * x, a * x)
-    elif KIND == APReLU:
+    elif APReLU == KIND:
         y = tl.where(x > 0, x, c * x)
     else:
         if KIND == ACON_C_PIXEL:
@@ -70,13 +70,13 @@ def _activation(x, a, b, c, KIND: tl.constexpr):
 @triton.jit
 def _activation_grads(x, dy, a, b, c, KIND: tl.constexpr):
     """dy * dy/dx and the per-element terms of the gradients of a, b and c (each summed later)."""
-    if KIND == AReLU:
+    if AReLU == KIND:
         dx = dy * tl.where(x > 0, b, tl.where(x < 0, a, 0.0))  # relu'(0) = 0, as the reference
         dyx = dy * x
         da = tl.where(x < 0, dyx, 0.0)
         db = tl.where(x > 0, dyx, 0.0)
         dc = da
-    elif KIND == APReLU:
+    elif APReLU == KIND:
         dx = tl.where(x > 0, dy, dy * c)  # d min(x, 0)/dx = 1 at 0, as torch.clamp
         dc = tl.where(x > 0, 0.0, dy * x)
         da = dc
@@ -117,16 +117,18 @@ def activation_fwd(x_ptr, y_ptr, a_ptr, b_ptr, c_ptr, a_sn, a_sc, b_sn, b_sc, c_
     _, _, n, c, s, mask = _tile(N, C, S, NB_C, NB_S, BLOCK_N, BLOCK_C, BLOCK_S, WIDE)
     offs = n * x_sn + c * x_sc + s * x_ss
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    a = _gather(a_ptr, n, c, a_sn, a_sc, N, C) if KIND != APReLU else 0.0
-    b = _gather(b_ptr, n, c, b_sn, b_sc, N, C) if KIND != APReLU else 0.0
-    p = _gather(c_ptr, n, c, c_sn, c_sc, N, C) if KIND == ACON_C or KIND == APReLU else 0.0
+    a = _gather(a_ptr, n, c, a_sn, a_sc, N, C) if APReLU != KIND else 0.0
+    b = _gather(b_ptr, n, c, b_sn, b_sc, N, C) if APReLU != KIND else 0.0
+    p = _gather(c_ptr, n, c, c_sn, c_sc, N, C) if KIND == ACON_C or APReLU == KIND else 0.0
     y = _activation(x, a, b, p, KIND)
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def activation_bwd(x_ptr, dy_ptr, dx_ptr, ga_ptr, gb_ptr, gc_ptr, pool_neg_ptr, pool_pos_ptr, a_ptr, b_ptr, c_ptr,
-                   a_sn, a_sc, b_sn, b_sc, c_sn, c_sc, N, C, S, x_sn, x_sc, x_ss, dy_sn, dy_sc, dy_ss, NB_C, NB_S,
+def activation_bwd(x_ptr, dy_ptr, dx_ptr, ga_ptr, gb_ptr, gc_ptr, pool_neg_ptr, pool_pos_ptr, a_ptr, b_ptr,
+                   c_ptr,
+                   a_sn, a_sc, b_sn, b_sc, c_sn, c_sc, N, C, S, x_sn, x_sc, x_ss, dy_sn, dy_sc, dy_ss,
+                   NB_C, NB_S,
                    KIND: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
                    WIDE: tl.constexpr, GRAD_A: tl.constexpr, GRAD_B: tl.constexpr, GRAD_C: tl.constexpr,
                    PER_SAMPLE: tl.constexpr, DX: tl.constexpr, POOLED: tl.constexpr):
@@ -137,9 +139,9 @@ def activation_bwd(x_ptr, dy_ptr, dx_ptr, ga_ptr, gb_ptr, gc_ptr, pool_neg_ptr, 
     offs = n * x_sn + c * x_sc + s * x_ss
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     dy = tl.load(dy_ptr + n * dy_sn + c * dy_sc + s * dy_ss, mask=mask, other=0.0).to(tl.float32)
-    a = _gather(a_ptr, n, c, a_sn, a_sc, N, C) if KIND != APReLU else 0.0
-    b = _gather(b_ptr, n, c, b_sn, b_sc, N, C) if KIND != APReLU else 0.0
-    p = _gather(c_ptr, n, c, c_sn, c_sc, N, C) if KIND == ACON_C or KIND == APReLU else 0.0
+    a = _gather(a_ptr, n, c, a_sn, a_sc, N, C) if APReLU != KIND else 0.0
+    b = _gather(b_ptr, n, c, b_sn, b_sc, N, C) if APReLU != KIND else 0.0
+    p = _gather(c_ptr, n, c, c_sn, c_sc, N, C) if KIND == ACON_C or APReLU == KIND else 0.0
     dx, da, db, dc = _activation_grads(x, dy, a, b, p, KIND)
     if GRAD_A:
         _store_sums(ga_ptr, da, blk_n, blk_s, n, c, N, C, NB_S, PER_SAMPLE)

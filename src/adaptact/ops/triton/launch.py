@@ -127,7 +127,8 @@ class Plan:
         """The geometry and tiling arguments every kernel takes."""
         _, nb_c, nb_s = self.blocks
         return {"N": self.n, "C": self.c, "S": self.s, "NB_C": nb_c, "NB_S": nb_s, "BLOCK_N": self.block_n,
-                "BLOCK_C": self.block_c, "BLOCK_S": self.block_s, "WIDE": self.wide, "num_warps": self.num_warps}
+                "BLOCK_C": self.block_c, "BLOCK_S": self.block_s, "WIDE": self.wide,
+                "num_warps": self.num_warps}
 
 
 @functools.lru_cache(maxsize=4096)
@@ -136,11 +137,12 @@ def plan(shape: tuple[int, ...], strides: tuple[int, int, int], *others: tuple[i
     ``strides`` (``others``: those of further tensors the kernel reads, such as dy).
 
     Tiles are powers of two per dim. The tile budget grows with the tensor from MIN_TILE to
-    MAX_TILE elements (at least MIN_RUN x MIN_ROWS for LARGE channels-inner tensors). Among the tilings within it, the plan takes, in this order of priority:
-    at least MIN_TILE elements (where the tensor has them); a run of at least MIN_RUN along the
-    unit-stride dim (S for NCHW-like, C for channels_last and (N, C)), where loads and stores
-    coalesce and vectorise; when channels are unit-stride, at least MIN_ROWS rows along S and
-    along N and S (partial sums stay small against x); the most lanes inside the tensor, all
+    MAX_TILE elements (at least MIN_RUN x MIN_ROWS for LARGE channels-inner tensors). Among the
+    tilings within it, the plan takes, in this order of priority: at least MIN_TILE elements
+    (where the tensor has them); a run of at least MIN_RUN along the unit-stride dim (S for
+    NCHW-like, C for channels_last and (N, C)), where loads and stores coalesce and vectorise;
+    when channels are unit-stride, at least MIN_ROWS rows along S and along N and S (partial sums
+    stay small against x); the most lanes inside the tensor, all
     shares above GOOD_USE counted alike; then the largest tile and run."""
     n, c = shape[0], shape[1]
     s = math.prod(shape[2:])
@@ -251,7 +253,8 @@ def _backward(x: Tensor, dy: Tensor, a: Tensor, b: Tensor, c: Tensor, kind: int,
     if x.numel():
         sn, sc, ss = _strides(x)
         dsn, dsc, dss = _strides(dy)
-        _launch(K.activation_bwd, p, x_ptr=x, dy_ptr=dy, dx_ptr=out, ga_ptr=partials["a"], gb_ptr=partials["b"],
+        _launch(K.activation_bwd, p, x_ptr=x, dy_ptr=dy, dx_ptr=out, ga_ptr=partials["a"],
+                gb_ptr=partials["b"],
                 gc_ptr=partials["c"], pool_neg_ptr=neg, pool_pos_ptr=pos, **_params(a, b, c, x),
                 x_sn=sn, x_sc=sc, x_ss=ss, dy_sn=dsn, dy_sc=dsc, dy_ss=dss, KIND=kind,
                 GRAD_A="a" in has, GRAD_B="b" in has, GRAD_C="c" in has, PER_SAMPLE=per_sample, DX=dx,

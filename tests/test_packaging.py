@@ -1,0 +1,17 @@
+"""The wheel ships what users of a typed, licensed package expect: py.typed and the LICENSE."""
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_wheel_has_license_and_py_typed(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                    str(tmp_path), str(ROOT)], check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("adaptact-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "adaptact/py.typed" in names
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), names
