@@ -58,9 +58,9 @@ def test_unknown_activation_exit_2(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--lrs", "0.01,-1"], "must be positive, got -1"),
+    (["--lrs", "0.01,-1"], "argument --lrs: must be a finite number > 0, got -1"),
     (["--lrs", "fast"], "argument --lrs: 'fast' is not a valid float"),
-    (["--seeds", "0"], "must be positive, got 0"),
+    (["--seeds", "0"], "must be a finite number > 0, got 0"),
     (["--epochs", "two"], "'two' is not a valid int"),
     (["--dataset", "cifar"], "invalid choice: 'cifar'"),
     (["--executor", "slurm"], "invalid choice: 'slurm'"),

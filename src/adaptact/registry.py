@@ -17,7 +17,7 @@ from torch import nn
 
 from . import nn as ann
 
-__all__ = ["FAMILIES", "ActivationSpec", "available", "create", "get", "spec"]
+__all__ = ["FAMILIES", "ActivationSpec", "available", "catalogue", "create", "get", "spec"]
 
 Family = Literal["classic", "learnable", "adaptive"]
 FAMILIES: tuple[str, ...] = ("classic", "learnable", "adaptive")
@@ -209,3 +209,17 @@ def get(activation: ActivationLike) -> Callable[..., nn.Module]:
     raise TypeError(
         f"activation must be a name, an nn.Module class or a callable, got {type(activation).__name__}"
     )
+
+
+def catalogue(family: str | None = None, probe: int = 64) -> tuple[tuple[str, ...], list[tuple]]:
+    """(header, rows) of the catalogue (``adaptact list``): family, learnable, per sample, parameters
+    per channel counted on a ``probe``-channel instance, paper."""
+    rows = []
+    for name in available(family):
+        s = spec(name)
+        n = sum(p.numel() for p in create(name, channels=probe).parameters())
+        params = f"{n / probe:g}" if s.per_channel else (f"0 (+{n} shared)" if n else "0")
+        rows.append((name, s.family, "yes" if s.learnable else "no", "yes" if s.per_sample else "no",
+                     params, s.paper))
+    header = ("name", "family", "learnable", "adapts per sample", f"params per channel (C={probe})", "paper")
+    return header, rows

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import require
 from .properties import response
 
 __all__ = ["acon_c_derivative_bounds", "plot_acon_family", "plot_curves", "save_figure"]
@@ -16,12 +17,9 @@ G_MIN, G_MAX = -0.0998, 1.0998  # range of d/du [u sigmoid(u)], ACON paper
 
 
 def pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    """matplotlib's pyplot on the Agg backend (MissingExtra naming adaptact[bench] without it)."""
+    require("matplotlib", "bench").use("Agg")
+    return require("matplotlib.pyplot", "bench")
 
 
 def acon_c_derivative_bounds(p1: float, p2: float) -> tuple[float, float]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -26,7 +27,8 @@ from torch import nn
 
 from ..registry import create, spec
 
-__all__ = ["Properties", "gradient_flow", "properties", "relative_cost", "response"]
+__all__ = ["PROPERTY_COLUMNS", "Properties", "gradient_flow", "properties", "property_table", "relative_cost",
+           "response"]
 
 STEP = 1e-4
 SPAN = 6.0
@@ -205,3 +207,27 @@ def gradient_flow(activation: str, depth: int = 20, width: int = 64, batch: int 
     linears = [m for m in net if isinstance(m, nn.Linear)]
     first, last = linears[0].weight.grad.norm(), linears[-2].weight.grad.norm()
     return float(first / last) if last > 0 else float("inf")
+
+
+PROPERTY_COLUMNS = ("name", "monotonic", "smooth (C1)", "bounded below", "bounded above", "mean N(0,1)",
+                    "std N(0,1)", "dying", "saturation", "f' min", "f' max", "params/channel",
+                    "shared params", "cost vs ReLU")
+
+
+def property_table(names: Sequence[str], cost: bool = True, depth: int = 20
+                   ) -> tuple[tuple[str, ...], list[tuple]]:
+    """(header, rows) of the property table (``adaptact props``): one row per activation, with the
+    gradient-flow ratio of a depth-``depth`` MLP in the last column."""
+    def yes(b: bool) -> str:
+        return "yes" if b else "no"
+
+    rows = []
+    for name in names:
+        p = properties(name, cost=cost)
+        rows.append((name, yes(p.monotonic), yes(p.smooth), yes(p.bounded_below), yes(p.bounded_above),
+                     f"{p.output_mean:.3f}", f"{p.output_std:.3f}", f"{p.dying_fraction:.3f}",
+                     f"{p.saturation:.3f}", f"{p.derivative_min:.4f}", f"{p.derivative_max:.4f}",
+                     f"{p.params_per_channel:g}", p.params_shared,
+                     "-" if p.relative_cost is None else f"{p.relative_cost:.2f}",
+                     f"{gradient_flow(name, depth=depth):.3g}"))
+    return (*PROPERTY_COLUMNS, f"grad ratio (depth {depth})"), rows

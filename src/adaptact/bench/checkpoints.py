@@ -8,9 +8,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import UserError
+from .files import atomic_write
 from .models import build
 
-__all__ = ["load_checkpoint", "save_checkpoint"]
+__all__ = ["CheckpointError", "load_checkpoint", "save_checkpoint"]
+
+
+class CheckpointError(UserError):
+    """A file that is not a comparison checkpoint adaptact can rebuild."""
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, config: dict, sample_shape: tuple[int, ...],
@@ -18,16 +24,26 @@ def save_checkpoint(path: str | Path, model: nn.Module, config: dict, sample_sha
     """Save a comparison model with what :func:`load_checkpoint` needs to rebuild it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"config": config, "sample_shape": list(sample_shape), "num_classes": num_classes,
-                "state_dict": model.state_dict()}, tmp)
-    tmp.replace(path)  # never a half-written checkpoint
-    return path
+    state = {"config": config, "sample_shape": list(sample_shape), "num_classes": num_classes,
+             "state_dict": model.state_dict()}
+    return atomic_write(path, lambda tmp: torch.save(state, tmp))  # never a half-written checkpoint
 
 
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
-    """Rebuild the comparison model saved at ``path``: (model in eval mode, its config)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    """Rebuild the comparison model saved at ``path``: (model in eval mode, its config). Anything
+    else (a missing, truncated, foreign or tampered file) is a CheckpointError naming the file."""
+    try:
+        return _rebuild(torch.load(path, map_location="cpu", weights_only=True))
+    except UserError:
+        raise
+    except OSError as err:
+        raise CheckpointError(f"cannot load checkpoint {path}: {err.strerror or err}") from None
+    except Exception as err:  # noqa: BLE001  (torch.load and a foreign dict fail in many ways)
+        raise CheckpointError(f"cannot load checkpoint {path}: not one of `adaptact compare "
+                              f"--save-checkpoints` ({type(err).__name__}: {err})") from None
+
+
+def _rebuild(ckpt: dict) -> tuple[nn.Module, dict]:
     config = ckpt["config"]
     policy = config.get("policy", "all")
     model = build(config["model"], config["activation"] if policy == "all" else "relu",

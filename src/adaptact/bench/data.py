@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import functools
 import gzip
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from ..errors import UserError
 
 __all__ = ["DATASETS", "CorruptData", "DataError", "DataNotFound", "Dataset", "find_idx_dir", "load",
            "read_idx"]
@@ -37,7 +40,10 @@ _HOW_TO_GET = {
 }
 
 
-class DataError(Exception):
+NUM_CLASSES = 10  # of the IDX data sets (MNIST, Fashion-MNIST), MNIST-1D and digits
+
+
+class DataError(UserError):
     """A data set that cannot be used; the message says why and what to do."""
 
 
@@ -56,7 +62,7 @@ class Dataset:
     train_y: torch.Tensor  # (N,) int64
     test_x: torch.Tensor
     test_y: torch.Tensor
-    num_classes: int = 10
+    num_classes: int = NUM_CLASSES
 
 
 def _idx_path(folder: Path, stem: str) -> Path | None:
@@ -100,7 +106,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     if ndim == 0 or len(raw) < header:
         raise CorruptData(f"{path}: truncated IDX header")
     dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected = header + int(np.prod(dims))
+    expected = header + math.prod(dims)  # Python ints: no overflow whatever the header says
     if len(raw) != expected:
         raise CorruptData(f"{path}: truncated or corrupt IDX data ({len(raw)} bytes, expected {expected} "
                           f"for shape {dims})")
@@ -121,6 +127,12 @@ def _load_idx(name: str, data_dir) -> Dataset:
         x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
         if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
             raise CorruptData(f"{folder}: {split} images {x.shape} and labels {y.shape} do not match")
+        if len(x) == 0 or x.shape[1] * x.shape[2] == 0:
+            raise CorruptData(f"{folder}: no {split} images")
+        if int(y.max()) >= NUM_CLASSES:
+            raise CorruptData(f"{folder}: {split} labels must be 0..{NUM_CLASSES - 1}, found {int(y.max())}")
+    if float(arrays["train_x"].std()) == 0:
+        raise CorruptData(f"{folder}: the training images are all the same value; nothing to learn")
     train_x, test_x = _standardise(arrays["train_x"], arrays["test_x"])
     return Dataset(name, train_x.unsqueeze(1), torch.as_tensor(arrays["train_y"].astype(np.int64)),
                    test_x.unsqueeze(1), torch.as_tensor(arrays["test_y"].astype(np.int64)))

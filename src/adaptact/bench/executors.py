@@ -7,10 +7,16 @@ identical numbers.
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
+import os
+import signal
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import TypeVar
+
+from ..errors import UserError
 
 __all__ = ["EXECUTORS", "execute", "local_pool", "ray_cluster"]
 
@@ -19,21 +25,43 @@ R = TypeVar("R")
 EXECUTORS = ("local", "ray")
 
 
+RAY_CONNECT_TIMEOUT_S = 30
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> None:
+    """Worker initialiser: on Linux the kernel kills this worker when its parent dies, however it
+    dies (SIGKILL included), so no worker outlives ``adaptact compare``."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the line above
+        os._exit(1)
+
+
 def local_pool(fn: Callable[[A], R], args: Iterable[A], workers: int = 1) -> Iterator[R]:
-    """Run ``fn`` over ``args`` in ``workers`` spawned processes (in this process for 1)."""
+    """Run ``fn`` over ``args`` in ``workers`` spawned processes (in this process for 1). Workers
+    die with this process; if the caller stops early (an error, Ctrl-C, SIGTERM unwinding), the
+    runs in flight are abandoned and the workers stopped at once."""
     args = list(args)
     if workers <= 1:
         for a in args:
             yield fn(a)
         return
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(fn, a) for a in args]
-        try:
-            for future in as_completed(futures):
-                yield future.result()
-        finally:
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_die_with_parent, initargs=(os.getpid(),))
+    futures = [pool.submit(fn, a) for a in args]
+    finished = False
+    try:
+        for future in as_completed(futures):
+            yield future.result()
+        finished = True
+    finally:
+        if not finished:
             for future in futures:
                 future.cancel()
+            for process in list(getattr(pool, "_processes", {}).values()):
+                process.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def ray_cluster(fn: Callable[[A], R], args: Iterable[A], workers: int = 1,
@@ -47,7 +75,7 @@ def ray_cluster(fn: Callable[[A], R], args: Iterable[A], workers: int = 1,
     started = not ray.is_initialized()
     if started:
         if address:
-            ray.init(address=address, log_to_driver=False)
+            _connect_ray(ray, address)
         else:
             ray.init(num_cpus=max(1, workers), include_dashboard=False, log_to_driver=False)
     try:
@@ -59,6 +87,21 @@ def ray_cluster(fn: Callable[[A], R], args: Iterable[A], workers: int = 1,
     finally:
         if started:
             ray.shutdown()
+
+
+def _connect_ray(ray, address: str) -> None:
+    """Join the cluster at ``address``, or a UserError within RAY_CONNECT_TIMEOUT_S (Ray itself
+    retries for minutes)."""
+    host, _, port = address.rpartition(":")
+    if address != "auto" and host and port.isdigit():
+        import socket
+
+        try:
+            with socket.create_connection((host.removeprefix("ray://"), int(port)), RAY_CONNECT_TIMEOUT_S):
+                pass
+        except OSError as err:
+            raise UserError(f"no Ray cluster answers at {address} ({err.strerror or err})") from None
+    ray.init(address=address, log_to_driver=False)
 
 
 def execute(executor: str, fn: Callable[[A], R], args: Iterable[A], workers: int = 1,

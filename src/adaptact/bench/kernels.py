@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 import json
+import math
+import os
 import platform
 import statistics
 import time
@@ -20,8 +22,11 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from ..errors import UserError
 from ..ops.dispatch import triton_available
 from ..registry import create
+from ..tables import format_table
+from .files import atomic_write, writable_file
 
 __all__ = ["PASSES", "KernelResult", "copy_bandwidth", "run_kernel_bench", "saved_bytes", "tensor_passes"]
 
@@ -119,11 +124,42 @@ def tensor_passes(module: torch.nn.Module, x: torch.Tensor, dy: torch.Tensor) ->
     return traffic.nbytes / x.nbytes
 
 
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def _device(device: str | None) -> torch.device:
+    """The benchmark's device: cpu or an available cuda device (UserError otherwise)."""
+    try:
+        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except (RuntimeError, ValueError):
+        raise UserError(f"unknown device {device!r}; use cpu or cuda") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise UserError(f"device {device!r}: the benchmark runs on cpu or cuda")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {device!r}: no CUDA GPU is available here")
+    return dev
+
+
 def run_kernel_bench(shape: tuple[int, ...] = (64, 128, 56, 56),
                      dtypes: tuple[str, ...] = ("float32", "bfloat16"),
                      device: str | None = None, activations: tuple[str, ...] = tuple(PASSES),
-                     backends: tuple[str, ...] = BACKENDS, repeats: int = 20) -> dict:
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+                     backends: tuple[str, ...] = BACKENDS, repeats: int = 20,
+                     json_path: str | Path | None = None) -> dict:
+    """Time, saved bytes and passes of each activation x dtype x backend at ``shape`` against the
+    floor. Everything is checked first (UserError): shape, dtypes, device and the writability of
+    ``json_path``, where the caller will write the results (``write_json``)."""
+    if len(shape) < 2 or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape):
+        raise UserError(f"shape must be at least N,C of positive ints, got {shape}")
+    bad = [d for d in dtypes if d not in DTYPES]
+    if bad:
+        raise UserError(f"unknown dtype {bad[0]!r}; choose from {', '.join(DTYPES)}")
+    dev = _device(device)
+    if json_path is not None:
+        writable_file(json_path, "JSON file")
+    itemsize = max(getattr(torch, d).itemsize for d in dtypes)
+    if math.prod(shape) * itemsize * 6 > _free_bytes(dev):
+        raise UserError(f"shape {shape} needs about {math.prod(shape) * itemsize * 6 / 2**30:.1f} GiB on "
+                        f"{dev.type}, more than is free")
     bandwidth = copy_bandwidth(dev, nbytes=min(1 << 28, 4 * 2 ** 24) if dev.type == "cpu" else 1 << 30)
     results = []
     for name in activations:
@@ -151,9 +187,16 @@ def run_kernel_bench(shape: tuple[int, ...] = (64, 128, 56, 56),
             "results": [asdict(r) for r in results]}
 
 
-def format_results(report: dict) -> str:
-    from ..cli import format_table
+def _free_bytes(dev: torch.device) -> int:
+    if dev.type == "cuda":
+        return torch.cuda.mem_get_info(dev)[0]
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return 1 << 62
 
+
+def format_results(report: dict) -> str:
     rows = [(r["activation"], r["dtype"], r["backend"], f"{r['median_ms']:.3f}",
              "-" if r["saved_bytes"] < 0 else f"{r['saved_bytes'] / 2**20:.1f}",
              "-" if r["passes"] < 0 else f"{r['passes']:.1f}", f"{r['floor_ms']:.3f}",
@@ -168,6 +211,5 @@ def format_results(report: dict) -> str:
 
 
 def write_json(report: dict, path: str | Path) -> Path:
-    path = Path(path)
-    path.write_text(json.dumps(report, indent=2))
-    return path
+    """The results as JSON at ``path``, written to a temporary file and renamed."""
+    return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(report, indent=2)))

@@ -7,19 +7,36 @@ learning rate; cells are test accuracy (%) mean +- std over seeds, best of each 
 from __future__ import annotations
 
 import csv
+import math
+import re
 import statistics
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..registry import spec
+from .files import atomic_write
 
 __all__ = ["GROUPS", "aggregate", "markdown_table", "write_report"]
 
 GROUPS = (("classic", "Non-learnable"), ("learnable", "Learnable"), ("adaptive", "Adaptive"))
 CSV_COLUMNS = ("dataset", "model", "activation", "family", "policy", "optimizer", "lr", "seed", "epochs",
-               "batch_size",
-               "first_epoch_acc", "best_acc", "final_acc", "wall_time", "key")
+               "batch_size", "first_epoch_acc", "best_acc", "final_acc", "wall_time", "diverged", "key")
+
+
+def usable(row: dict) -> bool:
+    """A run that finished with finite accuracies: the only kind reported as accuracies."""
+    try:
+        values = [row["first_epoch_acc"], row["best_acc"], *row["test_acc"]]
+        return not row.get("diverged") and bool(row["test_acc"]) and all(math.isfinite(v) for v in values)
+    except (TypeError, KeyError):
+        return False
+
+
+def _file_stem(text: str) -> str:
+    """``text`` as a plain file name part: letters, digits and ``._+-`` only, no leading dot, so
+    names taken from a database can never point outside the report folder."""
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", text).lstrip(".")[:120] or "_"
 
 
 def _family(name: str) -> str:
@@ -80,16 +97,29 @@ def _write_csv(rows: Sequence[dict], path: Path) -> None:
         w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
         w.writeheader()
         for r in rows:
+            ok = usable(r)
             w.writerow({**{c: r.get(c) for c in CSV_COLUMNS}, "family": _family(r["activation"]),
-                        "final_acc": r["test_acc"][-1]})
+                        "first_epoch_acc": r["first_epoch_acc"] if ok else "",
+                        "best_acc": r["best_acc"] if ok else "", "final_acc": r["test_acc"][-1] if ok else "",
+                        "diverged": int(not ok)})
+
+
+def _failed_runs(rows: Sequence[dict]) -> str:
+    """Runs that diverged (or hold non-finite numbers), counted per cell: never shown as accuracies."""
+    counts: dict[tuple, int] = defaultdict(int)
+    for r in rows:
+        counts[(r["activation"], r["optimizer"], r["lr"])] += 1
+    lines = ["| activation | optimizer | lr | diverged runs |", "|---|---|---|---|"]
+    lines += [f"| {a} | {o} | {lr:g} | {n} |" for (a, o, lr), n in sorted(counts.items())]
+    return "\n".join(lines) + "\n"
 
 
 def _plots(rows: Sequence[dict], out: Path, stem: str) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    from ..analysis.plots import pyplot
+
+    plt = pyplot()
 
     cols = _columns(rows)
     names = [n for _, group in _activations(rows) for n in group]
@@ -112,8 +142,7 @@ def _plots(rows: Sequence[dict], out: Path, stem: str) -> list[Path]:
                     ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center", fontsize=7, color="w")
         fig.colorbar(im, ax=ax)
     fig.tight_layout()
-    paths.append(out / f"{stem}heatmap.png")
-    fig.savefig(paths[-1], dpi=110)
+    paths.append(atomic_write(out / f"{stem}heatmap.png", lambda p: fig.savefig(p, dpi=110, format="png")))
     plt.close(fig)
 
     fig, axes = plt.subplots(1, len(cols), figsize=(5 * len(cols), 4), squeeze=False, sharey=True)
@@ -131,42 +160,49 @@ def _plots(rows: Sequence[dict], out: Path, stem: str) -> list[Path]:
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7, loc="lower right", ncol=2)
     fig.tight_layout()
-    paths.append(out / f"{stem}curves.png")
-    fig.savefig(paths[-1], dpi=110)
+    paths.append(atomic_write(out / f"{stem}curves.png", lambda p: fig.savefig(p, dpi=110, format="png")))
     plt.close(fig)
     return paths
 
 
 def write_report(rows: Sequence[dict], out_dir: str | Path, plots: bool = True) -> list[Path]:
     """Write report.md, runs.csv and (with matplotlib) heatmap and learning-curve PNGs per
-    (dataset, model, epochs, batch size) found in ``rows``. Returns the files written."""
+    (dataset, model, epochs, batch size) found in ``rows``. Returns the files written.
+
+    Only runs with finite accuracies are reported as accuracies; diverged ones are counted apart.
+    File names are made of plain characters whatever the database holds, so everything stays in
+    ``out_dir``. Each file is written to a temporary name and renamed, report.md last."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     # an activation put in with a policy other than "all" is its own row: "meta_acon_c (resnet_after_3x3)"
     rows = [r if r.get("policy", "all") == "all"
             else {**r, "activation": f"{r['activation']} ({r['policy']})"}
             for r in rows]
-    written = [out / "runs.csv"]
-    _write_csv(rows, written[0])
+    written = [atomic_write(out / "runs.csv", lambda p: _write_csv(rows, p))]
     setups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         setups[(r["dataset"], r["model"], r["epochs"], r["batch_size"])].append(r)
     md = ["# Activation comparison", "",
           ("Test accuracy (%), mean ± std over seeds; best of each column in bold. "
            "Rebuild with `adaptact report --db DB --out DIR`."), ""]
-    for (dataset, model, epochs, batch), group in sorted(setups.items()):
-        stem = f"{dataset}-{model}-e{epochs}-" if len(setups) > 1 else ""
-        seeds = max(n for _, _, n in aggregate(group, "best_acc").values())
-        md += [f"## {dataset}, {model}, batch {batch}, {epochs} epochs, up to {seeds} seeds", "",
-               "### Test accuracy after the first epoch", "", markdown_table(group, "first_epoch_acc"),
-               f"### Best test accuracy over {epochs} epochs", "", markdown_table(group, "best_acc")]
-        if not model.startswith(("conv", "linear")):  # ImageNet-style networks: the ACON paper's top-1 error
-            md += [f"### Top-1 error (%) at the best of {epochs} epochs", "",
-                   markdown_table(group, "best_acc", True)]
-        if plots:
+    for (dataset, model, epochs, batch), setup in sorted(setups.items(), key=lambda kv: str(kv[0])):
+        stem = _file_stem(f"{dataset}-{model}-e{epochs}-") if len(setups) > 1 else ""
+        group = [r for r in setup if usable(r)]
+        failed = [r for r in setup if not usable(r)]
+        md += [f"## {dataset}, {model}, batch {batch}, {epochs} epochs", ""]
+        if group:
+            seeds = max(n for _, _, n in aggregate(group, "best_acc").values())
+            md += [f"Up to {seeds} seeds per cell.", "",
+                   "### Test accuracy after the first epoch", "", markdown_table(group, "first_epoch_acc"),
+                   f"### Best test accuracy over {epochs} epochs", "", markdown_table(group, "best_acc")]
+            if not str(model).startswith(("conv", "linear")):  # ImageNet-style: the ACON paper's error
+                md += [f"### Top-1 error (%) at the best of {epochs} epochs", "",
+                       markdown_table(group, "best_acc", True)]
+        if failed:
+            md += ["### Diverged runs (not in the tables above)", "", _failed_runs(failed)]
+        if plots and group:
             for p in _plots(group, out, stem):
                 written.append(p)
                 md += [f"![{p.stem}]({p.name})", ""]
-    written.insert(0, out / "report.md")
-    written[0].write_text("\n".join(md))
+    written.insert(0, atomic_write(out / "report.md", lambda p: p.write_text("\n".join(md))))
     return written

@@ -7,17 +7,20 @@ point (Ctrl-C, kill -9) loses only unfinished runs, and re-running skips finishe
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import time
 from pathlib import Path
 from typing import Self
 
-__all__ = ["COLUMNS", "ResultStore"]
+from ..errors import UserError
+
+__all__ = ["COLUMNS", "ResultStore", "StoreError"]
 
 COLUMNS = ("key", "dataset", "model", "activation", "policy", "optimizer", "lr", "seed", "epochs",
-           "batch_size",
-           "protocol", "first_epoch_acc", "best_acc", "wall_time", "train_loss", "test_acc", "versions",
-           "finished_at")
+           "batch_size", "protocol", "first_epoch_acc", "best_acc", "wall_time", "train_loss", "test_acc",
+           "versions", "diverged", "finished_at")
+_NUMBERS = ("lr", "first_epoch_acc", "best_acc", "wall_time")
 _JSON = ("train_loss", "test_acc", "versions")
 
 _SCHEMA = """
@@ -27,25 +30,42 @@ CREATE TABLE IF NOT EXISTS runs (
     epochs INTEGER NOT NULL,
     batch_size INTEGER NOT NULL, protocol INTEGER NOT NULL, first_epoch_acc REAL NOT NULL,
     best_acc REAL NOT NULL, wall_time REAL NOT NULL, train_loss TEXT NOT NULL, test_acc TEXT NOT NULL,
-    versions TEXT NOT NULL, finished_at REAL NOT NULL
+    versions TEXT NOT NULL, diverged INTEGER NOT NULL DEFAULT 0, finished_at REAL NOT NULL
 )
 """
+_ADDED = {"policy": "TEXT NOT NULL DEFAULT 'all'", "diverged": "INTEGER NOT NULL DEFAULT 0"}  # later columns
+
+
+class StoreError(UserError):
+    """A results database that cannot be used: not SQLite, not ours, unreadable or unwritable."""
 
 
 class ResultStore:
     """A results database at ``path`` (created if missing)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, create: bool = True) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=60)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute(_SCHEMA)
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}
-        if "policy" not in columns:  # databases written before runs had a policy
-            self._db.execute("ALTER TABLE runs ADD COLUMN policy TEXT NOT NULL DEFAULT 'all'")
-        self._db.commit()
+        if not create and not self.path.is_file():
+            raise StoreError(f"no results database at {self.path}")
+        try:
+            if create:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, timeout=60)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}
+            missing = set(COLUMNS) - columns - set(_ADDED)
+            if missing:
+                self._db.close()
+                raise StoreError(f"{self.path}: its table 'runs' is not adaptact's (no "
+                                 f"{', '.join(sorted(missing))})")
+            for name, declaration in _ADDED.items():
+                if name not in columns:  # databases written before the column existed
+                    self._db.execute(f"ALTER TABLE runs ADD COLUMN {name} {declaration}")
+            self._db.commit()
+        except (sqlite3.DatabaseError, OSError) as err:
+            raise StoreError(f"{self.path}: cannot be used as a results database ({err})") from None
 
     def close(self) -> None:
         self._db.close()
@@ -60,12 +80,18 @@ class ResultStore:
         return {k for (k,) in self._db.execute("SELECT key FROM runs")}
 
     def add(self, result: dict) -> bool:
-        """Insert one finished run; False if its key is already there (never a duplicate)."""
-        row = {**result, "finished_at": time.time()}
+        """Insert one finished run; False if its key is already there (never a duplicate). A run
+        with a non-finite number is refused with a ValueError, never dropped in silence."""
+        row = {"diverged": False, **result, "finished_at": time.time()}
+        bad = [c for c in _NUMBERS if not math.isfinite(row[c])]
+        if bad:
+            raise ValueError(f"run {row['key']}: non-finite {', '.join(bad)}; record diverged runs as such")
         values = [json.dumps(row[c]) if c in _JSON else row[c] for c in COLUMNS]
+        values[COLUMNS.index("diverged")] = int(bool(row["diverged"]))
         with self._db:
             cur = self._db.execute(
-                f"INSERT OR IGNORE INTO runs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
+                f"INSERT INTO runs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
+                "ON CONFLICT(key) DO NOTHING",
                 values,
             )
         return cur.rowcount == 1
@@ -74,11 +100,15 @@ class ResultStore:
         cur = self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM runs ORDER BY dataset, model, activation, "
                                "optimizer, lr DESC, seed")
         out = []
-        for values in cur:
-            row = dict(zip(COLUMNS, values))
-            for c in _JSON:
-                row[c] = json.loads(row[c])
-            out.append(row)
+        try:
+            for values in cur:
+                row = dict(zip(COLUMNS, values))
+                for c in _JSON:
+                    row[c] = json.loads(row[c])
+                row["diverged"] = bool(row["diverged"])
+                out.append(row)
+        except (json.JSONDecodeError, TypeError) as err:
+            raise StoreError(f"{self.path}: a row that adaptact did not write ({err})") from None
         return out
 
     def __len__(self) -> int:

@@ -82,7 +82,9 @@ def run(config: RunConfig) -> dict:
     """Train and evaluate once; deterministic on CPU for a given config (one thread).
 
     Returns the config's identity plus per-epoch ``train_loss`` and ``test_acc`` (fractions),
-    ``first_epoch_acc``, ``best_acc``, ``wall_time`` (s) and ``versions``.
+    ``first_epoch_acc``, ``best_acc``, ``wall_time`` (s), ``versions`` and ``diverged``: a run
+    whose training loss turns non-finite stops there and is ``diverged``; its accuracies are
+    those of the epochs before, 0 if none (reports keep such runs apart, never as accuracies).
     """
     torch.set_num_threads(1)
     ds = bench_data.load(config.dataset, config.data_dir)
@@ -97,16 +99,22 @@ def run(config: RunConfig) -> dict:
     order = torch.Generator().manual_seed(config.seed)
     n = len(ds.train_y)
     losses, accs = [], []
+    diverged = False
     start = time.perf_counter()
     for _ in range(config.epochs):
         model.train()
         total = 0.0
         for idx in torch.randperm(n, generator=order).split(config.batch_size):
             loss = F.cross_entropy(model(ds.train_x[idx]), ds.train_y[idx])
+            if not torch.isfinite(loss):
+                diverged = True
+                break
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             total += loss.item() * len(idx)
+        if diverged:
+            break
         losses.append(total / n)
         accs.append(_accuracy(model, ds.test_x, ds.test_y))
     wall = time.perf_counter() - start
@@ -119,8 +127,9 @@ def run(config: RunConfig) -> dict:
         "policy": config.policy,
         "train_loss": losses,
         "test_acc": accs,
-        "first_epoch_acc": accs[0],
-        "best_acc": max(accs),
+        "first_epoch_acc": accs[0] if accs else 0.0,
+        "best_acc": max(accs, default=0.0),
         "wall_time": wall,
         "versions": versions(),
+        "diverged": diverged,
     }

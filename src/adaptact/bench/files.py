@@ -1,0 +1,49 @@
+"""Files the workflows write: output paths checked before any work (UserError when they cannot
+be written), and files replaced atomically (readers see the old file or the new one)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from ..errors import UserError
+
+__all__ = ["atomic_write", "writable_dir", "writable_file"]
+
+
+def writable_dir(path: str | os.PathLike, what: str) -> Path:
+    """``path`` as a folder this process can write in (created if missing)."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".adaptact-probe-{uuid.uuid4().hex[:8]}"
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        raise UserError(f"{what} {path}: cannot write there ({err.strerror or err})") from None
+    return path
+
+
+def writable_file(path: str | os.PathLike, what: str) -> Path:
+    """``path`` as a file this process can create or replace (its folder created if missing)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{what} {path}: is a folder, not a file")
+    writable_dir(path.parent if str(path.parent) else ".", what)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UserError(f"{what} {path}: cannot write there (permission denied)")
+    return path
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+    """``write(tmp)`` to a temporary name unique to this writer, then rename it to ``path``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        write(tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

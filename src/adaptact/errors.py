@@ -1,0 +1,22 @@
+"""The errors that are the user's to fix (a bad file, path, option or missing extra): the CLI
+prints them as one line, ``adaptact: error: ...``, and exits with 2. Everything else is a bug."""
+
+__all__ = ["MissingExtra", "UserError", "require"]
+
+
+class UserError(Exception):
+    """Input that adaptact cannot use; the message says why and, where it can, what to do."""
+
+
+class MissingExtra(UserError, ImportError):
+    """An optional dependency is not installed; the message names the extra that brings it."""
+
+
+def require(module: str, extra: str):
+    """Import ``module`` or raise MissingExtra naming ``pip install 'adaptact[extra]'``."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise MissingExtra(f"{module} is needed for this: pip install 'adaptact[{extra}]' ({err})") from None
