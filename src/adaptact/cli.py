@@ -85,7 +85,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _compare_configure(p: argparse.ArgumentParser) -> None:
-    from .bench.compare import MAX_SEEDS
+    from .bench.compare import MAX_LR, MAX_SEEDS
     from .bench.data import DATASETS
     from .bench.executors import EXECUTORS
     from .bench.models import MODELS
@@ -101,7 +101,7 @@ def _compare_configure(p: argparse.ArgumentParser) -> None:
                    help="comma-separated registry names (default: the AReLU paper's set + acon_c, "
                         "meta_acon_c, aprelu)")
     p.add_argument("--optimizers", type=_csv_list("optimizer"), default=["sgd", "adam"])
-    p.add_argument("--lrs", type=_csv_list("learning rate", _positive(float)), default=[1e-2, 1e-3])
+    p.add_argument("--lrs", type=_csv_list("learning rate", _positive(float, MAX_LR)), default=[1e-2, 1e-3])
     p.add_argument("--seeds", type=_positive(int, MAX_SEEDS), default=5, help="seeds 0..N-1")
     p.add_argument("--epochs", type=_positive(int), default=5)
     p.add_argument("--batch-size", type=_positive(int), default=128)

@@ -18,7 +18,7 @@ from ..errors import UserError
 from ..registry import spec
 from . import data as bench_data
 from .checks import finite_positive, int_in_range
-from .executors import EXECUTORS
+from .executors import EXECUTORS, check_ray_address
 from .files import writable_dir
 from .models import MODELS, build
 from .report import write_report
@@ -26,11 +26,13 @@ from .store import ResultStore
 from .sweep import DEFAULT_ACTIVATIONS, RESNET_SUITE, SweepSummary, expand, run_sweep
 from .train import OPTIMIZERS
 
-__all__ = ["DEFAULT_MODEL", "MAX_RUNS", "MAX_SEEDS", "CompareResult", "check_fits", "compare", "report"]
+__all__ = ["DEFAULT_MODEL", "MAX_LR", "MAX_RUNS", "MAX_SEEDS", "CompareResult", "check_fits", "compare",
+           "report"]
 
 DEFAULT_MODEL = {"fashion-mnist": "conv", "mnist": "conv", "mnist1d": "conv1d", "digits": "linear"}
 MAX_SEEDS = 10_000
 MAX_RUNS = 100_000  # configurations one request may ask for
+MAX_LR = 1e6  # past this no optimizer step means anything (and float32 parameters overflow)
 
 
 @dataclass
@@ -89,9 +91,13 @@ def compare(dataset: str = "mnist1d", model: str | None = None,
         raise UserError(f"unknown executor {executor!r}; choose from {', '.join(EXECUTORS)}")
     if address and executor != "ray":
         raise UserError("an address needs the ray executor (--executor ray)")
+    if address:
+        check_ray_address(address)
     if not activations or not optimizers or not lrs:
         raise UserError("name at least one activation, optimizer and learning rate")
     lrs = [finite_positive("a learning rate", lr) for lr in lrs]
+    if max(lrs) > MAX_LR:
+        raise UserError(f"learning rates must be at most {MAX_LR:g}, got {max(lrs):g}")
     for name, value, high in (("seeds", seeds, MAX_SEEDS), ("epochs", epochs, None),
                               ("batch size", batch_size, None), ("workers", workers, None)):
         int_in_range(name, value, 1, high)

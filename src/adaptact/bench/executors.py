@@ -18,7 +18,7 @@ from typing import TypeVar
 
 from ..errors import UserError
 
-__all__ = ["EXECUTORS", "execute", "local_pool", "ray_cluster"]
+__all__ = ["EXECUTORS", "check_ray_address", "execute", "local_pool", "ray_cluster"]
 
 A = TypeVar("A")
 R = TypeVar("R")
@@ -75,7 +75,8 @@ def ray_cluster(fn: Callable[[A], R], args: Iterable[A], workers: int = 1,
     started = not ray.is_initialized()
     if started:
         if address:
-            _connect_ray(ray, address)
+            check_ray_address(address)
+            ray.init(address=address, log_to_driver=False)
         else:
             ray.init(num_cpus=max(1, workers), include_dashboard=False, log_to_driver=False)
     try:
@@ -89,9 +90,9 @@ def ray_cluster(fn: Callable[[A], R], args: Iterable[A], workers: int = 1,
             ray.shutdown()
 
 
-def _connect_ray(ray, address: str) -> None:
-    """Join the cluster at ``address``, or a UserError within RAY_CONNECT_TIMEOUT_S (Ray itself
-    retries for minutes)."""
+def check_ray_address(address: str) -> None:
+    """UserError within RAY_CONNECT_TIMEOUT_S unless something listens at ``address`` (host:port;
+    Ray itself retries for minutes before it says anything)."""
     host, _, port = address.rpartition(":")
     if address != "auto" and host and port.isdigit():
         import socket
@@ -101,7 +102,6 @@ def _connect_ray(ray, address: str) -> None:
                 pass
         except OSError as err:
             raise UserError(f"no Ray cluster answers at {address} ({err.strerror or err})") from None
-    ray.init(address=address, log_to_driver=False)
 
 
 def execute(executor: str, fn: Callable[[A], R], args: Iterable[A], workers: int = 1,

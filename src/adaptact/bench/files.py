@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..errors import UserError
 
-__all__ = ["atomic_write", "writable_dir", "writable_file"]
+__all__ = ["StagedFiles", "atomic_write", "writable_dir", "writable_file"]
 
 
 def writable_dir(path: str | os.PathLike, what: str) -> Path:
@@ -47,3 +47,36 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+class StagedFiles:
+    """Files written under temporary names, then renamed into place one after the other by
+    ``commit``, after every one of them is complete; ``discard`` (or leaving a ``with`` block
+    without committing) removes them. A writer killed before ``commit`` leaves the old files
+    untouched."""
+
+    def __init__(self) -> None:
+        self._staged: list[tuple[Path, Path]] = []
+
+    def add(self, path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+        self._staged.append((tmp, path))
+        write(tmp)
+        return path
+
+    def commit(self) -> None:
+        for tmp, path in self._staged:
+            tmp.replace(path)
+        self._staged.clear()
+
+    def discard(self) -> None:
+        for tmp, _ in self._staged:
+            tmp.unlink(missing_ok=True)
+        self._staged.clear()
+
+    def __enter__(self) -> StagedFiles:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.discard()

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..registry import spec
-from .files import atomic_write
+from .files import StagedFiles
 
 __all__ = ["GROUPS", "aggregate", "markdown_table", "write_report"]
 
@@ -114,7 +114,7 @@ def _failed_runs(rows: Sequence[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _plots(rows: Sequence[dict], out: Path, stem: str) -> list[Path]:
+def _plots(rows: Sequence[dict], out: Path, stem: str, stage: StagedFiles) -> list[Path]:
     import numpy as np
 
     from ..analysis.plots import pyplot
@@ -142,7 +142,7 @@ def _plots(rows: Sequence[dict], out: Path, stem: str) -> list[Path]:
                     ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center", fontsize=7, color="w")
         fig.colorbar(im, ax=ax)
     fig.tight_layout()
-    paths.append(atomic_write(out / f"{stem}heatmap.png", lambda p: fig.savefig(p, dpi=110, format="png")))
+    paths.append(stage.add(out / f"{stem}heatmap.png", lambda p: fig.savefig(p, dpi=110, format="png")))
     plt.close(fig)
 
     fig, axes = plt.subplots(1, len(cols), figsize=(5 * len(cols), 4), squeeze=False, sharey=True)
@@ -160,7 +160,7 @@ def _plots(rows: Sequence[dict], out: Path, stem: str) -> list[Path]:
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7, loc="lower right", ncol=2)
     fig.tight_layout()
-    paths.append(atomic_write(out / f"{stem}curves.png", lambda p: fig.savefig(p, dpi=110, format="png")))
+    paths.append(stage.add(out / f"{stem}curves.png", lambda p: fig.savefig(p, dpi=110, format="png")))
     plt.close(fig)
     return paths
 
@@ -171,14 +171,23 @@ def write_report(rows: Sequence[dict], out_dir: str | Path, plots: bool = True) 
 
     Only runs with finite accuracies are reported as accuracies; diverged ones are counted apart.
     File names are made of plain characters whatever the database holds, so everything stays in
-    ``out_dir``. Each file is written to a temporary name and renamed, report.md last."""
+    ``out_dir``. Every file is rendered under a temporary name first; only when all are complete
+    are they renamed into place, report.md last: a writer killed while rendering leaves the
+    previous report as it was."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     # an activation put in with a policy other than "all" is its own row: "meta_acon_c (resnet_after_3x3)"
     rows = [r if r.get("policy", "all") == "all"
             else {**r, "activation": f"{r['activation']} ({r['policy']})"}
             for r in rows]
-    written = [atomic_write(out / "runs.csv", lambda p: _write_csv(rows, p))]
+    with StagedFiles() as stage:
+        written = _stage_report(rows, out, plots, stage)
+        stage.commit()
+    return written
+
+
+def _stage_report(rows: Sequence[dict], out: Path, plots: bool, stage: StagedFiles) -> list[Path]:
+    written = [stage.add(out / "runs.csv", lambda p: _write_csv(rows, p))]
     setups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         setups[(r["dataset"], r["model"], r["epochs"], r["batch_size"])].append(r)
@@ -201,8 +210,8 @@ def write_report(rows: Sequence[dict], out_dir: str | Path, plots: bool = True) 
         if failed:
             md += ["### Diverged runs (not in the tables above)", "", _failed_runs(failed)]
         if plots and group:
-            for p in _plots(group, out, stem):
+            for p in _plots(group, out, stem, stage):
                 written.append(p)
                 md += [f"![{p.stem}]({p.name})", ""]
-    written.insert(0, atomic_write(out / "report.md", lambda p: p.write_text("\n".join(md))))
+    written.insert(0, stage.add(out / "report.md", lambda p: p.write_text("\n".join(md))))
     return written

@@ -1,0 +1,101 @@
+"""The report stays inside --out whatever a database holds, renders nothing non-finite as a result,
+and a report writer killed mid-way leaves the previous report whole."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from adaptact.bench.report import write_report
+from adaptact.bench.store import COLUMNS, ResultStore
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _row(key: str, dataset: str = "digits", model: str = "linear", acc: float = 0.5, **extra) -> dict:
+    row = {"key": key, "dataset": dataset, "model": model, "activation": "relu", "policy": "all",
+           "optimizer": "sgd", "lr": 0.01, "seed": 0, "epochs": 2, "batch_size": 128, "protocol": 1,
+           "first_epoch_acc": acc, "best_acc": acc, "wall_time": 1.0, "train_loss": [1.0, 0.5],
+           "test_acc": [acc, acc], "versions": {}, "diverged": False}
+    return {**row, **extra}
+
+
+def _files(folder: Path) -> set[Path]:
+    return {p for p in folder.rglob("*") if p.is_file()}
+
+
+def test_names_from_a_crafted_database_never_leave_out(tmp_path):
+    outside = tmp_path / "outside.png"
+    rows = [_row("a", dataset="../../escape"), _row("b", dataset=str(outside.with_suffix(""))),
+            _row("c", model="/etc/x"), _row("d", dataset="..")]
+    out = tmp_path / "deep" / "out"
+    before = _files(tmp_path)
+    written = write_report(rows, out)
+    new = _files(tmp_path) - before
+    assert new and all(out in p.parents for p in new), new
+    assert set(written) <= new
+    assert not outside.exists()
+
+
+def test_non_finite_numbers_are_never_rendered_as_results(tmp_path):
+    rows = [_row("a", acc=0.9), _row("b", acc=math.nan, seed=1), _row("c", acc=math.inf, seed=2),
+            _row("d", acc=0.7, seed=3, diverged=True)]
+    write_report(rows, tmp_path, plots=False)
+    report = (tmp_path / "report.md").read_text()
+    assert "nan" not in report.lower() and "inf" not in report.lower()
+    assert "**90.00 ± 0.00**" in report  # the one usable run, alone in its cell
+    assert "| relu | sgd | 0.01 | 3 |" in report  # the three others, counted as diverged
+    csv = (tmp_path / "runs.csv").read_text().splitlines()
+    assert sum(line.endswith(",1,b") or ",1,c" in line or ",1,d" in line for line in csv) == 3
+
+
+def _database(path: Path, setups: int, acc: float) -> None:
+    with ResultStore(path) as store:
+        for k in range(setups):
+            for seed in range(2):
+                store.add(_row(f"{acc}-{k}-{seed}", dataset=f"set{k}", seed=seed, acc=acc))
+
+
+def test_a_killed_report_writer_leaves_the_previous_report(tmp_path):
+    """The writer renders every file under a temporary name before renaming any of them: killed
+    while rendering (eight setups of figures take seconds), the previous report is untouched."""
+    db, out = tmp_path / "r.sqlite", tmp_path / "out"
+    _database(db, 8, 0.5)
+    command = [sys.executable, "-m", "adaptact", "report", "--db", str(db), "--out", str(out)]
+    subprocess.run(command, check=True, capture_output=True, cwd=ROOT)
+    old = {p: p.read_bytes() for p in _files(out)}
+    _database(db, 8, 0.25)  # new runs: the next report differs in every file
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    deadline = time.monotonic() + 60
+    while not any(out.glob(".*.tmp")) and time.monotonic() < deadline:  # rendering has begun
+        time.sleep(0.01)
+    time.sleep(0.3)
+    assert proc.poll() is None, "the report was written before it could be interrupted"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert {p: p.read_bytes() for p in _files(out) if not p.name.endswith(".tmp")} == old
+    subprocess.run(command, check=True, capture_output=True, cwd=ROOT)
+    new = {p: p.read_bytes() for p in _files(out) if not p.name.endswith(".tmp")}
+    assert new.keys() == old.keys()
+    assert all(new[out / name] != old[out / name] for name in ("report.md", "runs.csv"))
+
+
+def test_store_columns_round_trip(tmp_path):
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        assert store.add(_row("x"))
+        assert not store.add(_row("x"))
+        (row,) = store.rows()
+    assert set(row) == set(COLUMNS) and row["diverged"] is False
+    assert json.dumps(row["test_acc"]) == "[0.5, 0.5]"
+
+
+def test_store_refuses_non_finite_runs_instead_of_dropping_them(tmp_path):
+    with ResultStore(tmp_path / "r.sqlite") as store, pytest.raises(ValueError, match="non-finite lr"):
+        store.add(_row("x", lr=math.nan))
+    assert os.path.getsize(tmp_path / "r.sqlite") > 0
