@@ -43,6 +43,8 @@ def channel_view(t: Tensor, x: Tensor, cast: bool = True) -> Tensor:
     cast to ``x``'s dtype unless ``cast`` is False."""
     if cast:
         t = t.to(x.dtype)
+    if x.ndim == 0:  # a 0-D input keeps its shape: its parameters are single values
+        return t.reshape(())
     if t.ndim == 1 and x.ndim > 2:
         return t.reshape((-1,) + (1,) * (x.ndim - 2))
     if t.ndim == 2 and x.ndim > 2:
@@ -129,7 +131,7 @@ def apl(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
 
 def mixture(x: Tensor, p: Tensor) -> Tensor:
     """Mixture of identity and ReLU, as in the AReLU paper's code: y = p x + (1 - p) relu(x)."""
-    p = p.to(x.dtype)
+    p = channel_view(p, x)
     return p * x + (1 - p) * F.relu(x)
 
 
@@ -154,12 +156,14 @@ def pau(x: Tensor, numerator: Tensor, denominator: Tensor) -> Tensor:
     y = (a_0 + a_1 x + ... + a_m x^m) / (1 + |b_1| |x| + ... + |b_n| |x|^n)
 
     ``numerator`` is (m + 1,) = (a_0..a_m); ``denominator`` is (n,) = (b_1..b_n).
-    The denominator is >= 1, so the unit has no poles.
+    The denominator is >= 1, so the unit has no poles. float16/bfloat16 inputs are computed in
+    float32 (x^m overflows float16 from |x| ~ 7 at m = 5) and the result cast back.
     """
-    num = _polyval(numerator.to(x.dtype), x)
-    b = torch.cat((denominator.new_zeros(1), denominator.abs())).to(x.dtype)
-    den = 1 + _polyval(b, x.abs())
-    return num / den
+    xc = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    num = _polyval(numerator.to(xc.dtype), xc)
+    b = torch.cat((denominator.new_zeros(1), denominator.abs())).to(xc.dtype)
+    den = 1 + _polyval(b, xc.abs())
+    return (num / den).to(x.dtype)
 
 
 def maxout(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:

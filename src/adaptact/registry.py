@@ -88,7 +88,7 @@ def _per_channel(cls: type, **fixed) -> Callable[..., nn.Module]:
 
 
 def _prelu(channels: int, inplace: bool = False, **kwargs) -> nn.Module:
-    return nn.PReLU(num_parameters=channels, **kwargs)
+    return ann.PReLU(num_parameters=channels, **kwargs)
 
 
 def _specs() -> dict[str, ActivationSpec]:

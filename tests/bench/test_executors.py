@@ -1,5 +1,6 @@
 """Workers die with `adaptact compare`: SIGTERM or SIGKILL of the parent leaves no process behind."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -16,10 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def _children(pid: int) -> set[int]:
     found = set()
     for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
+        with contextlib.suppress(OSError):
             found |= {int(c) for c in (task / "children").read_text().split()}
-        except OSError:
-            pass
     return found
 
 
@@ -44,7 +43,8 @@ def _alive(pid: int) -> bool:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
 def test_no_process_outlives_compare(tmp_path, sig):
     command = [sys.executable, "-m", "adaptact", "compare", "--dataset", "digits", "--activations",
-               "relu,swish,acon_c,arelu", "--seeds", "20", "--epochs", "50", "--workers", "2", "--no-progress",
+               "relu,swish,acon_c,arelu", "--seeds", "20", "--epochs", "50", "--workers", "2",
+               "--no-progress",
                "--db", str(tmp_path / "r.sqlite"), "--out", str(tmp_path / "out")]
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120

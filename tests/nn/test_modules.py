@@ -114,7 +114,11 @@ def test_meta_acon_c_loads_official_state_dict(training, c):
     m.load_state_dict(sd)
     m.train(training)
     x = torch.randn(4, c, 7, 6)
-    torch.testing.assert_close(m(x), _official_meta_acon_forward(sd, x, training), rtol=1e-5, atol=1e-5)
+    # the official formula in float64 is the truth: in float32 it is itself up to ~3e-5 off it in
+    # training mode (batch statistics of 4 samples amplify rounding), ours stays within ~3e-6
+    sd64 = {k: v.double() if v.is_floating_point() else v for k, v in sd.items()}
+    truth = _official_meta_acon_forward(sd64, x.double(), training)
+    torch.testing.assert_close(m(x).double(), truth, rtol=1e-5, atol=1e-5)
 
 
 def test_aprelu_matches_paper_formula():

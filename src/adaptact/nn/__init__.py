@@ -4,7 +4,7 @@ from .acon import AconA, AconB, AconC
 from .aprelu import APReLU
 from .arelu import AReLU
 from .base import ActivationModule
-from .classic import CReLU, Swish
+from .classic import CReLU, PReLU, Swish
 from .comparators import APL, SLAF, Maxout, Mixture
 from .meta_acon import MetaAconC
 from .rational import PAU
@@ -23,5 +23,6 @@ __all__ = [
     "Maxout",
     "MetaAconC",
     "Mixture",
+    "PReLU",
     "Swish",
 ]

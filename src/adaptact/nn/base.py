@@ -10,7 +10,7 @@ from torch import nn
 
 from ..ops import dispatch, fallback
 
-__all__ = ["ActivationModule", "batch_norm", "check_input", "int_at_least"]
+__all__ = ["ActivationModule", "CheckedStateDict", "batch_norm", "check_input", "int_at_least"]
 
 
 def int_at_least(name: str, value: object, minimum: int = 1) -> int:
@@ -103,16 +103,41 @@ def _squeezed(shape: torch.Size) -> tuple[int, ...]:
     return tuple(s for s in shape if s != 1)
 
 
-class ActivationModule(nn.Module):
+class CheckedStateDict(nn.Module):
+    """``load_state_dict`` that accepts the official implementations' layouts: a tensor whose
+    shape equals ours once size-1 dims are dropped (ACON's (1, C, 1, 1) for our (C,), a 1x1
+    conv's (out, in, 1, 1) for a Linear's (out, in)) is reshaped to ours. Non-finite values are
+    refused with an error naming the entry."""
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
+        own = dict(self.named_parameters())
+        own.update(self.named_buffers())
+        for name, tensor in own.items():
+            key = prefix + name
+            value = state_dict.get(key)
+            if not isinstance(value, torch.Tensor):
+                continue
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                error_msgs.append(f"{type(self).__name__}: entry '{key}' has non-finite values")
+                state_dict.pop(key)
+                continue
+            if value.shape != tensor.shape and _squeezed(value.shape) == _squeezed(tensor.shape):
+                state_dict[key] = value.reshape(tensor.shape)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+
+class ActivationModule(CheckedStateDict):
     """Base of adaptact's modules.
 
     Adaptive modules take ``backend=`` ("auto", "reference", "autograd", "triton"; see
     ``adaptact.ops.dispatch``): the same numbers from different implementations.
 
-    ``load_state_dict`` accepts the official implementations' layouts: a tensor whose shape
-    equals ours once size-1 dims are dropped (ACON's (1, C, 1, 1) for our (C,), a 1x1 conv's
-    (out, in, 1, 1) for a Linear's (out, in)) is reshaped to ours. Non-finite values are
-    refused with an error naming the entry.
+    ``load_state_dict`` accepts the official layouts and refuses non-finite values
+    (``CheckedStateDict``).
     """
 
     _backend: str = "auto"
@@ -153,23 +178,3 @@ class ActivationModule(nn.Module):
 
     def _backend_repr(self) -> str:
         return "" if self.backend == "auto" else f", backend={self.backend!r}"
-
-    def _load_from_state_dict(
-        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-    ):
-        own = dict(self.named_parameters())
-        own.update(self.named_buffers())
-        for name, tensor in own.items():
-            key = prefix + name
-            value = state_dict.get(key)
-            if not isinstance(value, torch.Tensor):
-                continue
-            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-                error_msgs.append(f"{type(self).__name__}: entry '{key}' has non-finite values")
-                state_dict.pop(key)
-                continue
-            if value.shape != tensor.shape and _squeezed(value.shape) == _squeezed(tensor.shape):
-                state_dict[key] = value.reshape(tensor.shape)
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )

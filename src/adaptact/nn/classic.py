@@ -1,4 +1,5 @@
-"""Classic activations torch.nn lacks: Swish with a learnable beta, and CReLU.
+"""Classic activations torch.nn lacks: Swish with a learnable beta, and CReLU; and torch.nn's
+PReLU with the checks of every adaptact module.
 
 Everything else of the classic family (ReLU, ELU, GELU, SiLU, Mish, ...) is torch.nn's own
 class, named in ``adaptact.registry``.
@@ -6,13 +7,44 @@ class, named in ``adaptact.registry``.
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import functional as AF
-from .base import ActivationModule, check_input
+from .base import ActivationModule, CheckedStateDict, check_input, int_at_least
 
-__all__ = ["CReLU", "Swish"]
+__all__ = ["CReLU", "PReLU", "Swish"]
+
+
+class PReLU(CheckedStateDict, nn.PReLU):
+    """PReLU (He et al., "Delving Deep into Rectifiers", ICCV 2015): torch.nn.PReLU's maths
+    (``F.prelu``), with what every adaptact module guarantees.
+
+    .. math:: y = \max(0, x) + a \min(0, x)
+
+    * ``num_parameters`` is a positive int and ``init`` finite; with more than one slope the
+      input must be (N, C, *) with C == num_parameters on dim 1 (never a silent broadcast).
+    * The slope keeps its dtype and is cast to the input's, so a float32 module runs on
+      float16/bfloat16 activations.
+    * ``load_state_dict`` takes the official (1, C, 1, 1) layout and refuses non-finite slopes.
+
+    Args:
+        num_parameters: 1 (one shared slope) or the number of channels.
+        init: initial slope (paper: 0.25).
+    """
+
+    def __init__(self, num_parameters: int = 1, init: float = 0.25, device=None, dtype=None) -> None:
+        int_at_least("num_parameters", num_parameters)
+        if not isinstance(init, int | float) or not math.isfinite(init):
+            raise ValueError(f"init must be a finite number, got {init!r}")
+        super().__init__(num_parameters, init, device=device, dtype=dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_input(self, x, self.num_parameters if self.num_parameters > 1 else None)
+        return F.prelu(x, self.weight.to(x.dtype))
 
 
 class Swish(ActivationModule):

@@ -1,0 +1,59 @@
+"""Guarantees every module keeps, checked where they once failed: PReLU's checks, PAU in half
+precision, 0-D inputs keeping their shape."""
+
+import pytest
+import torch
+from torch import nn
+
+import adaptact
+from adaptact.nn import PAU, PReLU
+
+
+def test_prelu_checks_channels_and_init():
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="num_parameters must be a positive int"):
+            PReLU(bad)
+    with pytest.raises(ValueError, match="init must be a finite number"):
+        PReLU(3, init=float("nan"))
+    with pytest.raises(ValueError, match="PReLU expected 3 channels on dim 1, got 4"):
+        PReLU(3)(torch.randn(2, 4, 5))
+    assert PReLU(1)(torch.randn(2, 4, 5)).shape == (2, 4, 5)  # one shared slope takes any shape
+
+
+def test_prelu_takes_the_official_layout_and_refuses_non_finite_slopes():
+    m = PReLU(3)
+    m.load_state_dict({"weight": torch.tensor([0.1, 0.2, 0.3]).reshape(1, 3, 1, 1)})
+    torch.testing.assert_close(m.weight, torch.tensor([0.1, 0.2, 0.3]))
+    with pytest.raises(RuntimeError, match="entry 'weight' has non-finite values"):
+        m.load_state_dict({"weight": torch.tensor([0.1, float("inf"), 0.3])})
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_prelu_float32_slope_on_half_inputs_equals_torch(dtype):
+    m, ref = PReLU(4), nn.PReLU(4)
+    with torch.no_grad():
+        m.weight.uniform_(0, 1)
+        ref.weight.copy_(m.weight)
+    x = torch.randn(3, 4, 5)
+    y = m(x.to(dtype))
+    assert y.dtype == dtype
+    torch.testing.assert_close(y.float(), ref(x.to(dtype).float()), rtol=1e-2, atol=1e-2)
+    y.float().sum().backward()
+    assert m.weight.grad.dtype == torch.float32
+
+
+def test_pau_in_float16_is_finite_and_close_to_float32():
+    m = PAU()
+    x = torch.linspace(-50, 50, 20001)
+    y32 = m(x)
+    y16 = m(x.half())
+    assert y16.dtype == torch.float16 and torch.isfinite(y16).all()
+    assert ((y16.float() - y32).abs() / y32.abs().clamp_min(1e-3)).max() < 1e-2
+
+
+@pytest.mark.parametrize("name", ["arelu", "mixture", "swish", "apl", "slaf", "pau", "relu", "gelu"])
+def test_zero_dim_input_keeps_its_shape(name):
+    m = adaptact.create(name)
+    x = torch.tensor(0.7)
+    assert m(x).shape == ()
+    torch.testing.assert_close(m(x), m(x.reshape(1)).reshape(()))
