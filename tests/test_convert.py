@@ -195,3 +195,38 @@ def test_models_from_timm():
     model = timm.create_model("resnet18", num_classes=10)
     assert replace_activations(model, "meta_acon_c")
     model(torch.randn(2, 3, 64, 64))
+
+
+class _OwnForwardCallsRelu(nn.Module):
+    """Module ReLUs (replaceable in place) and an F.relu in the model's own forward (needs a rewrite
+    of the top-level module, which cannot be swapped in its parent)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.act = nn.ReLU()
+        self.conv2 = nn.Conv2d(8, 8, 3)
+
+    def forward(self, x):
+        return F.relu(self.conv2(self.act(self.conv(x))))
+
+
+def test_replace_activations_is_all_or_nothing():
+    model = _OwnForwardCallsRelu()
+    before = [(n, type(m)) for n, m in model.named_modules()]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="the model's own forward calls activations"):
+        adaptact.replace_activations(model, "acon_c")
+    assert [(n, type(m)) for n, m in model.named_modules()] == before  # the module ReLU is back
+    assert model.state_dict().keys() == state.keys()
+
+
+def test_rewritten_holders_are_reported():
+    wrapped = nn.Sequential(_OwnForwardCallsRelu())
+    replaced = adaptact.replace_activations(wrapped, "acon_c")
+    assert replaced.rewritten == ["0"] and isinstance(wrapped[0], torch.fx.GraphModule)
+    assert type(wrapped[0]).__name__ == "_OwnForwardCallsRelu"
+    assert replaced == ["0.act", "0.act_site1"]
+    assert wrapped(torch.randn(2, 3, 9, 9)).shape == (2, 8, 5, 5)
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+    assert adaptact.replace_activations(plain, "acon_c").rewritten == []

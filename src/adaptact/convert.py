@@ -35,7 +35,7 @@ from torch import fx, nn
 from .nn import ActivationModule
 from .registry import ActivationLike, create, spec
 
-__all__ = ["ACTIVATION_TYPES", "POLICIES", "replace_activations"]
+__all__ = ["ACTIVATION_TYPES", "POLICIES", "Replaced", "replace_activations"]
 
 # Rectifier-like activations that are replaced. Sigmoid, Tanh, Hardsigmoid and Softmax are left
 # alone on purpose: in real networks they are gates (SE blocks, LSTMs) or output normalisers.
@@ -240,8 +240,18 @@ def _build(activation: ActivationLike, site: _Site, old: nn.Module | None, kwarg
     return create(activation, channels=site.channels, **{"inplace": inplace, **kwargs})
 
 
+class Replaced(list):
+    """The module paths of the new activations, in model order (a list), and in ``rewritten`` the
+    paths of the holders whose ``forward`` had to be rewritten: each is now a
+    ``torch.fx.GraphModule`` (same parameters and buffers, class name kept) instead of its class."""
+
+    def __init__(self, paths: list[str], rewritten: list[str]) -> None:
+        super().__init__(paths)
+        self.rewritten = rewritten
+
+
 def replace_activations(model: nn.Module, name: ActivationLike, policy: str | Policy = "all",
-                        **kwargs) -> list[str]:
+                        **kwargs) -> Replaced:
     """Replace the activations of ``model`` with ``name`` (a registry name, class or callable).
 
     Args:
@@ -253,7 +263,10 @@ def replace_activations(model: nn.Module, name: ActivationLike, policy: str | Po
         **kwargs: constructor arguments of the new activation.
 
     Returns:
-        The module paths of the new activations, in model order.
+        The module paths of the new activations, in model order; ``.rewritten`` lists the holders
+        turned into ``torch.fx.GraphModule`` (see ``Replaced``).
+
+    All or nothing: if any site cannot be replaced, the error is raised with the model unchanged.
     """
     choose = _policy(policy)
     sites, graphs = _sites(model)
@@ -265,30 +278,37 @@ def replace_activations(model: nn.Module, name: ActivationLike, policy: str | Po
 
     replaced: list[str] = []
     rewrite: dict[str, list[_Site]] = {}
-    for s in chosen:
-        group = by_child.get((s.owner_path, s.child), [s]) if s.child is not None else [s]
-        in_place = (s.child is not None and all(g in chosen for g in group)
-                    and len({g.channels for g in group}) == 1)
-        if in_place:
-            if s is group[0]:
-                old = s.owner.get_submodule(s.child)
-                setattr(s.owner, s.child, _build(name, s, old, kwargs))
-                replaced.append(s.path)
-        else:
-            rewrite.setdefault(s.owner_path, []).append(s)
-
-    for owner_path, owner_sites in rewrite.items():
-        replaced += _rewrite(model, owner_path, graphs[owner_path], owner_sites, name, kwargs)
+    undo: list[Callable[[], None]] = []  # every change made, to take back if a later one fails
+    try:
+        for s in chosen:
+            group = by_child.get((s.owner_path, s.child), [s]) if s.child is not None else [s]
+            in_place = (s.child is not None and all(g in chosen for g in group)
+                        and len({g.channels for g in group}) == 1)
+            if in_place:
+                if s is group[0]:
+                    old = s.owner.get_submodule(s.child)
+                    setattr(s.owner, s.child, _build(name, s, old, kwargs))
+                    undo.append(lambda owner=s.owner, child=s.child, old=old: setattr(owner, child, old))
+                    replaced.append(s.path)
+            else:
+                rewrite.setdefault(s.owner_path, []).append(s)
+        for owner_path, owner_sites in rewrite.items():
+            replaced += _rewrite(model, owner_path, graphs[owner_path], owner_sites, name, kwargs, undo)
+    except BaseException:
+        for step in reversed(undo):
+            step()
+        raise
     order = {p: i for i, (p, _) in enumerate(model.named_modules())}
-    return sorted(replaced, key=lambda p: order.get(p, len(order)))
+    return Replaced(sorted(replaced, key=lambda p: order.get(p, len(order))), list(rewrite))
 
 
 def _rewrite(model: nn.Module, owner_path: str, graph: fx.Graph, sites: list[_Site], name: ActivationLike,
-             kwargs: dict) -> list[str]:
+             kwargs: dict, undo: list[Callable[[], None]]) -> list[str]:
     if not owner_path:
         where = ", ".join(s.path for s in sites)
         raise ValueError(f"the model's own forward calls activations that need a graph rewrite ({where}); "
-                         f"wrap it, e.g. replace_activations(nn.Sequential(model), ...)")
+                         f"wrap it, e.g. replace_activations(nn.Sequential(model), ...), and the model "
+                         f"becomes a torch.fx.GraphModule inside the Sequential (listed in .rewritten)")
     owner = sites[0].owner
     index = {n: k for k, n in enumerate(n for n in graph.nodes if _is_activation_node(n, owner))}
     new_paths = []
@@ -298,6 +318,7 @@ def _rewrite(model: nn.Module, owner_path: str, graph: fx.Graph, sites: list[_Si
         while hasattr(owner, new_name):
             new_name += "_"
         owner.add_module(new_name, _build(name, s, old, kwargs))
+        undo.append(lambda owner=owner, new_name=new_name: delattr(owner, new_name))
         with graph.inserting_after(s.node):
             new = graph.call_module(new_name, (_first_tensor_arg(s.node),))
         s.node.replace_all_uses_with(new)
@@ -307,4 +328,5 @@ def _rewrite(model: nn.Module, owner_path: str, graph: fx.Graph, sites: list[_Si
     parent_path, _, attr = owner_path.rpartition(".")
     parent = model.get_submodule(parent_path)
     setattr(parent, attr, fx.GraphModule(owner, graph, class_name=type(owner).__name__))
+    undo.append(lambda: setattr(parent, attr, owner))
     return new_paths

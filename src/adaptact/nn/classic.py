@@ -23,7 +23,7 @@ class PReLU(CheckedStateDict, nn.PReLU):
     """PReLU (He et al., "Delving Deep into Rectifiers", ICCV 2015): torch.nn.PReLU's maths
     (``F.prelu``), with what every adaptact module guarantees.
 
-    .. math:: y = \max(0, x) + a \min(0, x)
+    .. math:: y = \\max(0, x) + a \\min(0, x)
 
     * ``num_parameters`` is a positive int and ``init`` finite; with more than one slope the
       input must be (N, C, *) with C == num_parameters on dim 1 (never a silent broadcast).
