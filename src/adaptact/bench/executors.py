@@ -31,7 +31,9 @@ _PR_SET_PDEATHSIG = 1
 
 def _die_with_parent(parent: int) -> None:
     """Worker initialiser: on Linux the kernel kills this worker when its parent dies, however it
-    dies (SIGKILL included), so no worker outlives ``adaptact compare``."""
+    dies (SIGKILL included), so no worker outlives ``adaptact compare``. Ctrl-C is the parent's to
+    handle (it stops the workers): a worker ignores SIGINT rather than print a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # the parent died before the line above

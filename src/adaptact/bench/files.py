@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..errors import UserError
 
-__all__ = ["StagedFiles", "atomic_write", "writable_dir", "writable_file"]
+__all__ = ["StagedFiles", "atomic_write", "remove_stale_temporaries", "writable_dir", "writable_file"]
 
 
 def writable_dir(path: str | os.PathLike, what: str) -> Path:
@@ -37,10 +37,23 @@ def writable_file(path: str | os.PathLike, what: str) -> Path:
     return path
 
 
+def _temporary(path: Path) -> Path:
+    """A temporary name beside ``path`` that no other writer uses: .<name>.<pid>-<random>.tmp"""
+    return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> None:
+    """Delete the temporary files of writers that died in ``folder`` (their process is gone)."""
+    for tmp in Path(folder).glob(".*.*-*.tmp"):
+        pid = tmp.name.rsplit(".", 2)[-2].split("-")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
+            tmp.unlink(missing_ok=True)
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
     """``write(tmp)`` to a temporary name unique to this writer, then rename it to ``path``."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    tmp = _temporary(path)
     try:
         write(tmp)
         tmp.replace(path)
@@ -60,7 +73,7 @@ class StagedFiles:
 
     def add(self, path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
         path = Path(path)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+        tmp = _temporary(path)
         self._staged.append((tmp, path))
         write(tmp)
         return path

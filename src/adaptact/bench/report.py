@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..registry import spec
-from .files import StagedFiles
+from .files import StagedFiles, remove_stale_temporaries
 
 __all__ = ["GROUPS", "aggregate", "markdown_table", "write_report"]
 
@@ -176,6 +176,7 @@ def write_report(rows: Sequence[dict], out_dir: str | Path, plots: bool = True) 
     previous report as it was."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)  # of a writer killed before
     # an activation put in with a policy other than "all" is its own row: "meta_acon_c (resnet_after_3x3)"
     rows = [r if r.get("policy", "all") == "all"
             else {**r, "activation": f"{r['activation']} ({r['policy']})"}
