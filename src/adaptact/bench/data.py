@@ -35,8 +35,8 @@ _HOW_TO_GET = {
                      "or $ADAPTACT_DATA at a folder holding the four IDX files",
     "mnist": "point --data-dir or $ADAPTACT_DATA at a folder holding MNIST's four IDX files "
              "(train-images-idx3-ubyte[.gz], ...)",
-    "mnist1d": "pip install mnist1d (the data is generated locally by its make_dataset)",
-    "digits": "pip install scikit-learn (digits ships inside it)",
+    "mnist1d": "pip install 'adaptact[bench]' (its mnist1d package generates the data locally)",
+    "digits": "pip install 'adaptact[bench]' (its scikit-learn ships digits)",
 }
 
 
