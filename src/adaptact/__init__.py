@@ -25,7 +25,8 @@ from .nn import (
     Mixture,
     Swish,
 )
-from .registry import ActivationSpec, available, create, get, spec
+from .optim import param_groups
+from .registry import ActivationSpec, available, create, get, get_act_layer, spec
 
 try:
     __version__ = version("adaptact")
@@ -51,6 +52,8 @@ __all__ = [
     "create",
     "functional",
     "get",
+    "get_act_layer",
+    "param_groups",
     "replace_activations",
     "spec",
 ]

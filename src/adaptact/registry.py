@@ -17,7 +17,7 @@ from torch import nn
 
 from . import nn as ann
 
-__all__ = ["FAMILIES", "ActivationSpec", "available", "catalogue", "create", "get", "spec"]
+__all__ = ["FAMILIES", "ActivationSpec", "available", "catalogue", "create", "get", "get_act_layer", "spec"]
 
 Family = Literal["classic", "learnable", "adaptive"]
 FAMILIES: tuple[str, ...] = ("classic", "learnable", "adaptive")
@@ -223,3 +223,11 @@ def catalogue(family: str | None = None, probe: int = 64) -> tuple[tuple[str, ..
                      params, s.paper))
     header = ("name", "family", "learnable", "adapts per sample", f"params per channel (C={probe})", "paper")
     return header, rows
+
+
+def get_act_layer(activation: ActivationLike, **kwargs) -> Callable[..., nn.Module]:
+    """A constructor for timm-style ``act_layer=`` arguments: ``get_act_layer("swish")`` builds
+    like a class (``act_layer()``, ``act_layer(inplace=True)``), with ``kwargs`` bound. Per-channel
+    activations need ``channels=`` at the call, as ``act_layer(channels=C)``; blocks that call
+    ``act_layer(inplace=True)`` alone suit the shared ones (relu, swish, arelu, ...)."""
+    return functools.partial(get(activation), **kwargs)
