@@ -62,7 +62,6 @@ def test_unknown_activation_exit_2(tmp_path, capsys):
     (["--lrs", "fast"], "argument --lrs: 'fast' is not a valid float"),
     (["--seeds", "0"], "must be a finite number > 0, got 0"),
     (["--epochs", "two"], "'two' is not a valid int"),
-    (["--dataset", "cifar"], "invalid choice: 'cifar'"),
     (["--executor", "slurm"], "invalid choice: 'slurm'"),
 ])
 def test_bad_option_values_exit_2(tmp_path, capsys, args, message):
@@ -70,6 +69,11 @@ def test_bad_option_values_exit_2(tmp_path, capsys, args, message):
         main(_compare(tmp_path, *args))
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_unknown_dataset_exit_2(tmp_path, capsys):
+    assert main(_compare(tmp_path, "--dataset", "cifar")) == 2
+    assert "unknown data set 'cifar'; choose from" in capsys.readouterr().err
 
 
 def test_unknown_optimizer_exit_2(tmp_path, capsys):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from adaptact.bench import compare as C
+from adaptact.bench import comparison as C
 from adaptact.bench import data as D
 from adaptact.bench.store import ResultStore
 from adaptact.cli import main
@@ -163,7 +163,7 @@ def test_insane_idx_data(tmp_path, capsys, no_system_data, change, message, no_t
 
 
 def test_a_model_that_does_not_fit_the_data(tmp_path, capsys, no_training):
-    _error(capsys, _compare(tmp_path, "--model", "conv"), "model 'conv' does not fit data set 'digits'")
+    _error(capsys, _compare(tmp_path, "--model", "conv"), "model 'conv' does not fit data 'digits'")
 
 
 @pytest.mark.parametrize("args, message", [
@@ -229,7 +229,8 @@ def test_a_learning_rate_that_diverges_is_recorded_as_diverged(tmp_path, capsys)
     assert main(_compare(tmp_path, "--lrs", "1e6")) == 0
     with ResultStore(tmp_path / "r.sqlite") as store:
         (row,) = store.rows()
-    assert row["diverged"] and np.isfinite(row["best_acc"])
+    assert row["status"] == "diverged" and np.isfinite(row["best_acc"])
     report = (tmp_path / "out" / "report.md").read_text()
-    assert "Diverged runs" in report and "| relu | sgd | 1e+06 | 1 |" in report
+    assert "diverged or failed" in report and "| relu | sgd | 1e+06 | diverged | 1 |" in report
     assert "### Test accuracy" not in report  # no accuracy table: its only run diverged
+    assert "No activation converged with: SGD lr=1e+06." in report

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import adaptact.analysis as A
-from adaptact.bench import compare as C
+from adaptact.bench import comparison as C
 from adaptact.bench import kernels as K
 from adaptact.bench.sweep import SweepSummary
 from adaptact.cli import main

@@ -85,18 +85,24 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _compare_configure(p: argparse.ArgumentParser) -> None:
-    from .bench.compare import MAX_LR, MAX_SEEDS
+    from .bench.comparison import MAX_LR, MAX_SEEDS
     from .bench.data import DATASETS
     from .bench.executors import EXECUTORS
     from .bench.models import MODELS
     from .bench.sweep import DEFAULT_ACTIVATIONS
 
-    p.add_argument("--dataset", choices=DATASETS, default="mnist1d")
+    p.add_argument("--dataset", default="mnist1d", metavar="NAME|MODULE:LOADER",
+                   help=f"a built-in data set ({', '.join(DATASETS)}) or your own: module:attribute of a "
+                        "callable returning (train_x, train_y, test_x, test_y) tensors")
     p.add_argument("--suite", choices=("resnet",),
                    help="resnet: the ACON paper's ResNet comparison (ResNet-18 at width 16; ReLU, Swish, "
                         "ACON-C, Meta-ACON-C after the 3x3 convs only, APReLU, AReLU)")
-    p.add_argument("--model", choices=MODELS,
-                   help="default: conv (images), conv1d (mnist1d), linear (digits)")
+    p.add_argument("--model", metavar="NAME|MODULE:FACTORY",
+                   help=f"a built-in network ({', '.join(MODELS)}; default: conv for images, conv1d for "
+                        "mnist1d, linear for digits) or your own: module:attribute of a callable "
+                        "activation_name -> nn.Module")
+    p.add_argument("--baseline", default="relu", help="the activation the report compares the others with")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--activations", type=_csv_list("activation"), default=list(DEFAULT_ACTIVATIONS),
                    help="comma-separated registry names (default: the AReLU paper's set + acon_c, "
                         "meta_acon_c, aprelu)")
@@ -120,13 +126,16 @@ def _compare_configure(p: argparse.ArgumentParser) -> None:
 @command("compare", "train a network with each activation, optimizer, lr and seed; write the report")(
     _compare_configure)
 def _compare(args: argparse.Namespace) -> int:
-    from .bench.compare import compare
+    import shlex
 
-    result = compare(args.dataset, args.model, args.activations, args.optimizers, args.lrs, args.seeds,
-                     args.epochs, args.batch_size, args.workers, args.executor, args.address, args.data_dir,
-                     args.db, args.out, args.save_checkpoints, args.suite, not args.no_progress)
-    s = result.summary
-    print(f"{s.ran} runs done now, {s.already_done} already in {args.db}; report: {result.report[0]}")
+    from .bench.comparison import compare
+
+    rows = compare(args.model, args.dataset, args.activations, args.optimizers, args.lrs, args.seeds,
+                   args.epochs, args.batch_size, args.db, args.out, args.baseline, args.workers,
+                   args.executor, args.device, not args.no_progress, args.address, args.data_dir, args.save_checkpoints,
+                   args.suite, command=shlex.join(["adaptact", *sys.argv[1:]]))
+    s = rows.summary
+    print(f"{s.ran} runs done now, {s.already_done} already in {args.db}; report: {rows.report[0]}")
     return 0
 
 
@@ -138,7 +147,7 @@ def _report_configure(p: argparse.ArgumentParser) -> None:
 
 @command("report", "rebuild the comparison report from a results database")(_report_configure)
 def _report(args: argparse.Namespace) -> int:
-    from .bench.compare import report
+    from .bench.comparison import report
 
     files = report(args.db, args.out, args.dataset)
     print(f"report: {files[0]}")

@@ -20,9 +20,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _row(key: str, dataset: str = "digits", model: str = "linear", acc: float = 0.5, **extra) -> dict:
     row = {"key": key, "dataset": dataset, "model": model, "activation": "relu", "policy": "all",
-           "optimizer": "sgd", "lr": 0.01, "seed": 0, "epochs": 2, "batch_size": 128, "protocol": 1,
-           "first_epoch_acc": acc, "best_acc": acc, "wall_time": 1.0, "train_loss": [1.0, 0.5],
-           "test_acc": [acc, acc], "versions": {}, "diverged": False}
+           "optimizer": "sgd", "lr": 0.01, "seed": 0, "epochs": 2, "batch_size": 128, "device": "cpu",
+           "protocol": 2, "status": "ok", "error": "", "first_epoch_acc": acc, "best_epoch": 2,
+           "best_acc": acc, "last_acc": acc, "wall_time": 1.0, "epoch_time": 0.5, "activation_params": 0, "peak_memory": -1,
+           "train_loss": [1.0, 0.5], "val_acc": [acc, acc], "test_acc": [acc, acc], "versions": {}}
     return {**row, **extra}
 
 
@@ -45,14 +46,17 @@ def test_names_from_a_crafted_database_never_leave_out(tmp_path):
 
 def test_non_finite_numbers_are_never_rendered_as_results(tmp_path):
     rows = [_row("a", acc=0.9), _row("b", acc=math.nan, seed=1), _row("c", acc=math.inf, seed=2),
-            _row("d", acc=0.7, seed=3, diverged=True)]
+            _row("d", acc=0.7, seed=3, status="diverged"), _row("e", acc=0.0, seed=4, status="failed",
+                                                                 error="RuntimeError: boom")]
     write_report(rows, tmp_path, plots=False)
     report = (tmp_path / "report.md").read_text()
     assert "nan" not in report.lower() and "inf" not in report.lower()
-    assert "**90.00 ± 0.00**" in report  # the one usable run, alone in its cell
-    assert "| relu | sgd | 0.01 | 3 |" in report  # the three others, counted as diverged
-    csv = (tmp_path / "runs.csv").read_text().splitlines()
-    assert sum(line.endswith(",1,b") or ",1,c" in line or ",1,d" in line for line in csv) == 3
+    assert "**90.00 ± 0.00 (1)**" in report  # the one usable run, alone in its cell
+    assert "| relu | sgd | 0.01 | non-finite | 2 |" in report  # the others, listed apart
+    assert "| relu | sgd | 0.01 | diverged | 1 |" in report
+    assert "| relu | sgd | 0.01 | failed | 1 | RuntimeError: boom |" in report
+    statuses = [line.split(",")[12] for line in (tmp_path / "runs.csv").read_text().splitlines()[1:]]
+    assert statuses == ["ok", "non-finite", "non-finite", "diverged", "failed"]
 
 
 def _database(path: Path, setups: int, acc: float) -> None:
@@ -91,7 +95,7 @@ def test_store_columns_round_trip(tmp_path):
         assert store.add(_row("x"))
         assert not store.add(_row("x"))
         (row,) = store.rows()
-    assert set(row) == set(COLUMNS) and row["diverged"] is False
+    assert set(row) == set(COLUMNS) and row["status"] == "ok"
     assert json.dumps(row["test_acc"]) == "[0.5, 0.5]"
 
 

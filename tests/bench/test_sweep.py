@@ -36,17 +36,25 @@ def test_tiny_sweep_end_to_end(tmp_path, capsys):
     rows = _rows(db)
     assert len(rows) == 4 * 2 * 2 * 2 == len({r["key"] for r in rows})
     for r in rows:
-        assert len(r["test_acc"]) == len(r["train_loss"]) == 2
-        assert r["first_epoch_acc"] == r["test_acc"][0] and r["best_acc"] == max(r["test_acc"])
+        assert r["status"] == "ok" and r["protocol"] == 2
+        assert len(r["test_acc"]) == len(r["val_acc"]) == len(r["train_loss"]) == 2
+        # the epoch is picked on the validation split, never on the test set
+        assert r["best_epoch"] == 1 + max(range(2), key=lambda e: (r["val_acc"][e], -e))
+        assert r["best_acc"] == r["test_acc"][r["best_epoch"] - 1]
+        assert r["first_epoch_acc"] == r["test_acc"][0] and r["last_acc"] == r["test_acc"][-1]
         assert r["versions"]["torch"] and r["wall_time"] > 0
     for name in ("report.md", "runs.csv", "heatmap.png", "curves.png"):
         assert (out / name).stat().st_size > 0, name
 
-    # every table cell equals the DB: parse "mean ± std" per (activation, column)
+    # every table cell equals the DB: parse "mean ± std (rank)" per (activation, column)
     md = (out / "report.md").read_text()
-    first, best = md.split("### Best test accuracy")
-    header = [h.strip() for h in first.split("| activation |")[1].splitlines()[0].split("|") if h.strip()]
-    for table, metric in ((first, "first_epoch_acc"), (best, "best_acc")):
+    sections = md.split("### ")
+    tables = {"best_acc": next(s for s in sections if s.startswith("Test accuracy at the epoch")),
+              "first_epoch_acc": next(s for s in sections if s.startswith("Test accuracy after the first")),
+              "last_acc": next(s for s in sections if s.startswith("Test accuracy after the last"))}
+    for metric, table in tables.items():
+        head = table.split("| activation |")[1].splitlines()[0]
+        header = [h.strip() for h in head.split("|") if h.strip()]
         stats = aggregate(rows, metric)
         cells = 0
         for line in table.splitlines():
@@ -56,11 +64,14 @@ def test_tiny_sweep_end_to_end(tmp_path, capsys):
             for col, cell in zip(header, m.group(2).split(" | ")):
                 opt, lr = col.split(" lr=")
                 mean, std, n = stats[(m.group(1), opt.lower(), float(lr))]
-                assert cell.strip("*") == f"{mean:.2f} ± {std:.2f}" and n == 2
+                got = re.match(r"\**([\d.]+) ± ([\d.]+) \((\d+)\)", cell)
+                assert got.group(1, 2) == (f"{mean:.2f}", f"{std:.2f}") and n == 2
+                column = [v for (_, o, lr_), v in stats.items() if (o, lr_) == (opt.lower(), float(lr))]
+                assert int(got.group(3)) == 1 + sum(v[0] > mean for v in column)  # the rank
+                assert cell.startswith("**") == (got.group(3) == "1")  # the best of each column is bold
                 cells += 1
         assert cells == 4 * 4
-    # best of each column is bold
-    assert md.count("**") == 2 * 2 * 4
+    assert "## Summary" in md and "## Setup" in md and "relu" in md.split("## Summary")[1]
     with open(out / "runs.csv") as f:
         csv_rows = list(csv.DictReader(f))
     assert len(csv_rows) == len(rows)
@@ -72,7 +83,8 @@ def test_tiny_sweep_end_to_end(tmp_path, capsys):
     assert "0 runs done now, 32 already" in capsys.readouterr().out
     assert _rows(db) == rows
     assert main(["report", "--db", str(db), "--out", str(tmp_path / "again")]) == 0
-    assert (tmp_path / "again" / "report.md").read_text() == md
+    again = (tmp_path / "again" / "report.md").read_text()
+    assert again.split("## Summary")[1] == md.split("## Summary")[1]  # all but the setup block
 
 
 def test_same_config_and_seed_give_the_same_numbers():
@@ -122,26 +134,26 @@ def test_kill_dash_nine_then_resume(tmp_path):
     assert {r["key"] for r in after} == expected
 
 
+def _timeless(rows):
+    return [{k: v for k, v in r.items() if k not in ("wall_time", "epoch_time", "finished_at")} for r in rows]
+
+
 def test_local_pool_workers_give_identical_rows(tmp_path):
     configs = expand("digits", "linear", ["relu", "aprelu"], ["adam"], [1e-3], 2, 2)
-    def strip(rows):
-        return [{k: v for k, v in r.items() if k not in ("wall_time", "finished_at")} for r in rows]
     with ResultStore(tmp_path / "a.sqlite") as a, ResultStore(tmp_path / "b.sqlite") as b:
         run_sweep(configs, a, workers=1, progress=False)
         run_sweep(configs, b, workers=2, progress=False)
-        assert strip(a.rows()) == strip(b.rows())
+        assert _timeless(a.rows()) == _timeless(b.rows())
 
 
 def test_ray_executor_matches_local_pool(tmp_path):
     pytest.importorskip("ray")
     configs = expand("digits", "linear", ["relu", "acon_c"], ["sgd"], [1e-2], 2, 2)
-    def strip(rows):
-        return [{k: v for k, v in r.items() if k not in ("wall_time", "finished_at")} for r in rows]
     with ResultStore(tmp_path / "local.sqlite") as local, ResultStore(tmp_path / "ray.sqlite") as ray_store:
         run_sweep(configs, local, executor="local", workers=1, progress=False)
         summary = run_sweep(configs, ray_store, executor="ray", workers=2, progress=False)
         assert summary.ran == len(configs)
-        assert strip(ray_store.rows()) == strip(local.rows())
+        assert _timeless(ray_store.rows()) == _timeless(local.rows())
 
 
 def test_resnet_suite_reports_top1_error(tmp_path):

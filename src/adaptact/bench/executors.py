@@ -14,6 +14,7 @@ import signal
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from typing import TypeVar
 
 from ..errors import UserError
@@ -40,40 +41,59 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def local_pool(fn: Callable[[A], R], args: Iterable[A], workers: int = 1) -> Iterator[R]:
+def local_pool(fn: Callable[[A], R], args: Iterable[A], workers: int = 1,
+               lost: Callable[[A, BaseException], R] | None = None) -> Iterator[R]:
     """Run ``fn`` over ``args`` in ``workers`` spawned processes (in this process for 1). Workers
     die with this process; if the caller stops early (an error, Ctrl-C, SIGTERM unwinding), the
-    runs in flight are abandoned and the workers stopped at once."""
+    runs in flight are abandoned and the workers stopped at once. A worker that dies (killed, out
+    of memory) breaks the pool: a new one takes the unfinished runs, each retried once; a run
+    caught in a second break yields ``lost(arg, error)`` (or raises without ``lost``)."""
     args = list(args)
     if workers <= 1:
         for a in args:
             yield fn(a)
         return
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_die_with_parent, initargs=(os.getpid(),))
-    futures = [pool.submit(fn, a) for a in args]
-    finished = False
-    try:
-        for future in as_completed(futures):
-            yield future.result()
-        finished = True
-    finally:
-        if not finished:
-            for future in futures:
-                future.cancel()
-            for process in list(getattr(pool, "_processes", {}).values()):
-                process.terminate()
-        pool.shutdown(wait=True, cancel_futures=True)
+    tries = [0] * len(args)
+    pending = list(range(len(args)))
+    while pending:
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_die_with_parent, initargs=(os.getpid(),))
+        futures = {pool.submit(fn, args[i]): i for i in pending}
+        pending = []
+        finished = False
+        try:
+            for future in as_completed(futures):
+                i = futures[future]
+                try:
+                    result = future.result()
+                except BrokenProcessPool as err:
+                    tries[i] += 1
+                    if tries[i] < 2:
+                        pending.append(i)
+                        continue
+                    if lost is None:
+                        raise
+                    result = lost(args[i], err)
+                yield result
+            finished = True
+        finally:
+            if not finished:
+                for future in futures:
+                    future.cancel()
+                for process in list(getattr(pool, "_processes", {}).values()):
+                    process.terminate()
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
-def ray_cluster(fn: Callable[[A], R], args: Iterable[A], workers: int = 1,
-                address: str | None = None) -> Iterator[R]:
+def ray_cluster(fn: Callable[[A], R], args: Iterable[A], workers: int = 1, address: str | None = None,
+                lost: Callable[[A, BaseException], R] | None = None) -> Iterator[R]:
     """Run ``fn`` over ``args`` as Ray tasks of one CPU each; ``address`` joins a running cluster,
-    None starts a local instance with ``workers`` CPUs. Needs ``pip install adaptact[ray]``."""
-    try:
-        import ray
-    except ImportError as err:
-        raise RuntimeError("the Ray executor needs Ray: pip install 'adaptact[ray]'") from err
+    None starts a local instance with ``workers`` CPUs. A task whose worker dies is retried once
+    by Ray; after that it yields ``lost(arg, error)`` (or raises without ``lost``). Needs
+    ``pip install adaptact[ray]``."""
+    from ..errors import require
+
+    ray = require("ray", "ray")
     started = not ray.is_initialized()
     if started:
         if address:
@@ -82,11 +102,17 @@ def ray_cluster(fn: Callable[[A], R], args: Iterable[A], workers: int = 1,
         else:
             ray.init(num_cpus=max(1, workers), include_dashboard=False, log_to_driver=False)
     try:
-        task = ray.remote(num_cpus=1)(fn)
-        pending = [task.remote(a) for a in args]
+        task = ray.remote(num_cpus=1, max_retries=1)(fn)
+        refs = {task.remote(a): a for a in args}
+        pending = list(refs)
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
-            yield ray.get(done[0])
+            try:
+                yield ray.get(done[0])
+            except ray.exceptions.RayError as err:
+                if lost is None:
+                    raise
+                yield lost(refs[done[0]], err)
     finally:
         if started:
             ray.shutdown()
@@ -107,9 +133,9 @@ def check_ray_address(address: str) -> None:
 
 
 def execute(executor: str, fn: Callable[[A], R], args: Iterable[A], workers: int = 1,
-            address: str | None = None) -> Iterator[R]:
+            address: str | None = None, lost: Callable[[A, BaseException], R] | None = None) -> Iterator[R]:
     if executor == "local":
-        return local_pool(fn, args, workers)
+        return local_pool(fn, args, workers, lost)
     if executor == "ray":
-        return ray_cluster(fn, args, workers, address)
+        return ray_cluster(fn, args, workers, address, lost)
     raise ValueError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")

@@ -15,25 +15,39 @@ from typing import Self
 
 from ..errors import UserError
 
-__all__ = ["COLUMNS", "ResultStore", "StoreError"]
+__all__ = ["COLUMNS", "STATUSES", "ResultStore", "StoreError"]
 
 COLUMNS = ("key", "dataset", "model", "activation", "policy", "optimizer", "lr", "seed", "epochs",
-           "batch_size", "protocol", "first_epoch_acc", "best_acc", "wall_time", "train_loss", "test_acc",
-           "versions", "diverged", "finished_at")
-_NUMBERS = ("lr", "first_epoch_acc", "best_acc", "wall_time")
-_JSON = ("train_loss", "test_acc", "versions")
+           "batch_size", "device", "protocol", "status", "error", "first_epoch_acc", "best_epoch", "best_acc",
+           "last_acc", "wall_time", "epoch_time", "activation_params", "peak_memory", "train_loss", "val_acc",
+           "test_acc", "versions", "finished_at")
+STATUSES = ("ok", "diverged", "failed")
+_NUMBERS = ("lr", "first_epoch_acc", "best_acc", "last_acc", "wall_time", "epoch_time")
+_JSON = ("train_loss", "val_acc", "test_acc", "versions")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     key TEXT PRIMARY KEY, dataset TEXT NOT NULL, model TEXT NOT NULL, activation TEXT NOT NULL,
     policy TEXT NOT NULL DEFAULT 'all', optimizer TEXT NOT NULL, lr REAL NOT NULL, seed INTEGER NOT NULL,
-    epochs INTEGER NOT NULL,
-    batch_size INTEGER NOT NULL, protocol INTEGER NOT NULL, first_epoch_acc REAL NOT NULL,
-    best_acc REAL NOT NULL, wall_time REAL NOT NULL, train_loss TEXT NOT NULL, test_acc TEXT NOT NULL,
-    versions TEXT NOT NULL, diverged INTEGER NOT NULL DEFAULT 0, finished_at REAL NOT NULL
+    epochs INTEGER NOT NULL, batch_size INTEGER NOT NULL, protocol INTEGER NOT NULL,
+    first_epoch_acc REAL NOT NULL, best_acc REAL NOT NULL, wall_time REAL NOT NULL, train_loss TEXT NOT NULL,
+    test_acc TEXT NOT NULL, versions TEXT NOT NULL, finished_at REAL NOT NULL
 )
 """
-_ADDED = {"policy": "TEXT NOT NULL DEFAULT 'all'", "diverged": "INTEGER NOT NULL DEFAULT 0"}  # later columns
+# Columns added after the first schema, with the values rows written before them take (protocol 1:
+# no validation split, best_acc was the best test accuracy over the epochs).
+_ADDED = {
+    "policy": "TEXT NOT NULL DEFAULT 'all'",
+    "device": "TEXT NOT NULL DEFAULT 'cpu'",
+    "status": "TEXT NOT NULL DEFAULT 'ok'",
+    "error": "TEXT NOT NULL DEFAULT ''",
+    "best_epoch": "INTEGER NOT NULL DEFAULT 0",
+    "last_acc": "REAL NOT NULL DEFAULT 0",
+    "epoch_time": "REAL NOT NULL DEFAULT 0",
+    "activation_params": "INTEGER NOT NULL DEFAULT -1",
+    "peak_memory": "INTEGER NOT NULL DEFAULT -1",
+    "val_acc": "TEXT NOT NULL DEFAULT '[]'",
+}
 
 
 class StoreError(UserError):
@@ -82,12 +96,13 @@ class ResultStore:
     def add(self, result: dict) -> bool:
         """Insert one finished run; False if its key is already there (never a duplicate). A run
         with a non-finite number is refused with a ValueError, never dropped in silence."""
-        row = {"diverged": False, **result, "finished_at": time.time()}
+        row = {**result, "finished_at": time.time()}
         bad = [c for c in _NUMBERS if not math.isfinite(row[c])]
         if bad:
             raise ValueError(f"run {row['key']}: non-finite {', '.join(bad)}; record diverged runs as such")
+        if row["status"] not in STATUSES:
+            raise ValueError(f"run {row['key']}: status must be one of {STATUSES}, got {row['status']!r}")
         values = [json.dumps(row[c]) if c in _JSON else row[c] for c in COLUMNS]
-        values[COLUMNS.index("diverged")] = int(bool(row["diverged"]))
         with self._db:
             cur = self._db.execute(
                 f"INSERT INTO runs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
@@ -105,7 +120,6 @@ class ResultStore:
                 row = dict(zip(COLUMNS, values))
                 for c in _JSON:
                     row[c] = json.loads(row[c])
-                row["diverged"] = bool(row["diverged"])
                 out.append(row)
         except (json.JSONDecodeError, TypeError) as err:
             raise StoreError(f"{self.path}: a row that adaptact did not write ({err})") from None

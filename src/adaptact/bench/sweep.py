@@ -9,9 +9,10 @@ from dataclasses import dataclass
 
 from .executors import execute
 from .store import ResultStore
-from .train import RunConfig, run
+from .sources import Source
+from .train import RunConfig, run, versions
 
-__all__ = ["DEFAULT_ACTIVATIONS", "PAPER_ACTIVATIONS", "SweepSummary", "expand", "run_sweep"]
+__all__ = ["DEFAULT_ACTIVATIONS", "PAPER_ACTIVATIONS", "SweepSummary", "expand", "lost_run", "run_sweep"]
 
 # The activations the AReLU paper compares (its Table 1), then the library's adaptive ones.
 PAPER_ACTIVATIONS = ("apl", "arelu", "gelu", "maxout", "mixture", "slaf", "swish", "relu", "relu6", "sigmoid",
@@ -30,17 +31,30 @@ class SweepSummary:
     ran: int
 
 
-def expand(dataset: str, model: str, activations: Sequence[str], optimizers: Sequence[str],
+def expand(dataset: str | Source, model: str | Source, activations: Sequence[str], optimizers: Sequence[str],
            lrs: Sequence[float], seeds: int, epochs: int, batch_size: int = 128,
            data_dir: str | None = None, checkpoint_dir: str | None = None,
-           policies: Mapping[str, str] | None = None) -> list[RunConfig]:
+           policies: Mapping[str, str] | None = None, device: str = "cpu") -> list[RunConfig]:
     """Every combination, seeds 0..seeds-1, in a stable order; ``policies`` maps an activation to
-    the replace_activations policy it is put in with (default "all")."""
+    the replace_activations policy it is put in with (default "all"). ``dataset``/``model``:
+    built-in names or ``sources.Source`` (user data and factories)."""
     policies = policies or {}
-    return [RunConfig(dataset, model, a, o, float(lr), s, epochs, batch_size, policies.get(a, "all"),
-                      data_dir,
-                      checkpoint_dir)
+    data = dataset if isinstance(dataset, Source) else Source(dataset, dataset)
+    net = model if isinstance(model, Source) else Source(model, model)
+    user_data = data if data.ref is not None else None
+    user_model = net if net.ref is not None else None
+    return [RunConfig(data.fingerprint, net.fingerprint, a, o, float(lr), s, epochs, batch_size,
+                      policies.get(a, "all"), device, data_dir, checkpoint_dir, user_data, user_model)
             for a, o, lr, s in itertools.product(activations, optimizers, lrs, range(seeds))]
+
+
+def lost_run(config: RunConfig, error: BaseException) -> dict:
+    """The row of a run whose worker died twice: failed, with the error."""
+    return {"key": config.key, **config.identity(), "policy": config.policy, "train_loss": [], "val_acc": [],
+            "test_acc": [], "first_epoch_acc": 0.0, "best_epoch": 0, "best_acc": 0.0, "last_acc": 0.0,
+            "wall_time": 0.0, "epoch_time": 0.0, "activation_params": -1, "peak_memory": -1,
+            "versions": versions(), "status": "failed",
+            "error": f"the worker running it died ({type(error).__name__}: {error})"[:2000]}
 
 
 class _Progress:
@@ -80,11 +94,12 @@ def run_sweep(configs: Iterable[RunConfig], store: ResultStore, executor: str = 
     bar = _Progress(len(configs), len(configs) - len(todo), progress)
     ran = 0
     try:
-        for result in execute(executor, run, todo, workers=workers, address=address):
+        for result in execute(executor, run, todo, workers=workers, address=address, lost=lost_run):
             store.add(result)
             ran += 1
+            outcome = (f"{100 * result['best_acc']:.2f}%" if result["status"] == "ok" else result["status"])
             bar.update(f"{result['activation']} {result['optimizer']} lr={result['lr']:g} "
-                       f"seed={result['seed']}: {100 * result['first_epoch_acc']:.2f}%")
+                       f"seed={result['seed']}: {outcome}")
     finally:
         bar.close()
     return SweepSummary(total=len(configs), already_done=len(configs) - len(todo), ran=ran)

@@ -13,20 +13,22 @@ import torch
 import torch.nn.functional as F
 
 from ..convert import replace_activations
-from . import data as bench_data
 from .checkpoints import save_checkpoint
-from .models import build
+from .sources import Source, build_model, load_data
 
-__all__ = ["OPTIMIZERS", "RunConfig", "run"]
+__all__ = ["OPTIMIZERS", "PROTOCOL", "VALIDATION", "RunConfig", "checkpoint_name", "run"]
 
 OPTIMIZERS = ("sgd", "adam")
-PROTOCOL = 1  # bump when training changes in a way that changes numbers
+PROTOCOL = 2  # bump when training changes in a way that changes numbers (2: validation split)
+VALIDATION = 0.1  # share of the training set held out to pick the epoch (the same split for every run)
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything that determines a run's numbers (``data_dir`` says where to find data and
-    ``checkpoint_dir`` where to save the trained model as ``<key>.pt``; neither is identity)."""
+    """Everything that determines a run's numbers. ``dataset`` and ``model`` are built-in names or
+    the fingerprints of user sources (``sources.Source``), which ``data_source``/``model_source``
+    carry for the worker; ``data_dir`` says where to find built-in data and ``checkpoint_dir``
+    where to save the trained model as ``<key>.pt``. None of those three is identity."""
 
     dataset: str
     model: str
@@ -37,13 +39,15 @@ class RunConfig:
     epochs: int
     batch_size: int = 128
     policy: str = "all"  # which activations of the model get ``activation`` (see replace_activations)
+    device: str = "cpu"
     data_dir: str | None = field(default=None, compare=False)
     checkpoint_dir: str | None = field(default=None, compare=False)
+    data_source: Source | None = field(default=None, compare=False)
+    model_source: Source | None = field(default=None, compare=False)
 
     def identity(self) -> dict:
-        d = asdict(self)
-        d.pop("data_dir")
-        d.pop("checkpoint_dir")
+        d = {k: v for k, v in asdict(self).items()
+             if k not in ("data_dir", "checkpoint_dir", "data_source", "model_source")}
         if d["policy"] == "all":  # the default keeps the keys of runs stored before the field existed
             d.pop("policy")
         d["protocol"] = PROTOCOL
@@ -78,58 +82,115 @@ def versions() -> dict[str, str]:
     return {"adaptact": __version__, "torch": torch.__version__, "python": platform.python_version()}
 
 
+def _split(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, validation) indices: a fixed, seeded VALIDATION share of the training set."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    held = max(1, int(VALIDATION * n)) if n > 1 else 0
+    return order[held:], order[:held]
+
+
+def _activation_parameters(model: torch.nn.Module) -> int:
+    """Parameters inside the model's activation modules (what the activation adds to the network)."""
+    from ..convert import ACTIVATION_TYPES
+
+    seen: set[int] = set()
+    for m in model.modules():
+        if isinstance(m, ACTIVATION_TYPES):
+            seen |= {id(p) for p in m.parameters()}
+    return sum(p.numel() for p in model.parameters() if id(p) in seen)
+
+
+def _build(config: RunConfig, ds) -> torch.nn.Module:
+    shape = tuple(ds.train_x.shape[1:])
+    source = config.model_source or Source(config.model, config.model)
+    if config.policy == "all":
+        return build_model(source, config.activation, shape, ds.num_classes)
+    model = build_model(source, "relu", shape, ds.num_classes)
+    replace_activations(model, config.activation, policy=config.policy)
+    return model
+
+
 def run(config: RunConfig) -> dict:
     """Train and evaluate once; deterministic on CPU for a given config (one thread).
 
-    Returns the config's identity plus per-epoch ``train_loss`` and ``test_acc`` (fractions),
-    ``first_epoch_acc``, ``best_acc``, ``wall_time`` (s), ``versions`` and ``diverged``: a run
-    whose training loss turns non-finite stops there and is ``diverged``; its accuracies are
-    those of the epochs before, 0 if none (reports keep such runs apart, never as accuracies).
+    A seeded VALIDATION share of the training set is held out; after each epoch the accuracies
+    on it (``val_acc``) and on the test set (``test_acc``) are recorded. ``best_epoch`` is the
+    epoch of the best validation accuracy (the first on ties) and ``best_acc`` the test accuracy
+    there; ``first_epoch_acc`` (the AReLU paper's measure) and ``last_acc`` are the test
+    accuracies after the first and the last epoch. Also: ``train_loss`` per epoch,
+    ``wall_time`` and ``epoch_time`` (s), ``activation_params``, ``peak_memory`` (bytes, CUDA;
+    -1 on CPU) and ``versions``. ``status`` is "ok"; "diverged" when the training loss turns
+    non-finite (training stops there); "failed" when the run raised (``error`` says what). Runs
+    that are not "ok" keep the accuracies of the epochs before, 0 where there are none.
     """
     torch.set_num_threads(1)
-    ds = bench_data.load(config.dataset, config.data_dir)
-    torch.manual_seed(config.seed)
-    shape = tuple(ds.train_x.shape[1:])
-    if config.policy == "all":
-        model = build(config.model, config.activation, shape, ds.num_classes)
-    else:
-        model = build(config.model, "relu", shape, ds.num_classes)
-        replace_activations(model, config.activation, policy=config.policy)
-    opt = _optimizer(config.optimizer, model.parameters(), config.lr)
-    order = torch.Generator().manual_seed(config.seed)
-    n = len(ds.train_y)
-    losses, accs = [], []
-    diverged = False
+    losses: list[float] = []
+    val_accs: list[float] = []
+    accs: list[float] = []
+    status, error, params, peak = "ok", "", 0, -1
     start = time.perf_counter()
-    for _ in range(config.epochs):
-        model.train()
-        total = 0.0
-        for idx in torch.randperm(n, generator=order).split(config.batch_size):
-            loss = F.cross_entropy(model(ds.train_x[idx]), ds.train_y[idx])
-            if not torch.isfinite(loss):
-                diverged = True
+    try:
+        device = torch.device(config.device)
+        ds = load_data(config.data_source or Source(config.dataset, config.dataset), config.data_dir)
+        torch.manual_seed(config.seed)
+        model = _build(config, ds).to(device)
+        params = _activation_parameters(model)
+        opt = _optimizer(config.optimizer, model.parameters(), config.lr)
+        order = torch.Generator().manual_seed(config.seed)
+        train, val = _split(len(ds.train_y))
+        train_x, train_y = ds.train_x[train].to(device), ds.train_y[train].to(device)
+        val_x, val_y = ds.train_x[val].to(device), ds.train_y[val].to(device)
+        test_x, test_y = ds.test_x.to(device), ds.test_y.to(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        for _ in range(config.epochs):
+            model.train()
+            total = 0.0
+            for idx in torch.randperm(len(train_y), generator=order).split(config.batch_size):
+                idx = idx.to(device)
+                loss = F.cross_entropy(model(train_x[idx]), train_y[idx])
+                if not torch.isfinite(loss):
+                    status = "diverged"
+                    break
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += loss.item() * len(idx)
+            if status != "ok":
                 break
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(idx)
-        if diverged:
-            break
-        losses.append(total / n)
-        accs.append(_accuracy(model, ds.test_x, ds.test_y))
+            losses.append(total / len(train_y))
+            val_accs.append(_accuracy(model, val_x, val_y) if len(val_y) else 0.0)
+            accs.append(_accuracy(model, test_x, test_y))
+        if device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(device)
+        if config.checkpoint_dir and status == "ok":
+            save_checkpoint(Path(config.checkpoint_dir) / checkpoint_name(config), model, config.identity(),
+                            tuple(ds.train_x.shape[1:]), ds.num_classes)
+    except Exception as err:  # noqa: BLE001  (a failing run is recorded and the sweep goes on)
+        status, error = "failed", f"{type(err).__name__}: {err}".strip()[:2000]
     wall = time.perf_counter() - start
-    if config.checkpoint_dir:
-        save_checkpoint(Path(config.checkpoint_dir) / f"{config.key}.pt", model, config.identity(),
-                        tuple(ds.train_x.shape[1:]), ds.num_classes)
+    best = max(range(len(val_accs)), key=lambda e: (val_accs[e], -e)) if val_accs else -1
     return {
         "key": config.key,
         **config.identity(),
         "policy": config.policy,
         "train_loss": losses,
+        "val_acc": val_accs,
         "test_acc": accs,
         "first_epoch_acc": accs[0] if accs else 0.0,
-        "best_acc": max(accs, default=0.0),
+        "best_epoch": best + 1,
+        "best_acc": accs[best] if accs else 0.0,
+        "last_acc": accs[-1] if accs else 0.0,
         "wall_time": wall,
+        "epoch_time": wall / max(1, len(accs)),
+        "activation_params": params,
+        "peak_memory": peak,
         "versions": versions(),
-        "diverged": diverged,
+        "status": status,
+        "error": error,
     }
+
+
+def checkpoint_name(config: RunConfig) -> str:
+    """A readable checkpoint file name: activation, optimizer, lr, seed and the run's key."""
+    return f"{config.activation}-{config.optimizer}-lr{config.lr:g}-seed{config.seed}-{config.key}.pt"

@@ -1,0 +1,181 @@
+"""The activation comparison from Python, with the options of ``adaptact compare``.
+
+Everything that can be wrong with the request is checked before any training: names, numbers,
+the output folders (writable), the results database (SQLite and adaptact's), the data (found and
+sane) and the model (it takes the data's samples). Then the sweep runs, resumable from the
+database, and the report is written.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import platform
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+from ..registry import spec
+from . import data as bench_data
+from .checks import finite_positive, int_in_range
+from .executors import EXECUTORS, check_ray_address
+from .files import writable_dir
+from .report import write_report
+from .sources import Source, build_model, data_source, model_source
+from .store import ResultStore
+from .sweep import DEFAULT_ACTIVATIONS, RESNET_SUITE, SweepSummary, expand, run_sweep
+from .train import OPTIMIZERS, VALIDATION, versions
+
+__all__ = ["DEFAULT_DATA", "DEFAULT_MODEL", "MAX_LR", "MAX_RUNS", "MAX_SEEDS", "Rows", "check_fits",
+           "compare", "report"]
+
+DEFAULT_DATA = "mnist1d"
+DEFAULT_MODEL = {"fashion-mnist": "conv", "mnist": "conv", "mnist1d": "conv1d", "digits": "linear"}
+MAX_SEEDS = 10_000
+MAX_RUNS = 100_000  # configurations one request may ask for
+MAX_LR = 1e6  # past this no optimizer step means anything (and float32 parameters overflow)
+
+
+class Rows(list):
+    """The stored rows of a comparison's runs (dicts, as ``ResultStore.rows``), with ``summary``
+    (runs total, already stored, run now) and ``report`` (the files written, report.md first)."""
+
+    def __init__(self, rows: list[dict], summary: SweepSummary, report: list[Path]) -> None:
+        super().__init__(rows)
+        self.summary = summary
+        self.report = report
+
+
+def check_fits(data: Source, model: Source, ds: bench_data.Dataset) -> None:
+    """UserError unless ``model`` takes two samples of ``ds`` and returns one score per class."""
+    shape = tuple(ds.train_x.shape[1:])
+    try:
+        with torch.no_grad():
+            out = build_model(model, "relu", shape, ds.num_classes).eval()(ds.train_x[:2])
+    except (RuntimeError, ValueError, TypeError) as err:
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UserError(f"model {model.label!r} does not fit data {data.label!r} (samples of shape {shape}): "
+                        f"{message}") from None
+    if tuple(out.shape) != (min(2, len(ds.train_x)), ds.num_classes):
+        raise UserError(f"model {model.label!r} gives outputs of shape {tuple(out.shape)} for data "
+                        f"{data.label!r}, expected (N, {ds.num_classes})")
+
+
+def _device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda"):
+        raise UserError(f"device must be cpu, cuda or auto, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("device cuda: no CUDA GPU is available here")
+    return device
+
+
+def _shippable(source: Source, what: str, workers: int, executor: str) -> None:
+    """A factory or loader given from Python must reach worker processes by reference."""
+    if callable(source.ref) and (workers > 1 or executor != "local"):
+        try:
+            pickle.dumps(source.ref)
+        except (pickle.PicklingError, AttributeError, TypeError) as err:
+            raise UserError(f"{what} {source.label} cannot be sent to worker processes ({err}): define it at "
+                            f"module level, give a module:attribute spec, or use workers=1") from None
+
+
+def _setup(data: Source, model: Source, ds: bench_data.Dataset, device: str, command: str | None) -> dict:
+    n_train = len(ds.train_y)
+    held = max(1, int(VALIDATION * n_train)) if n_train > 1 else 0
+    return {"data": f"{data.label}: {n_train - held} train, {held} validation, {len(ds.test_y)} test samples "
+                    f"of shape {tuple(ds.train_x.shape[1:])}, {ds.num_classes} classes",
+            "model": model.label, "device": device, "command": command or "adaptact.bench.compare(...)",
+            "versions": ", ".join(f"{k} {v}" for k, v in versions().items()),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores"}
+
+
+def compare(model: str | Callable | None = None, data=DEFAULT_DATA,
+            activations: Sequence[str] = DEFAULT_ACTIVATIONS, optimizers: Sequence[str] = ("sgd",),
+            lrs: Sequence[float] = (1e-2,), seeds: int = 3, epochs: int = 5, batch_size: int = 128,
+            db: str | Path = "results.sqlite", out: str | Path = "report",
+            baseline: str | None = "relu", workers: int = 1, executor: str = "local", device: str = "auto",
+            progress: bool = True, address: str | None = None, data_dir: str | None = None,
+            save_checkpoints: str | Path | None = None, suite: str | None = None,
+            command: str | None = None) -> Rows:
+    """Train ``model`` with each activation x optimizer x lr x seed (0..seeds-1) on ``data``,
+    store each finished run in ``db`` and write the report to ``out``; returns the stored rows.
+
+    ``model``: a built-in name (default: the one for the data), a ``module:attribute`` spec or a
+    callable ``activation_name -> nn.Module``. ``data``: a built-in name, a ``module:attribute``
+    spec, a tuple ``(train_x, train_y, test_x, test_y)`` of tensors or a callable returning one.
+    ``baseline``: the activation the report compares the others with. ``suite="resnet"``: the
+    ACON paper's ResNet comparison (its model and activations, Meta-ACON-C after the 3x3 convs).
+    Runs already in ``db`` are not run again; a run that fails or diverges is stored with its
+    status and the sweep goes on. Raises UserError for anything wrong with the request, before
+    training. ``command``: how the request was made, for the report's setup block."""
+    policies: dict[str, str] = {}
+    if suite is not None:
+        if suite != "resnet":
+            raise UserError(f"unknown suite {suite!r}; choose from resnet")
+        model = model or RESNET_SUITE["model"]
+        activations = list(RESNET_SUITE["activations"])
+        policies = RESNET_SUITE["policies"]
+    if isinstance(data, str) and data not in bench_data.DATASETS and ":" not in data:
+        raise UserError(f"unknown data set {data!r}; choose from {', '.join(bench_data.DATASETS)}, or give "
+                        "module:attribute of your own loader")
+    if model is None:
+        if not (isinstance(data, str) and data in DEFAULT_MODEL):
+            raise UserError("give a model for your own data (a built-in name, module:attribute or a factory)")
+        model = DEFAULT_MODEL[data]
+    try:
+        activations = [spec(a).name for a in activations]
+        if baseline is not None:
+            baseline = spec(baseline).name
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    bad = [o for o in optimizers if o not in OPTIMIZERS]
+    if bad:
+        raise UserError(f"unknown optimizer {bad[0]!r}; choose from {', '.join(OPTIMIZERS)}")
+    if executor not in EXECUTORS:
+        raise UserError(f"unknown executor {executor!r}; choose from {', '.join(EXECUTORS)}")
+    if address and executor != "ray":
+        raise UserError("an address needs the ray executor (--executor ray)")
+    if not activations or not optimizers or not lrs:
+        raise UserError("name at least one activation, optimizer and learning rate")
+    lrs = [finite_positive("a learning rate", lr) for lr in lrs]
+    if max(lrs) > MAX_LR:
+        raise UserError(f"learning rates must be at most {MAX_LR:g}, got {max(lrs):g}")
+    for name, value, high in (("seeds", seeds, MAX_SEEDS), ("epochs", epochs, None),
+                              ("batch size", batch_size, None), ("workers", workers, None)):
+        int_in_range(name, value, 1, high)
+    runs = len(activations) * len(optimizers) * len(lrs) * seeds
+    if runs > MAX_RUNS:
+        raise UserError(f"{runs} runs asked for; at most {MAX_RUNS} in one request")
+    device = _device(device)
+    out = writable_dir(out, "report folder")
+    if save_checkpoints is not None:
+        writable_dir(save_checkpoints, "checkpoint folder")
+    if address:
+        check_ray_address(address)
+    net = model_source(model)
+    source, ds = data_source(data, data_dir, cache_dir=Path(db).parent / ".adaptact-cache")
+    check_fits(source, net, ds)
+    _shippable(net, "model", workers, executor)
+    _shippable(source, "data", workers, executor)
+    with ResultStore(db) as store:  # a database that is not ours fails here, before any training
+        configs = expand(source, net, activations, optimizers, lrs, seeds, epochs, batch_size, data_dir,
+                         None if save_checkpoints is None else str(save_checkpoints), policies, device)
+        summary = run_sweep(configs, store, executor, workers, address, progress)
+        keys = {c.key for c in configs}
+        rows = [r for r in store.rows() if r["key"] in keys]
+    files = write_report(rows, out, baseline=baseline, setup=_setup(source, net, ds, device, command))
+    return Rows(rows, summary, files)
+
+
+def report(db: str | Path, out: str | Path = "report", dataset: str | None = None,
+           baseline: str | None = "relu") -> list[Path]:
+    """Rebuild the report of the runs in ``db`` (those on ``dataset`` only, if given) in ``out``."""
+    with ResultStore(db, create=False) as store:
+        rows = [r for r in store.rows() if dataset in (None, r["dataset"])]
+    if not rows:
+        raise UserError(f"no runs in {db}" + (f" for data set {dataset}" if dataset else ""))
+    return write_report(rows, writable_dir(out, "report folder"), baseline=baseline)
