@@ -132,8 +132,8 @@ def _compare(args: argparse.Namespace) -> int:
 
     rows = compare(args.model, args.dataset, args.activations, args.optimizers, args.lrs, args.seeds,
                    args.epochs, args.batch_size, args.db, args.out, args.baseline, args.workers,
-                   args.executor, args.device, not args.no_progress, args.address, args.data_dir, args.save_checkpoints,
-                   args.suite, command=shlex.join(["adaptact", *sys.argv[1:]]))
+                   args.executor, args.device, not args.no_progress, args.address, args.data_dir,
+                   args.save_checkpoints, args.suite, command=shlex.join(["adaptact", *sys.argv[1:]]))
     s = rows.summary
     print(f"{s.ran} runs done now, {s.already_done} already in {args.db}; report: {rows.report[0]}")
     return 0
