@@ -61,8 +61,8 @@ def test_python_api_with_own_model_and_tensors(tmp_path, workers):
 def test_cli_specs_for_own_model_and_loader(tmp_path, capsys, workers):
     argv = ["compare", "--model", "tests.bench.user_defs:net", "--dataset", "tests.bench.user_defs:blobs",
             "--activations", "relu,swish", "--optimizers", "adam", "--lrs", "0.01", "--seeds", "2",
-            "--epochs", "2", "--workers", workers, "--db", str(tmp_path / "r.sqlite"), "--out", str(tmp_path / "out"),
-            "--no-progress"]
+            "--epochs", "2", "--workers", workers, "--db", str(tmp_path / "r.sqlite"),
+            "--out", str(tmp_path / "out"), "--no-progress"]
     assert main(argv) == 0
     with ResultStore(tmp_path / "r.sqlite") as store:
         rows = store.rows()
