@@ -31,7 +31,8 @@ def test_the_readme_has_code():
 
 
 @pytest.mark.parametrize("index", range(len(_blocks("python"))))
-def test_python_blocks_run(index):
+def test_python_blocks_run(index, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # what the examples write lands here
     exec(compile(_blocks("python")[index], f"README.md python block {index}", "exec"), {})
 
 

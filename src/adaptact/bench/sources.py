@@ -72,7 +72,7 @@ def _code_fingerprint(fn: Callable) -> str:
 
 
 def _qualified(fn: Callable) -> str:
-    return f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', type(fn).__name__)}"
+    return f"{getattr(fn, '__module__', None) or '__main__'}:{getattr(fn, '__qualname__', type(fn).__name__)}"
 
 
 def model_source(model: str | Callable) -> Source:
