@@ -103,6 +103,8 @@ def _compare_configure(p: argparse.ArgumentParser) -> None:
                         "activation_name -> nn.Module")
     p.add_argument("--baseline", default="relu", help="the activation the report compares the others with")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--amp", choices=("bf16", "fp16"), help="mixed precision (fp16 on CUDA only)")
+    p.add_argument("--compile", action="store_true", help="torch.compile each model")
     p.add_argument("--activations", type=_csv_list("activation"), default=list(DEFAULT_ACTIVATIONS),
                    help="comma-separated registry names (default: the AReLU paper's set + acon_c, "
                         "meta_acon_c, aprelu)")
@@ -133,7 +135,8 @@ def _compare(args: argparse.Namespace) -> int:
     rows = compare(args.model, args.dataset, args.activations, args.optimizers, args.lrs, args.seeds,
                    args.epochs, args.batch_size, args.db, args.out, args.baseline, args.workers,
                    args.executor, args.device, not args.no_progress, args.address, args.data_dir,
-                   args.save_checkpoints, args.suite, command=shlex.join(["adaptact", *sys.argv[1:]]))
+                   args.save_checkpoints, args.suite, args.amp, args.compile,
+                   command=shlex.join(["adaptact", *sys.argv[1:]]))
     s = rows.summary
     print(f"{s.ran} runs done now, {s.already_done} already in {args.db}; report: {rows.report[0]}")
     return 0
@@ -277,6 +280,8 @@ def _sigterm_exits() -> Iterator[None]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if any("\0" in a for a in (sys.argv[1:] if argv is None else argv)):
+        return _fail("arguments cannot hold NUL characters")
     args = build_parser().parse_args(argv)
     with _sigterm_exits():
         try:

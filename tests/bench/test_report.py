@@ -21,10 +21,10 @@ ROOT = Path(__file__).resolve().parents[2]
 def _row(key: str, dataset: str = "digits", model: str = "linear", acc: float = 0.5, **extra) -> dict:
     row = {"key": key, "dataset": dataset, "model": model, "activation": "relu", "policy": "all",
            "optimizer": "sgd", "lr": 0.01, "seed": 0, "epochs": 2, "batch_size": 128, "device": "cpu",
-           "protocol": 2, "status": "ok", "error": "", "first_epoch_acc": acc, "best_epoch": 2,
-           "best_acc": acc, "last_acc": acc, "wall_time": 1.0, "epoch_time": 0.5, "activation_params": 0,
-           "peak_memory": -1, "train_loss": [1.0, 0.5], "val_acc": [acc, acc], "test_acc": [acc, acc],
-           "versions": {}}
+           "amp": "", "compile": False, "protocol": 2, "status": "ok", "error": "", "first_epoch_acc": acc,
+           "best_epoch": 2, "best_acc": acc, "last_acc": acc, "wall_time": 1.0, "epoch_time": 0.5,
+           "activation_params": 0, "peak_memory": -1, "train_loss": [1.0, 0.5], "val_acc": [acc, acc],
+           "test_acc": [acc, acc], "versions": {}}
     return {**row, **extra}
 
 

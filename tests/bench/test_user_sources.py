@@ -141,3 +141,18 @@ def test_validation_split_is_seeded_and_disjoint():
     assert set(train.tolist()) | set(val.tolist()) == set(range(1000))
     again = _split(1000)
     assert torch.equal(again[0], train) and torch.equal(again[1], val)
+
+
+def test_mixed_precision_and_compile_are_part_of_the_run(tmp_path):
+    base = dict(activations=("acon_c",), lrs=(0.05,), seeds=1, epochs=2, db=tmp_path / "r.sqlite",
+                out=tmp_path / "out", progress=False, device="cpu")
+    plain = adaptact.bench.compare(user_defs.net, user_defs.blobs, **base)
+    bf16 = adaptact.bench.compare(user_defs.net, user_defs.blobs, amp="bf16", **base)
+    compiled = adaptact.bench.compare(user_defs.net, user_defs.blobs, compile=True, **base)
+    keys = {plain[0]["key"], bf16[0]["key"], compiled[0]["key"]}
+    assert len(keys) == 3 and {r[0]["status"] for r in (plain, bf16, compiled)} == {"ok"}
+    assert bf16[0]["amp"] == "bf16" and compiled[0]["compile"] is True
+    assert bf16[0]["train_loss"] != plain[0]["train_loss"]  # bfloat16 forward: other numbers
+    assert compiled[0]["train_loss"] == pytest.approx(plain[0]["train_loss"], rel=1e-4)
+    with pytest.raises(adaptact.errors.UserError, match="amp fp16 needs a CUDA device"):
+        adaptact.bench.compare(user_defs.net, user_defs.blobs, amp="fp16", **base)

@@ -99,15 +99,16 @@ def compare(model: str | Callable | None = None, data=DEFAULT_DATA,
             db: str | Path = "results.sqlite", out: str | Path = "report",
             baseline: str | None = "relu", workers: int = 1, executor: str = "local", device: str = "auto",
             progress: bool = True, address: str | None = None, data_dir: str | None = None,
-            save_checkpoints: str | Path | None = None, suite: str | None = None,
-            command: str | None = None) -> Rows:
+            save_checkpoints: str | Path | None = None, suite: str | None = None, amp: str | None = None,
+            compile: bool = False, command: str | None = None) -> Rows:
     """Train ``model`` with each activation x optimizer x lr x seed (0..seeds-1) on ``data``,
     store each finished run in ``db`` and write the report to ``out``; returns the stored rows.
 
     ``model``: a built-in name (default: the one for the data), a ``module:attribute`` spec or a
     callable ``activation_name -> nn.Module``. ``data``: a built-in name, a ``module:attribute``
     spec, a tuple ``(train_x, train_y, test_x, test_y)`` of tensors or a callable returning one.
-    ``baseline``: the activation the report compares the others with. ``suite="resnet"``: the
+    ``baseline``: the activation the report compares the others with. ``amp``: "bf16" or "fp16"
+    (CUDA) mixed precision; ``compile``: torch.compile each model. ``suite="resnet"``: the
     ACON paper's ResNet comparison (its model and activations, Meta-ACON-C after the 3x3 convs).
     Runs already in ``db`` are not run again; a run that fails or diverges is stored with its
     status and the sweep goes on. Raises UserError for anything wrong with the request, before
@@ -151,6 +152,10 @@ def compare(model: str | Callable | None = None, data=DEFAULT_DATA,
     if runs > MAX_RUNS:
         raise UserError(f"{runs} runs asked for; at most {MAX_RUNS} in one request")
     device = _device(device)
+    if amp not in (None, "bf16", "fp16"):
+        raise UserError(f"amp must be bf16 or fp16, got {amp!r}")
+    if amp == "fp16" and device != "cuda":
+        raise UserError("amp fp16 needs a CUDA device (use bf16 on the CPU)")
     out = writable_dir(out, "report folder")
     if save_checkpoints is not None:
         writable_dir(save_checkpoints, "checkpoint folder")
@@ -163,7 +168,8 @@ def compare(model: str | Callable | None = None, data=DEFAULT_DATA,
     _shippable(source, "data", workers, executor)
     with ResultStore(db) as store:  # a database that is not ours fails here, before any training
         configs = expand(source, net, activations, optimizers, lrs, seeds, epochs, batch_size, data_dir,
-                         None if save_checkpoints is None else str(save_checkpoints), policies, device)
+                         None if save_checkpoints is None else str(save_checkpoints), policies, device, amp,
+                         compile)
         summary = run_sweep(configs, store, executor, workers, address, progress)
         keys = {c.key for c in configs}
         rows = [r for r in store.rows() if r["key"] in keys]

@@ -21,8 +21,9 @@ def writable_dir(path: str | os.PathLike, what: str) -> Path:
         probe = path / f".adaptact-probe-{uuid.uuid4().hex[:8]}"
         probe.touch()
         probe.unlink()
-    except OSError as err:
-        raise UserError(f"{what} {path}: cannot write there ({err.strerror or err})") from None
+    except (OSError, ValueError) as err:  # ValueError: a NUL character in the path
+        reason = getattr(err, "strerror", None) or err
+        raise UserError(f"{what} {path}: cannot write there ({reason})") from None
     return path
 
 

@@ -18,9 +18,9 @@ from ..errors import UserError
 __all__ = ["COLUMNS", "STATUSES", "ResultStore", "StoreError"]
 
 COLUMNS = ("key", "dataset", "model", "activation", "policy", "optimizer", "lr", "seed", "epochs",
-           "batch_size", "device", "protocol", "status", "error", "first_epoch_acc", "best_epoch", "best_acc",
-           "last_acc", "wall_time", "epoch_time", "activation_params", "peak_memory", "train_loss", "val_acc",
-           "test_acc", "versions", "finished_at")
+           "batch_size", "device", "amp", "compile", "protocol", "status", "error", "first_epoch_acc",
+           "best_epoch", "best_acc", "last_acc", "wall_time", "epoch_time", "activation_params",
+           "peak_memory", "train_loss", "val_acc", "test_acc", "versions", "finished_at")
 STATUSES = ("ok", "diverged", "failed")
 _NUMBERS = ("lr", "first_epoch_acc", "best_acc", "last_acc", "wall_time", "epoch_time")
 _JSON = ("train_loss", "val_acc", "test_acc", "versions")
@@ -39,6 +39,8 @@ CREATE TABLE IF NOT EXISTS runs (
 _ADDED = {
     "policy": "TEXT NOT NULL DEFAULT 'all'",
     "device": "TEXT NOT NULL DEFAULT 'cpu'",
+    "amp": "TEXT NOT NULL DEFAULT ''",
+    "compile": "INTEGER NOT NULL DEFAULT 0",
     "status": "TEXT NOT NULL DEFAULT 'ok'",
     "error": "TEXT NOT NULL DEFAULT ''",
     "best_epoch": "INTEGER NOT NULL DEFAULT 0",
@@ -78,7 +80,7 @@ class ResultStore:
                 if name not in columns:  # databases written before the column existed
                     self._db.execute(f"ALTER TABLE runs ADD COLUMN {name} {declaration}")
             self._db.commit()
-        except (sqlite3.DatabaseError, OSError) as err:
+        except (sqlite3.DatabaseError, OSError, ValueError) as err:
             raise StoreError(f"{self.path}: cannot be used as a results database ({err})") from None
 
     def close(self) -> None:
@@ -120,6 +122,7 @@ class ResultStore:
                 row = dict(zip(COLUMNS, values))
                 for c in _JSON:
                     row[c] = json.loads(row[c])
+                row["compile"] = bool(row["compile"])
                 out.append(row)
         except (json.JSONDecodeError, TypeError) as err:
             raise StoreError(f"{self.path}: a row that adaptact did not write ({err})") from None

@@ -34,7 +34,8 @@ class SweepSummary:
 def expand(dataset: str | Source, model: str | Source, activations: Sequence[str], optimizers: Sequence[str],
            lrs: Sequence[float], seeds: int, epochs: int, batch_size: int = 128,
            data_dir: str | None = None, checkpoint_dir: str | None = None,
-           policies: Mapping[str, str] | None = None, device: str = "cpu") -> list[RunConfig]:
+           policies: Mapping[str, str] | None = None, device: str = "cpu", amp: str | None = None,
+           compile: bool = False) -> list[RunConfig]:
     """Every combination, seeds 0..seeds-1, in a stable order; ``policies`` maps an activation to
     the replace_activations policy it is put in with (default "all"). ``dataset``/``model``:
     built-in names or ``sources.Source`` (user data and factories)."""
@@ -44,13 +45,15 @@ def expand(dataset: str | Source, model: str | Source, activations: Sequence[str
     user_data = data if data.ref is not None else None
     user_model = net if net.ref is not None else None
     return [RunConfig(data.fingerprint, net.fingerprint, a, o, float(lr), s, epochs, batch_size,
-                      policies.get(a, "all"), device, data_dir, checkpoint_dir, user_data, user_model)
+                      policies.get(a, "all"), device, amp, compile, data_dir, checkpoint_dir, user_data,
+                      user_model)
             for a, o, lr, s in itertools.product(activations, optimizers, lrs, range(seeds))]
 
 
 def lost_run(config: RunConfig, error: BaseException) -> dict:
     """The row of a run whose worker died twice: failed, with the error."""
-    return {"key": config.key, **config.identity(), "policy": config.policy, "train_loss": [], "val_acc": [],
+    return {"key": config.key, **config.identity(), "policy": config.policy, "amp": config.amp or "",
+            "compile": config.compile, "train_loss": [], "val_acc": [],
             "test_acc": [], "first_epoch_acc": 0.0, "best_epoch": 0, "best_acc": 0.0, "last_acc": 0.0,
             "wall_time": 0.0, "epoch_time": 0.0, "activation_params": -1, "peak_memory": -1,
             "versions": versions(), "status": "failed",

@@ -40,6 +40,8 @@ class RunConfig:
     batch_size: int = 128
     policy: str = "all"  # which activations of the model get ``activation`` (see replace_activations)
     device: str = "cpu"
+    amp: str | None = None  # "bf16" or "fp16": the forward under torch.autocast
+    compile: bool = False  # torch.compile the model
     data_dir: str | None = field(default=None, compare=False)
     checkpoint_dir: str | None = field(default=None, compare=False)
     data_source: Source | None = field(default=None, compare=False)
@@ -48,8 +50,9 @@ class RunConfig:
     def identity(self) -> dict:
         d = {k: v for k, v in asdict(self).items()
              if k not in ("data_dir", "checkpoint_dir", "data_source", "model_source")}
-        if d["policy"] == "all":  # the default keeps the keys of runs stored before the field existed
-            d.pop("policy")
+        for name, default in (("policy", "all"), ("amp", None), ("compile", False)):
+            if d[name] == default:  # defaults keep the keys of runs stored before the field existed
+                d.pop(name)
         d["protocol"] = PROTOCOL
         return d
 
@@ -136,6 +139,9 @@ def run(config: RunConfig) -> dict:
         model = _build(config, ds).to(device)
         params = _activation_parameters(model)
         opt = _optimizer(config.optimizer, model.parameters(), config.lr)
+        forward = torch.compile(model) if config.compile else model
+        precision = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.amp)
+        scaler = torch.amp.GradScaler(device.type, enabled=precision == torch.float16)
         order = torch.Generator().manual_seed(config.seed)
         train, val = _split(len(ds.train_y))
         train_x, train_y = ds.train_x[train].to(device), ds.train_y[train].to(device)
@@ -148,13 +154,15 @@ def run(config: RunConfig) -> dict:
             total = 0.0
             for idx in torch.randperm(len(train_y), generator=order).split(config.batch_size):
                 idx = idx.to(device)
-                loss = F.cross_entropy(model(train_x[idx]), train_y[idx])
+                with torch.autocast(device.type, dtype=precision, enabled=precision is not None):
+                    loss = F.cross_entropy(forward(train_x[idx]), train_y[idx])
                 if not torch.isfinite(loss):
                     status = "diverged"
                     break
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
                 total += loss.item() * len(idx)
             if status != "ok":
                 break
@@ -174,6 +182,8 @@ def run(config: RunConfig) -> dict:
         "key": config.key,
         **config.identity(),
         "policy": config.policy,
+        "amp": config.amp or "",
+        "compile": config.compile,
         "train_loss": losses,
         "val_acc": val_accs,
         "test_acc": accs,
