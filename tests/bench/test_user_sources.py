@@ -156,3 +156,16 @@ def test_mixed_precision_and_compile_are_part_of_the_run(tmp_path):
     assert compiled[0]["train_loss"] == pytest.approx(plain[0]["train_loss"], rel=1e-4)
     with pytest.raises(adaptact.errors.UserError, match="amp fp16 needs a CUDA device"):
         adaptact.bench.compare(user_defs.net, user_defs.blobs, amp="fp16", **base)
+
+
+def test_a_dead_worker_is_replaced_and_its_run_retried_once(tmp_path, monkeypatch):
+    attempts = tmp_path / "attempts.txt"
+    monkeypatch.setenv("DOOMED_ATTEMPTS", str(attempts))  # spawned workers inherit the environment
+    rows = adaptact.bench.compare("tests.bench.user_defs:doomed_net", user_defs.blobs, activations=("swish",),
+                                  lrs=(0.05,), seeds=1, epochs=1, db=tmp_path / "r.sqlite",
+                                  out=tmp_path / "out", workers=2, progress=False)
+    (row,) = rows
+    assert row["status"] == "failed" and row["error"].startswith("the worker running it died")
+    assert attempts.read_text().count("attempt") == 2  # the first try and one retry
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "| swish | sgd | 0.05 | failed | 1 | the worker running it died" in report

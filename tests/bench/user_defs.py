@@ -28,3 +28,16 @@ def picky_net(activation: str) -> nn.Module:
     if activation == "swish":
         raise RuntimeError("picky_net does not take swish")
     return net(activation)
+
+
+def doomed_net(activation: str) -> nn.Module:
+    """A factory whose process dies (as under the kernel's OOM killer) when it builds swish; each
+    attempt is counted as a line in the file $DOOMED_ATTEMPTS."""
+    if activation == "swish":
+        import os
+        import signal
+
+        with open(os.environ["DOOMED_ATTEMPTS"], "a") as f:
+            f.write("attempt\n")
+        os.kill(os.getpid(), signal.SIGKILL)
+    return net(activation)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from .executors import execute
 from .store import ResultStore
 from .sources import Source
-from .train import RunConfig, run, versions
+from .train import RunConfig, result_row, run
 
 __all__ = ["DEFAULT_ACTIVATIONS", "PAPER_ACTIVATIONS", "SweepSummary", "expand", "lost_run", "run_sweep"]
 
@@ -52,12 +52,7 @@ def expand(dataset: str | Source, model: str | Source, activations: Sequence[str
 
 def lost_run(config: RunConfig, error: BaseException) -> dict:
     """The row of a run whose worker died twice: failed, with the error."""
-    return {"key": config.key, **config.identity(), "policy": config.policy, "amp": config.amp or "",
-            "compile": config.compile, "train_loss": [], "val_acc": [],
-            "test_acc": [], "first_epoch_acc": 0.0, "best_epoch": 0, "best_acc": 0.0, "last_acc": 0.0,
-            "wall_time": 0.0, "epoch_time": 0.0, "activation_params": -1, "peak_memory": -1,
-            "versions": versions(), "status": "failed",
-            "error": f"the worker running it died ({type(error).__name__}: {error})"[:2000]}
+    return result_row(config, "failed", f"the worker running it died ({type(error).__name__}: {error})")
 
 
 class _Progress:

@@ -6,6 +6,7 @@ import hashlib
 import json
 import platform
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from ..convert import replace_activations
 from .checkpoints import save_checkpoint
 from .sources import Source, build_model, load_data
 
-__all__ = ["OPTIMIZERS", "PROTOCOL", "VALIDATION", "RunConfig", "checkpoint_name", "run"]
+__all__ = ["OPTIMIZERS", "PROTOCOL", "VALIDATION", "RunConfig", "checkpoint_name", "result_row", "run"]
 
 OPTIMIZERS = ("sgd", "adam")
 PROTOCOL = 2  # bump when training changes in a way that changes numbers (2: validation split)
@@ -175,8 +176,15 @@ def run(config: RunConfig) -> dict:
             save_checkpoint(Path(config.checkpoint_dir) / checkpoint_name(config), model, config.identity(),
                             tuple(ds.train_x.shape[1:]), ds.num_classes)
     except Exception as err:  # noqa: BLE001  (a failing run is recorded and the sweep goes on)
-        status, error = "failed", f"{type(err).__name__}: {err}".strip()[:2000]
+        status, error = "failed", f"{type(err).__name__}: {err}".strip()
     wall = time.perf_counter() - start
+    return result_row(config, status, error, losses, val_accs, accs, wall, params, peak)
+
+
+def result_row(config: RunConfig, status: str, error: str = "", losses: Sequence[float] = (),
+               val_accs: Sequence[float] = (), accs: Sequence[float] = (), wall: float = 0.0,
+               params: int = -1, peak: int = -1) -> dict:
+    """The stored row of a run (see ``run``) from what it measured."""
     best = max(range(len(val_accs)), key=lambda e: (val_accs[e], -e)) if val_accs else -1
     return {
         "key": config.key,
@@ -184,9 +192,9 @@ def run(config: RunConfig) -> dict:
         "policy": config.policy,
         "amp": config.amp or "",
         "compile": config.compile,
-        "train_loss": losses,
-        "val_acc": val_accs,
-        "test_acc": accs,
+        "train_loss": list(losses),
+        "val_acc": list(val_accs),
+        "test_acc": list(accs),
         "first_epoch_acc": accs[0] if accs else 0.0,
         "best_epoch": best + 1,
         "best_acc": accs[best] if accs else 0.0,
@@ -197,7 +205,7 @@ def run(config: RunConfig) -> dict:
         "peak_memory": peak,
         "versions": versions(),
         "status": status,
-        "error": error,
+        "error": error[:2000],
     }
 
 
