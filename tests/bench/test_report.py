@@ -104,3 +104,26 @@ def test_store_refuses_non_finite_runs_instead_of_dropping_them(tmp_path):
     with ResultStore(tmp_path / "r.sqlite") as store, pytest.raises(ValueError, match="non-finite lr"):
         store.add(_row("x", lr=math.nan))
     assert os.path.getsize(tmp_path / "r.sqlite") > 0
+
+
+TAMPERED = [("lr", "abc"), ("seed", 1.5), ("test_acc", '["x"]'), ("versions", "[1]"),
+            ("train_loss", "not json"), ("best_acc", "high")]
+
+
+@pytest.mark.parametrize("column, value", TAMPERED)
+def test_rows_of_a_tampered_database_are_refused(tmp_path, capsys, column, value):
+    """SQLite keeps any type in any column: a value adaptact could not have written is one error line."""
+    import sqlite3
+
+    from adaptact.bench.store import StoreError
+    from adaptact.cli import main
+
+    db = tmp_path / "r.sqlite"
+    with ResultStore(db) as store:
+        store.add(_row("a"))
+    with sqlite3.connect(db) as con:
+        con.execute(f"UPDATE runs SET {column} = ?", (value,))
+    with ResultStore(db) as store, pytest.raises(StoreError, match="row 'a' is not one adaptact wrote"):
+        store.rows()
+    assert main(["report", "--db", str(db), "--out", str(tmp_path / "out")]) == 2
+    assert "Traceback" not in capsys.readouterr().err

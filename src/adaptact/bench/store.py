@@ -22,6 +22,10 @@ COLUMNS = ("key", "dataset", "model", "activation", "policy", "optimizer", "lr",
            "best_epoch", "best_acc", "last_acc", "wall_time", "epoch_time", "activation_params",
            "peak_memory", "train_loss", "val_acc", "test_acc", "versions", "finished_at")
 STATUSES = ("ok", "diverged", "failed")
+_INTS = ("seed", "epochs", "batch_size", "protocol", "best_epoch", "activation_params", "peak_memory",
+         "compile")
+_REALS = ("lr", "first_epoch_acc", "best_acc", "last_acc", "wall_time", "epoch_time", "finished_at")
+_LISTS = ("train_loss", "val_acc", "test_acc")
 _NUMBERS = ("lr", "first_epoch_acc", "best_acc", "last_acc", "wall_time", "epoch_time")
 _JSON = ("train_loss", "val_acc", "test_acc", "versions")
 
@@ -50,6 +54,27 @@ _ADDED = {
     "peak_memory": "INTEGER NOT NULL DEFAULT -1",
     "val_acc": "TEXT NOT NULL DEFAULT '[]'",
 }
+
+
+def _foreign_value(row: dict) -> str | None:
+    """The first column whose value adaptact could not have written (SQLite stores any type in
+    any column), or None."""
+    def number(v) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool)
+
+    for c in COLUMNS:
+        v = row[c]
+        if c in _INTS and not (isinstance(v, int) and not isinstance(v, bool)):
+            return c
+        if c in _REALS and not number(v):
+            return c
+        if c in _LISTS and not (isinstance(v, list) and all(number(x) for x in v)):
+            return c
+        if c == "versions" and not isinstance(v, dict):
+            return c
+        if c not in _INTS + _REALS + _JSON and not isinstance(v, str):
+            return c
+    return None
 
 
 class StoreError(UserError):
@@ -117,15 +142,20 @@ class ResultStore:
         cur = self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM runs ORDER BY dataset, model, activation, "
                                "optimizer, lr DESC, seed")
         out = []
-        try:
-            for values in cur:
-                row = dict(zip(COLUMNS, values))
+        for values in cur:
+            row = dict(zip(COLUMNS, values))
+            try:
                 for c in _JSON:
                     row[c] = json.loads(row[c])
-                row["compile"] = bool(row["compile"])
-                out.append(row)
-        except (json.JSONDecodeError, TypeError) as err:
-            raise StoreError(f"{self.path}: a row that adaptact did not write ({err})") from None
+            except (json.JSONDecodeError, TypeError) as err:
+                raise StoreError(f"{self.path}: row {row['key']!r} is not one adaptact wrote ({err})") \
+                    from None
+            bad = _foreign_value(row)
+            if bad:
+                raise StoreError(f"{self.path}: row {row['key']!r} is not one adaptact wrote ({bad}: "
+                                 f"{row[bad]!r:.60})")
+            row["compile"] = bool(row["compile"])
+            out.append(row)
         return out
 
     def __len__(self) -> int:
