@@ -1,21 +1,42 @@
-"""Checks of a workflow's numbers, run before any expensive work: each failure is a UserError
-whose message names the option and says what is wrong."""
+"""Checks of a workflow's numbers and device, run before any expensive work: each failure is a
+UserError whose message names the option and says what is wrong."""
 
 from __future__ import annotations
 
 import math
 
-from ..errors import UserError
+import torch
 
-__all__ = ["finite_positive", "int_in_range"]
+from ..errors import UserError
+from ..nn.base import int_at_least
+
+__all__ = ["device", "finite_positive", "int_in_range"]
 
 
 def int_in_range(name: str, value: object, low: int = 1, high: int | None = None) -> int:
-    too_high = high is not None and isinstance(value, int) and value > high
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or too_high:
-        bounds = f"from {low} to {high}" if high is not None else f">= {low}"
-        raise UserError(f"{name} must be an int {bounds}, got {value!r}")
+    """``nn.base.int_at_least`` as a UserError, with an upper bound."""
+    try:
+        int_at_least(name, value, low)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    if high is not None and value > high:
+        raise UserError(f"{name} must be at most {high}, got {value!r}")
     return value
+
+
+def device(name: str | None) -> torch.device:
+    """The device to work on: cpu or an available cuda device; "auto" or None: cuda if available."""
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UserError(f"unknown device {name!r}; use cpu, cuda or auto") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise UserError(f"device {name!r}: adaptact runs on cpu or cuda")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name!r}: no CUDA GPU is available here")
+    return dev
 
 
 def finite_positive(name: str, value: object) -> float:

@@ -26,6 +26,7 @@ from ..errors import UserError
 from ..ops.dispatch import triton_available
 from ..registry import create
 from ..tables import format_table
+from . import checks
 from .files import atomic_write, writable_file
 
 __all__ = ["PASSES", "KernelResult", "copy_bandwidth", "run_kernel_bench", "saved_bytes", "tensor_passes"]
@@ -127,19 +128,6 @@ def tensor_passes(module: torch.nn.Module, x: torch.Tensor, dy: torch.Tensor) ->
 DTYPES = ("float32", "float16", "bfloat16")
 
 
-def _device(device: str | None) -> torch.device:
-    """The benchmark's device: cpu or an available cuda device (UserError otherwise)."""
-    try:
-        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    except (RuntimeError, ValueError):
-        raise UserError(f"unknown device {device!r}; use cpu or cuda") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise UserError(f"device {device!r}: the benchmark runs on cpu or cuda")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {device!r}: no CUDA GPU is available here")
-    return dev
-
-
 def run_kernel_bench(shape: tuple[int, ...] = (64, 128, 56, 56),
                      dtypes: tuple[str, ...] = ("float32", "bfloat16"),
                      device: str | None = None, activations: tuple[str, ...] = tuple(PASSES),
@@ -153,7 +141,7 @@ def run_kernel_bench(shape: tuple[int, ...] = (64, 128, 56, 56),
     bad = [d for d in dtypes if d not in DTYPES]
     if bad:
         raise UserError(f"unknown dtype {bad[0]!r}; choose from {', '.join(DTYPES)}")
-    dev = _device(device)
+    dev = checks.device(device)
     if json_path is not None:
         writable_file(json_path, "JSON file")
     itemsize = max(getattr(torch, d).itemsize for d in dtypes)
