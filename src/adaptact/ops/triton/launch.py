@@ -312,7 +312,8 @@ def _activation_backward(ctx, dy: Tensor):
     want = ctx.needs_input_grad
     try:
         dx, ga, gb, gc = torch.ops.adaptact.activation_bwd(x, dy, a, b, c, ctx.kind)
-        grads = [_grad_to(g, p, x) for g, p in ((ga, a), (gb, b), (gc, c))]
+        grads = [_grad_to(g, p, x) if needed else None
+                 for g, p, needed in zip((ga, gb, gc), (a, b, c), want[1:4])]
     except Exception as err:
         on_failure = fallback.handler(ctx)  # set when the forward ran under backend="auto"
         if on_failure is None:
