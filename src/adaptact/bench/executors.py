@@ -56,7 +56,8 @@ def local_pool(fn: Callable[[A], R], args: Iterable[A], workers: int = 1,
     tries = [0] * len(args)
     pending = list(range(len(args)))
     while pending:
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+        size = min(workers, len(pending))  # no idle process (each holds a copy of torch)
+        pool = ProcessPoolExecutor(max_workers=size, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_die_with_parent, initargs=(os.getpid(),))
         futures = {pool.submit(fn, args[i]): i for i in pending}
         pending = []
