@@ -19,6 +19,7 @@ import torch
 from ..errors import UserError
 from ..registry import spec
 from . import data as bench_data
+from . import checks
 from .checks import finite_positive, int_in_range
 from .executors import EXECUTORS, check_ray_address
 from .files import writable_dir
@@ -63,14 +64,10 @@ def check_fits(data: Source, model: Source, ds: bench_data.Dataset) -> None:
                         f"{data.label!r}, expected (N, {ds.num_classes})")
 
 
-def _device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda"):
-        raise UserError(f"device must be cpu, cuda or auto, got {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("device cuda: no CUDA GPU is available here")
-    return device
+def _max_workers(executor: str) -> int | None:
+    """Local workers each hold a copy of torch and the data: more than a few per core only
+    exhausts memory. A Ray cluster sets its own limits."""
+    return 4 * (os.cpu_count() or 1) if executor == "local" else None
 
 
 def _shippable(source: Source, what: str, workers: int, executor: str) -> None:
@@ -146,12 +143,12 @@ def compare(model: str | Callable | None = None, data=DEFAULT_DATA,
     if max(lrs) > MAX_LR:
         raise UserError(f"learning rates must be at most {MAX_LR:g}, got {max(lrs):g}")
     for name, value, high in (("seeds", seeds, MAX_SEEDS), ("epochs", epochs, None),
-                              ("batch size", batch_size, None), ("workers", workers, None)):
+                              ("batch size", batch_size, None), ("workers", workers, _max_workers(executor))):
         int_in_range(name, value, 1, high)
     runs = len(activations) * len(optimizers) * len(lrs) * seeds
     if runs > MAX_RUNS:
         raise UserError(f"{runs} runs asked for; at most {MAX_RUNS} in one request")
-    device = _device(device)
+    device = checks.device(device).type
     if amp not in (None, "bf16", "fp16"):
         raise UserError(f"amp must be bf16 or fp16, got {amp!r}")
     if amp == "fp16" and device != "cuda":
@@ -162,7 +159,8 @@ def compare(model: str | Callable | None = None, data=DEFAULT_DATA,
     if address:
         check_ray_address(address)
     net = model_source(model)
-    source, ds = data_source(data, data_dir, cache_dir=Path(db).parent / ".adaptact-cache")
+    in_process = workers == 1 and executor == "local"  # else tensors travel to workers as a file
+    source, ds = data_source(data, data_dir, None if in_process else Path(db).parent / ".adaptact-cache")
     check_fits(source, net, ds)
     _shippable(net, "model", workers, executor)
     _shippable(source, "data", workers, executor)

@@ -137,7 +137,8 @@ def _tensor_fingerprint(ds: bench_data.Dataset) -> str:
 def data_source(data, data_dir: str | None = None, cache_dir: str | Path | None = None) -> tuple[Source,
                                                                                                 bench_data.Dataset]:
     """The Source of ``data`` and the data set itself (checked: shapes, labels, finite inputs).
-    Tensors given from Python are saved under ``cache_dir`` (``.pt``) for worker processes."""
+    Tensors given from Python stay in memory, or, with ``cache_dir`` (for worker processes), are
+    saved there once as a ``.pt`` file the workers load."""
     if isinstance(data, str) and data in bench_data.DATASETS:
         return Source(data, data), bench_data.load(data, data_dir)
     if isinstance(data, str):
@@ -147,9 +148,9 @@ def data_source(data, data_dir: str | None = None, cache_dir: str | Path | None 
     label = _qualified(data) if callable(data) else "tensors"
     ds = _as_dataset(label, data() if callable(data) else data)
     fingerprint = f"{label}@{_tensor_fingerprint(ds)}"
-    ref: object = data if callable(data) else None
-    if ref is None:
-        folder = Path(cache_dir or ".")
+    ref: object = data if callable(data) else ds
+    if not callable(data) and cache_dir is not None:
+        folder = Path(cache_dir)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f".adaptact-data-{fingerprint.rsplit('@', 1)[1]}.pt"
         if not path.exists():
@@ -160,6 +161,8 @@ def data_source(data, data_dir: str | None = None, cache_dir: str | Path | None 
 
 @functools.lru_cache(maxsize=4)
 def _load_ref(ref, label: str) -> bench_data.Dataset:
+    if isinstance(ref, bench_data.Dataset):
+        return ref
     if isinstance(ref, Path):
         return _as_dataset(label, tuple(torch.load(ref, weights_only=True)))
     loader = _import(ref, "data") if isinstance(ref, str) else ref
