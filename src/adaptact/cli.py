@@ -84,16 +84,24 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+CLI_DEFAULTS = {"optimizers": ["sgd", "adam"], "lrs": [1e-2, 1e-3], "seeds": 5}
+
+
 def _compare_configure(p: argparse.ArgumentParser) -> None:
     from .bench.comparison import MAX_LR, MAX_SEEDS
     from .bench.data import DATASETS
     from .bench.executors import EXECUTORS
     from .bench.models import MODELS
-    from .bench.sweep import DEFAULT_ACTIVATIONS
+    from .bench.protocols import PROTOCOLS
 
-    p.add_argument("--dataset", default="mnist1d", metavar="NAME|MODULE:LOADER",
-                   help=f"a built-in data set ({', '.join(DATASETS)}) or your own: module:attribute of a "
-                        "callable returning (train_x, train_y, test_x, test_y) tensors")
+    p.add_argument("--protocol", choices=[n for n in PROTOCOLS if n != "default"],
+                   help="arelu: the AReLU paper's experiment as its code runs it (MNIST in [0, 1], "
+                        "ConvMNIST, log-softmax + NLL, SGD and Adam at lr 1e-2,1e-3,1e-4,1e-5, 20 epochs, "
+                        "5 seeds, its activation set, best test accuracy over the epochs); the options "
+                        "below override it")
+    p.add_argument("--dataset", metavar="NAME|MODULE:LOADER",
+                   help=f"a built-in data set ({', '.join(DATASETS)}; default mnist1d) or your own: "
+                        "module:attribute of a callable returning (train_x, train_y, test_x, test_y) tensors")
     p.add_argument("--suite", choices=("resnet",),
                    help="resnet: the ACON paper's ResNet comparison (ResNet-18 at width 16; ReLU, Swish, "
                         "ACON-C, Meta-ACON-C after the 3x3 convs only, APReLU, AReLU)")
@@ -105,14 +113,15 @@ def _compare_configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--amp", choices=("bf16", "fp16"), help="mixed precision (fp16 on CUDA only)")
     p.add_argument("--compile", action="store_true", help="torch.compile each model")
-    p.add_argument("--activations", type=_csv_list("activation"), default=list(DEFAULT_ACTIVATIONS),
-                   help="comma-separated registry names (default: the AReLU paper's set + acon_c, "
-                        "meta_acon_c, aprelu)")
-    p.add_argument("--optimizers", type=_csv_list("optimizer"), default=["sgd", "adam"])
-    p.add_argument("--lrs", type=_csv_list("learning rate", _positive(float, MAX_LR)), default=[1e-2, 1e-3])
-    p.add_argument("--seeds", type=_positive(int, MAX_SEEDS), default=5, help="seeds 0..N-1")
-    p.add_argument("--epochs", type=_positive(int), default=5)
-    p.add_argument("--batch-size", type=_positive(int), default=128)
+    p.add_argument("--activations", type=_csv_list("activation"),
+                   help="comma-separated registry names (default: the AReLU paper's kinds in adaptact's "
+                        "variants + acon_c, meta_acon_c, aprelu)")
+    p.add_argument("--optimizers", type=_csv_list("optimizer"), help="default: sgd,adam")
+    p.add_argument("--lrs", type=_csv_list("learning rate", _positive(float, MAX_LR)),
+                   help="default: 0.01,0.001")
+    p.add_argument("--seeds", type=_positive(int, MAX_SEEDS), help="seeds 0..N-1 (default 5)")
+    p.add_argument("--epochs", type=_positive(int), help="default 5")
+    p.add_argument("--batch-size", type=_positive(int), help="default 128")
     p.add_argument("--workers", type=_positive(int), default=1, help="parallel runs (one CPU thread each)")
     p.add_argument("--executor", choices=EXECUTORS, default="local")
     p.add_argument("--address", help="Ray cluster address (with --executor ray)")
@@ -132,11 +141,14 @@ def _compare(args: argparse.Namespace) -> int:
 
     from .bench.comparison import compare
 
-    rows = compare(args.model, args.dataset, args.activations, args.optimizers, args.lrs, args.seeds,
-                   args.epochs, args.batch_size, args.db, args.out, args.baseline, args.workers,
-                   args.executor, args.device, not args.no_progress, args.address, args.data_dir,
-                   args.save_checkpoints, args.suite, args.amp, args.compile,
-                   command=shlex.join(["adaptact", *sys.argv[1:]]))
+    given = {k: getattr(args, k) for k in ("optimizers", "lrs", "seeds")}
+    if args.protocol is None:  # the command line's own defaults: both optimizers, two rates, 5 seeds
+        given = {k: v if v is not None else CLI_DEFAULTS[k] for k, v in given.items()}
+    rows = compare(args.model, args.dataset, args.activations, given["optimizers"], given["lrs"],
+                   given["seeds"], args.epochs, args.batch_size, args.db, args.out, args.baseline,
+                   args.workers, args.executor, args.device, not args.no_progress, args.address,
+                   args.data_dir, args.save_checkpoints, args.suite, args.amp, args.compile,
+                   command=shlex.join(["adaptact", *sys.argv[1:]]), protocol=args.protocol)
     s = rows.summary
     print(f"{s.ran} runs done now, {s.already_done} already in {args.db}; report: {rows.report[0]}")
     return 0

@@ -15,6 +15,8 @@ activations returns bfloat16 (gradients still reach the float32 parameters).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -28,7 +30,9 @@ __all__ = [
     "arelu",
     "channel_view",
     "crelu",
+    "gelu_tanh",
     "maxout",
+    "maxout_pool",
     "meta_acon_c",
     "mixture",
     "pau",
@@ -175,3 +179,21 @@ def maxout(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     shape = (1, weight.shape[0]) + (1,) * (x.ndim - 2) + (weight.shape[1],)
     pieces = x.unsqueeze(-1) * weight.to(x.dtype).reshape(shape) + bias.to(x.dtype).reshape(shape)
     return pieces.amax(dim=-1)
+
+
+def maxout_pool(x: Tensor, pool_size: int = 1) -> Tensor:
+    """Channel-pooling maxout, as the AReLU code's ``Maxout(pool_size)``: dim 1 split into groups
+    of ``pool_size`` consecutive channels, each group replaced by its maximum (C / pool_size
+    channels out). ``pool_size=1``, the code's default and what its experiments ran, is the identity.
+    """
+    if x.ndim < 2 or x.shape[1] % pool_size:
+        raise ValueError(f"maxout_pool({pool_size}) needs dim 1 divisible by {pool_size}, got shape "
+                         f"{tuple(x.shape)}")
+    return x.unflatten(1, (x.shape[1] // pool_size, pool_size)).amax(dim=2)
+
+
+def gelu_tanh(x: Tensor, coefficient: float = math.sqrt(2.0 / math.pi)) -> Tensor:
+    """GELU's tanh form (Hendrycks & Gimpel, arXiv 1606.08415):
+    y = x/2 * (1 + tanh(coefficient * (x + 0.044715 x^3))), coefficient = sqrt(2/pi) in the paper
+    (0.7979946 in the AReLU code, see ``nn.TanhGELU``)."""
+    return 0.5 * x * (1 + torch.tanh(coefficient * (x + 0.044715 * x.pow(3))))

@@ -91,6 +91,10 @@ def _prelu(channels: int, inplace: bool = False, **kwargs) -> nn.Module:
     return ann.PReLU(num_parameters=channels, **kwargs)
 
 
+def _prelu_shared(channels: int | None = None, inplace: bool = False, **kwargs) -> nn.Module:
+    return ann.PReLU(num_parameters=1, **kwargs)
+
+
 def _specs() -> dict[str, ActivationSpec]:
     c, lrn, ad = "classic", "learnable", "adaptive"
     rows = [
@@ -121,6 +125,15 @@ def _specs() -> dict[str, ActivationSpec]:
         ("slaf", _shared(ann.SLAF), lrn, True, False, False, "Goyal et al., arXiv 1906.09529"),
         ("pau", _shared(ann.PAU), lrn, True, False, False, "Molina et al., ICLR 2020"),
         ("maxout", _per_channel(ann.Maxout), lrn, True, False, True, "Goodfellow et al., ICML 2013"),
+        # the AReLU paper's own comparators, as its code builds them (``activation()``, no arguments)
+        ("swish_fixed", _shared(ann.Swish), c, False, False, False,
+         "AReLU code's Swish: x * sigmoid(x), beta fixed at 1"),
+        ("gelu_arelu", _shared(ann.TanhGELU), c, False, False, False,
+         "AReLU code's GELU: tanh form with 0.7979946 for sqrt(2/pi)"),
+        ("maxout_pool", _shared(ann.MaxoutPool), c, False, False, False,
+         "AReLU code's Maxout: channel pooling, pool_size=1 (the identity)"),
+        ("prelu_shared", _prelu_shared, lrn, True, False, False,
+         "He et al., ICCV 2015; one slope for all channels (torch.nn.PReLU())"),
         ("arelu", _shared(ann.AReLU), ad, True, False, False, "Chen et al., arXiv 2006.13858"),
         ("acon_a", _per_channel(ann.AconA), ad, True, False, True, "Ma et al., CVPR 2021"),
         ("acon_b", _per_channel(ann.AconB), ad, True, False, True, "Ma et al., CVPR 2021"),

@@ -1,6 +1,7 @@
 """The report stays inside --out whatever a database holds, renders nothing non-finite as a result,
 and a report writer killed mid-way leaves the previous report whole."""
 
+import csv
 import json
 import math
 import os
@@ -21,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def _row(key: str, dataset: str = "digits", model: str = "linear", acc: float = 0.5, **extra) -> dict:
     row = {"key": key, "dataset": dataset, "model": model, "activation": "relu", "policy": "all",
            "optimizer": "sgd", "lr": 0.01, "seed": 0, "epochs": 2, "batch_size": 128, "device": "cpu",
-           "amp": "", "compile": False, "protocol": 2, "status": "ok", "error": "", "first_epoch_acc": acc,
+           "amp": "", "compile": False, "protocol": 2, "scale": "standard", "loss": "cross_entropy",
+           "validation": 0.1, "status": "ok", "error": "", "first_epoch_acc": acc,
            "best_epoch": 2, "best_acc": acc, "last_acc": acc, "wall_time": 1.0, "epoch_time": 0.5,
            "activation_params": 0, "peak_memory": -1, "train_loss": [1.0, 0.5], "val_acc": [acc, acc],
            "test_acc": [acc, acc], "versions": {}}
@@ -56,7 +58,8 @@ def test_non_finite_numbers_are_never_rendered_as_results(tmp_path):
     assert "| relu | sgd | 0.01 | non-finite | 2 |" in report  # the others, listed apart
     assert "| relu | sgd | 0.01 | diverged | 1 |" in report
     assert "| relu | sgd | 0.01 | failed | 1 | RuntimeError: boom |" in report
-    statuses = [line.split(",")[12] for line in (tmp_path / "runs.csv").read_text().splitlines()[1:]]
+    with open(tmp_path / "runs.csv", newline="") as f:
+        statuses = [row["status"] for row in csv.DictReader(f)]
     assert statuses == ["ok", "non-finite", "non-finite", "diverged", "failed"]
 
 

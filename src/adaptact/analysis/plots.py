@@ -29,10 +29,10 @@ def acon_c_derivative_bounds(p1: float, p2: float) -> tuple[float, float]:
 
 
 def save_figure(fig, path: str | Path) -> Path:
-    """Lay out, write and close a figure."""
+    """Lay out, write and close a figure (PNG where ``path`` has no suffix)."""
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format=None if path.suffix else "png")
     pyplot().close(fig)
     return path
 

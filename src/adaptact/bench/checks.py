@@ -10,7 +10,7 @@ import torch
 from ..errors import UserError
 from ..nn.base import int_at_least
 
-__all__ = ["device", "finite_positive", "int_in_range"]
+__all__ = ["device", "finite_positive", "int_in_range", "share"]
 
 
 def int_in_range(name: str, value: object, low: int = 1, high: int | None = None) -> int:
@@ -43,4 +43,12 @@ def finite_positive(name: str, value: object) -> float:
     number = isinstance(value, int | float) and not isinstance(value, bool)
     if not number or not math.isfinite(value) or value <= 0:
         raise UserError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def share(name: str, value: object) -> float:
+    """A fraction in [0, 1)."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not number or not 0 <= value < 1:
+        raise UserError(f"{name} must be a share in [0, 1), got {value!r}")
     return float(value)

@@ -26,13 +26,13 @@ from .files import writable_dir
 from .report import write_report
 from .sources import Source, build_model, data_source, model_source
 from .store import ResultStore
-from .sweep import DEFAULT_ACTIVATIONS, RESNET_SUITE, SweepSummary, expand, run_sweep
-from .train import OPTIMIZERS, VALIDATION, versions
+from .protocols import resolve
+from .sweep import RESNET_SUITE, SweepSummary, expand, run_sweep
+from .train import LOSSES, OPTIMIZERS, held_out, versions
 
-__all__ = ["DEFAULT_DATA", "DEFAULT_MODEL", "MAX_LR", "MAX_RUNS", "MAX_SEEDS", "Rows", "check_fits",
+__all__ = ["DEFAULT_MODEL", "MAX_LR", "MAX_RUNS", "MAX_SEEDS", "Rows", "check_fits",
            "compare", "report"]
 
-DEFAULT_DATA = "mnist1d"
 DEFAULT_MODEL = {"fashion-mnist": "conv", "mnist": "conv", "mnist1d": "conv1d", "digits": "linear"}
 MAX_SEEDS = 10_000
 MAX_RUNS = 100_000  # configurations one request may ask for
@@ -80,26 +80,40 @@ def _shippable(source: Source, what: str, workers: int, executor: str) -> None:
                             f"module level, give a module:attribute spec, or use workers=1") from None
 
 
-def _setup(data: Source, model: Source, ds: bench_data.Dataset, device: str, command: str | None) -> dict:
+def _setup(data: Source, model: Source, ds: bench_data.Dataset, device: str, command: str | None,
+           settings: dict) -> dict:
     n_train = len(ds.train_y)
-    held = max(1, int(VALIDATION * n_train)) if n_train > 1 else 0
-    return {"data": f"{data.label}: {n_train - held} train, {held} validation, {len(ds.test_y)} test samples "
-                    f"of shape {tuple(ds.train_x.shape[1:])}, {ds.num_classes} classes",
-            "model": model.label, "device": device, "command": command or "adaptact.bench.compare(...)",
+    held = held_out(n_train, settings["validation"])
+    scale = {"standard": "standardised with the training set's mean and std",
+             "unit": "in [0, 1] (ToTensor)"}[settings["scale"]] if data.ref is None else "as given"
+    return {"protocol": settings["protocol"],
+            "data": f"{data.label}: {n_train - held} train, {held} validation, {len(ds.test_y)} test samples "
+                    f"of shape {tuple(ds.train_x.shape[1:])}, {ds.num_classes} classes; inputs {scale}",
+            "model": model.label,
+            "loss": {"cross_entropy": "cross-entropy", "nll": "log-softmax + NLL"}[settings["loss"]],
+            "device": device, "command": command or "adaptact.bench.compare(...)",
             "versions": ", ".join(f"{k} {v}" for k, v in versions().items()),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores"}
 
 
-def compare(model: str | Callable | None = None, data=DEFAULT_DATA,
-            activations: Sequence[str] = DEFAULT_ACTIVATIONS, optimizers: Sequence[str] = ("sgd",),
-            lrs: Sequence[float] = (1e-2,), seeds: int = 3, epochs: int = 5, batch_size: int = 128,
-            db: str | Path = "results.sqlite", out: str | Path = "report",
+def compare(model: str | Callable | None = None, data=None,
+            activations: Sequence[str] | None = None, optimizers: Sequence[str] | None = None,
+            lrs: Sequence[float] | None = None, seeds: int | None = None, epochs: int | None = None,
+            batch_size: int | None = None, db: str | Path = "results.sqlite", out: str | Path = "report",
             baseline: str | None = "relu", workers: int = 1, executor: str = "local", device: str = "auto",
             progress: bool = True, address: str | None = None, data_dir: str | None = None,
             save_checkpoints: str | Path | None = None, suite: str | None = None, amp: str | None = None,
-            compile: bool = False, command: str | None = None) -> Rows:
+            compile: bool = False, command: str | None = None, protocol: str | None = None,
+            scale: str | None = None, loss: str | None = None, validation: float | None = None) -> Rows:
     """Train ``model`` with each activation x optimizer x lr x seed (0..seeds-1) on ``data``,
     store each finished run in ``db`` and write the report to ``out``; returns the stored rows.
+
+    ``protocol``: the named settings (``bench.protocols.PROTOCOLS``) every setting left None takes:
+    "default" (MNIST-1D, the default activation set, SGD at lr 1e-2, 3 seeds, 5 epochs, batch 128,
+    standardised inputs, cross-entropy, 10% validation split) or "arelu" (the AReLU paper's
+    experiment as its code runs it: MNIST in [0, 1], ConvMNIST, log-softmax + NLL, SGD and Adam at
+    lr 1e-2..1e-5, 5 seeds, 20 epochs, its activation set, best test accuracy over the epochs).
+    ``scale``, ``loss``, ``validation``: as ``bench.protocols.Protocol``.
 
     ``model``: a built-in name (default: the one for the data), a ``module:attribute`` spec or a
     callable ``activation_name -> nn.Module``. ``data``: a built-in name, a ``module:attribute``
@@ -110,6 +124,13 @@ def compare(model: str | Callable | None = None, data=DEFAULT_DATA,
     Runs already in ``db`` are not run again; a run that fails or diverges is stored with its
     status and the sweep goes on. Raises UserError for anything wrong with the request, before
     training. ``command``: how the request was made, for the report's setup block."""
+    settings = resolve(protocol, dataset=data, model=model, activations=activations, optimizers=optimizers,
+                       lrs=lrs, seeds=seeds, epochs=epochs, batch_size=batch_size, scale=scale, loss=loss,
+                       validation=validation)
+    settings["protocol"] = protocol or "default"
+    data, model, activations, optimizers, lrs, seeds, epochs, batch_size = (
+        settings[k] for k in ("dataset", "model", "activations", "optimizers", "lrs", "seeds", "epochs",
+                              "batch_size"))
     policies: dict[str, str] = {}
     if suite is not None:
         if suite != "resnet":
@@ -133,6 +154,11 @@ def compare(model: str | Callable | None = None, data=DEFAULT_DATA,
     bad = [o for o in optimizers if o not in OPTIMIZERS]
     if bad:
         raise UserError(f"unknown optimizer {bad[0]!r}; choose from {', '.join(OPTIMIZERS)}")
+    if settings["scale"] not in bench_data.SCALES:
+        raise UserError(f"unknown scale {settings['scale']!r}; choose from {', '.join(bench_data.SCALES)}")
+    if settings["loss"] not in LOSSES:
+        raise UserError(f"unknown loss {settings['loss']!r}; choose from {', '.join(LOSSES)}")
+    checks.share("validation", settings["validation"])
     if executor not in EXECUTORS:
         raise UserError(f"unknown executor {executor!r}; choose from {', '.join(EXECUTORS)}")
     if address and executor != "ray":
@@ -160,18 +186,20 @@ def compare(model: str | Callable | None = None, data=DEFAULT_DATA,
         check_ray_address(address)
     net = model_source(model)
     in_process = workers == 1 and executor == "local"  # else tensors travel to workers as a file
-    source, ds = data_source(data, data_dir, None if in_process else Path(db).parent / ".adaptact-cache")
+    source, ds = data_source(data, data_dir, None if in_process else Path(db).parent / ".adaptact-cache",
+                             settings["scale"])
     check_fits(source, net, ds)
     _shippable(net, "model", workers, executor)
     _shippable(source, "data", workers, executor)
     with ResultStore(db) as store:  # a database that is not ours fails here, before any training
         configs = expand(source, net, activations, optimizers, lrs, seeds, epochs, batch_size, data_dir,
                          None if save_checkpoints is None else str(save_checkpoints), policies, device, amp,
-                         compile)
+                         compile, settings["scale"], settings["loss"], float(settings["validation"]))
         summary = run_sweep(configs, store, executor, workers, address, progress)
         keys = {c.key for c in configs}
         rows = [r for r in store.rows() if r["key"] in keys]
-    files = write_report(rows, out, baseline=baseline, setup=_setup(source, net, ds, device, command))
+    setup = _setup(source, net, ds, device, command, settings)
+    files = write_report(rows, out, baseline=baseline, setup=setup)
     return Rows(rows, summary, files)
 
 

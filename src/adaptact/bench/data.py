@@ -1,7 +1,8 @@
 """Offline data sets for the comparison: IDX folders (Fashion-MNIST, MNIST), MNIST-1D, digits.
 
 Nothing is downloaded. ``load(name)`` returns a :class:`Dataset` of float32 tensors,
-standardised with the training set's mean and std.
+standardised with the training set's mean and std, or with ``scale="unit"`` images as
+torchvision's ``ToTensor()`` gives them: pixels divided by their full scale, in [0, 1].
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ IDX_FILES = {
 }
 IDX_DATASETS = ("fashion-mnist", "mnist")
 DATASETS = IDX_DATASETS + ("mnist1d", "digits")
+SCALES = ("standard", "unit")
+UNIT_SCALED = IDX_DATASETS + ("digits",)  # images with a full scale (255, 16)
 SYSTEM_DIR = Path("/usr/share/datasets")
 _HOW_TO_GET = {
     "fashion-mnist": "install Debian's package (apt-get install dataset-fashion-mnist), or point --data-dir "
@@ -113,14 +116,19 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
-def _standardise(train: np.ndarray, test: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+def _scaled(train: np.ndarray, test: np.ndarray, scale: str = "standard",
+            full_scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 tensors, standardised with the training set's mean and std, or (``scale="unit"``)
+    divided by the pixels' ``full_scale`` (255 for bytes), as ToTensor does."""
     train = torch.as_tensor(np.asarray(train, dtype=np.float32))
     test = torch.as_tensor(np.asarray(test, dtype=np.float32))
+    if scale == "unit":
+        return train / full_scale, test / full_scale
     mean, std = train.mean(), train.std()
     return (train - mean) / std, (test - mean) / std
 
 
-def _load_idx(name: str, data_dir) -> Dataset:
+def _load_idx(name: str, data_dir, scale: str) -> Dataset:
     folder = find_idx_dir(name, data_dir)
     arrays = {key: read_idx(_idx_path(folder, stem)) for key, stem in IDX_FILES.items()}
     for split in ("train", "test"):
@@ -133,7 +141,7 @@ def _load_idx(name: str, data_dir) -> Dataset:
             raise CorruptData(f"{folder}: {split} labels must be 0..{NUM_CLASSES - 1}, found {int(y.max())}")
     if float(arrays["train_x"].std()) == 0:
         raise CorruptData(f"{folder}: the training images are all the same value; nothing to learn")
-    train_x, test_x = _standardise(arrays["train_x"], arrays["test_x"])
+    train_x, test_x = _scaled(arrays["train_x"], arrays["test_x"], scale, 255.0)
     return Dataset(name, train_x.unsqueeze(1), torch.as_tensor(arrays["train_y"].astype(np.int64)),
                    test_x.unsqueeze(1), torch.as_tensor(arrays["test_y"].astype(np.int64)))
 
@@ -150,12 +158,12 @@ def _load_mnist1d(seed: int = 42) -> Dataset:
         data = make_dataset(args)  # generated here, never downloaded
     finally:
         np.random.set_state(state)
-    train_x, test_x = _standardise(data["x"], data["x_test"])
+    train_x, test_x = _scaled(data["x"], data["x_test"])
     return Dataset("mnist1d", train_x.unsqueeze(1), torch.as_tensor(data["y"].astype(np.int64)),
                    test_x.unsqueeze(1), torch.as_tensor(data["y_test"].astype(np.int64)))
 
 
-def _load_digits() -> Dataset:
+def _load_digits(scale: str) -> Dataset:
     try:
         from sklearn.datasets import load_digits
     except ImportError as err:
@@ -165,18 +173,25 @@ def _load_digits() -> Dataset:
     order = np.random.default_rng(0).permutation(len(y))
     x, y = x[order], y[order]
     split = int(0.8 * len(y))
-    train_x, test_x = _standardise(x[:split], x[split:])
+    train_x, test_x = _scaled(x[:split], x[split:], scale, 16.0)  # 4-bit grey levels 0..16
     return Dataset("digits", train_x.unsqueeze(1), torch.as_tensor(y[:split]),
                    test_x.unsqueeze(1), torch.as_tensor(y[split:]))
 
 
 @functools.lru_cache(maxsize=4)
-def load(name: str, data_dir: str | None = None) -> Dataset:
-    """Load a data set by name: fashion-mnist, mnist, mnist1d or digits (cached per process)."""
+def load(name: str, data_dir: str | None = None, scale: str = "standard") -> Dataset:
+    """Load a data set by name: fashion-mnist, mnist, mnist1d or digits (cached per process).
+    ``scale``: "standard" (mean 0, std 1 over the training set) or "unit" (images in [0, 1]:
+    the image sets only; MNIST-1D's signals have no full scale)."""
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
+    if scale == "unit" and name not in UNIT_SCALED:
+        raise DataError(f"{name}: scale 'unit' is for images with a full scale ({', '.join(UNIT_SCALED)}); "
+                        "use the standard scale")
     if name in IDX_DATASETS:
-        return _load_idx(name, data_dir)
+        return _load_idx(name, data_dir, scale)
     if name == "mnist1d":
         return _load_mnist1d()
     if name == "digits":
-        return _load_digits()
+        return _load_digits(scale)
     raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")

@@ -17,6 +17,20 @@ from .files import writable_dir, writable_file
 __all__ = ["inspect_checkpoints", "plot_activations"]
 
 
+def _check_format(output: str | Path) -> None:
+    """UserError unless matplotlib can write ``output``'s format (named by its suffix; none: PNG)."""
+    suffix = Path(output).suffix.lstrip(".").lower()
+    if not suffix:
+        return
+    from ..analysis.plots import pyplot
+
+    formats = pyplot().figure().canvas.get_supported_filetypes()
+    pyplot().close("all")
+    if suffix not in formats:
+        raise UserError(f"output {str(output)!r}: matplotlib cannot write .{suffix} files; use .png, .pdf "
+                        "or .svg")
+
+
 def plot_activations(names: Sequence[str], output: str | Path, derivative: bool = False,
                      checkpoint: str | Path | None = None) -> Path:
     """Curves (and derivatives) of the named activations and of the learned ones in ``checkpoint``
@@ -26,6 +40,7 @@ def plot_activations(names: Sequence[str], output: str | Path, derivative: bool 
     except ValueError as err:
         raise UserError(str(err)) from None
     writable_file(output, "output")
+    _check_format(output)
     if checkpoint is not None:
         items += ins.learned_activations(load_checkpoint(checkpoint)[0])
     if not items:

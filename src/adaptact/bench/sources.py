@@ -134,13 +134,14 @@ def _tensor_fingerprint(ds: bench_data.Dataset) -> str:
     return h.hexdigest()[:12]
 
 
-def data_source(data, data_dir: str | None = None, cache_dir: str | Path | None = None) -> tuple[Source,
-                                                                                                bench_data.Dataset]:
+def data_source(data, data_dir: str | None = None, cache_dir: str | Path | None = None,
+                scale: str = "standard") -> tuple[Source, bench_data.Dataset]:
     """The Source of ``data`` and the data set itself (checked: shapes, labels, finite inputs).
     Tensors given from Python stay in memory, or, with ``cache_dir`` (for worker processes), are
-    saved there once as a ``.pt`` file the workers load."""
+    saved there once as a ``.pt`` file the workers load. ``scale`` applies to built-in data;
+    the user's are used as given."""
     if isinstance(data, str) and data in bench_data.DATASETS:
-        return Source(data, data), bench_data.load(data, data_dir)
+        return Source(data, data), bench_data.load(data, data_dir, scale)
     if isinstance(data, str):
         loader = _import(data, "data")
         ds = _as_dataset(data, loader())
@@ -169,8 +170,9 @@ def _load_ref(ref, label: str) -> bench_data.Dataset:
     return _as_dataset(label, loader())
 
 
-def load_data(source: Source, data_dir: str | None = None) -> bench_data.Dataset:
-    """The data set of ``source`` (cached per process)."""
+def load_data(source: Source, data_dir: str | None = None, scale: str = "standard") -> bench_data.Dataset:
+    """The data set of ``source`` (cached per process); ``scale`` as ``bench.data.load``, for
+    built-in data."""
     if source.ref is None:
-        return bench_data.load(source.label, data_dir)
+        return bench_data.load(source.label, data_dir, scale)
     return _load_ref(source.ref, source.label)

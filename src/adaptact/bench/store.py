@@ -18,13 +18,14 @@ from ..errors import UserError
 __all__ = ["COLUMNS", "STATUSES", "ResultStore", "StoreError"]
 
 COLUMNS = ("key", "dataset", "model", "activation", "policy", "optimizer", "lr", "seed", "epochs",
-           "batch_size", "device", "amp", "compile", "protocol", "status", "error", "first_epoch_acc",
-           "best_epoch", "best_acc", "last_acc", "wall_time", "epoch_time", "activation_params",
-           "peak_memory", "train_loss", "val_acc", "test_acc", "versions", "finished_at")
+           "batch_size", "device", "amp", "compile", "protocol", "scale", "loss", "validation", "status",
+           "error", "first_epoch_acc", "best_epoch", "best_acc", "last_acc", "wall_time", "epoch_time",
+           "activation_params", "peak_memory", "train_loss", "val_acc", "test_acc", "versions", "finished_at")
 STATUSES = ("ok", "diverged", "failed")
 _INTS = ("seed", "epochs", "batch_size", "protocol", "best_epoch", "activation_params", "peak_memory",
          "compile")
-_REALS = ("lr", "first_epoch_acc", "best_acc", "last_acc", "wall_time", "epoch_time", "finished_at")
+_REALS = ("lr", "validation", "first_epoch_acc", "best_acc", "last_acc", "wall_time", "epoch_time",
+          "finished_at")
 _LISTS = ("train_loss", "val_acc", "test_acc")
 _NUMBERS = ("lr", "first_epoch_acc", "best_acc", "last_acc", "wall_time", "epoch_time")
 _JSON = ("train_loss", "val_acc", "test_acc", "versions")
@@ -53,6 +54,9 @@ _ADDED = {
     "activation_params": "INTEGER NOT NULL DEFAULT -1",
     "peak_memory": "INTEGER NOT NULL DEFAULT -1",
     "val_acc": "TEXT NOT NULL DEFAULT '[]'",
+    "scale": "TEXT NOT NULL DEFAULT 'standard'",
+    "loss": "TEXT NOT NULL DEFAULT 'cross_entropy'",
+    "validation": "REAL NOT NULL DEFAULT 0.1",
 }
 
 
@@ -104,6 +108,8 @@ class ResultStore:
             for name, declaration in _ADDED.items():
                 if name not in columns:  # databases written before the column existed
                     self._db.execute(f"ALTER TABLE runs ADD COLUMN {name} {declaration}")
+                    if name == "validation":  # protocol 1 had no validation split
+                        self._db.execute("UPDATE runs SET validation = 0 WHERE protocol < 2")
             self._db.commit()
         except (sqlite3.DatabaseError, OSError, ValueError) as err:
             raise StoreError(f"{self.path}: cannot be used as a results database ({err})") from None

@@ -12,12 +12,8 @@ from .store import ResultStore
 from .sources import Source
 from .train import RunConfig, result_row, run
 
-__all__ = ["DEFAULT_ACTIVATIONS", "PAPER_ACTIVATIONS", "SweepSummary", "expand", "lost_run", "run_sweep"]
+__all__ = ["RESNET_SUITE", "SweepSummary", "expand", "lost_run", "run_sweep"]
 
-# The activations the AReLU paper compares (its Table 1), then the library's adaptive ones.
-PAPER_ACTIVATIONS = ("apl", "arelu", "gelu", "maxout", "mixture", "slaf", "swish", "relu", "relu6", "sigmoid",
-                     "leaky_relu", "elu", "prelu", "selu", "tanh", "rrelu", "celu", "softplus", "pau")
-DEFAULT_ACTIVATIONS = PAPER_ACTIVATIONS + ("acon_c", "meta_acon_c", "aprelu")
 # The ACON paper's ResNet comparison: Meta-ACON-C only after the 3x3 conv of each block.
 RESNET_SUITE = {"model": "resnet18_w16", "activations": ("relu", "swish", "acon_c", "meta_acon_c", "aprelu",
                                                          "arelu"),
@@ -35,7 +31,8 @@ def expand(dataset: str | Source, model: str | Source, activations: Sequence[str
            lrs: Sequence[float], seeds: int, epochs: int, batch_size: int = 128,
            data_dir: str | None = None, checkpoint_dir: str | None = None,
            policies: Mapping[str, str] | None = None, device: str = "cpu", amp: str | None = None,
-           compile: bool = False) -> list[RunConfig]:
+           compile: bool = False, scale: str = "standard", loss: str = "cross_entropy",
+           validation: float = 0.1) -> list[RunConfig]:
     """Every combination, seeds 0..seeds-1, in a stable order; ``policies`` maps an activation to
     the replace_activations policy it is put in with (default "all"). ``dataset``/``model``:
     built-in names or ``sources.Source`` (user data and factories)."""
@@ -45,8 +42,8 @@ def expand(dataset: str | Source, model: str | Source, activations: Sequence[str
     user_data = data if data.ref is not None else None
     user_model = net if net.ref is not None else None
     return [RunConfig(data.fingerprint, net.fingerprint, a, o, float(lr), s, epochs, batch_size,
-                      policies.get(a, "all"), device, amp, compile, data_dir, checkpoint_dir, user_data,
-                      user_model)
+                      policies.get(a, "all"), device, amp, compile, scale, loss, validation, data_dir,
+                      checkpoint_dir, user_data, user_model)
             for a, o, lr, s in itertools.product(activations, optimizers, lrs, range(seeds))]
 
 

@@ -17,11 +17,13 @@ from ..convert import replace_activations
 from .checkpoints import save_checkpoint
 from .sources import Source, build_model, load_data
 
-__all__ = ["OPTIMIZERS", "PROTOCOL", "VALIDATION", "RunConfig", "checkpoint_name", "result_row", "run"]
+__all__ = ["LOSSES", "OPTIMIZERS", "PROTOCOL", "VALIDATION", "RunConfig", "checkpoint_name", "held_out",
+           "result_row", "run"]
 
 OPTIMIZERS = ("sgd", "adam")
 PROTOCOL = 2  # bump when training changes in a way that changes numbers (2: validation split)
 VALIDATION = 0.1  # share of the training set held out to pick the epoch (the same split for every run)
+LOSSES = ("cross_entropy", "nll")  # nll: log-softmax then NLL, as the AReLU code's LogSoftmax head
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,9 @@ class RunConfig:
     device: str = "cpu"
     amp: str | None = None  # "bf16" or "fp16": the forward under torch.autocast
     compile: bool = False  # torch.compile the model
+    scale: str = "standard"  # of built-in data (bench.data.SCALES)
+    loss: str = "cross_entropy"  # LOSSES
+    validation: float = VALIDATION  # share held out to pick the epoch; 0: picked on the test set
     data_dir: str | None = field(default=None, compare=False)
     checkpoint_dir: str | None = field(default=None, compare=False)
     data_source: Source | None = field(default=None, compare=False)
@@ -51,7 +56,8 @@ class RunConfig:
     def identity(self) -> dict:
         d = {k: v for k, v in asdict(self).items()
              if k not in ("data_dir", "checkpoint_dir", "data_source", "model_source")}
-        for name, default in (("policy", "all"), ("amp", None), ("compile", False)):
+        for name, default in (("policy", "all"), ("amp", None), ("compile", False), ("scale", "standard"),
+                              ("loss", "cross_entropy"), ("validation", VALIDATION)):
             if d[name] == default:  # defaults keep the keys of runs stored before the field existed
                 d.pop(name)
         d["protocol"] = PROTOCOL
@@ -86,11 +92,22 @@ def versions() -> dict[str, str]:
     return {"adaptact": __version__, "torch": torch.__version__, "python": platform.python_version()}
 
 
-def _split(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train, validation) indices: a fixed, seeded VALIDATION share of the training set."""
+def held_out(n: int, share: float = VALIDATION) -> int:
+    """How many of ``n`` training samples a validation ``share`` holds out (>= 1 when share > 0)."""
+    return max(1, int(share * n)) if n > 1 and share > 0 else 0
+
+
+def _split(n: int, share: float = VALIDATION) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, validation) indices: a fixed, seeded ``share`` of the training set held out."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
-    held = max(1, int(VALIDATION * n)) if n > 1 else 0
+    held = held_out(n, share)
     return order[held:], order[:held]
+
+
+def _loss(name: str, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    if name == "nll":  # the AReLU code: LogSoftmax as the network's last layer, then F.nll_loss
+        return F.nll_loss(F.log_softmax(logits, dim=-1), target)
+    return F.cross_entropy(logits, target)
 
 
 def _activation_parameters(model: torch.nn.Module) -> int:
@@ -117,11 +134,12 @@ def _build(config: RunConfig, ds) -> torch.nn.Module:
 def run(config: RunConfig) -> dict:
     """Train and evaluate once; deterministic on CPU for a given config (one thread).
 
-    A seeded VALIDATION share of the training set is held out; after each epoch the accuracies
-    on it (``val_acc``) and on the test set (``test_acc``) are recorded. ``best_epoch`` is the
-    epoch of the best validation accuracy (the first on ties) and ``best_acc`` the test accuracy
-    there; ``first_epoch_acc`` (the AReLU paper's measure) and ``last_acc`` are the test
-    accuracies after the first and the last epoch. Also: ``train_loss`` per epoch,
+    A seeded ``config.validation`` share of the training set is held out; after each epoch the
+    accuracies on it (``val_acc``) and on the test set (``test_acc``) are recorded. ``best_epoch``
+    is the epoch of the best validation accuracy (the first on ties; with no validation split, of
+    the best test accuracy) and ``best_acc`` the test accuracy there; ``first_epoch_acc`` (the
+    AReLU paper's measure) and ``last_acc`` are the test accuracies after the first and the last
+    epoch. Also: ``train_loss`` per epoch,
     ``wall_time`` and ``epoch_time`` (s), ``activation_params``, ``peak_memory`` (bytes, CUDA;
     -1 on CPU) and ``versions``. ``status`` is "ok"; "diverged" when the training loss turns
     non-finite (training stops there); "failed" when the run raised (``error`` says what). Runs
@@ -135,7 +153,8 @@ def run(config: RunConfig) -> dict:
     start = time.perf_counter()
     try:
         device = torch.device(config.device)
-        ds = load_data(config.data_source or Source(config.dataset, config.dataset), config.data_dir)
+        source = config.data_source or Source(config.dataset, config.dataset)
+        ds = load_data(source, config.data_dir, config.scale)
         torch.manual_seed(config.seed)
         model = _build(config, ds).to(device)
         params = _activation_parameters(model)
@@ -144,7 +163,7 @@ def run(config: RunConfig) -> dict:
         precision = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.amp)
         scaler = torch.amp.GradScaler(device.type, enabled=precision == torch.float16)
         order = torch.Generator().manual_seed(config.seed)
-        train, val = _split(len(ds.train_y))
+        train, val = _split(len(ds.train_y), config.validation)
         train_x, train_y = ds.train_x[train].to(device), ds.train_y[train].to(device)
         val_x, val_y = ds.train_x[val].to(device), ds.train_y[val].to(device)
         test_x, test_y = ds.test_x.to(device), ds.test_y.to(device)
@@ -156,7 +175,7 @@ def run(config: RunConfig) -> dict:
             for idx in torch.randperm(len(train_y), generator=order).split(config.batch_size):
                 idx = idx.to(device)
                 with torch.autocast(device.type, dtype=precision, enabled=precision is not None):
-                    loss = F.cross_entropy(forward(train_x[idx]), train_y[idx])
+                    loss = _loss(config.loss, forward(train_x[idx]), train_y[idx])
                 if not torch.isfinite(loss):
                     status = "diverged"
                     break
@@ -168,7 +187,8 @@ def run(config: RunConfig) -> dict:
             if status != "ok":
                 break
             losses.append(total / len(train_y))
-            val_accs.append(_accuracy(model, val_x, val_y) if len(val_y) else 0.0)
+            if len(val_y):
+                val_accs.append(_accuracy(model, val_x, val_y))
             accs.append(_accuracy(model, test_x, test_y))
         if device.type == "cuda":
             peak = torch.cuda.max_memory_allocated(device)
@@ -184,14 +204,19 @@ def run(config: RunConfig) -> dict:
 def result_row(config: RunConfig, status: str, error: str = "", losses: Sequence[float] = (),
                val_accs: Sequence[float] = (), accs: Sequence[float] = (), wall: float = 0.0,
                params: int = -1, peak: int = -1) -> dict:
-    """The stored row of a run (see ``run``) from what it measured."""
-    best = max(range(len(val_accs)), key=lambda e: (val_accs[e], -e)) if val_accs else -1
+    """The stored row of a run (see ``run``) from what it measured. Without a validation split
+    the best epoch is the one with the best test accuracy (the papers' measure)."""
+    picks = val_accs if config.validation > 0 else accs
+    best = max(range(len(picks)), key=lambda e: (picks[e], -e)) if picks else -1
     return {
         "key": config.key,
         **config.identity(),
         "policy": config.policy,
         "amp": config.amp or "",
         "compile": config.compile,
+        "scale": config.scale,
+        "loss": config.loss,
+        "validation": config.validation,
         "train_loss": list(losses),
         "val_acc": list(val_accs),
         "test_acc": list(accs),

@@ -4,8 +4,8 @@ from .acon import AconA, AconB, AconC
 from .aprelu import APReLU
 from .arelu import AReLU
 from .base import ActivationModule
-from .classic import CReLU, PReLU, Swish
-from .comparators import APL, SLAF, Maxout, Mixture
+from .classic import CReLU, PReLU, Swish, TanhGELU
+from .comparators import APL, SLAF, Maxout, MaxoutPool, Mixture
 from .meta_acon import MetaAconC
 from .rational import PAU
 
@@ -21,8 +21,10 @@ __all__ = [
     "ActivationModule",
     "CReLU",
     "Maxout",
+    "MaxoutPool",
     "MetaAconC",
     "Mixture",
     "PReLU",
     "Swish",
+    "TanhGELU",
 ]

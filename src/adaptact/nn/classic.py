@@ -73,6 +73,30 @@ class Swish(ActivationModule):
         return f"beta={self.beta.item():.4g}, learnable={self.learnable}"
 
 
+class TanhGELU(ActivationModule):
+    """GELU's tanh form with a given coefficient (Hendrycks & Gimpel, arXiv 1606.08415).
+
+    .. math:: y = \\tfrac{x}{2}\\,(1 + \\tanh(k\\,(x + 0.044715\\,x^3)))
+
+    The paper's k is sqrt(2/pi) = 0.7978846 (``nn.GELU(approximate="tanh")``); the AReLU code's
+    GELU, which its experiments compare against, writes k = 0.7979946 (``ARELU_CODE``).
+    """
+
+    ARELU_CODE = 0.7979946
+
+    def __init__(self, coefficient: float = ARELU_CODE, inplace: bool = False) -> None:
+        super().__init__()
+        self.coefficient = float(coefficient)
+        self.inplace = inplace
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_input(self, x, None)
+        return AF.gelu_tanh(x, self.coefficient)
+
+    def extra_repr(self) -> str:
+        return f"coefficient={self.coefficient}"
+
+
 class CReLU(ActivationModule):
     """Concatenated ReLU (Shang et al., ICML 2016, arXiv 1603.05201).
 

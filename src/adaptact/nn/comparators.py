@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from .. import functional as AF
 from .base import ActivationModule, check_input, int_at_least
 
-__all__ = ["APL", "SLAF", "Maxout", "Mixture"]
+__all__ = ["APL", "SLAF", "Maxout", "MaxoutPool", "Mixture"]
 
 
 class APL(ActivationModule):
@@ -104,3 +104,29 @@ class Maxout(ActivationModule):
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, pieces={self.weight.shape[1]}"
+
+
+class MaxoutPool(ActivationModule):
+    """Channel-pooling maxout, the AReLU code's ``Maxout(pool_size)``: the maximum over each group
+    of ``pool_size`` consecutive channels.
+
+    .. math:: y_{c} = \\max_{j < p} x_{p c + j}
+
+    No parameters. The AReLU paper's experiments build it with its default ``pool_size=1``, where it
+    is the identity; this module reproduces that comparator (the per-channel affine maxout is
+    :class:`Maxout`).
+
+    Shape: (N, C, *) -> (N, C / pool_size, *); C must be divisible by ``pool_size``.
+    """
+
+    def __init__(self, pool_size: int = 1, inplace: bool = False) -> None:
+        super().__init__()
+        self.pool_size = int_at_least("pool_size", pool_size)
+        self.inplace = inplace
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_input(self, x, None)
+        return AF.maxout_pool(x, self.pool_size)
+
+    def extra_repr(self) -> str:
+        return f"pool_size={self.pool_size}"
