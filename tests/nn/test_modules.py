@@ -2,6 +2,7 @@
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -278,3 +279,47 @@ def test_bad_constructor_arguments(kwargs, message):
 def test_bad_aprelu_alpha_mode():
     with pytest.raises(ValueError, match="alpha must be 'channel' or 'sample', got 'pixel'"):
         adaptact.APReLU(4, alpha="pixel")
+
+
+def _keras_aprelu(x_nhwc: np.ndarray, w: list, training: bool) -> np.ndarray:
+    """The authors' Keras ``aprelu`` block (ResNet_APReLU_Keras_Cifar10.py) written in numpy, float64:
+    channel means of GAP(pos) and GAP(neg), Concatenate([neg, pos]), Dense(2), BN(eps 1e-3), ReLU,
+    Dense(1), BN, sigmoid; Keras kernels are (in, out)."""
+    def bn(h, gamma, beta, mean, var):
+        if training:
+            mean, var = h.mean(0), h.var(0)  # batch statistics, biased variance
+        return gamma * (h - mean) / np.sqrt(var + 1e-3) + beta
+
+    pos, neg = np.maximum(x_nhwc, 0), np.minimum(x_nhwc, 0)
+    scales_p = pos.mean(axis=(1, 2)).mean(axis=1, keepdims=True)
+    scales_n = neg.mean(axis=(1, 2)).mean(axis=1, keepdims=True)
+    h = np.concatenate([scales_n, scales_p], axis=1) @ w[0] + w[1]
+    h = np.maximum(bn(h, *w[2:6]), 0) @ w[6] + w[7]
+    scale = 1 / (1 + np.exp(-bn(h, *w[8:12])))
+    return pos + scale[:, None, None, :] * neg
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_aprelu_sample_variant_equals_the_authors_keras_code(training):
+    rng = np.random.default_rng(7)
+    shapes = [(2, 2), (2,), (2,), (2,), (2,), (2,), (2, 1), (1,), (1,), (1,), (1,), (1,)]
+    weights = [rng.normal(size=s) for s in shapes]
+    weights[5], weights[11] = rng.uniform(0.5, 2, 2), rng.uniform(0.5, 2, 1)  # moving variances
+    weights = [w.astype(np.float32) for w in weights]  # as Keras holds them
+    m = adaptact.APReLU(5, alpha="sample").double().train(training)
+    m.load_state_dict(adaptact.nn.aprelu.keras_state_dict(weights))
+    x = rng.normal(size=(4, 6, 7, 5))  # NHWC, as Keras holds it
+    expected = _keras_aprelu(x, [w.astype(np.float64) for w in weights], training)
+    out = m(torch.from_numpy(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+    np.testing.assert_allclose(out.detach().numpy(), expected, rtol=1e-12, atol=1e-12)
+    assert m.bn1.eps == m.bn2.eps == 1e-3 and m.fc1.weight.shape == (2, 2) and m.fc2.weight.shape == (1, 2)
+
+
+def test_keras_state_dict_refuses_other_layouts():
+    with pytest.raises(ValueError, match="12 weight arrays"):
+        adaptact.nn.aprelu.keras_state_dict([np.zeros((2, 2))])
+    shapes = [(2, 2), (2,), (2,), (2,), (2,), (2,), (2, 1), (1,), (1,), (1,), (1,), (1,)]
+    weights = [np.zeros(s) for s in shapes]
+    weights[0] = np.zeros((4, 2))
+    with pytest.raises(ValueError, match=r"Keras weight 0 has shape \(4, 2\), expected \(2, 2\)"):
+        adaptact.nn.aprelu.keras_state_dict(weights)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -10,7 +11,9 @@ from torch import Tensor, nn
 from ..ops import dispatch
 from .base import ActivationModule, batch_norm, check_input, int_at_least
 
-__all__ = ["APReLU"]
+__all__ = ["APReLU", "keras_state_dict"]
+
+KERAS_BN_EPS = 1e-3  # Keras's BatchNormalization epsilon (torch's is 1e-5)
 
 
 class APReLU(ActivationModule):
@@ -23,9 +26,21 @@ class APReLU(ActivationModule):
     s = concat(GAP(min(x, 0)), GAP(max(x, 0))) of shape (N, 2C), then
     fc1 (2C -> C) -> bn1 -> ReLU -> fc2 -> bn2 -> sigmoid.
 
-    * ``alpha="channel"`` (default, the paper): fc2 is C -> C, alpha is (N, C).
-    * ``alpha="sample"`` (the authors' Keras CIFAR-10 code): fc2 is C -> 1, alpha is (N, 1),
-      one slope per sample shared by all channels.
+    * ``alpha="channel"`` (default, the paper): fc1 is 2C -> C, fc2 C -> C, alpha is (N, C).
+    * ``alpha="sample"`` (the authors' Keras CIFAR-10 code, ``ResNet_APReLU_Keras_Cifar10.py``):
+      s is first averaged over channels to (N, 2) = (mean GAP(min(x, 0)), mean GAP(max(x, 0))),
+      then Dense(2) -> BN -> ReLU -> Dense(1) -> BN -> sigmoid: fc1 is 2 -> 2, fc2 2 -> 1,
+      alpha is (N, 1), one slope per sample for all channels. As there: BatchNorm epsilon 1e-3,
+      momentum 0.9 in Keras's convention (0.1 in torch's), he_normal weights, zero biases.
+      ``keras_state_dict`` turns that code's layer weights into this module's state_dict.
+
+    Args:
+        channels: C, the size of dim 1 of the input.
+        alpha: "channel" or "sample" (above).
+        inplace: accepted for drop-in use; the output is always a new tensor.
+        backend: "auto", "reference", "autograd" or "triton" (``adaptact.ops.dispatch``).
+
+    Shape: (N, C, *) -> the same.
 
     Batch size 1 in training mode: the BatchNorms normalise a single sample with their
     running statistics and do not update them (batch statistics of one sample are undefined).
@@ -45,11 +60,20 @@ class APReLU(ActivationModule):
         self.channels = int_at_least("channels", channels)
         self.alpha_mode = alpha
         self.inplace = inplace
-        out = channels if alpha == "channel" else 1
-        self.fc1 = nn.Linear(2 * channels, channels)
-        self.bn1 = nn.BatchNorm1d(channels)
-        self.fc2 = nn.Linear(channels, out)
-        self.bn2 = nn.BatchNorm1d(out)
+        if alpha == "channel":
+            self.fc1 = nn.Linear(2 * channels, channels)
+            self.bn1 = nn.BatchNorm1d(channels)
+            self.fc2 = nn.Linear(channels, channels)
+            self.bn2 = nn.BatchNorm1d(channels)
+        else:
+            self.fc1 = nn.Linear(2, 2)
+            self.bn1 = nn.BatchNorm1d(2, eps=KERAS_BN_EPS)
+            self.fc2 = nn.Linear(2, 1)
+            self.bn2 = nn.BatchNorm1d(1, eps=KERAS_BN_EPS)
+            for fc in (self.fc1, self.fc2):  # Keras's he_normal: truncated normal, std sqrt(2 / fan_in)
+                std = (2.0 / fc.in_features) ** 0.5
+                nn.init.trunc_normal_(fc.weight, std=std, a=-2 * std, b=2 * std)
+                nn.init.zeros_(fc.bias)
 
     def generate_alpha(self, x: Tensor) -> Tensor:
         """The negative slopes for ``x``: (N, C) or (N, 1)."""
@@ -58,6 +82,8 @@ class APReLU(ActivationModule):
 
     def alpha_from_stats(self, s: Tensor) -> Tensor:
         """The negative slopes from s = concat(GAP(min(x, 0)), GAP(max(x, 0))), (N, 2C)."""
+        if self.alpha_mode == "sample":  # the Keras code's channel means, (N, 2): negative, positive
+            s = s.unflatten(1, (2, self.channels)).mean(dim=2)
         h = torch.relu(batch_norm(self.bn1, self.fc1(s)))
         return torch.sigmoid(batch_norm(self.bn2, self.fc2(h)))
 
@@ -68,3 +94,23 @@ class APReLU(ActivationModule):
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, alpha={self.alpha_mode!r}" + self._backend_repr()
+
+
+def keras_state_dict(weights: Sequence) -> dict[str, Tensor]:
+    """The state_dict of ``APReLU(C, alpha="sample")`` from the authors' Keras code's weights, in
+    the order ``Model.get_weights()`` lists one ``aprelu`` block's layers: Dense(2) kernel (2, 2)
+    and bias, BatchNormalization gamma, beta, moving mean, moving variance, Dense(1) kernel (2, 1)
+    and bias, BatchNormalization's four. Keras kernels are (in, out): transposed here."""
+    if len(weights) != 12:
+        raise ValueError(f"expected the 12 weight arrays of one Keras aprelu block, got {len(weights)}")
+    w = [torch.as_tensor(v, dtype=torch.float32) for v in weights]
+    shapes = [(2, 2), (2,), (2,), (2,), (2,), (2,), (2, 1), (1,), (1,), (1,), (1,), (1,)]
+    for i, (t, shape) in enumerate(zip(w, shapes)):
+        if tuple(t.shape) != shape:
+            raise ValueError(f"Keras weight {i} has shape {tuple(t.shape)}, expected {shape}")
+    state = {"fc1.weight": w[0].T.contiguous(), "fc1.bias": w[1], "fc2.weight": w[6].T.contiguous(),
+             "fc2.bias": w[7]}
+    for name, (gamma, beta, mean, var) in (("bn1", w[2:6]), ("bn2", w[8:12])):
+        state |= {f"{name}.weight": gamma, f"{name}.bias": beta, f"{name}.running_mean": mean,
+                  f"{name}.running_var": var, f"{name}.num_batches_tracked": torch.tensor(0)}
+    return state
