@@ -102,6 +102,9 @@ def _compare_configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", metavar="NAME|MODULE:LOADER",
                    help=f"a built-in data set ({', '.join(DATASETS)}; default mnist1d) or your own: "
                         "module:attribute of a callable returning (train_x, train_y, test_x, test_y) tensors")
+    p.add_argument("--snr", type=_csv_list("SNR", float), metavar="DB[,DB...]",
+                   help="with --dataset bearing: one sweep per SNR, white noise at that many dB (the APReLU "
+                        "paper: 5,3,1); without it the signals are clean")
     p.add_argument("--suite", choices=("resnet",),
                    help="resnet: the ACON paper's ResNet comparison (ResNet-18 at width 16; ReLU, Swish, "
                         "ACON-C, Meta-ACON-C after the 3x3 convs only, APReLU, AReLU)")
@@ -148,7 +151,8 @@ def _compare(args: argparse.Namespace) -> int:
                    given["seeds"], args.epochs, args.batch_size, args.db, args.out, args.baseline,
                    args.workers, args.executor, args.device, not args.no_progress, args.address,
                    args.data_dir, args.save_checkpoints, args.suite, args.amp, args.compile,
-                   command=shlex.join(["adaptact", *sys.argv[1:]]), protocol=args.protocol)
+                   command=shlex.join(["adaptact", *sys.argv[1:]]), protocol=args.protocol,
+                   snr=args.snr)
     s = rows.summary
     print(f"{s.ran} runs done now, {s.already_done} already in {args.db}; report: {rows.report[0]}")
     return 0

@@ -8,6 +8,7 @@ database, and the report is written.
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import platform
@@ -33,7 +34,8 @@ from .train import LOSSES, OPTIMIZERS, held_out, versions
 __all__ = ["DEFAULT_MODEL", "MAX_LR", "MAX_RUNS", "MAX_SEEDS", "Rows", "check_fits",
            "compare", "report"]
 
-DEFAULT_MODEL = {"fashion-mnist": "conv", "mnist": "conv", "mnist1d": "conv1d", "digits": "linear"}
+DEFAULT_MODEL = {"fashion-mnist": "conv", "mnist": "conv", "mnist1d": "conv1d", "digits": "linear",
+                 "bearing": "resnet1d-9"}
 MAX_SEEDS = 10_000
 MAX_RUNS = 100_000  # configurations one request may ask for
 MAX_LR = 1e6  # past this no optimizer step means anything (and float32 parameters overflow)
@@ -104,7 +106,8 @@ def compare(model: str | Callable | None = None, data=None,
             progress: bool = True, address: str | None = None, data_dir: str | None = None,
             save_checkpoints: str | Path | None = None, suite: str | None = None, amp: str | None = None,
             compile: bool = False, command: str | None = None, protocol: str | None = None,
-            scale: str | None = None, loss: str | None = None, validation: float | None = None) -> Rows:
+            scale: str | None = None, loss: str | None = None, validation: float | None = None,
+            snr: Sequence[float] | None = None) -> Rows:
     """Train ``model`` with each activation x optimizer x lr x seed (0..seeds-1) on ``data``,
     store each finished run in ``db`` and write the report to ``out``; returns the stored rows.
 
@@ -113,7 +116,10 @@ def compare(model: str | Callable | None = None, data=None,
     standardised inputs, cross-entropy, 10% validation split) or "arelu" (the AReLU paper's
     experiment as its code runs it: MNIST in [0, 1], ConvMNIST, log-softmax + NLL, SGD and Adam at
     lr 1e-2..1e-5, 5 seeds, 20 epochs, its activation set, best test accuracy over the epochs).
-    ``scale``, ``loss``, ``validation``: as ``bench.protocols.Protocol``.
+    ``scale``, ``loss``, ``validation``: as ``bench.protocols.Protocol``. ``snr`` (with
+    ``data="bearing"``, the simulated vibration signals of ``bench.bearing``): one sweep per SNR
+    in dB, white noise added at that SNR (the APReLU paper: 5, 3, 1); each is its own data set,
+    ``bearing-snr<dB>``, in the database and the report.
 
     ``model``: a built-in name (default: the one for the data), a ``module:attribute`` spec or a
     callable ``activation_name -> nn.Module``. ``data``: a built-in name, a ``module:attribute``
@@ -138,13 +144,24 @@ def compare(model: str | Callable | None = None, data=None,
         model = model or RESNET_SUITE["model"]
         activations = list(RESNET_SUITE["activations"])
         policies = RESNET_SUITE["policies"]
-    if isinstance(data, str) and data not in bench_data.DATASETS and ":" not in data:
+    if isinstance(data, str) and not bench_data.builtin(data) and ":" not in data:
         raise UserError(f"unknown data set {data!r}; choose from {', '.join(bench_data.DATASETS)}, or give "
                         "module:attribute of your own loader")
+    datasets = [data]
+    if snr is not None:
+        if data != "bearing":
+            raise UserError("snr is for the simulated vibration signals (--dataset bearing)")
+        if not snr:
+            raise UserError("name at least one SNR")
+        bad_snr = [v for v in snr if not (isinstance(v, int | float) and math.isfinite(v))]
+        if bad_snr:
+            raise UserError(f"an SNR must be a finite number of dB, got {bad_snr[0]!r}")
+        datasets = list(dict.fromkeys(bench_data.bearing_name(float(v)) for v in snr))
     if model is None:
-        if not (isinstance(data, str) and data in DEFAULT_MODEL):
+        family = data.split("-snr")[0] if isinstance(data, str) else None
+        if family not in DEFAULT_MODEL:
             raise UserError("give a model for your own data (a built-in name, module:attribute or a factory)")
-        model = DEFAULT_MODEL[data]
+        model = DEFAULT_MODEL[family]
     try:
         activations = [spec(a).name for a in activations]
         if baseline is not None:
@@ -171,7 +188,7 @@ def compare(model: str | Callable | None = None, data=None,
     for name, value, high in (("seeds", seeds, MAX_SEEDS), ("epochs", epochs, None),
                               ("batch size", batch_size, None), ("workers", workers, _max_workers(executor))):
         int_in_range(name, value, 1, high)
-    runs = len(activations) * len(optimizers) * len(lrs) * seeds
+    runs = len(datasets) * len(activations) * len(optimizers) * len(lrs) * seeds
     if runs > MAX_RUNS:
         raise UserError(f"{runs} runs asked for; at most {MAX_RUNS} in one request")
     device = checks.device(device).type
@@ -186,19 +203,25 @@ def compare(model: str | Callable | None = None, data=None,
         check_ray_address(address)
     net = model_source(model)
     in_process = workers == 1 and executor == "local"  # else tensors travel to workers as a file
-    source, ds = data_source(data, data_dir, None if in_process else Path(db).parent / ".adaptact-cache",
-                             settings["scale"])
-    check_fits(source, net, ds)
+    loaded = []
+    for name in datasets:
+        source, ds = data_source(name, data_dir, None if in_process else Path(db).parent / ".adaptact-cache",
+                                 settings["scale"])
+        check_fits(source, net, ds)
+        _shippable(source, "data", workers, executor)
+        loaded.append((source, ds))
     _shippable(net, "model", workers, executor)
-    _shippable(source, "data", workers, executor)
     with ResultStore(db) as store:  # a database that is not ours fails here, before any training
-        configs = expand(source, net, activations, optimizers, lrs, seeds, epochs, batch_size, data_dir,
-                         None if save_checkpoints is None else str(save_checkpoints), policies, device, amp,
-                         compile, settings["scale"], settings["loss"], float(settings["validation"]))
+        checkpoints = None if save_checkpoints is None else str(save_checkpoints)
+        configs = [c for source, _ in loaded
+                   for c in expand(source, net, activations, optimizers, lrs, seeds, epochs, batch_size,
+                                   data_dir, checkpoints, policies, device, amp, compile, settings["scale"],
+                                   settings["loss"], float(settings["validation"]))]
         summary = run_sweep(configs, store, executor, workers, address, progress)
         keys = {c.key for c in configs}
         rows = [r for r in store.rows() if r["key"] in keys]
-    setup = _setup(source, net, ds, device, command, settings)
+    setups = [_setup(source, net, ds, device, command, settings) for source, ds in loaded]
+    setup = {**setups[0], "data": "; ".join(s["data"] for s in setups)}
     files = write_report(rows, out, baseline=baseline, setup=setup)
     return Rows(rows, summary, files)
 

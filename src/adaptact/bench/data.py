@@ -11,6 +11,7 @@ import functools
 import gzip
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +30,9 @@ IDX_FILES = {
     "test_y": "t10k-labels-idx1-ubyte",
 }
 IDX_DATASETS = ("fashion-mnist", "mnist")
-DATASETS = IDX_DATASETS + ("mnist1d", "digits")
+DATASETS = IDX_DATASETS + ("mnist1d", "digits", "bearing")
+BEARING_PER_CLASS = 100  # simulated signals per class in the harness's bearing sets (80 train, 20 test)
+_BEARING = re.compile(r"bearing(?:-snr([-+0-9.e]+))?(?:@sim\d+)?")
 SCALES = ("standard", "unit")
 UNIT_SCALED = IDX_DATASETS + ("digits",)  # images with a full scale (255, 16)
 SYSTEM_DIR = Path("/usr/share/datasets")
@@ -40,6 +43,7 @@ _HOW_TO_GET = {
              "(train-images-idx3-ubyte[.gz], ...)",
     "mnist1d": "pip install 'adaptact[bench]' (its mnist1d package generates the data locally)",
     "digits": "pip install 'adaptact[bench]' (its scikit-learn ships digits)",
+    "bearing": "nothing: the signals are generated here (adaptact.bench.bearing)",
 }
 
 
@@ -178,9 +182,47 @@ def _load_digits(scale: str) -> Dataset:
                    test_x.unsqueeze(1), torch.as_tensor(y[split:]))
 
 
+def builtin(name: object) -> bool:
+    """Whether ``name`` is a built-in data set: one of DATASETS, or ``bearing-snr<dB>`` (the
+    simulated vibration signals with white noise at that SNR)."""
+    return isinstance(name, str) and (name in DATASETS or _bearing_snr(name) is not False)
+
+
+def _bearing_snr(name: str) -> float | None | bool:
+    """The SNR a ``bearing[-snr<dB>]`` name gives (None: clean), False for other names."""
+    match = _BEARING.fullmatch(name)
+    if match is None:
+        return False
+    if match.group(1) is None:
+        return None
+    try:
+        snr = float(match.group(1))
+    except ValueError:
+        return False
+    return snr if math.isfinite(snr) else False
+
+
+def fingerprint(name: str) -> str:
+    """What a built-in data set's name enters the runs' keys as: the name, and for the simulated
+    vibration signals the simulation's version (``bearing-snr5@sim1``), so runs on signals of an
+    older simulation are never reused."""
+    if _bearing_snr(name) is False or "@" in name:
+        return name
+    from .bearing import SIMULATION
+
+    return f"{name}@sim{SIMULATION}"
+
+
+def bearing_name(snr: float | None) -> str:
+    """The built-in name of the simulated vibration set at ``snr`` dB (None: clean)."""
+    return "bearing" if snr is None else f"bearing-snr{snr:g}"
+
+
 @functools.lru_cache(maxsize=4)
 def load(name: str, data_dir: str | None = None, scale: str = "standard") -> Dataset:
-    """Load a data set by name: fashion-mnist, mnist, mnist1d or digits (cached per process).
+    """Load a data set by name: fashion-mnist, mnist, mnist1d, digits, or bearing[-snr<dB>]
+    (``BEARING_PER_CLASS`` simulated signals per class, seed 0; see ``bench.bearing``) (cached
+    per process).
     ``scale``: "standard" (mean 0, std 1 over the training set) or "unit" (images in [0, 1]:
     the image sets only; MNIST-1D's signals have no full scale)."""
     if scale not in SCALES:
@@ -194,4 +236,9 @@ def load(name: str, data_dir: str | None = None, scale: str = "standard") -> Dat
         return _load_mnist1d()
     if name == "digits":
         return _load_digits(scale)
+    snr = _bearing_snr(name)
+    if snr is not False:
+        from .bearing import make_dataset
+
+        return make_dataset(snr, BEARING_PER_CLASS)
     raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")

@@ -6,6 +6,7 @@ from torch import Tensor, nn
 
 from ..registry import create, spec
 from .resnet import BasicBlock, ResNet, resnet18, resnet50
+from .resnet1d import DEPTHS, build_resnet1d
 from .shufflenet import shufflenet_v2
 
 __all__ = ["MODELS", "ConvMNIST", "ConvMNIST1D", "LinearMNIST", "build", "resnet18", "resnet50",
@@ -75,7 +76,8 @@ class LinearMNIST(nn.Module):
         return self.fc2(self.act(self.fc1(x.flatten(1))))
 
 
-MODELS = ("conv", "conv1d", "linear", "resnet18", "resnet18_w16", "resnet50", "shufflenet_v2")
+MODELS = ("conv", "conv1d", "linear", "resnet18", "resnet18_w16", "resnet50", "shufflenet_v2",
+          *(f"{kind}-{n}" for kind in ("resnet1d", "convnet1d") for n in DEPTHS))
 _VISION = {"resnet18": resnet18, "resnet50": resnet50, "shufflenet_v2": shufflenet_v2}
 
 
@@ -90,6 +92,8 @@ def build(model: str, activation: str, sample_shape: tuple[int, ...], num_classe
         for s in sample_shape:
             n *= s
         return LinearMNIST(activation, n, num_classes)
+    if model.startswith(("resnet1d-", "convnet1d-")):  # the APReLU paper's fault-diagnosis networks
+        return build_resnet1d(model, activation, sample_shape[0], num_classes)
     if model in _VISION:  # small images: the CIFAR stem
         return _VISION[model](num_classes, sample_shape[0], activation, cifar_stem=True)
     if model == "resnet18_w16":  # ResNet-18 at a quarter of the width, for CPU budgets

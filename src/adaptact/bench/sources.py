@@ -3,7 +3,7 @@
 
 * A model is a built-in name (``adaptact.bench.models.MODELS``) or a factory
   ``activation_name -> nn.Module`` (a callable, or the spec of one).
-* Data are a built-in name (``adaptact.bench.data.DATASETS``), a tuple of tensors
+* Data are a built-in name (``adaptact.bench.data.builtin``), a tuple of tensors
   ``(train_x, train_y, test_x, test_y)`` (labels are class indices), or a callable returning one
   (or the spec of one).
 
@@ -140,8 +140,8 @@ def data_source(data, data_dir: str | None = None, cache_dir: str | Path | None 
     Tensors given from Python stay in memory, or, with ``cache_dir`` (for worker processes), are
     saved there once as a ``.pt`` file the workers load. ``scale`` applies to built-in data;
     the user's are used as given."""
-    if isinstance(data, str) and data in bench_data.DATASETS:
-        return Source(data, data), bench_data.load(data, data_dir, scale)
+    if bench_data.builtin(data):
+        return Source(data, bench_data.fingerprint(data)), bench_data.load(data, data_dir, scale)
     if isinstance(data, str):
         loader = _import(data, "data")
         ds = _as_dataset(data, loader())
