@@ -22,15 +22,15 @@ NUMBERS = ["0", "-1", "1", "2", "3", "1e20", "1e-3", "nan", "inf", "-inf", "1.5"
            "99999999"]
 WORDS = ["relu", "acon_c", "acon_x", "sgd", "adam", "rmsprop", "digits", "mnist", "cpu", "cuda", "meta",
          "bogus", "float32", "bfloat16", "int8", "2,4,5,5", "2", "0,4", "resnet", "ray", "local",
-         "127.0.0.1:1", "-x"]
+         "127.0.0.1:1", "-x", "arelu", "bearing", "bearing-snr3", "resnet1d-6"]
 PATHS = ["{tmp}/db.sqlite", "{tmp}/garbage.sqlite", "{tmp}/foreign.sqlite", "{tmp}/out", "{tmp}/file.txt",
          "{tmp}/file.txt/sub", "{tmp}/nowhere/x.png", "{tmp}/p.png", "{tmp}/ckpt.pt", "/proc/nope", ".."]
 VALUES = st.sampled_from(NUMBERS + WORDS + PATHS) | st.text(max_size=8)
 
 OPTIONS = {
-    "compare": ["--dataset", "--suite", "--model", "--activations", "--optimizers", "--lrs", "--seeds",
-                "--epochs", "--batch-size", "--workers", "--executor", "--address", "--data-dir", "--db",
-                "--out", "--save-checkpoints"],
+    "compare": ["--protocol", "--snr", "--dataset", "--suite", "--model", "--activations", "--optimizers",
+                "--lrs", "--seeds", "--epochs", "--batch-size", "--workers", "--executor", "--address",
+                "--data-dir", "--db", "--out", "--save-checkpoints"],
     "report": ["--db", "--out", "--dataset"],
     "plot": ["--checkpoint", "-o"],
     "props": ["--depth", "--format"],

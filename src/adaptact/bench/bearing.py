@@ -62,6 +62,7 @@ GEAR_RESONANCE = (1_600.0, 0.08)  # the gear body's mode a chipped tooth excites
 JITTER = 0.015  # standard deviation of each impact interval, a share of the period (slip)
 SEVERITY = {"mild": 0.8, "severe": 2.0}  # impact amplitude of bearing faults
 CHIPPED_TOOTH_AMPLITUDE = 1.5
+MAX_SNR_DB = 200  # beyond this the noise is below float32's resolution of the signal, or the other way round
 CLASSES = ("healthy", "outer_race_mild", "outer_race_severe", "inner_race_mild", "inner_race_severe",
            "ball_mild", "ball_severe", "chipped_tooth")
 
@@ -166,8 +167,9 @@ def make_dataset(snr_db: float | None, n_per_class: int, length: int = LENGTH, f
         raise ValueError(f"n_per_class must be at least 2 (a train and a test signal), got {n_per_class}")
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    if snr_db is not None and not math.isfinite(snr_db):
-        raise ValueError(f"snr_db must be finite or None, got {snr_db}")
+    if snr_db is not None and not (math.isfinite(snr_db) and abs(snr_db) <= MAX_SNR_DB):
+        raise ValueError(f"snr_db must be None or a number of dB in [-{MAX_SNR_DB}, {MAX_SNR_DB}], got "
+                         f"{snr_db}")
     n_test = min(n_per_class - 1, max(1, round(test_fraction * n_per_class)))
     splits: dict[str, tuple[list, list]] = {"train": ([], []), "test": ([], [])}
     for label in range(len(CLASSES)):

@@ -153,9 +153,13 @@ def compare(model: str | Callable | None = None, data=None,
             raise UserError("snr is for the simulated vibration signals (--dataset bearing)")
         if not snr:
             raise UserError("name at least one SNR")
-        bad_snr = [v for v in snr if not (isinstance(v, int | float) and math.isfinite(v))]
+        from .bearing import MAX_SNR_DB
+
+        bad_snr = [v for v in snr
+                   if not (isinstance(v, int | float) and math.isfinite(v) and abs(v) <= MAX_SNR_DB)]
         if bad_snr:
-            raise UserError(f"an SNR must be a finite number of dB, got {bad_snr[0]!r}")
+            raise UserError(f"an SNR must be a finite number of dB in [-{MAX_SNR_DB}, {MAX_SNR_DB}], got "
+                            f"{bad_snr[0]!r}")
         datasets = list(dict.fromkeys(bench_data.bearing_name(float(v)) for v in snr))
     if model is None:
         family = data.split("-snr")[0] if isinstance(data, str) else None

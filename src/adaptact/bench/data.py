@@ -199,7 +199,9 @@ def _bearing_snr(name: str) -> float | None | bool:
         snr = float(match.group(1))
     except ValueError:
         return False
-    return snr if math.isfinite(snr) else False
+    from .bearing import MAX_SNR_DB
+
+    return snr if math.isfinite(snr) and abs(snr) <= MAX_SNR_DB else False
 
 
 def fingerprint(name: str) -> str:
