@@ -4,6 +4,9 @@ import pytest
 import torch
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# The compiled CPU path (the default) costs seconds of compilation per kind of input: its tests
+# (tests/ops/test_compiled.py) turn it on; everywhere else the same Functions run eagerly.
+os.environ.setdefault("ADAPTACT_COMPILE", "0")
 
 RANKS = (2, 3, 4, 5)
 

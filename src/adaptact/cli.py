@@ -243,17 +243,21 @@ def _bench_kernels_configure(p: argparse.ArgumentParser) -> None:
                    help="input shape N,C,H,W (default: 64x128x56x56, a ResNet stage)")
     p.add_argument("--dtypes", default=["float32", "bfloat16"], type=_csv_list("dtype"))
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
-    p.add_argument("--repeats", type=_positive(int, 10_000), default=20)
+    p.add_argument("--activations", type=_csv_list("activation"),
+                   default=["arelu", "acon_c", "meta_acon_c", "aprelu"])
+    p.add_argument("--threads", type=_positive(int, 4096), help="CPU threads (default: torch's)")
+    p.add_argument("--repeats", type=_positive(int, 10_000), default=20, help="interleaved rounds")
     p.add_argument("--json", default="bench-kernels.json", help="where to write the full results")
 
 
-@command("bench-kernels", "forward+backward time and memory of each backend against the bandwidth floor")(
+@command("bench-kernels", "forward+backward time and memory of each backend against the bandwidth floor and "
+                          "torch.compile")(
     _bench_kernels_configure)
 def _bench_kernels(args: argparse.Namespace) -> int:
     from .bench.kernels import format_results, run_kernel_bench, write_json
 
-    report = run_kernel_bench(tuple(args.shape), tuple(args.dtypes), args.device, repeats=args.repeats,
-                              json_path=args.json)
+    report = run_kernel_bench(tuple(args.shape), tuple(args.dtypes), args.device, tuple(args.activations),
+                              repeats=args.repeats, json_path=args.json, threads=args.threads)
     sys.stdout.write(format_results(report))
     print(f"\nJSON: {write_json(report, args.json)}")
     return 0

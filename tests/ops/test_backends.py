@@ -99,6 +99,12 @@ def _perturb(module):
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_backend_equals_reference(case, layout, shape, dtype, backend, training):
+    check_equals_reference(case, layout, shape, dtype, backend, training)
+
+
+def check_equals_reference(case, layout, shape, dtype, backend, training):
+    """``backend`` against the float32 reference: output, input and parameter gradients, BatchNorm
+    running statistics, within TOL[dtype]."""
     name, kwargs = case
     if training and _generated(case) and shape[0] in (2, 3):
         # BatchNorm with the statistics of 2-3 samples makes the generator's input gradient a
@@ -258,12 +264,18 @@ def test_autograd_backend_is_no_slower_than_reference_on_cpu(name):
 
 
 def test_backend_argument_is_checked():
-    with pytest.raises(ValueError, match="backend must be one of 'auto', 'reference', 'autograd', 'triton'"):
+    with pytest.raises(ValueError,
+                       match="backend must be one of 'auto', 'reference', 'autograd', 'compiled', 'triton'"):
         adaptact.AconC(4, backend="cuda")
     assert "backend='reference'" in repr(adaptact.AReLU(backend="reference"))
 
 
-def test_auto_picks_autograd_on_cpu():
+def test_auto_picks_compiled_on_cpu_unless_switched_off(monkeypatch):
+    monkeypatch.setenv("ADAPTACT_COMPILE", "1")
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        assert dispatch.resolve("auto", torch.zeros(1, dtype=dtype)) == "compiled"
+    assert dispatch.resolve("auto", torch.zeros(1, dtype=torch.float64)) == "autograd"
+    monkeypatch.setenv("ADAPTACT_COMPILE", "0")
     assert dispatch.resolve("auto", torch.zeros(1)) == "autograd"
 
 
@@ -281,7 +293,8 @@ def test_backend_attribute_is_checked_when_set(case):
     m = adaptact.create(name, channels=4, **kwargs)
     for bad in ("autgrad", "cuda", None, 1):
         with pytest.raises(ValueError,
-                           match="backend must be one of 'auto', 'reference', 'autograd', 'triton'"):
+                           match="backend must be one of 'auto', 'reference', 'autograd', 'compiled', "
+                                 "'triton'"):
             m.backend = bad
     assert m.backend == "auto"
     m.backend = "reference"

@@ -1,5 +1,9 @@
 """Kernel microbenchmark: forward+backward time and memory of each backend against the
-memory-bandwidth floor (``adaptact bench-kernels``).
+memory-bandwidth floor and against ``torch.compile`` of the reference (``adaptact bench-kernels``).
+
+The backends are timed in interleaved rounds (each round runs every backend once, in a rotating
+order), so the ratio to ``torch.compile`` is taken side by side in each round and reported as the
+median with its min-max over rounds: it holds on a machine whose speed moves under other load.
 
 floor = tensor passes x bytes per tensor / measured copy bandwidth, with 5 passes for AReLU and
 ACON (forward: read x, write y; backward: read x and dy, write dx) and 8 for Meta-ACON-C and
@@ -23,7 +27,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from ..errors import UserError
-from ..ops.dispatch import triton_available
+from ..ops.dispatch import auto_backend, triton_available
 from ..registry import create
 from ..tables import format_table
 from . import checks
@@ -32,7 +36,7 @@ from .files import atomic_write, writable_file
 __all__ = ["PASSES", "KernelResult", "copy_bandwidth", "run_kernel_bench", "saved_bytes", "tensor_passes"]
 
 PASSES = {"arelu": 5, "acon_c": 5, "meta_acon_c": 8, "aprelu": 8}
-BACKENDS = ("reference", "compile", "autograd", "triton")
+BACKENDS = ("reference", "compile", "autograd", "auto", "triton")  # compile: torch.compile(reference)
 
 
 @dataclass
@@ -41,6 +45,10 @@ class KernelResult:
     dtype: str
     backend: str
     median_ms: float
+    first_call_ms: float  # the first call in this process: compilation included where there is one
+    ratio_to_compile: float  # median over rounds of time / torch.compile(reference)'s in the same round
+    ratio_min: float
+    ratio_max: float
     saved_bytes: int  # kept for backward by one forward (distinct storages)
     passes: float  # x-sized bytes read and written by forward+backward, in units of x.nbytes
     floor_ms: float
@@ -63,6 +71,30 @@ def _median_ms(fn, device: torch.device, repeats: int) -> float:
         _sync(device)
         times.append(time.perf_counter() - start)
     return 1e3 * statistics.median(times)
+
+
+def _interleaved(fns: dict[str, object], device: torch.device, repeats: int
+                 ) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """(first-call ms, per-round seconds) of each function, timed in interleaved rounds in a
+    rotating order after the first call and two warm-up calls each."""
+    first, times = {}, {name: [] for name in fns}
+    for name, fn in fns.items():
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        first[name] = 1e3 * (time.perf_counter() - start)
+    for _ in range(2):
+        for fn in fns.values():
+            fn()
+    names = list(fns)
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            _sync(device)
+            start = time.perf_counter()
+            fns[name]()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    return first, times
 
 
 def copy_bandwidth(device: torch.device, nbytes: int = 1 << 28, repeats: int = 20) -> float:
@@ -132,15 +164,22 @@ def run_kernel_bench(shape: tuple[int, ...] = (64, 128, 56, 56),
                      dtypes: tuple[str, ...] = ("float32", "bfloat16"),
                      device: str | None = None, activations: tuple[str, ...] = tuple(PASSES),
                      backends: tuple[str, ...] = BACKENDS, repeats: int = 20,
-                     json_path: str | Path | None = None) -> dict:
+                     json_path: str | Path | None = None, threads: int | None = None) -> dict:
     """Time, saved bytes and passes of each activation x dtype x backend at ``shape`` against the
-    floor. Everything is checked first (UserError): shape, dtypes, device and the writability of
-    ``json_path``, where the caller will write the results (``write_json``)."""
+    floor and against torch.compile of the reference (interleaved rounds). ``threads``: CPU
+    threads for the run (default: torch's setting). Everything is checked first (UserError):
+    shape, dtypes, activations, device and the writability of ``json_path``, where the caller will
+    write the results (``write_json``)."""
     if len(shape) < 2 or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape):
         raise UserError(f"shape must be at least N,C of positive ints, got {shape}")
     bad = [d for d in dtypes if d not in DTYPES]
     if bad:
         raise UserError(f"unknown dtype {bad[0]!r}; choose from {', '.join(DTYPES)}")
+    unknown = [a for a in activations if a not in PASSES]
+    if unknown:
+        raise UserError(f"bench-kernels times {', '.join(PASSES)}; got {unknown[0]!r}")
+    if threads is not None:
+        checks.int_in_range("threads", threads, 1, 4096)
     dev = checks.device(device)
     if json_path is not None:
         writable_file(json_path, "JSON file")
@@ -148,6 +187,16 @@ def run_kernel_bench(shape: tuple[int, ...] = (64, 128, 56, 56),
     if math.prod(shape) * itemsize * 6 > _free_bytes(dev):
         raise UserError(f"shape {shape} needs about {math.prod(shape) * itemsize * 6 / 2**30:.1f} GiB on "
                         f"{dev.type}, more than is free")
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _bench(shape, dtypes, dev, activations, backends, repeats)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _bench(shape, dtypes, dev, activations, backends, repeats) -> dict:
     bandwidth = copy_bandwidth(dev, nbytes=min(1 << 28, 4 * 2 ** 24) if dev.type == "cpu" else 1 << 30)
     results = []
     for name in activations:
@@ -157,21 +206,32 @@ def run_kernel_bench(shape: tuple[int, ...] = (64, 128, 56, 56),
             dy = torch.randn(shape, device=dev).to(dtype)
             floor_ms = 1e3 * PASSES[name] * x.nbytes / bandwidth
             base = create(name, channels=shape[1]).to(dev).train()
+            modules, runs = {}, {}
             for backend in backends:
                 if backend == "triton" and not (dev.type == "cuda" and triton_available()):
                     continue
                 module = copy.deepcopy(base)
                 module.backend = "reference" if backend == "compile" else backend
-                run = torch.compile(module) if backend == "compile" else module
-                ms = _median_ms(lambda run=run, x=x, dy=dy: run(x).backward(dy), dev, repeats)
+                modules[backend] = module
+                runs[backend] = torch.compile(module) if backend == "compile" else module
+            first, times = _interleaved({b: (lambda run=run, x=x, dy=dy: run(x).backward(dy))
+                                         for b, run in runs.items()},
+                                        dev, repeats)
+            for backend, module in modules.items():
+                ms = 1e3 * statistics.median(times[backend])
+                against = times.get("compile")
+                ratios = [t / c for t, c in zip(times[backend], against)] if against else [math.nan]
+                fused = backend == "compile" or (backend == "auto" and auto_backend(x) == "compiled")
                 saved = saved_bytes(module, x) if backend != "compile" else -1
-                passes = tensor_passes(module, x, dy) if backend != "compile" else -1.0
-                results.append(KernelResult(name, dtype_name, backend, ms, saved, passes, floor_ms,
-                                            floor_ms / ms))
+                passes = tensor_passes(module, x, dy) if not fused else -1.0
+                results.append(KernelResult(name, dtype_name, backend, ms, first[backend],
+                                            statistics.median(ratios), min(ratios), max(ratios), saved,
+                                            passes, floor_ms, floor_ms / ms))
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu"
     return {"device": name,
             "device_type": dev.type,
             "shape": list(shape), "copy_bandwidth_GBps": bandwidth / 1e9, "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
             "results": [asdict(r) for r in results]}
 
 
@@ -185,17 +245,20 @@ def _free_bytes(dev: torch.device) -> int:
 
 
 def format_results(report: dict) -> str:
-    rows = [(r["activation"], r["dtype"], r["backend"], f"{r['median_ms']:.3f}",
+    rows = [(r["activation"], r["dtype"], r["backend"], f"{r['median_ms']:.3f}", f"{r['first_call_ms']:.0f}",
+             "-" if math.isnan(r["ratio_to_compile"]) else
+             f"{r['ratio_to_compile']:.2f} ({r['ratio_min']:.2f}-{r['ratio_max']:.2f})",
              "-" if r["saved_bytes"] < 0 else f"{r['saved_bytes'] / 2**20:.1f}",
              "-" if r["passes"] < 0 else f"{r['passes']:.1f}", f"{r['floor_ms']:.3f}",
              f"{r['floor_over_time']:.2f}") for r in report["results"]]
     head = (f"device: {report['device']}, shape {tuple(report['shape'])}, copy bandwidth "
-            f"{report['copy_bandwidth_GBps']:.1f} GB/s, torch {report['torch']}\n")
+            f"{report['copy_bandwidth_GBps']:.1f} GB/s, torch {report['torch']}, "
+            f"{report.get('threads', '?')} threads\n")
     if report["device_type"] == "cpu":
         head += "(CPU: tensors that fit in cache can beat the DRAM floor; the floor is meant for GPUs)\n"
     head += "\n"
-    return head + format_table(("activation", "dtype", "backend", "fwd+bwd median ms", "saved MiB", "passes",
-                                "floor ms", "floor/time"), rows)
+    return head + format_table(("activation", "dtype", "backend", "fwd+bwd median ms", "first call ms",
+                                "x compile (min-max)", "saved MiB", "passes", "floor ms", "floor/time"), rows)
 
 
 def write_json(report: dict, path: str | Path) -> Path:

@@ -133,7 +133,7 @@ class CheckedStateDict(nn.Module):
 class ActivationModule(CheckedStateDict):
     """Base of adaptact's modules.
 
-    Adaptive modules take ``backend=`` ("auto", "reference", "autograd", "triton"; see
+    Adaptive modules take ``backend=`` ("auto", "reference", "autograd", "compiled", "triton"; see
     ``adaptact.ops.dispatch``): the same numbers from different implementations.
 
     ``load_state_dict`` accepts the official layouts and refuses non-finite values
@@ -145,7 +145,8 @@ class ActivationModule(CheckedStateDict):
 
     @property
     def backend(self) -> str:
-        """"auto", "reference", "autograd" or "triton" (``adaptact.ops.dispatch``); checked when set."""
+        """"auto", "reference", "autograd", "compiled" or "triton" (``adaptact.ops.dispatch``); checked
+        when set."""
         return self._backend
 
     @backend.setter

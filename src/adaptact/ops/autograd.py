@@ -16,6 +16,7 @@ higher-order gradients.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -54,34 +55,63 @@ def _positive_part(dy: Tensor, x: Tensor) -> Tensor:
     return torch.ops.aten.threshold_backward(dy, x, 0)
 
 
-class _AReLU(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, slope: Tensor, gain: Tensor) -> Tensor:
-        ctx.save_for_backward(x, slope, gain)
-        xc, sc, gc = _up(x, slope, gain)
-        return (sc * xc).addcmul_(torch.relu(xc), gc - sc).to(x.dtype)
+def lean_function(name: str, forward: Callable[..., Tensor], backward: Callable[..., tuple]) -> type:
+    """A Function that saves only its inputs (x and the small parameter views) and computes with
+    ``forward(x, *params) -> y`` and ``backward(dy, x, *params, want) -> (dx, *dparams)``, ``want``
+    saying which gradients autograd asks for; the gradients come back in the inputs' dtypes.
+    ``ops.compiled`` compiles these Functions whole."""
 
-    @staticmethod
+    def forward_(ctx, x: Tensor, *params: Tensor) -> Tensor:
+        ctx.save_for_backward(x, *params)
+        return forward(x, *params)
+
     @_first_order
-    def backward(ctx, dy: Tensor):
+    def backward_(ctx, dy: Tensor):
         saved = ctx.saved_tensors
-        x, slope, gain, dy = _up(*saved, dy)
-        on_pos = _positive_part(dy, x)
-        on_neg = _positive_part(dy, x.neg())  # relu'(0) = 0 on both sides, as in the reference
-        dx = dslope = dgain = None
-        if ctx.needs_input_grad[2]:
-            dgain = (on_pos * x).sum_to_size(gain.shape)
-        if ctx.needs_input_grad[1]:
-            dslope = (on_neg * x).sum_to_size(slope.shape)
-        if ctx.needs_input_grad[0]:
-            dx = on_pos.mul_(gain).addcmul_(on_neg, slope)
-        return _cast((dx, dslope, dgain), saved)
+        return _cast(backward(dy, *saved, tuple(ctx.needs_input_grad)), saved)
+
+    return type(name, (torch.autograd.Function,), {"forward": staticmethod(forward_),
+                                                    "backward": staticmethod(backward_)})
 
 
-def arelu(x: Tensor, slope: Tensor, gain: Tensor) -> Tensor:
-    """y = gain * relu(x) - slope * relu(-x), i.e. gain * x for x > 0 and slope * x below;
-    ``gain`` = 1 + sigmoid(beta) and ``slope`` = clamp(alpha) come in already computed."""
-    return _AReLU.apply(x, slope, gain)
+def signed_mean_function(name: str, forward: Callable[..., tuple[Tensor, Tensor]],
+                         backward: Callable[..., Tensor]) -> type:
+    """``lean_function`` for the pooling of APReLU: ``forward(x, dtype) -> (neg, pos)`` and
+    ``backward(dneg, dpos, x) -> dx``."""
+
+    def forward_(ctx, x: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        ctx.save_for_backward(x)
+        return forward(x, dtype)
+
+    @_first_order
+    def backward_(ctx, dneg: Tensor, dpos: Tensor):
+        (x,) = ctx.saved_tensors
+        return backward(dneg, dpos, x).to(x.dtype), None
+
+    return type(name, (torch.autograd.Function,), {"forward": staticmethod(forward_),
+                                                    "backward": staticmethod(backward_)})
+
+
+# --- the bodies: plain tensor code (traced as it is by ops.compiled) ---------------------------
+
+
+def arelu_forward(x: Tensor, slope: Tensor, gain: Tensor) -> Tensor:
+    xc, sc, gc = _up(x, slope, gain)
+    return (sc * xc).addcmul_(torch.relu(xc), gc - sc).to(x.dtype)
+
+
+def arelu_backward(dy: Tensor, x: Tensor, slope: Tensor, gain: Tensor, want: tuple[bool, ...]):
+    x, slope, gain, dy = _up(x, slope, gain, dy)
+    on_pos = _positive_part(dy, x)
+    on_neg = _positive_part(dy, x.neg())  # relu'(0) = 0 on both sides, as in the reference
+    dx = dslope = dgain = None
+    if want[2]:
+        dgain = (on_pos * x).sum_to_size(gain.shape)
+    if want[1]:
+        dslope = (on_neg * x).sum_to_size(slope.shape)
+    if want[0]:
+        dx = on_pos.mul_(gain).addcmul_(on_neg, slope)
+    return dx, dslope, dgain
 
 
 def _acon_forward(x: Tensor, dp: Tensor, p2: Tensor, beta: Tensor) -> Tensor:
@@ -103,28 +133,93 @@ def _acon_backward(dy: Tensor, x: Tensor, dp: Tensor, p2: Tensor, beta: Tensor, 
     if want_beta:
         dbeta = t.mul_(d).mul_(d).sum_to_size(beta.shape)
     if want_p1 or want_p2:
-        on_p1 = torch.mul(g, x, out=u).sum_to_size(dp.shape)
+        # eagerly into u's and d's buffers; traced for Inductor (ops.compiled) as plain products,
+        # which it fuses into the reductions
+        reuse = not torch.compiler.is_compiling()
+        on_p1 = (torch.mul(g, x, out=u) if reuse else g * x).sum_to_size(dp.shape)
         dp1 = on_p1 if want_p1 else None
-        dp2 = torch.mul(dy, x, out=d).sum_to_size(p2.shape) - on_p1 if want_p2 else None
+        if want_p2:
+            dp2 = (torch.mul(dy, x, out=d) if reuse else dy * x).sum_to_size(p2.shape) - on_p1
     if want_x:
         dx = g.mul_(dp).addcmul_(dy, p2)
     return dx, dp1, dp2, dbeta
 
 
-class _AconC(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> Tensor:
-        ctx.save_for_backward(x, p1, p2, beta)
-        xc, p1c, p2c, bc = _up(x, p1, p2, beta)
-        return _acon_forward(xc, p1c - p2c, p2c, bc).to(x.dtype)
+def acon_c_forward(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> Tensor:
+    xc, p1c, p2c, bc = _up(x, p1, p2, beta)
+    return _acon_forward(xc, p1c - p2c, p2c, bc).to(x.dtype)
 
-    @staticmethod
-    @_first_order
-    def backward(ctx, dy: Tensor):
-        saved = ctx.saved_tensors
-        x, p1, p2, beta, dy = _up(*saved, dy)
-        grads = _acon_backward(dy, x, p1 - p2, p2, beta, ctx.needs_input_grad)
-        return _cast(grads, saved)
+
+def acon_c_backward(dy: Tensor, x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor, want: tuple[bool, ...]):
+    x, p1, p2, beta, dy = _up(x, p1, p2, beta, dy)
+    return _acon_backward(dy, x, p1 - p2, p2, beta, want)
+
+
+def acon_c_pixel_forward(x: Tensor, p1: Tensor, p2: Tensor) -> Tensor:
+    """Meta-ACON-C with pixel-wise beta = sigmoid(x)."""
+    xc, p1c, p2c = _up(x, p1, p2)
+    return _acon_forward(xc, p1c - p2c, p2c, torch.sigmoid(xc)).to(x.dtype)
+
+
+def acon_c_pixel_backward(dy: Tensor, x: Tensor, p1: Tensor, p2: Tensor, want: tuple[bool, ...]):
+    """The beta = sigmoid(x) path folds into dx."""
+    x, p1, p2, dy = _up(x, p1, p2, dy)
+    beta = torch.sigmoid(x)
+    dx, dp1, dp2, dbeta = _acon_backward(dy, x, p1 - p2, p2, beta, (want[0], want[1], want[2], want[0]))
+    if want[0]:
+        dx = dx.add_(torch.ops.aten.sigmoid_backward(dbeta, beta))
+    return dx, dp1, dp2
+
+
+def aprelu_forward(x: Tensor, alpha: Tensor) -> Tensor:
+    xc, ac = _up(x, alpha)
+    return torch.relu(xc).addcmul_(ac, torch.clamp(xc, max=0)).to(x.dtype)
+
+
+def aprelu_backward(dy: Tensor, x: Tensor, alpha: Tensor, want: tuple[bool, ...]):
+    x, alpha, dy = _up(x, alpha, dy)
+    on_pos = _positive_part(dy, x)
+    on_neg = dy - on_pos  # relu'(0) = 0 and d min(x, 0)/dx = 1 at 0, as torch's ops
+    dx = dalpha = None
+    if want[1]:
+        dalpha = (on_neg * x).sum_to_size(alpha.shape)
+    if want[0]:
+        dx = on_neg.mul_(alpha).add_(on_pos)
+    return dx, dalpha
+
+
+def signed_mean_forward(x: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """(mean of min(x, 0), mean of max(x, 0)) over the spatial dims, in ``dtype``."""
+    dims = tuple(range(2, x.ndim))
+    neg, pos = torch.clamp(x, max=0), torch.relu(x)
+    if not dims:
+        return neg.to(dtype), pos.to(dtype)  # (N, C): nothing to pool
+    return neg.mean(dims, dtype=dtype), pos.mean(dims, dtype=dtype)
+
+
+def signed_mean_backward(dneg: Tensor, dpos: Tensor, x: Tensor) -> Tensor:
+    (xc,) = _up(x)
+    count = 1
+    for size in xc.shape[2:]:
+        count *= size
+    view = dneg.shape + (1,) * (xc.ndim - 2)
+    dneg = (dneg / count).to(xc.dtype).reshape(view)
+    jump = (dpos / count).to(xc.dtype).reshape(view) - dneg
+    # torch's clamp(max=0) passes the gradient at 0, relu does not: 0 goes to the negative side
+    return _positive_part(jump.expand_as(xc), xc).add_(dneg)
+
+
+_AReLU = lean_function("AReLUFunction", arelu_forward, arelu_backward)
+_AconC = lean_function("AconCFunction", acon_c_forward, acon_c_backward)
+_AconCPixel = lean_function("AconCPixelFunction", acon_c_pixel_forward, acon_c_pixel_backward)
+_APReLU = lean_function("APReLUFunction", aprelu_forward, aprelu_backward)
+_SignedMean = signed_mean_function("SignedMeanFunction", signed_mean_forward, signed_mean_backward)
+
+
+def arelu(x: Tensor, slope: Tensor, gain: Tensor) -> Tensor:
+    """y = gain * relu(x) - slope * relu(-x), i.e. gain * x for x > 0 and slope * x below;
+    ``gain`` = 1 + sigmoid(beta) and ``slope`` = clamp(alpha) come in already computed."""
+    return _AReLU.apply(x, slope, gain)
 
 
 def acon_c(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> Tensor:
@@ -132,86 +227,13 @@ def acon_c(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> Tensor:
     return _AconC.apply(x, p1, p2, beta)
 
 
-class _AconCPixel(torch.autograd.Function):
-    """Meta-ACON-C with pixel-wise beta = sigmoid(x): the beta path folds into dx."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, p1: Tensor, p2: Tensor) -> Tensor:
-        ctx.save_for_backward(x, p1, p2)
-        xc, p1c, p2c = _up(x, p1, p2)
-        return _acon_forward(xc, p1c - p2c, p2c, torch.sigmoid(xc)).to(x.dtype)
-
-    @staticmethod
-    @_first_order
-    def backward(ctx, dy: Tensor):
-        saved = ctx.saved_tensors
-        x, p1, p2, dy = _up(*saved, dy)
-        beta = torch.sigmoid(x)
-        want = ctx.needs_input_grad
-        # dL/dbeta elementwise, then through beta = sigmoid(x)
-        dx, dp1, dp2, dbeta = _acon_backward(dy, x, p1 - p2, p2, beta,
-                                             (want[0], want[1], want[2], want[0]))
-        if want[0]:
-            dx = dx.add_(torch.ops.aten.sigmoid_backward(dbeta, beta))
-        return _cast((dx, dp1, dp2), saved)
-
-
 def acon_c_pixel(x: Tensor, p1: Tensor, p2: Tensor) -> Tensor:
     return _AconCPixel.apply(x, p1, p2)
-
-
-class _APReLU(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, alpha: Tensor) -> Tensor:
-        ctx.save_for_backward(x, alpha)
-        xc, ac = _up(x, alpha)
-        return torch.relu(xc).addcmul_(ac, torch.clamp(xc, max=0)).to(x.dtype)
-
-    @staticmethod
-    @_first_order
-    def backward(ctx, dy: Tensor):
-        saved = ctx.saved_tensors
-        x, alpha, dy = _up(*saved, dy)
-        on_pos = _positive_part(dy, x)
-        on_neg = dy - on_pos  # relu'(0) = 0 and d min(x, 0)/dx = 1 at 0, as torch's ops
-        dx = dalpha = None
-        if ctx.needs_input_grad[1]:
-            dalpha = (on_neg * x).sum_to_size(alpha.shape)
-        if ctx.needs_input_grad[0]:
-            dx = on_neg.mul_(alpha).add_(on_pos)
-        return _cast((dx, dalpha), saved)
 
 
 def aprelu(x: Tensor, alpha: Tensor) -> Tensor:
     """max(x, 0) + alpha min(x, 0) with per-sample ``alpha`` viewed as (N, C, 1, ...)."""
     return _APReLU.apply(x, alpha)
-
-
-class _SignedMean(torch.autograd.Function):
-    """(mean of min(x, 0), mean of max(x, 0)) over the spatial dims, saving only x."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        ctx.save_for_backward(x)
-        dims = tuple(range(2, x.ndim))
-        neg, pos = torch.clamp(x, max=0), torch.relu(x)
-        if not dims:
-            return neg.to(dtype), pos.to(dtype)  # (N, C): nothing to pool
-        return neg.mean(dims, dtype=dtype), pos.mean(dims, dtype=dtype)
-
-    @staticmethod
-    @_first_order
-    def backward(ctx, dneg: Tensor, dpos: Tensor):
-        (saved,) = ctx.saved_tensors
-        (x,) = _up(saved)
-        count = 1
-        for size in x.shape[2:]:
-            count *= size
-        view = dneg.shape + (1,) * (x.ndim - 2)
-        dneg = (dneg / count).to(x.dtype).reshape(view)
-        jump = (dpos / count).to(x.dtype).reshape(view) - dneg
-        # torch's clamp(max=0) passes the gradient at 0, relu does not: 0 goes to the negative side
-        return _positive_part(jump.expand_as(x), x).add_(dneg).to(saved.dtype), None
 
 
 def signed_spatial_mean(x: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:

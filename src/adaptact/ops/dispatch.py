@@ -1,11 +1,14 @@
 """Pick the implementation behind an adaptive activation: ``backend=`` on every module.
 
 * ``"reference"``: the plain composition in ``adaptact.functional`` (the truth).
-* ``"autograd"``: ``ops.autograd``'s memory-lean Functions (any device).
+* ``"autograd"``: ``ops.autograd``'s memory-lean Functions (any device), bodies run eagerly.
+* ``"compiled"``: the same Functions with bodies compiled by Inductor (``ops.compiled``; CPU,
+  float32/float16/bfloat16; otherwise, or with ADAPTACT_COMPILE=0, the eager bodies).
 * ``"triton"``: fused Triton kernels (CUDA; on CPU only under ``TRITON_INTERPRET=1``), always:
   float32, float16 and bfloat16 inputs (the kernels compute in float32); anything else raises.
-* ``"auto"``: triton for float32/float16/bfloat16 CUDA tensors when Triton imports, autograd
-  elsewhere (float64 included). On a module, a Triton failure under "auto" warns once and
+* ``"auto"``: triton for float32/float16/bfloat16 CUDA tensors when Triton imports, compiled for
+  those dtypes on the CPU unless ADAPTACT_COMPILE=0 or compiling failed, autograd elsewhere
+  (float64 included). On a module, a Triton failure under "auto" warns once and
   switches that module to autograd (``ActivationModule``, ``ops.fallback``).
 
 Every function here takes the same arguments as its ``adaptact.functional`` namesake plus
@@ -23,12 +26,13 @@ from torch import Tensor
 
 from .. import functional as AF
 from . import autograd as AG
+from . import compiled as CP
 
 __all__ = ["BACKENDS", "KERNEL_DTYPES", "acon_c", "acon_c_pixel", "aprelu", "arelu", "auto_backend",
            "check_backend",
            "meta_acon_c", "resolve", "signed_spatial_mean", "triton_available"]
 
-BACKENDS = ("auto", "reference", "autograd", "triton")
+BACKENDS = ("auto", "reference", "autograd", "compiled", "triton")
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what the Triton kernels take
 
 
@@ -53,7 +57,11 @@ def _on_gpu(x: Tensor) -> bool:
 
 def auto_backend(x: Tensor) -> str:
     """What ``backend="auto"`` runs for ``x``."""
-    return "triton" if _on_gpu(x) and x.dtype in KERNEL_DTYPES and triton_available() else "autograd"
+    if _on_gpu(x) and x.dtype in KERNEL_DTYPES and triton_available():
+        return "triton"
+    if x.device.type == "cpu" and x.dtype in CP.DTYPES and CP.available():
+        return "compiled"
+    return "autograd"
 
 
 def resolve(backend: str, x: Tensor) -> str:
@@ -87,13 +95,18 @@ def _triton():
     return T
 
 
+def _lean(backend: str):
+    """The module of memory-lean Functions behind ``backend``."""
+    return {"autograd": AG, "compiled": CP}.get(backend) or _triton()
+
+
 def arelu(x: Tensor, alpha: Tensor, beta: Tensor, backend: str = "auto") -> Tensor:
     b = resolve(backend, x)
     if b == "reference":
         return AF.arelu(x, alpha, beta)
     slope = _view(alpha.clamp(0.01, 0.99), x)
     gain = _view(1 + torch.sigmoid(beta), x)
-    return (AG if b == "autograd" else _triton()).arelu(x, slope, gain)
+    return _lean(b).arelu(x, slope, gain)
 
 
 def acon_c(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor, backend: str = "auto") -> Tensor:
@@ -102,7 +115,7 @@ def acon_c(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor, backend: str = "auto
     if b == "reference":
         return AF.acon_c(x, p1, p2, beta)
     views = (_view(t, x) for t in (p1, p2, beta))
-    return (AG if b == "autograd" else _triton()).acon_c(x, *views)
+    return _lean(b).acon_c(x, *views)
 
 
 def acon_c_pixel(x: Tensor, p1: Tensor, p2: Tensor, backend: str = "auto") -> Tensor:
@@ -111,7 +124,7 @@ def acon_c_pixel(x: Tensor, p1: Tensor, p2: Tensor, backend: str = "auto") -> Te
     if b == "reference":
         return AF.acon_c(x, p1, p2, torch.sigmoid(x))
     views = (_view(t, x) for t in (p1, p2))
-    return (AG if b == "autograd" else _triton()).acon_c_pixel(x, *views)
+    return _lean(b).acon_c_pixel(x, *views)
 
 
 def _owns_generator(backend: str) -> bool:
@@ -140,11 +153,11 @@ def aprelu(x: Tensor, alpha_from_stats: Callable[[Tensor], Tensor], weights: Seq
     alpha = alpha_from_stats(torch.cat(signed_spatial_mean(x, dtype, b), dim=1))
     if b == "reference":
         return AF.aprelu(x, alpha)
-    return (AG if b == "autograd" else _triton()).aprelu(x, _view(alpha, x))
+    return _lean(b).aprelu(x, _view(alpha, x))
 
 
 def signed_spatial_mean(x: Tensor, dtype: torch.dtype, backend: str = "auto") -> tuple[Tensor, Tensor]:
     """(GAP(min(x, 0)), GAP(max(x, 0))), each (N, C) in ``dtype``: APReLU's statistics."""
     if resolve(backend, x) == "reference":
         return AF.spatial_mean(torch.clamp(x, max=0), dtype), AF.spatial_mean(torch.relu(x), dtype)
-    return AG.signed_spatial_mean(x, dtype)  # saves only x; Triton's own pooling is in generated.py
+    return (CP if resolve(backend, x) == "compiled" else AG).signed_spatial_mean(x, dtype)  # saves only x

@@ -1,0 +1,149 @@
+"""The memory-lean Functions of ``ops.autograd`` compiled by Inductor: the CPU default.
+
+Each Function (it saves only the input and the small parameter views) is compiled whole:
+dynamo traces its forward and backward, and Inductor turns each into fused C++ loops, so
+float16/bfloat16 inputs are computed in float32 element by element, never as float32 copies of
+whole tensors, and each pass over x does all the maths of that pass. What is kept for backward
+stays x and the parameter views.
+
+Compilation is paid once per process and kind of input: inputs are viewed as (N, C, S) (any rank,
+contiguous or channels_last, without a copy), shapes are dynamic, each dtype and layout has its
+own compiled entry (so no entry meets torch.compile's recompile limit), and Inductor keeps its
+generated code on disk across processes (its FX graph cache), so the comparison harness's workers
+reuse it. ``ADAPTACT_COMPILE=0`` turns compiling off (the eager Functions run); if compiling
+fails (no C++ compiler, an unsupported platform), the eager Functions run from then on, after one
+warning. Under an outer ``torch.compile`` the eager Functions are traced into the caller's graph.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import types
+import warnings
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from . import autograd as AG
+
+__all__ = ["COMPILE_ENV", "DTYPES", "acon_c", "acon_c_pixel", "aprelu", "arelu", "available",
+           "signed_spatial_mean"]
+
+COMPILE_ENV = "ADAPTACT_COMPILE"
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what is compiled; float64 runs eagerly
+
+_failure: list[BaseException] = []  # the error that turned compiling off in this process
+
+
+def available() -> bool:
+    """Whether compiled bodies run: not switched off by ADAPTACT_COMPILE=0, not failed before."""
+    return os.environ.get(COMPILE_ENV, "1") != "0" and not _failure
+
+
+def _give_up(err: BaseException) -> None:
+    _failure.append(err)
+    message = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+    warnings.warn(f"adaptact: compiling the CPU activation kernels failed ({type(err).__name__}: {message}); "
+                  f"running the eager memory-lean Functions from now on (set {COMPILE_ENV}=0 to skip "
+                  "compiling)", RuntimeWarning, stacklevel=4)
+
+
+def _own_code(fn: Callable) -> Callable:
+    """``fn`` with a code object of its own: torch.compile keeps its graphs (and its recompile
+    limit) per code object, so each kind of input gets its own."""
+    code = fn.__code__.replace()
+    return types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+
+
+@functools.cache
+def _compiled(fn: Callable, kind: tuple) -> Callable:
+    """``fn`` (an ``ops.autograd`` entry: Function.apply) compiled whole for one ``kind`` of input
+    (``_kind``): dynamo traces the Function's forward and backward, Inductor fuses each, and the
+    Function's saved tensors stay what it saves (x and the parameter views)."""
+    return torch.compile(_own_code(fn), dynamic=True, fullgraph=True)
+
+
+def _kind(args: tuple) -> tuple:
+    """What makes torch.compile trace again, bar sizes: dtypes, stride orders, sizes of 1 (which
+    it specialises), which tensors need gradients, other arguments; each kind gets a compiled entry
+    of its own."""
+    return tuple((t.dtype, tuple(sorted(range(t.ndim), key=lambda d: -t.stride(d))),
+                  tuple(s == 1 for s in t.shape), t.requires_grad) if isinstance(t, Tensor) else t
+                 for t in args)
+
+
+def _call(fn: Callable, *args):
+    """``fn(*args)`` compiled, or eager when compiling fails (then for good, after a warning)."""
+    if not available():
+        return fn(*args)
+    compiled = _compiled(fn, _kind(args))
+    try:
+        return compiled(*args)
+    except Exception as err:  # noqa: BLE001  (any failure to compile: the eager call decides)
+        result = fn(*args)  # a genuine error in the inputs raises here, as without compiling
+        _give_up(err)
+        return result
+
+
+# APReLU's pooling compiled whole would save a sign mask of x beside x: its bodies are compiled
+# one by one instead, inside the eager Function that saves x alone.
+_SignedMean = AG.signed_mean_function(
+    "CompiledSignedMeanFunction", lambda x, dtype: _call(AG.signed_mean_forward, x, dtype),
+    lambda dneg, dpos, x: _call(AG.signed_mean_backward, dneg, dpos, x))
+
+
+def _as_3d(x: Tensor, params: tuple[Tensor, ...]) -> tuple[Tensor, tuple[Tensor, ...]] | None:
+    """x as an (N, C, S) view and its parameter views as (·, ·, 1), so one compiled graph serves
+    every rank; None when that needs a copy (the eager Function runs then)."""
+    if x.ndim < 2 or any(p.ndim > x.ndim for p in params):
+        return None
+    params = tuple(p.reshape((1,) * (x.ndim - p.ndim) + tuple(p.shape)) for p in params)  # (C, 1, 1) too
+    if any(s != 1 for p in params for s in p.shape[2:]):
+        return None
+    try:
+        x3 = x.view(*x.shape[:2], -1)
+    except RuntimeError:
+        return None
+    return x3, tuple(p.view(*p.shape[:2], 1) for p in params)
+
+
+def _compiles(x: Tensor) -> bool:
+    return x.device.type == "cpu" and x.dtype in DTYPES and available() and not torch.compiler.is_compiling()
+
+
+def _apply(eager: Callable[..., Tensor], x: Tensor, *params: Tensor) -> Tensor:
+    flat = _as_3d(x, params) if _compiles(x) else None
+    if flat is None:
+        return eager(x, *params)
+    x3, params3 = flat
+    return _call(eager, x3, *params3).view(x.shape)
+
+
+def arelu(x: Tensor, slope: Tensor, gain: Tensor) -> Tensor:
+    """``ops.autograd.arelu`` with compiled bodies."""
+    return _apply(AG.arelu, x, slope, gain)
+
+
+def acon_c(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> Tensor:
+    """``ops.autograd.acon_c`` with compiled bodies."""
+    return _apply(AG.acon_c, x, p1, p2, beta)
+
+
+def acon_c_pixel(x: Tensor, p1: Tensor, p2: Tensor) -> Tensor:
+    """``ops.autograd.acon_c_pixel`` with compiled bodies."""
+    return _apply(AG.acon_c_pixel, x, p1, p2)
+
+
+def aprelu(x: Tensor, alpha: Tensor) -> Tensor:
+    """``ops.autograd.aprelu`` with compiled bodies."""
+    return _apply(AG.aprelu, x, alpha)
+
+
+def signed_spatial_mean(x: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """``ops.autograd.signed_spatial_mean`` with compiled bodies."""
+    flat = _as_3d(x, ()) if _compiles(x) else None
+    if flat is None:
+        return AG.signed_spatial_mean(x, dtype)
+    return _SignedMean.apply(flat[0], dtype)

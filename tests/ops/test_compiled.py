@@ -1,0 +1,141 @@
+"""The compiled CPU path (``backend="auto"`` on the CPU): it equals the reference on every rank,
+layout and dtype, keeps only the input for backward, really runs compiled, falls back to the eager
+Functions with one warning when compiling fails, and ADAPTACT_COMPILE=0 switches it off."""
+
+import warnings
+
+import pytest
+import torch
+
+import adaptact
+from adaptact.bench.kernels import saved_bytes
+from adaptact.ops import autograd as AG
+from adaptact.ops import compiled as CP
+from adaptact.ops import dispatch
+
+from .test_backends import CASES, IDS, SHAPES, TOL, check_equals_reference
+
+MAIN = [c for c in CASES if c in (("arelu", {}), ("acon_c", {}), ("meta_acon_c", {}), ("aprelu", {}))]
+VARIANTS = [c for c in CASES if c not in MAIN]
+
+
+@pytest.fixture(autouse=True)
+def compiling(monkeypatch):
+    """Compiling on (the suite turns it off elsewhere); a failure in one test stays in it."""
+    monkeypatch.setenv("ADAPTACT_COMPILE", "1")
+    monkeypatch.setattr(CP, "_failure", [])
+    yield
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # a fallback to eager would fail the test
+@pytest.mark.parametrize("dtype", list(TOL), ids=str)
+@pytest.mark.parametrize("shape", ["rank2", "rank3", "rank4", "rank5"])
+@pytest.mark.parametrize("case", MAIN, ids=[IDS[CASES.index(c)] for c in MAIN])
+def test_compiled_equals_reference_on_every_rank_and_dtype(case, shape, dtype):
+    check_equals_reference(case, "contiguous", SHAPES[shape], dtype, "compiled", training=True)
+    assert CP.available()
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("layout", ["channels_last", "strided"])
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_compiled_equals_reference_on_layouts_and_variants(case, layout, training):
+    check_equals_reference(case, layout, SHAPES["rank4"], torch.float32, "compiled", training)
+    if layout == "contiguous" or case in VARIANTS:
+        check_equals_reference(case, "contiguous", SHAPES["n1"], torch.bfloat16, "compiled", training)
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_auto_runs_compiled_code_and_keeps_the_layout(monkeypatch):
+    m = adaptact.AconC(6)
+    x = torch.randn(4, 6, 5, 5).contiguous(memory_format=torch.channels_last).requires_grad_()
+    keys, real = [], CP._compiled
+    monkeypatch.setattr(CP, "_compiled", lambda *key: keys.append(key) or real(*key))
+    y = m(x)
+    fn, kind = keys[0]
+    assert fn is AG.acon_c and kind[0][:3] == (torch.float32, (0, 2, 1), (False, False, False))  # (N, C, S)
+    assert real(*keys[0]) is real(*keys[0])  # compiled once per process and kind of input
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    y.sum().backward()
+    assert x.grad.is_contiguous(memory_format=torch.channels_last)
+    assert dispatch.resolve("auto", x) == "compiled"
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+@pytest.mark.parametrize("case", MAIN, ids=[IDS[CASES.index(c)] for c in MAIN])
+def test_compiled_saves_only_the_input(case):
+    name, kwargs = case
+    x = torch.randn(8, 32, 24, 24, dtype=torch.bfloat16, requires_grad=True)
+    m = adaptact.create(name, channels=32, **kwargs).train()
+    assert saved_bytes(m, x) <= x.nbytes + 64 * 1024
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_shapes_change_without_compiling_again():
+    from torch._dynamo.utils import counters
+
+    m = adaptact.AReLU()
+    for _ in range(2):
+        x = torch.randn(3, 5, 7, 2, requires_grad=True)
+        m(x).sum().backward()
+    graphs = counters["stats"]["unique_graphs"]
+    for shape in [(4, 9, 3, 3), (2, 3, 11), (6, 4, 2, 2, 2)]:  # other sizes and ranks, one kind
+        x = torch.randn(shape, requires_grad=True)
+        m(x).sum().backward()
+    assert counters["stats"]["unique_graphs"] == graphs
+
+
+def test_a_failing_compiler_falls_back_once_with_one_warning(monkeypatch):
+    def broken(fn, kind):
+        def call(*args):
+            raise RuntimeError("InductorError: no C++ compiler found")
+        return call
+
+    monkeypatch.setattr(CP, "_compiled", broken)
+    m = adaptact.AconC(4)
+    x = torch.randn(3, 4, 5, requires_grad=True)
+    failed = r"compiling the CPU activation kernels failed .* no C\+\+ compiler"
+    with pytest.warns(RuntimeWarning, match=failed):
+        y = m(x)
+    eager = adaptact.AconC(4, backend="autograd")
+    eager.load_state_dict(m.state_dict())
+    torch.testing.assert_close(y, eager(x), rtol=0, atol=0)
+    assert not CP.available() and dispatch.resolve("auto", x) == "autograd"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second warning: eager from now on
+        m(x).sum().backward()
+
+
+def test_a_genuine_error_is_raised_not_taken_for_a_compiler_failure(monkeypatch):
+    calls = []
+
+    def compiled(fn, kind):
+        def call(*args):
+            calls.append(fn)
+            return fn(*args)
+        return call
+
+    monkeypatch.setattr(CP, "_compiled", compiled)
+    x = torch.randn(3, 4, 5)
+    with pytest.raises(RuntimeError):
+        CP.acon_c(x, torch.ones(1, 5, 1), torch.ones(1, 5, 1), torch.ones(1, 5, 1))  # 5 channels, x has 4
+    assert calls and CP.available()
+
+
+def test_the_environment_switch(monkeypatch):
+    monkeypatch.setenv("ADAPTACT_COMPILE", "0")
+    monkeypatch.setattr(CP, "_compiled", lambda *a: pytest.fail("compiled with ADAPTACT_COMPILE=0"))
+    x = torch.randn(2, 3, 4, requires_grad=True)
+    assert not CP.available() and dispatch.resolve("auto", x) == "autograd"
+    y = CP.arelu(x, torch.full((1, 1, 1), 0.1), torch.full((1, 1, 1), 1.5))
+    y.sum().backward()
+    assert y.grad_fn.name() == "AReLUFunctionBackward"  # the eager Function itself
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_under_an_outer_torch_compile_the_eager_function_is_traced():
+    m = adaptact.MetaAconC(6)
+    x = torch.randn(4, 6, 3, 3)
+    outer = torch.compile(m, fullgraph=True)
+    torch.testing.assert_close(outer(x), m(x), rtol=1e-5, atol=1e-6)
