@@ -130,3 +130,20 @@ def test_rows_of_a_tampered_database_are_refused(tmp_path, capsys, column, value
         store.rows()
     assert main(["report", "--db", str(db), "--out", str(tmp_path / "out")]) == 2
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_runs_at_several_snrs_get_the_fault_diagnosis_table(tmp_path):
+    from adaptact.bench.report import snr_tables
+
+    rows = [_row(f"{a}{snr}{seed}", dataset=f"bearing-snr{snr}@sim1", model="resnet1d-9",
+                 acc=acc + seed / 100, activation=a, seed=seed)
+            for a, acc in (("relu", 0.5), ("aprelu", 0.6)) for snr in (5, 1) for seed in (0, 1)]
+    rows.append(_row("lone", dataset="bearing-snr3@sim1", model="resnet1d-9", activation="tanh"))
+    lines = snr_tables(rows)
+    assert lines[0] == "## Fault diagnosis by SNR: resnet1d-9, SGD lr=0.01, 2 epochs (simulated signals)"
+    assert lines[2] == "| activation | SNR 5 dB | SNR 3 dB | SNR 1 dB | mean |"
+    assert "| aprelu | 60.50 ± 0.71 (2) | — | 60.50 ± 0.71 (2) | — |" in lines
+    assert "| tanh | — | 50.00 ± 0.00 (1) | — | — |" in lines
+    assert snr_tables([r for r in rows if r["dataset"] == "bearing-snr5@sim1"]) == []  # one SNR: no table
+    write_report(rows, tmp_path, plots=False)
+    assert "Fault diagnosis by SNR" in (tmp_path / "report.md").read_text()

@@ -196,6 +196,47 @@ def _not_ok(rows: Sequence[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+_SNR = re.compile(r"bearing-snr([-+0-9.e]+)(?:@sim\d+)?")
+
+
+def snr_tables(rows: Sequence[dict]) -> list[str]:
+    """The APReLU paper's layout for runs on the simulated vibration signals at several SNRs:
+    per model, optimizer and lr, activation x SNR, test accuracy (%) mean ± std over seeds (at
+    the selected epoch). Empty unless there are such runs at two SNRs or more."""
+    by_setup: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        match = _SNR.fullmatch(str(r["dataset"]))
+        if match and usable(r):
+            by_setup[(r["model"], r["optimizer"], r["lr"], r["epochs"])].append({**r, "snr": float(match[1])})
+    lines: list[str] = []
+    for (model, optimizer, lr, epochs), group in sorted(by_setup.items(), key=lambda kv: str(kv[0])):
+        snrs = sorted({r["snr"] for r in group}, reverse=True)
+        if len(snrs) < 2:
+            continue
+        cells: dict[tuple[str, float], list[float]] = defaultdict(list)
+        for r in group:
+            cells[(r["activation"], r["snr"])].append(100 * r["best_acc"])
+        lines += [f"## Fault diagnosis by SNR: {model}, {optimizer.upper()} lr={lr:g}, {epochs} epochs "
+                  "(simulated signals)", "",
+                  "| activation | " + " | ".join(f"SNR {v:g} dB" for v in snrs) + " | mean |",
+                  "|---|" + "---|" * (len(snrs) + 1)]
+        for a in sorted({r["activation"] for r in group}):
+            means = []
+            texts = []
+            for v in snrs:
+                values = cells.get((a, v), [])
+                if not values:
+                    texts.append("—")
+                    continue
+                means.append(statistics.fmean(values))
+                std = statistics.stdev(values) if len(values) > 1 else 0.0
+                texts.append(f"{means[-1]:.2f} ± {std:.2f} ({len(values)})")
+            overall = f"{statistics.fmean(means):.2f}" if len(means) == len(snrs) else "—"
+            lines.append(f"| {a} | " + " | ".join(texts) + f" | {overall} |")
+        lines.append("")
+    return lines
+
+
 def _write_csv(rows: Sequence[dict], path: Path) -> None:
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
@@ -346,6 +387,7 @@ def _stage_report(rows: Sequence[dict], out: Path, plots: bool, baseline: str | 
                 body += [f"![{p.stem}]({p.name})", ""]
     if summary:
         md += ["## Summary", "", *summary]
+    md += snr_tables(rows)
     md += body
     written.insert(0, stage.add(out / "report.md", lambda p: p.write_text("\n".join(md))))
     return written
