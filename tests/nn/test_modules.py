@@ -122,6 +122,35 @@ def test_meta_acon_c_loads_official_state_dict(training, c):
     torch.testing.assert_close(m(x).double(), truth, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("n", [1, 4])
+@pytest.mark.parametrize("c", [8, 64])
+def test_meta_acon_c_without_bn_loads_the_first_official_and_yolov5_layout(c, n):
+    """The first official acon.py and YOLOv5's MetaAconC: 1x1 convs with bias, hidden width
+    max(r, C // r), no BatchNorm; the formula written here with conv2d on the official tensors."""
+    hidden = max(16, c // 16)
+    g = torch.Generator().manual_seed(c)
+    sd = {"fc1.weight": torch.randn(hidden, c, 1, 1, generator=g),
+          "fc1.bias": torch.randn(hidden, generator=g), "fc2.weight": torch.randn(c, hidden, 1, 1, generator=g), "fc2.bias": torch.randn(c, generator=g),
+          "p1": torch.randn(1, c, 1, 1, generator=g), "p2": torch.randn(1, c, 1, 1, generator=g)}
+    m = adaptact.MetaAconC(c, norm="none")
+    m.load_state_dict(sd)
+    x = torch.randn(n, c, 5, 6, dtype=torch.float64)
+    s = x.mean(dim=2, keepdim=True).mean(dim=3, keepdim=True)
+    sd64 = {k: v.double() for k, v in sd.items()}
+    beta = torch.sigmoid(F.conv2d(F.conv2d(s, sd64["fc1.weight"], sd64["fc1.bias"]), sd64["fc2.weight"],
+                                  sd64["fc2.bias"]))
+    p1, p2 = sd64["p1"], sd64["p2"]
+    expected = (p1 * x - p2 * x) * torch.sigmoid(beta * (p1 * x - p2 * x)) + p2 * x
+    for training in (True, False):  # no BatchNorm: the same in both modes, batch size 1 included
+        torch.testing.assert_close(m.double().train(training)(x), expected, rtol=1e-10, atol=1e-10)
+    assert not any(isinstance(b, torch.nn.BatchNorm1d) for b in m.modules())
+    assert "norm='none'" in repr(m)
+    with pytest.raises(ValueError, match="norm must be 'bn' or 'none'"):
+        adaptact.MetaAconC(c, norm="ln")
+    with pytest.raises(ValueError, match="granularity 'layer' has none"):
+        adaptact.MetaAconC(c, granularity="layer", norm="none")
+
+
 def test_aprelu_matches_paper_formula():
     c = 4
     m = adaptact.APReLU(c).eval()

@@ -20,6 +20,7 @@ from tests.conftest import random_input
 CASES = [
     ("arelu", {}), ("acon_a", {}), ("acon_b", {}), ("acon_c", {}),
     ("meta_acon_c", {}), ("meta_acon_c", {"granularity": "layer"}), ("meta_acon_c", {"granularity": "pixel"}),
+    ("meta_acon_c", {"norm": "none"}),
     ("aprelu", {}), ("aprelu", {"alpha": "sample"}),
 ]
 

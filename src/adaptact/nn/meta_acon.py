@@ -14,6 +14,7 @@ from .base import ActivationModule, batch_norm, check_input, int_at_least
 __all__ = ["MetaAconC"]
 
 Granularity = Literal["channel", "layer", "pixel"]
+Norm = Literal["bn", "none"]
 
 
 class MetaAconC(ActivationModule):
@@ -25,7 +26,10 @@ class MetaAconC(ActivationModule):
 
     * ``granularity="channel"`` (the official design, nmaac/acon):
       beta = sigmoid(bn2(fc2(bn1(fc1(GAP(x)))))), shape (N, C); fc1: C -> max(r, C // r),
-      fc2 back to C, both with bias, no non-linearity between.
+      fc2 back to C, both with bias, no non-linearity between. ``norm="none"`` drops the two
+      BatchNorms: beta = sigmoid(fc2(fc1(GAP(x)))), the first official acon.py and YOLOv5's
+      MetaAconC (whose BN version raises at batch size 1 and was reported to destabilise
+      training); their state_dicts (1x1 convs with bias) load as they are.
     * ``"layer"``: beta = sigmoid(mean of x over all but the batch dim), one per sample.
     * ``"pixel"``: beta = sigmoid(x), elementwise.
 
@@ -49,6 +53,7 @@ class MetaAconC(ActivationModule):
         granularity: Granularity = "channel",
         inplace: bool = False,
         backend: str = "auto",
+        norm: Norm = "bn",
     ) -> None:
         super().__init__()
         self.backend = backend
@@ -56,6 +61,11 @@ class MetaAconC(ActivationModule):
             raise ValueError(
                 f"granularity must be 'channel', 'layer' or 'pixel', got {granularity!r}"
             )
+        if norm not in ("bn", "none"):
+            raise ValueError(f"norm must be 'bn' or 'none', got {norm!r}")
+        if norm != "bn" and granularity != "channel":
+            raise ValueError(f"norm applies to the channel generator; granularity {granularity!r} has none")
+        self.norm = norm
         self.channels = int_at_least("channels", channels)
         self.r = int_at_least("r", r)
         self.granularity = granularity
@@ -63,9 +73,10 @@ class MetaAconC(ActivationModule):
         if granularity == "channel":
             hidden = max(r, channels // r)
             self.fc1 = nn.Linear(channels, hidden)
-            self.bn1 = nn.BatchNorm1d(hidden)
             self.fc2 = nn.Linear(hidden, channels)
-            self.bn2 = nn.BatchNorm1d(channels)
+            if norm == "bn":
+                self.bn1 = nn.BatchNorm1d(hidden)
+                self.bn2 = nn.BatchNorm1d(channels)
         self.p1 = nn.Parameter(torch.randn(channels))
         self.p2 = nn.Parameter(torch.randn(channels))
 
@@ -80,6 +91,8 @@ class MetaAconC(ActivationModule):
         (the mean over channels of the channel means is the mean over all but the batch dim)."""
         if self.granularity == "layer":
             return torch.sigmoid(mean.mean(1, keepdim=True))
+        if self.norm == "none":
+            return torch.sigmoid(self.fc2(self.fc1(mean)))
         h = batch_norm(self.bn1, self.fc1(mean))
         return torch.sigmoid(batch_norm(self.bn2, self.fc2(h)))
 
@@ -97,4 +110,5 @@ class MetaAconC(ActivationModule):
 
     def extra_repr(self) -> str:
         granularity = f"granularity={self.granularity!r}"
-        return f"channels={self.channels}, r={self.r}, {granularity}" + self._backend_repr()
+        norm = "" if self.norm == "bn" else f", norm={self.norm!r}"
+        return f"channels={self.channels}, r={self.r}, {granularity}{norm}" + self._backend_repr()
