@@ -130,8 +130,8 @@ def test_meta_acon_c_without_bn_loads_the_first_official_and_yolov5_layout(c, n)
     hidden = max(16, c // 16)
     g = torch.Generator().manual_seed(c)
     sd = {"fc1.weight": torch.randn(hidden, c, 1, 1, generator=g),
-          "fc1.bias": torch.randn(hidden, generator=g), "fc2.weight": torch.randn(c, hidden, 1, 1, generator=g),
-          "fc2.bias": torch.randn(c, generator=g),
+          "fc1.bias": torch.randn(hidden, generator=g),
+          "fc2.weight": torch.randn(c, hidden, 1, 1, generator=g), "fc2.bias": torch.randn(c, generator=g),
           "p1": torch.randn(1, c, 1, 1, generator=g), "p2": torch.randn(1, c, 1, 1, generator=g)}
     m = adaptact.MetaAconC(c, norm="none")
     m.load_state_dict(sd)
