@@ -19,6 +19,18 @@ def random_input(shape, dtype=torch.float32, margin=0.05, requires_grad=False):
     return x.to(dtype).requires_grad_(requires_grad)
 
 
+def sample_shape(name, shape):
+    """``shape`` with trailing dims of 3 added until the named activation takes its rank (FReLU
+    needs 2-D maps); unchanged for the rest."""
+    from adaptact.registry import spec
+
+    ranks = spec(name).ranks
+    shape = tuple(shape)
+    while ranks and len(shape) not in ranks and len(shape) < max(ranks):
+        shape += (3,)
+    return shape
+
+
 def shape_of_rank(rank, n=3, c=5):
     return (n, c) + (4, 3, 2)[: rank - 2]
 

@@ -10,7 +10,7 @@ from torch import nn
 
 import adaptact
 from adaptact.registry import FAMILIES
-from tests.conftest import RANKS, random_input, shape_of_rank
+from tests.conftest import RANKS, random_input, sample_shape, shape_of_rank
 
 NAMES = adaptact.available()
 C = 5
@@ -30,7 +30,7 @@ def test_required_names_are_registered():
 def test_families_partition_the_registry():
     assert sorted(n for f in FAMILIES for n in adaptact.available(f)) == NAMES
     assert set(adaptact.available("adaptive")) == {"arelu", "acon_a", "acon_b", "acon_c", "meta_acon_c",
-                                                   "aprelu"}
+                                                   "aprelu", "dy_relu_a", "dy_relu_b", "frelu"}
     with pytest.raises(ValueError, match="family must be one of"):
         adaptact.available("fancy")
 
@@ -102,6 +102,11 @@ def _forward_backward(m, x):
 def test_forward_backward_every_rank_dtype_mode(name, rank, dtype, training):
     m = adaptact.create(name, channels=C).to(dtype).train(training)
     x = random_input(shape_of_rank(rank), dtype, requires_grad=True)
+    ranks = adaptact.registry.spec(name).ranks
+    if ranks and rank not in ranks:  # an input it is not defined for: a clear error, no broadcast
+        with pytest.raises(ValueError, match="expects"):
+            m(x)
+        return
     if name == "rrelu" and training and dtype == torch.float16:
         with pytest.raises(NotImplementedError, match="Half"):  # torch's own gap on CPU
             m(x)
@@ -131,7 +136,7 @@ def test_channels_last_matches_contiguous(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_non_contiguous_input(name):
     m = adaptact.create(name, channels=C).eval()
-    x = random_input((3, 2 * C, 4))[:, ::2]
+    x = random_input(sample_shape(name, (3, 2 * C, 4)))[:, ::2]
     assert not x.is_contiguous()
     torch.testing.assert_close(m(x), m(x.contiguous()))
 
@@ -143,14 +148,14 @@ def test_state_dict_round_trip(name):
     with torch.no_grad():
         for p in a.parameters():
             p.add_(torch.rand_like(p))
-    a.train()(random_input((4, C, 3)))  # move BN running statistics
+    a.train()(random_input(sample_shape(name, (4, C, 3))))  # move BN running statistics
     buf = io.BytesIO()
     torch.save(a.state_dict(), buf)
     buf.seek(0)
     b = adaptact.create(name, channels=C)
     b.load_state_dict(torch.load(buf))
     a.eval(), b.eval()
-    x = random_input((2, C, 3))
+    x = random_input(sample_shape(name, (2, C, 3)))
     torch.testing.assert_close(a(x), b(x), rtol=0, atol=0)
 
 

@@ -30,6 +30,8 @@ __all__ = [
     "arelu",
     "channel_view",
     "crelu",
+    "dy_relu",
+    "frelu",
     "gelu_tanh",
     "maxout",
     "maxout_pool",
@@ -197,3 +199,19 @@ def gelu_tanh(x: Tensor, coefficient: float = math.sqrt(2.0 / math.pi)) -> Tenso
     y = x/2 * (1 + tanh(coefficient * (x + 0.044715 x^3))), coefficient = sqrt(2/pi) in the paper
     (0.7979946 in the AReLU code, see ``nn.TanhGELU``)."""
     return 0.5 * x * (1 + torch.tanh(coefficient * (x + 0.044715 * x.pow(3))))
+
+
+def dy_relu(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """Dynamic ReLU (Chen et al., ECCV 2020, arXiv 2003.10027): y = max_k (a_k x + b_k).
+
+    ``a`` and ``b`` are (N, C, K) per sample and channel (DY-ReLU-B) or (N, 1, K) per sample
+    (DY-ReLU-A); K linear pieces.
+    """
+    shape = (a.shape[0], a.shape[1]) + (1,) * (x.ndim - 2) + (a.shape[-1],)
+    return (x.unsqueeze(-1) * a.to(x.dtype).reshape(shape) + b.to(x.dtype).reshape(shape)).amax(dim=-1)
+
+
+def frelu(x: Tensor, t: Tensor) -> Tensor:
+    """FReLU (Ma, Zhang, Sun, ECCV 2020, arXiv 2007.11824): y = max(x, T(x)), with the funnel
+    condition ``t`` = T(x) = BN(depthwise conv k x k (x)) computed by the caller."""
+    return torch.maximum(x, t)

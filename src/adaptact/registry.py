@@ -6,6 +6,7 @@ A spec says how to build the module and what kind of activation it is, so generi
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import inspect
@@ -38,6 +39,7 @@ class ActivationSpec:
         per_channel: needs ``channels`` (parameters of shape (C,) or a channel-sized generator).
         paper: where it comes from.
         channel_factor: output channels / input channels (2 for CReLU, else 1).
+        ranks: the input ranks it takes (None: any; FReLU's spatial condition needs 2-D maps).
     """
 
     name: str
@@ -48,6 +50,7 @@ class ActivationSpec:
     per_channel: bool
     paper: str
     channel_factor: int = 1
+    ranks: tuple[int, ...] | None = None
 
 
 def _accepts(fn: Callable, name: str) -> bool:
@@ -140,8 +143,15 @@ def _specs() -> dict[str, ActivationSpec]:
         ("acon_c", _per_channel(ann.AconC), ad, True, False, True, "Ma et al., CVPR 2021"),
         ("meta_acon_c", _per_channel(ann.MetaAconC), ad, True, True, True, "Ma et al., CVPR 2021"),
         ("aprelu", _per_channel(ann.APReLU), ad, True, True, True, "Zhao et al., IEEE TIE 2020"),
+        ("dy_relu_a", _per_channel(ann.DyReLU, variant="A"), ad, True, True, True,
+         "Chen et al., ECCV 2020, arXiv 2003.10027 (DY-ReLU-A)"),
+        ("dy_relu_b", _per_channel(ann.DyReLU, variant="B"), ad, True, True, True,
+         "Chen et al., ECCV 2020, arXiv 2003.10027 (DY-ReLU-B)"),
+        ("frelu", _per_channel(ann.FReLU), ad, True, True, True,
+         "Ma, Zhang, Sun, ECCV 2020, arXiv 2007.11824 (spatial condition: 2-D maps)"),
     ]
     specs = {row[0]: ActivationSpec(*row) for row in rows}
+    specs["frelu"] = dataclasses.replace(specs["frelu"], ranks=(4,))
     specs["crelu"] = ActivationSpec(
         "crelu", _shared(ann.CReLU), c, False, False, False, "Shang et al., ICML 2016", channel_factor=2
     )

@@ -11,7 +11,7 @@ from torch.func import functional_call
 import adaptact
 from adaptact import functional as AF
 from adaptact.nn import ActivationModule
-from tests.conftest import RANKS, random_input, shape_of_rank
+from tests.conftest import RANKS, random_input, sample_shape, shape_of_rank
 
 LEARNABLE = [n for n in adaptact.available() if adaptact.spec(n).learnable]
 C = 5
@@ -34,9 +34,10 @@ def test_float64_gradcheck_input_and_parameters(name, training):
     module = adaptact.create(name, channels=C).double().train(training)
     if name == "apl":  # move the hinge off the kink-free default so its gradient is exercised
         torch.nn.init.normal_(module.b)
-    x = random_input((4, C, 3), torch.float64, requires_grad=True)
-    if not training and any(isinstance(m, torch.nn.BatchNorm1d) for m in module.modules()):
-        for bn in (m for m in module.modules() if isinstance(m, torch.nn.BatchNorm1d)):
+    x = random_input(sample_shape(name, (4, C, 3)), torch.float64, requires_grad=True)
+    norms = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)
+    if not training and any(isinstance(m, norms) for m in module.modules()):
+        for bn in (m for m in module.modules() if isinstance(m, norms)):
             bn.running_mean.normal_()
             bn.running_var.uniform_(0.5, 2.0)
     # buffers are not differentiated; BN in training mode depends on the batch, which is fine

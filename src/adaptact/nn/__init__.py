@@ -5,6 +5,8 @@ from .aprelu import APReLU
 from .arelu import AReLU
 from .base import ActivationModule
 from .classic import CReLU, PReLU, Swish, TanhGELU
+from .dy_relu import DyReLU
+from .frelu import FReLU
 from .comparators import APL, SLAF, Maxout, MaxoutPool, Mixture
 from .meta_acon import MetaAconC
 from .rational import PAU
@@ -20,6 +22,8 @@ __all__ = [
     "AconC",
     "ActivationModule",
     "CReLU",
+    "DyReLU",
+    "FReLU",
     "Maxout",
     "MaxoutPool",
     "MetaAconC",

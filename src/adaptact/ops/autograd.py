@@ -21,7 +21,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["acon_c", "acon_c_pixel", "aprelu", "arelu", "signed_spatial_mean"]
+__all__ = ["acon_c", "acon_c_pixel", "aprelu", "arelu", "dy_relu", "frelu_max", "lean_function",
+           "signed_mean_function", "signed_spatial_mean"]
 
 
 _LOW = (torch.float16, torch.bfloat16)
@@ -209,10 +210,54 @@ def signed_mean_backward(dneg: Tensor, dpos: Tensor, x: Tensor) -> Tensor:
     return _positive_part(jump.expand_as(xc), xc).add_(dneg)
 
 
+def dy_relu_forward(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """max_k (a_k x + b_k); ``a``, ``b`` broadcast against x.unsqueeze(-1): (N, C or 1, 1..., K)."""
+    xc, ac, bc = _up(x, a, b)
+    return torch.addcmul(bc, xc.unsqueeze(-1), ac).amax(dim=-1).to(x.dtype)
+
+
+def dy_relu_backward(dy: Tensor, x: Tensor, a: Tensor, b: Tensor, want: tuple[bool, ...]):
+    """The winning piece k* of each element, recomputed: dx = dy a_k*, and dy x (dy) summed into
+    a_k (b_k) where k* = k. Ties go to the first piece (the reference splits them; they have
+    measure zero for inputs in general position)."""
+    x, a, b, dy = _up(x, a, b, dy)
+    win = torch.addcmul(b, x.unsqueeze(-1), a).argmax(dim=-1, keepdim=True)
+    da = db = dx = None
+    if want[0]:
+        dx = dy * torch.gather(a.expand(*x.shape, a.shape[-1]), -1, win).squeeze(-1)
+    if want[1] or want[2]:
+        onehot = torch.zeros((*x.shape, a.shape[-1]), dtype=dy.dtype, device=dy.device).scatter_(-1, win, 1.0)
+        on = onehot.mul_(dy.unsqueeze(-1))
+        if want[1]:  # before db: sum_to_size returns ``on`` itself when there is nothing to sum
+            da = (on * x.unsqueeze(-1)).sum_to_size(a.shape)
+        if want[2]:
+            db = on.sum_to_size(b.shape)
+    return dx, da, db
+
+
+class _FReLUMax(torch.autograd.Function):
+    """max(x, t) keeping one byte per element for backward (which side won, ties split evenly as
+    torch.maximum does) instead of t."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, t: Tensor) -> Tensor:
+        ctx.save_for_backward(torch.sign(x - t).to(torch.int8))
+        return torch.maximum(x, t)
+
+    @staticmethod
+    @_first_order
+    def backward(ctx, dy: Tensor):
+        (side,) = ctx.saved_tensors
+        share = (side.to(dy.dtype) + 1) / 2  # 1 where x won, 0 where t won, 1/2 at ties
+        dx = dy * share
+        return dx, dy - dx
+
+
 _AReLU = lean_function("AReLUFunction", arelu_forward, arelu_backward)
 _AconC = lean_function("AconCFunction", acon_c_forward, acon_c_backward)
 _AconCPixel = lean_function("AconCPixelFunction", acon_c_pixel_forward, acon_c_pixel_backward)
 _APReLU = lean_function("APReLUFunction", aprelu_forward, aprelu_backward)
+_DyReLU = lean_function("DyReLUFunction", dy_relu_forward, dy_relu_backward)
 _SignedMean = signed_mean_function("SignedMeanFunction", signed_mean_forward, signed_mean_backward)
 
 
@@ -238,3 +283,13 @@ def aprelu(x: Tensor, alpha: Tensor) -> Tensor:
 
 def signed_spatial_mean(x: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     return _SignedMean.apply(x, dtype)
+
+
+def dy_relu(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """max_k (a_k x + b_k) with per-sample ``a``, ``b`` viewed as (N, C or 1, 1..., K)."""
+    return _DyReLU.apply(x, a, b)
+
+
+def frelu_max(x: Tensor, t: Tensor) -> Tensor:
+    """max(x, t) saving one byte per element for backward."""
+    return _FReLUMax.apply(x, t)

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from . import autograd as AG
 
-__all__ = ["COMPILE_ENV", "DTYPES", "acon_c", "acon_c_pixel", "aprelu", "arelu", "available",
+__all__ = ["COMPILE_ENV", "DTYPES", "acon_c", "acon_c_pixel", "aprelu", "arelu", "available", "dy_relu",
            "signed_spatial_mean"]
 
 COMPILE_ENV = "ADAPTACT_COMPILE"
@@ -147,3 +147,15 @@ def signed_spatial_mean(x: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     if flat is None:
         return AG.signed_spatial_mean(x, dtype)
     return _SignedMean.apply(flat[0], dtype)
+
+
+def dy_relu(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """``ops.autograd.dy_relu`` compiled; ``a``, ``b`` are (N, C or 1, 1..., K) views."""
+    if not _compiles(x) or x.ndim < 2:
+        return AG.dy_relu(x, a, b)
+    try:
+        x3 = x.view(*x.shape[:2], -1)
+    except RuntimeError:
+        return AG.dy_relu(x, a, b)
+    a3, b3 = (t.reshape(t.shape[0], t.shape[1], 1, t.shape[-1]) for t in (a, b))
+    return _call(AG.dy_relu, x3, a3, b3).view(x.shape)

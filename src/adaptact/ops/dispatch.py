@@ -29,7 +29,7 @@ from . import autograd as AG
 from . import compiled as CP
 
 __all__ = ["BACKENDS", "KERNEL_DTYPES", "acon_c", "acon_c_pixel", "aprelu", "arelu", "auto_backend",
-           "check_backend",
+           "check_backend", "dy_relu", "frelu_max",
            "meta_acon_c", "resolve", "signed_spatial_mean", "triton_available"]
 
 BACKENDS = ("auto", "reference", "autograd", "compiled", "triton")
@@ -154,6 +154,30 @@ def aprelu(x: Tensor, alpha_from_stats: Callable[[Tensor], Tensor], weights: Seq
     if b == "reference":
         return AF.aprelu(x, alpha)
     return _lean(b).aprelu(x, _view(alpha, x))
+
+
+def dy_relu(x: Tensor, coefficients_from_mean: Callable[[Tensor], tuple[Tensor, Tensor]],
+            dtype: torch.dtype, backend: str = "auto") -> Tensor:
+    """Dynamic ReLU with (a, b) = ``coefficients_from_mean``(spatial means of x, (N, C) in
+    ``dtype``), each (N, C, K) or (N, 1, K). No Triton kernel yet: "auto" on CUDA runs the
+    memory-lean autograd Function, "triton" is refused."""
+    if backend == "triton":
+        raise ValueError("Dynamic ReLU has no Triton kernel yet: use backend='auto' or 'autograd'")
+    b = resolve(backend, x)
+    a, bias = coefficients_from_mean(AF.spatial_mean(x, dtype))
+    if b == "reference":
+        return AF.dy_relu(x, a, bias)
+    view = (a.shape[0], a.shape[1]) + (1,) * (x.ndim - 2) + (a.shape[-1],)
+    lean = CP if b == "compiled" else AG
+    return lean.dy_relu(x, a.reshape(view), bias.reshape(view))
+
+
+def frelu_max(x: Tensor, t: Tensor, backend: str = "auto") -> Tensor:
+    """FReLU's max(x, T(x)): the reference keeps t for backward, the lean path one byte per
+    element."""
+    if backend == "reference":
+        return AF.frelu(x, t)
+    return AG.frelu_max(x, t)
 
 
 def signed_spatial_mean(x: Tensor, dtype: torch.dtype, backend: str = "auto") -> tuple[Tensor, Tensor]:
