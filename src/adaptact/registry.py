@@ -143,6 +143,8 @@ def _specs() -> dict[str, ActivationSpec]:
         ("acon_c", _per_channel(ann.AconC), ad, True, False, True, "Ma et al., CVPR 2021"),
         ("meta_acon_c", _per_channel(ann.MetaAconC), ad, True, True, True, "Ma et al., CVPR 2021"),
         ("aprelu", _per_channel(ann.APReLU), ad, True, True, True, "Zhao et al., IEEE TIE 2020"),
+        ("meta_acon_c_nobn", _per_channel(ann.MetaAconC, norm="none"), ad, True, True, True,
+         "Ma et al., CVPR 2021; generator without BatchNorm (first official acon.py, YOLOv5)"),
         ("dy_relu_a", _per_channel(ann.DyReLU, variant="A"), ad, True, True, True,
          "Chen et al., ECCV 2020, arXiv 2003.10027 (DY-ReLU-A)"),
         ("dy_relu_b", _per_channel(ann.DyReLU, variant="B"), ad, True, True, True,

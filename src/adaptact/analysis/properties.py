@@ -9,6 +9,9 @@ at their current parameters), in eval mode:
   holding the same values (channel 1 held at 0 for modules without per-channel state, so
   softmax is analysed as the sigmoid of one logit against a zero one). Per-sample activations
   (Meta-ACON, APReLU) thus see one fixed input and their beta/alpha is held fixed across it.
+  FReLU, whose condition is a spatial window, sees each value as a uniform 3x3 map (its
+  curve for uniform inputs, the centre pixel read) and its gradient flow is measured through
+  1x1 convolutions on 4x4 maps instead of linear layers.
 * f' is the central difference between neighbouring grid points of that one evaluation, so
   it is the elementwise derivative with any generated beta/alpha held fixed.
 * per-channel modules report the channel-wise worst case (min of minima, max of maxima;
@@ -82,6 +85,9 @@ def response(activation: str | nn.Module, x: torch.Tensor, channels: int = 4) ->
     elif not isinstance(activation, str):
         c = channels
     module = copy.deepcopy(module).double().eval()
+    if _needs_maps(module):  # a spatial condition: each value as a uniform 3x3 map, its centre read
+        with torch.no_grad():
+            return module(x.reshape(-1, 1, 1, 1).expand(-1, c, 3, 3).clone())[:, :, 1, 1].T
     if c:
         inp = x.reshape(1, 1, -1).expand(1, c, -1).clone()
     else:
@@ -89,6 +95,13 @@ def response(activation: str | nn.Module, x: torch.Tensor, channels: int = 4) ->
     with torch.no_grad():
         y = module(inp)[0]
     return y if c else y[:1]
+
+
+def _needs_maps(module: nn.Module) -> bool:
+    """Whether the activation conditions on a spatial window (FReLU) and so takes 2-D maps only."""
+    from ..nn import FReLU
+
+    return isinstance(module, FReLU) and module.dims == 2
 
 
 def _grid() -> tuple[torch.Tensor, slice]:
@@ -192,19 +205,23 @@ def gradient_flow(activation: str, depth: int = 20, width: int = 64, batch: int 
         raise ValueError(f"depth must be at least 2, got {depth}")
     torch.manual_seed(seed)
     factor = spec(activation).channel_factor if isinstance(activation, str) else 1
+    maps = isinstance(activation, str) and spec(activation).ranks == (4,)  # 1x1 convs on 4x4 maps
     layers: list[nn.Module] = []
     for _ in range(depth):
-        layers += [nn.Linear(width, width // factor), create(activation, channels=width // factor)]
+        layer = nn.Conv2d(width, width // factor, 1) if maps else nn.Linear(width, width // factor)
+        layers += [layer, create(activation, channels=width // factor)]
+    if maps:
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
     layers.append(nn.Linear(width, 10))
     net = nn.Sequential(*layers).double().train()
     for m in net:
-        if isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, std=m.in_features**-0.5)
+        if isinstance(m, nn.Linear | nn.Conv2d):
+            nn.init.normal_(m.weight, std=m.weight[0].numel() ** -0.5)
             nn.init.zeros_(m.bias)
-    x = torch.randn(batch, width, dtype=torch.float64)
+    x = torch.randn(batch, width, *((4, 4) if maps else ()), dtype=torch.float64)
     y = torch.randint(0, 10, (batch,))
     nn.functional.cross_entropy(net(x), y).backward()
-    linears = [m for m in net if isinstance(m, nn.Linear)]
+    linears = [m for m in net if isinstance(m, nn.Linear | nn.Conv2d)]
     first, last = linears[0].weight.grad.norm(), linears[-2].weight.grad.norm()
     return float(first / last) if last > 0 else float("inf")
 
