@@ -30,7 +30,8 @@ def test_required_names_are_registered():
 def test_families_partition_the_registry():
     assert sorted(n for f in FAMILIES for n in adaptact.available(f)) == NAMES
     assert set(adaptact.available("adaptive")) == {"arelu", "acon_a", "acon_b", "acon_c", "meta_acon_c",
-                                                   "aprelu", "dy_relu_a", "dy_relu_b", "frelu", "meta_acon_c_nobn"}
+                                                   "aprelu", "dy_relu_a", "dy_relu_b", "frelu",
+                                                   "meta_acon_c_nobn"}
     with pytest.raises(ValueError, match="family must be one of"):
         adaptact.available("fancy")
 
