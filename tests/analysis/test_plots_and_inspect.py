@@ -81,7 +81,27 @@ def test_collect_matches_the_modules():
     torch.testing.assert_close(post, AF.arelu(pre, m.alpha, m.beta))
 
 
+def test_collect_dy_relu_pieces_and_frelu_share():
+    torch.manual_seed(0)
+    x = torch.randn(12, 1, 28, 28)
+    model = ConvMNIST("dy_relu_b").eval()
+    a, b = ins.collect(model, x, batch_size=5).dy_relu_pieces["features.2"]
+    expected = model.features[2].coefficients(model.features[:2](x))
+    torch.testing.assert_close(a, expected[0])
+    torch.testing.assert_close(b, expected[1])
+    assert a.shape == (12, 10, 2)
+
+    model = ConvMNIST("frelu").eval()
+    share = ins.collect(model, x, batch_size=5).frelu_share["features.2"]
+    inp = model.features[:2](x)
+    wins = model.features[2].condition(inp) > inp
+    torch.testing.assert_close(share, wins.float().mean((2, 3)))
+    assert share.shape == (12, 10) and 0 < float(share.mean()) < 1
+
+
 def test_inspect_plots(tmp_path, figures):
+    _png(ins.plot_dy_relu_pieces(torch.randn(8, 16, 2), torch.randn(8, 16, 2), tmp_path / "d.png"))
+    _png(ins.plot_frelu_share(torch.rand(30, 16), tmp_path / "f.png"))
     beta = torch.rand(30, 16)
     _png(ins.plot_meta_acon_beta(beta, tmp_path / "b.png", samples=4, acon_beta=torch.rand(16)))
     _png(ins.plot_aprelu_alpha(torch.rand(30, 16), tmp_path / "a.png"))

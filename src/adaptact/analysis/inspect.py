@@ -1,7 +1,10 @@
-"""What trained adaptive activations do: per-sample Meta-ACON beta, APReLU alpha, AReLU maps.
+"""What trained adaptive activations do: per-sample Meta-ACON beta, APReLU alpha, DY-ReLU
+pieces, FReLU's spatial condition, AReLU maps.
 
 Forward hooks collect, over a data set, the beta each Meta-ACON-C layer generates for every
-sample, the alpha of every APReLU layer, and AReLU's pre- and post-activation feature maps;
+sample, the alpha of every APReLU layer, the slopes and intercepts of every DY-ReLU layer, the
+share of each FReLU layer's elements where the funnel condition T(x) wins over x, and AReLU's
+pre- and post-activation feature maps;
 the plot functions draw them. Models to inspect come from ``adaptact compare --save-checkpoints``
 (``adaptact.bench.checkpoints.load_checkpoint``).
 """
@@ -15,11 +18,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..nn import AconC, ActivationModule, APReLU, AReLU, MetaAconC
+from ..nn import AconC, ActivationModule, APReLU, AReLU, DyReLU, FReLU, MetaAconC
 from .plots import pyplot, save_figure
 
 __all__ = ["Collected", "acon_reference_beta", "collect", "learned_activations", "plot_aprelu_alpha",
-           "plot_arelu_maps", "plot_meta_acon_beta"]
+           "plot_arelu_maps", "plot_dy_relu_pieces", "plot_frelu_share", "plot_meta_acon_beta"]
 
 
 def learned_activations(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -34,6 +37,9 @@ class Collected:
 
     meta_acon_beta: dict[str, torch.Tensor] = field(default_factory=dict)  # (N, C), (N, 1) or per pixel
     aprelu_alpha: dict[str, torch.Tensor] = field(default_factory=dict)  # (N, C) or (N, 1)
+    # a, b: (N, C or 1, K)
+    dy_relu_pieces: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    frelu_share: dict[str, torch.Tensor] = field(default_factory=dict)  # (N, C): share of elements T(x) > x
     # (pre, post) of the first AReLU layers with spatial dims (after convolutions)
     arelu_maps: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     inputs: torch.Tensor | None = None  # the first ``keep_maps`` inputs
@@ -43,7 +49,7 @@ class Collected:
 def collect(model: nn.Module, x: torch.Tensor, batch_size: int = 500, keep_maps: int = 8) -> Collected:
     """Run ``model`` (eval mode) over ``x`` and collect what its adaptive activations compute."""
     out = Collected(inputs=x[:keep_maps].clone())
-    parts: dict[str, dict[str, list[torch.Tensor]]] = {"beta": {}, "alpha": {}}
+    parts: dict[str, dict[str, list]] = {"beta": {}, "alpha": {}, "dy": {}, "frelu": {}}
     hooks = []
 
     def hook(name: str):
@@ -56,13 +62,18 @@ def collect(model: nn.Module, x: torch.Tensor, batch_size: int = 500, keep_maps:
                 parts["beta"].setdefault(name, []).append(beta.float())
             elif isinstance(module, APReLU):
                 parts["alpha"].setdefault(name, []).append(module.generate_alpha(inp).float())
+            elif isinstance(module, DyReLU):
+                parts["dy"].setdefault(name, []).append(tuple(t.float() for t in module.coefficients(inp)))
+            elif isinstance(module, FReLU):
+                wins = (module.condition(inp) > inp).flatten(2).float().mean(2)
+                parts["frelu"].setdefault(name, []).append(wins)
             elif isinstance(module, AReLU) and inp.ndim > 2 and name not in out.arelu_maps:
                 out.arelu_maps[name] = (inp[:keep_maps].clone(), output[:keep_maps].clone())
 
         return fn
 
     for name, m in model.named_modules():
-        if isinstance(m, (MetaAconC, APReLU, AReLU)):
+        if isinstance(m, (MetaAconC, APReLU, AReLU, DyReLU, FReLU)):
             hooks.append(m.register_forward_hook(hook(name)))
     try:
         model.eval()
@@ -73,7 +84,40 @@ def collect(model: nn.Module, x: torch.Tensor, batch_size: int = 500, keep_maps:
             h.remove()
     out.meta_acon_beta = {k: torch.cat(v) for k, v in parts["beta"].items()}
     out.aprelu_alpha = {k: torch.cat(v) for k, v in parts["alpha"].items()}
+    out.dy_relu_pieces = {k: (torch.cat([a for a, _ in v]), torch.cat([b for _, b in v]))
+                          for k, v in parts["dy"].items()}
+    out.frelu_share = {k: torch.cat(v) for k, v in parts["frelu"].items()}
     return out
+
+
+def plot_dy_relu_pieces(a: torch.Tensor, b: torch.Tensor, path: str | Path, samples: int = 4,
+                        layer: str = "") -> Path:
+    """DY-ReLU's generated pieces for a few samples: each piece's slope a_k and intercept b_k over
+    channels (one box per sample and piece); 1 and 0 mark ReLU's."""
+    plt = pyplot()
+    n, k = min(samples, len(a)), a.shape[-1]
+    fig, axes = plt.subplots(1, 2, figsize=(4 + 1.2 * n * k, 4.5))
+    for ax, values, what, ref in ((axes[0], a, "slope a_k", 1.0), (axes[1], b, "intercept b_k", 0.0)):
+        data = [values[i, :, j].numpy() for i in range(n) for j in range(k)]
+        ax.boxplot(data, showfliers=False)
+        ax.set_xticks(range(1, len(data) + 1), [f"s{i} k{j + 1}" for i in range(n) for j in range(k)],
+                      rotation=30)
+        ax.axhline(ref, color="k", ls=":", lw=1)
+        ax.set(xlabel="sample, piece", ylabel=f"{what} over channels")
+    fig.suptitle(f"DY-ReLU pieces per sample {layer}".strip())
+    return save_figure(fig, path)
+
+
+def plot_frelu_share(share: torch.Tensor, path: str | Path, layer: str = "") -> Path:
+    """Per channel, the share of elements where FReLU's spatial condition T(x) wins over x (mean
+    over the data set, and its spread over samples)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(max(6, 0.25 * share.shape[1] + 2), 4.5))
+    ax.boxplot(list(share.T.numpy()), showfliers=False)
+    ax.set(xlabel="channel", ylabel="share of elements where T(x) > x",
+           title=f"FReLU: where the funnel condition wins {layer}".strip())
+    ax.set_ylim(0, 1)
+    return save_figure(fig, path)
 
 
 def plot_meta_acon_beta(beta: torch.Tensor, path: str | Path, samples: int = 4,

@@ -54,7 +54,8 @@ def inspect_checkpoints(checkpoints: Sequence[str | Path], dataset: str, data_di
                         samples: int = 4, out: str | Path = "inspect") -> list[Path]:
     """PNGs of what the adaptive activations of trained checkpoints do on ``dataset``'s test split:
     Meta-ACON-C's beta (against an ACON-C checkpoint's fixed beta when one is given), APReLU's
-    alpha, AReLU's feature maps. Returns the files written."""
+    alpha, DY-ReLU's pieces, FReLU's share of elements where its condition wins, AReLU's feature
+    maps. Returns the files written."""
     models = [load_checkpoint(c)[0] for c in checkpoints]
     ds = bench_data.load(dataset, data_dir)
     folder = writable_dir(out, "output folder")
@@ -71,9 +72,13 @@ def inspect_checkpoints(checkpoints: Sequence[str | Path], dataset: str, data_di
                                                    reference, layer))
         for layer, alpha in list(got.aprelu_alpha.items())[:1]:
             written.append(ins.plot_aprelu_alpha(alpha, folder / f"{tag}aprelu_alpha.png", layer=layer))
+        for layer, (a, b) in list(got.dy_relu_pieces.items())[:1]:
+            written.append(ins.plot_dy_relu_pieces(a, b, folder / f"{tag}dy_relu_pieces.png", samples, layer))
+        for layer, share in list(got.frelu_share.items())[:1]:
+            written.append(ins.plot_frelu_share(share, folder / f"{tag}frelu_share.png", layer))
         for layer, (pre, post) in list(got.arelu_maps.items())[:1]:
             written.append(ins.plot_arelu_maps(got.inputs, pre, post, folder / f"{tag}arelu_maps.png",
                                                samples, layer=layer))
     if not written:
-        raise UserError("no Meta-ACON-C, APReLU or AReLU layer in the given checkpoints")
+        raise UserError("no Meta-ACON-C, APReLU, DY-ReLU, FReLU or AReLU layer in the given checkpoints")
     return written
