@@ -107,7 +107,7 @@ def _compare_configure(p: argparse.ArgumentParser) -> None:
                         "paper: 5,3,1); without it the signals are clean")
     p.add_argument("--suite", choices=("resnet",),
                    help="resnet: the ACON paper's ResNet comparison (ResNet-18 at width 16; ReLU, Swish, "
-                        "ACON-C, Meta-ACON-C after the 3x3 convs only, APReLU, AReLU)")
+                        "ACON-C, Meta-ACON-C after the 3x3 convs only, APReLU, AReLU, DY-ReLU-B, FReLU)")
     p.add_argument("--model", metavar="NAME|MODULE:FACTORY",
                    help=f"a built-in network ({', '.join(MODELS)}; default: conv for images, conv1d for "
                         "mnist1d, linear for digits) or your own: module:attribute of a callable "
@@ -195,6 +195,10 @@ def _props(args: argparse.Namespace) -> int:
         raise UserError(str(err)) from None
     header, rows = property_table(names, cost=not args.no_cost, depth=args.depth)
     sys.stdout.write(format_table(header, rows, args.format))
+    if args.format == "markdown":
+        from .analysis.properties import CANONICAL
+
+        print(f"\nNote: {CANONICAL}.")
     return 0
 
 

@@ -120,3 +120,16 @@ def test_bounds_look_at_both_tails():
 
 def test_named_activations_are_analysed_at_a_fixed_initialisation():
     assert properties("acon_c", cost=False) == properties("acon_c", cost=False)
+
+
+def test_named_acon_is_analysed_at_canonical_parameters_and_says_so(capsys):
+    from adaptact.analysis.properties import CANONICAL, response
+    from adaptact.cli import main
+
+    x = torch.linspace(-4, 4, 101, dtype=torch.float64)
+    for name in ("acon_c", "meta_acon_c"):  # p1 = 1, p2 = 0: x sigmoid(beta x), the same every time
+        y = response(name, x, channels=4)
+        assert torch.equal(y, response(name, x, channels=4))
+    torch.testing.assert_close(response("acon_c", x, channels=4), torch.nn.functional.silu(x).expand(4, -1))
+    assert main(["props", "acon_c", "--no-cost", "--depth", "2"]) == 0
+    assert CANONICAL in capsys.readouterr().out

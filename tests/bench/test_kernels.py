@@ -30,8 +30,23 @@ def test_kernel_bench_on_cpu(tmp_path, capsys):
                  "--repeats", "2",
                  "--json", str(tmp_path / "k.json")]) == 0
     data = json.loads((tmp_path / "k.json").read_text())
-    assert {r["backend"] for r in data["results"]} == {"reference", "compile", "autograd"}
+    assert {r["backend"] for r in data["results"]} == {"reference", "compile", "autograd", "auto"}
+    for r in data["results"]:  # ratios to torch.compile of the reference, taken round by round
+        assert r["ratio_min"] <= r["ratio_to_compile"] <= r["ratio_max"] and r["first_call_ms"] > 0
+        if r["backend"] == "compile":
+            assert r["ratio_to_compile"] == r["ratio_min"] == r["ratio_max"] == 1.0
     assert "| arelu" in capsys.readouterr().out
+
+
+def test_backends_are_timed_in_interleaved_rotating_rounds():
+    from adaptact.bench.kernels import _interleaved
+
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    first, times = _interleaved(fns, torch.device("cpu"), repeats=3)
+    assert set(first) == set("abc") and all(len(t) == 3 for t in times.values())
+    rounds = calls[9:]  # after the first calls and two warm-ups
+    assert rounds == list("abc") + list("bca") + list("cab")
 
 
 def test_tensor_passes_counts_reads_and_writes_of_x_sized_tensors():

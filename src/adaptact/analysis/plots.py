@@ -46,7 +46,8 @@ def plot_curves(activations: Sequence[str | tuple[str, nn.Module]], path: str | 
                 span: float = 5.0) -> Path:
     """f (and f' with ``derivative``) of each activation, by name or as (label, module).
 
-    Per-channel modules draw one thin line per channel (learned ones differ by channel).
+    Per-channel modules draw one thin line per channel (learned ones differ by channel). Names
+    are drawn at canonical parameters (``analysis.properties.CANONICAL``), as the title says.
     """
     plt = pyplot()
     x = torch.linspace(-span, span, 2001, dtype=torch.float64)
@@ -67,7 +68,9 @@ def plot_curves(activations: Sequence[str | tuple[str, nn.Module]], path: str | 
             axes[0][0].plot(x, row, **kw)
             if derivative:
                 axes[0][1].plot(x, _derivative(x, row), **kw)
-    axes[0][0].set(xlabel="x", ylabel="f(x)", title="activation")
+    named = any(isinstance(item, str) for item in activations)
+    axes[0][0].set(xlabel="x", ylabel="f(x)",
+                   title="activation" + (" (named ones at canonical parameters)" if named else ""))
     if derivative:
         axes[0][1].set(xlabel="x", ylabel="f'(x)", title="derivative")
     for ax in axes[0]:

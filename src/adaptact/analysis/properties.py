@@ -30,8 +30,8 @@ from torch import nn
 
 from ..registry import create, spec
 
-__all__ = ["PROPERTY_COLUMNS", "Properties", "gradient_flow", "properties", "property_table", "relative_cost",
-           "response"]
+__all__ = ["CANONICAL", "PROPERTY_COLUMNS", "Properties", "canonical", "gradient_flow", "properties",
+           "property_table", "relative_cost", "response"]
 
 STEP = 1e-4
 SPAN = 6.0
@@ -61,13 +61,32 @@ class Properties:
         return asdict(self)
 
 
+CANONICAL = ("learnable activations given by name are analysed at canonical parameters: ACON-C and "
+             "Meta-ACON-C with p1 = 1, p2 = 0 (the papers' starting switch between x and 0; their "
+             "official code draws p1, p2 at random), beta = 1 for ACON-A/B/C, the others at their "
+             "constructors' initial values; the generators of Meta-ACON-C, APReLU and DY-ReLU and "
+             "FReLU's convolution at a seeded draw; a trained model: --checkpoint")
+
+
+@torch.no_grad()
+def canonical(module: nn.Module) -> nn.Module:
+    """``module`` with the canonical parameters of ``CANONICAL`` (in place; returned)."""
+    from ..nn import AconC, MetaAconC
+
+    if isinstance(module, AconC | MetaAconC):
+        module.p1.fill_(1.0)
+        module.p2.fill_(0.0)
+    return module
+
+
 def _module(activation: str | nn.Module, channels: int, seed: int = 0) -> tuple[str, nn.Module, int]:
-    """(name, module, channels); a name is built with its initial parameters drawn under ``seed``."""
+    """(name, module, channels); a name is built at canonical parameters (``CANONICAL``), with
+    the rest drawn under ``seed``; a module is taken as it is."""
     if isinstance(activation, str):
         s = spec(activation)
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            return s.name, create(s.name, channels=channels), channels
+            return s.name, canonical(create(s.name, channels=channels)), channels
     c = getattr(activation, "channels", None) or getattr(activation, "num_parameters", None)
     return type(activation).__name__, activation, int(c) if c else 0
 

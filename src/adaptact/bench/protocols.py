@@ -33,10 +33,11 @@ ARELU_ACTIVATIONS = ("celu", "elu", "gelu_arelu", "leaky_relu", "maxout_pool", "
                      "apl", "mixture", "pau", "prelu_shared", "slaf",
                      "arelu")
 # adaptact's default set: the paper's kinds of activation in adaptact's variants (per-channel
-# PReLU and Maxout, learnable Swish), then the library's adaptive ones.
+# PReLU and Maxout, learnable Swish), then the library's adaptive ones (FReLU, which needs 2-D
+# maps, is in the ResNet suite; the default data set is 1-D).
 DEFAULT_ACTIVATIONS = ("apl", "arelu", "gelu", "maxout", "mixture", "slaf", "swish", "relu", "relu6",
                        "sigmoid", "leaky_relu", "elu", "prelu", "selu", "tanh", "rrelu", "celu", "softplus",
-                       "pau", "acon_c", "meta_acon_c", "aprelu")
+                       "pau", "acon_c", "meta_acon_c", "aprelu", "dy_relu_b")
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ __all__ = ["RESNET_SUITE", "SweepSummary", "expand", "lost_run", "run_sweep"]
 
 # The ACON paper's ResNet comparison: Meta-ACON-C only after the 3x3 conv of each block.
 RESNET_SUITE = {"model": "resnet18_w16", "activations": ("relu", "swish", "acon_c", "meta_acon_c", "aprelu",
-                                                         "arelu"),
+                                                         "arelu", "dy_relu_b", "frelu"),
                 "policies": {"meta_acon_c": "resnet_after_3x3"}}
 
 
