@@ -165,7 +165,8 @@ def test_resnet_suite_reports_top1_error(tmp_path):
     assert {(r["activation"], r["policy"], r["model"]) for r in rows} == {
         ("relu", "all", "resnet18_w16"), ("swish", "all", "resnet18_w16"), ("acon_c", "all", "resnet18_w16"),
         ("meta_acon_c", "resnet_after_3x3", "resnet18_w16"), ("aprelu", "all", "resnet18_w16"),
-        ("arelu", "all", "resnet18_w16"), ("dy_relu_b", "all", "resnet18_w16"), ("frelu", "all", "resnet18_w16")}
+        ("arelu", "all", "resnet18_w16"), ("dy_relu_b", "all", "resnet18_w16"),
+        ("frelu", "all", "resnet18_w16")}
     assert all(r["status"] == "ok" for r in rows)
     md = (out / "report.md").read_text()
     table = md.split("### Top-1 error (%)")[1]
