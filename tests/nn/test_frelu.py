@@ -76,3 +76,13 @@ def test_wrong_ranks_and_sizes_are_clear():
         adaptact.FReLU(4, kernel_size=2)
     with pytest.raises(ValueError, match="expected 4 channels"):
         adaptact.FReLU(4)(torch.randn(2, 3, 5, 5))
+
+
+def test_batch_size_one_on_one_pixel_maps_trains():
+    m = adaptact.FReLU(4).train()
+    before = m.bn_frelu.running_mean.clone()
+    y = m(torch.randn(1, 4, 1, 1, requires_grad=True))
+    y.sum().backward()
+    assert torch.equal(m.bn_frelu.running_mean, before)  # no batch statistics to learn from
+    m(torch.randn(1, 4, 5, 5))  # one sample with a map: batch statistics over its pixels, as torch
+    assert not torch.equal(m.bn_frelu.running_mean, before)

@@ -52,8 +52,15 @@ class FReLU(ActivationModule):
         self.bn_frelu = norm(channels)
 
     def condition(self, x: Tensor) -> Tensor:
-        """T(x), the funnel condition."""
-        return self.bn_frelu(self.conv_frelu(x))
+        """T(x), the funnel condition. A single value per channel in training mode (batch size 1
+        on 1x1 maps) has no batch statistics (torch's BatchNorm raises): it is normalised with the
+        running statistics, which stay unchanged, as in eval mode."""
+        h = self.conv_frelu(x)
+        bn = self.bn_frelu
+        if bn.training and h[:, 0].numel() == 1:
+            return nn.functional.batch_norm(h, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0,
+                                            bn.eps)
+        return bn(h)
 
     def forward(self, x: Tensor) -> Tensor:
         check_input(self, x, self.channels)
