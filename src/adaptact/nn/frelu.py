@@ -58,8 +58,8 @@ class FReLU(ActivationModule):
         h = self.conv_frelu(x)
         bn = self.bn_frelu
         if bn.training and h[:, 0].numel() == 1:
-            return nn.functional.batch_norm(h, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0,
-                                            bn.eps)
+            return nn.functional.batch_norm(h, bn.running_mean, bn.running_var, bn.weight, bn.bias,
+                                            False, 0.0, bn.eps)
         return bn(h)
 
     def forward(self, x: Tensor) -> Tensor:
