@@ -126,6 +126,19 @@ def arelu(x: Tensor, slope: Tensor, gain: Tensor) -> Tensor:
     return _apply(AG.arelu, x, slope, gain)
 
 
+def _arelu_from_parameters(x: Tensor, alpha: Tensor, beta: Tensor) -> Tensor:
+    return AG.arelu(x, alpha.clamp(0.01, 0.99).reshape(1, 1, 1), (1 + torch.sigmoid(beta)).reshape(1, 1, 1))
+
+
+def arelu_from_parameters(x: Tensor, alpha: Tensor, beta: Tensor) -> Tensor | None:
+    """AReLU from its parameters alpha and beta (one value each), the slope and gain computed in
+    the same compiled graph as the activation; None when x cannot take this path."""
+    flat = _as_3d(x, ()) if _compiles(x) and alpha.numel() == beta.numel() == 1 else None
+    if flat is None:
+        return None
+    return _call(_arelu_from_parameters, flat[0], alpha, beta).view(x.shape)
+
+
 def acon_c(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> Tensor:
     """``ops.autograd.acon_c`` with compiled bodies."""
     return _apply(AG.acon_c, x, p1, p2, beta)
@@ -159,3 +172,111 @@ def dy_relu(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
         return AG.dy_relu(x, a, b)
     a3, b3 = (t.reshape(t.shape[0], t.shape[1], 1, t.shape[-1]) for t in (a, b))
     return _call(AG.dy_relu, x3, a3, b3).view(x.shape)
+
+
+# --- Meta-ACON-C and APReLU: one Function owns pooling, generator and activation ---------------
+#
+# As the Triton path (ops/triton/generated.py): the pooling's gradient is added in the dx pass
+# instead of materialising an x-sized gradient of its own and adding it to dx, so forward reads x
+# twice (pooling, activation) and backward reads x and dy twice (parameter gradients, dx): the
+# compiled bodies below, each one fused loop over x.
+
+
+def _sums(x: Tensor) -> Tensor:
+    return x.float().sum(dim=2)
+
+
+def _signed_sums(x: Tensor) -> tuple[Tensor, Tensor]:
+    xf = x.float()
+    return torch.clamp(xf, max=0).sum(dim=2), torch.relu(xf).sum(dim=2)
+
+
+def _acon_param_grads(dy: Tensor, x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor, want: tuple[bool, ...]):
+    return AG.acon_c_backward(dy, x, p1, p2, beta, (False, *want))[1:]
+
+
+def _acon_input_grad(dy: Tensor, x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor, pooled: Tensor) -> Tensor:
+    dx = AG.acon_c_backward(dy, x, p1, p2, beta, (True, False, False, False))[0]
+    return (dx + pooled).to(x.dtype)  # the mean's gradient: the same for every element of a row
+
+
+def _aprelu_param_grads(dy: Tensor, x: Tensor, alpha: Tensor) -> Tensor:
+    return AG.aprelu_backward(dy, x, alpha, (False, True))[1]
+
+
+def _aprelu_input_grad(dy: Tensor, x: Tensor, alpha: Tensor, neg: Tensor, pos: Tensor) -> Tensor:
+    dx = AG.aprelu_backward(dy, x, alpha, (True, False))[0]
+    # clamp(max=0) passes the gradient at 0, relu does not: 0 goes to the negative side
+    return (dx + torch.where(x.float() > 0, pos, neg)).to(x.dtype)
+
+
+class _Generated(torch.autograd.Function):
+    """(Meta-ACON-C) y = acon_c(x, p1, p2, generate(mean)) or (APReLU, ``p1`` and ``p2`` None)
+    y = aprelu(x, generate(signed means)); x is (N, C, S), the parameters (·, ·, 1) views. The
+    generator's small graph is built in forward and differentiated in backward; its parameters
+    come in as ``weights``."""
+
+    FIXED = 6  # inputs before ``weights``
+
+    @staticmethod
+    def forward(ctx, x: Tensor, p1: Tensor | None, p2: Tensor | None, dtype: torch.dtype,
+                generate: Callable[[Tensor], Tensor], signed: bool, *weights: Tensor) -> Tensor:
+        size = x.shape[2]
+        stats = torch.cat(_call(_signed_sums, x), dim=1) if signed else _call(_sums, x)
+        with torch.enable_grad():
+            s = (stats / size).to(dtype).requires_grad_()
+            c = generate(s)
+        ctx.save_for_backward(x, *(() if p1 is None else (p1, p2)))
+        ctx.generated = (s, c, tuple(weights))
+        ctx.size, ctx.signed = size, signed
+        cv = _sample_view(c)
+        if p1 is None:
+            return _call(AG.aprelu_forward, x, cv)
+        return _call(AG.acon_c_forward, x, p1, p2, cv)
+
+    @staticmethod
+    @AG._first_order
+    def backward(ctx, dy: Tensor):
+        x, *ps = ctx.saved_tensors
+        s, c, weights = ctx.generated
+        want = ctx.needs_input_grad
+        want_weights = want[_Generated.FIXED:]
+        cv = _sample_view(c)
+        dp1 = dp2 = None
+        if ps:
+            p1, p2 = ps
+            dp1, dp2, dc = _call(_acon_param_grads, dy, x, p1, p2, cv, (want[1], want[2], True))
+            dp1, dp2 = (None if g is None else g.to(p.dtype) for g, p in ((dp1, p1), (dp2, p2)))
+        else:
+            dc = _call(_aprelu_param_grads, dy, x, cv)
+        trainable = [w for w, needed in zip(weights, want_weights) if needed]
+        ds, *dw = torch.autograd.grad(c, [s, *trainable], dc.reshape(c.shape).to(c.dtype), retain_graph=True,
+                                      allow_unused=True)
+        dx = None
+        if want[0]:
+            ds = torch.zeros_like(s, dtype=torch.float32) if ds is None else ds.float() / ctx.size
+            if ctx.signed:
+                neg, pos = (t.unsqueeze(-1) for t in ds.chunk(2, dim=1))
+                dx = _call(_aprelu_input_grad, dy, x, cv, neg, pos)
+            else:
+                dx = _call(_acon_input_grad, dy, x, *ps, cv, ds.unsqueeze(-1))
+        given = iter(dw)
+        weight_grads = [next(given) if needed else None for needed in want_weights]
+        return (dx, dp1, dp2, None, None, None, *weight_grads)
+
+
+def _sample_view(c: Tensor) -> Tensor:
+    """The generated (N, C) or (N, 1) parameter, outside its graph, as (N, C or 1, 1)."""
+    return c.detach().unsqueeze(-1)
+
+
+def generated(x: Tensor, p1: Tensor | None, p2: Tensor | None, generate: Callable[[Tensor], Tensor],
+              weights: tuple[Tensor, ...], dtype: torch.dtype, signed: bool) -> Tensor | None:
+    """Meta-ACON-C (``p1``, ``p2``: views against x) or APReLU (None, None, ``signed``) as one
+    compiled Function; None when x cannot take this path (the caller composes then)."""
+    flat = _as_3d(x, () if p1 is None else (p1, p2)) if _compiles(x) else None
+    if flat is None:
+        return None
+    x3, params = flat
+    p13, p23 = params if params else (None, None)
+    return _Generated.apply(x3, p13, p23, dtype, generate, signed, *weights).view(x.shape)

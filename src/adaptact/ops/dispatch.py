@@ -104,6 +104,10 @@ def arelu(x: Tensor, alpha: Tensor, beta: Tensor, backend: str = "auto") -> Tens
     b = resolve(backend, x)
     if b == "reference":
         return AF.arelu(x, alpha, beta)
+    if b == "compiled":
+        y = CP.arelu_from_parameters(x, alpha, beta)
+        if y is not None:
+            return y
     slope = _view(alpha.clamp(0.01, 0.99), x)
     gain = _view(1 + torch.sigmoid(beta), x)
     return _lean(b).arelu(x, slope, gain)
@@ -140,6 +144,10 @@ def meta_acon_c(x: Tensor, p1: Tensor, p2: Tensor, beta_from_mean: Callable[[Ten
     b = resolve(backend, x)
     if _owns_generator(b):
         return _triton().generated_acon_c(x, _view(p1, x), _view(p2, x), beta_from_mean, weights, dtype)
+    if b == "compiled":
+        y = CP.generated(x, _view(p1, x), _view(p2, x), beta_from_mean, tuple(weights), dtype, signed=False)
+        if y is not None:
+            return y
     return acon_c(x, p1, p2, beta_from_mean(AF.spatial_mean(x, dtype)), b)
 
 
@@ -150,6 +158,10 @@ def aprelu(x: Tensor, alpha_from_stats: Callable[[Tensor], Tensor], weights: Seq
     b = resolve(backend, x)
     if _owns_generator(b):
         return _triton().generated_aprelu(x, alpha_from_stats, weights, dtype)
+    if b == "compiled":
+        y = CP.generated(x, None, None, alpha_from_stats, tuple(weights), dtype, signed=True)
+        if y is not None:
+            return y
     alpha = alpha_from_stats(torch.cat(signed_spatial_mean(x, dtype, b), dim=1))
     if b == "reference":
         return AF.aprelu(x, alpha)
