@@ -23,4 +23,5 @@ if __name__ == "__main__":
         m = adaptact.create(name, channels=64)
         first, second = timed(m, (32, 64, 28, 28)), timed(m, (32, 64, 28, 28))
         other = timed(m, (8, 64, 14, 14))
-        print(f"{name}: first call {first:.2f} s, second {1e3 * second:.1f} ms, new shape {1e3 * other:.1f} ms")
+        print(f"{name}: first call {first:.2f} s, second {1e3 * second:.1f} ms, "
+              f"new shape {1e3 * other:.1f} ms")
