@@ -34,7 +34,7 @@ OPTIONS = {
     "report": ["--db", "--out", "--dataset"],
     "plot": ["--checkpoint", "-o"],
     "props": ["--depth", "--format"],
-    "bench-kernels": ["--shape", "--dtypes", "--device", "--repeats", "--json"],
+    "bench-kernels": ["--shape", "--dtypes", "--device", "--repeats", "--json", "--activations", "--threads"],
 }
 POSITIONAL = {"plot": True, "props": True}
 
@@ -60,8 +60,12 @@ def stubs(playground):
     mp.setattr(A, "property_table", lambda names, cost=True, depth=20: (("name",), [(n,) for n in names]))
     real = K.run_kernel_bench
 
-    def checked_only(shape, dtypes, device=None, repeats=20, json_path=None, **kwargs):
-        real(shape, dtypes, device, activations=(), repeats=repeats, json_path=json_path)  # checks, no timing
+    def checked_only(shape, dtypes, device=None, activations=(), repeats=20, json_path=None, threads=None,
+                     **kwargs):
+        if any(a not in K.PASSES for a in activations):  # the same check, without timing anything
+            real(shape, dtypes, device, activations=activations, repeats=repeats, json_path=json_path,
+                 threads=threads)
+        real(shape, dtypes, device, activations=(), repeats=repeats, json_path=json_path, threads=threads)
         return {"device": "stub", "device_type": "cpu", "shape": list(shape), "copy_bandwidth_GBps": 1.0,
                 "torch": torch.__version__, "results": []}
 

@@ -260,8 +260,9 @@ def _bench_kernels_configure(p: argparse.ArgumentParser) -> None:
 def _bench_kernels(args: argparse.Namespace) -> int:
     from .bench.kernels import format_results, run_kernel_bench, write_json
 
-    report = run_kernel_bench(tuple(args.shape), tuple(args.dtypes), args.device, tuple(args.activations),
-                              repeats=args.repeats, json_path=args.json, threads=args.threads)
+    report = run_kernel_bench(tuple(args.shape), tuple(args.dtypes), args.device,
+                              activations=tuple(args.activations), repeats=args.repeats, json_path=args.json,
+                              threads=args.threads)
     sys.stdout.write(format_results(report))
     print(f"\nJSON: {write_json(report, args.json)}")
     return 0
