@@ -139,3 +139,21 @@ def test_under_an_outer_torch_compile_the_eager_function_is_traced():
     x = torch.randn(4, 6, 3, 3)
     outer = torch.compile(m, fullgraph=True)
     torch.testing.assert_close(outer(x), m(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+@pytest.mark.parametrize("case", CASES + [("dy_relu_b", {}), ("dy_relu_a", {})],
+                         ids=IDS + ["dy_relu_b", "dy_relu_a"])
+def test_inference_under_no_grad_runs_compiled(case):
+    """Under no_grad autograd records nothing: the compiled forward bodies run (dynamo does not
+    trace an autograd Function applied there), with the reference's numbers."""
+    name, kwargs = case
+    m = adaptact.create(name, channels=6, **kwargs).eval()
+    ref = adaptact.create(name, channels=6, backend="reference", **kwargs).eval()
+    ref.load_state_dict(m.state_dict())
+    x = torch.randn(4, 6, 5, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), ref(x), rtol=1e-5, atol=1e-6)
+        xb = x.bfloat16()  # computed in float32 and rounded once: within bfloat16's rounding of the truth
+        torch.testing.assert_close(m(xb).float(), ref(xb.float()), rtol=1e-2, atol=1e-2)
+    assert CP.available()

@@ -113,12 +113,19 @@ def _compiles(x: Tensor) -> bool:
     return x.device.type == "cpu" and x.dtype in DTYPES and available() and not torch.compiler.is_compiling()
 
 
+def _differentiated(*tensors: Tensor) -> bool:
+    """Whether autograd records this call (else only the forward body is needed: dynamo does not
+    trace an autograd Function applied under no_grad)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def _apply(eager: Callable[..., Tensor], x: Tensor, *params: Tensor) -> Tensor:
     flat = _as_3d(x, params) if _compiles(x) else None
     if flat is None:
         return eager(x, *params)
     x3, params3 = flat
-    return _call(eager, x3, *params3).view(x.shape)
+    fn = eager if _differentiated(x, *params) else _FORWARD[eager]
+    return _call(fn, x3, *params3).view(x.shape)
 
 
 def arelu(x: Tensor, slope: Tensor, gain: Tensor) -> Tensor:
@@ -136,7 +143,13 @@ def arelu_from_parameters(x: Tensor, alpha: Tensor, beta: Tensor) -> Tensor | No
     flat = _as_3d(x, ()) if _compiles(x) and alpha.numel() == beta.numel() == 1 else None
     if flat is None:
         return None
-    return _call(_arelu_from_parameters, flat[0], alpha, beta).view(x.shape)
+    fn = _arelu_from_parameters if _differentiated(x, alpha, beta) else _arelu_inference
+    return _call(fn, flat[0], alpha, beta).view(x.shape)
+
+
+def _arelu_inference(x: Tensor, alpha: Tensor, beta: Tensor) -> Tensor:
+    slope, gain = alpha.clamp(0.01, 0.99).reshape(1, 1, 1), (1 + torch.sigmoid(beta)).reshape(1, 1, 1)
+    return AG.arelu_forward(x, slope, gain)
 
 
 def acon_c(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> Tensor:
@@ -152,6 +165,10 @@ def acon_c_pixel(x: Tensor, p1: Tensor, p2: Tensor) -> Tensor:
 def aprelu(x: Tensor, alpha: Tensor) -> Tensor:
     """``ops.autograd.aprelu`` with compiled bodies."""
     return _apply(AG.aprelu, x, alpha)
+
+
+_FORWARD = {AG.arelu: AG.arelu_forward, AG.acon_c: AG.acon_c_forward,
+            AG.acon_c_pixel: AG.acon_c_pixel_forward, AG.aprelu: AG.aprelu_forward}
 
 
 def signed_spatial_mean(x: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
@@ -171,7 +188,8 @@ def dy_relu(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
     except RuntimeError:
         return AG.dy_relu(x, a, b)
     a3, b3 = (t.reshape(t.shape[0], t.shape[1], 1, t.shape[-1]) for t in (a, b))
-    return _call(AG.dy_relu, x3, a3, b3).view(x.shape)
+    fn = AG.dy_relu if _differentiated(x, a, b) else AG.dy_relu_forward
+    return _call(fn, x3, a3, b3).view(x.shape)
 
 
 # --- Meta-ACON-C and APReLU: one Function owns pooling, generator and activation ---------------
