@@ -129,7 +129,7 @@ def _apply(eager: Callable[..., Tensor], x: Tensor, *params: Tensor) -> Tensor:
 
 
 def arelu(x: Tensor, slope: Tensor, gain: Tensor) -> Tensor:
-    """``ops.autograd.arelu`` with compiled bodies."""
+    """``ops.autograd.arelu`` compiled by Inductor."""
     return _apply(AG.arelu, x, slope, gain)
 
 
@@ -153,17 +153,17 @@ def _arelu_inference(x: Tensor, alpha: Tensor, beta: Tensor) -> Tensor:
 
 
 def acon_c(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> Tensor:
-    """``ops.autograd.acon_c`` with compiled bodies."""
+    """``ops.autograd.acon_c`` compiled by Inductor."""
     return _apply(AG.acon_c, x, p1, p2, beta)
 
 
 def acon_c_pixel(x: Tensor, p1: Tensor, p2: Tensor) -> Tensor:
-    """``ops.autograd.acon_c_pixel`` with compiled bodies."""
+    """``ops.autograd.acon_c_pixel`` compiled by Inductor."""
     return _apply(AG.acon_c_pixel, x, p1, p2)
 
 
 def aprelu(x: Tensor, alpha: Tensor) -> Tensor:
-    """``ops.autograd.aprelu`` with compiled bodies."""
+    """``ops.autograd.aprelu`` compiled by Inductor."""
     return _apply(AG.aprelu, x, alpha)
 
 
@@ -172,7 +172,7 @@ _FORWARD = {AG.arelu: AG.arelu_forward, AG.acon_c: AG.acon_c_forward,
 
 
 def signed_spatial_mean(x: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """``ops.autograd.signed_spatial_mean`` with compiled bodies."""
+    """``ops.autograd.signed_spatial_mean`` compiled by Inductor."""
     flat = _as_3d(x, ()) if _compiles(x) else None
     if flat is None:
         return AG.signed_spatial_mean(x, dtype)
