@@ -206,7 +206,7 @@ def result_row(config: RunConfig, status: str, error: str = "", losses: Sequence
                params: int = -1, peak: int = -1) -> dict:
     """The stored row of a run (see ``run``) from what it measured. Without a validation split
     the best epoch is the one with the best test accuracy (the papers' measure)."""
-    picks = val_accs if config.validation > 0 else accs
+    picks = val_accs if config.validation > 0 and val_accs else accs  # a 1-sample train set holds none out
     best = max(range(len(picks)), key=lambda e: (picks[e], -e)) if picks else -1
     return {
         "key": config.key,
