@@ -22,13 +22,15 @@ CASES = [
     ("meta_acon_c", {}), ("meta_acon_c", {"granularity": "layer"}), ("meta_acon_c", {"granularity": "pixel"}),
     ("meta_acon_c", {"norm": "none"}),
     ("aprelu", {}), ("aprelu", {"alpha": "sample"}),
+    ("dy_relu_a", {}), ("dy_relu_b", {}),
 ]
 
 
 def _generated(case) -> bool:
     """A parameter generated from a pool of x (by Linear/BatchNorm layers but for "layer")."""
     name, kwargs = case
-    return name in ("meta_acon_c", "aprelu") and kwargs.get("granularity") != "pixel"
+    generated = ("meta_acon_c", "aprelu", "dy_relu_a", "dy_relu_b")
+    return name in generated and kwargs.get("granularity") != "pixel"
 
 
 IDS = [n + "".join(f"-{v}" for v in kw.values()) for n, kw in CASES]
@@ -244,6 +246,20 @@ def test_triton_ops_pass_opcheck(kind):
              (ops.activation_param_grads.default, (x.detach(), dy, a.detach(), b, c, kind)),
              (ops.activation_input_grad.default, (x.detach(), dy, a.detach(), b, c, neg, pos, kind)),
              (ops.signed_sums.default, (x.detach(),))]
+    for op, args in cases:
+        torch.library.opcheck(op, args)
+
+
+@ON_CUDA
+def test_dy_relu_triton_ops_pass_opcheck():
+    x, dy = torch.randn(3, 5, 7, 6, device=DEVICE), torch.randn(3, 5, 7, 6, device=DEVICE)
+    a, b = torch.randn(3, 5, 2, device=DEVICE), torch.randn(3, 1, 2, device=DEVICE)  # per channel, shared
+    pool = torch.randn(3, 5, device=DEVICE)
+    ops = torch.ops.adaptact
+    cases = [(ops.dy_relu_fwd.default, (x.requires_grad_(), a.requires_grad_(), b.requires_grad_())),
+             (ops.dy_relu_bwd.default, (x.detach(), dy, a.detach(), b.detach())),
+             (ops.dy_relu_param_grads.default, (x.detach(), dy, a.detach(), b.detach())),
+             (ops.dy_relu_input_grad.default, (x.detach(), dy, a.detach(), b.detach(), pool))]
     for op, args in cases:
         torch.library.opcheck(op, args)
 

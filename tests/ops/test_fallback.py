@@ -71,7 +71,8 @@ def _run_with_failure(case, match):
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_forward_failure_under_auto_warns_once_and_switches_to_autograd(case, triton_for_auto):
-    triton_for_auto.kernels = (triton_for_auto.K.activation_fwd, triton_for_auto.K.signed_sums)
+    K = triton_for_auto.K
+    triton_for_auto.kernels = (K.activation_fwd, K.signed_sums, K.dy_relu_fwd)
     m, x, dy = _run_with_failure(case, "injected failure .* uses backend='autograd' from now on")
     calls = triton_for_auto.calls
     with warnings.catch_warnings():
@@ -86,8 +87,9 @@ def test_forward_failure_under_auto_warns_once_and_switches_to_autograd(case, tr
 @pytest.mark.skipif(not INTERPRETED, reason="the forward kernels run only under TRITON_INTERPRET=1")
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_triton_backward_failure_under_auto_gives_autograd_gradients(case, triton_for_auto):
-    triton_for_auto.kernels = (triton_for_auto.K.activation_bwd,)
-    m, x, dy = _run_with_failure(case, "injected failure of activation_bwd")
+    K = triton_for_auto.K
+    triton_for_auto.kernels = (K.activation_bwd, K.dy_relu_bwd)
+    m, x, dy = _run_with_failure(case, "injected failure of (activation|dy_relu)_bwd")
     assert triton_for_auto.calls >= 2  # forward ran on Triton, backward failed
     calls = triton_for_auto.calls
     _grads(m, x, dy)
@@ -98,7 +100,8 @@ def test_triton_backward_failure_under_auto_gives_autograd_gradients(case, trito
 def test_explicit_triton_backend_raises_on_failure(case, triton_for_auto):
     name, kwargs = case
     K = triton_for_auto.K
-    triton_for_auto.kernels = (K.activation_fwd, K.signed_sums, K.activation_bwd)
+    triton_for_auto.kernels = (K.activation_fwd, K.signed_sums, K.activation_bwd, K.dy_relu_fwd,
+                               K.dy_relu_bwd)
     m = adaptact.create(name, channels=5, backend="triton", **kwargs)
     with pytest.raises(RuntimeError, match="injected failure"):
         m(random_input((3, 5, 4, 2)))

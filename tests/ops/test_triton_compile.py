@@ -145,7 +145,8 @@ def _unit_stride_layouts():
             + [(s, "contiguous") for s in linear])
 
 
-VECTOR_CASES = [c for c, i in zip(CASES, IDS) if i in ("acon_c", "meta_acon_c-channel", "aprelu-channel")]
+VECTOR_CASES = [c for c, i in zip(CASES, IDS)
+                if i in ("acon_c", "meta_acon_c-channel", "aprelu-channel", "dy_relu_b")]
 ELEMENTWISE = {"ld": ("x_ptr", "dy_ptr"), "st": ("y_ptr", "dx_ptr")}
 
 

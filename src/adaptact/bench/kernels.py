@@ -35,7 +35,7 @@ from .files import atomic_write, writable_file
 
 __all__ = ["PASSES", "KernelResult", "copy_bandwidth", "run_kernel_bench", "saved_bytes", "tensor_passes"]
 
-PASSES = {"arelu": 5, "acon_c": 5, "meta_acon_c": 8, "aprelu": 8}
+PASSES = {"arelu": 5, "acon_c": 5, "meta_acon_c": 8, "aprelu": 8, "dy_relu_b": 8}
 BACKENDS = ("reference", "compile", "autograd", "auto", "triton")  # compile: torch.compile(reference)
 
 

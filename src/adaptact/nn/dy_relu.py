@@ -41,7 +41,7 @@ class DyReLU(ActivationModule):
         lambda_a, lambda_b: ranges of the residuals of the slopes and intercepts.
         init_a, init_b: alpha^1..K and beta^1..K (default (1, 0, ..., 0) and zeros).
         inplace: accepted for drop-in use; the output is always a new tensor.
-        backend: "auto", "reference", "autograd" or "compiled" (no Triton kernel yet).
+        backend: "auto", "reference", "autograd", "compiled" or "triton" (``adaptact.ops.dispatch``).
 
     Shape: (N, C, *) -> the same; any rank from (N, C).
     """
@@ -82,7 +82,8 @@ class DyReLU(ActivationModule):
 
     def forward(self, x: Tensor) -> Tensor:
         check_input(self, x, self.channels)
-        return dispatch.dy_relu(x, self.coefficients_from_mean, self.fc1.weight.dtype, self.backend)
+        return self._run(dispatch.dy_relu, x, self.coefficients_from_mean, tuple(self.parameters()),
+                         self.fc1.weight.dtype)
 
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, variant={self.variant!r}, k={self.k}, reduction={self.reduction}"

@@ -169,16 +169,18 @@ def aprelu(x: Tensor, alpha_from_stats: Callable[[Tensor], Tensor], weights: Seq
 
 
 def dy_relu(x: Tensor, coefficients_from_mean: Callable[[Tensor], tuple[Tensor, Tensor]],
-            dtype: torch.dtype, backend: str = "auto") -> Tensor:
+            weights: Sequence[Tensor], dtype: torch.dtype, backend: str = "auto") -> Tensor:
     """Dynamic ReLU with (a, b) = ``coefficients_from_mean``(spatial means of x, (N, C) in
-    ``dtype``), each (N, C, K) or (N, 1, K). No Triton kernel yet: "auto" on CUDA runs the
-    memory-lean autograd Function, "triton" is refused."""
-    if backend == "triton":
-        raise ValueError("Dynamic ReLU has no Triton kernel yet: use backend='auto' or 'autograd'")
+    ``dtype``), each (N, C, K) or (N, 1, K); ``weights``: the tensors it uses that may need
+    gradients."""
     b = resolve(backend, x)
+    if _owns_generator(b):
+        return _triton().generated_dy_relu(x, coefficients_from_mean, weights, dtype)
     a, bias = coefficients_from_mean(AF.spatial_mean(x, dtype))
     if b == "reference":
         return AF.dy_relu(x, a, bias)
+    if b == "triton":
+        return _triton().dy_relu(x, a, bias)
     view = (a.shape[0], a.shape[1]) + (1,) * (x.ndim - 2) + (a.shape[-1],)
     lean = CP if b == "compiled" else AG
     return lean.dy_relu(x, a.reshape(view), bias.reshape(view))

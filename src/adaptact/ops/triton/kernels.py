@@ -12,7 +12,8 @@ Everything is computed in float32. Offsets are 64-bit when WIDE (tensors of 2^31
 Reductions never take a pass of their own: a tile's sums over S (and over N when no parameter
 is per sample) are written as partial sums, which the host adds up (``launch.py``).
 
-KIND selects the activation (``ops.kinds``); a, b, c are its parameters.
+KIND selects the activation (``ops.kinds``); a, b, c are its parameters. Dynamic ReLU, whose K
+pieces each have a slope and an intercept, has kernels of its own (``dy_relu_fwd``/``dy_relu_bwd``).
 """
 
 from __future__ import annotations
@@ -165,3 +166,68 @@ def signed_sums(x_ptr, neg_ptr, pos_ptr, N, C, S, x_sn, x_sc, x_ss, NB_C, NB_S,
     x = tl.load(x_ptr + n * x_sn + c * x_sc + s * x_ss, mask=mask, other=0.0).to(tl.float32)
     _store_sums(neg_ptr, tl.minimum(x, 0.0), blk_n, blk_s, n, c, N, C, NB_S, True)
     _store_sums(pos_ptr, tl.maximum(x, 0.0), blk_n, blk_s, n, c, N, C, NB_S, True)
+
+
+@triton.jit
+def _pieces(x, a_ptr, b_ptr, n, c, a_sn, a_sc, a_sk, b_sn, b_sc, b_sk, N, C, K: tl.constexpr):
+    """Dynamic ReLU's max over K pieces a_k x + b_k, the slope of the winning piece and its index
+    (the first of equal pieces wins, as ``ops.autograd``)."""
+    a = _gather(a_ptr, n, c, a_sn, a_sc, N, C)
+    best = a * x + _gather(b_ptr, n, c, b_sn, b_sc, N, C)
+    slope = a + tl.zeros_like(x)
+    win = tl.zeros(x.shape, dtype=tl.int32)
+    for k in tl.static_range(1, K):
+        a = _gather(a_ptr + k * a_sk, n, c, a_sn, a_sc, N, C)
+        v = a * x + _gather(b_ptr + k * b_sk, n, c, b_sn, b_sc, N, C)
+        take = v > best
+        best = tl.where(take, v, best)
+        slope = tl.where(take, a, slope)
+        win = tl.where(take, k, win)
+    return best, slope, win
+
+
+@triton.jit
+def _store_piece_sums(ptr, terms, k, blk_s, n, c, N, C, K: tl.constexpr):
+    """The tile's partial sums over S of one piece's ``terms``, into (NB_S, N, C, K)."""
+    sums = tl.sum(terms, axis=2, keep_dims=True)
+    tl.store(ptr + ((blk_s * N + n) * C + c) * K + k, sums, mask=(n < N) & (c < C))
+
+
+@triton.jit
+def dy_relu_fwd(x_ptr, y_ptr, a_ptr, b_ptr, a_sn, a_sc, a_sk, b_sn, b_sc, b_sk, N, C, S, x_sn, x_sc, x_ss,
+                NB_C, NB_S, K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+                BLOCK_S: tl.constexpr, WIDE: tl.constexpr):
+    """y = max_k (a_k x + b_k), the pieces (N, C, K) with a stride per dim (sc = 0 when shared
+    across channels); y has x's strides."""
+    _, _, n, c, s, mask = _tile(N, C, S, NB_C, NB_S, BLOCK_N, BLOCK_C, BLOCK_S, WIDE)
+    offs = n * x_sn + c * x_sc + s * x_ss
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    y, _, _ = _pieces(x, a_ptr, b_ptr, n, c, a_sn, a_sc, a_sk, b_sn, b_sc, b_sk, N, C, K)
+    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def dy_relu_bwd(x_ptr, dy_ptr, dx_ptr, ga_ptr, gb_ptr, pool_ptr, a_ptr, b_ptr, a_sn, a_sc, a_sk, b_sn, b_sc,
+                b_sk, N, C, S, x_sn, x_sc, x_ss, dy_sn, dy_sc, dy_ss, NB_C, NB_S, K: tl.constexpr,
+                BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, WIDE: tl.constexpr,
+                GRADS: tl.constexpr, DX: tl.constexpr, POOLED: tl.constexpr):
+    """From one read of x and dy, with the winning piece recomputed: (GRADS) the partial sums over
+    S of dy x and dy where each piece wins, the gradients of its slope and intercept, (NB_S, N, C, K)
+    each; (DX) dx = dy a_win in x's strides, plus (POOLED) the gradient of the spatial mean
+    pool[n, c] ((N, C), contiguous)."""
+    _, blk_s, n, c, s, mask = _tile(N, C, S, NB_C, NB_S, BLOCK_N, BLOCK_C, BLOCK_S, WIDE)
+    offs = n * x_sn + c * x_sc + s * x_ss
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    dy = tl.load(dy_ptr + n * dy_sn + c * dy_sc + s * dy_ss, mask=mask, other=0.0).to(tl.float32)
+    _, slope, win = _pieces(x, a_ptr, b_ptr, n, c, a_sn, a_sc, a_sk, b_sn, b_sc, b_sk, N, C, K)
+    if GRADS:
+        dyx = dy * x
+        for k in tl.static_range(K):
+            on = win == k
+            _store_piece_sums(ga_ptr, tl.where(on, dyx, 0.0), k, blk_s, n, c, N, C, K)
+            _store_piece_sums(gb_ptr, tl.where(on, dy, 0.0), k, blk_s, n, c, N, C, K)
+    if DX:
+        dx = dy * slope
+        if POOLED:
+            dx += _gather(pool_ptr, n, c, C, 1, N, C)
+        tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
