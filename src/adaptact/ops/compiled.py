@@ -210,7 +210,22 @@ def _signed_sums(x: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _acon_param_grads(dy: Tensor, x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor, want: tuple[bool, ...]):
-    return AG.acon_c_backward(dy, x, p1, p2, beta, (False, *want))[1:]
+    """The gradients of p1, p2 (per channel) and beta (per sample) as ``ops.autograd``'s
+    formulas give them, every reduction a sum over S per (n, c), so that Inductor makes one loop
+    over x and dy with three accumulators (the sums over N follow on (N, C) tensors). Reducing
+    p1/p2 over (N, S) directly, as the eager formulas do, gives Inductor two reduction shapes: two
+    loops, with sigmoid(u) stored x-sized between them."""
+    x, p1, p2, beta, dy = AG._up(x, p1, p2, beta, dy)
+    dp = p1 - p2
+    d = dp * x
+    u = beta * d
+    s = torch.sigmoid(u)
+    t = dy * s * (1 - s)
+    on_p1 = ((dy * s + u * t) * x).sum(2, keepdim=True)  # dy d(d sigmoid(beta d))/dd x
+    on_p2 = ((dy * (1 - s) - u * t) * x).sum(2, keepdim=True)  # dy x - the above, in the same loop
+    dbeta = (t * d * d).sum(2, keepdim=True)
+    dp1, dp2 = on_p1.sum_to_size(p1.shape), on_p2.sum_to_size(p2.shape)
+    return dp1 if want[0] else None, dp2 if want[1] else None, dbeta.sum_to_size(beta.shape)
 
 
 def _acon_input_grad(dy: Tensor, x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor, pooled: Tensor) -> Tensor:
