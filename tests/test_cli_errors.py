@@ -166,6 +166,13 @@ def test_a_model_that_does_not_fit_the_data(tmp_path, capsys, no_training):
     _error(capsys, _compare(tmp_path, "--model", "conv"), "model 'conv' does not fit data 'digits'")
 
 
+def test_an_activation_that_does_not_fit_the_model_is_refused_before_training(tmp_path, capsys, no_training):
+    """FReLU's spatial condition needs (N, C, H, W) maps: the digits MLP gives it (N, C)."""
+    _error(capsys, _compare(tmp_path, "--activations", "relu,frelu"),
+           "model 'linear' with activation 'frelu' does not fit data 'digits'", "expects (N, C, H, W) inputs")
+    assert not (tmp_path / "r.sqlite").exists()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--seeds", "1e20"], "'1e20' is not a valid int"),
     (["--seeds", "100000000"], "must be at most 10000"),

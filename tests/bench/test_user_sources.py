@@ -12,6 +12,7 @@ import torch
 
 import adaptact
 from adaptact.bench.report import aggregate
+from adaptact.errors import UserError
 from adaptact.bench.sources import data_source, model_source
 from adaptact.bench.store import ResultStore
 from adaptact.bench.sweep import expand
@@ -117,6 +118,18 @@ def test_data_fingerprint_follows_the_tensors(tmp_path):
     assert a.fingerprint != b.fingerprint and a.fingerprint == same.fingerprint
 
 
+def test_a_factory_that_cannot_build_an_activation_is_refused_before_training(tmp_path):
+    def factory(activation):
+        if activation == "swish":
+            raise ValueError("no swish here")
+        return user_defs.net(activation)
+
+    with pytest.raises(UserError, match="with activation 'swish' does not fit .*: no swish here"):
+        adaptact.bench.compare(factory, user_defs.blobs, activations=("relu", "swish"), seeds=1, epochs=1,
+                               db=tmp_path / "r.sqlite", out=tmp_path / "out", progress=False)
+    assert not (tmp_path / "r.sqlite").exists()
+
+
 def test_failing_and_diverging_runs_are_stored_and_reported(tmp_path):
     rows = adaptact.bench.compare("tests.bench.user_defs:picky_net", user_defs.blobs,
                                   activations=("relu", "swish"), lrs=(0.05, 1e6), seeds=1, epochs=2,
@@ -125,10 +138,10 @@ def test_failing_and_diverging_runs_are_stored_and_reported(tmp_path):
     assert status == {("relu", 0.05): "ok", ("relu", 1e6): "diverged", ("swish", 0.05): "failed",
                       ("swish", 1e6): "failed"}
     failed = next(r for r in rows if r["status"] == "failed")
-    assert failed["error"] == "RuntimeError: picky_net does not take swish"
+    assert failed["error"] == "RuntimeError: picky_net does not train swish"
     md = (tmp_path / "out" / "report.md").read_text()
     listed = md.split("### Runs that diverged or failed")[1]
-    assert "| swish | sgd | 0.05 | failed | 1 | RuntimeError: picky_net does not take swish |" in listed
+    assert "| swish | sgd | 0.05 | failed | 1 | RuntimeError: picky_net does not train swish |" in listed
     assert "| relu | sgd | 1e+06 | diverged | 1 |" in listed
 
 

@@ -23,21 +23,39 @@ def net(activation: str) -> nn.Module:
     return nn.Sequential(nn.Linear(6, 16), adaptact.create(activation, channels=16), nn.Linear(16, 3))
 
 
+class _FailsInTraining(nn.Module):
+    """``inner``, but a training-mode forward calls ``fail`` first: it builds and evaluates (the
+    comparison's up-front probe passes) and fails once a run trains it."""
+
+    def __init__(self, inner: nn.Module, fail):
+        super().__init__()
+        self.inner, self.fail = inner, fail
+
+    def forward(self, x):
+        if self.training:
+            self.fail()
+        return self.inner(x)
+
+
+def _refuse_swish():
+    raise RuntimeError("picky_net does not train swish")
+
+
 def picky_net(activation: str) -> nn.Module:
-    """A factory that cannot build one of the activations asked for."""
-    if activation == "swish":
-        raise RuntimeError("picky_net does not take swish")
-    return net(activation)
+    """A network that fails to train one of the activations asked for."""
+    return _FailsInTraining(net(activation), _refuse_swish) if activation == "swish" else net(activation)
+
+
+def _die():
+    import os
+    import signal
+
+    with open(os.environ["DOOMED_ATTEMPTS"], "a") as f:
+        f.write("attempt\n")
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def doomed_net(activation: str) -> nn.Module:
-    """A factory whose process dies (as under the kernel's OOM killer) when it builds swish; each
+    """A network whose process dies (as under the kernel's OOM killer) when it trains swish; each
     attempt is counted as a line in the file $DOOMED_ATTEMPTS."""
-    if activation == "swish":
-        import os
-        import signal
-
-        with open(os.environ["DOOMED_ATTEMPTS"], "a") as f:
-            f.write("attempt\n")
-        os.kill(os.getpid(), signal.SIGKILL)
-    return net(activation)
+    return _FailsInTraining(net(activation), _die) if activation == "swish" else net(activation)

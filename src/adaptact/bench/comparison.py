@@ -12,7 +12,7 @@ import math
 import os
 import pickle
 import platform
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -51,19 +51,30 @@ class Rows(list):
         self.report = report
 
 
-def check_fits(data: Source, model: Source, ds: bench_data.Dataset) -> None:
-    """UserError unless ``model`` takes two samples of ``ds`` and returns one score per class."""
+def check_fits(data: Source, model: Source, ds: bench_data.Dataset, activations: Sequence[str] = ("relu",),
+               policies: Mapping[str, str] | None = None) -> None:
+    """UserError unless ``model`` with each of ``activations`` (placed by its policy in
+    ``policies``, default "all") takes two samples of ``ds`` and returns one score per class:
+    an activation that cannot take the model's tensors (FReLU after a Linear layer) is refused
+    here, before any training, not stored as a failed run."""
     shape = tuple(ds.train_x.shape[1:])
-    try:
-        with torch.no_grad():
-            out = build_model(model, "relu", shape, ds.num_classes).eval()(ds.train_x[:2])
-    except (RuntimeError, ValueError, TypeError) as err:
-        message = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise UserError(f"model {model.label!r} does not fit data {data.label!r} (samples of shape {shape}): "
-                        f"{message}") from None
-    if tuple(out.shape) != (min(2, len(ds.train_x)), ds.num_classes):
-        raise UserError(f"model {model.label!r} gives outputs of shape {tuple(out.shape)} for data "
-                        f"{data.label!r}, expected (N, {ds.num_classes})")
+    for activation in dict.fromkeys(("relu", *activations)):
+        what = f"model {model.label!r}" + ("" if activation == "relu" else f" with activation {activation!r}")
+        try:
+            policy = (policies or {}).get(activation, "all")
+            net = build_model(model, activation, shape, ds.num_classes, policy)
+            for m in net.modules():  # the probe needs no compiled kernels: same checks, no compile time
+                if isinstance(getattr(type(m), "backend", None), property):  # adaptact's adaptive modules
+                    m.backend = "autograd"
+            with torch.no_grad():
+                out = net.eval()(ds.train_x[:2])
+        except (RuntimeError, ValueError, TypeError) as err:
+            message = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise UserError(f"{what} does not fit data {data.label!r} (samples of shape {shape}): "
+                            f"{message}") from None
+        if tuple(out.shape) != (min(2, len(ds.train_x)), ds.num_classes):
+            raise UserError(f"{what} gives outputs of shape {tuple(out.shape)} for data {data.label!r}, "
+                            f"expected (N, {ds.num_classes})")
 
 
 def _max_workers(executor: str) -> int | None:
@@ -211,7 +222,7 @@ def compare(model: str | Callable | None = None, data=None,
     for name in datasets:
         source, ds = data_source(name, data_dir, None if in_process else Path(db).parent / ".adaptact-cache",
                                  settings["scale"])
-        check_fits(source, net, ds)
+        check_fits(source, net, ds, activations, policies)
         _shippable(source, "data", workers, executor)
         loaded.append((source, ds))
     _shippable(net, "model", workers, executor)

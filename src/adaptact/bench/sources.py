@@ -89,7 +89,15 @@ def model_source(model: str | Callable) -> Source:
 
 
 def build_model(source: Source, activation: str, sample_shape: tuple[int, ...],
-                num_classes: int) -> nn.Module:
+                num_classes: int, policy: str = "all") -> nn.Module:
+    """The model of ``source`` with ``activation`` everywhere (policy "all"), or built with ReLU
+    and then given ``activation`` where ``policy`` puts it (``replace_activations``)."""
+    if policy != "all":
+        from ..convert import replace_activations
+
+        model = build_model(source, "relu", sample_shape, num_classes)
+        replace_activations(model, activation, policy=policy)
+        return model
     if source.ref is None:
         return build(source.label, activation, sample_shape, num_classes)
     factory = _import(source.ref, "model") if isinstance(source.ref, str) else source.ref

@@ -13,7 +13,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..convert import replace_activations
 from .checkpoints import save_checkpoint
 from .sources import Source, build_model, load_data
 
@@ -124,11 +123,7 @@ def _activation_parameters(model: torch.nn.Module) -> int:
 def _build(config: RunConfig, ds) -> torch.nn.Module:
     shape = tuple(ds.train_x.shape[1:])
     source = config.model_source or Source(config.model, config.model)
-    if config.policy == "all":
-        return build_model(source, config.activation, shape, ds.num_classes)
-    model = build_model(source, "relu", shape, ds.num_classes)
-    replace_activations(model, config.activation, policy=config.policy)
-    return model
+    return build_model(source, config.activation, shape, ds.num_classes, config.policy)
 
 
 def run(config: RunConfig) -> dict:
