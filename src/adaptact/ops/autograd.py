@@ -121,9 +121,43 @@ def _acon_forward(x: Tensor, dp: Tensor, p2: Tensor, beta: Tensor) -> Tensor:
     return d.mul_(s).addcmul_(p2, x)
 
 
+def _sum_to(t: Tensor, shape: torch.Size) -> Tensor:
+    """``t.sum_to_size(shape)``, summing the spatial dims first where ``shape`` has none: traced,
+    every reduction then runs over the innermost dims of (N, C, S), so Inductor computes them
+    all, and the elementwise outputs, in one loop over the inputs (a reduction over (N, S) per
+    channel gets a loop of its own, fed by x-sized intermediates)."""
+    if t.ndim > 2 and len(shape) == t.ndim and all(n == 1 for n in shape[2:]):
+        t = t.sum(dim=tuple(range(2, t.ndim)), keepdim=True)
+    return t.sum_to_size(shape)
+
+
+def _acon_backward_traced(dy: Tensor, x: Tensor, dp: Tensor, p2: Tensor, beta: Tensor,
+                          want: tuple[bool, ...]):
+    """``_acon_backward``'s gradients written for Inductor (``ops.compiled``): the spatial sums
+    first (``_sum_to``) and no product shared between two reductions (Inductor stores a shared one
+    x-sized), so the gradients of p1, p2, beta and x come out of one loop over x and dy."""
+    want_x, want_p1, want_p2, want_beta = want
+    d = dp * x
+    u = beta * d
+    s = torch.sigmoid(u)
+    t = dy * s * (1 - s)
+    dx = dp1 = dp2 = dbeta = None
+    if want_beta:
+        dbeta = _sum_to(t * d * d, beta.shape)
+    if want_p1:
+        dp1 = _sum_to((dy * s + u * t) * x, dp.shape)
+    if want_p2:
+        dp2 = _sum_to((dy * (1 - s) - u * t) * x, p2.shape)  # dy x minus the above
+    if want_x:
+        dx = (dy * s + u * t) * dp + dy * p2
+    return dx, dp1, dp2, dbeta
+
+
 def _acon_backward(dy: Tensor, x: Tensor, dp: Tensor, p2: Tensor, beta: Tensor, want: tuple[bool, ...]):
     """Gradients of (p1 - p2) x sigmoid(beta (p1 - p2) x) + p2 x for x, p1, p2 and beta, with
     g = s + u s (1 - s) (u = beta d, s = sigmoid(u)) the derivative of d sigmoid(beta d) / beta."""
+    if torch.compiler.is_compiling():
+        return _acon_backward_traced(dy, x, dp, p2, beta, want)
     want_x, want_p1, want_p2, want_beta = want
     d = dp * x
     u = beta * d
@@ -134,13 +168,10 @@ def _acon_backward(dy: Tensor, x: Tensor, dp: Tensor, p2: Tensor, beta: Tensor, 
     if want_beta:
         dbeta = t.mul_(d).mul_(d).sum_to_size(beta.shape)
     if want_p1 or want_p2:
-        # eagerly into u's and d's buffers; traced for Inductor (ops.compiled) as plain products,
-        # which it fuses into the reductions
-        reuse = not torch.compiler.is_compiling()
-        on_p1 = (torch.mul(g, x, out=u) if reuse else g * x).sum_to_size(dp.shape)
+        on_p1 = torch.mul(g, x, out=u).sum_to_size(dp.shape)  # into u's and d's buffers
         dp1 = on_p1 if want_p1 else None
         if want_p2:
-            dp2 = (torch.mul(dy, x, out=d) if reuse else dy * x).sum_to_size(p2.shape) - on_p1
+            dp2 = torch.mul(dy, x, out=d).sum_to_size(p2.shape) - on_p1
     if want_x:
         dx = g.mul_(dp).addcmul_(dy, p2)
     return dx, dp1, dp2, dbeta

@@ -57,12 +57,19 @@ def _own_code(fn: Callable) -> Callable:
     return types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
 
 
+# Inductor stores ("realizes") an intermediate read by more than 4 consumers, and a reduction
+# whose inputs are such stored tensors gets a loop of its own: ACON-C's backward became a pass
+# that wrote sigmoid(u) and two more x-sized products and a second pass that read them back.
+# Recomputing them in the consumers' loop is what these memory-bound graphs want.
+_INDUCTOR_OPTIONS = {"realize_reads_threshold": 64}
+
+
 @functools.cache
 def _compiled(fn: Callable, kind: tuple) -> Callable:
     """``fn`` (an ``ops.autograd`` entry: Function.apply) compiled whole for one ``kind`` of input
     (``_kind``): dynamo traces the Function's forward and backward, Inductor fuses each, and the
     Function's saved tensors stay what it saves (x and the parameter views)."""
-    return torch.compile(_own_code(fn), dynamic=True, fullgraph=True)
+    return torch.compile(_own_code(fn), dynamic=True, fullgraph=True, options=_INDUCTOR_OPTIONS)
 
 
 def _kind(args: tuple) -> tuple:
