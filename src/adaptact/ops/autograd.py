@@ -244,7 +244,41 @@ def signed_mean_backward(dneg: Tensor, dpos: Tensor, x: Tensor) -> Tensor:
 def dy_relu_forward(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
     """max_k (a_k x + b_k); ``a``, ``b`` broadcast against x.unsqueeze(-1): (N, C or 1, 1..., K)."""
     xc, ac, bc = _up(x, a, b)
+    if torch.compiler.is_compiling():  # the pieces unrolled, as in ``_pieces``
+        y = ac[..., 0] * xc + bc[..., 0]
+        for k in range(1, ac.shape[-1]):
+            y = torch.maximum(y, ac[..., k] * xc + bc[..., k])
+        return y.to(x.dtype)
     return torch.addcmul(bc, xc.unsqueeze(-1), ac).amax(dim=-1).to(x.dtype)
+
+
+def _pieces(x: Tensor, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """max_k (a_k x + b_k), the slope of the winning piece and its index (the first of equal
+    pieces), the K pieces unrolled: traced, Inductor makes one loop over x of them (with K as a
+    dim of their own it vectorises along K, a dim of 2, and stores the index x-sized)."""
+    y, slope = a[..., 0] * x + b[..., 0], a[..., 0]
+    win = torch.zeros((), dtype=x.dtype, device=x.device)  # float: Inductor's int8 masks are slow on CPU
+    for k in range(1, a.shape[-1]):
+        v = a[..., k] * x + b[..., k]
+        take = v > y
+        y, slope = torch.where(take, v, y), torch.where(take, a[..., k], slope)
+        win = torch.where(take, k, win)
+    return y, slope, win
+
+
+def _dy_relu_backward_traced(dy: Tensor, x: Tensor, a: Tensor, b: Tensor, want: tuple[bool, ...]):
+    """``dy_relu_backward`` written for Inductor (``ops.compiled``): dx and the pieces' spatial
+    sums out of one loop over x and dy."""
+    _, slope, win = _pieces(x, a, b)
+    dx = dy * slope if want[0] else None
+    da = db = None
+    if want[1]:
+        da = torch.stack([_sum_to(torch.where(win == k, dy * x, 0.0), a[..., k].shape)
+                          for k in range(a.shape[-1])], dim=-1)
+    if want[2]:
+        db = torch.stack([_sum_to(torch.where(win == k, dy, 0.0), b[..., k].shape)
+                          for k in range(b.shape[-1])], dim=-1)
+    return dx, da, db
 
 
 def dy_relu_backward(dy: Tensor, x: Tensor, a: Tensor, b: Tensor, want: tuple[bool, ...]):
@@ -252,6 +286,8 @@ def dy_relu_backward(dy: Tensor, x: Tensor, a: Tensor, b: Tensor, want: tuple[bo
     a_k (b_k) where k* = k. Ties go to the first piece (the reference splits them; they have
     measure zero for inputs in general position)."""
     x, a, b, dy = _up(x, a, b, dy)
+    if torch.compiler.is_compiling():
+        return _dy_relu_backward_traced(dy, x, a, b, want)
     win = torch.addcmul(b, x.unsqueeze(-1), a).argmax(dim=-1, keepdim=True)
     da = db = dx = None
     if want[0]:
