@@ -18,7 +18,7 @@ from torch import Tensor
 from . import autograd as AG
 from .kinds import ACON_C, ACON_C_PIXEL, AReLU
 
-__all__ = ["activation_grads", "handler", "mark"]
+__all__ = ["activation_grads", "handler", "kernels_or_autograd", "mark"]
 
 KEY = "adaptact_fallback"
 
@@ -32,6 +32,20 @@ def mark(y: Tensor, on_failure: Callable[[BaseException], None]) -> Tensor:
 def handler(ctx) -> Callable[[BaseException], None] | None:
     """The callback ``mark`` attached to this backward's node, if any."""
     return getattr(ctx, "metadata", {}).get(KEY)
+
+
+def kernels_or_autograd(ctx, gradients: Callable[..., tuple], dy: Tensor, readable: Tensor) -> tuple:
+    """``gradients(ctx, readable, kernels=True)``; if the kernels fail and the forward ran under
+    backend="auto", the module's callback is told and ``gradients(ctx, dy, kernels=False)`` (the
+    autograd formulas on the same saved inputs) is returned instead."""
+    try:
+        return gradients(ctx, readable, kernels=True)
+    except Exception as err:
+        on_failure = handler(ctx)  # set when the forward ran under backend="auto"
+        if on_failure is None:
+            raise
+        on_failure(err)
+        return gradients(ctx, dy, kernels=False)
 
 
 def activation_grads(x: Tensor, dy: Tensor, a: Tensor, b: Tensor, c: Tensor, kind: int

@@ -64,14 +64,7 @@ class _GeneratedActivation(torch.autograd.Function):
     @staticmethod
     @AG._first_order
     def backward(ctx, dy: Tensor):
-        try:
-            return _GeneratedActivation._gradients(ctx, _readable(dy), kernels=True)
-        except Exception as err:
-            on_failure = fallback.handler(ctx)  # set when the forward ran under backend="auto"
-            if on_failure is None:
-                raise
-            on_failure(err)
-            return _GeneratedActivation._gradients(ctx, dy, kernels=False)
+        return fallback.kernels_or_autograd(ctx, _GeneratedActivation._gradients, dy, _readable(dy))
 
     @staticmethod
     def _gradients(ctx, dy: Tensor, kernels: bool):
