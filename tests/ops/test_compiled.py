@@ -90,6 +90,33 @@ def test_shapes_change_without_compiling_again():
     assert counters["stats"]["unique_graphs"] == graphs
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+@pytest.mark.parametrize("name, kwargs", [("meta_acon_c", {"r": 4}), ("aprelu", {}),
+                                          ("aprelu", {"alpha": "sample"}), ("dy_relu_b", {})],
+                         ids=["meta_acon_c", "aprelu", "aprelu_sample", "dy_relu_b"])
+def test_generators_of_every_width_share_one_compiled_graph(name, kwargs):
+    """Pooling, generator and activation compile as one graph whose generator sizes are symbolic:
+    a network's many widths (more than dynamo's recompile limit of 8) compile once per training
+    mode, not once per width, which would also end compiling for the process at the limit."""
+    from torch._dynamo.utils import counters
+
+    def step(channels: int, training: bool) -> None:
+        m = adaptact.create(name, channels=channels, **kwargs).train(training)
+        x = torch.randn(3, channels, 6, 7, requires_grad=True)
+        m(x).sum().backward()
+
+    for training in (True, False):  # no two sizes equal (dynamo would assume that they stay equal)
+        step(20, training)
+    graphs = counters["stats"]["unique_graphs"]
+    # widths whose generator has no size of 1 (dynamo specialises those), reductions of at most 4096
+    # elements (Inductor's C++ code sums longer ones another way: one graph more)
+    for channels in (9, 10, 12, 17, 24, 33, 40, 64, 96):
+        for training in (True, False):
+            step(channels, training)
+    assert counters["stats"]["unique_graphs"] == graphs
+    assert CP.available()
+
+
 def test_a_failing_compiler_falls_back_once_with_one_warning(monkeypatch):
     def broken(fn, kind):
         def call(*args):

@@ -83,14 +83,17 @@ class APReLU(ActivationModule):
     def alpha_from_stats(self, s: Tensor) -> Tensor:
         """The negative slopes from s = concat(GAP(min(x, 0)), GAP(max(x, 0))), (N, 2C)."""
         if self.alpha_mode == "sample":  # the Keras code's channel means, (N, 2): negative, positive
-            s = s.unflatten(1, (2, self.channels)).mean(dim=2)
+            s = s.unflatten(1, (2, -1)).mean(dim=2)
         h = torch.relu(batch_norm(self.bn1, self.fc1(s)))
         return torch.sigmoid(batch_norm(self.bn2, self.fc2(h)))
 
     def forward(self, x: Tensor) -> Tensor:
         check_input(self, x, self.channels)
-        return self._run(dispatch.aprelu, x, self.alpha_from_stats, tuple(self.parameters()),
+        return self._run(dispatch.aprelu, x, self.alpha_from_stats, self._weights,
                          self.fc1.weight.dtype)
+
+    def _weights(self) -> tuple[Tensor, ...]:
+        return tuple(self.parameters())
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, alpha={self.alpha_mode!r}" + self._backend_repr()

@@ -161,8 +161,11 @@ class ActivationModule(CheckedStateDict):
         backend = self.backend
         if backend == "auto" and self._triton_failed:
             backend = "autograd"
-        if backend != "auto" or torch.compiler.is_compiling() or dispatch.auto_backend(x) != "triton":
+        if backend != "auto" or torch.compiler.is_compiling():
             return op(x, *args, backend)
+        chosen = dispatch.auto_backend(x)
+        if chosen != "triton":
+            return op(x, *args, chosen)
         try:
             y = op(x, *args, "triton")
         except Exception as err:  # noqa: BLE001  (any failure of the Triton path: compile, launch, driver)

@@ -82,8 +82,11 @@ class DyReLU(ActivationModule):
 
     def forward(self, x: Tensor) -> Tensor:
         check_input(self, x, self.channels)
-        return self._run(dispatch.dy_relu, x, self.coefficients_from_mean, tuple(self.parameters()),
+        return self._run(dispatch.dy_relu, x, self.coefficients_from_mean, self._weights,
                          self.fc1.weight.dtype)
+
+    def _weights(self) -> tuple[Tensor, ...]:
+        return tuple(self.parameters())
 
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, variant={self.variant!r}, k={self.k}, reduction={self.reduction}"

@@ -104,9 +104,11 @@ class MetaAconC(ActivationModule):
         check_input(self, x, self.channels)
         if self.granularity == "pixel":  # beta = sigmoid(x) is fused: no x-sized beta tensor
             return self._run(dispatch.acon_c_pixel, x, self.p1, self.p2)
-        generator = [p for name, p in self.named_parameters() if name not in ("p1", "p2")]
-        return self._run(dispatch.meta_acon_c, x, self.p1, self.p2, self.beta_from_mean, generator,
+        return self._run(dispatch.meta_acon_c, x, self.p1, self.p2, self.beta_from_mean, self._weights,
                          self._stats_dtype)
+
+    def _weights(self) -> list[Tensor]:
+        return [p for name, p in self.named_parameters() if name not in ("p1", "p2")]
 
     def extra_repr(self) -> str:
         granularity = f"granularity={self.granularity!r}"

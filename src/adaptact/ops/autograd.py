@@ -72,7 +72,8 @@ def lean_function(name: str, forward: Callable[..., Tensor], backward: Callable[
         return _cast(backward(dy, *saved, tuple(ctx.needs_input_grad)), saved)
 
     return type(name, (torch.autograd.Function,), {"forward": staticmethod(forward_),
-                                                    "backward": staticmethod(backward_)})
+                                                    "backward": staticmethod(backward_),
+                                                    "body": staticmethod(forward)})
 
 
 def signed_mean_function(name: str, forward: Callable[..., tuple[Tensor, Tensor]],
@@ -90,7 +91,17 @@ def signed_mean_function(name: str, forward: Callable[..., tuple[Tensor, Tensor]
         return backward(dneg, dpos, x).to(x.dtype), None
 
     return type(name, (torch.autograd.Function,), {"forward": staticmethod(forward_),
-                                                    "backward": staticmethod(backward_)})
+                                                    "backward": staticmethod(backward_),
+                                                    "body": staticmethod(forward)})
+
+
+def _apply(function: type, *args):
+    """``function.apply(*args)`` (a ``lean_function``), or its forward body alone when autograd
+    records nothing: no Function to build, and dynamo cannot trace every Function applied to
+    tensors that need no gradient (it raised on Dynamic ReLU's)."""
+    if torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in args):
+        return function.apply(*args)
+    return function.body(*args)
 
 
 # --- the bodies: plain tensor code (traced as it is by ops.compiled) ---------------------------
@@ -331,30 +342,30 @@ _SignedMean = signed_mean_function("SignedMeanFunction", signed_mean_forward, si
 def arelu(x: Tensor, slope: Tensor, gain: Tensor) -> Tensor:
     """y = gain * relu(x) - slope * relu(-x), i.e. gain * x for x > 0 and slope * x below;
     ``gain`` = 1 + sigmoid(beta) and ``slope`` = clamp(alpha) come in already computed."""
-    return _AReLU.apply(x, slope, gain)
+    return _apply(_AReLU, x, slope, gain)
 
 
 def acon_c(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> Tensor:
     """(p1 - p2) x sigmoid(beta (p1 - p2) x) + p2 x with per-channel or per-sample ``beta``."""
-    return _AconC.apply(x, p1, p2, beta)
+    return _apply(_AconC, x, p1, p2, beta)
 
 
 def acon_c_pixel(x: Tensor, p1: Tensor, p2: Tensor) -> Tensor:
-    return _AconCPixel.apply(x, p1, p2)
+    return _apply(_AconCPixel, x, p1, p2)
 
 
 def aprelu(x: Tensor, alpha: Tensor) -> Tensor:
     """max(x, 0) + alpha min(x, 0) with per-sample ``alpha`` viewed as (N, C, 1, ...)."""
-    return _APReLU.apply(x, alpha)
+    return _apply(_APReLU, x, alpha)
 
 
 def signed_spatial_mean(x: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    return _SignedMean.apply(x, dtype)
+    return _apply(_SignedMean, x, dtype)
 
 
 def dy_relu(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
     """max_k (a_k x + b_k) with per-sample ``a``, ``b`` viewed as (N, C or 1, 1..., K)."""
-    return _DyReLU.apply(x, a, b)
+    return _apply(_DyReLU, x, a, b)
 
 
 def frelu_max(x: Tensor, t: Tensor) -> Tensor:

@@ -138,52 +138,70 @@ def _owns_generator(backend: str) -> bool:
 
 
 def meta_acon_c(x: Tensor, p1: Tensor, p2: Tensor, beta_from_mean: Callable[[Tensor], Tensor],
-                weights: Sequence[Tensor], dtype: torch.dtype, backend: str = "auto") -> Tensor:
+                weights: Callable[[], Sequence[Tensor]], dtype: torch.dtype, backend: str = "auto") -> Tensor:
     """Meta-ACON-C with beta = ``beta_from_mean``(spatial means of x, (N, C) in ``dtype``);
-    ``weights``: the tensors ``beta_from_mean`` uses that may need gradients."""
+    ``weights()``: the tensors ``beta_from_mean`` uses that may need gradients (asked for by the
+    Triton path only)."""
     b = resolve(backend, x)
     if _owns_generator(b):
-        return _triton().generated_acon_c(x, _view(p1, x), _view(p2, x), beta_from_mean, weights, dtype)
-    if b == "compiled":
-        y = CP.generated(x, _view(p1, x), _view(p2, x), beta_from_mean, tuple(weights), dtype, signed=False)
-        if y is not None:
-            return y
-    return acon_c(x, p1, p2, beta_from_mean(AF.spatial_mean(x, dtype)), b)
+        return _triton().generated_acon_c(x, _view(p1, x), _view(p2, x), beta_from_mean, weights(), dtype)
+    return _generated(_meta_acon_c, b, x, p1, p2, beta_from_mean, dtype)
 
 
-def aprelu(x: Tensor, alpha_from_stats: Callable[[Tensor], Tensor], weights: Sequence[Tensor],
+def _meta_acon_c(x: Tensor, p1: Tensor, p2: Tensor, beta_from_mean: Callable[[Tensor], Tensor],
+                 dtype: torch.dtype, backend: str) -> Tensor:
+    return acon_c(x, p1, p2, beta_from_mean(AF.spatial_mean(x, dtype)), backend)
+
+
+def _generated(composite: Callable[..., Tensor], backend: str, x: Tensor, *args) -> Tensor:
+    """``composite(x, *args, backend)``: pooling, generator and activation. On the compiled
+    backend they are traced and compiled as one graph, running the autograd Functions' formulas
+    (``ops.compiled.whole``)."""
+    if backend == "compiled":
+        y = CP.whole(composite, x, *args, "autograd")
+        return composite(x, *args, "autograd") if y is None else y  # None: eager, as CP does
+    return composite(x, *args, backend)
+
+
+def aprelu(x: Tensor, alpha_from_stats: Callable[[Tensor], Tensor], weights: Callable[[], Sequence[Tensor]],
            dtype: torch.dtype, backend: str = "auto") -> Tensor:
     """APReLU with alpha = ``alpha_from_stats``(concat(GAP(min(x, 0)), GAP(max(x, 0))), (N, 2C) in
-    ``dtype``); ``weights``: the tensors ``alpha_from_stats`` uses that may need gradients."""
+    ``dtype``); ``weights()``: the tensors ``alpha_from_stats`` uses that may need gradients
+    (asked for by the Triton path only)."""
     b = resolve(backend, x)
     if _owns_generator(b):
-        return _triton().generated_aprelu(x, alpha_from_stats, weights, dtype)
-    if b == "compiled":
-        y = CP.generated(x, None, None, alpha_from_stats, tuple(weights), dtype, signed=True)
-        if y is not None:
-            return y
-    alpha = alpha_from_stats(torch.cat(signed_spatial_mean(x, dtype, b), dim=1))
-    if b == "reference":
+        return _triton().generated_aprelu(x, alpha_from_stats, weights(), dtype)
+    return _generated(_aprelu, b, x, alpha_from_stats, dtype)
+
+
+def _aprelu(x: Tensor, alpha_from_stats: Callable[[Tensor], Tensor], dtype: torch.dtype,
+            backend: str) -> Tensor:
+    alpha = alpha_from_stats(torch.cat(signed_spatial_mean(x, dtype, backend), dim=1))
+    if backend == "reference":
         return AF.aprelu(x, alpha)
-    return _lean(b).aprelu(x, _view(alpha, x))
+    return _lean(backend).aprelu(x, _view(alpha, x))
 
 
 def dy_relu(x: Tensor, coefficients_from_mean: Callable[[Tensor], tuple[Tensor, Tensor]],
-            weights: Sequence[Tensor], dtype: torch.dtype, backend: str = "auto") -> Tensor:
+            weights: Callable[[], Sequence[Tensor]], dtype: torch.dtype, backend: str = "auto") -> Tensor:
     """Dynamic ReLU with (a, b) = ``coefficients_from_mean``(spatial means of x, (N, C) in
-    ``dtype``), each (N, C, K) or (N, 1, K); ``weights``: the tensors it uses that may need
-    gradients."""
+    ``dtype``), each (N, C, K) or (N, 1, K); ``weights()``: the tensors it uses that may
+    need gradients (asked for by the Triton path only)."""
     b = resolve(backend, x)
     if _owns_generator(b):
-        return _triton().generated_dy_relu(x, coefficients_from_mean, weights, dtype)
+        return _triton().generated_dy_relu(x, coefficients_from_mean, weights(), dtype)
+    return _generated(_dy_relu, b, x, coefficients_from_mean, dtype)
+
+
+def _dy_relu(x: Tensor, coefficients_from_mean: Callable[[Tensor], tuple[Tensor, Tensor]], dtype: torch.dtype,
+             backend: str) -> Tensor:
     a, bias = coefficients_from_mean(AF.spatial_mean(x, dtype))
-    if b == "reference":
+    if backend == "reference":
         return AF.dy_relu(x, a, bias)
-    if b == "triton":
+    if backend == "triton":
         return _triton().dy_relu(x, a, bias)
     view = (a.shape[0], a.shape[1]) + (1,) * (x.ndim - 2) + (a.shape[-1],)
-    lean = CP if b == "compiled" else AG
-    return lean.dy_relu(x, a.reshape(view), bias.reshape(view))
+    return _lean(backend).dy_relu(x, a.reshape(view), bias.reshape(view))
 
 
 def frelu_max(x: Tensor, t: Tensor, backend: str = "auto") -> Tensor:
