@@ -106,12 +106,15 @@ def copy_bandwidth(device: torch.device, nbytes: int = 1 << 28, repeats: int = 2
 
 
 def saved_bytes(module: torch.nn.Module, x: torch.Tensor) -> int:
-    """Bytes of the distinct storages one forward pass of ``module`` saves for backward."""
+    """Bytes of the distinct storages one forward pass of ``module`` saves for backward, but for
+    the module's own parameters and buffers (saved by reference: they exist anyway)."""
     storages: dict[int, int] = {}
+    own = {t.untyped_storage().data_ptr() for t in (*module.parameters(), *module.buffers())}
 
     def pack(t):
         s = t.untyped_storage()
-        storages[s.data_ptr()] = s.nbytes()
+        if s.data_ptr() not in own:
+            storages[s.data_ptr()] = s.nbytes()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):

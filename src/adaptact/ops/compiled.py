@@ -30,8 +30,8 @@ from torch import Tensor
 
 from . import autograd as AG
 
-__all__ = ["COMPILE_ENV", "DTYPES", "acon_c", "acon_c_pixel", "arelu", "available", "signed_spatial_mean",
-           "whole"]
+__all__ = ["COMPILE_ENV", "DTYPES", "acon_c", "acon_c_from_parameters", "acon_c_pixel", "arelu",
+           "arelu_from_parameters", "available", "signed_spatial_mean", "whole"]
 
 COMPILE_ENV = "ADAPTACT_COMPILE"
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what is compiled; float64 runs eagerly
@@ -144,19 +144,12 @@ def _compiles(x: Tensor) -> bool:
     return x.is_cpu and x.dtype in DTYPES and available() and not torch.compiler.is_compiling()
 
 
-def _differentiated(*tensors: Tensor) -> bool:
-    """Whether autograd records this call (else only the forward body is needed: dynamo does not
-    trace an autograd Function applied under no_grad)."""
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-
-
 def _apply(eager: Callable[..., Tensor], x: Tensor, *params: Tensor) -> Tensor:
     flat = _flattened(x, params) if _compiles(x) else None
     if flat is None:
         return eager(x, *params)
     x3, params3 = flat
-    fn = eager if _differentiated(x, *params) else _FORWARD[eager]
-    return _as_shape_of(_call(fn, x3, *params3), x)
+    return _as_shape_of(_call(eager, x3, *params3), x)
 
 
 def arelu(x: Tensor, slope: Tensor, gain: Tensor) -> Tensor:
@@ -164,39 +157,51 @@ def arelu(x: Tensor, slope: Tensor, gain: Tensor) -> Tensor:
     return _apply(AG.arelu, x, slope, gain)
 
 
-def _arelu_from_parameters(x: Tensor, alpha: Tensor, beta: Tensor) -> Tensor:
-    one = (1,) * x.ndim
-    return AG.arelu(x, alpha.clamp(0.01, 0.99).reshape(one), (1 + torch.sigmoid(beta)).reshape(one))
-
-
-def arelu_from_parameters(x: Tensor, alpha: Tensor, beta: Tensor) -> Tensor | None:
-    """AReLU from its parameters alpha and beta (one value each), the slope and gain computed in
-    the same compiled graph as the activation; None when x cannot take this path."""
-    flat = _flattened(x, ()) if _compiles(x) and alpha.numel() == beta.numel() == 1 else None
-    if flat is None:
-        return None
-    fn = _arelu_from_parameters if _differentiated(x, alpha, beta) else _arelu_inference
-    return _as_shape_of(_call(fn, flat[0], alpha, beta), x)
-
-
-def _arelu_inference(x: Tensor, alpha: Tensor, beta: Tensor) -> Tensor:
-    one = (1,) * x.ndim
-    slope, gain = alpha.clamp(0.01, 0.99).reshape(one), (1 + torch.sigmoid(beta)).reshape(one)
-    return AG.arelu_forward(x, slope, gain)
-
-
 def acon_c(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> Tensor:
     """``ops.autograd.acon_c`` compiled by Inductor."""
     return _apply(AG.acon_c, x, p1, p2, beta)
+
+
+# From the modules' own parameters: their transforms and views against x happen in the compiled
+# graph, not as eager ops (and autograd nodes) on every call.
+
+
+def _from_parameters(traced: Callable[..., Tensor], x: Tensor, *params: Tensor) -> Tensor | None:
+    """``traced(x, *params)`` compiled, params each (C,) or one value; None when x cannot take
+    this path."""
+    if not _compiles(x) or any(p.ndim > 1 for p in params):
+        return None
+    flat = _flattened(x, ())
+    return None if flat is None else _as_shape_of(_call(traced, flat[0], *params), x)
+
+
+def _channel_view(x: Tensor, p: Tensor) -> Tensor:
+    return p.reshape((1, -1) + (1,) * (x.ndim - 2))
+
+
+def _arelu_traced(x: Tensor, alpha: Tensor, beta: Tensor) -> Tensor:
+    return AG.arelu(x, _channel_view(x, alpha.clamp(0.01, 0.99)), _channel_view(x, 1 + torch.sigmoid(beta)))
+
+
+def arelu_from_parameters(x: Tensor, alpha: Tensor, beta: Tensor) -> Tensor | None:
+    """AReLU from its parameters alpha and beta; None when x cannot take this path."""
+    return _from_parameters(_arelu_traced, x, alpha, beta)
+
+
+def _acon_c_traced(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> Tensor:
+    return AG.acon_c(x, _channel_view(x, p1), _channel_view(x, p2), _channel_view(x, beta))
+
+
+def acon_c_from_parameters(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> Tensor | None:
+    """ACON-C from per-channel (C,) parameters or single values; None when x cannot take this
+    path (e.g. Meta-ACON's per-sample beta)."""
+    return _from_parameters(_acon_c_traced, x, p1, p2, beta)
 
 
 def acon_c_pixel(x: Tensor, p1: Tensor, p2: Tensor) -> Tensor:
     """``ops.autograd.acon_c_pixel`` compiled by Inductor."""
     return _apply(AG.acon_c_pixel, x, p1, p2)
 
-
-_FORWARD = {AG.arelu: AG.arelu_forward, AG.acon_c: AG.acon_c_forward,
-            AG.acon_c_pixel: AG.acon_c_pixel_forward}
 
 
 def signed_spatial_mean(x: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:

@@ -118,6 +118,10 @@ def acon_c(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor, backend: str = "auto
     b = resolve(backend, x)
     if b == "reference":
         return AF.acon_c(x, p1, p2, beta)
+    if b == "compiled":
+        y = CP.acon_c_from_parameters(x, p1, p2, beta)
+        if y is not None:
+            return y
     views = (_view(t, x) for t in (p1, p2, beta))
     return _lean(b).acon_c(x, *views)
 
