@@ -88,7 +88,8 @@ _IS_ONE = (1).__eq__
 def _kind_of(a: object) -> object:
     if isinstance(a, Tensor):  # (written for speed: this runs on every call)
         stride = a.stride()
-        order = tuple(sorted(range(len(stride)), key=stride.__getitem__, reverse=True))  # ties keep order
+        order = (tuple(sorted(range(len(stride)), key=stride.__getitem__, reverse=True))  # ties keep order
+                 if len(stride) > 1 else len(stride))
         return a.dtype, order, tuple(map(_IS_ONE, a.shape)), a.requires_grad
     owner = getattr(a, "__self__", None)
     if isinstance(owner, torch.nn.Module):
@@ -169,7 +170,7 @@ def acon_c(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> Tensor:
 def _from_parameters(traced: Callable[..., Tensor], x: Tensor, *params: Tensor) -> Tensor | None:
     """``traced(x, *params)`` compiled, params each (C,) or one value; None when x cannot take
     this path."""
-    if not _compiles(x) or any(p.ndim > 1 for p in params):
+    if not _compiles(x) or max(p.ndim for p in params) > 1:
         return None
     flat = _flattened(x, ())
     return None if flat is None else _as_shape_of(_call(traced, flat[0], *params), x)

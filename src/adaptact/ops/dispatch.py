@@ -57,9 +57,9 @@ def _on_gpu(x: Tensor) -> bool:
 
 def auto_backend(x: Tensor) -> str:
     """What ``backend="auto"`` runs for ``x``."""
-    if _on_gpu(x) and x.dtype in KERNEL_DTYPES and triton_available():
-        return "triton"
-    if x.device.type == "cpu" and x.dtype in CP.DTYPES and CP.available():
+    if _on_gpu(x):
+        return "triton" if x.dtype in KERNEL_DTYPES and triton_available() else "autograd"
+    if x.is_cpu and x.dtype in CP.DTYPES and CP.available():
         return "compiled"
     return "autograd"
 
