@@ -117,6 +117,19 @@ def test_generators_of_every_width_share_one_compiled_graph(name, kwargs):
     assert CP.available()
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_a_new_generator_function_each_call_is_not_a_new_compiled_entry():
+    m = adaptact.MetaAconC(6).train()
+    x = torch.randn(4, 6, 3, 3, requires_grad=True)
+    entries = []
+    for _ in range(3):
+        generate = lambda mean: m.beta_from_mean(mean)  # noqa: E731  (a new function object each call)
+        y = dispatch.meta_acon_c(x, m.p1, m.p2, generate, m._weights, torch.float32)
+        y.sum().backward()
+        entries.append(CP._compiled.cache_info().currsize)
+    assert entries[0] == entries[1] == entries[2]
+
+
 def test_a_failing_compiler_falls_back_once_with_one_warning(monkeypatch):
     def broken(fn, kind):
         def call(*args):

@@ -77,8 +77,9 @@ def _compiled(fn: Callable, kind: tuple) -> Callable:
 def _kind(args: tuple) -> tuple:
     """What makes torch.compile trace again, bar sizes: dtypes, stride orders, sizes of 1 (which
     it specialises), which tensors need gradients, other arguments; a module's bound method counts
-    as its function and the module's training mode (one entry per class, not per instance). Each
-    kind gets a compiled entry of its own."""
+    as its function and the module's training mode (one entry per class, not per instance), a
+    function as its code (a new lambda each call is not a new entry). Each kind gets a compiled
+    entry of its own."""
     return tuple(_kind_of(a) for a in args)
 
 
@@ -94,7 +95,7 @@ def _kind_of(a: object) -> object:
     owner = getattr(a, "__self__", None)
     if isinstance(owner, torch.nn.Module):
         return a.__func__, owner.training
-    return a
+    return getattr(a, "__code__", a)  # a plain function or lambda: its code, not the object
 
 
 def _call(fn: Callable, *args):
