@@ -26,6 +26,12 @@ def compiling(monkeypatch):
     yield
 
 
+@pytest.fixture
+def fresh_entries(monkeypatch):
+    """No compiled entries yet (compiling again costs seconds; only tests that count them)."""
+    monkeypatch.setattr(CP, "_entries", {})
+
+
 @pytest.mark.filterwarnings("error::RuntimeWarning")  # a fallback to eager would fail the test
 @pytest.mark.parametrize("dtype", list(TOL), ids=str)
 @pytest.mark.parametrize("shape", ["rank2", "rank3", "rank4", "rank5"])
@@ -54,8 +60,11 @@ def test_auto_runs_compiled_code_and_keeps_the_layout(monkeypatch):
     y = m(x)
     fn, kind = keys[0]
     assert fn is CP._acon_c_traced  # its parameters viewed against x in the graph
-    assert kind[0][:3] == (torch.float32, (0, 2, 1), (False, False, False))  # x as (N, C, S)
-    assert real(*keys[0]) is real(*keys[0])  # compiled once per process and kind of input
+    assert kind[0] is True  # grad mode
+    assert kind[1][:3] == (torch.float32, (0, 2, 1), (False, False, False))  # x as (N, C, S)
+    entry = real(*keys[0])
+    assert entry is real(*keys[0])  # compiled once per process and kind of input
+    assert len(entry.variants) == 1 and entry.jit is None  # ahead of time, called directly
     assert y.is_contiguous(memory_format=torch.channels_last)
     y.sum().backward()
     assert x.grad.is_contiguous(memory_format=torch.channels_last)
@@ -75,31 +84,81 @@ def test_compiled_saves_only_the_input(case, dtype):
     assert saved_bytes(m, x) <= x.nbytes + 64 * 1024
 
 
-@pytest.mark.filterwarnings("error::RuntimeWarning")
-def test_shapes_change_without_compiling_again():
-    from torch._dynamo.utils import counters
+def _variants() -> int:
+    return sum(len(entry.variants) for entry in CP._entries.values())
 
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_shapes_change_without_compiling_again(fresh_entries):
     m = adaptact.AReLU()
     for _ in range(2):
         x = torch.randn(3, 5, 7, 2, requires_grad=True)
         m(x).sum().backward()
-    graphs = counters["stats"]["unique_graphs"]
-    for shape in [(4, 9, 3, 3), (2, 3, 11), (6, 4, 2, 2, 2)]:  # other sizes and ranks, one kind
+    variants = _variants()
+    for shape in [(4, 9, 3, 3), (2, 3, 11, 5), (6, 4, 2, 2)]:  # other sizes, one kind
         x = torch.randn(shape, requires_grad=True)
         m(x).sum().backward()
-    assert counters["stats"]["unique_graphs"] == graphs
+    assert _variants() == variants
+    # other ranks share the entry of the (N, C, S) view; dynamo guarded the base of the first (a
+    # 4-D x), so a 3-D x, no view, gets a variant of its own, whose guards then take any rank
+    for shape in [(2, 3, 11), (5, 2, 7), (6, 4, 2, 2, 2), (2, 3, 2, 2, 5)]:
+        x = torch.randn(shape, requires_grad=True)
+        m(x).sum().backward()
+    assert _variants() == variants + 1
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_what_guards_refuse_gets_a_variant_of_its_own(fresh_entries):
+    """The entries run without dynamo's frame evaluation, but not without its guards: a BatchNorm
+    eps of another value (a constant in the graph, not part of our key) must not reuse the graph."""
+    ms = [adaptact.MetaAconC(8).train() for _ in range(2)]
+    ms[1].bn1.eps = 0.25
+    for m in ms:
+        x = torch.randn(4, 8, 3, 3, requires_grad=True)
+        ref = adaptact.MetaAconC(8, backend="reference").train()
+        ref.load_state_dict(m.state_dict())
+        ref.bn1.eps = m.bn1.eps
+        xr = x.detach().clone().requires_grad_()
+        torch.testing.assert_close(m(x), ref(xr), rtol=1e-5, atol=1e-6)
+    (entry,) = [e for (fn, _), e in CP._entries.items() if fn is dispatch._meta_acon_c]
+    assert len(entry.variants) == 2
+
+
+def test_inputs_beyond_the_variants_run_eagerly_and_without_ahead_of_time_torch_compile_runs(
+        monkeypatch, fresh_entries):
+    monkeypatch.setattr(CP, "VARIANTS", 1)
+    m = adaptact.AReLU()
+    eager = adaptact.AReLU(backend="autograd")
+    x = torch.randn(3, 5, 7, 2, requires_grad=True)  # a view of a 4-D x, then a 3-D x: two variants wanted
+    torch.testing.assert_close(m(x), eager(x), rtol=1e-6, atol=1e-6)
+    x = torch.randn(3, 5, 7, requires_grad=True)
+    with pytest.warns(RuntimeWarning, match="more than 1 kinds of input"):
+        torch.testing.assert_close(m(x), eager(x), rtol=1e-6, atol=1e-6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # once
+        m(x)
+    (entry,) = CP._entries.values()
+    assert len(entry.variants) == 1 and entry.jit is None and CP.available()
+
+    CP._entries.clear()
+    monkeypatch.setattr(CP._Entry, "_ahead_of_time", lambda self, args: 1 / 0)
+    x = torch.randn(3, 5, 7, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        torch.testing.assert_close(m(x), eager(x), rtol=1e-6, atol=1e-6)
+    (entry,) = CP._entries.values()
+    assert not entry.variants and entry.jit is not None and CP.available()
 
 
 @pytest.mark.filterwarnings("error::RuntimeWarning")
 @pytest.mark.parametrize("name, kwargs", [("meta_acon_c", {"r": 4}), ("aprelu", {}),
-                                          ("aprelu", {"alpha": "sample"}), ("dy_relu_b", {})],
-                         ids=["meta_acon_c", "aprelu", "aprelu_sample", "dy_relu_b"])
+                                          ("aprelu", {"alpha": "sample"}), ("dy_relu_b", {}), ("acon_c", {})],
+                         ids=["meta_acon_c", "aprelu", "aprelu_sample", "dy_relu_b", "acon_c"])
 def test_generators_of_every_width_share_one_compiled_graph(name, kwargs):
     """Pooling, generator and activation compile as one graph whose generator sizes are symbolic:
     a network's many widths (more than dynamo's recompile limit of 8) compile once per training
-    mode, not once per width, which would also end compiling for the process at the limit."""
-    from torch._dynamo.utils import counters
-
+    mode, not once per width, which would also end compiling for the process at the limit. The
+    same for ACON-C's (C,) parameters (its ninth width ended compiling, before they were symbolic)."""
     def step(channels: int, training: bool) -> None:
         m = adaptact.create(name, channels=channels, **kwargs).train(training)
         x = torch.randn(3, channels, 6, 7, requires_grad=True)
@@ -107,13 +166,13 @@ def test_generators_of_every_width_share_one_compiled_graph(name, kwargs):
 
     for training in (True, False):  # no two sizes equal (dynamo would assume that they stay equal)
         step(20, training)
-    graphs = counters["stats"]["unique_graphs"]
+    variants = _variants()
     # widths whose generator has no size of 1 (dynamo specialises those), reductions of at most 4096
     # elements (Inductor's C++ code sums longer ones another way: one graph more)
     for channels in (9, 10, 12, 17, 24, 33, 40, 64, 96):
         for training in (True, False):
             step(channels, training)
-    assert counters["stats"]["unique_graphs"] == graphs
+    assert _variants() == variants
     assert CP.available()
 
 
@@ -126,7 +185,7 @@ def test_a_new_generator_function_each_call_is_not_a_new_compiled_entry():
         generate = lambda mean: m.beta_from_mean(mean)  # noqa: E731  (a new function object each call)
         y = dispatch.meta_acon_c(x, m.p1, m.p2, generate, m._weights, torch.float32)
         y.sum().backward()
-        entries.append(CP._compiled.cache_info().currsize)
+        entries.append(len(CP._entries))
     assert entries[0] == entries[1] == entries[2]
 
 
@@ -165,6 +224,18 @@ def test_a_genuine_error_is_raised_not_taken_for_a_compiler_failure(monkeypatch)
     with pytest.raises(RuntimeError):
         CP.acon_c(x, torch.ones(1, 5, 1), torch.ones(1, 5, 1), torch.ones(1, 5, 1))  # 5 channels, x has 4
     assert calls and CP.available()
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_a_genuine_error_leaves_the_entry_compiling_ahead_of_time(fresh_entries):
+    x = torch.randn(3, 4, 5)
+    with pytest.raises(RuntimeError):
+        CP.acon_c(x, torch.ones(1, 5, 1), torch.ones(1, 5, 1), torch.ones(1, 5, 1))  # 5 channels, x has 4
+    (entry,) = CP._entries.values()
+    assert entry.jit is None and not entry.variants
+    ones = torch.ones(1, 4, 1)
+    torch.testing.assert_close(CP.acon_c(x, ones, ones, ones), adaptact.functional.acon_c(x, ones, ones, ones))
+    assert entry.jit is None and len(entry.variants) == 1
 
 
 def test_the_environment_switch(monkeypatch):

@@ -8,10 +8,12 @@ stays x and the parameter views. The activations with a generator (Meta-ACON-C, 
 ReLU) compile pooling, generator and Function as one graph each way (``whole``).
 
 Compilation is paid once per process and kind of input: inputs of rank 3 and up are viewed as
-(N, C, S) (contiguous or channels_last, without a copy), shapes are dynamic (the generators'
-widths too), each dtype and layout has its own compiled entry (so no entry meets torch.compile's
-recompile limit), and Inductor keeps its generated code on disk across processes (its FX graph
-cache), so the comparison harness's workers reuse it. ``ADAPTACT_COMPILE=0`` turns compiling off
+(N, C, S) (contiguous or channels_last, without a copy), shapes are dynamic (parameters' and the
+generators' widths too), each dtype and layout has its own compiled entry, and Inductor keeps its
+generated code on disk across processes (its FX graph cache), so the comparison harness's workers
+reuse it. Entries are compiled ahead of time and called without dynamo's per-call frame work, their
+guards checked directly (``_Entry``): a compiled call costs what torch.compile's own does less
+about 20 us. ``ADAPTACT_COMPILE=0`` turns compiling off
 (the eager Functions run); if compiling fails (no C++ compiler, an unsupported platform), the
 eager Functions run from then on, after one warning. Under an outer ``torch.compile`` the eager
 Functions are traced into the caller's graph.
@@ -19,7 +21,6 @@ Functions are traced into the caller's graph.
 
 from __future__ import annotations
 
-import functools
 import os
 import types
 import warnings
@@ -27,6 +28,7 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
+from torch.fx.experimental import _config as fx_config
 
 from . import autograd as AG
 
@@ -66,21 +68,127 @@ def _own_code(fn: Callable) -> Callable:
 _INDUCTOR_OPTIONS = {"realize_reads_threshold": 64}
 
 
-@functools.cache
-def _compiled(fn: Callable, kind: tuple) -> Callable:
-    """``fn`` (an ``ops.autograd`` entry: Function.apply) compiled whole for one ``kind`` of input
-    (``_kind``): dynamo traces the Function's forward and backward, Inductor fuses each, and the
-    Function's saved tensors stay what it saves (x and the parameter views)."""
+class _TracingConfig:
+    """How our functions are traced. Module parameters and buffers get symbolic sizes (dynamo makes
+    them static by default), so one graph serves every width of ACON-C's parameters or of a
+    generator (static, each width was a recompile, and the ninth hit dynamo's recompile limit, which
+    ended compiling for the process); sizes that happen to be equal are not assumed to stay equal
+    (no duck sizing); Python floats in modules (BatchNorm's eps, momentum) are constants (as
+    symbols, ahead-of-time compiling stops with TensorifyScalarRestartAnalysis). Plain attribute
+    sets: 7 us against 15 for ``config.patch`` (measured on a busy machine); only compiling and the
+    fallback entry pay them."""
+
+    SETTINGS = ((torch._dynamo.config, "force_parameter_static_shapes", False),
+                (torch._dynamo.config, "force_nn_module_property_static_shapes", False),
+                (torch._dynamo.config, "specialize_float", True),
+                (fx_config, "use_duck_shape", False))
+
+    # What torch says to itself while compiling ours: dynamo reads .grad of each input as it records
+    # guards (x viewed as (N, C, S) is no leaf); its compilers use APIs it has deprecated.
+    QUIET = ((UserWarning, "The .grad attribute of a Tensor that is not a leaf"), (DeprecationWarning, ""))
+
+    def __enter__(self) -> None:
+        self.saved = [getattr(config, name) for config, name, _ in self.SETTINGS]
+        for config, name, value in self.SETTINGS:
+            setattr(config, name, value)
+        self.warnings = warnings.catch_warnings()
+        self.warnings.__enter__()
+        for category, message in self.QUIET:
+            warnings.filterwarnings("ignore", message, category)
+
+    def __exit__(self, *exc) -> None:
+        self.warnings.__exit__(*exc)
+        for (config, name, _), value in zip(self.SETTINGS, self.saved):
+            setattr(config, name, value)
+
+
+def _torch_compile(fn: Callable) -> Callable:
     return torch.compile(_own_code(fn), dynamic=True, fullgraph=True, options=_INDUCTOR_OPTIONS)
 
 
+VARIANTS = 8  # compiled variants of one entry; inputs that fit none of them beyond this run eagerly
+
+
+class _Entry:
+    """``fn`` compiled for one kind of input (``_kind``), called without dynamo's per-call work.
+
+    Each variant is compiled ahead of time (``torch.compile(...).aot_compile``) for the inputs that
+    first needed it: dynamo traces fn (the Function's forward and backward), Inductor fuses each.
+    A call checks the variants' guards (dynamo's own, in C++: dtypes, strides, sizes and their
+    relations, grad mode, autocast, threads) and runs the first that holds: the frame evaluation,
+    cache lookup and context managers of a torch.compile'd call cost AReLU at (256, 512) 22 us of
+    a 184 us training step (measured, one thread). Inputs that fit no variant get a new one, up to
+    ``VARIANTS``, then run eagerly (after one warning). Where this torch cannot compile ahead of time, torch.compile's
+    own entry runs instead (the same code, with the per-call cost)."""
+
+    def __init__(self, fn: Callable) -> None:
+        self.fn = fn
+        code = fn.__code__
+        self.names = code.co_varnames[: code.co_argcount]
+        self.simple = not (code.co_freevars or code.co_kwonlyargcount or code.co_flags & 0x0C)  # no *a/**k
+        self.variants: list[tuple[Callable[[dict], bool], Callable]] = []
+        self.jit: Callable | None = None  # torch.compile's entry, where ahead of time fails
+        self.warned = False
+
+    def __call__(self, *args):
+        f_locals = dict(zip(self.names, args))
+        for holds, run in self.variants:
+            if holds(f_locals):
+                return run(*args)
+        if self.jit is not None:
+            with _TracingConfig():
+                return self.jit(*args)
+        if len(self.variants) == VARIANTS:
+            return self._eager(*args)
+        try:
+            variant = self._ahead_of_time(args)
+        except Exception:  # noqa: BLE001  (not possible here, or a bad input: torch.compile's entry decides)
+            jit = _torch_compile(self.fn)
+            with _TracingConfig():
+                result = jit(*args)  # a bad input raises here, as it would eagerly
+            self.jit = jit
+            return result
+        self.variants.append(variant)
+        return variant[1](*args)
+
+    def _eager(self, *args):
+        if not self.warned:
+            self.warned = True
+            warnings.warn(f"adaptact: {self.fn.__name__} has met more than {VARIANTS} kinds of input that "
+                          "need a graph of their own; inputs that fit none of the compiled ones run eagerly",
+                          RuntimeWarning, stacklevel=6)
+        return self.fn(*args)
+
+    def _ahead_of_time(self, args: tuple) -> tuple[Callable[[dict], bool], Callable]:
+        if not self.simple or len(args) != len(self.names):
+            raise ValueError("ahead-of-time entries take positional arguments only")
+        with _TracingConfig():
+            compiled = _torch_compile(self.fn).aot_compile((args, {}))
+        # dynamo's guards and the compiled code, called directly (their public wrapper binds the
+        # arguments with inspect: 4 us more a call)
+        return compiled._artifacts.guard_manager.check, compiled.fn
+
+
+_entries: dict[tuple, _Entry] = {}  # (fn, kind of input) -> its entry, for the process
+
+
+def _compiled(fn: Callable, kind: tuple) -> Callable:
+    """``fn`` (our traced function: an ``ops.autograd`` Function, the parameter transforms and
+    views around it, or pooling and generator too) compiled whole for one ``kind`` of input; the
+    Function's saved tensors stay what it saves (x and the parameter views)."""
+    entry = _entries.get((fn, kind))
+    if entry is None:
+        entry = _entries[fn, kind] = _Entry(fn)
+    return entry
+
+
 def _kind(args: tuple) -> tuple:
-    """What makes torch.compile trace again, bar sizes: dtypes, stride orders, sizes of 1 (which
-    it specialises), which tensors need gradients, other arguments; a module's bound method counts
+    """What makes torch.compile trace again, bar sizes: grad mode, dtypes, stride orders, sizes of
+    1 (which it specialises), which tensors need gradients, other arguments; a module's bound method counts
     as its function and the module's training mode (one entry per class, not per instance), a
     function as its code (a new lambda each call is not a new entry). Each kind gets a compiled
     entry of its own."""
-    return tuple(_kind_of(a) for a in args)
+    return torch.is_grad_enabled(), *map(_kind_of, args)
 
 
 _IS_ONE = (1).__eq__
@@ -223,30 +331,9 @@ def signed_spatial_mean(x: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
 # (N, C)-sized tensors (tests/ops/test_compiled.py measures it).
 
 
-class _DynamicParameters:
-    """Let dynamo give module parameters and buffers symbolic sizes while it traces (it makes them
-    static by default), so one graph serves generators of every width. Plain attribute sets:
-    7 us a call against 15 for ``torch._dynamo.config.patch`` (both measured on a busy machine)."""
-
-    FLAGS = ("force_parameter_static_shapes", "force_nn_module_property_static_shapes")
-
-    def __enter__(self) -> None:
-        config = torch._dynamo.config
-        self.saved = [getattr(config, flag) for flag in self.FLAGS]
-        for flag in self.FLAGS:
-            setattr(config, flag, False)
-
-    def __exit__(self, *exc) -> None:
-        for flag, value in zip(self.FLAGS, self.saved):
-            setattr(torch._dynamo.config, flag, value)
-
-
 def whole(composite: Callable[..., Tensor], x: Tensor, *args) -> Tensor | None:
     """``composite(x, *args)`` (pooling, a generator that is a module's bound method, and an
     ``ops.autograd`` Function) traced and compiled as one graph, forward and backward; None when x
     cannot take this path. The compiled entry is shared by every module of a class (per kind of
     input and training mode): the generator's sizes are symbolic."""
-    if not _compiles(x):
-        return None
-    with _DynamicParameters():
-        return _call(composite, x, *args)
+    return _call(composite, x, *args) if _compiles(x) else None
