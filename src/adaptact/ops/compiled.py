@@ -12,8 +12,8 @@ Compilation is paid once per process and kind of input: inputs of rank 3 and up 
 generators' widths too), each dtype and layout has its own compiled entry, and Inductor keeps its
 generated code on disk across processes (its FX graph cache), so the comparison harness's workers
 reuse it. Entries are compiled ahead of time and called without dynamo's per-call frame work, their
-guards checked directly (``_Entry``): a compiled call costs what torch.compile's own does less
-about 20 us. ``ADAPTACT_COMPILE=0`` turns compiling off
+guards checked directly (``_Entry``): a call costs what one of torch.compile of the reference
+composition does (benchmarks/call_overhead.py). ``ADAPTACT_COMPILE=0`` turns compiling off
 (the eager Functions run); if compiling fails (no C++ compiler, an unsupported platform), the
 eager Functions run from then on, after one warning. Under an outer ``torch.compile`` the eager
 Functions are traced into the caller's graph.
@@ -21,6 +21,7 @@ Functions are traced into the caller's graph.
 
 from __future__ import annotations
 
+import inspect
 import os
 import types
 import warnings
@@ -115,17 +116,19 @@ class _Entry:
     Each variant is compiled ahead of time (``torch.compile(...).aot_compile``) for the inputs that
     first needed it: dynamo traces fn (the Function's forward and backward), Inductor fuses each.
     A call checks the variants' guards (dynamo's own, in C++: dtypes, strides, sizes and their
-    relations, grad mode, autocast, threads) and runs the first that holds: the frame evaluation,
-    cache lookup and context managers of a torch.compile'd call cost AReLU at (256, 512) 22 us of
-    a 184 us training step (measured, one thread). Inputs that fit no variant get a new one, up to
-    ``VARIANTS``, then run eagerly (after one warning). Where this torch cannot compile ahead of time, torch.compile's
-    own entry runs instead (the same code, with the per-call cost)."""
+    relations, grad mode, autocast, threads) and runs the first that holds, without the frame
+    evaluation, cache lookup and context managers of a torch.compile'd call (AReLU's training step
+    at (256, 512): 159 us, against 207 through torch.compile's entries; benchmarks/call_overhead.py).
+    Inputs that fit no variant get a new one, up to ``VARIANTS``, then run eagerly (after one
+    warning). Where this torch cannot compile ahead of time, torch.compile's own entry runs instead
+    (the same code, with the per-call cost)."""
 
     def __init__(self, fn: Callable) -> None:
         self.fn = fn
         code = fn.__code__
         self.names = code.co_varnames[: code.co_argcount]
-        self.simple = not (code.co_freevars or code.co_kwonlyargcount or code.co_flags & 0x0C)  # no *a/**k
+        self.simple = not (code.co_freevars or code.co_kwonlyargcount
+                           or code.co_flags & (inspect.CO_VARARGS | inspect.CO_VARKEYWORDS))
         self.variants: list[tuple[Callable[[dict], bool], Callable]] = []
         self.jit: Callable | None = None  # torch.compile's entry, where ahead of time fails
         self.warned = False
@@ -154,9 +157,8 @@ class _Entry:
     def _eager(self, *args):
         if not self.warned:
             self.warned = True
-            warnings.warn(f"adaptact: {self.fn.__name__} has met more than {VARIANTS} kinds of input that "
-                          "need a graph of their own; inputs that fit none of the compiled ones run eagerly",
-                          RuntimeWarning, stacklevel=6)
+            warnings.warn(f"adaptact: {self.fn.__name__} has {VARIANTS} compiled variants and met an input "
+                          "that fits none of them; such inputs run eagerly", RuntimeWarning, stacklevel=6)
         return self.fn(*args)
 
     def _ahead_of_time(self, args: tuple) -> tuple[Callable[[dict], bool], Callable]:
