@@ -164,7 +164,7 @@ def test_generators_of_every_width_share_one_compiled_graph(name, kwargs):
         x = torch.randn(3, channels, 6, 7, requires_grad=True)
         m(x).sum().backward()
 
-    for training in (True, False):  # no two sizes equal (dynamo would assume that they stay equal)
+    for training in (True, False):
         step(20, training)
     variants = _variants()
     # widths whose generator has no size of 1 (dynamo specialises those), reductions of at most 4096

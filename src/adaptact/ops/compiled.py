@@ -75,9 +75,8 @@ class _TracingConfig:
     generator (static, each width was a recompile, and the ninth hit dynamo's recompile limit, which
     ended compiling for the process); sizes that happen to be equal are not assumed to stay equal
     (no duck sizing); Python floats in modules (BatchNorm's eps, momentum) are constants (as
-    symbols, ahead-of-time compiling stops with TensorifyScalarRestartAnalysis). Plain attribute
-    sets: 7 us against 15 for ``config.patch`` (measured on a busy machine); only compiling and the
-    fallback entry pay them."""
+    symbols, ahead-of-time compiling stops with TensorifyScalarRestartAnalysis). Set only around
+    compiling and around calls of the fallback entry (torch.compile's, which may trace on any call)."""
 
     SETTINGS = ((torch._dynamo.config, "force_parameter_static_shapes", False),
                 (torch._dynamo.config, "force_nn_module_property_static_shapes", False),
@@ -186,10 +185,10 @@ def _compiled(fn: Callable, kind: tuple) -> Callable:
 
 def _kind(args: tuple) -> tuple:
     """What makes torch.compile trace again, bar sizes: grad mode, dtypes, stride orders, sizes of
-    1 (which it specialises), which tensors need gradients, other arguments; a module's bound method counts
-    as its function and the module's training mode (one entry per class, not per instance), a
-    function as its code (a new lambda each call is not a new entry). Each kind gets a compiled
-    entry of its own."""
+    1 (which it specialises), which tensors need gradients, other arguments; a module's bound
+    method counts as its function and the module's training mode (one entry per class, not per
+    instance), a function as its code (a new lambda each call is not a new entry). Each kind gets
+    a compiled entry of its own; what else dynamo guards on is checked by the entry's variants."""
     return torch.is_grad_enabled(), *map(_kind_of, args)
 
 
