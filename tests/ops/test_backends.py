@@ -353,3 +353,30 @@ def test_triton_reads_expanded_and_strided_output_gradients_in_place(case, backe
         scale = _gradient_scale(ref, x, dy)  # parameter gradients are sums that may cancel
         for n, g in grads_ref.items():
             assert float((grads[n] - g).abs().max() / scale[n].max().clamp_min(1e-12)) < 1e-5, n
+
+
+@pytest.mark.parametrize("case", CASES + [("frelu", {})], ids=IDS + ["frelu"])
+def test_torch_func_transforms_run_the_reference_under_auto(case):
+    """torch.func.grad and vmap (per-sample gradients, batched evaluation) of a module with
+    backend="auto" give the reference's numbers: our Functions compute first-order gradients only
+    and have no batching rules, so the plain composition runs there. (Eval mode: torch.func refuses
+    BatchNorm's in-place running-statistics update in training, as for any torch model.)"""
+    name, kwargs = case
+    torch.manual_seed(0)
+    m = adaptact.create(name, channels=6, **kwargs).eval()
+    ref = copy.deepcopy(m)
+    ref.backend = "reference"
+    x = torch.randn(4, 6, 5, 5)
+    grad = torch.func.grad(lambda t: (m(t) ** 2).sum())(x)
+    xr = x.clone().requires_grad_()
+    (ref(xr) ** 2).sum().backward()
+    torch.testing.assert_close(grad, xr.grad, rtol=1e-5, atol=1e-6)
+    xs = torch.randn(3, 4, 6, 5, 5)
+    torch.testing.assert_close(torch.vmap(m)(xs), torch.stack([ref(x) for x in xs]), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["autograd", "compiled"])
+def test_a_lean_backend_named_under_a_torch_func_transform_is_refused_clearly(backend):
+    m = adaptact.AconC(6, backend=backend)
+    with pytest.raises(RuntimeError, match=f"backend='{backend}' cannot run under torch.func transforms"):
+        torch.vmap(m)(torch.randn(3, 4, 6, 5, 5))

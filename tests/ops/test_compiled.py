@@ -273,3 +273,14 @@ def test_inference_under_no_grad_runs_compiled(case):
         xb = x.bfloat16()  # computed in float32 and rounded once: within bfloat16's rounding of the truth
         torch.testing.assert_close(m(xb).float(), ref(xb.float()), rtol=1e-2, atol=1e-2)
     assert CP.available()
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_torch_func_transforms_leave_compiling_on():
+    m = adaptact.MetaAconC(6).eval()
+    ref = adaptact.MetaAconC(6, backend="reference").eval()
+    ref.load_state_dict(m.state_dict())
+    xs = torch.randn(3, 4, 6, 5, 5)
+    torch.testing.assert_close(torch.vmap(m)(xs), torch.stack([ref(x) for x in xs]), rtol=1e-5, atol=1e-6)
+    grad = torch.func.grad(lambda t: m(t).sum())(xs[0])
+    assert grad.shape == xs[0].shape and CP.available()

@@ -30,7 +30,7 @@ from . import compiled as CP
 
 __all__ = ["BACKENDS", "KERNEL_DTYPES", "acon_c", "acon_c_pixel", "aprelu", "arelu", "auto_backend",
            "check_backend", "dy_relu", "frelu_max",
-           "meta_acon_c", "resolve", "signed_spatial_mean", "triton_available"]
+           "meta_acon_c", "resolve", "signed_spatial_mean", "triton_available", "under_torch_func"]
 
 BACKENDS = ("auto", "reference", "autograd", "compiled", "triton")
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what the Triton kernels take
@@ -55,8 +55,16 @@ def _on_gpu(x: Tensor) -> bool:
     return x.is_cuda
 
 
+def under_torch_func() -> bool:
+    """Whether a torch.func transform (vmap, grad, jacrev, ...) is running: our Functions compute
+    first-order gradients only and have no batching rules, so there only the reference runs."""
+    return not torch.compiler.is_compiling() and torch._C._functorch.peek_interpreter_stack() is not None
+
+
 def auto_backend(x: Tensor) -> str:
     """What ``backend="auto"`` runs for ``x``."""
+    if under_torch_func():
+        return "reference"
     if _on_gpu(x):
         return "triton" if x.dtype in KERNEL_DTYPES and triton_available() else "autograd"
     if x.is_cpu and x.dtype in CP.DTYPES and CP.available():
@@ -65,9 +73,15 @@ def auto_backend(x: Tensor) -> str:
 
 
 def resolve(backend: str, x: Tensor) -> str:
-    """The backend that runs for ``x``; explains why when "triton" cannot."""
+    """The backend that runs for ``x``; explains why when "triton" cannot, or when a fused backend
+    is named under a torch.func transform."""
     if backend == "auto":
         return auto_backend(x)
+    if backend != "reference" and under_torch_func():
+        raise RuntimeError(f"backend={backend!r} cannot run under torch.func transforms (vmap, grad, "
+                           "jacrev, ...): its Functions compute first-order gradients only and have no "
+                           "batching rules; use backend='auto' or 'reference', which run the plain "
+                           "composition there")
     if backend == "triton":
         if x.dtype not in KERNEL_DTYPES:
             raise TypeError(f"backend='triton' takes float32, float16 and bfloat16 inputs (its kernels "
@@ -210,8 +224,8 @@ def _dy_relu(x: Tensor, coefficients_from_mean: Callable[[Tensor], tuple[Tensor,
 
 def frelu_max(x: Tensor, t: Tensor, backend: str = "auto") -> Tensor:
     """FReLU's max(x, T(x)): the reference keeps t for backward, the lean path one byte per
-    element."""
-    if backend == "reference":
+    element (any device, so any backend but "reference" runs it)."""
+    if backend == "reference" or (backend == "auto" and under_torch_func()):
         return AF.frelu(x, t)
     return AG.frelu_max(x, t)
 
