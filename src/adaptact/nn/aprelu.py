@@ -92,9 +92,6 @@ class APReLU(ActivationModule):
         return self._run(dispatch.aprelu, x, self.alpha_from_stats, self._weights,
                          self.fc1.weight.dtype)
 
-    def _weights(self) -> tuple[Tensor, ...]:
-        return tuple(self.parameters())
-
     def extra_repr(self) -> str:
         return f"channels={self.channels}, alpha={self.alpha_mode!r}" + self._backend_repr()
 

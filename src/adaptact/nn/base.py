@@ -173,6 +173,11 @@ class ActivationModule(CheckedStateDict):
             return op(x, *args, "autograd")
         return fallback.mark(y, self._fall_back)
 
+    def _weights(self) -> tuple[torch.Tensor, ...]:
+        """The tensors a generated activation's generator uses that may need gradients (the Triton
+        path asks for them; Meta-ACON-C leaves out its p1 and p2)."""
+        return tuple(self.parameters())
+
     def _fall_back(self, err: BaseException) -> None:
         if not self._triton_failed:
             warnings.warn(f"{type(self).__name__}: the Triton kernels failed under backend='auto' "

@@ -85,9 +85,6 @@ class DyReLU(ActivationModule):
         return self._run(dispatch.dy_relu, x, self.coefficients_from_mean, self._weights,
                          self.fc1.weight.dtype)
 
-    def _weights(self) -> tuple[Tensor, ...]:
-        return tuple(self.parameters())
-
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, variant={self.variant!r}, k={self.k}, reduction={self.reduction}"
                 + self._backend_repr())

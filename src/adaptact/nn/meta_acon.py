@@ -107,8 +107,8 @@ class MetaAconC(ActivationModule):
         return self._run(dispatch.meta_acon_c, x, self.p1, self.p2, self.beta_from_mean, self._weights,
                          self._stats_dtype)
 
-    def _weights(self) -> list[Tensor]:
-        return [p for name, p in self.named_parameters() if name not in ("p1", "p2")]
+    def _weights(self) -> tuple[Tensor, ...]:
+        return tuple(p for name, p in self.named_parameters() if name not in ("p1", "p2"))
 
     def extra_repr(self) -> str:
         granularity = f"granularity={self.granularity!r}"

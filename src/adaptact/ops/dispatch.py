@@ -223,8 +223,8 @@ def _dy_relu(x: Tensor, coefficients_from_mean: Callable[[Tensor], tuple[Tensor,
 
 
 def frelu_max(x: Tensor, t: Tensor, backend: str = "auto") -> Tensor:
-    """FReLU's max(x, T(x)): the reference keeps t for backward, the lean path one byte per
-    element (any device, so any backend but "reference" runs it)."""
+    """FReLU's max(x, T(x)): the reference keeps t for backward, the lean Function (any device:
+    every other backend runs it, but "auto" under torch.func) one byte per element."""
     if backend == "reference" or (backend == "auto" and under_torch_func()):
         return AF.frelu(x, t)
     return AG.frelu_max(x, t)
