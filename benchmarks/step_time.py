@@ -6,7 +6,10 @@ state; this isolates the pair. Run it twice, the second time with glibc's malloc
 memory (MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_ large), to see how much of a step is
 page faults on freshly mapped memory; see benchmarks/RESULTS.md.
 
-    python benchmarks/step_time.py aprelu 32,64,28,28 [float32|bfloat16] [rounds]
+    python benchmarks/step_time.py aprelu 32,64,28,28 [float32|bfloat16] [rounds] [calls]
+
+``calls`` steps per round (default 1; their mean is the round's time): with tiny inputs such as
+(2, 4) only the fixed cost of a call remains, which many calls per round time better.
 """
 
 import copy
@@ -19,13 +22,14 @@ import torch
 import adaptact
 
 
-def step(module: torch.nn.Module, x: torch.Tensor, dy: torch.Tensor) -> float:
+def step(module: torch.nn.Module, x: torch.Tensor, dy: torch.Tensor, calls: int = 1) -> float:
     start = time.perf_counter()
-    module(x).backward(dy)
-    return time.perf_counter() - start
+    for _ in range(calls):
+        module(x).backward(dy)
+    return (time.perf_counter() - start) / calls
 
 
-def main(name: str, shape: tuple[int, ...], dtype: torch.dtype, rounds: int) -> None:
+def main(name: str, shape: tuple[int, ...], dtype: torch.dtype, rounds: int, calls: int) -> None:
     torch.set_num_threads(1)
     auto = adaptact.create(name, channels=shape[1]).train()
     reference = copy.deepcopy(auto)
@@ -39,14 +43,16 @@ def main(name: str, shape: tuple[int, ...], dtype: torch.dtype, rounds: int) -> 
             step(m, x, dy)
     for _ in range(rounds):
         for k, m in modules.items():
-            times[k].append(step(m, x, dy))
+            times[k].append(step(m, x, dy, calls))
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"{name} {shape} {dtype}: auto {1e3 * med['auto']:.2f} ms (min {1e3 * min(times['auto']):.2f}), "
-          f"compile {1e3 * med['compile']:.2f} ms (min {1e3 * min(times['compile']):.2f}), "
-          f"ratio of medians {med['auto'] / med['compile']:.2f}")
+    ratios = [a / b for a, b in zip(times["auto"], times["compile"])]
+    print(f"{name} {shape} {dtype}: auto {1e3 * med['auto']:.3f} ms (min {1e3 * min(times['auto']):.3f}), "
+          f"compile {1e3 * med['compile']:.3f} ms (min {1e3 * min(times['compile']):.3f}), "
+          f"ratio of medians {med['auto'] / med['compile']:.2f}, per round {statistics.median(ratios):.2f} "
+          f"({min(ratios):.2f}-{max(ratios):.2f})")
 
 
 if __name__ == "__main__":
     main(sys.argv[1], tuple(int(s) for s in sys.argv[2].split(",")),
          getattr(torch, sys.argv[3]) if len(sys.argv) > 3 else torch.float32,
-         int(sys.argv[4]) if len(sys.argv) > 4 else 40)
+         int(sys.argv[4]) if len(sys.argv) > 4 else 40, int(sys.argv[5]) if len(sys.argv) > 5 else 1)

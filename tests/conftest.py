@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -7,6 +8,13 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # The compiled CPU path (the default) costs seconds of compilation per kind of input: its tests
 # (tests/ops/test_compiled.py) turn it on; everywhere else the same Functions run eagerly.
 os.environ.setdefault("ADAPTACT_COMPILE", "0")
+# Inductor's on-disk cache of the suite's own: the suite neither reads code a user's scripts
+# compiled nor leaves code of its own where theirs will look. It outlives a clone (compiling the
+# suite's kernels cold costs minutes); tests of a cold cache make their own
+# (tests/ops/test_compiled.py).
+CACHE_HOME = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+INDUCTOR_CACHE = CACHE_HOME / "adaptact-tests" / "inductor"
+os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(INDUCTOR_CACHE)
 
 RANKS = (2, 3, 4, 5)
 
@@ -36,8 +44,11 @@ def shape_of_rank(rank, n=3, c=5):
 
 
 @pytest.fixture
-def rng_seed():
-    seed = int.from_bytes(os.urandom(4), "little")
+def rng_seed(request):
+    """A seed for torch's RNG, fixed by ADAPTACT_TEST_SEED or drawn and printed (pytest shows it
+    with a failure): rerun with ADAPTACT_TEST_SEED=<seed> to see the same inputs."""
+    seed = int(os.environ.get("ADAPTACT_TEST_SEED") or int.from_bytes(os.urandom(4), "little"))
+    print(f"{request.node.nodeid}: ADAPTACT_TEST_SEED={seed}")
     torch.manual_seed(seed)
     return seed
 

@@ -154,6 +154,8 @@ def _compare(args: argparse.Namespace) -> int:
                    command=shlex.join(["adaptact", *sys.argv[1:]]), protocol=args.protocol,
                    snr=args.snr)
     s = rows.summary
+    for line in s.notes():
+        print(line, file=sys.stderr)
     print(f"{s.ran} runs done now, {s.already_done} already in {args.db}; report: {rows.report[0]}")
     return 0
 

@@ -180,3 +180,40 @@ def test_policy_is_part_of_the_key_only_when_not_all():
     assert "policy" not in base.identity()
     other = RunConfig("mnist", "resnet18", "acon_c", "sgd", 0.1, 0, 1, policy="resnet_after_3x3")
     assert other.identity()["policy"] == "resnet_after_3x3" and other.key != base.key
+
+
+def test_a_fallback_is_recorded_and_said_once(tmp_path, monkeypatch, capsys):
+    """Compiling that gives up in a run (here: forced) shows in the row (which backend ran, the
+    warning the run raised) and once in the sweep's output and the report, never in silence."""
+    from adaptact.ops import compiled as CP
+
+    def broken(fn, kind):
+        def call(*args):
+            raise RuntimeError("InductorError: no C++ compiler found")
+        return call
+
+    monkeypatch.setenv("ADAPTACT_COMPILE", "1")
+    monkeypatch.setattr(CP, "_failure", [])
+    monkeypatch.setattr(CP, "_compiled", broken)
+    db, out = tmp_path / "r.sqlite", tmp_path / "report"
+    argv = ["compare", "--dataset", "digits", "--activations", "relu,acon_c", "--optimizers", "sgd",
+            "--lrs", "1e-2", "--seeds", "2", "--epochs", "1", "--db", str(db), "--out", str(out),
+            "--no-progress"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    by = {(r["activation"], r["seed"]): r for r in _rows(db)}
+    first = by["acon_c", 0]
+    assert first["backend"] == "autograd" and by["relu", 0]["backend"] == ""
+    assert any("compiling the CPU activation kernels failed" in w for w in first["warnings"])
+    assert err.count("warning from the runs: RuntimeWarning: adaptact: compiling the CPU") == 1
+    assert "adaptive activations ran: autograd (2 runs)" in err
+    assert re.search(r"\| acon_c \|.*\| autograd \|", (out / "report.md").read_text())
+
+
+def test_the_backend_that_ran_is_recorded(tmp_path, monkeypatch):
+    monkeypatch.setenv("ADAPTACT_COMPILE", "1")
+    from adaptact.ops import compiled as CP
+
+    monkeypatch.setattr(CP, "_failure", [])
+    row = run(RunConfig("digits", "linear", "arelu", "sgd", 1e-2, 0, 1))
+    assert row["status"] == "ok" and row["backend"] == "compiled" and not row["warnings"], row["warnings"]

@@ -7,11 +7,14 @@ torchvision's ``ToTensor()`` gives them: pixels divided by their full scale, in 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
 import math
 import os
+import random
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +24,7 @@ import torch
 from ..errors import UserError
 
 __all__ = ["DATASETS", "CorruptData", "DataError", "DataNotFound", "Dataset", "find_idx_dir", "load",
-           "read_idx"]
+           "read_idx", "rng_preserved"]
 
 IDX_FILES = {
     "train_x": "train-images-idx3-ubyte",
@@ -157,11 +160,7 @@ def _load_mnist1d(seed: int = 42) -> Dataset:
         raise DataNotFound(f"mnist1d: the mnist1d package is missing; {_HOW_TO_GET['mnist1d']}") from err
     args = get_dataset_args()
     args.seed = seed
-    state = np.random.get_state()
-    try:
-        data = make_dataset(args)  # generated here, never downloaded
-    finally:
-        np.random.set_state(state)
+    data = make_dataset(args)  # generated, never downloaded; it seeds random and numpy: load restores them
     train_x, test_x = _scaled(data["x"], data["x_test"])
     return Dataset("mnist1d", train_x.unsqueeze(1), torch.as_tensor(data["y"].astype(np.int64)),
                    test_x.unsqueeze(1), torch.as_tensor(data["y_test"].astype(np.int64)))
@@ -220,13 +219,36 @@ def bearing_name(snr: float | None) -> str:
     return "bearing" if snr is None else f"bearing-snr{snr:g}"
 
 
+@contextlib.contextmanager
+def rng_preserved() -> Iterator[None]:
+    """Restore Python's ``random``, numpy's global and torch's (CPU and initialised CUDA) RNG states
+    on leaving: code that seeds them (mnist1d's generator calls ``random.seed`` and
+    ``np.random.seed``) leaves the caller's streams as they were."""
+    py, npy, cpu = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    try:
+        yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(npy)
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+
 @functools.lru_cache(maxsize=4)
 def load(name: str, data_dir: str | None = None, scale: str = "standard") -> Dataset:
     """Load a data set by name: fashion-mnist, mnist, mnist1d, digits, or bearing[-snr<dB>]
     (``BEARING_PER_CLASS`` simulated signals per class, seed 0; see ``bench.bearing``) (cached
-    per process).
+    per process). Python's, numpy's and torch's global RNG states are left as they were
+    (``rng_preserved``).
     ``scale``: "standard" (mean 0, std 1 over the training set) or "unit" (images in [0, 1]:
     the image sets only; MNIST-1D's signals have no full scale)."""
+    with rng_preserved():
+        return _load(name, data_dir, scale)
+
+
+def _load(name: str, data_dir: str | None, scale: str) -> Dataset:
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
     if scale == "unit" and name not in UNIT_SCALED:

@@ -17,7 +17,7 @@ import csv
 import math
 import re
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -31,7 +31,7 @@ GROUPS = (("classic", "Non-learnable"), ("learnable", "Learnable"), ("adaptive",
 CSV_COLUMNS = ("dataset", "model", "activation", "family", "policy", "optimizer", "lr", "seed", "epochs",
                "batch_size", "device", "protocol", "scale", "loss", "validation", "status", "first_epoch_acc",
                "best_epoch", "best_acc", "last_acc", "wall_time", "epoch_time", "activation_params",
-               "peak_memory", "error", "key")
+               "peak_memory", "backend", "error", "key")
 Cell = tuple[str, str, float]  # (activation, optimizer, lr)
 
 
@@ -166,19 +166,22 @@ def _summary(rows: Sequence[dict], baseline: str, metric: str) -> list[str]:
 
 
 def _costs(rows: Sequence[dict]) -> str:
-    """Time per epoch, parameters the activation adds and peak memory (CUDA), per activation."""
+    """Time per epoch, parameters the activation adds, peak memory (CUDA) and the backend its
+    adaptive modules ran (``train.run``'s ``backend``: a fallback shows here), per activation."""
     by: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         by[r["activation"]].append(r)
-    lines = ["| activation | time per epoch (s) | activation parameters | peak memory (MiB) |",
-             "|---|---|---|---|"]
+    lines = ["| activation | time per epoch (s) | activation parameters | peak memory (MiB) | backend |",
+             "|---|---|---|---|---|"]
     for a, rs in sorted(by.items()):
         epoch = statistics.fmean(r.get("epoch_time") or r["wall_time"] / max(1, len(r["test_acc"]))
                                  for r in rs)
         params = max(r.get("activation_params", -1) for r in rs)
         peak = max(r.get("peak_memory", -1) for r in rs)
+        ran = Counter(r.get("backend") or "-" for r in rs)  # "-": no adaptive module, or a row from before
+        backend = ", ".join(b if len(ran) == 1 else f"{b} ({n})" for b, n in sorted(ran.items()))
         lines.append(f"| {a} | {epoch:.3g} | {params if params >= 0 else '-'} | "
-                     f"{f'{peak / 2**20:.1f}' if peak >= 0 else '-'} |")
+                     f"{f'{peak / 2**20:.1f}' if peak >= 0 else '-'} | {backend} |")
     return "\n".join(lines) + "\n"
 
 

@@ -152,10 +152,12 @@ def data_source(data, data_dir: str | None = None, cache_dir: str | Path | None 
         return Source(data, bench_data.fingerprint(data)), bench_data.load(data, data_dir, scale)
     if isinstance(data, str):
         loader = _import(data, "data")
-        ds = _as_dataset(data, loader())
+        with bench_data.rng_preserved():  # a user's loader may seed random, numpy or torch
+            ds = _as_dataset(data, loader())
         return Source(data, f"{data}@{_tensor_fingerprint(ds)}", data), ds
     label = _qualified(data) if callable(data) else "tensors"
-    ds = _as_dataset(label, data() if callable(data) else data)
+    with bench_data.rng_preserved():
+        ds = _as_dataset(label, data() if callable(data) else data)
     fingerprint = f"{label}@{_tensor_fingerprint(ds)}"
     ref: object = data if callable(data) else ds
     if not callable(data) and cache_dir is not None:
@@ -175,7 +177,8 @@ def _load_ref(ref, label: str) -> bench_data.Dataset:
     if isinstance(ref, Path):
         return _as_dataset(label, tuple(torch.load(ref, weights_only=True)))
     loader = _import(ref, "data") if isinstance(ref, str) else ref
-    return _as_dataset(label, loader())
+    with bench_data.rng_preserved():
+        return _as_dataset(label, loader())
 
 
 def load_data(source: Source, data_dir: str | None = None, scale: str = "standard") -> bench_data.Dataset:

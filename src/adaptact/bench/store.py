@@ -20,7 +20,8 @@ __all__ = ["COLUMNS", "STATUSES", "ResultStore", "StoreError"]
 COLUMNS = ("key", "dataset", "model", "activation", "policy", "optimizer", "lr", "seed", "epochs",
            "batch_size", "device", "amp", "compile", "protocol", "scale", "loss", "validation", "status",
            "error", "first_epoch_acc", "best_epoch", "best_acc", "last_acc", "wall_time", "epoch_time",
-           "activation_params", "peak_memory", "train_loss", "val_acc", "test_acc", "versions", "finished_at")
+           "activation_params", "peak_memory", "backend", "train_loss", "val_acc", "test_acc", "warnings",
+           "versions", "finished_at")
 STATUSES = ("ok", "diverged", "failed")
 _INTS = ("seed", "epochs", "batch_size", "protocol", "best_epoch", "activation_params", "peak_memory",
          "compile")
@@ -28,7 +29,7 @@ _REALS = ("lr", "validation", "first_epoch_acc", "best_acc", "last_acc", "wall_t
           "finished_at")
 _LISTS = ("train_loss", "val_acc", "test_acc")
 _NUMBERS = ("lr", "first_epoch_acc", "best_acc", "last_acc", "wall_time", "epoch_time")
-_JSON = ("train_loss", "val_acc", "test_acc", "versions")
+_JSON = ("train_loss", "val_acc", "test_acc", "warnings", "versions")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -57,6 +58,8 @@ _ADDED = {
     "scale": "TEXT NOT NULL DEFAULT 'standard'",
     "loss": "TEXT NOT NULL DEFAULT 'cross_entropy'",
     "validation": "REAL NOT NULL DEFAULT 0.1",
+    "backend": "TEXT NOT NULL DEFAULT ''",  # what the adaptive activations ran; '' in rows from before
+    "warnings": "TEXT NOT NULL DEFAULT '[]'",
 }
 
 
@@ -75,6 +78,8 @@ def _foreign_value(row: dict) -> str | None:
         if c in _LISTS and not (isinstance(v, list) and all(number(x) for x in v)):
             return c
         if c == "versions" and not isinstance(v, dict):
+            return c
+        if c == "warnings" and not (isinstance(v, list) and all(isinstance(x, str) for x in v)):
             return c
         if c not in _INTS + _REALS + _JSON and not isinstance(v, str):
             return c

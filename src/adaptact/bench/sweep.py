@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .executors import execute
 from .store import ResultStore
@@ -25,6 +25,18 @@ class SweepSummary:
     total: int
     already_done: int
     ran: int
+    backends: dict[str, int] = field(default_factory=dict)  # what the runs done now ran -> how many
+    warnings: list[str] = field(default_factory=list)  # distinct warnings of the runs done now
+
+    def notes(self) -> list[str]:
+        """One line on the backends the adaptive activations ran, one per distinct warning (the
+        workers' warnings reach the sweep's output here, once per sweep)."""
+        lines = []
+        if self.backends:
+            ran = ", ".join(f"{b} ({n} runs)" for b, n in sorted(self.backends.items()))
+            lines.append(f"adaptive activations ran: {ran}")
+        lines += [f"warning from the runs: {w}" for w in self.warnings]
+        return lines
 
 
 def expand(dataset: str | Source, model: str | Source, activations: Sequence[str], optimizers: Sequence[str],
@@ -88,13 +100,19 @@ def run_sweep(configs: Iterable[RunConfig], store: ResultStore, executor: str = 
     todo = [c for c in configs if c.key not in finished]
     bar = _Progress(len(configs), len(configs) - len(todo), progress)
     ran = 0
+    backends: dict[str, int] = {}
+    caught: dict[str, None] = {}
     try:
         for result in execute(executor, run, todo, workers=workers, address=address, lost=lost_run):
             store.add(result)
             ran += 1
+            if result.get("backend"):
+                backends[result["backend"]] = backends.get(result["backend"], 0) + 1
+            caught.update(dict.fromkeys(result.get("warnings", ())))
             outcome = (f"{100 * result['best_acc']:.2f}%" if result["status"] == "ok" else result["status"])
             bar.update(f"{result['activation']} {result['optimizer']} lr={result['lr']:g} "
                        f"seed={result['seed']}: {outcome}")
     finally:
         bar.close()
-    return SweepSummary(total=len(configs), already_done=len(configs) - len(todo), ran=ran)
+    return SweepSummary(total=len(configs), already_done=len(configs) - len(todo), ran=ran, backends=backends,
+                        warnings=list(caught))

@@ -6,6 +6,7 @@ import hashlib
 import json
 import platform
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -136,11 +137,36 @@ def run(config: RunConfig) -> dict:
     AReLU paper's measure) and ``last_acc`` are the test accuracies after the first and the last
     epoch. Also: ``train_loss`` per epoch,
     ``wall_time`` and ``epoch_time`` (s), ``activation_params``, ``peak_memory`` (bytes, CUDA;
-    -1 on CPU) and ``versions``. ``status`` is "ok"; "diverged" when the training loss turns
+    -1 on CPU), ``backend`` (what the adaptive activations ran: ``ActivationModule.ran_backend``; a
+    fallback shows here), ``warnings`` (the distinct warnings the run raised, which a worker process
+    cannot show) and ``versions``. ``status`` is "ok"; "diverged" when the training loss turns
     non-finite (training stops there); "failed" when the run raised (``error`` says what). Runs
     that are not "ok" keep the accuracies of the epochs before, 0 where there are none.
     """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")  # each warning once per place, as a script shows them
+        row = _run(config)
+    row["warnings"] = list(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught))[:WARNINGS]
+    return row
+
+
+WARNINGS = 20  # distinct warnings kept with a run
+
+
+def _ran_backends(model: torch.nn.Module | None) -> str:
+    """Which backends the model's adaptive activations ran in their last eager calls, joined with
+    commas ("" when it has none, or they ran only inside torch.compile)."""
+    from ..nn.base import ActivationModule
+
+    if model is None:
+        return ""
+    ran = {m.ran_backend for m in model.modules() if isinstance(m, ActivationModule)}
+    return ",".join(sorted(b for b in ran if b))
+
+
+def _run(config: RunConfig) -> dict:
     torch.set_num_threads(1)
+    model: torch.nn.Module | None = None
     losses: list[float] = []
     val_accs: list[float] = []
     accs: list[float] = []
@@ -193,12 +219,12 @@ def run(config: RunConfig) -> dict:
     except Exception as err:  # noqa: BLE001  (a failing run is recorded and the sweep goes on)
         status, error = "failed", f"{type(err).__name__}: {err}".strip()
     wall = time.perf_counter() - start
-    return result_row(config, status, error, losses, val_accs, accs, wall, params, peak)
+    return result_row(config, status, error, losses, val_accs, accs, wall, params, peak, _ran_backends(model))
 
 
 def result_row(config: RunConfig, status: str, error: str = "", losses: Sequence[float] = (),
                val_accs: Sequence[float] = (), accs: Sequence[float] = (), wall: float = 0.0,
-               params: int = -1, peak: int = -1) -> dict:
+               params: int = -1, peak: int = -1, backend: str = "") -> dict:
     """The stored row of a run (see ``run``) from what it measured. Without a validation split
     the best epoch is the one with the best test accuracy (the papers' measure)."""
     picks = val_accs if config.validation > 0 and val_accs else accs  # a 1-sample train set holds none out
@@ -223,6 +249,8 @@ def result_row(config: RunConfig, status: str, error: str = "", losses: Sequence
         "epoch_time": wall / max(1, len(accs)),
         "activation_params": params,
         "peak_memory": peak,
+        "backend": backend,
+        "warnings": [],
         "versions": versions(),
         "status": status,
         "error": error[:2000],

@@ -142,6 +142,10 @@ class ActivationModule(CheckedStateDict):
 
     _backend: str = "auto"
     _triton_failed: bool = False  # under "auto", a Triton kernel failed: autograd from then on
+    ran_backend: str | None = None
+    """The backend this module's last eager call ran ("compiled", "autograd", "triton", "reference";
+    None before the first call or when it only ran inside ``torch.compile``): what "auto" chose, and
+    after a fallback what ran instead. The comparison harness records it with each run."""
 
     @property
     def backend(self) -> str:
@@ -161,16 +165,23 @@ class ActivationModule(CheckedStateDict):
         backend = self.backend
         if backend == "auto" and self._triton_failed:
             backend = "autograd"
-        if backend != "auto" or torch.compiler.is_compiling():
+        if torch.compiler.is_compiling():
+            return op(x, *args, backend)
+        if backend != "auto":
+            self.__dict__["ran_backend"] = backend
             return op(x, *args, backend)
         chosen = dispatch.auto_backend(x)
         if chosen != "triton":
-            return op(x, *args, chosen)
+            y = op(x, *args, chosen)
+            # compiling may have been given up during this very call (ops.compiled warns once)
+            self.__dict__["ran_backend"] = dispatch.auto_backend(x) if chosen == "compiled" else chosen
+            return y
         try:
             y = op(x, *args, "triton")
         except Exception as err:  # noqa: BLE001  (any failure of the Triton path: compile, launch, driver)
             self._fall_back(err)
             return op(x, *args, "autograd")
+        self.__dict__["ran_backend"] = "triton"
         return fallback.mark(y, self._fall_back)
 
     def _weights(self) -> tuple[torch.Tensor, ...]:
@@ -179,6 +190,7 @@ class ActivationModule(CheckedStateDict):
         return tuple(self.parameters())
 
     def _fall_back(self, err: BaseException) -> None:
+        self.__dict__["ran_backend"] = "autograd"
         if not self._triton_failed:
             warnings.warn(f"{type(self).__name__}: the Triton kernels failed under backend='auto' "
                           f"({type(err).__name__}: {err}); this module uses backend='autograd' from now on",

@@ -7,34 +7,38 @@ whole tensors, and each pass over x does all the maths of that pass. What is kep
 stays x and the parameter views. The activations with a generator (Meta-ACON-C, APReLU, Dynamic
 ReLU) compile pooling, generator and Function as one graph each way (``whole``).
 
-Compilation is paid once per process and kind of input: inputs of rank 3 and up are viewed as
-(N, C, S) (contiguous or channels_last, without a copy), shapes are dynamic (parameters' and the
-generators' widths too), each dtype and layout has its own compiled entry, and Inductor keeps its
-generated code on disk across processes (its FX graph cache), so the comparison harness's workers
-reuse it. Entries are compiled ahead of time and called without dynamo's per-call frame work, their
-guards checked directly (``_Entry``): a call costs what one of torch.compile of the reference
-composition does (benchmarks/call_overhead.py). ``ADAPTACT_COMPILE=0`` turns compiling off
-(the eager Functions run); if compiling fails (no C++ compiler, an unsupported platform), the
-eager Functions run from then on, after one warning. Under an outer ``torch.compile`` the eager
-Functions are traced into the caller's graph.
+Only torch's public compiler API is used: each kind of input (``_kind``: grad mode, dtypes,
+stride orders, which sizes are 1 or equal, which tensors need gradients, the function and the
+training mode) gets a ``torch.compile``'d function of its own (its own code object, so its own
+recompile limit), called directly, compiled with every size symbolic (parameters' and generators'
+widths too), so one entry serves every batch, spatial and channel size, and every rank from 3 up
+(x is viewed as (N, C, S) without a copy). Inductor keeps its generated code on disk across
+processes (its FX graph cache, keyed by the graph itself), so the comparison harness's workers
+reuse it.
+
+Threads: tracing in one thread makes dynamo refuse compiled calls in every other one, so a first
+call (which compiles) runs alone and compiled calls run side by side otherwise (``_Gate``).
+``ADAPTACT_COMPILE=0`` turns compiling off (the eager Functions run); if compiling fails (no C++
+compiler, an unsupported platform), the eager Functions run from then on, after one warning,
+and ``failure()`` says why. Under an outer ``torch.compile`` the eager Functions are traced into
+the caller's graph.
 """
 
 from __future__ import annotations
 
-import inspect
 import os
+import threading
 import types
 import warnings
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
-from torch.fx.experimental import _config as fx_config
 
 from . import autograd as AG
 
 __all__ = ["COMPILE_ENV", "DTYPES", "acon_c", "acon_c_from_parameters", "acon_c_pixel", "arelu",
-           "arelu_from_parameters", "available", "signed_spatial_mean", "whole"]
+           "arelu_from_parameters", "available", "failure", "signed_spatial_mean", "whole"]
 
 COMPILE_ENV = "ADAPTACT_COMPILE"
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what is compiled; float64 runs eagerly
@@ -47,12 +51,23 @@ def available() -> bool:
     return os.environ.get(COMPILE_ENV, "1") != "0" and not _failure
 
 
+def failure() -> str | None:
+    """Why compiling was given up in this process (one line), or None."""
+    if not _failure:
+        return None
+    err = _failure[0]
+    return f"{type(err).__name__}: {_first_line(err)}"
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+
+
 def _give_up(err: BaseException) -> None:
     _failure.append(err)
-    message = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
-    warnings.warn(f"adaptact: compiling the CPU activation kernels failed ({type(err).__name__}: {message}); "
-                  f"running the eager memory-lean Functions from now on (set {COMPILE_ENV}=0 to skip "
-                  "compiling)", RuntimeWarning, stacklevel=4)
+    warnings.warn(f"adaptact: compiling the CPU activation kernels failed ({type(err).__name__}: "
+                  f"{_first_line(err)}); running the eager memory-lean Functions from now on (set "
+                  f"{COMPILE_ENV}=0 to skip compiling)", RuntimeWarning, stacklevel=4)
 
 
 def _own_code(fn: Callable) -> Callable:
@@ -68,109 +83,110 @@ def _own_code(fn: Callable) -> Callable:
 # Recomputing them in the consumers' loop is what these memory-bound graphs want.
 _INDUCTOR_OPTIONS = {"realize_reads_threshold": 64}
 
+# What torch says to itself while compiling ours: dynamo reads .grad of each input as it records
+# guards (x viewed as (N, C, S) is no leaf); its compilers use APIs it has deprecated.
+_QUIET = ((UserWarning, "The .grad attribute of a Tensor that is not a leaf"), (DeprecationWarning, ""))
 
-class _TracingConfig:
-    """How our functions are traced. Module parameters and buffers get symbolic sizes (dynamo makes
-    them static by default), so one graph serves every width of ACON-C's parameters or of a
-    generator (static, each width was a recompile, and the ninth hit dynamo's recompile limit, which
-    ended compiling for the process); sizes that happen to be equal are not assumed to stay equal
-    (no duck sizing); Python floats in modules (BatchNorm's eps, momentum) are constants (as
-    symbols, ahead-of-time compiling stops with TensorifyScalarRestartAnalysis). Set only around
-    compiling and around calls of the fallback entry (torch.compile's, which may trace on any call)."""
+# Every size dynamo meets while tracing ours is symbolic, parameters' too (it makes them static by
+# default: each width of ACON-C's parameters or of a generator was a new graph). A public compiler
+# setting, per thread, set only while an entry compiles: a user's own torch.compile is untouched.
+_EVERY_SOURCE = ".*"
 
-    SETTINGS = ((torch._dynamo.config, "force_parameter_static_shapes", False),
-                (torch._dynamo.config, "force_nn_module_property_static_shapes", False),
-                (torch._dynamo.config, "specialize_float", True),
-                (fx_config, "use_duck_shape", False))
-
-    # What torch says to itself while compiling ours: dynamo reads .grad of each input as it records
-    # guards (x viewed as (N, C, S) is no leaf); its compilers use APIs it has deprecated.
-    QUIET = ((UserWarning, "The .grad attribute of a Tensor that is not a leaf"), (DeprecationWarning, ""))
-
-    def __enter__(self) -> None:
-        self.saved = [getattr(config, name) for config, name, _ in self.SETTINGS]
-        for config, name, value in self.SETTINGS:
-            setattr(config, name, value)
-        self.warnings = warnings.catch_warnings()
-        self.warnings.__enter__()
-        for category, message in self.QUIET:
-            warnings.filterwarnings("ignore", message, category)
-
-    def __exit__(self, *exc) -> None:
-        self.warnings.__exit__(*exc)
-        for (config, name, _), value in zip(self.SETTINGS, self.saved):
-            setattr(config, name, value)
+# dynamo's answer, in a thread, while another thread traces (its "is FX tracing" flag is global)
+_TRACING_ELSEWHERE = "symbolically trace a dynamo-optimized function"
 
 
-def _torch_compile(fn: Callable) -> Callable:
-    return torch.compile(_own_code(fn), dynamic=True, fullgraph=True, options=_INDUCTOR_OPTIONS)
+class _Gate:
+    """Compiled calls run side by side; a compile runs alone (dynamo refuses compiled calls in
+    other threads while one thread traces). Writers first: a waiting compile is not starved."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition(threading.Lock())
+        self.readers = 0
+        self.writers = 0  # waiting or writing
+        self.owner: int | None = None  # the thread that writes
+
+    def shared(self) -> bool:
+        """Enter as a reader; False when this thread already writes (nothing to release then)."""
+        me = threading.get_ident()
+        with self.cond:
+            if self.owner == me:
+                return False
+            while self.writers:
+                self.cond.wait()
+            self.readers += 1
+        return True
+
+    def release_shared(self) -> None:
+        with self.cond:
+            self.readers -= 1
+            if not self.readers:
+                self.cond.notify_all()
+
+    def exclusive(self) -> bool:
+        """Enter alone; False when this thread already writes."""
+        me = threading.get_ident()
+        with self.cond:
+            if self.owner == me:
+                return False
+            self.writers += 1
+            while self.owner is not None or self.readers:
+                self.cond.wait()
+            self.owner = me
+        return True
+
+    def release_exclusive(self) -> None:
+        with self.cond:
+            self.owner = None
+            self.writers -= 1
+            self.cond.notify_all()
 
 
-VARIANTS = 8  # compiled variants of one entry; inputs that fit none of them beyond this run eagerly
+_gate = _Gate()
 
 
 class _Entry:
-    """``fn`` compiled for one kind of input (``_kind``), called without dynamo's per-call work.
+    """``fn`` compiled (``torch.compile``, dynamic sizes, whole graph) for one kind of input.
 
-    Each variant is compiled ahead of time (``torch.compile(...).aot_compile``) for the inputs that
-    first needed it: dynamo traces fn (the Function's forward and backward), Inductor fuses each.
-    A call checks the variants' guards (dynamo's own, in C++: dtypes, strides, sizes and their
-    relations, grad mode, autocast, threads) and runs the first that holds, without the frame
-    evaluation, cache lookup and context managers of a torch.compile'd call (AReLU's training step
-    at (256, 512): 159 us, against 207 through torch.compile's entries; benchmarks/call_overhead.py).
-    Inputs that fit no variant get a new one, up to ``VARIANTS``, then run eagerly (after one
-    warning). Where this torch cannot compile ahead of time, torch.compile's own entry runs instead
-    (the same code, with the per-call cost)."""
+    The first call compiles, alone (``_Gate``), with every size symbolic (``_EVERY_SOURCE``) and
+    torch's own compile-time warnings silenced; later calls run side by side. A later call that
+    dynamo still traces (a guard it keeps beyond our key) and that meets another thread's tracing
+    is retried alone."""
 
     def __init__(self, fn: Callable) -> None:
         self.fn = fn
-        code = fn.__code__
-        self.names = code.co_varnames[: code.co_argcount]
-        self.simple = not (code.co_freevars or code.co_kwonlyargcount
-                           or code.co_flags & (inspect.CO_VARARGS | inspect.CO_VARKEYWORDS))
-        self.variants: list[tuple[Callable[[dict], bool], Callable]] = []
-        self.jit: Callable | None = None  # torch.compile's entry, where ahead of time fails
-        self.warned = False
+        self.compiled = torch.compile(_own_code(fn), dynamic=True, fullgraph=True, options=_INDUCTOR_OPTIONS)
+        self.ready = False
 
     def __call__(self, *args):
-        f_locals = dict(zip(self.names, args))
-        for holds, run in self.variants:
-            if holds(f_locals):
-                return run(*args)
-        if self.jit is not None:
-            with _TracingConfig():
-                return self.jit(*args)
-        if len(self.variants) == VARIANTS:
-            return self._eager(*args)
+        if self.ready:
+            entered = _gate.shared()
+            try:
+                return self.compiled(*args)
+            except RuntimeError as err:
+                if _TRACING_ELSEWHERE not in str(err):
+                    raise
+            finally:
+                if entered:
+                    _gate.release_shared()
+        return self._alone(*args)
+
+    def _alone(self, *args):
+        entered = _gate.exclusive()
         try:
-            variant = self._ahead_of_time(args)
-        except Exception:  # noqa: BLE001  (not possible here, or a bad input: torch.compile's entry decides)
-            jit = _torch_compile(self.fn)
-            with _TracingConfig():
-                result = jit(*args)  # a bad input raises here, as it would eagerly
-            self.jit = jit
+            with warnings.catch_warnings(), torch.compiler.config.patch(dynamic_sources=_EVERY_SOURCE):
+                for category, message in _QUIET:
+                    warnings.filterwarnings("ignore", message, category)
+                result = self.compiled(*args)
+            self.ready = True
             return result
-        self.variants.append(variant)
-        return variant[1](*args)
-
-    def _eager(self, *args):
-        if not self.warned:
-            self.warned = True
-            warnings.warn(f"adaptact: {self.fn.__name__} has {VARIANTS} compiled variants and met an input "
-                          "that fits none of them; such inputs run eagerly", RuntimeWarning, stacklevel=6)
-        return self.fn(*args)
-
-    def _ahead_of_time(self, args: tuple) -> tuple[Callable[[dict], bool], Callable]:
-        if not self.simple or len(args) != len(self.names):
-            raise ValueError("ahead-of-time entries take positional arguments only")
-        with _TracingConfig():
-            compiled = _torch_compile(self.fn).aot_compile((args, {}))
-        # dynamo's guards and the compiled code, called directly (their public wrapper binds the
-        # arguments with inspect: 4 us more a call)
-        return compiled._artifacts.guard_manager.check, compiled.fn
+        finally:
+            if entered:
+                _gate.release_exclusive()
 
 
 _entries: dict[tuple, _Entry] = {}  # (fn, kind of input) -> its entry, for the process
+_entries_lock = threading.Lock()
 
 
 def _compiled(fn: Callable, kind: tuple) -> Callable:
@@ -179,39 +195,51 @@ def _compiled(fn: Callable, kind: tuple) -> Callable:
     Function's saved tensors stay what it saves (x and the parameter views)."""
     entry = _entries.get((fn, kind))
     if entry is None:
-        entry = _entries[fn, kind] = _Entry(fn)
+        with _entries_lock:
+            entry = _entries.get((fn, kind))
+            if entry is None:
+                entry = _entries[fn, kind] = _Entry(fn)
     return entry
 
 
-def _kind(args: tuple) -> tuple:
-    """What makes torch.compile trace again, bar sizes: grad mode, dtypes, stride orders, sizes of
-    1 (which it specialises), which tensors need gradients, other arguments; a module's bound
-    method counts as its function and the module's training mode (one entry per class, not per
-    instance), a function as its code (a new lambda each call is not a new entry). Each kind gets
-    a compiled entry of its own; what else dynamo guards on is checked by the entry's variants."""
-    return torch.is_grad_enabled(), *map(_kind_of, args)
+def _kind(rank: int, args: tuple) -> tuple:
+    """What makes torch.compile trace again, bar the sizes it keeps symbolic: grad mode, the rank x
+    had before it was viewed as (N, C, S) (dynamo guards the base of a view), dtypes, stride
+    orders, which tensors need gradients, other arguments; a module's bound method counts as its
+    function and the module's training mode (one entry per class, not per instance), a function
+    as its code (a new lambda each call is not a new entry); and of every size of the tensors and
+    of the bound methods' modules' parameters, which are 1 (dynamo specialises those) and which
+    are equal (it assumes equal sizes stay equal). Each kind gets a compiled entry of its own."""
+    sizes: list[int] = []
+    kind: list[object] = [torch.is_grad_enabled(), rank]
+    for a in args:  # (written for speed: this runs on every call)
+        if isinstance(a, Tensor):
+            stride = a.stride()
+            order = (tuple(sorted(range(len(stride)), key=stride.__getitem__, reverse=True))
+                     if len(stride) > 1 else len(stride))  # (ties keep their order)
+            sizes += a.shape
+            kind.append((a.dtype, order, a.requires_grad))
+            continue
+        owner = getattr(a, "__self__", None)
+        if isinstance(owner, torch.nn.Module):
+            kind.append((a.__func__, owner.training))
+            for p in owner.parameters():
+                sizes += p.shape
+        else:
+            kind.append(getattr(a, "__code__", a))  # a plain function or lambda: its code, not the object
+    kind += tuple(map(sizes.index, sizes)), tuple(map(_IS_ONE, sizes))
+    return tuple(kind)
 
 
 _IS_ONE = (1).__eq__
 
 
-def _kind_of(a: object) -> object:
-    if isinstance(a, Tensor):  # (written for speed: this runs on every call)
-        stride = a.stride()
-        order = (tuple(sorted(range(len(stride)), key=stride.__getitem__, reverse=True))  # ties keep order
-                 if len(stride) > 1 else len(stride))
-        return a.dtype, order, tuple(map(_IS_ONE, a.shape)), a.requires_grad
-    owner = getattr(a, "__self__", None)
-    if isinstance(owner, torch.nn.Module):
-        return a.__func__, owner.training
-    return getattr(a, "__code__", a)  # a plain function or lambda: its code, not the object
-
-
-def _call(fn: Callable, *args):
-    """``fn(*args)`` compiled, or eager when compiling fails (then for good, after a warning)."""
+def _call(fn: Callable, rank: int, *args):
+    """``fn(*args)`` compiled, or eager when compiling fails (then for good, after a warning);
+    ``rank``: x's before it was viewed as (N, C, S)."""
     if not available():
         return fn(*args)
-    compiled = _compiled(fn, _kind(args))
+    compiled = _compiled(fn, _kind(rank, args))
     try:
         return compiled(*args)
     except Exception as err:  # noqa: BLE001  (any failure to compile: the eager call decides)
@@ -223,8 +251,8 @@ def _call(fn: Callable, *args):
 # APReLU's pooling compiled whole would save a sign mask of x beside x: its bodies are compiled
 # one by one instead, inside the eager Function that saves x alone.
 _SignedMean = AG.signed_mean_function(
-    "CompiledSignedMeanFunction", lambda x, dtype: _call(AG.signed_mean_forward, x, dtype),
-    lambda dneg, dpos, x: _call(AG.signed_mean_backward, dneg, dpos, x))
+    "CompiledSignedMeanFunction", lambda x, dtype: _call(AG.signed_mean_forward, 3, x, dtype),
+    lambda dneg, dpos, x: _call(AG.signed_mean_backward, 3, dneg, dpos, x))
 
 
 def _flattened(x: Tensor, params: tuple[Tensor, ...]) -> tuple[Tensor, tuple[Tensor, ...]] | None:
@@ -260,7 +288,7 @@ def _apply(eager: Callable[..., Tensor], x: Tensor, *params: Tensor) -> Tensor:
     if flat is None:
         return eager(x, *params)
     x3, params3 = flat
-    return _as_shape_of(_call(eager, x3, *params3), x)
+    return _as_shape_of(_call(eager, x.ndim, x3, *params3), x)
 
 
 def arelu(x: Tensor, slope: Tensor, gain: Tensor) -> Tensor:
@@ -283,7 +311,7 @@ def _from_parameters(traced: Callable[..., Tensor], x: Tensor, *params: Tensor) 
     if not _compiles(x) or max(p.ndim for p in params) > 1:
         return None
     flat = _flattened(x, ())
-    return None if flat is None else _as_shape_of(_call(traced, flat[0], *params), x)
+    return None if flat is None else _as_shape_of(_call(traced, x.ndim, flat[0], *params), x)
 
 
 def _channel_view(x: Tensor, p: Tensor) -> Tensor:
@@ -337,4 +365,4 @@ def whole(composite: Callable[..., Tensor], x: Tensor, *args) -> Tensor | None:
     ``ops.autograd`` Function) traced and compiled as one graph, forward and backward; None when x
     cannot take this path. The compiled entry is shared by every module of a class (per kind of
     input and training mode): the generator's sizes are symbolic."""
-    return _call(composite, x, *args) if _compiles(x) else None
+    return _call(composite, x.ndim, x, *args) if _compiles(x) else None
