@@ -31,6 +31,8 @@ _LISTS = ("train_loss", "val_acc", "test_acc")
 _NUMBERS = ("lr", "first_epoch_acc", "best_acc", "last_acc", "wall_time", "epoch_time")
 _JSON = ("train_loss", "val_acc", "test_acc", "warnings", "versions")
 
+_OPTIONAL = {"backend": "", "warnings": []}  # what a row that does not say has
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     key TEXT PRIMARY KEY, dataset TEXT NOT NULL, model TEXT NOT NULL, activation TEXT NOT NULL,
@@ -134,7 +136,7 @@ class ResultStore:
     def add(self, result: dict) -> bool:
         """Insert one finished run; False if its key is already there (never a duplicate). A run
         with a non-finite number is refused with a ValueError, never dropped in silence."""
-        row = {**result, "finished_at": time.time()}
+        row = {**_OPTIONAL, **result, "finished_at": time.time()}
         bad = [c for c in _NUMBERS if not math.isfinite(row[c])]
         if bad:
             raise ValueError(f"run {row['key']}: non-finite {', '.join(bad)}; record diverged runs as such")

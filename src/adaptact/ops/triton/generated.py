@@ -12,7 +12,7 @@ more x-sized tensor. Here one Function owns the whole chain:
   maps it to the statistics' gradient; the dx pass (reads x and dy, writes dx) adds that,
   divided by the pool size, as the pooling's gradient.
 
-3 + 5 = 8 passes over x-sized tensors, the floor in DESIGN.md. The generator's small graph is
+3 + 5 = 8 passes over x-sized tensors, the floor (docs/architecture.md). The generator's small graph is
 built in forward and differentiated inside backward with ``torch.autograd.grad``; its
 parameters come in as ``weights``, so they get their gradients through the Function as any
 input does (hooks, DDP and ``torch.autograd.grad`` see nothing unusual). Every tensor the
