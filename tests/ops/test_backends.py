@@ -176,8 +176,8 @@ def test_fused_backends_save_only_the_input(case, backend):
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_triton_moves_only_the_floor_passes(case, layout, dtype, backend, training):
-    """The floor (docs/architecture.md): 5 x-sized passes for forward+backward (read x, write y; read x and dy,
-    write dx), 8 when a parameter is generated from a pool of x (a pooling read in forward, the
+    """The floor (docs/architecture.md): 5 x-sized passes for forward+backward (read x, write y;
+    read x and dy, write dx), 8 when a parameter is generated from a pool of x (a pooling read in forward, the
     parameter-gradient read of x and dy before the dx pass in backward). Parameter-gradient
     reductions ride along."""
     name, kwargs = case

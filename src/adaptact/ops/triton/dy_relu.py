@@ -2,8 +2,8 @@
 
 The pieces are (N, C, K) for DY-ReLU-B and (N, 1, K) for DY-ReLU-A (read with a channel stride
 of 0), generated from the spatial means of x by the module's hyper function. As for Meta-ACON-C
-and APReLU (``generated.py``), one Function owns the chain in eager mode, for the floor of docs/architecture.md
-of 8 x-sized passes:
+and APReLU (``generated.py``), one Function owns the chain in eager mode, for the floor
+(docs/architecture.md) of 8 x-sized passes:
 
 * forward: one read of x for its sums (``signed_sums``), the hyper function on the (N, C)
   means, then ``dy_relu_fwd`` (reads x, writes y);
