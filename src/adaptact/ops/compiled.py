@@ -12,7 +12,9 @@ stride orders, which sizes are 1 or equal, which tensors need gradients, the fun
 training mode) gets a ``torch.compile``'d function of its own (its own code object, so its own
 recompile limit), called directly, compiled with every size symbolic (parameters' and generators'
 widths too), so one entry serves every batch, spatial and channel size, and every rank from 3 up
-(x is viewed as (N, C, S) without a copy). Inductor keeps its generated code on disk across
+(x is viewed as (N, C, S) without a copy). A recompile that dynamo starts inside a later call (a
+guard beyond our key, such as Inductor's on a reduction's size) runs without that setting and
+keeps widths static: past it each new width compiles again. Inductor keeps its generated code on disk across
 processes (its FX graph cache, keyed by the graph itself), so the comparison harness's workers
 reuse it.
 
@@ -31,6 +33,7 @@ import threading
 import types
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -81,7 +84,7 @@ def _own_code(fn: Callable) -> Callable:
 # whose inputs are such stored tensors gets a loop of its own: ACON-C's backward became a pass
 # that wrote sigmoid(u) and two more x-sized products and a second pass that read them back.
 # Recomputing them in the consumers' loop is what these memory-bound graphs want.
-_INDUCTOR_OPTIONS = {"realize_reads_threshold": 64}
+_INDUCTOR_OPTIONS: dict[str, str | int | bool | Callable[..., Any]] = {"realize_reads_threshold": 64}
 
 # What torch says to itself while compiling ours: dynamo reads .grad of each input as it records
 # guards (x viewed as (N, C, S) is no leaf); its compilers use APIs it has deprecated.
@@ -250,7 +253,7 @@ def _call(fn: Callable, rank: int, *args):
 
 # APReLU's pooling compiled whole would save a sign mask of x beside x: its bodies are compiled
 # one by one instead, inside the eager Function that saves x alone.
-_SignedMean = AG.signed_mean_function(
+_SignedMean: Any = AG.signed_mean_function(
     "CompiledSignedMeanFunction", lambda x, dtype: _call(AG.signed_mean_forward, 3, x, dtype),
     lambda dneg, dpos, x: _call(AG.signed_mean_backward, 3, dneg, dpos, x))
 
