@@ -59,9 +59,14 @@ def test_names_are_normalised():
     assert isinstance(adaptact.create("Meta-ACON-C", channels=4), adaptact.MetaAconC)
 
 
-def test_per_channel_without_channels_is_a_clear_error():
-    with pytest.raises(ValueError, match=r"'acon_c' has per-channel state: pass channels=C"):
-        adaptact.create("acon_c")
+def test_per_channel_without_channels_is_lazy_except_prelu():
+    m = adaptact.create("acon_c", channel_dim=-1)
+    assert not m.initialized and "uninitialized" in repr(m) and not list(m.parameters())
+    m(torch.randn(2, 7, 12))
+    assert m.channels == 12 and m.p1.shape == (12,)
+    with pytest.raises(ValueError, match=r"'prelu' has per-channel state and takes no lazy channels: pass"):
+        adaptact.create("prelu")
+    assert isinstance(adaptact.create("relu", channel_dim=-1), nn.ReLU)  # nothing per channel: any layout
 
 
 @pytest.mark.parametrize("name", NAMES)

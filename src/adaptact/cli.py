@@ -252,6 +252,8 @@ def _bench_kernels_configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--activations", type=_csv_list("activation"),
                    default=["arelu", "acon_c", "meta_acon_c", "aprelu"])
     p.add_argument("--threads", type=_positive(int, 4096), help="CPU threads (default: torch's)")
+    p.add_argument("--channel-dim", type=int, default=1,
+                   help="the dim of --shape holding the channels: 1, or -1 for transformer tokens (B,T,C)")
     p.add_argument("--repeats", type=_positive(int, 10_000), default=20, help="interleaved rounds")
     p.add_argument("--json", default="bench-kernels.json", help="where to write the full results")
 
@@ -264,7 +266,7 @@ def _bench_kernels(args: argparse.Namespace) -> int:
 
     report = run_kernel_bench(tuple(args.shape), tuple(args.dtypes), args.device,
                               activations=tuple(args.activations), repeats=args.repeats, json_path=args.json,
-                              threads=args.threads)
+                              threads=args.threads, channel_dim=args.channel_dim)
     sys.stdout.write(format_results(report))
     print(f"\nJSON: {write_json(report, args.json)}")
     return 0

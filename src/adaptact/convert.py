@@ -25,6 +25,7 @@ Anything that cannot be handled raises ValueError naming the layer.
 from __future__ import annotations
 
 import operator
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -32,10 +33,11 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .nn import ActivationModule
+from .nn import ActivationModule, track_decoding
 from .registry import ActivationLike, create, spec
 
-__all__ = ["ACTIVATION_TYPES", "POLICIES", "Replaced", "replace_activations"]
+__all__ = ["ACTIVATION_TYPES", "HF_ACTIVATIONS", "POLICIES", "Replaced", "is_activation", "is_causal_model",
+           "producer_channels", "producer_layout", "replace_activations"]
 
 # Rectifier-like activations that are replaced. Sigmoid, Tanh, Hardsigmoid and Softmax are left
 # alone on purpose: in real networks they are gates (SE blocks, LSTMs) or output normalisers.
@@ -43,6 +45,39 @@ ACTIVATION_TYPES: tuple[type, ...] = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
     nn.Hardswish, nn.Mish, nn.Softplus, ActivationModule,
 )
+# Hugging Face's activation modules (``transformers.activations.ACT2CLS``), recognised by class so
+# that transformers need not be imported. LinearActivation is the identity: reported, never replaced.
+HF_ACTIVATIONS = frozenset({
+    "GELUActivation", "NewGELUActivation", "GELUTanh", "FastGELUActivation", "AccurateGELUActivation",
+    "ClippedGELUActivation", "QuickGELUActivation", "SiLUActivation", "MishActivation",
+    "ReLUSquaredActivation", "XIELUActivation", "LaplaceActivation", "SqrtSoftplusActivation",
+    "PytorchGELUTanh", "GELUPytorchTanh",
+})
+_HF_IDENTITY = "LinearActivation"
+# Activation-like modules left alone on purpose (gates, output normalisers): listed in the report.
+_LEFT_TYPES: tuple[type, ...] = (nn.Sigmoid, nn.Tanh, nn.Hardsigmoid, nn.Softmax, nn.LogSoftmax, nn.GLU,
+                                 nn.Hardtanh, nn.Softsign, nn.Tanhshrink, nn.LogSigmoid, nn.Threshold,
+                                 nn.Softshrink, nn.Hardshrink, nn.Softmin)
+
+
+def _from_transformers(m: nn.Module) -> bool:
+    return type(m).__module__.startswith("transformers.")
+
+
+def is_activation(m: nn.Module) -> bool:
+    """Whether ``replace_activations`` replaces ``m``: torch's rectifier-like activations, adaptact's
+    modules and Hugging Face's activation classes (but its identity, ``LinearActivation``)."""
+    return isinstance(m, ACTIVATION_TYPES) or (_from_transformers(m) and type(m).__name__ in HF_ACTIVATIONS)
+
+
+def _left_alone(m: nn.Module) -> bool:
+    """Activation-like modules that are never replaced (reported as left)."""
+    if isinstance(m, _LEFT_TYPES):
+        return True
+    name = type(m).__name__
+    return _from_transformers(m) and name.endswith("Activation") and name not in HF_ACTIVATIONS
+
+
 _FUNCTIONS = {F.relu, F.relu_, torch.relu, torch.relu_, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu,
               F.silu, F.hardswish, F.mish, F.softplus, torch.selu}
 _METHODS = {"relu", "relu_"}
@@ -61,25 +96,45 @@ Policy = Callable[[str, nn.Module | None], bool]
 POLICIES = ("all", "resnet_after_3x3")
 
 
-def producer_channels(m: nn.Module) -> int | None:
-    """Channels a producer layer outputs (None if ``m`` is not one)."""
+Layout = tuple[int, int]  # (channels, channel_dim) a producer's output has
+
+
+def producer_layout(m: nn.Module) -> Layout | None:
+    """(channels, channel dim) of what a producer layer outputs (None if ``m`` is not one): convolutions
+    and batch/group/instance norms put channels on dim 1; Linear (and Hugging Face's GPT-2 ``Conv1D``),
+    LayerNorm, RMSNorm and Embedding on the last dim."""
     if isinstance(m, nn.modules.conv._ConvNd):
-        return m.out_channels
+        return m.out_channels, 1
     if isinstance(m, nn.Linear):
-        return m.out_features
+        return m.out_features, -1
     if isinstance(m, (nn.modules.batchnorm._NormBase,)):
-        return m.num_features
+        return m.num_features, 1
     if isinstance(m, nn.GroupNorm):
-        return m.num_channels
-    if isinstance(m, nn.LayerNorm):
-        return m.normalized_shape[-1]
+        return m.num_channels, 1
+    if isinstance(m, (nn.LayerNorm, nn.RMSNorm)):
+        return m.normalized_shape[-1], -1
+    if isinstance(m, nn.Embedding):
+        return m.embedding_dim, -1
+    if _from_transformers(m):
+        if type(m).__name__ == "Conv1D" and isinstance(getattr(m, "nf", None), int):
+            return m.nf, -1  # GPT-2's transposed Linear: (..., nx) -> (..., nf)
+        weight = getattr(m, "weight", None)
+        if type(m).__name__.endswith(("RMSNorm", "LayerNorm")) and isinstance(weight, torch.Tensor) \
+                and weight.ndim == 1:
+            return weight.shape[0], -1
     return None
 
 
-def _last_producer(m: nn.Module) -> int | None:
+def producer_channels(m: nn.Module) -> int | None:
+    """Channels a producer layer outputs (None if ``m`` is not one)."""
+    layout = producer_layout(m)
+    return None if layout is None else layout[0]
+
+
+def _last_producer(m: nn.Module) -> Layout | None:
     c = None
     for sub in m.modules():
-        c = producer_channels(sub) or c
+        c = producer_layout(sub) or c
     return c
 
 
@@ -89,8 +144,12 @@ class _Site:
     owner: nn.Module
     node: fx.Node | None  # None when the holder could not be traced
     child: str | None  # the activation child's name in its holder (None: a functional call)
-    channels: int | None
+    layout: Layout | None  # (channels, channel_dim) of its input, from the producer
     after_3x3: bool
+
+    @property
+    def channels(self) -> int | None:
+        return None if self.layout is None else self.layout[0]
 
     @property
     def path(self) -> str:
@@ -105,7 +164,7 @@ class _ChildrenAsLeaves(fx.Tracer):
 
 def _is_activation_node(node: fx.Node, owner: nn.Module) -> bool:
     if node.op == "call_module":
-        return isinstance(owner.get_submodule(node.target), ACTIVATION_TYPES)
+        return is_activation(owner.get_submodule(node.target))
     if node.op == "call_function":
         return node.target in _FUNCTIONS
     if node.op == "call_method":
@@ -117,21 +176,21 @@ def _first_tensor_arg(node: fx.Node) -> fx.Node | None:
     return next((a for a in node.args if isinstance(a, fx.Node)), None)
 
 
-def _walk_to_producer(node: fx.Node | None, owner: nn.Module) -> tuple[int | None, bool]:
-    """(channels, whether the walk reached the holder's input) for the value ``node`` computes."""
+def _walk_to_producer(node: fx.Node | None, owner: nn.Module) -> tuple[Layout | None, bool]:
+    """(layout, whether the walk reached the holder's input) for the value ``node`` computes."""
     while node is not None:
         if node.op == "call_module":
             m = owner.get_submodule(node.target)
-            c = producer_channels(m)
-            if c is not None:
-                return c, False
-            if isinstance(m, _PASS_MODULES):
+            layout = producer_layout(m)
+            if layout is not None:
+                return layout, False
+            if isinstance(m, _PASS_MODULES) or is_activation(m):
                 node = _first_tensor_arg(node)
                 continue
             return _last_producer(m), False
         if node.op == "call_function":
             if node.target in _NORM_FUNCTIONS:
-                return producer_channels(owner), False
+                return producer_layout(owner), False
             if node.target in _PASS_FUNCTIONS or node.target in _FUNCTIONS:
                 node = _first_tensor_arg(node)
                 continue
@@ -165,27 +224,30 @@ def _has_residual_add(graph: fx.Graph) -> bool:
 
 def _holds_activations(m: nn.Module) -> bool:
     """Activation children, or a forward of its own that may call F.relu (torch's layers do not)."""
-    return (any(isinstance(c, ACTIVATION_TYPES) for c in m.children())
+    return (any(is_activation(c) for c in m.children())
             or not type(m).forward.__module__.startswith("torch."))
 
 
 def _sites(model: nn.Module) -> tuple[list[_Site], dict[str, fx.Graph]]:
     sites: list[_Site] = []
     graphs: dict[str, fx.Graph] = {}
-    before: int | None = None  # channels of the last producer registered before the current holder
+    before: Layout | None = None  # the last producer registered before the current holder
     for path, owner in model.named_modules():
-        holder_input, before = before, producer_channels(owner) or before
+        holder_input, before = before, producer_layout(owner) or before
         if isinstance(owner, nn.Sequential):
             sites += _registration_order_sites(path, owner, holder_input)
             continue
-        if isinstance(owner, (*ACTIVATION_TYPES, nn.ModuleList, nn.ModuleDict)):
+        if isinstance(owner, _TORCH_TRANSFORMER_LAYERS):  # activation(linear1(x)), a module or a function
+            sites.append(_Site(path, owner, None, "activation", producer_layout(owner.linear1), False))
+            continue
+        if is_activation(owner) or _left_alone(owner) or isinstance(owner, (nn.ModuleList, nn.ModuleDict)):
             continue
         if not _holds_activations(owner):
             continue
         try:
             graph = _ChildrenAsLeaves().trace(owner)
         except Exception:  # noqa: BLE001 - fx fails in many ways on dynamic code: use registration order
-            sites += _registration_order_sites(path, owner, producer_channels(owner) or holder_input)
+            sites += _registration_order_sites(path, owner, producer_layout(owner) or holder_input)
             continue
         residual = _has_residual_add(graph)
         found = False
@@ -193,33 +255,55 @@ def _sites(model: nn.Module) -> tuple[list[_Site], dict[str, fx.Graph]]:
             if not _is_activation_node(node, owner):
                 continue
             found = True
-            channels, reached_input = _walk_to_producer(_first_tensor_arg(node), owner)
-            if channels is None and isinstance(owner, nn.modules.batchnorm._NormBase):
-                channels = producer_channels(owner)
-            if channels is None and reached_input:  # the holder's input: its preceding producer
-                channels = holder_input
+            layout, reached_input = _walk_to_producer(_first_tensor_arg(node), owner)
+            if layout is None and isinstance(owner, nn.modules.batchnorm._NormBase):
+                layout = producer_layout(owner)
+            if layout is None and reached_input:  # the holder's input: its preceding producer
+                layout = holder_input
             child = node.target if node.op == "call_module" else None
-            sites.append(_Site(path, owner, node, child, channels, _after_3x3(node, owner, residual)))
+            sites.append(_Site(path, owner, node, child, layout, _after_3x3(node, owner, residual)))
         if found:
             graphs[path] = graph
     return sites, graphs
 
 
-def _registration_order_sites(path: str, owner: nn.Module, channels: int | None) -> list[_Site]:
+def _registration_order_sites(path: str, owner: nn.Module, layout: Layout | None) -> list[_Site]:
     """Children taken to run in registration order (nn.Sequential does; the fallback for holders
-    fx cannot trace): each activation gets the last producer before it, starting from ``channels``."""
+    fx cannot trace): each activation gets the last producer before it, starting from ``layout``."""
     sites = []
     for name, child in owner.named_children():
-        if isinstance(child, ACTIVATION_TYPES):
-            sites.append(_Site(path, owner, None, name, channels, False))
+        if is_activation(child):
+            sites.append(_Site(path, owner, None, name, layout, False))
         else:
-            channels = _last_producer(child) or channels
+            layout = _last_producer(child) or layout
     return sites
+
+
+# torch's own transformer layers: their activation (a module or a function such as F.relu) is applied
+# to linear1's output; their forward is not traceable by fx (its fast path checks).
+_TORCH_TRANSFORMER_LAYERS = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
+
+
+def _swap(owner: nn.Module, child: str, new: nn.Module) -> Callable[[], None]:
+    """``owner.child = new``; returns the undo. torch's TransformerEncoderLayer also drops its flag
+    for the fused fast path, which would otherwise run its built-in relu/gelu instead."""
+    old = getattr(owner, child)
+    fast = owner.__dict__.get("activation_relu_or_gelu")
+    setattr(owner, child, new)
+    if fast is not None:
+        owner.activation_relu_or_gelu = 0
+
+    def undo() -> None:
+        setattr(owner, child, old)
+        if fast is not None:
+            owner.activation_relu_or_gelu = fast
+
+    return undo
 
 
 def _policy(policy: str | Policy) -> Callable[[_Site], bool]:
     if callable(policy):
-        return lambda s: bool(policy(s.path, s.owner.get_submodule(s.child) if s.child else None))
+        return lambda s: bool(policy(s.path, getattr(s.owner, s.child) if s.child else None))
     if policy == "all":
         return lambda s: True
     if policy == "resnet_after_3x3":
@@ -228,31 +312,94 @@ def _policy(policy: str | Policy) -> Callable[[_Site], bool]:
 
 
 def _build(activation: ActivationLike, site: _Site, old: nn.Module | None, kwargs: dict) -> nn.Module:
-    needs_channels = isinstance(activation, str) and spec(activation).per_channel
-    if needs_channels and site.channels is None:
+    per_channel = isinstance(activation, str) and spec(activation).per_channel
+    if per_channel and site.layout is None:
         raise ValueError(f"cannot infer the channels of the activation at {site.path!r}: no Conv, Linear or "
                          f"norm layer produces its input; give that layer its own module or use a policy "
                          f"that skips it")
     if isinstance(activation, str) and spec(activation).channel_factor != 1:
         raise ValueError(f"{spec(activation).name!r} changes the number of channels and cannot replace the "
                          f"activation at {site.path!r}")
-    inplace = bool(getattr(old, "inplace", False))
-    return create(activation, channels=site.channels, **{"inplace": inplace, **kwargs})
+    kwargs = {"inplace": bool(getattr(old, "inplace", False)), **kwargs}
+    if site.layout is not None and site.layout[1] != 1 and (per_channel or not isinstance(activation, str)):
+        kwargs.setdefault("channel_dim", site.layout[1])
+        if isinstance(activation, str) and spec(activation).name == "frelu":
+            kwargs.setdefault("dims", 1)  # tokens: the funnel window runs along the sequence
+    return create(activation, channels=site.channels, **kwargs)
+
+
+def is_causal_model(model: nn.Module) -> bool:
+    """Whether ``model`` is an autoregressive decoder: a Hugging Face ``*ForCausalLM`` or ``*LMHeadModel``,
+    a config with ``is_decoder``, or attention modules marked ``is_causal = True`` (LLaMA's, GPT-2's)."""
+    name = type(model).__name__
+    if name.endswith("ForCausalLM") or "LMHead" in name:
+        return True
+    if getattr(getattr(model, "config", None), "is_decoder", False) is True:
+        return True
+    return any(getattr(m, "is_causal", None) is True for m in model.modules())
 
 
 class Replaced(list):
     """The module paths of the new activations, in model order (a list), and in ``rewritten`` the
     paths of the holders whose ``forward`` had to be rewritten: each is now a
-    ``torch.fx.GraphModule`` (same parameters and buffers, class name kept) instead of its class."""
+    ``torch.fx.GraphModule`` (same parameters and buffers, class name kept) instead of its class.
+    ``left``: "path (ClassName)" of the activation-like modules not replaced (gates, output
+    normalisers, identities, sites the policy skipped). ``notes``: decisions taken for the user
+    (such as the causal context of a decoder's input-conditioned activations)."""
 
-    def __init__(self, paths: list[str], rewritten: list[str]) -> None:
+    def __init__(self, paths: list[str], rewritten: list[str], left: list[str] | None = None,
+                 notes: list[str] | None = None) -> None:
         super().__init__(paths)
         self.rewritten = rewritten
+        self.left = left or []
+        self.notes = notes or []
+
+
+def _left(model: nn.Module, sites: list[_Site], chosen: list[_Site]) -> list[str]:
+    skipped = {s.path for s in sites if s not in chosen}
+    left = [f"{path} ({type(m).__name__})" for path, m in model.named_modules() if path and _left_alone(m)]
+    return left + [f"{path} (not chosen by the policy)" for path in sorted(skipped)]
+
+
+def _context_for(model: nn.Module, name: ActivationLike, kwargs: dict) -> tuple[dict, list[str]]:
+    """Input-conditioned activations in a causal decoder default to context="causal"."""
+    if not isinstance(name, str) or not spec(name).per_sample or "context" in kwargs:
+        return kwargs, []
+    if not is_causal_model(model):
+        return kwargs, []
+    note = (f"{spec(name).name} pools over positions; {type(model).__name__} is a causal decoder, so its "
+            f"generators see positions <= t only (context='causal'; pass context= to choose)")
+    return {**kwargs, "context": "causal"}, [note]
+
+
+def _run_example(model: nn.Module, example_inputs: object) -> None:
+    """One forward of ``example_inputs`` (a tensor, a tuple of arguments or a dict of keywords) in
+    eval mode without gradients (no BatchNorm statistic moves); lazy activations are made here."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            if isinstance(example_inputs, dict):
+                model(**example_inputs)
+            elif isinstance(example_inputs, tuple):
+                model(*example_inputs)
+            else:
+                model(example_inputs)
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def replace_activations(model: nn.Module, name: ActivationLike, policy: str | Policy = "all",
-                        **kwargs) -> Replaced:
+                        *, example_inputs: object = None, **kwargs) -> Replaced:
     """Replace the activations of ``model`` with ``name`` (a registry name, class or callable).
+
+    Recognised: torch's rectifier-like activations (``ACTIVATION_TYPES``), adaptact's modules and
+    Hugging Face's activation classes (``HF_ACTIVATIONS``; ``transformers`` is not imported), as
+    child modules or functional calls. Each new per-channel activation gets its channel count and
+    channel dim from the layer producing its input: a convolution or BatchNorm gives dim 1, a
+    Linear (GPT-2's ``Conv1D``, LayerNorm, RMSNorm) the last dim (``channel_dim=-1``); in a gated
+    MLP, ``act(gate_proj(x)) * up_proj(x)``, the gate projection.
 
     Args:
         model: changed in place.
@@ -260,17 +407,26 @@ def replace_activations(model: nn.Module, name: ActivationLike, policy: str | Po
         policy: "all"; "resnet_after_3x3" (ACON paper: in each residual block only the
             activation right after a 3x3 conv + BatchNorm); or ``callable(path, module) -> bool``
             (module is None for a functional call such as ``F.relu``).
-        **kwargs: constructor arguments of the new activation.
+        example_inputs: run ``model`` on these once after converting (a tensor, a tuple of
+            arguments or a dict of keywords; eval mode, no gradients): if that fails, the whole
+            conversion is taken back and the error raised. Lazy activations are made here.
+        **kwargs: constructor arguments of the new activation (``context="causal"``, ...).
 
     Returns:
         The module paths of the new activations, in model order; ``.rewritten`` lists the holders
-        turned into ``torch.fx.GraphModule`` (see ``Replaced``).
+        turned into ``torch.fx.GraphModule``, ``.left`` the activation-like modules not replaced and
+        ``.notes`` the choices made (see ``Replaced``).
 
-    All or nothing: if any site cannot be replaced, the error is raised with the model unchanged.
+    In a causal decoder (``is_causal_model``), input-conditioned activations (Meta-ACON-C, APReLU,
+    Dynamic ReLU, FReLU) get ``context="causal"`` unless ``context`` is given, and the model is
+    hooked (``nn.track_decoding``) so that cached generation continues their prefix statistics.
+    Replacing nothing warns. All or nothing: if any site cannot be replaced (or ``example_inputs``
+    fail), the error is raised with the model unchanged.
     """
     choose = _policy(policy)
     sites, graphs = _sites(model)
     chosen = [s for s in sites if choose(s)]
+    kwargs, notes = _context_for(model, name, kwargs)
     by_child: dict[tuple[str, str], list[_Site]] = {}
     for s in sites:
         if s.child is not None:
@@ -283,23 +439,31 @@ def replace_activations(model: nn.Module, name: ActivationLike, policy: str | Po
         for s in chosen:
             group = by_child.get((s.owner_path, s.child), [s]) if s.child is not None else [s]
             in_place = (s.child is not None and all(g in chosen for g in group)
-                        and len({g.channels for g in group}) == 1)
+                        and len({g.layout for g in group}) == 1)
             if in_place:
                 if s is group[0]:
-                    old = s.owner.get_submodule(s.child)
-                    setattr(s.owner, s.child, _build(name, s, old, kwargs))
-                    undo.append(lambda owner=s.owner, child=s.child, old=old: setattr(owner, child, old))
+                    old = getattr(s.owner, s.child)
+                    undo.append(_swap(s.owner, s.child, _build(name, s, old, kwargs)))
                     replaced.append(s.path)
             else:
                 rewrite.setdefault(s.owner_path, []).append(s)
         for owner_path, owner_sites in rewrite.items():
             replaced += _rewrite(model, owner_path, graphs[owner_path], owner_sites, name, kwargs, undo)
+        if is_causal_model(model) and any(hasattr(model.get_submodule(p), "context") for p in replaced):
+            undo.append(track_decoding(model))
+        if example_inputs is not None:
+            _run_example(model, example_inputs)
     except BaseException:
         for step in reversed(undo):
             step()
         raise
     order = {p: i for i, (p, _) in enumerate(model.named_modules())}
-    return Replaced(sorted(replaced, key=lambda p: order.get(p, len(order))), list(rewrite))
+    left = _left(model, sites, chosen)
+    if not replaced:
+        found = f"; left: {', '.join(left)}" if left else ""
+        warnings.warn(f"replace_activations replaced nothing in {type(model).__name__}: no activation it "
+                      f"replaces was found{found}", RuntimeWarning, stacklevel=2)
+    return Replaced(sorted(replaced, key=lambda p: order.get(p, len(order))), list(rewrite), left, notes)
 
 
 def _rewrite(model: nn.Module, owner_path: str, graph: fx.Graph, sites: list[_Site], name: ActivationLike,

@@ -205,8 +205,11 @@ def dy_relu(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
     """Dynamic ReLU (Chen et al., ECCV 2020, arXiv 2003.10027): y = max_k (a_k x + b_k).
 
     ``a`` and ``b`` are (N, C, K) per sample and channel (DY-ReLU-B) or (N, 1, K) per sample
-    (DY-ReLU-A); K linear pieces.
+    (DY-ReLU-A); K linear pieces. Pieces that vary along x's other dims come with x.ndim + 1 dims,
+    broadcastable against ``x.unsqueeze(-1)`` (per position: (N, C or 1, T, K) for (N, C, T)).
     """
+    if a.ndim == x.ndim + 1:
+        return (x.unsqueeze(-1) * a.to(x.dtype) + b.to(x.dtype)).amax(dim=-1)
     shape = (a.shape[0], a.shape[1]) + (1,) * (x.ndim - 2) + (a.shape[-1],)
     return (x.unsqueeze(-1) * a.to(x.dtype).reshape(shape) + b.to(x.dtype).reshape(shape)).amax(dim=-1)
 

@@ -40,6 +40,7 @@ class ActivationSpec:
         paper: where it comes from.
         channel_factor: output channels / input channels (2 for CReLU, else 1).
         ranks: the input ranks it takes (None: any; FReLU's spatial condition needs 2-D maps).
+        lazy: per-channel and able to take ``channels`` from its first input.
     """
 
     name: str
@@ -51,6 +52,10 @@ class ActivationSpec:
     paper: str
     channel_factor: int = 1
     ranks: tuple[int, ...] | None = None
+
+    @property
+    def lazy(self) -> bool:
+        return self.per_channel and self.name != "prelu"
 
 
 def _accepts(fn: Callable, name: str) -> bool:
@@ -196,22 +201,27 @@ def create(activation: ActivationLike, channels: int | None = None, **kwargs) ->
     Args:
         activation: a registry name (``"acon_c"``), an ``nn.Module`` class, or any callable
             returning a module (e.g. ``functools.partial``).
-        channels: size of dim 1 of the input. Required by per-channel activations; accepted
-            and ignored by the rest, so generic code can always pass it. Classes and callables
-            get it only when their signature takes ``channels``.
-        **kwargs: constructor arguments (``inplace`` is accepted by every registry entry).
+        channels: the number of channels of the input. Per-channel activations left without it
+            take it from their first input (lazy; all but "prelu"); the rest accept and ignore
+            it, so generic code can always pass it. Classes and callables get it only when their
+            signature takes ``channels``.
+        **kwargs: constructor arguments (``inplace`` is accepted by every registry entry;
+            ``channel_dim`` by every entry too, ignored where nothing is per channel).
     """
     if isinstance(activation, str):
         s = spec(activation)
-        if s.per_channel and channels is None:
+        if s.per_channel and channels is None and not s.lazy:
             raise ValueError(
-                f"activation {s.name!r} has per-channel state: pass channels=C, the size of "
-                f"dim 1 of its input"
+                f"activation {s.name!r} has per-channel state and takes no lazy channels: pass channels=C"
             )
+        if not s.per_channel:
+            kwargs.pop("channel_dim", None)  # nothing per channel: any layout
         return s.factory(channels, **kwargs)
     if callable(activation):
         if channels is not None and _accepts(activation, "channels"):
             kwargs["channels"] = channels
+        if "channel_dim" in kwargs and not _accepts(activation, "channel_dim"):
+            kwargs.pop("channel_dim")
         module = activation(**kwargs)
         if not isinstance(module, nn.Module):
             raise TypeError(f"{activation!r} returned {type(module).__name__}, not an nn.Module")
@@ -251,8 +261,15 @@ def catalogue(family: str | None = None, probe: int = 64) -> tuple[tuple[str, ..
 
 
 def get_act_layer(activation: ActivationLike, **kwargs) -> Callable[..., nn.Module]:
-    """A constructor for timm-style ``act_layer=`` arguments: ``get_act_layer("swish")`` builds
+    """A constructor for timm-style ``act_layer=`` arguments: ``get_act_layer("acon_c")`` builds
     like a class (``act_layer()``, ``act_layer(inplace=True)``), with ``kwargs`` bound. Per-channel
-    activations need ``channels=`` at the call, as ``act_layer(channels=C)``; blocks that call
-    ``act_layer(inplace=True)`` alone suit the shared ones (relu, swish, arelu, ...)."""
+    activations called without ``channels=`` take it from their first input (lazy); for token
+    MLPs bind ``channel_dim=-1``: ``get_act_layer("meta_acon_c", channel_dim=-1, context="causal")``.
+
+    Examples:
+        >>> act_layer = get_act_layer("acon_c", channel_dim=-1)
+        >>> act = act_layer(inplace=True)
+        >>> act(torch.randn(2, 7, 96)).shape
+        torch.Size([2, 7, 96])
+    """
     return functools.partial(get(activation), **kwargs)

@@ -126,7 +126,14 @@ def check_equals_reference(case, layout, shape, dtype, backend, training):
     dy = torch.randn(shape).to(dtype)
     # the truth: the reference in float32 on the CPU, on the same (low-precision) values
     y_ref, dx_ref, grads_ref = _run(ref.float(), x.float(), dy.float())
-    y, dx, grads = _run(fused, _layout(x.to(DEVICE), layout), dy.to(DEVICE))
+    if layout == "tokens":  # channels last, (N, *, C), given to a module with channel_dim=-1
+        if hasattr(fused, "channel_dim"):
+            fused.channel_dim = -1
+        last = (x.to(DEVICE).movedim(1, -1).contiguous(), dy.to(DEVICE).movedim(1, -1).contiguous())
+        y, dx, grads = _run(fused, *last)
+        y, dx = y.movedim(-1, 1), dx.movedim(-1, 1)
+    else:
+        y, dx, grads = _run(fused, _layout(x.to(DEVICE), layout), dy.to(DEVICE))
     tol = TOL[dtype]
     assert y.dtype == dtype and y.shape == y_ref.shape
     assert _rel(y, y_ref) < tol
@@ -144,6 +151,30 @@ def check_equals_reference(case, layout, shape, dtype, backend, training):
         assert _rel(b.float(), a.float()) < tol
 
 
+TOKEN_SHAPES = [("rank3", torch.float32), ("rank3", torch.bfloat16), ("rank3", torch.float16),
+                ("rank4", torch.float32), ("rank4", torch.bfloat16), ("rank2", torch.float32),
+                ("rank5", torch.float32)]
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("shape_dtype", TOKEN_SHAPES, ids=[f"{s}-{d}" for s, d in TOKEN_SHAPES])
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_channels_last_tokens_equal_reference(case, shape_dtype, training):
+    """channel_dim=-1 on (N, *, C) inputs: the channels-first reference's numbers (autograd; the
+    compiled default in tests/ops/test_compiled.py, Triton below)."""
+    shape, dtype = shape_dtype
+    check_equals_reference(case, "tokens", SHAPES[shape], dtype, "autograd", training)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("backend", TRITON)
+@pytest.mark.parametrize("shape_dtype", TOKEN_SHAPES[:4], ids=[f"{s}-{d}" for s, d in TOKEN_SHAPES[:4]])
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_triton_channels_last_tokens_equal_reference(case, shape_dtype, backend, training):
+    shape, dtype = shape_dtype
+    check_equals_reference(case, "tokens", SHAPES[shape], dtype, backend, training)
+
+
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_float64_gradcheck_and_no_silent_double_backward(case):
     name, kwargs = case
@@ -156,17 +187,19 @@ def test_float64_gradcheck_and_no_silent_double_backward(case):
     assert torch.autograd.gradgradcheck(m, (x,), eps=1e-6, atol=1e-4)
 
 
+@pytest.mark.parametrize("channel_dim", [1, -1], ids=["channels_first", "tokens"])
 @pytest.mark.parametrize("backend", FUSED)
 @pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_fused_backends_save_only_the_input(case, backend):
+def test_fused_backends_save_only_the_input(case, backend, channel_dim):
     name, kwargs = case
     n, c = 8, 32
-    x = torch.randn(n, c, 24, 24, requires_grad=True)
+    x = torch.randn(n, c, 24, 24, requires_grad=True) if channel_dim == 1 else torch.randn(n, 576, c)
+    x.requires_grad_()
     small = 64 * 1024  # O(N*C) statistics and parameters
-    m = adaptact.create(name, channels=c, backend=backend, **kwargs).train()
+    m = adaptact.create(name, channels=c, backend=backend, channel_dim=channel_dim, **kwargs).train()
     saved = saved_bytes(m.to(DEVICE), x.detach().to(DEVICE).requires_grad_())
     assert saved <= x.nbytes + small, f"{backend}: {saved} bytes saved, input is {x.nbytes}"
-    ref = adaptact.create(name, channels=c, backend="reference", **kwargs).train()
+    ref = adaptact.create(name, channels=c, backend="reference", channel_dim=channel_dim, **kwargs).train()
     assert saved_bytes(ref, x) >= 2 * x.nbytes  # the plain composition keeps intermediates
 
 

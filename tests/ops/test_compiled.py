@@ -56,6 +56,14 @@ def test_compiled_equals_reference_on_layouts_and_variants(case, layout, trainin
 
 
 @pytest.mark.filterwarnings("error::RuntimeWarning")
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_compiled_equals_reference_on_transformer_tokens(case):
+    """(B, T, C) with channel_dim=-1: the channels-first view has unit channel stride (rank 4
+    channels last has the strides of the channels_last layout above)."""
+    check_equals_reference(case, "tokens", SHAPES["rank3"], torch.float32, "compiled", training=True)
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
 def test_auto_runs_compiled_code_and_keeps_the_layout(monkeypatch):
     m = adaptact.AconC(6)
     x = torch.randn(4, 6, 5, 5).contiguous(memory_format=torch.channels_last).requires_grad_()

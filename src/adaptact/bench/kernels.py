@@ -167,14 +167,19 @@ def run_kernel_bench(shape: tuple[int, ...] = (64, 128, 56, 56),
                      dtypes: tuple[str, ...] = ("float32", "bfloat16"),
                      device: str | None = None, activations: tuple[str, ...] = tuple(PASSES),
                      backends: tuple[str, ...] = BACKENDS, repeats: int = 20,
-                     json_path: str | Path | None = None, threads: int | None = None) -> dict:
+                     json_path: str | Path | None = None, threads: int | None = None,
+                     channel_dim: int = 1) -> dict:
     """Time, saved bytes and passes of each activation x dtype x backend at ``shape`` against the
     floor and against torch.compile of the reference (interleaved rounds). ``threads``: CPU
-    threads for the run (default: torch's setting). Everything is checked first (UserError):
-    shape, dtypes, activations, device and the writability of ``json_path``, where the caller will
-    write the results (``write_json``)."""
+    threads for the run (default: torch's setting). ``channel_dim``: where the channels of
+    ``shape`` are (-1 for transformer tokens (B, T, C)); the modules get it. Everything is checked
+    first (UserError): shape, dtypes, activations, device and the writability of ``json_path``,
+    where the caller will write the results (``write_json``)."""
     if len(shape) < 2 or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape):
         raise UserError(f"shape must be at least N,C of positive ints, got {shape}")
+    if isinstance(channel_dim, bool) or not isinstance(channel_dim, int) or channel_dim == 0 \
+            or not -len(shape) <= channel_dim < len(shape):
+        raise UserError(f"channel_dim must be a dim of shape {shape} other than 0, got {channel_dim}")
     bad = [d for d in dtypes if d not in DTYPES]
     if bad:
         raise UserError(f"unknown dtype {bad[0]!r}; choose from {', '.join(DTYPES)}")
@@ -194,12 +199,12 @@ def run_kernel_bench(shape: tuple[int, ...] = (64, 128, 56, 56),
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        return _bench(shape, dtypes, dev, activations, backends, repeats)
+        return _bench(shape, dtypes, dev, activations, backends, repeats, channel_dim)
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _bench(shape, dtypes, dev, activations, backends, repeats) -> dict:
+def _bench(shape, dtypes, dev, activations, backends, repeats, channel_dim) -> dict:
     bandwidth = copy_bandwidth(dev, nbytes=min(1 << 28, 4 * 2 ** 24) if dev.type == "cpu" else 1 << 30)
     results = []
     for name in activations:
@@ -208,7 +213,7 @@ def _bench(shape, dtypes, dev, activations, backends, repeats) -> dict:
             x = torch.randn(shape, device=dev).to(dtype).requires_grad_()
             dy = torch.randn(shape, device=dev).to(dtype)
             floor_ms = 1e3 * PASSES[name] * x.nbytes / bandwidth
-            base = create(name, channels=shape[1]).to(dev).train()
+            base = create(name, channels=shape[channel_dim], channel_dim=channel_dim).to(dev).train()
             modules, runs = {}, {}
             for backend in backends:
                 if backend == "triton" and not (dev.type == "cuda" and triton_available()):
@@ -233,7 +238,7 @@ def _bench(shape, dtypes, dev, activations, backends, repeats) -> dict:
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu"
     return {"device": name,
             "device_type": dev.type,
-            "shape": list(shape), "copy_bandwidth_GBps": bandwidth / 1e9, "torch": torch.__version__,
+            "shape": list(shape), "channel_dim": channel_dim, "copy_bandwidth_GBps": bandwidth / 1e9, "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "results": [asdict(r) for r in results]}
 
@@ -254,7 +259,8 @@ def format_results(report: dict) -> str:
              "-" if r["saved_bytes"] < 0 else f"{r['saved_bytes'] / 2**20:.1f}",
              "-" if r["passes"] < 0 else f"{r['passes']:.1f}", f"{r['floor_ms']:.3f}",
              f"{r['floor_over_time']:.2f}") for r in report["results"]]
-    head = (f"device: {report['device']}, shape {tuple(report['shape'])}, copy bandwidth "
+    layout = "" if report.get("channel_dim", 1) == 1 else f" (channels on dim {report['channel_dim']})"
+    head = (f"device: {report['device']}, shape {tuple(report['shape'])}{layout}, copy bandwidth "
             f"{report['copy_bandwidth_GBps']:.1f} GB/s, torch {report['torch']}, "
             f"{report.get('threads', '?')} threads\n")
     if report["device_type"] == "cpu":

@@ -4,6 +4,8 @@ from .acon import AconA, AconB, AconC
 from .aprelu import APReLU
 from .arelu import AReLU
 from .base import ActivationModule
+from .channels import ChannelModule
+from .context import CONTEXTS, track_decoding
 from .classic import CReLU, PReLU, Swish, TanhGELU
 from .dy_relu import DyReLU
 from .frelu import FReLU
@@ -21,6 +23,8 @@ __all__ = [
     "AconB",
     "AconC",
     "ActivationModule",
+    "CONTEXTS",
+    "ChannelModule",
     "CReLU",
     "DyReLU",
     "FReLU",
@@ -31,4 +35,5 @@ __all__ = [
     "PReLU",
     "Swish",
     "TanhGELU",
+    "track_decoding",
 ]

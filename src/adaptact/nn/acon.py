@@ -2,68 +2,124 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
 from ..ops import dispatch
-from .base import ActivationModule, check_input, int_at_least
+from .channels import ChannelModule
 
 __all__ = ["AconA", "AconB", "AconC"]
 
 
-class AconA(ActivationModule):
+class AconA(ChannelModule):
     """ACON-A (Ma et al., "Activate or Not", CVPR 2021, arXiv 2009.04759).
 
     .. math:: y = S_\\beta(x, 0) = x\\,\\sigma(\\beta x)
 
     Swish with a learnable per-channel ``beta`` (shape (C,), initialised to ``beta``).
+
+    Args:
+        channels: C; None takes it from the first input (lazy, see ``nn.channels``).
+        beta: initial switching factor.
+        inplace: accepted for drop-in use; the output is always a new tensor.
+        backend: "auto", "reference", "autograd", "compiled" or "triton" (``adaptact.ops.dispatch``).
+        channel_dim: the dim of the channels: 1 for (N, C, *), -1 for (B, T, C) tokens and any
+            channels-last tensor. Parameters do not depend on it.
+        device, dtype: where and in which dtype to make the parameters.
+
+    Shape: any rank >= 2 with C on ``channel_dim`` -> the same.
+
+    Examples:
+        >>> act = AconA(64)
+        >>> act(torch.randn(8, 64, 14, 14)).shape
+        torch.Size([8, 64, 14, 14])
     """
 
-    def __init__(self, channels: int, beta: float = 1.0, inplace: bool = False,
-                 backend: str = "auto") -> None:
+    _channels_entry = ("beta", -1)
+
+    def __init__(self, channels: int | None = None, beta: float = 1.0, inplace: bool = False,
+                 backend: str = "auto", *, channel_dim: int = 1, device: Any = None,
+                 dtype: Any = None) -> None:
         super().__init__()
-        self.channels = int_at_least("channels", channels)
-        self.beta = nn.Parameter(torch.full((channels,), float(beta)))
+        self.init_beta = float(beta)
         self.inplace = inplace
         self.backend = backend
+        self._init_channels(channels, channel_dim, device, dtype)
 
-    def forward(self, x: Tensor) -> Tensor:
-        check_input(self, x, self.channels)
+    def _build(self, channels: int, device: Any, dtype: Any) -> None:
+        self.beta = nn.Parameter(torch.empty(channels, device=device, dtype=dtype))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.initialized:
+            nn.init.constant_(self.beta, self.init_beta)
+
+    def _forward(self, x: Tensor) -> Tensor:
         one = torch.ones((), dtype=self.beta.dtype, device=self.beta.device)
         return self._run(dispatch.acon_c, x, one, one - 1, self.beta)
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}" + self._backend_repr()
+        return self._channels_repr() + self._backend_repr()
 
 
-class AconB(ActivationModule):
+class AconB(ChannelModule):
     """ACON-B (Ma et al., CVPR 2021, arXiv 2009.04759), the smooth counterpart of PReLU.
 
     .. math:: y = S_\\beta(x, p x) = (1 - p) x\\,\\sigma(\\beta (1 - p) x) + p x
 
     Per-channel ``p`` (initialised to ``p``, PReLU's 0.25; the paper gives no value) and
     ``beta`` (initialised to 1, as in the official ACON-C).
+
+    Args:
+        channels: C; None takes it from the first input (lazy, see ``nn.channels``).
+        p: initial slope of the linear part.
+        beta: initial switching factor.
+        inplace: accepted for drop-in use; the output is always a new tensor.
+        backend: "auto", "reference", "autograd", "compiled" or "triton" (``adaptact.ops.dispatch``).
+        channel_dim: the dim of the channels: 1 for (N, C, *), -1 for (B, T, C) tokens and any
+            channels-last tensor. Parameters do not depend on it.
+        device, dtype: where and in which dtype to make the parameters.
+
+    Shape: any rank >= 2 with C on ``channel_dim`` -> the same.
+
+    Examples:
+        >>> act = AconB(None, channel_dim=-1)  # lazy, tokens (B, T, C)
+        >>> act(torch.randn(2, 7, 32)).shape
+        torch.Size([2, 7, 32])
     """
 
-    def __init__(self, channels: int, p: float = 0.25, beta: float = 1.0, inplace: bool = False,
-                 backend: str = "auto") -> None:
+    _channels_entry = ("p", -1)
+
+    def __init__(self, channels: int | None = None, p: float = 0.25, beta: float = 1.0, inplace: bool = False,
+                 backend: str = "auto", *, channel_dim: int = 1, device: Any = None,
+                 dtype: Any = None) -> None:
         super().__init__()
-        self.channels = int_at_least("channels", channels)
-        self.p = nn.Parameter(torch.full((channels,), float(p)))
-        self.beta = nn.Parameter(torch.full((channels,), float(beta)))
+        self.init_p, self.init_beta = float(p), float(beta)
         self.inplace = inplace
         self.backend = backend
+        self._init_channels(channels, channel_dim, device, dtype)
 
-    def forward(self, x: Tensor) -> Tensor:
-        check_input(self, x, self.channels)
+    def _build(self, channels: int, device: Any, dtype: Any) -> None:
+        self.p = nn.Parameter(torch.empty(channels, device=device, dtype=dtype))
+        self.beta = nn.Parameter(torch.empty(channels, device=device, dtype=dtype))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.initialized:
+            nn.init.constant_(self.p, self.init_p)
+            nn.init.constant_(self.beta, self.init_beta)
+
+    def _forward(self, x: Tensor) -> Tensor:
         one = torch.ones((), dtype=self.p.dtype, device=self.p.device)
         return self._run(dispatch.acon_c, x, one, self.p, self.beta)
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}" + self._backend_repr()
+        return self._channels_repr() + self._backend_repr()
 
 
-class AconC(ActivationModule):
+class AconC(ChannelModule):
     """ACON-C (Ma et al., CVPR 2021, arXiv 2009.04759; official code nmaac/acon).
 
     .. math:: y = S_\\beta(p_1 x, p_2 x) = (p_1 - p_2) x\\,\\sigma(\\beta (p_1 - p_2) x) + p_2 x
@@ -74,21 +130,52 @@ class AconC(ActivationModule):
 
     Parameters ``p1``, ``p2`` ~ N(0, 1) and ``beta`` = 1, all per channel with shape (C,),
     as the official code initialises them. The official (1, C, 1, 1) tensors load as they are.
+
+    Args:
+        channels: C; None takes it from the first input (lazy, see ``nn.channels``).
+        beta: initial switching factor.
+        inplace: accepted for drop-in use; the output is always a new tensor.
+        backend: "auto", "reference", "autograd", "compiled" or "triton" (``adaptact.ops.dispatch``).
+        channel_dim: the dim of the channels: 1 for (N, C, *), -1 for (B, T, C) tokens and any
+            channels-last tensor. Parameters do not depend on it.
+        device, dtype: where and in which dtype to make the parameters.
+
+    Shape: any rank >= 2 with C on ``channel_dim`` -> the same.
+
+    Examples:
+        >>> act = AconC(64)
+        >>> act(torch.randn(8, 64, 14, 14)).shape
+        torch.Size([8, 64, 14, 14])
+        >>> mlp_act = AconC(3072, channel_dim=-1)  # a transformer MLP's (B, T, 3072)
+        >>> mlp_act(torch.randn(2, 5, 3072)).shape
+        torch.Size([2, 5, 3072])
     """
 
-    def __init__(self, channels: int, beta: float = 1.0, inplace: bool = False,
-                 backend: str = "auto") -> None:
+    _channels_entry = ("p1", -1)
+
+    def __init__(self, channels: int | None = None, beta: float = 1.0, inplace: bool = False,
+                 backend: str = "auto", *, channel_dim: int = 1, device: Any = None,
+                 dtype: Any = None) -> None:
         super().__init__()
-        self.channels = int_at_least("channels", channels)
-        self.p1 = nn.Parameter(torch.randn(channels))
-        self.p2 = nn.Parameter(torch.randn(channels))
-        self.beta = nn.Parameter(torch.full((channels,), float(beta)))
+        self.init_beta = float(beta)
         self.inplace = inplace
         self.backend = backend
+        self._init_channels(channels, channel_dim, device, dtype)
 
-    def forward(self, x: Tensor) -> Tensor:
-        check_input(self, x, self.channels)
+    def _build(self, channels: int, device: Any, dtype: Any) -> None:
+        self.p1 = nn.Parameter(torch.empty(channels, device=device, dtype=dtype))
+        self.p2 = nn.Parameter(torch.empty(channels, device=device, dtype=dtype))
+        self.beta = nn.Parameter(torch.empty(channels, device=device, dtype=dtype))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.initialized:
+            nn.init.normal_(self.p1)
+            nn.init.normal_(self.p2)
+            nn.init.constant_(self.beta, self.init_beta)
+
+    def _forward(self, x: Tensor) -> Tensor:
         return self._run(dispatch.acon_c, x, self.p1, self.p2, self.beta)
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}" + self._backend_repr()
+        return self._channels_repr() + self._backend_repr()

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from ..ops import dispatch
-from .base import ActivationModule, batch_norm, check_input, int_at_least
+from .base import batch_norm
+from .channels import ChannelModule
+from .context import (Context, batch_norm_positions, check_context, check_sequence, position_statistics,
+                      refuse_cached)
 
 __all__ = ["APReLU", "keras_state_dict"]
 
 KERAS_BN_EPS = 1e-3  # Keras's BatchNormalization epsilon (torch's is 1e-5)
 
 
-class APReLU(ActivationModule):
+class APReLU(ChannelModule):
     """APReLU (Zhao et al., "Deep residual networks with adaptively parametric rectifier
     linear units for fault diagnosis", IEEE Trans. Industrial Electronics, 2020).
 
@@ -35,65 +38,117 @@ class APReLU(ActivationModule):
       ``keras_state_dict`` turns that code's layer weights into this module's state_dict.
 
     Args:
-        channels: C, the size of dim 1 of the input.
+        channels: C; None takes it from the first input (lazy, see ``nn.channels``).
         alpha: "channel" or "sample" (above).
         inplace: accepted for drop-in use; the output is always a new tensor.
-        backend: "auto", "reference", "autograd" or "triton" (``adaptact.ops.dispatch``).
+        backend: "auto", "reference", "autograd", "compiled" or "triton" (``adaptact.ops.dispatch``).
+        channel_dim: 1 for (N, C, *), -1 for (B, T, C) tokens and channels-last tensors.
+        context: what the generator pools along a sequence: "sample" (the paper), "causal" or
+            "token" (``nn.context``).
+        device, dtype: where and in which dtype to make the parameters.
 
-    Shape: (N, C, *) -> the same.
+    Shape: any rank >= 2 with C on ``channel_dim`` -> the same; contexts "causal" and "token"
+    take one sequence dim.
+
+    Examples:
+        >>> act = APReLU(16)
+        >>> act(torch.randn(4, 16, 1024)).shape
+        torch.Size([4, 16, 1024])
 
     Batch size 1 in training mode: the BatchNorms normalise a single sample with their
     running statistics and do not update them (batch statistics of one sample are undefined).
     """
 
+    _channels_entry = None  # set per instance: "fc2.weight" for alpha="channel"; "sample" has no C in it
+
     def __init__(
         self,
-        channels: int,
+        channels: int | None = None,
         alpha: Literal["channel", "sample"] = "channel",
         inplace: bool = False,
         backend: str = "auto",
+        *,
+        channel_dim: int = 1,
+        context: Context = "sample",
+        device: Any = None,
+        dtype: Any = None,
     ) -> None:
         super().__init__()
         self.backend = backend
         if alpha not in ("channel", "sample"):
             raise ValueError(f"alpha must be 'channel' or 'sample', got {alpha!r}")
-        self.channels = int_at_least("channels", channels)
         self.alpha_mode = alpha
+        self.context = check_context(context)
         self.inplace = inplace
         if alpha == "channel":
-            self.fc1 = nn.Linear(2 * channels, channels)
-            self.bn1 = nn.BatchNorm1d(channels)
-            self.fc2 = nn.Linear(channels, channels)
-            self.bn2 = nn.BatchNorm1d(channels)
-        else:
-            self.fc1 = nn.Linear(2, 2)
-            self.bn1 = nn.BatchNorm1d(2, eps=KERAS_BN_EPS)
-            self.fc2 = nn.Linear(2, 1)
-            self.bn2 = nn.BatchNorm1d(1, eps=KERAS_BN_EPS)
-            for fc in (self.fc1, self.fc2):  # Keras's he_normal: truncated normal, std sqrt(2 / fan_in)
-                std = (2.0 / fc.in_features) ** 0.5
-                nn.init.trunc_normal_(fc.weight, std=std, a=-2 * std, b=2 * std)
-                nn.init.zeros_(fc.bias)
+            self._channels_entry = ("fc2.weight", 0)
+        else:  # the Keras generator does not depend on C: made now, also when C comes later
+            self._build_sample_generator({"device": device, "dtype": dtype})
+        self._init_channels(channels, channel_dim, device, dtype)
+
+    def _build(self, channels: int, device: Any, dtype: Any) -> None:
+        factory = {"device": device, "dtype": dtype}
+        if self.alpha_mode == "channel":
+            self.fc1 = nn.Linear(2 * channels, channels, **factory)
+            self.bn1 = nn.BatchNorm1d(channels, **factory)
+            self.fc2 = nn.Linear(channels, channels, **factory)
+            self.bn2 = nn.BatchNorm1d(channels, **factory)
+
+    def _build_sample_generator(self, factory: dict) -> None:
+        self.fc1 = nn.Linear(2, 2, **factory)
+        self.bn1 = nn.BatchNorm1d(2, eps=KERAS_BN_EPS, **factory)
+        self.fc2 = nn.Linear(2, 1, **factory)
+        self.bn2 = nn.BatchNorm1d(1, eps=KERAS_BN_EPS, **factory)
+        self._keras_init()
+
+    def _keras_init(self) -> None:
+        for fc in (self.fc1, self.fc2):  # Keras's he_normal: truncated normal, std sqrt(2 / fan_in)
+            std = (2.0 / fc.in_features) ** 0.5
+            nn.init.trunc_normal_(fc.weight, std=std, a=-2 * std, b=2 * std)
+            nn.init.zeros_(fc.bias)
+
+    def reset_parameters(self) -> None:
+        """The generator's layers as built: torch's defaults ("channel"), Keras's ("sample")."""
+        if not hasattr(self, "fc1"):
+            return
+        for layer in (self.fc1, self.bn1, self.fc2, self.bn2):
+            layer.reset_parameters()
+        if self.alpha_mode == "sample":
+            self._keras_init()
 
     def generate_alpha(self, x: Tensor) -> Tensor:
-        """The negative slopes for ``x``: (N, C) or (N, 1)."""
+        """The negative slopes for channels-first ``x``: (N, C) or (N, 1) (per position,
+        (N, C or 1, T), under the "causal" and "token" contexts)."""
+        if self.context != "sample":
+            return self._alpha_per_position(x)
         dtype = self.fc1.weight.dtype
         return self.alpha_from_stats(torch.cat(dispatch.signed_spatial_mean(x, dtype, self.backend), dim=1))
 
     def alpha_from_stats(self, s: Tensor) -> Tensor:
-        """The negative slopes from s = concat(GAP(min(x, 0)), GAP(max(x, 0))), (N, 2C)."""
+        """The negative slopes from s = concat(GAP(min(x, 0)), GAP(max(x, 0))), (N, 2C) (or
+        (N, T, 2C) per position)."""
         if self.alpha_mode == "sample":  # the Keras code's channel means, (N, 2): negative, positive
-            s = s.unflatten(1, (2, -1)).mean(dim=2)
-        h = torch.relu(batch_norm(self.bn1, self.fc1(s)))
-        return torch.sigmoid(batch_norm(self.bn2, self.fc2(h)))
+            s = s.unflatten(-1, (2, -1)).mean(dim=-1)
+        norm = batch_norm if s.ndim == 2 else batch_norm_positions
+        h = torch.relu(norm(self.bn1, self.fc1(s)))
+        return torch.sigmoid(norm(self.bn2, self.fc2(h)))
 
-    def forward(self, x: Tensor) -> Tensor:
-        check_input(self, x, self.channels)
+    def _alpha_per_position(self, x: Tensor) -> Tensor:
+        check_sequence(self, x, self.context)
+        tokens = x.transpose(1, 2).to(self.fc1.weight.dtype)
+        s = torch.cat((torch.clamp(tokens, max=0), torch.relu(tokens)), dim=-1)
+        return self.alpha_from_stats(position_statistics(self, s, self.context)).transpose(1, 2)
+
+    def _forward(self, x: Tensor) -> Tensor:
+        if self.context != "sample":
+            return self._run(dispatch.aprelu_positions, x, self._alpha_per_position(x), fused=False)
+        refuse_cached(self)
         return self._run(dispatch.aprelu, x, self.alpha_from_stats, self._weights,
                          self.fc1.weight.dtype)
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, alpha={self.alpha_mode!r}" + self._backend_repr()
+        context = "" if self.context == "sample" else f", context={self.context!r}"
+        return f"{self._channels_repr()}, alpha={self.alpha_mode!r}{context}" + self._backend_repr()
 
 
 def keras_state_dict(weights: Sequence) -> dict[str, Tensor]:

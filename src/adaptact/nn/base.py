@@ -158,10 +158,13 @@ class ActivationModule(CheckedStateDict):
         self._backend = dispatch.check_backend(backend)
         self._triton_failed = False
 
-    def _run(self, op: Callable[..., torch.Tensor], x: torch.Tensor, *args) -> torch.Tensor:
+    def _run(self, op: Callable[..., torch.Tensor], x: torch.Tensor, *args,
+             fused: bool = True) -> torch.Tensor:
         """``op(x, *args, backend)`` with this module's backend. Under "auto", when the Triton path
         raises (a kernel that does not compile or launch, here or in the backward), warn once and
-        use "autograd" for this module from then on; "triton" itself always raises."""
+        use "autograd" for this module from then on; "triton" itself always raises. ``fused=False``:
+        ``op`` has no Triton kernel or compiled entry (per-position coefficients), so "auto" runs
+        "autograd" where it would pick one of those."""
         backend = self.backend
         if backend == "auto" and self._triton_failed:
             backend = "autograd"
@@ -171,6 +174,8 @@ class ActivationModule(CheckedStateDict):
             self.__dict__["ran_backend"] = backend
             return op(x, *args, backend)
         chosen = dispatch.auto_backend(x)
+        if not fused and chosen in ("triton", "compiled"):
+            chosen = "autograd"
         if chosen != "triton":
             y = op(x, *args, chosen)
             # compiling may have been given up during this very call (ops.compiled warns once)

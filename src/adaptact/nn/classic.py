@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from .. import functional as AF
 from .base import ActivationModule, CheckedStateDict, check_input, int_at_least
+from .channels import check_channel_dim
 
 __all__ = ["CReLU", "PReLU", "Swish"]
 
@@ -34,17 +35,34 @@ class PReLU(CheckedStateDict, nn.PReLU):
     Args:
         num_parameters: 1 (one shared slope) or the number of channels.
         init: initial slope (paper: 0.25).
+        device, dtype: where and in which dtype to make the slope.
+        channel_dim: the dim of the channels (1; -1 for (B, T, C) tokens and channels-last).
+
+    Examples:
+        >>> PReLU(64, channel_dim=-1)(torch.randn(2, 7, 64)).shape
+        torch.Size([2, 7, 64])
     """
 
-    def __init__(self, num_parameters: int = 1, init: float = 0.25, device=None, dtype=None) -> None:
+    def __init__(self, num_parameters: int = 1, init: float = 0.25, device=None, dtype=None, *,
+                 channel_dim: int = 1) -> None:
         int_at_least("num_parameters", num_parameters)
         if not isinstance(init, int | float) or not math.isfinite(init):
             raise ValueError(f"init must be a finite number, got {init!r}")
         super().__init__(num_parameters, init, device=device, dtype=dtype)
+        self.channel_dim = check_channel_dim(channel_dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        check_input(self, x, self.num_parameters if self.num_parameters > 1 else None)
-        return F.prelu(x, self.weight.to(x.dtype))
+        if self.num_parameters == 1 or self.channel_dim == 1 or x.ndim < 2:
+            check_input(self, x, self.num_parameters if self.num_parameters > 1 else None)
+            return F.prelu(x, self.weight.to(x.dtype))
+        check_input(self, x, None)
+        if not -x.ndim <= self.channel_dim < x.ndim or x.shape[self.channel_dim] != self.num_parameters:
+            raise ValueError(f"PReLU expected {self.num_parameters} channels on dim {self.channel_dim}, got "
+                             f"input shape {tuple(x.shape)}")
+        return F.prelu(x.movedim(self.channel_dim, 1), self.weight.to(x.dtype)).movedim(1, self.channel_dim)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ("" if self.channel_dim == 1 else f", channel_dim={self.channel_dim}")
 
 
 class Swish(ActivationModule):

@@ -6,11 +6,14 @@ shared by the layer, with its initial values. PAU lives in ``rational.py``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
 from .. import functional as AF
 from .base import ActivationModule, check_input, int_at_least
+from .channels import ChannelModule
 
 __all__ = ["APL", "SLAF", "Maxout", "MaxoutPool", "Mixture"]
 
@@ -78,7 +81,7 @@ class SLAF(ActivationModule):
         return f"k={self.coeff.numel()}"
 
 
-class Maxout(ActivationModule):
+class Maxout(ChannelModule):
     """Per-channel maxout of ``pieces`` affine maps (Goodfellow et al., ICML 2013).
 
     .. math:: y_c = \\max_k (w_{ck} x_c + b_{ck})
@@ -88,22 +91,48 @@ class Maxout(ActivationModule):
     (C in, C out) and drops into any network. (The AReLU code's channel-pooling Maxout with
     its default pool_size=1 is the identity.) Initialised to ReLU: slopes evenly spaced in
     [0, 1], biases 0. Weight and bias have shape (C, pieces).
+
+    Args:
+        channels: C; None takes it from the first input (lazy, see ``nn.channels``).
+        pieces: K >= 2.
+        inplace: accepted for drop-in use; the output is always a new tensor.
+        channel_dim: 1 for (N, C, *), -1 for (B, T, C) tokens and channels-last tensors.
+        device, dtype: where and in which dtype to make the parameters.
+
+    Shape: any rank >= 2 with C on ``channel_dim`` -> the same.
+
+    Examples:
+        >>> act = Maxout(16, pieces=3)
+        >>> act(torch.randn(4, 16, 10)).shape
+        torch.Size([4, 16, 10])
     """
 
-    def __init__(self, channels: int, pieces: int = 2, inplace: bool = False) -> None:
-        super().__init__()
-        int_at_least("pieces", pieces, 2)
-        self.channels = int_at_least("channels", channels)
-        self.weight = nn.Parameter(torch.linspace(0.0, 1.0, pieces).repeat(channels, 1))
-        self.bias = nn.Parameter(torch.zeros(channels, pieces))
-        self.inplace = inplace
+    _channels_entry = ("weight", 0)
 
-    def forward(self, x: Tensor) -> Tensor:
-        check_input(self, x, self.channels)
+    def __init__(self, channels: int | None = None, pieces: int = 2, inplace: bool = False, *,
+                 channel_dim: int = 1, device: Any = None, dtype: Any = None) -> None:
+        super().__init__()
+        self.pieces = int_at_least("pieces", pieces, 2)
+        self.inplace = inplace
+        self._init_channels(channels, channel_dim, device, dtype)
+
+    def _build(self, channels: int, device: Any, dtype: Any) -> None:
+        self.weight = nn.Parameter(torch.empty(channels, self.pieces, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.empty(channels, self.pieces, device=device, dtype=dtype))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """ReLU: slopes evenly spaced in [0, 1], biases 0."""
+        if self.initialized:
+            with torch.no_grad():
+                self.weight.copy_(torch.linspace(0.0, 1.0, self.pieces))
+                self.bias.zero_()
+
+    def _forward(self, x: Tensor) -> Tensor:
         return AF.maxout(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, pieces={self.weight.shape[1]}"
+        return f"{self._channels_repr()}, pieces={self.pieces}"
 
 
 class MaxoutPool(ActivationModule):

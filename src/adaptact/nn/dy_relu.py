@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from .. import functional as AF
 from ..ops import dispatch
-from .base import ActivationModule, check_input, int_at_least
+from .base import int_at_least
+from .channels import ChannelModule
+from .context import Context, check_context, check_sequence, position_statistics, refuse_cached
 
 __all__ = ["DyReLU"]
 
 
-class DyReLU(ActivationModule):
+class DyReLU(ChannelModule):
     """Dynamic ReLU (Chen et al., "Dynamic ReLU", ECCV 2020, arXiv 2003.10027).
 
     .. math:: y_c = \\max_{k \\le K} (a_c^k(x)\\, x_c + b_c^k(x))
@@ -34,7 +36,7 @@ class DyReLU(ActivationModule):
     DY-ReLU-C (with spatial attention) is not built.
 
     Args:
-        channels: C, the size of dim 1.
+        channels: C; None takes it from the first input (lazy, see ``nn.channels``).
         variant: "A" or "B".
         k: number of linear pieces K.
         reduction: fc1's width is max(1, C // reduction).
@@ -42,49 +44,87 @@ class DyReLU(ActivationModule):
         init_a, init_b: alpha^1..K and beta^1..K (default (1, 0, ..., 0) and zeros).
         inplace: accepted for drop-in use; the output is always a new tensor.
         backend: "auto", "reference", "autograd", "compiled" or "triton" (``adaptact.ops.dispatch``).
+        channel_dim: 1 for (N, C, *), -1 for (B, T, C) tokens and channels-last tensors.
+        context: what the hyper function pools along a sequence: "sample" (the paper), "causal"
+            or "token" (``nn.context``).
+        device, dtype: where and in which dtype to make the parameters.
 
-    Shape: (N, C, *) -> the same; any rank from (N, C).
+    Shape: any rank >= 2 with C on ``channel_dim`` -> the same; contexts "causal" and "token"
+    take one sequence dim.
+
+    Examples:
+        >>> act = DyReLU(64, variant="B")
+        >>> act(torch.randn(8, 64, 14, 14)).shape
+        torch.Size([8, 64, 14, 14])
     """
 
-    def __init__(self, channels: int, variant: Literal["A", "B"] = "B", k: int = 2, reduction: int = 4,
-                 lambda_a: float = 1.0, lambda_b: float = 0.5, init_a: tuple[float, ...] | None = None,
-                 init_b: tuple[float, ...] | None = None, inplace: bool = False,
-                 backend: str = "auto") -> None:
+    _channels_entry = ("fc1.weight", 1)
+
+    def __init__(self, channels: int | None = None, variant: Literal["A", "B"] = "B", k: int = 2,
+                 reduction: int = 4, lambda_a: float = 1.0, lambda_b: float = 0.5,
+                 init_a: tuple[float, ...] | None = None, init_b: tuple[float, ...] | None = None,
+                 inplace: bool = False, backend: str = "auto", *, channel_dim: int = 1,
+                 context: Context = "sample", device: Any = None, dtype: Any = None) -> None:
         super().__init__()
         self.backend = backend
         if variant not in ("A", "B"):
             raise ValueError(f"variant must be 'A' or 'B' (DY-ReLU-C is not built), got {variant!r}")
-        self.channels = int_at_least("channels", channels)
         self.k = int_at_least("k (pieces)", k)
         self.reduction = int_at_least("reduction", reduction)
         self.variant = variant
+        self.context = check_context(context)
         self.inplace = inplace
         init_a = (1.0,) + (0.0,) * (k - 1) if init_a is None else tuple(init_a)
         init_b = (0.0,) * k if init_b is None else tuple(init_b)
         if len(init_a) != k or len(init_b) != k:
             raise ValueError(f"init_a and init_b need k = {k} values each, got {len(init_a)} and "
                              f"{len(init_b)}")
-        hidden = max(1, channels // reduction)
-        self.fc1 = nn.Linear(channels, hidden)
-        self.fc2 = nn.Linear(hidden, 2 * k * (channels if variant == "B" else 1))
-        self.register_buffer("lambdas", torch.tensor([float(lambda_a)] * k + [float(lambda_b)] * k))
-        self.register_buffer("init_v", torch.tensor([float(v) for v in init_a + init_b]))
+        self.register_buffer("lambdas", torch.tensor([float(lambda_a)] * k + [float(lambda_b)] * k,
+                                                     device=device, dtype=dtype))
+        self.register_buffer("init_v", torch.tensor([float(v) for v in init_a + init_b], device=device,
+                                                    dtype=dtype))
+        self._init_channels(channels, channel_dim, device, dtype)
+
+    def _build(self, channels: int, device: Any, dtype: Any) -> None:
+        hidden = max(1, channels // self.reduction)
+        self.fc1 = nn.Linear(channels, hidden, device=device, dtype=dtype)
+        self.fc2 = nn.Linear(hidden, 2 * self.k * (channels if self.variant == "B" else 1), device=device,
+                             dtype=dtype)
+
+    def reset_parameters(self) -> None:
+        """fc1 and fc2 as torch initialises them."""
+        if self.initialized:
+            self.fc1.reset_parameters()
+            self.fc2.reset_parameters()
 
     def coefficients_from_mean(self, mean: Tensor) -> tuple[Tensor, Tensor]:
-        """(a, b), each (N, C, K) for "B" or (N, 1, K) for "A", from the spatial means (N, C)."""
+        """(a, b), each (N, C, K) for "B" or (N, 1, K) for "A", from the means (N, C); per
+        position, from (N, T, C), each (N, T, C or 1, K)."""
         theta = 2 * torch.sigmoid(self.fc2(torch.relu(self.fc1(mean)))) - 1
-        coefficients = theta.reshape(mean.shape[0], -1, 2 * self.k) * self.lambdas + self.init_v
+        coefficients = theta.unflatten(-1, (-1, 2 * self.k)) * self.lambdas + self.init_v
         return coefficients[..., : self.k], coefficients[..., self.k :]
 
     def coefficients(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """The pieces (a, b) for ``x``."""
+        """The pieces (a, b) for channels-first ``x`` (per position under the "causal" and
+        "token" contexts: each (N, C or 1, T, K))."""
+        if self.context != "sample":
+            return self._coefficients_per_position(x)
         return self.coefficients_from_mean(AF.spatial_mean(x, dtype=self.fc1.weight.dtype))
 
-    def forward(self, x: Tensor) -> Tensor:
-        check_input(self, x, self.channels)
+    def _coefficients_per_position(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        check_sequence(self, x, self.context)
+        means = position_statistics(self, x.transpose(1, 2).to(self.fc1.weight.dtype), self.context)
+        a, b = self.coefficients_from_mean(means)
+        return a.transpose(1, 2), b.transpose(1, 2)
+
+    def _forward(self, x: Tensor) -> Tensor:
+        if self.context != "sample":
+            return self._run(dispatch.dy_relu_positions, x, *self._coefficients_per_position(x), fused=False)
+        refuse_cached(self)
         return self._run(dispatch.dy_relu, x, self.coefficients_from_mean, self._weights,
                          self.fc1.weight.dtype)
 
     def extra_repr(self) -> str:
-        return (f"channels={self.channels}, variant={self.variant!r}, k={self.k}, reduction={self.reduction}"
-                + self._backend_repr())
+        context = "" if self.context == "sample" else f", context={self.context!r}"
+        return (f"{self._channels_repr()}, variant={self.variant!r}, k={self.k}, reduction={self.reduction}"
+                + context + self._backend_repr())

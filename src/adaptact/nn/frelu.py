@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from torch import Tensor, nn
 
 from ..ops import dispatch
-from .base import ActivationModule, check_input, int_at_least
+from .base import int_at_least
+from .channels import ChannelModule
+from .context import OFFSET, Context, batch_norm_positions, check_context, refuse_cached
 
 __all__ = ["FReLU"]
 
 
-class FReLU(ActivationModule):
+class FReLU(ChannelModule):
     """FReLU (Ma, Zhang, Sun, "Funnel Activation for Visual Recognition", ECCV 2020,
     arXiv 2007.11824; official code megvii-model/FunnelAct).
 
@@ -25,50 +27,92 @@ class FReLU(ActivationModule):
     T(x) (``backend="reference"`` keeps T(x), as torch.maximum does); the convolution and the
     BatchNorm keep what they keep.
 
+    On tokens ((B, T, C) with ``channel_dim=-1`` and ``dims=1``) T is a depthwise convolution
+    along the sequence; ``context="causal"`` pads on the left only, so the window at t ends at t.
+
     Args:
-        channels: C, the size of dim 1.
+        channels: C; None takes it from the first input (lazy, see ``nn.channels``).
         kernel_size: k, the funnel window (the paper: 3).
         dims: 2 for (N, C, H, W) inputs, 1 for (N, C, L).
         inplace: accepted for drop-in use; the output is always a new tensor.
         backend: "reference" or anything else for the lean max.
+        channel_dim: 1 for (N, C, *), -1 for channels-last inputs and (B, T, C) tokens.
+        context: "sample" (a centred window) or "causal" (the window ends at each position;
+            ``dims=1``).
+        device, dtype: where and in which dtype to make the parameters.
 
-    Shape: (N, C, H, W) (or (N, C, L) with ``dims=1``) -> the same.
+    Shape: (N, C, H, W) (or (N, C, L) with ``dims=1``) -> the same, C on ``channel_dim``.
+
+    Examples:
+        >>> act = FReLU(32)
+        >>> act(torch.randn(2, 32, 8, 8)).shape
+        torch.Size([2, 32, 8, 8])
     """
 
-    def __init__(self, channels: int, kernel_size: int = 3, dims: Literal[1, 2] = 2, inplace: bool = False,
-                 backend: str = "auto") -> None:
+    _channels_entry = ("conv_frelu.weight", 0)
+
+    def __init__(self, channels: int | None = None, kernel_size: int = 3, dims: Literal[1, 2] = 2,
+                 inplace: bool = False, backend: str = "auto", *, channel_dim: int = 1,
+                 context: Context = "sample", device: Any = None, dtype: Any = None) -> None:
         super().__init__()
         self.backend = backend
         if dims not in (1, 2):
             raise ValueError(f"dims must be 1 or 2, got {dims!r}")
-        self.channels = int_at_least("channels", channels)
-        k = int_at_least("kernel_size", kernel_size)
-        if k % 2 == 0:
-            raise ValueError(f"kernel_size must be odd (a centred window), got {k}")
+        self.kernel_size = int_at_least("kernel_size", kernel_size)
+        if kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd (a centred window), got {kernel_size}")
+        self.context = check_context(context)
+        if self.context == "token":
+            raise ValueError("FReLU's condition is a window of positions: context 'token' would leave it "
+                             "one position (kernel_size=1 does that with context='sample')")
+        if self.context == "causal" and dims != 1:
+            raise ValueError("FReLU(context='causal') convolves along one sequence dim: use dims=1")
         self.dims = dims
         self.inplace = inplace
-        conv, norm = (nn.Conv2d, nn.BatchNorm2d) if dims == 2 else (nn.Conv1d, nn.BatchNorm1d)
-        self.conv_frelu = conv(channels, channels, k, 1, k // 2, groups=channels)
-        self.bn_frelu = norm(channels)
+        self._init_channels(channels, channel_dim, device, dtype)
+
+    def _build(self, channels: int, device: Any, dtype: Any) -> None:
+        conv, norm = (nn.Conv2d, nn.BatchNorm2d) if self.dims == 2 else (nn.Conv1d, nn.BatchNorm1d)
+        k = self.kernel_size
+        self.conv_frelu = conv(channels, channels, k, 1, k // 2, groups=channels, device=device, dtype=dtype)
+        self.bn_frelu = norm(channels, device=device, dtype=dtype)
+
+    def reset_parameters(self) -> None:
+        """The convolution and the BatchNorm as torch initialises them."""
+        if self.initialized:
+            self.conv_frelu.reset_parameters()
+            self.bn_frelu.reset_parameters()
 
     def condition(self, x: Tensor) -> Tensor:
-        """T(x), the funnel condition. A single value per channel in training mode (batch size 1
-        on 1x1 maps) has no batch statistics (torch's BatchNorm raises): it is normalised with the
-        running statistics, which stay unchanged, as in eval mode."""
-        h = self.conv_frelu(x)
+        """T(x), the funnel condition of channels-first ``x``. A single value per channel in
+        training mode (batch size 1 on 1x1 maps) has no batch statistics (torch's BatchNorm
+        raises): it is normalised with the running statistics, which stay unchanged, as in eval
+        mode. Under context="causal" the window ends at each position (left padding k - 1) and
+        each position is normalised over the batch (``nn.context``)."""
         bn = self.bn_frelu
+        if self.context == "causal":
+            if getattr(self, OFFSET, None):
+                raise RuntimeError("FReLU(context='causal') cannot continue a cached decode: its window "
+                                   "needs the previous positions; decode with use_cache=False")
+            conv = self.conv_frelu
+            h = nn.functional.conv1d(nn.functional.pad(x, (self.kernel_size - 1, 0)), conv.weight, conv.bias,
+                                     groups=conv.groups)
+            return batch_norm_positions(bn, h.transpose(1, 2)).transpose(1, 2)
+        refuse_cached(self)
+        h = self.conv_frelu(x)
         if bn.training and h[:, 0].numel() == 1:
             return nn.functional.batch_norm(h, bn.running_mean, bn.running_var, bn.weight, bn.bias,
                                             False, 0.0, bn.eps)
         return bn(h)
 
-    def forward(self, x: Tensor) -> Tensor:
-        check_input(self, x, self.channels)
+    def _forward(self, x: Tensor) -> Tensor:
         if x.ndim != self.dims + 2:
             raise ValueError(f"FReLU(dims={self.dims}) expects (N, C, {'H, W' if self.dims == 2 else 'L'}) "
-                             f"inputs, got shape {tuple(x.shape)}")
+                             f"inputs (channels on channel_dim={self.channel_dim}), got channels-first shape "
+                             f"{tuple(x.shape)}")
         return dispatch.frelu_max(x, self.condition(x), self.backend)
 
     def extra_repr(self) -> str:
-        return (f"channels={self.channels}, kernel_size={self.conv_frelu.kernel_size[0]}, dims={self.dims}"
+        context = "" if self.context == "sample" else f", context={self.context!r}"
+        return (f"{self._channels_repr()}, kernel_size={self.kernel_size}, dims={self.dims}{context}"
                 + self._backend_repr())

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from .. import functional as AF
 from ..ops import dispatch
-from .base import ActivationModule, batch_norm, check_input, int_at_least
+from .base import batch_norm, int_at_least
+from .channels import ChannelModule
+from .context import (Context, batch_norm_positions, check_context, check_sequence, position_statistics,
+                      refuse_cached)
 
 __all__ = ["MetaAconC"]
 
@@ -17,7 +20,7 @@ Granularity = Literal["channel", "layer", "pixel"]
 Norm = Literal["bn", "none"]
 
 
-class MetaAconC(ActivationModule):
+class MetaAconC(ChannelModule):
     """Meta-ACON-C (Ma et al., "Activate or Not", CVPR 2021, arXiv 2009.04759).
 
     .. math:: y = (p_1 - p_2) x\\,\\sigma(\\beta (p_1 - p_2) x) + p_2 x
@@ -44,16 +47,47 @@ class MetaAconC(ActivationModule):
 
     The generator runs in its parameters' dtype (pooling accumulates in it), and beta is cast
     to the input dtype, so a float32 module works on bfloat16 activations.
+
+    Args:
+        channels: C; None takes it from the first input (lazy, see ``nn.channels``).
+        r: the generator's reduction: its hidden width is max(r, C // r) (the paper: 16).
+        granularity: "channel", "layer" or "pixel" (above).
+        inplace: accepted for drop-in use; the output is always a new tensor.
+        backend: "auto", "reference", "autograd", "compiled" or "triton" (``adaptact.ops.dispatch``).
+        norm: "bn" (the official generator) or "none" (no BatchNorm).
+        channel_dim: 1 for (N, C, *), -1 for (B, T, C) tokens and channels-last tensors.
+        context: what the generator pools along a sequence: "sample" (the paper: every position),
+            "causal" (positions <= t) or "token" (position t); see ``nn.context``. The "causal"
+            and "token" generators' BatchNorms normalise each position over the batch.
+        device, dtype: where and in which dtype to make the parameters.
+
+    Shape: any rank >= 2 with C on ``channel_dim`` -> the same; contexts "causal" and "token"
+    take one sequence dim, (B, T, C) or (B, C, T).
+
+    Examples:
+        >>> act = MetaAconC(64)
+        >>> act(torch.randn(8, 64, 14, 14)).shape
+        torch.Size([8, 64, 14, 14])
+        >>> decoder_act = MetaAconC(None, channel_dim=-1, context="causal")  # lazy, a decoder MLP's
+        >>> decoder_act(torch.randn(2, 7, 128)).shape
+        torch.Size([2, 7, 128])
     """
+
+    _channels_entry = ("p1", -1)
 
     def __init__(
         self,
-        channels: int,
+        channels: int | None = None,
         r: int = 16,
         granularity: Granularity = "channel",
         inplace: bool = False,
         backend: str = "auto",
         norm: Norm = "bn",
+        *,
+        channel_dim: int = 1,
+        context: Context = "sample",
+        device: Any = None,
+        dtype: Any = None,
     ) -> None:
         super().__init__()
         self.backend = backend
@@ -66,44 +100,73 @@ class MetaAconC(ActivationModule):
         if norm != "bn" and granularity != "channel":
             raise ValueError(f"norm applies to the channel generator; granularity {granularity!r} has none")
         self.norm = norm
-        self.channels = int_at_least("channels", channels)
         self.r = int_at_least("r", r)
         self.granularity = granularity
+        self.context = check_context(context)
         self.inplace = inplace
-        if granularity == "channel":
-            hidden = max(r, channels // r)
-            self.fc1 = nn.Linear(channels, hidden)
-            self.fc2 = nn.Linear(hidden, channels)
-            if norm == "bn":
-                self.bn1 = nn.BatchNorm1d(hidden)
-                self.bn2 = nn.BatchNorm1d(channels)
-        self.p1 = nn.Parameter(torch.randn(channels))
-        self.p2 = nn.Parameter(torch.randn(channels))
+        self._init_channels(channels, channel_dim, device, dtype)
+
+    def _build(self, channels: int, device: Any, dtype: Any) -> None:
+        factory = {"device": device, "dtype": dtype}
+        if self.granularity == "channel":
+            hidden = max(self.r, channels // self.r)
+            self.fc1 = nn.Linear(channels, hidden, **factory)
+            self.fc2 = nn.Linear(hidden, channels, **factory)
+            if self.norm == "bn":
+                self.bn1 = nn.BatchNorm1d(hidden, **factory)
+                self.bn2 = nn.BatchNorm1d(channels, **factory)
+        self.p1 = nn.Parameter(torch.empty(channels, **factory))
+        self.p2 = nn.Parameter(torch.empty(channels, **factory))
+        nn.init.normal_(self.p1)
+        nn.init.normal_(self.p2)
+
+    def reset_parameters(self) -> None:
+        """p1, p2 ~ N(0, 1); the generator's layers as torch initialises them."""
+        if not self.initialized:
+            return
+        nn.init.normal_(self.p1)
+        nn.init.normal_(self.p2)
+        for layer in (getattr(self, name, None) for name in ("fc1", "fc2", "bn1", "bn2")):
+            if layer is not None:
+                layer.reset_parameters()
 
     def generate_beta(self, x: Tensor) -> Tensor:
-        """The switching factor for ``x``: (N, C), (N, 1) or x-shaped by granularity."""
+        """The switching factor for channels-first ``x``: (N, C), (N, 1) or x-shaped by granularity
+        (per position, (N, C or 1, T), under the "causal" and "token" contexts)."""
         if self.granularity == "pixel":
             return torch.sigmoid(x)
+        if self.context != "sample":
+            return self._beta_per_position(x)
         return self.beta_from_mean(AF.spatial_mean(x, dtype=self._stats_dtype))
 
     def beta_from_mean(self, mean: Tensor) -> Tensor:
-        """beta from the spatial means of x, (N, C): (N, C) for "channel", (N, 1) for "layer"
-        (the mean over channels of the channel means is the mean over all but the batch dim)."""
+        """beta from the means of x, (N, C) (or (N, T, C) per position): (N, C) for "channel",
+        (N, 1) for "layer" (the mean over channels of the channel means is the mean over all but
+        the batch dim)."""
         if self.granularity == "layer":
-            return torch.sigmoid(mean.mean(1, keepdim=True))
+            return torch.sigmoid(mean.mean(-1, keepdim=True))
         if self.norm == "none":
             return torch.sigmoid(self.fc2(self.fc1(mean)))
-        h = batch_norm(self.bn1, self.fc1(mean))
-        return torch.sigmoid(batch_norm(self.bn2, self.fc2(h)))
+        norm = batch_norm if mean.ndim == 2 else batch_norm_positions
+        h = norm(self.bn1, self.fc1(mean))
+        return torch.sigmoid(norm(self.bn2, self.fc2(h)))
+
+    def _beta_per_position(self, x: Tensor) -> Tensor:
+        check_sequence(self, x, self.context)
+        means = position_statistics(self, x.transpose(1, 2).to(self._stats_dtype), self.context)
+        return self.beta_from_mean(means).transpose(1, 2)
 
     @property
     def _stats_dtype(self) -> torch.dtype:
         return (self.fc1.weight if self.granularity == "channel" else self.p1).dtype
 
-    def forward(self, x: Tensor) -> Tensor:
-        check_input(self, x, self.channels)
+    def _forward(self, x: Tensor) -> Tensor:
         if self.granularity == "pixel":  # beta = sigmoid(x) is fused: no x-sized beta tensor
             return self._run(dispatch.acon_c_pixel, x, self.p1, self.p2)
+        if self.context != "sample":
+            return self._run(dispatch.acon_c_positions, x, self.p1, self.p2, self._beta_per_position(x),
+                             fused=False)
+        refuse_cached(self)
         return self._run(dispatch.meta_acon_c, x, self.p1, self.p2, self.beta_from_mean, self._weights,
                          self._stats_dtype)
 
@@ -113,4 +176,5 @@ class MetaAconC(ActivationModule):
     def extra_repr(self) -> str:
         granularity = f"granularity={self.granularity!r}"
         norm = "" if self.norm == "bn" else f", norm={self.norm!r}"
-        return f"channels={self.channels}, r={self.r}, {granularity}{norm}" + self._backend_repr()
+        context = "" if self.context == "sample" else f", context={self.context!r}"
+        return f"{self._channels_repr()}, r={self.r}, {granularity}{norm}{context}" + self._backend_repr()

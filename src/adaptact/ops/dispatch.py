@@ -28,8 +28,9 @@ from .. import functional as AF
 from . import autograd as AG
 from . import compiled as CP
 
-__all__ = ["BACKENDS", "KERNEL_DTYPES", "acon_c", "acon_c_pixel", "aprelu", "arelu", "auto_backend",
-           "check_backend", "dy_relu", "frelu_max",
+__all__ = ["BACKENDS", "KERNEL_DTYPES", "acon_c", "acon_c_pixel", "acon_c_positions", "aprelu",
+           "aprelu_positions", "arelu", "auto_backend", "check_backend", "dy_relu", "dy_relu_positions",
+           "frelu_max",
            "meta_acon_c", "resolve", "signed_spatial_mean", "triton_available", "under_torch_func"]
 
 BACKENDS = ("auto", "reference", "autograd", "compiled", "triton")
@@ -220,6 +221,38 @@ def _dy_relu(x: Tensor, coefficients_from_mean: Callable[[Tensor], tuple[Tensor,
         return _triton().dy_relu(x, a, bias)
     view = (a.shape[0], a.shape[1]) + (1,) * (x.ndim - 2) + (a.shape[-1],)
     return _lean(backend).dy_relu(x, a.reshape(view), bias.reshape(view))
+
+
+# --- coefficients per position (context "causal" or "token"): no Triton kernel takes them ------
+
+
+def _without_kernels(backend: str, x: Tensor) -> str:
+    if backend == "triton":
+        raise ValueError("backend='triton' has no kernel for per-position coefficients (context 'causal' "
+                         "or 'token'): use backend='auto' or 'autograd'")
+    b = resolve(backend, x)
+    return "autograd" if b == "triton" else b
+
+
+def acon_c_positions(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor, backend: str = "auto") -> Tensor:
+    """ACON-C with ``beta`` per position, (N, C or 1, T) for (N, C, T) ``x``."""
+    if _without_kernels(backend, x) == "reference":
+        return AF.acon_c(x, p1, p2, beta)
+    return AG.acon_c(x, _view(p1, x), _view(p2, x), beta)
+
+
+def aprelu_positions(x: Tensor, alpha: Tensor, backend: str = "auto") -> Tensor:
+    """APReLU with ``alpha`` per position, (N, C or 1, T) for (N, C, T) ``x``."""
+    if _without_kernels(backend, x) == "reference":
+        return AF.aprelu(x, alpha)
+    return AG.aprelu(x, alpha)
+
+
+def dy_relu_positions(x: Tensor, a: Tensor, b: Tensor, backend: str = "auto") -> Tensor:
+    """Dynamic ReLU with pieces per position, ``a`` and ``b`` (N, C or 1, T, K) for (N, C, T) ``x``."""
+    if _without_kernels(backend, x) == "reference":
+        return AF.dy_relu(x, a, b)
+    return AG.dy_relu(x, a, b)
 
 
 def frelu_max(x: Tensor, t: Tensor, backend: str = "auto") -> Tensor:

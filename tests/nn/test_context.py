@@ -1,0 +1,153 @@
+"""Sequence contexts of the input-conditioned activations: "causal" never lets a position see a
+later one (train and eval), equals the "sample" output of the prefix in eval mode, carries its
+prefix across cached calls; "token" sees its own position alone."""
+
+import copy
+
+import pytest
+import torch
+
+import adaptact
+from adaptact.nn.context import OFFSET, track_decoding
+
+CONDITIONED = [
+    ("meta_acon_c", {}), ("meta_acon_c", {"granularity": "layer"}), ("meta_acon_c", {"norm": "none"}),
+    ("aprelu", {}), ("aprelu", {"alpha": "sample"}), ("dy_relu_a", {"reduction": 1}), ("dy_relu_b", {}),
+]
+IDS = [n + "".join(f"-{v}" for v in kw.values()) for n, kw in CONDITIONED]
+WITH_FRELU = [*CONDITIONED, ("frelu", {"dims": 1})]
+WITH_FRELU_IDS = [*IDS, "frelu"]
+B, T, C = 4, 9, 6
+BACKENDS = ["reference", "autograd"]  # "auto" runs autograd for per-position coefficients
+
+
+def _module(name, kwargs, context, backend="reference", channel_dim=-1):
+    torch.manual_seed(0)
+    m = adaptact.create(name, channels=C, channel_dim=channel_dim, context=context, backend=backend, **kwargs)
+    with torch.no_grad():  # away from the initial values, and BatchNorm running statistics set
+        for p in m.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+        for bn in (b for b in m.modules() if isinstance(b, torch.nn.BatchNorm1d)):
+            bn.running_mean.normal_()
+            bn.running_var.uniform_(0.5, 2.0)
+    return m
+
+
+def _perturbed(x, t):
+    x2 = x.clone()
+    x2[:, t + 1:] = torch.randn_like(x2[:, t + 1:])
+    return x2
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("case", WITH_FRELU, ids=WITH_FRELU_IDS)
+def test_causal_outputs_never_depend_on_later_positions(case, training, backend):
+    name, kwargs = case
+    m = _module(name, kwargs, "causal", backend).train(training)
+    x = torch.randn(B, T, C)
+    for t in (0, 4, T - 2):
+        x2 = _perturbed(x, t).requires_grad_()
+        y1, y2 = copy.deepcopy(m)(x), m(x2)
+        torch.testing.assert_close(y1[:, : t + 1], y2[:, : t + 1], rtol=0, atol=0)
+        assert not torch.equal(y1[:, t + 1:], y2[:, t + 1:])  # the later positions did change
+        # nor does the gradient reach a later input from an earlier output
+        (g,) = torch.autograd.grad(y2[:, : t + 1].sum(), x2)
+        assert torch.count_nonzero(g[:, t + 1:]) == 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", CONDITIONED, ids=IDS)
+def test_sample_context_is_not_causal(case, backend):
+    """The test above can fail: the papers' pooling over the whole sample leaks later positions."""
+    name, kwargs = case
+    m = _module(name, kwargs, "sample", backend).eval()
+    x = torch.randn(B, T, C)
+    assert not torch.equal(m(x)[:, :3], m(_perturbed(x, 2))[:, :3])
+
+
+@pytest.mark.parametrize("channel_dim", [-1, 1], ids=["tokens", "channels_first"])
+@pytest.mark.parametrize("case", WITH_FRELU, ids=WITH_FRELU_IDS)
+def test_causal_output_at_t_is_the_sample_output_of_the_prefix(case, channel_dim):
+    name, kwargs = case
+    causal = _module(name, kwargs, "causal", channel_dim=channel_dim).eval()
+    sample = copy.deepcopy(causal)
+    sample.context = "sample"
+    x = torch.randn(B, T, C) if channel_dim == -1 else torch.randn(B, C, T)
+    y = causal(x)
+    for t in range(T):
+        if name == "frelu":  # a centred window sees t + 1 with "sample": compare one-sided windows
+            continue
+        prefix = x[:, : t + 1] if channel_dim == -1 else x[:, :, : t + 1]
+        at_t = y[:, t] if channel_dim == -1 else y[:, :, t]
+        want = sample(prefix)[:, t] if channel_dim == -1 else sample(prefix)[:, :, t]
+        torch.testing.assert_close(at_t, want, rtol=1e-5, atol=1e-6)
+
+
+def test_causal_frelu_window_ends_at_t():
+    m = _module("frelu", {"dims": 1}, "causal").eval()
+    k = m.kernel_size
+    x = torch.randn(B, T, C)
+    y = m(x)
+    for t in range(T):  # the window of t is positions t-k+1..t, zero-padded on the left
+        window = x[:, max(0, t - k + 1): t + 1].transpose(1, 2)
+        padded = torch.nn.functional.pad(window, (k - window.shape[-1], 0))
+        h = torch.nn.functional.conv1d(padded, m.conv_frelu.weight, m.conv_frelu.bias, groups=C)[..., 0]
+        bn = m.bn_frelu
+        cond = (h - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) * bn.weight + bn.bias
+        torch.testing.assert_close(y[:, t], torch.maximum(x[:, t], cond), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("case", CONDITIONED, ids=IDS)
+def test_token_output_depends_on_its_position_alone(case, training, backend):
+    name, kwargs = case
+    m = _module(name, kwargs, "token", backend).train(training)
+    x = torch.randn(B, T, C)
+    x2 = x.clone()
+    t = 4
+    x2[:, :t] = torch.randn_like(x2[:, :t])
+    x2[:, t + 1:] = torch.randn_like(x2[:, t + 1:])
+    if training:  # batch statistics mix samples at the same position: change none at t
+        torch.testing.assert_close(copy.deepcopy(m)(x)[:, t], m(x2)[:, t], rtol=0, atol=0)
+    else:  # each (sample, position) alone: equals the module on that one position
+        torch.testing.assert_close(m(x)[:, t], m(x[:, t: t + 1])[:, 0], rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(m(x)[:, t], m(x2)[:, t], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("case", CONDITIONED, ids=IDS)
+def test_causal_prefix_continues_across_cached_calls(case):
+    """What a KV cache does: the prompt first, then one position per call; the outputs equal the
+    full-sequence forward's. A call at an offset the module holds no prefix for raises."""
+    name, kwargs = case
+    m = _module(name, kwargs, "causal").eval()
+    x = torch.randn(B, T, C)
+    full = m(x)
+    host = torch.nn.Sequential(m)
+    untrack = track_decoding(host)
+
+    def call(part, offset):
+        return host(part, cache_position=torch.arange(offset, offset + part.shape[1]))
+
+    host.forward = lambda part, cache_position=None: m(part)  # a model taking the cache keyword
+    steps = [call(x[:, :5], 0)] + [call(x[:, t: t + 1], t) for t in range(5, T)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-6)
+    assert OFFSET not in m.__dict__  # set only during the model's call
+    with pytest.raises(RuntimeError, match=r"cannot continue a cached decode at position 3 .* use_cache"):
+        call(x[:, 3:4], 3)
+    untrack()
+    torch.testing.assert_close(host(x[:, :5]), full[:, :5])
+
+
+def test_contexts_need_one_sequence_dim_and_valid_names():
+    m = adaptact.MetaAconC(C, context="causal")
+    with pytest.raises(ValueError, match=r"context='causal'\) takes inputs with one sequence dim"):
+        m(torch.randn(2, C, 4, 4))
+    with pytest.raises(ValueError, match="context must be one of 'sample', 'causal', 'token', got 'future'"):
+        adaptact.APReLU(C, context="future")
+    with pytest.raises(ValueError, match="context 'token' would leave it one position"):
+        adaptact.FReLU(C, dims=1, context="token")
+    with pytest.raises(ValueError, match="backend='triton' has no kernel for per-position coefficients"):
+        adaptact.ops.dispatch.acon_c_positions(torch.randn(2, 3, 4), torch.ones(3), torch.zeros(3),
+                                               torch.ones(2, 3, 4), backend="triton")
