@@ -238,7 +238,8 @@ def _bench(shape, dtypes, dev, activations, backends, repeats, channel_dim) -> d
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu"
     return {"device": name,
             "device_type": dev.type,
-            "shape": list(shape), "channel_dim": channel_dim, "copy_bandwidth_GBps": bandwidth / 1e9, "torch": torch.__version__,
+            "shape": list(shape), "channel_dim": channel_dim, "copy_bandwidth_GBps": bandwidth / 1e9,
+            "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "results": [asdict(r) for r in results]}
 
