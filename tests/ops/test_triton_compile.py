@@ -45,6 +45,14 @@ RESNET = [(64, c, s, s) for s in (112, 56, 28, 14, 7) for c in (64, 128, 256, 51
 LINEAR = [(total // c, c) for total in (10**k for k in range(3, 9)) for c in (100, 128, 1000, 1024, 4096)
           if total // c >= 1]
 SEQUENCE = [(64, 128, 1000), (32, 64, 4096), (64, 512, 49), (16, 80, 160), (8, 256, 300)]
+# transformer tokens (B, T, C), channels last, as a channel_dim=-1 module hands them on: the (B, C, T)
+# view with unit channel stride
+TOKENS = [(8, 512, 768), (4, 1024, 3072), (32, 197, 384), (16, 128, 4096)]
+
+
+def _tokens(shape, dtype=torch.float32, device="cpu"):
+    """The channels-first view of uninitialised (B, T, C) tokens."""
+    return torch.empty(shape, dtype=dtype, device=device).movedim(-1, 1)
 
 
 def _record(cases, shapes, dtypes, layouts, make=None) -> dict[str, dict]:
@@ -141,8 +149,9 @@ def _unit_stride_layouts():
     nchw = [s for s in RESNET if math.prod(s[2:]) % 16 == 0 and s[1] in (64, 512)]
     channels_last = [s for s in RESNET if s[1] in (256, 2048)]
     linear = [s for s in LINEAR if s[1] % 16 == 0 and s[0] * s[1] in (10**6, 10**7)]
+    tokens = [(b, c, t) for b, t, c in TOKENS[:2]]
     return ([(s, "contiguous") for s in nchw] + [(s, "channels_last") for s in channels_last]
-            + [(s, "contiguous") for s in linear])
+            + [(s, "contiguous") for s in linear] + [(s, "tokens") for s in tokens])
 
 
 VECTOR_CASES = [c for c, i in zip(CASES, IDS)
@@ -153,7 +162,8 @@ ELEMENTWISE = {"ld": ("x_ptr", "dy_ptr"), "st": ("y_ptr", "dx_ptr")}
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_x_and_dy_loads_and_y_and_dx_stores_are_vector_instructions(dtype):
     """Every load of x or dy and every store of y or dx in the PTX is a vector instruction
-    (ld.global.v2/v4, st.global.v2/v4) when the unit-stride dim is a multiple of 16. Each access
+    (ld.global.v2/v4, st.global.v2/v4) when the unit-stride dim is a multiple of 16 (transformer
+    tokens with channel_dim=-1 included). Each access
     is traced to its pointer argument through the address arithmetic (``global_accesses``)."""
     launches = {}
     for shape, layout in _unit_stride_layouts():
@@ -172,6 +182,8 @@ def test_x_and_dy_loads_and_y_and_dx_stores_are_vector_instructions(dtype):
 
 def _uninitialised(shape, dtype, layout):
     """A tensor of the shape set's size without touching its memory (the kernels do not run)."""
+    if layout == "tokens":
+        return _tokens((shape[0], shape[2], shape[1]), dtype)
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     return torch.empty(shape, dtype=dtype).contiguous(memory_format=fmt)
 
@@ -183,6 +195,8 @@ def _plans():
             yield f"{shape} {'NHWC' if fmt == torch.channels_last else 'NCHW'}", x
     for shape in LINEAR + SEQUENCE:
         yield str(shape), torch.empty(shape, device="meta")
+    for shape in TOKENS:
+        yield f"{shape} tokens", _tokens(shape, device="meta")
 
 
 @pytest.mark.parametrize("label,x", list(_plans()), ids=lambda v: v if isinstance(v, str) else "")
