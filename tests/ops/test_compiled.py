@@ -86,13 +86,17 @@ def test_auto_runs_compiled_code_and_keeps_the_layout(monkeypatch):
 @pytest.mark.parametrize("case", MAIN + [("dy_relu_b", {})],
                          ids=[IDS[CASES.index(c)] for c in MAIN] + ["dy_relu_b"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
-def test_compiled_saves_only_the_input(case, dtype):
+@pytest.mark.parametrize("channel_dim", [1, -1], ids=["channels_first", "tokens"])
+def test_compiled_saves_only_the_input(case, dtype, channel_dim):
     """What Inductor's partitioner keeps is its choice: it kept a bool mask of DY-ReLU's winning
-    piece beside x (a quarter of x in float32) until the forward stopped computing one."""
+    piece beside x (a quarter of x in float32) until the forward stopped computing one, and an
+    x-sized intermediate of Meta-ACON-C on tokens until the channels-last composites."""
     name, kwargs = case
-    x = torch.randn(8, 32, 24, 24, dtype=dtype, requires_grad=True)
-    m = adaptact.create(name, channels=32, **kwargs).train()
+    shape = (8, 32, 24, 24) if channel_dim == 1 else (8, 96, 32)
+    x = torch.randn(shape, dtype=dtype, requires_grad=True)
+    m = adaptact.create(name, channels=32, channel_dim=channel_dim, **kwargs).train()
     assert saved_bytes(m, x) <= x.nbytes + 64 * 1024
+    assert m.ran_backend == "compiled"
 
 
 def _graphs() -> int:

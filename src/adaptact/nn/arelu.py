@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -22,20 +24,34 @@ class AReLU(ActivationModule):
         alpha: initial negative-side slope before clamping (paper: 0.90).
         beta: initial positive-side gain logit (paper: 2.0).
         inplace: accepted for interop with ``nn.ReLU``-style code; the result is always a new tensor.
-        backend: "auto", "reference", "autograd" or "triton" (see ``adaptact.ops.dispatch``).
+        backend: "auto", "reference", "autograd", "compiled" or "triton" (``adaptact.ops.dispatch``).
+        device, dtype: where and in which dtype to make the parameters.
+
+    Shape: any -> the same (the parameters are shared by every element).
+
+    Examples:
+        >>> act = AReLU()
+        >>> act(torch.randn(8, 64, 14, 14)).shape
+        torch.Size([8, 64, 14, 14])
     """
 
     def __init__(self, alpha: float = 0.90, beta: float = 2.0, inplace: bool = False,
-                 backend: str = "auto") -> None:
+                 backend: str = "auto", *, device: Any = None, dtype: Any = None) -> None:
         super().__init__()
         self.backend = backend
-        self.alpha = nn.Parameter(torch.tensor([float(alpha)]))
-        self.beta = nn.Parameter(torch.tensor([float(beta)]))
+        self.init_alpha, self.init_beta = float(alpha), float(beta)
+        self.alpha = nn.Parameter(torch.empty(1, device=device, dtype=dtype))
+        self.beta = nn.Parameter(torch.empty(1, device=device, dtype=dtype))
         self.inplace = inplace
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.constant_(self.alpha, self.init_alpha)
+        nn.init.constant_(self.beta, self.init_beta)
 
     def forward(self, x: Tensor) -> Tensor:
         check_input(self, x, None)
         return self._run(dispatch.arelu, x, self.alpha, self.beta)
 
     def extra_repr(self) -> str:
-        return f"alpha={self.alpha.item():.4g}, beta={self.beta.item():.4g}" + self._backend_repr()
+        return f"alpha={self.init_alpha:g}, beta={self.init_beta:g}" + self._backend_repr()

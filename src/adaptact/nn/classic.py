@@ -8,6 +8,7 @@ class, named in ``adaptact.registry``.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -72,23 +73,43 @@ class Swish(ActivationModule):
 
     ``learnable=False`` keeps ``beta`` fixed (beta = 1 is SiLU); ``learnable=True`` makes it
     one trainable scalar, the paper's Swish-beta.
+
+    Args:
+        beta: the (initial) beta.
+        learnable: whether beta is trained (a parameter) or fixed (a buffer).
+        inplace: accepted for drop-in use; the output is always a new tensor.
+        device, dtype: where and in which dtype to make beta.
+
+    Shape: any -> the same.
+
+    Examples:
+        >>> Swish(learnable=True)(torch.randn(4, 10)).shape
+        torch.Size([4, 10])
     """
 
-    def __init__(self, beta: float = 1.0, learnable: bool = False, inplace: bool = False) -> None:
+    def __init__(self, beta: float = 1.0, learnable: bool = False, inplace: bool = False, *,
+                 device: Any = None, dtype: Any = None) -> None:
         super().__init__()
         self.learnable = learnable
         self.inplace = inplace
+        self.init_beta = float(beta)
+        value = torch.empty(1, device=device, dtype=dtype)
         if learnable:
-            self.beta = nn.Parameter(torch.tensor([float(beta)]))
+            self.beta = nn.Parameter(value)
         else:
-            self.register_buffer("beta", torch.tensor([float(beta)]))
+            self.register_buffer("beta", value)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            self.beta.fill_(self.init_beta)
 
     def forward(self, x: Tensor) -> Tensor:
         check_input(self, x, None)
         return AF.swish(x, self.beta)
 
     def extra_repr(self) -> str:
-        return f"beta={self.beta.item():.4g}, learnable={self.learnable}"
+        return f"beta={self.init_beta:.4g}, learnable={self.learnable}"
 
 
 class TanhGELU(ActivationModule):
@@ -98,6 +119,16 @@ class TanhGELU(ActivationModule):
 
     The paper's k is sqrt(2/pi) = 0.7978846 (``nn.GELU(approximate="tanh")``); the AReLU code's
     GELU, which its experiments compare against, writes k = 0.7979946 (``ARELU_CODE``).
+
+    Args:
+        coefficient: k.
+        inplace: accepted for drop-in use; the output is always a new tensor.
+
+    Shape: any -> the same.
+
+    Examples:
+        >>> TanhGELU()(torch.randn(4, 10)).shape
+        torch.Size([4, 10])
     """
 
     ARELU_CODE = 0.7979946
@@ -121,6 +152,15 @@ class CReLU(ActivationModule):
     .. math:: y = \\mathrm{concat}(\\mathrm{relu}(x), \\mathrm{relu}(-x)) \\text{ on dim 1}
 
     The output has twice the input's channels, so the next layer must take 2C.
+
+    Args:
+        inplace: accepted for drop-in use; the output is always a new tensor.
+
+    Shape: (N, C, *) -> (N, 2C, *).
+
+    Examples:
+        >>> CReLU()(torch.randn(4, 8, 5)).shape
+        torch.Size([4, 16, 5])
     """
 
     def __init__(self, inplace: bool = False) -> None:

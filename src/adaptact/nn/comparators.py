@@ -24,21 +24,40 @@ class APL(ActivationModule):
     .. math:: y = \\mathrm{relu}(x) + \\sum_{s=1}^{S} a_s\\,\\mathrm{relu}(b_s - x)
 
     ``S`` hinges with shared scalars, initialised a_s = 0.2, b_s = 0.5 as in the AReLU code.
+
+    Args:
+        s: the number of hinges S.
+        a, b: initial hinge slopes and positions.
+        inplace: accepted for drop-in use; the output is always a new tensor.
+        device, dtype: where and in which dtype to make the parameters.
+
+    Shape: any -> the same.
+
+    Examples:
+        >>> APL(s=2)(torch.randn(4, 10)).shape
+        torch.Size([4, 10])
     """
 
-    def __init__(self, s: int = 1, a: float = 0.2, b: float = 0.5, inplace: bool = False) -> None:
+    def __init__(self, s: int = 1, a: float = 0.2, b: float = 0.5, inplace: bool = False, *,
+                 device: Any = None, dtype: Any = None) -> None:
         super().__init__()
         int_at_least("s (number of hinges)", s)
-        self.a = nn.Parameter(torch.full((s,), float(a)))
-        self.b = nn.Parameter(torch.full((s,), float(b)))
+        self.init_a, self.init_b = float(a), float(b)
+        self.a = nn.Parameter(torch.empty(s, device=device, dtype=dtype))
+        self.b = nn.Parameter(torch.empty(s, device=device, dtype=dtype))
         self.inplace = inplace
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.constant_(self.a, self.init_a)
+        nn.init.constant_(self.b, self.init_b)
 
     def forward(self, x: Tensor) -> Tensor:
         check_input(self, x, None)
         return AF.apl(x, self.a, self.b)
 
     def extra_repr(self) -> str:
-        return f"s={self.a.numel()}"
+        return f"s={self.a.shape[0]}"
 
 
 class Mixture(ActivationModule):
@@ -47,16 +66,36 @@ class Mixture(ActivationModule):
     .. math:: y = p\\,x + (1 - p)\\,\\mathrm{relu}(x)
 
     One scalar ``p``, initialised to 0 (pure ReLU), as in the AReLU code.
+
+    Args:
+        p: initial mixing weight.
+        inplace: accepted for drop-in use; the output is always a new tensor.
+        device, dtype: where and in which dtype to make ``p``.
+
+    Shape: any -> the same.
+
+    Examples:
+        >>> Mixture()(torch.randn(4, 10)).shape
+        torch.Size([4, 10])
     """
 
-    def __init__(self, p: float = 0.0, inplace: bool = False) -> None:
+    def __init__(self, p: float = 0.0, inplace: bool = False, *, device: Any = None,
+                 dtype: Any = None) -> None:
         super().__init__()
-        self.p = nn.Parameter(torch.tensor([float(p)]))
+        self.init_p = float(p)
+        self.p = nn.Parameter(torch.empty(1, device=device, dtype=dtype))
         self.inplace = inplace
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.constant_(self.p, self.init_p)
 
     def forward(self, x: Tensor) -> Tensor:
         check_input(self, x, None)
         return AF.mixture(x, self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.init_p:g}"
 
 
 class SLAF(ActivationModule):
@@ -65,20 +104,35 @@ class SLAF(ActivationModule):
     .. math:: y = \\sum_{i=0}^{K-1} c_i x^i
 
     ``K`` shared coefficients, all initialised to 1 (K = 2: y = 1 + x), as in the AReLU code.
+
+    Args:
+        k: the number of coefficients K (degree K - 1).
+        inplace: accepted for drop-in use; the output is always a new tensor.
+        device, dtype: where and in which dtype to make the coefficients.
+
+    Shape: any -> the same.
+
+    Examples:
+        >>> SLAF(k=3)(torch.randn(4, 10)).shape
+        torch.Size([4, 10])
     """
 
-    def __init__(self, k: int = 2, inplace: bool = False) -> None:
+    def __init__(self, k: int = 2, inplace: bool = False, *, device: Any = None, dtype: Any = None) -> None:
         super().__init__()
         int_at_least("k (number of coefficients)", k)
-        self.coeff = nn.Parameter(torch.ones(k))
+        self.coeff = nn.Parameter(torch.empty(k, device=device, dtype=dtype))
         self.inplace = inplace
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.coeff)
 
     def forward(self, x: Tensor) -> Tensor:
         check_input(self, x, None)
         return AF.slaf(x, self.coeff)
 
     def extra_repr(self) -> str:
-        return f"k={self.coeff.numel()}"
+        return f"k={self.coeff.shape[0]}"
 
 
 class Maxout(ChannelModule):
@@ -145,7 +199,15 @@ class MaxoutPool(ActivationModule):
     is the identity; this module reproduces that comparator (the per-channel affine maxout is
     :class:`Maxout`).
 
+    Args:
+        pool_size: channels per group.
+        inplace: accepted for drop-in use; the output is always a new tensor.
+
     Shape: (N, C, *) -> (N, C / pool_size, *); C must be divisible by ``pool_size``.
+
+    Examples:
+        >>> MaxoutPool(2)(torch.randn(4, 8, 5)).shape
+        torch.Size([4, 4, 5])
     """
 
     def __init__(self, pool_size: int = 1, inplace: bool = False) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +58,19 @@ class PAU(ActivationModule):
     The denominator is at least 1, so there are no poles. Coefficients are shared by the
     layer (as in the paper), m = 5 and n = 4 by default, and initialised to the least-squares
     fit of leaky ReLU (slope ``negative_slope``) on [-3, 3] computed by :func:`fit_pau`.
+
+    Args:
+        degree_numerator: m.
+        degree_denominator: n.
+        negative_slope: the leaky ReLU slope of the initial fit.
+        inplace: accepted for drop-in use; the output is always a new tensor.
+        device, dtype: where and in which dtype to make the coefficients (default float32).
+
+    Shape: any -> the same.
+
+    Examples:
+        >>> PAU()(torch.randn(4, 10)).shape
+        torch.Size([4, 10])
     """
 
     def __init__(
@@ -65,20 +79,31 @@ class PAU(ActivationModule):
         degree_denominator: int = 4,
         negative_slope: float = 0.01,
         inplace: bool = False,
+        *,
+        device: Any = None,
+        dtype: Any = None,
     ) -> None:
         super().__init__()
         int_at_least("degree_numerator", degree_numerator)
         int_at_least("degree_denominator", degree_denominator)
-        num, den = fit_pau(degree_numerator, degree_denominator, float(negative_slope))
-        self.numerator = nn.Parameter(torch.tensor(num, dtype=torch.float32))
-        self.denominator = nn.Parameter(torch.tensor(den, dtype=torch.float32))
+        factory = {"device": device, "dtype": dtype or torch.float32}
+        self.numerator = nn.Parameter(torch.empty(degree_numerator + 1, **factory))
+        self.denominator = nn.Parameter(torch.empty(degree_denominator, **factory))
         self.negative_slope = negative_slope
         self.inplace = inplace
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The least-squares fit of leaky ReLU (``fit_pau``)."""
+        num, den = fit_pau(self.numerator.shape[0] - 1, self.denominator.shape[0], float(self.negative_slope))
+        with torch.no_grad():
+            self.numerator.copy_(torch.tensor(num))
+            self.denominator.copy_(torch.tensor(den))
 
     def forward(self, x: Tensor) -> Tensor:
         check_input(self, x, None)
         return AF.pau(x, self.numerator, self.denominator)
 
     def extra_repr(self) -> str:
-        m, n = self.numerator.numel() - 1, self.denominator.numel()
+        m, n = self.numerator.shape[0] - 1, self.denominator.shape[0]
         return f"degree_numerator={m}, degree_denominator={n}, init=leaky_relu({self.negative_slope})"

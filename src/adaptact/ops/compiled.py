@@ -384,20 +384,26 @@ def signed_spatial_mean(x: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
 # (N, C)-sized tensors (tests/ops/test_compiled.py measures it).
 
 
-def whole(composite: Callable[..., Tensor], x: Tensor, *args) -> Tensor | None:
+def whole(composite: Callable[..., Tensor], x: Tensor, *args,
+          channels_last: Callable[..., Tensor] | None = None) -> Tensor | None:
     """``composite(x, *args)`` (pooling, a generator that is a module's bound method, and an
     ``ops.autograd`` Function) traced and compiled as one graph, forward and backward; None when x
     cannot take this path. The compiled entry is shared by every module of a class (per kind of
-    input and training mode): the generator's sizes are symbolic. x whose channels have unit
-    stride and which is contiguous channels last (transformer tokens, channels_last maps) enters
-    the graph as that contiguous tensor, viewed channels first inside it: Inductor then orders the
-    loops of the poolings and gradient sums as for torch.compile of the reference (given the
-    channels-first view itself, it took up to twice as long)."""
+    input and training mode): the generator's sizes are symbolic.
+
+    x whose channels have unit stride and which is contiguous channels last (transformer tokens,
+    channels_last maps) enters the graph as that contiguous tensor: ``channels_last(last, *args)``
+    (``args`` without the trailing backend) computes on it directly where given, else ``composite``
+    runs on its channels-first view made inside the graph. Either way Inductor orders the loops of
+    the poolings and gradient sums as for torch.compile of the reference; given the channels-first
+    view as its input, it took up to twice as long."""
     if not _compiles(x):
         return None
     if x.ndim >= 3 and x.stride(1) == 1 and x.shape[1] > 1:
         last = x.movedim(1, -1)
         if last.is_contiguous():
+            if channels_last is not None:
+                return _call(channels_last, x.ndim, last, *args[:-1]).movedim(-1, 1)
             return _call(_channels_last, x.ndim, last, composite, *args).movedim(-1, 1)
     return _call(composite, x.ndim, x, *args)
 

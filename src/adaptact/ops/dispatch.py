@@ -175,11 +175,39 @@ def _meta_acon_c(x: Tensor, p1: Tensor, p2: Tensor, beta_from_mean: Callable[[Te
 def _generated(composite: Callable[..., Tensor], backend: str, x: Tensor, *args) -> Tensor:
     """``composite(x, *args, backend)``: pooling, generator and activation. On the compiled
     backend they are traced and compiled as one graph, running the autograd Functions' formulas
-    (``ops.compiled.whole``)."""
+    (``ops.compiled.whole``; channels-last x through the composite's channels-last form)."""
     if backend == "compiled":
-        y = CP.whole(composite, x, *args, "autograd")
+        y = CP.whole(composite, x, *args, "autograd", channels_last=_CHANNELS_LAST.get(composite))
         return composite(x, *args, "autograd") if y is None else y  # None: eager, as CP does
     return composite(x, *args, backend)
+
+
+# The composites written for channels-last x, (N, *, C) with the channels innermost (transformer
+# tokens): pooled over the middle dims, coefficients broadcast on the last dim. Compiled from the
+# contiguous channels-last tensor, Inductor orders their loops as for the reference and keeps only
+# x for backward (from the channels-first view of such x it took up to twice as long, and from a
+# view made inside the graph it kept an x-sized intermediate besides x).
+
+
+def _inner_dims(last: Tensor) -> tuple[int, ...]:
+    return tuple(range(1, last.ndim - 1))
+
+
+def _per_sample_last(t: Tensor, last: Tensor) -> Tensor:
+    """(N, C[, K]) coefficients viewed against channels-last (N, *, C)."""
+    return t.reshape((t.shape[0],) + (1,) * (last.ndim - 2) + tuple(t.shape[1:]))
+
+
+def _meta_acon_c_last(last: Tensor, p1: Tensor, p2: Tensor, beta_from_mean: Callable[[Tensor], Tensor],
+                      dtype: torch.dtype) -> Tensor:
+    beta = beta_from_mean(last.mean(_inner_dims(last), dtype=dtype))
+    return AG.acon_c(last, p1, p2, _per_sample_last(beta, last))
+
+
+def _dy_relu_last(last: Tensor, coefficients_from_mean: Callable[[Tensor], tuple[Tensor, Tensor]],
+                  dtype: torch.dtype) -> Tensor:
+    a, b = coefficients_from_mean(last.mean(_inner_dims(last), dtype=dtype))
+    return AG.dy_relu(last, _per_sample_last(a, last), _per_sample_last(b, last))
 
 
 def aprelu(x: Tensor, alpha_from_stats: Callable[[Tensor], Tensor], weights: Callable[[], Sequence[Tensor]],
@@ -268,3 +296,7 @@ def signed_spatial_mean(x: Tensor, dtype: torch.dtype, backend: str = "auto") ->
     if resolve(backend, x) == "reference":
         return AF.spatial_mean(torch.clamp(x, max=0), dtype), AF.spatial_mean(torch.relu(x), dtype)
     return (CP if resolve(backend, x) == "compiled" else AG).signed_spatial_mean(x, dtype)  # saves only x
+
+
+_CHANNELS_LAST: dict[Callable[..., Tensor], Callable[..., Tensor]] = {
+    _meta_acon_c: _meta_acon_c_last, _dy_relu: _dy_relu_last}
