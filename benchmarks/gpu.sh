@@ -6,7 +6,8 @@
 #
 #   tests    the backend-equality, saved-bytes and pass-count tests on CUDA tensors
 #   compile  torch.compile(fullgraph) of every Triton path against eager, and torch.library.opcheck
-#   bench    `adaptact bench-kernels` at the issue's shape (64x128x56x56), float32 and bfloat16
+#   bench    `adaptact bench-kernels` at the issue's shape (64x128x56x56) and at transformer token shapes
+#            (8x512x768, 4x1024x3072, --channel-dim -1), float32 and bfloat16
 set -uo pipefail
 stage=${1:-all}
 OUT=${OUT:-/tmp/adaptact-gpu}
@@ -30,5 +31,11 @@ fi
 if [[ $stage == bench || $stage == all ]]; then
     python3 -m adaptact bench-kernels --shape 64,128,56,56 --dtypes float32,bfloat16 --device cuda \
         --json "$OUT/bench-kernels.json" | tee "$OUT/bench-kernels.txt" || status=1
+    # transformer tokens (B, T, C), channels last: a GPT-2-small MLP and a wide LLaMA-style one
+    for shape in 8,512,768 4,1024,3072; do
+        python3 -m adaptact bench-kernels --shape $shape --channel-dim -1 --dtypes float32,bfloat16 --device cuda \
+            --json "$OUT/bench-kernels-tokens-${shape//,/x}.json" | tee "$OUT/bench-kernels-tokens-${shape//,/x}.txt" \
+            || status=1
+    done
 fi
 exit $status

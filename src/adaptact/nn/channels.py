@@ -122,6 +122,8 @@ class ChannelModule(ActivationModule):
 
 def _materialise_on_forward(module: ChannelModule, args: tuple) -> None:
     x = args[0] if args else None
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{type(module).__name__} expects a torch.Tensor, got {type(x).__name__}")
     check_input(module, x, None)
     dim = module.channel_dim
     if x.ndim < 2 or not -x.ndim <= dim < x.ndim or dim % x.ndim == 0:

@@ -109,13 +109,14 @@ def batch_norm_positions(bn: nn.modules.batchnorm._BatchNorm, h: Tensor) -> Tens
     y = (x - mean) * torch.rsqrt(var + bn.eps)
     if bn.affine:
         y = y * bn.weight + bn.bias
-    if bn.training and bn.track_running_stats:
+    tracked, running_mean, running_var = bn.num_batches_tracked, bn.running_mean, bn.running_var
+    if bn.training and tracked is not None and running_mean is not None and running_var is not None:
         with torch.no_grad():
-            bn.num_batches_tracked.add_(1)
-            momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
-            bn.running_mean.lerp_(mean.mean(0).to(bn.running_mean.dtype), momentum)
+            tracked.add_(1)
+            momentum = bn.momentum if bn.momentum is not None else 1.0 / float(tracked)
+            running_mean.lerp_(mean.mean(0).to(running_mean.dtype), momentum)
             unbiased = var.mean(0) * n / (n - 1)
-            bn.running_var.lerp_(unbiased.to(bn.running_var.dtype), momentum)
+            running_var.lerp_(unbiased.to(running_var.dtype), momentum)
     return y.to(h.dtype)
 
 
@@ -155,4 +156,9 @@ def track_decoding(model: nn.Module, modules: list[nn.Module] | None = None) -> 
 
     handles = [model.register_forward_pre_hook(before, with_kwargs=True),
                model.register_forward_hook(after, always_call=True)]
-    return lambda: [h.remove() for h in handles] and None
+
+    def remove() -> None:
+        for handle in handles:
+            handle.remove()
+
+    return remove
