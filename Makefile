@@ -30,7 +30,8 @@ test: install
 	TRITON_INTERPRET=1 ADAPTACT_TRITON_LAUNCHES=$(LAUNCHES) $(PYTHON) -m pytest -q tests/ops -k triton
 	ADAPTACT_TRITON_LAUNCHES=$(LAUNCHES) $(PYTHON) -m pytest -q
 
-# ruff with the rules and line length of pyproject.toml ([tool.ruff]).
+# ruff with the rules and line length of pyproject.toml ([tool.ruff]); mypy over src ([tool.mypy]).
 lint: EXTRAS = test
 lint: install
 	$(PYTHON) -m ruff check src tests
+	$(PYTHON) -m mypy

@@ -3,7 +3,6 @@ never a traceback — and is found before any expensive work; Ctrl-C exits 130."
 
 import sqlite3
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -99,11 +98,15 @@ def test_unwritable_plot_output(capsys, a_file):
     _error(capsys, ["plot", "relu", "-o", str(a_file / "x.png")], "cannot write there")
 
 
-def test_unwritable_bench_json_before_the_benchmark(capsys, a_file):
-    start = time.perf_counter()
+def test_unwritable_bench_json_before_the_benchmark(capsys, a_file, monkeypatch):
+    from adaptact.bench import kernels
+
+    def benchmark(*args, **kwargs):
+        raise AssertionError("the benchmark ran before the output was checked")
+
+    monkeypatch.setattr(kernels, "_bench", benchmark)
     _error(capsys, ["bench-kernels", "--shape", "2,4,5,5", "--device", "cpu",
                     "--json", str(a_file / "k.json")], "cannot write there")
-    assert time.perf_counter() - start < 5
 
 
 @pytest.mark.parametrize("content", [b"garbage", b"", "list"], ids=["garbage", "empty", "not-a-checkpoint"])
@@ -185,11 +188,14 @@ def test_numbers_out_of_range(tmp_path, capsys, args, message, no_training):
     _error(capsys, _compare(tmp_path, *args), message)
 
 
-def test_too_many_runs_are_refused_at_once(tmp_path, capsys, no_training):
-    start = time.perf_counter()
+def test_too_many_runs_are_refused_at_once(tmp_path, capsys, no_training, monkeypatch):
+    def sweep(*args, **kwargs):
+        raise AssertionError("the sweep started before the number of runs was checked")
+
+    monkeypatch.setattr(C, "run_sweep", sweep)
+    monkeypatch.setattr(C, "expand", sweep)  # counted, not listed
     lrs = ",".join(f"{k}e-4" for k in range(1, 100))
     _error(capsys, _compare(tmp_path, "--seeds", "10000", "--lrs", lrs), "runs asked for; at most 100000")
-    assert time.perf_counter() - start < 5
 
 
 def test_props_depth_one(capsys):
@@ -218,11 +224,9 @@ def test_ctrl_c_exits_130_with_one_line(tmp_path, capsys, monkeypatch):
 
 
 def test_unreachable_ray_address_fails_fast(tmp_path, capsys, no_training):
-    pytest.importorskip("ray")
-    start = time.perf_counter()
+    pytest.importorskip("ray")  # the connection attempt is bounded by RAY_CONNECT_TIMEOUT_S (executors.py)
     _error(capsys, _compare(tmp_path, "--executor", "ray", "--address", "127.0.0.1:1"),
            "no Ray cluster answers at 127.0.0.1:1")
-    assert time.perf_counter() - start < 40  # RAY_CONNECT_TIMEOUT_S and the start-up
 
 
 def test_missing_matplotlib_names_the_extra(tmp_path, capsys, monkeypatch):

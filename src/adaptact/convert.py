@@ -24,6 +24,7 @@ Anything that cannot be handled raises ValueError naming the layer.
 
 from __future__ import annotations
 
+import functools
 import operator
 import warnings
 from collections.abc import Callable
@@ -116,8 +117,9 @@ def producer_layout(m: nn.Module) -> Layout | None:
     if isinstance(m, nn.Embedding):
         return m.embedding_dim, -1
     if _from_transformers(m):
-        if type(m).__name__ == "Conv1D" and isinstance(getattr(m, "nf", None), int):
-            return m.nf, -1  # GPT-2's transposed Linear: (..., nx) -> (..., nf)
+        nf = getattr(m, "nf", None)
+        if type(m).__name__ == "Conv1D" and isinstance(nf, int):
+            return nf, -1  # GPT-2's transposed Linear: (..., nx) -> (..., nf)
         weight = getattr(m, "weight", None)
         if type(m).__name__.endswith(("RMSNorm", "LayerNorm")) and isinstance(weight, torch.Tensor) \
                 and weight.ndim == 1:
@@ -153,7 +155,7 @@ class _Site:
 
     @property
     def path(self) -> str:
-        name = self.child if self.child is not None else f"<{self.node.name}>"
+        name = self.child if self.child is not None else f"<{self.node.name if self.node else '?'}>"
         return f"{self.owner_path}.{name}" if self.owner_path else name
 
 
@@ -164,7 +166,7 @@ class _ChildrenAsLeaves(fx.Tracer):
 
 def _is_activation_node(node: fx.Node, owner: nn.Module) -> bool:
     if node.op == "call_module":
-        return is_activation(owner.get_submodule(node.target))
+        return is_activation(owner.get_submodule(str(node.target)))
     if node.op == "call_function":
         return node.target in _FUNCTIONS
     if node.op == "call_method":
@@ -180,7 +182,7 @@ def _walk_to_producer(node: fx.Node | None, owner: nn.Module) -> tuple[Layout | 
     """(layout, whether the walk reached the holder's input) for the value ``node`` computes."""
     while node is not None:
         if node.op == "call_module":
-            m = owner.get_submodule(node.target)
+            m = owner.get_submodule(str(node.target))
             layout = producer_layout(m)
             if layout is not None:
                 return layout, False
@@ -207,13 +209,13 @@ def _after_3x3(node: fx.Node, owner: nn.Module, residual: bool) -> bool:
     if not residual:
         return False
     bn = _first_tensor_arg(node)
-    if bn is None or bn.op != "call_module" or not isinstance(owner.get_submodule(bn.target),
+    if bn is None or bn.op != "call_module" or not isinstance(owner.get_submodule(str(bn.target)),
                                                              nn.modules.batchnorm._BatchNorm):
         return False
     conv = _first_tensor_arg(bn)
     if conv is None or conv.op != "call_module":
         return False
-    m = owner.get_submodule(conv.target)
+    m = owner.get_submodule(str(conv.target))
     return isinstance(m, nn.modules.conv._ConvNd) and all(k == 3 for k in m.kernel_size)
 
 
@@ -291,12 +293,12 @@ def _swap(owner: nn.Module, child: str, new: nn.Module) -> Callable[[], None]:
     fast = owner.__dict__.get("activation_relu_or_gelu")
     setattr(owner, child, new)
     if fast is not None:
-        owner.activation_relu_or_gelu = 0
+        owner.__dict__["activation_relu_or_gelu"] = 0
 
     def undo() -> None:
         setattr(owner, child, old)
         if fast is not None:
-            owner.activation_relu_or_gelu = fast
+            owner.__dict__["activation_relu_or_gelu"] = fast
 
     return undo
 
@@ -441,7 +443,7 @@ def replace_activations(model: nn.Module, name: ActivationLike, policy: str | Po
             in_place = (s.child is not None and all(g in chosen for g in group)
                         and len({g.layout for g in group}) == 1)
             if in_place:
-                if s is group[0]:
+                if s is group[0] and s.child is not None:
                     old = getattr(s.owner, s.child)
                     undo.append(_swap(s.owner, s.child, _build(name, s, old, kwargs)))
                     replaced.append(s.path)
@@ -477,12 +479,13 @@ def _rewrite(model: nn.Module, owner_path: str, graph: fx.Graph, sites: list[_Si
     index = {n: k for k, n in enumerate(n for n in graph.nodes if _is_activation_node(n, owner))}
     new_paths = []
     for s in sites:
+        assert s.node is not None  # sites to rewrite come from a traced graph
         old = owner.get_submodule(s.child) if s.child else None
         new_name = f"{s.child or 'act'}_site{index[s.node]}"
         while hasattr(owner, new_name):
             new_name += "_"
         owner.add_module(new_name, _build(name, s, old, kwargs))
-        undo.append(lambda owner=owner, new_name=new_name: delattr(owner, new_name))
+        undo.append(functools.partial(delattr, owner, new_name))
         with graph.inserting_after(s.node):
             new = graph.call_module(new_name, (_first_tensor_arg(s.node),))
         s.node.replace_all_uses_with(new)

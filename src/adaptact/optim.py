@@ -20,11 +20,13 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     is how YOLOv5's ACON study lost ACON's gain. Use as
     ``torch.optim.SGD(adaptact.param_groups(model, 5e-4), lr=0.1, momentum=0.9)``.
     """
-    no_decay_ids = set()
+    no_decay_ids: set[int] = set()
     for module in model.modules():
         if isinstance(module, NO_DECAY_MODULES):
             no_decay_ids |= {id(p) for p in module.parameters()}
-    decay, no_decay, seen = [], [], set()
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    seen: set[int] = set()
     for p in model.parameters():
         if id(p) in seen or not p.requires_grad:
             continue

@@ -12,7 +12,7 @@ import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from torch import nn
 
@@ -104,8 +104,10 @@ def _prelu_shared(channels: int | None = None, inplace: bool = False, **kwargs) 
 
 
 def _specs() -> dict[str, ActivationSpec]:
-    c, lrn, ad = "classic", "learnable", "adaptive"
-    rows = [
+    c: Family = "classic"
+    lrn: Family = "learnable"
+    ad: Family = "adaptive"
+    rows: list[tuple[Any, ...]] = [
         # name, factory, family, learnable, per_sample, per_channel, paper
         ("sigmoid", _torch(nn.Sigmoid), c, False, False, False, "logistic function"),
         ("tanh", _torch(nn.Tanh), c, False, False, False, "hyperbolic tangent"),

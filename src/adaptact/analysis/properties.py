@@ -236,12 +236,15 @@ def gradient_flow(activation: str, depth: int = 20, width: int = 64, batch: int 
     for m in net:
         if isinstance(m, nn.Linear | nn.Conv2d):
             nn.init.normal_(m.weight, std=m.weight[0].numel() ** -0.5)
-            nn.init.zeros_(m.bias)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
     x = torch.randn(batch, width, *((4, 4) if maps else ()), dtype=torch.float64)
     y = torch.randint(0, 10, (batch,))
     nn.functional.cross_entropy(net(x), y).backward()
     linears = [m for m in net if isinstance(m, nn.Linear | nn.Conv2d)]
-    first, last = linears[0].weight.grad.norm(), linears[-2].weight.grad.norm()
+    grads = [m.weight.grad for m in (linears[0], linears[-2])]
+    assert grads[0] is not None and grads[1] is not None
+    first, last = grads[0].norm(), grads[1].norm()
     return float(first / last) if last > 0 else float("inf")
 
 

@@ -16,12 +16,12 @@ __all__ = ["device", "finite_positive", "int_in_range", "share"]
 def int_in_range(name: str, value: object, low: int = 1, high: int | None = None) -> int:
     """``nn.base.int_at_least`` as a UserError, with an upper bound."""
     try:
-        int_at_least(name, value, low)
+        number = int_at_least(name, value, low)
     except ValueError as err:
         raise UserError(str(err)) from None
-    if high is not None and value > high:
+    if high is not None and number > high:
         raise UserError(f"{name} must be at most {high}, got {value!r}")
-    return value
+    return number
 
 
 def device(name: str | None) -> torch.device:
@@ -40,15 +40,14 @@ def device(name: str | None) -> torch.device:
 
 
 def finite_positive(name: str, value: object) -> float:
-    number = isinstance(value, int | float) and not isinstance(value, bool)
-    if not number or not math.isfinite(value) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+            or value <= 0:
         raise UserError(f"{name} must be a finite number > 0, got {value!r}")
     return float(value)
 
 
 def share(name: str, value: object) -> float:
     """A fraction in [0, 1)."""
-    number = isinstance(value, int | float) and not isinstance(value, bool)
-    if not number or not 0 <= value < 1:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value < 1:
         raise UserError(f"{name} must be a share in [0, 1), got {value!r}")
     return float(value)

@@ -127,17 +127,19 @@ def _scaled(train: np.ndarray, test: np.ndarray, scale: str = "standard",
             full_scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """float32 tensors, standardised with the training set's mean and std, or (``scale="unit"``)
     divided by the pixels' ``full_scale`` (255 for bytes), as ToTensor does."""
-    train = torch.as_tensor(np.asarray(train, dtype=np.float32))
-    test = torch.as_tensor(np.asarray(test, dtype=np.float32))
+    train_t = torch.as_tensor(np.asarray(train, dtype=np.float32))
+    test_t = torch.as_tensor(np.asarray(test, dtype=np.float32))
     if scale == "unit":
-        return train / full_scale, test / full_scale
-    mean, std = train.mean(), train.std()
-    return (train - mean) / std, (test - mean) / std
+        if full_scale is None:
+            raise ValueError("scale='unit' needs full_scale")
+        return train_t / full_scale, test_t / full_scale
+    mean, std = train_t.mean(), train_t.std()
+    return (train_t - mean) / std, (test_t - mean) / std
 
 
 def _load_idx(name: str, data_dir, scale: str) -> Dataset:
     folder = find_idx_dir(name, data_dir)
-    arrays = {key: read_idx(_idx_path(folder, stem)) for key, stem in IDX_FILES.items()}
+    arrays = {key: read_idx(_idx_path(folder, stem) or folder / stem) for key, stem in IDX_FILES.items()}
     for split in ("train", "test"):
         x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
         if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):

@@ -76,9 +76,11 @@ def inspect_checkpoints(checkpoints: Sequence[str | Path], dataset: str, data_di
             written.append(ins.plot_dy_relu_pieces(a, b, folder / f"{tag}dy_relu_pieces.png", samples, layer))
         for layer, share in list(got.frelu_share.items())[:1]:
             written.append(ins.plot_frelu_share(share, folder / f"{tag}frelu_share.png", layer))
+        inputs = got.inputs
         for layer, (pre, post) in list(got.arelu_maps.items())[:1]:
-            written.append(ins.plot_arelu_maps(got.inputs, pre, post, folder / f"{tag}arelu_maps.png",
-                                               samples, layer=layer))
+            if inputs is not None:
+                written.append(ins.plot_arelu_maps(inputs, pre, post, folder / f"{tag}arelu_maps.png",
+                                                   samples, layer=layer))
     if not written:
         raise UserError("no Meta-ACON-C, APReLU, DY-ReLU, FReLU or AReLU layer in the given checkpoints")
     return written

@@ -13,14 +13,17 @@ APReLU (plus a pooling read in forward and a reduction read in backward).
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -73,11 +76,12 @@ def _median_ms(fn, device: torch.device, repeats: int) -> float:
     return 1e3 * statistics.median(times)
 
 
-def _interleaved(fns: dict[str, object], device: torch.device, repeats: int
+def _interleaved(fns: dict[str, Callable[[], object]], device: torch.device, repeats: int
                  ) -> tuple[dict[str, float], dict[str, list[float]]]:
     """(first-call ms, per-round seconds) of each function, timed in interleaved rounds in a
     rotating order after the first call and two warm-up calls each."""
-    first, times = {}, {name: [] for name in fns}
+    first: dict[str, float] = {}
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for name, fn in fns.items():
         start = time.perf_counter()
         fn()
@@ -204,6 +208,10 @@ def run_kernel_bench(shape: tuple[int, ...] = (64, 128, 56, 56),
         torch.set_num_threads(previous_threads)
 
 
+def _step(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, dy: torch.Tensor) -> None:
+    run(x).backward(dy)
+
+
 def _bench(shape, dtypes, dev, activations, backends, repeats, channel_dim) -> dict:
     bandwidth = copy_bandwidth(dev, nbytes=min(1 << 28, 4 * 2 ** 24) if dev.type == "cpu" else 1 << 30)
     results = []
@@ -218,12 +226,11 @@ def _bench(shape, dtypes, dev, activations, backends, repeats, channel_dim) -> d
             for backend in backends:
                 if backend == "triton" and not (dev.type == "cuda" and triton_available()):
                     continue
-                module = copy.deepcopy(base)
+                module: Any = copy.deepcopy(base)
                 module.backend = "reference" if backend == "compile" else backend
                 modules[backend] = module
                 runs[backend] = torch.compile(module) if backend == "compile" else module
-            first, times = _interleaved({b: (lambda run=run, x=x, dy=dy: run(x).backward(dy))
-                                         for b, run in runs.items()},
+            first, times = _interleaved({b: functools.partial(_step, run, x, dy) for b, run in runs.items()},
                                         dev, repeats)
             for backend, module in modules.items():
                 ms = 1e3 * statistics.median(times[backend])

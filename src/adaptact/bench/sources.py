@@ -20,6 +20,7 @@ import hashlib
 import importlib
 import inspect
 from collections.abc import Callable
+from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +41,7 @@ class Source:
     ref: object = None  # what a worker resolves: None (built-in), a spec string, a callable or a file
 
 
-def _import(spec: str, what: str):
+def _import(spec: str, what: str) -> Callable[..., Any]:
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
         raise UserError(f"{what} {spec!r}: expected a built-in name or module:attribute")
@@ -100,7 +101,7 @@ def build_model(source: Source, activation: str, sample_shape: tuple[int, ...],
         return model
     if source.ref is None:
         return build(source.label, activation, sample_shape, num_classes)
-    factory = _import(source.ref, "model") if isinstance(source.ref, str) else source.ref
+    factory: Any = _import(source.ref, "model") if isinstance(source.ref, str) else source.ref
     model = factory(activation)
     if not isinstance(model, nn.Module):
         raise UserError(f"model {source.label}: the factory returned {type(model).__name__}, "

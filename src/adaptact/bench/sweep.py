@@ -6,6 +6,7 @@ import itertools
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from .executors import execute
 from .store import ResultStore
@@ -15,9 +16,10 @@ from .train import RunConfig, result_row, run
 __all__ = ["RESNET_SUITE", "SweepSummary", "expand", "lost_run", "run_sweep"]
 
 # The ACON paper's ResNet comparison: Meta-ACON-C only after the 3x3 conv of each block.
-RESNET_SUITE = {"model": "resnet18_w16", "activations": ("relu", "swish", "acon_c", "meta_acon_c", "aprelu",
-                                                         "arelu", "dy_relu_b", "frelu"),
-                "policies": {"meta_acon_c": "resnet_after_3x3"}}
+RESNET_SUITE: dict[str, Any] = {
+    "model": "resnet18_w16",
+    "activations": ("relu", "swish", "acon_c", "meta_acon_c", "aprelu", "arelu", "dy_relu_b", "frelu"),
+    "policies": {"meta_acon_c": "resnet_after_3x3"}}
 
 
 @dataclass

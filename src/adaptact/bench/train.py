@@ -181,7 +181,7 @@ def _run(config: RunConfig) -> dict:
         params = _activation_parameters(model)
         opt = _optimizer(config.optimizer, model.parameters(), config.lr)
         forward = torch.compile(model) if config.compile else model
-        precision = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.amp)
+        precision = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.amp or "")
         scaler = torch.amp.GradScaler(device.type, enabled=precision == torch.float16)
         order = torch.Generator().manual_seed(config.seed)
         train, val = _split(len(ds.train_y), config.validation)

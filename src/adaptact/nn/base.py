@@ -89,13 +89,14 @@ def _sync_batch_norm_cpu(bn: nn.SyncBatchNorm, h: torch.Tensor) -> torch.Tensor:
     y = (x - mean) * torch.rsqrt(var + bn.eps)
     if bn.affine:
         y = y * bn.weight + bn.bias
-    if bn.track_running_stats:
+    tracked, running_mean, running_var = bn.num_batches_tracked, bn.running_mean, bn.running_var
+    if tracked is not None and running_mean is not None and running_var is not None:
         with torch.no_grad():
-            bn.num_batches_tracked.add_(1)
-            momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+            tracked.add_(1)
+            momentum = bn.momentum if bn.momentum is not None else 1.0 / float(tracked)
             unbiased = var * n / (n - 1).clamp_min(1)
-            bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), momentum)
-            bn.running_var.lerp_(unbiased.to(bn.running_var.dtype), momentum)
+            running_mean.lerp_(mean.to(running_mean.dtype), momentum)
+            running_var.lerp_(unbiased.to(running_var.dtype), momentum)
     return y.to(h.dtype)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -95,7 +96,7 @@ def signed_mean_function(name: str, forward: Callable[..., tuple[Tensor, Tensor]
                                                     "body": staticmethod(forward)})
 
 
-def _apply(function: type, *args):
+def _apply(function: Any, *args):
     """``function.apply(*args)`` (a ``lean_function``), or its forward body alone when autograd
     records nothing: no Function to build, and dynamo cannot trace every Function applied to
     tensors that need no gradient (it raised on Dynamic ReLU's)."""

@@ -25,7 +25,8 @@ KEY = "adaptact_fallback"
 def mark(y: Tensor, on_failure: Callable[[BaseException], None]) -> Tensor:
     """Attach ``on_failure`` to the autograd node that produced ``y``."""
     if y.grad_fn is not None:
-        y.grad_fn.metadata[KEY] = on_failure
+        metadata: dict = y.grad_fn.metadata  # type: ignore[assignment]  # a dict, typed as a method
+        metadata[KEY] = on_failure
     return y
 
 

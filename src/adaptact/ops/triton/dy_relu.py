@@ -72,7 +72,7 @@ def _backward(x: Tensor, dy: Tensor, a: Tensor, b: Tensor, grads: bool, pool: Te
     ga, gb = ((alloc((nb_s, p.n, p.c, k), dtype=torch.float32, device=x.device) for _ in "ab") if grads
               else (none, none))
     pooled = pool is not None
-    pool = pool.float().contiguous() if pooled else none
+    pool = pool.float().contiguous() if pool is not None else none
     if x.numel():
         sn, sc, ss = _strides(x)
         dsn, dsc, dss = _strides(dy)

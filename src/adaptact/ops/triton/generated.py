@@ -97,8 +97,9 @@ class _GeneratedActivation(torch.autograd.Function):
                 None, None, None, None, *weight_grads)  # None for kind ... generate
 
 
-def generated_activation(x: Tensor, a: Tensor, b: Tensor | None, kind: int, signed: bool, dtype: torch.dtype,
-                         generate: Callable[[Tensor], Tensor], weights: Sequence[Tensor]) -> Tensor:
+def generated_activation(x: Tensor, a: Tensor | None, b: Tensor | None, kind: int, signed: bool,
+                         dtype: torch.dtype, generate: Callable[[Tensor], Tensor],
+                         weights: Sequence[Tensor]) -> Tensor:
     """``activation_fwd(x, a, b, generate(stats), kind)`` with stats the spatial means of x
     (N, C), or of (min(x, 0), max(x, 0)) concatenated to (N, 2C) when ``signed``, in ``dtype``.
 
