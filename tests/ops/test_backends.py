@@ -1,13 +1,12 @@
 """Every backend equals the reference: outputs and all gradients, on fresh random inputs of every
 layout; the fused backends keep only the input (plus O(N*C)) for backward and the Triton path
-moves only the floor's passes; autograd is fast on CPU.
+moves only the floor's passes (their speed: benchmarks/, never a wall clock here).
 
 The Triton cases run on CPU under TRITON_INTERPRET=1 (CI), and on a GPU with
 ADAPTACT_TEST_DEVICE=cuda (benchmarks/gpu.sh), which also compiles the Triton path."""
 
 import copy
 import os
-import time
 
 import pytest
 import torch
@@ -168,9 +167,11 @@ def test_channels_last_tokens_equal_reference(case, shape_dtype, training):
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("backend", TRITON)
-@pytest.mark.parametrize("shape_dtype", TOKEN_SHAPES[:4], ids=[f"{s}-{d}" for s, d in TOKEN_SHAPES[:4]])
+@pytest.mark.parametrize("shape_dtype", TOKEN_SHAPES[:2], ids=[f"{s}-{d}" for s, d in TOKEN_SHAPES[:2]])
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_triton_channels_last_tokens_equal_reference(case, shape_dtype, backend, training):
+    """Rank 3 only: (N, H, W, C) tokens have the strides of the channels_last layout above, whose
+    launches the matrix has; each distinct launch is compiled for two GPUs in the main pass."""
     shape, dtype = shape_dtype
     check_equals_reference(case, "tokens", SHAPES[shape], dtype, backend, training)
 
@@ -187,8 +188,11 @@ def test_float64_gradcheck_and_no_silent_double_backward(case):
     assert torch.autograd.gradgradcheck(m, (x,), eps=1e-6, atol=1e-4)
 
 
-@pytest.mark.parametrize("channel_dim", [1, -1], ids=["channels_first", "tokens"])
-@pytest.mark.parametrize("backend", FUSED)
+SAVING = [(b, 1) for b in FUSED] + [("autograd", -1)]  # Triton's Functions save x whatever its layout
+
+
+@pytest.mark.parametrize("backend, channel_dim", SAVING,
+                         ids=[f"{b}-{'tokens' if d < 0 else 'nchw'}" for b, d in SAVING])
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_fused_backends_save_only_the_input(case, backend, channel_dim):
     name, kwargs = case
@@ -295,26 +299,6 @@ def test_dy_relu_triton_ops_pass_opcheck():
              (ops.dy_relu_input_grad.default, (x.detach(), dy, a.detach(), b.detach(), pool))]
     for op, args in cases:
         torch.library.opcheck(op, args)
-
-
-def _best_time(module, x, repeats=15):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        module(x).sum().backward()
-        times.append(time.perf_counter() - start)
-    return min(times[3:])
-
-
-@pytest.mark.parametrize("name", ["arelu", "acon_c", "meta_acon_c", "aprelu"])
-def test_autograd_backend_is_no_slower_than_reference_on_cpu(name):
-    x = torch.randn(32, 64, 28, 28, requires_grad=True)
-    m = adaptact.create(name, channels=64)
-    times = {}
-    for backend in ("reference", "autograd", "reference", "autograd"):  # interleaved against drift
-        m.backend = backend
-        times[backend] = min(times.get(backend, float("inf")), _best_time(m, x))
-    assert times["autograd"] <= times["reference"], times
 
 
 def test_backend_argument_is_checked():

@@ -55,8 +55,12 @@ def test_compiled_equals_reference_on_layouts_and_variants(case, layout, trainin
         check_equals_reference(case, "contiguous", SHAPES["n1"], torch.bfloat16, "compiled", training)
 
 
+TOKEN_CASES = [c for c, i in zip(CASES, IDS)
+               if i not in ("acon_a", "acon_b", "meta_acon_c-none", "dy_relu_a")]
+
+
 @pytest.mark.filterwarnings("error::RuntimeWarning")
-@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("case", TOKEN_CASES, ids=[IDS[CASES.index(c)] for c in TOKEN_CASES])
 def test_compiled_equals_reference_on_transformer_tokens(case):
     """(B, T, C) with channel_dim=-1: the channels-first view has unit channel stride (rank 4
     channels last has the strides of the channels_last layout above)."""
@@ -72,7 +76,7 @@ def test_auto_runs_compiled_code_and_keeps_the_layout(monkeypatch):
     y = m(x)
     fn, kind = keys[0]
     assert fn is CP._acon_c_traced  # its parameters viewed against x in the graph
-    assert kind[:3] == (True, 4, (torch.float32, (0, 2, 1), True))  # grad mode, rank, x as (N, C, S)
+    assert kind[:3] == (True, 4, (torch.float32, (0, 1), True))  # grad mode, rank, x as (N*H*W, C) rows
     entry = real(*keys[0])
     assert entry is real(*keys[0])  # compiled once per process and kind of input
     assert entry.ready  # compiled by its first call

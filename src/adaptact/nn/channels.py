@@ -15,6 +15,7 @@ that first forward, as with torch's lazy modules.
 
 from __future__ import annotations
 
+import types
 from typing import Any
 
 import torch
@@ -44,6 +45,16 @@ class ChannelModule(ActivationModule):
     channels: int | None
     channel_dim: int
     _channels_entry: tuple[str, int] | None = None  # (state_dict entry, its dim that is C)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Each subclass gets ``forward`` with a code object of its own: torch.compile keeps its
+        graphs and its recompile limit (8) per code object, which one shared ``forward`` would
+        spend on the first few module classes compiled one by one."""
+        super().__init_subclass__(**kwargs)
+        if "forward" not in cls.__dict__:
+            shared = ChannelModule.forward
+            cls.forward = types.FunctionType(shared.__code__.replace(), shared.__globals__,  # type: ignore[method-assign]
+                                             shared.__name__, shared.__defaults__, shared.__closure__)
 
     def _init_channels(self, channels: int | None, channel_dim: int, device: Any, dtype: Any) -> None:
         self.channel_dim = check_channel_dim(channel_dim)
