@@ -71,8 +71,11 @@ def test_starts_near_relu_with_the_papers_defaults():
     assert m.k == 2 and m.reduction == 4 and m.lambdas.tolist() == [1.0, 1.0, 0.5, 0.5]
 
 
-@pytest.mark.parametrize("backend", ["autograd", "compiled"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+# compiled float32 is in tests/ops/test_compiled.py
+LEAN = [("autograd", torch.float32), ("autograd", torch.bfloat16), ("compiled", torch.bfloat16)]
+
+
+@pytest.mark.parametrize("backend, dtype", LEAN, ids=[f"{b}-{d}" for b, d in LEAN])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_lean_backends_equal_the_reference(variant, layout, dtype, backend, monkeypatch):

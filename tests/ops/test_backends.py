@@ -25,6 +25,9 @@ CASES = [
 ]
 
 
+MAIN_CASES = [("arelu", {}), ("acon_c", {}), ("meta_acon_c", {}), ("aprelu", {})]
+
+
 def _generated(case) -> bool:
     """A parameter generated from a pool of x (by Linear/BatchNorm layers but for "layer")."""
     name, kwargs = case
@@ -188,12 +191,15 @@ def test_float64_gradcheck_and_no_silent_double_backward(case):
     assert torch.autograd.gradgradcheck(m, (x,), eps=1e-6, atol=1e-4)
 
 
-SAVING = [(b, 1) for b in FUSED] + [("autograd", -1)]  # Triton's Functions save x whatever its layout
+# (case, backend, channel_dim): every case on autograd in both layouts; Triton's Functions save x
+# whatever the layout and the variants share the main cases' Functions (each case costs ~10 s in
+# the interpreter)
+SAVING = ([(c, "autograd", d) for c in CASES for d in (1, -1)]
+          + [(c, b, 1) for c in CASES if c in MAIN_CASES or c == ("dy_relu_b", {}) for b in TRITON])
 
 
-@pytest.mark.parametrize("backend, channel_dim", SAVING,
-                         ids=[f"{b}-{'tokens' if d < 0 else 'nchw'}" for b, d in SAVING])
-@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("case, backend, channel_dim", SAVING, ids=[
+    f"{IDS[CASES.index(c)]}-{b}-{'tokens' if d < 0 else 'nchw'}" for c, b, d in SAVING])
 def test_fused_backends_save_only_the_input(case, backend, channel_dim):
     name, kwargs = case
     n, c = 8, 32

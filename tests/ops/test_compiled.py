@@ -89,8 +89,8 @@ def test_auto_runs_compiled_code_and_keeps_the_layout(monkeypatch):
 @pytest.mark.filterwarnings("error::RuntimeWarning")
 @pytest.mark.parametrize("case", MAIN + [("dy_relu_b", {})],
                          ids=[IDS[CASES.index(c)] for c in MAIN] + ["dy_relu_b"])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
-@pytest.mark.parametrize("channel_dim", [1, -1], ids=["channels_first", "tokens"])
+@pytest.mark.parametrize("dtype, channel_dim", [(torch.bfloat16, 1), (torch.float32, 1), (torch.float32, -1)],
+                         ids=["channels_first-bf16", "channels_first-fp32", "tokens-fp32"])
 def test_compiled_saves_only_the_input(case, dtype, channel_dim):
     """What Inductor's partitioner keeps is its choice: it kept a bool mask of DY-ReLU's winning
     piece beside x (a quarter of x in float32) until the forward stopped computing one, and an
