@@ -10,7 +10,8 @@ from torch import nn
 
 from ..ops import dispatch, fallback
 
-__all__ = ["ActivationModule", "CheckedStateDict", "batch_norm", "check_input", "int_at_least"]
+__all__ = ["ActivationModule", "CheckedStateDict", "batch_norm", "check_input", "int_at_least", "normalise",
+           "track_running_stats"]
 
 
 def int_at_least(name: str, value: object, minimum: int = 1) -> int:
@@ -86,18 +87,28 @@ def _sync_batch_norm_cpu(bn: nn.SyncBatchNorm, h: torch.Tensor) -> torch.Tensor:
     n = total[-1]
     mean = total[:c] / n
     var = (total[c : 2 * c] / n - mean * mean).clamp_min(0)
+    track_running_stats(bn, mean, var * n / (n - 1).clamp_min(1))
+    return normalise(bn, x, mean, var).to(h.dtype)
+
+
+def normalise(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, mean: torch.Tensor,
+              var: torch.Tensor) -> torch.Tensor:
+    """``x`` normalised with batch statistics ``mean`` and (biased) ``var``, then ``bn``'s affine."""
     y = (x - mean) * torch.rsqrt(var + bn.eps)
-    if bn.affine:
-        y = y * bn.weight + bn.bias
+    return y * bn.weight + bn.bias if bn.affine else y
+
+
+def track_running_stats(bn: nn.modules.batchnorm._BatchNorm, mean: torch.Tensor,
+                        unbiased_var: torch.Tensor) -> None:
+    """Move ``bn``'s running statistics towards a batch's, as its own forward does in training."""
     tracked, running_mean, running_var = bn.num_batches_tracked, bn.running_mean, bn.running_var
-    if tracked is not None and running_mean is not None and running_var is not None:
-        with torch.no_grad():
-            tracked.add_(1)
-            momentum = bn.momentum if bn.momentum is not None else 1.0 / float(tracked)
-            unbiased = var * n / (n - 1).clamp_min(1)
-            running_mean.lerp_(mean.to(running_mean.dtype), momentum)
-            running_var.lerp_(unbiased.to(running_var.dtype), momentum)
-    return y.to(h.dtype)
+    if tracked is None or running_mean is None or running_var is None:
+        return
+    with torch.no_grad():
+        tracked.add_(1)
+        momentum = bn.momentum if bn.momentum is not None else 1.0 / float(tracked)
+        running_mean.lerp_(mean.to(running_mean.dtype), momentum)
+        running_var.lerp_(unbiased_var.to(running_var.dtype), momentum)
 
 
 def _squeezed(shape: torch.Size) -> tuple[int, ...]:

@@ -30,6 +30,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from .base import normalise, track_running_stats
+
 __all__ = ["CONTEXTS", "Context", "batch_norm_positions", "check_context", "check_sequence",
            "position_statistics", "refuse_cached", "track_decoding"]
 
@@ -106,18 +108,8 @@ def batch_norm_positions(bn: nn.modules.batchnorm._BatchNorm, h: Tensor) -> Tens
     x = h.float()
     mean = x.mean(0)
     var = x.var(0, unbiased=False)
-    y = (x - mean) * torch.rsqrt(var + bn.eps)
-    if bn.affine:
-        y = y * bn.weight + bn.bias
-    tracked, running_mean, running_var = bn.num_batches_tracked, bn.running_mean, bn.running_var
-    if bn.training and tracked is not None and running_mean is not None and running_var is not None:
-        with torch.no_grad():
-            tracked.add_(1)
-            momentum = bn.momentum if bn.momentum is not None else 1.0 / float(tracked)
-            running_mean.lerp_(mean.mean(0).to(running_mean.dtype), momentum)
-            unbiased = var.mean(0) * n / (n - 1)
-            running_var.lerp_(unbiased.to(running_var.dtype), momentum)
-    return y.to(h.dtype)
+    track_running_stats(bn, mean.mean(0), var.mean(0) * n / (n - 1))  # their mean over positions
+    return normalise(bn, x, mean, var).to(h.dtype)
 
 
 def _decode_offset(kwargs: dict[str, Any]) -> int:

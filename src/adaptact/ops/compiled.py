@@ -285,9 +285,10 @@ def _rows(x: Tensor, params: tuple[Tensor, ...]) -> tuple[Tensor, tuple[Tensor, 
     view of such x reduces over its outer dim S, at twice the time. None otherwise."""
     if x.ndim < 3 or x.stride(1) != 1 or x.shape[1] == 1:
         return None
-    if any(p.numel() not in (1, x.shape[1]) or (p.ndim > 1 and p.shape[-1] != 1 and p.ndim == x.ndim)
-           for p in params):
-        return None
+    for p in params:  # viewed against x: one value, or C on dim 1 and 1 elsewhere
+        shape = (1,) * (x.ndim - p.ndim) + tuple(p.shape)
+        if any(size != 1 for dim, size in enumerate(shape) if dim != 1):
+            return None
     last = x.movedim(1, -1)
     if not last.is_contiguous():
         return None
