@@ -143,33 +143,13 @@ def _sum_to(t: Tensor, shape: torch.Size) -> Tensor:
     return t.sum_to_size(shape)
 
 
-def _acon_backward_traced(dy: Tensor, x: Tensor, dp: Tensor, p2: Tensor, beta: Tensor,
-                          want: tuple[bool, ...]):
-    """``_acon_backward``'s gradients written for Inductor (``ops.compiled``): the spatial sums
-    first (``_sum_to``) and no product shared between two reductions (Inductor stores a shared one
-    x-sized), so the gradients of p1, p2, beta and x come out of one loop over x and dy."""
-    want_x, want_p1, want_p2, want_beta = want
-    d = dp * x
-    u = beta * d
-    s = torch.sigmoid(u)
-    t = dy * s * (1 - s)
-    dx = dp1 = dp2 = dbeta = None
-    if want_beta:
-        dbeta = _sum_to(t * d * d, beta.shape)
-    if want_p1:
-        dp1 = _sum_to((dy * s + u * t) * x, dp.shape)
-    if want_p2:
-        dp2 = _sum_to((dy * (1 - s) - u * t) * x, p2.shape)  # dy x minus the above
-    if want_x:
-        dx = (dy * s + u * t) * dp + dy * p2
-    return dx, dp1, dp2, dbeta
-
-
 def _acon_backward(dy: Tensor, x: Tensor, dp: Tensor, p2: Tensor, beta: Tensor, want: tuple[bool, ...]):
     """Gradients of (p1 - p2) x sigmoid(beta (p1 - p2) x) + p2 x for x, p1, p2 and beta, with
-    g = s + u s (1 - s) (u = beta d, s = sigmoid(u)) the derivative of d sigmoid(beta d) / beta."""
-    if torch.compiler.is_compiling():
-        return _acon_backward_traced(dy, x, dp, p2, beta, want)
+    g = s + u s (1 - s) (u = beta d, s = sigmoid(u)) the derivative of d sigmoid(beta d) / beta.
+
+    The one formulation of ACON-C's derivative: run eagerly by the autograd backend (in x-sized
+    buffers reused in place) and traced by ``ops.compiled`` (Inductor functionalises the in-place
+    ops and, the spatial sums coming first, computes every gradient in one loop over x and dy)."""
     want_x, want_p1, want_p2, want_beta = want
     d = dp * x
     u = beta * d
@@ -178,12 +158,12 @@ def _acon_backward(dy: Tensor, x: Tensor, dp: Tensor, p2: Tensor, beta: Tensor, 
     g = s.mul_(dy).addcmul_(u, t)  # dy * g, in s's buffer
     dbeta = dp1 = dp2 = dx = None
     if want_beta:
-        dbeta = t.mul_(d).mul_(d).sum_to_size(beta.shape)
+        dbeta = _sum_to(t.mul_(d).mul_(d), beta.shape)
     if want_p1 or want_p2:
-        on_p1 = torch.mul(g, x, out=u).sum_to_size(dp.shape)  # into u's and d's buffers
+        on_p1 = _sum_to(torch.mul(g, x, out=u), dp.shape)  # into u's and d's buffers
         dp1 = on_p1 if want_p1 else None
         if want_p2:
-            dp2 = torch.mul(dy, x, out=d).sum_to_size(p2.shape) - on_p1
+            dp2 = _sum_to(torch.mul(dy, x, out=d), p2.shape) - on_p1
     if want_x:
         dx = g.mul_(dp).addcmul_(dy, p2)
     return dx, dp1, dp2, dbeta
@@ -254,14 +234,13 @@ def signed_mean_backward(dneg: Tensor, dpos: Tensor, x: Tensor) -> Tensor:
 
 
 def dy_relu_forward(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    """max_k (a_k x + b_k); ``a``, ``b`` broadcast against x.unsqueeze(-1): (N, C or 1, 1..., K)."""
+    """max_k (a_k x + b_k); ``a``, ``b`` broadcast against x.unsqueeze(-1): (N, C or 1, 1..., K).
+    The pieces unrolled (as in ``_pieces``): eagerly no (x, K)-sized tensor, traced one loop."""
     xc, ac, bc = _up(x, a, b)
-    if torch.compiler.is_compiling():  # the pieces unrolled, as in ``_pieces``
-        y = ac[..., 0] * xc + bc[..., 0]
-        for k in range(1, ac.shape[-1]):
-            y = torch.maximum(y, ac[..., k] * xc + bc[..., k])
-        return y.to(x.dtype)
-    return torch.addcmul(bc, xc.unsqueeze(-1), ac).amax(dim=-1).to(x.dtype)
+    y = ac[..., 0] * xc + bc[..., 0]
+    for k in range(1, ac.shape[-1]):
+        y = torch.maximum(y, ac[..., k] * xc + bc[..., k])
+    return y.to(x.dtype)
 
 
 def _pieces(x: Tensor, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -278,9 +257,13 @@ def _pieces(x: Tensor, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return y, slope, win
 
 
-def _dy_relu_backward_traced(dy: Tensor, x: Tensor, a: Tensor, b: Tensor, want: tuple[bool, ...]):
-    """``dy_relu_backward`` written for Inductor (``ops.compiled``): dx and the pieces' spatial
-    sums out of one loop over x and dy."""
+def dy_relu_backward(dy: Tensor, x: Tensor, a: Tensor, b: Tensor, want: tuple[bool, ...]):
+    """The winning piece k* of each element, recomputed (``_pieces``): dx = dy a_k*, and dy x (dy)
+    summed into a_k (b_k) where k* = k. Ties go to the first piece (the reference splits them; they
+    have measure zero for inputs in general position). The one formulation of the derivative: run
+    eagerly by the autograd backend and traced by ``ops.compiled`` (dx and the pieces' spatial sums
+    out of one loop over x and dy)."""
+    x, a, b, dy = _up(x, a, b, dy)
     _, slope, win = _pieces(x, a, b)
     dx = dy * slope if want[0] else None
     da = db = None
@@ -290,27 +273,6 @@ def _dy_relu_backward_traced(dy: Tensor, x: Tensor, a: Tensor, b: Tensor, want: 
     if want[2]:
         db = torch.stack([_sum_to(torch.where(win == k, dy, 0.0), b[..., k].shape)
                           for k in range(b.shape[-1])], dim=-1)
-    return dx, da, db
-
-
-def dy_relu_backward(dy: Tensor, x: Tensor, a: Tensor, b: Tensor, want: tuple[bool, ...]):
-    """The winning piece k* of each element, recomputed: dx = dy a_k*, and dy x (dy) summed into
-    a_k (b_k) where k* = k. Ties go to the first piece (the reference splits them; they have
-    measure zero for inputs in general position)."""
-    x, a, b, dy = _up(x, a, b, dy)
-    if torch.compiler.is_compiling():
-        return _dy_relu_backward_traced(dy, x, a, b, want)
-    win = torch.addcmul(b, x.unsqueeze(-1), a).argmax(dim=-1, keepdim=True)
-    da = db = dx = None
-    if want[0]:
-        dx = dy * torch.gather(a.expand(*x.shape, a.shape[-1]), -1, win).squeeze(-1)
-    if want[1] or want[2]:
-        onehot = torch.zeros((*x.shape, a.shape[-1]), dtype=dy.dtype, device=dy.device).scatter_(-1, win, 1.0)
-        on = onehot.mul_(dy.unsqueeze(-1))
-        if want[1]:  # before db: sum_to_size returns ``on`` itself when there is nothing to sum
-            da = (on * x.unsqueeze(-1)).sum_to_size(a.shape)
-        if want[2]:
-            db = on.sum_to_size(b.shape)
     return dx, da, db
 
 
