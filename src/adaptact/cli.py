@@ -250,10 +250,14 @@ def _bench_kernels_configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtypes", default=["float32", "bfloat16"], type=_csv_list("dtype"))
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     p.add_argument("--activations", type=_csv_list("activation"),
-                   default=["arelu", "acon_c", "meta_acon_c", "aprelu"])
+                   help="default: arelu,acon_c,meta_acon_c,aprelu; with --context causal or token: "
+                        "meta_acon_c,aprelu,dy_relu_b")
     p.add_argument("--threads", type=_positive(int, 4096), help="CPU threads (default: torch's)")
     p.add_argument("--channel-dim", type=int, default=1,
                    help="the dim of --shape holding the channels: 1, or -1 for transformer tokens (B,T,C)")
+    p.add_argument("--context", default="sample",
+                   help="the input-conditioned activations' sequence context: sample (default), causal or "
+                        "token (these take a shape B,T,C or B,C,T)")
     p.add_argument("--repeats", type=_positive(int, 10_000), default=20, help="interleaved rounds")
     p.add_argument("--json", default="bench-kernels.json", help="where to write the full results")
 
@@ -265,8 +269,9 @@ def _bench_kernels(args: argparse.Namespace) -> int:
     from .bench.kernels import format_results, run_kernel_bench, write_json
 
     report = run_kernel_bench(tuple(args.shape), tuple(args.dtypes), args.device,
-                              activations=tuple(args.activations), repeats=args.repeats, json_path=args.json,
-                              threads=args.threads, channel_dim=args.channel_dim)
+                              activations=None if args.activations is None else tuple(args.activations),
+                              repeats=args.repeats, json_path=args.json, threads=args.threads,
+                              channel_dim=args.channel_dim, context=args.context)
     sys.stdout.write(format_results(report))
     print(f"\nJSON: {write_json(report, args.json)}")
     return 0

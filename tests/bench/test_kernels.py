@@ -10,8 +10,8 @@ from adaptact.cli import main
 
 
 def test_kernel_bench_on_cpu(tmp_path, capsys):
-    report = run_kernel_bench((2, 8, 6, 6), ("float32",), "cpu", backends=("reference", "autograd"),
-                              repeats=2)
+    report = run_kernel_bench((2, 8, 6, 6), ("float32",), "cpu", activations=tuple(PASSES),
+                              backends=("reference", "autograd"), repeats=2)
     rows = report["results"]
     pairs = {(a, b) for a in PASSES for b in ("reference", "autograd")}
     assert {(r["activation"], r["backend"]) for r in rows} == pairs
@@ -36,6 +36,24 @@ def test_kernel_bench_on_cpu(tmp_path, capsys):
         if r["backend"] == "compile":
             assert r["ratio_to_compile"] == r["ratio_min"] == r["ratio_max"] == 1.0
     assert "| arelu" in capsys.readouterr().out
+
+
+def test_kernel_bench_with_a_sequence_context(tmp_path, capsys):
+    """--context: the conditioned activations, built with that context on (B, T, C) tokens."""
+    assert main(["bench-kernels", "--shape", "2,5,8", "--channel-dim", "-1", "--context", "causal",
+                 "--dtypes", "float32", "--device", "cpu", "--repeats", "2",
+                 "--json", str(tmp_path / "k.json")]) == 0
+    data = json.loads((tmp_path / "k.json").read_text())
+    assert data["context"] == "causal"
+    assert {r["activation"] for r in data["results"]} == {"meta_acon_c", "aprelu", "dy_relu_b"}
+    assert "context 'causal'" in capsys.readouterr().out
+    for argv, message in [(["--shape", "2,4,5,5", "--context", "causal"], "takes one sequence dim"),
+                          (["--shape", "2,5,8", "--context", "causal", "--activations", "acon_c"],
+                           "applies to meta_acon_c, aprelu, dy_relu_b; got 'acon_c'"),
+                          (["--shape", "2,5,8", "--context", "future"], "context must be one of")]:
+        assert main(["bench-kernels", "--device", "cpu", "--json", str(tmp_path / "e.json"), *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
 
 
 def test_backends_are_timed_in_interleaved_rotating_rounds():

@@ -18,7 +18,7 @@ IDS = [n + "".join(f"-{v}" for v in kw.values()) for n, kw in CONDITIONED]
 WITH_FRELU = [*CONDITIONED, ("frelu", {"dims": 1})]
 WITH_FRELU_IDS = [*IDS, "frelu"]
 B, T, C = 4, 9, 6
-BACKENDS = ["reference", "autograd"]  # "auto" runs autograd for per-position coefficients
+BACKENDS = ["reference", "autograd"]  # the fused backends' numbers equal these: tests/ops
 
 
 def _module(name, kwargs, context, backend="reference", channel_dim=-1):
@@ -148,6 +148,47 @@ def test_contexts_need_one_sequence_dim_and_valid_names():
         adaptact.APReLU(C, context="future")
     with pytest.raises(ValueError, match="context 'token' would leave it one position"):
         adaptact.FReLU(C, dims=1, context="token")
-    with pytest.raises(ValueError, match="backend='triton' has no kernel for per-position coefficients"):
+    with pytest.raises(ValueError, match=r"backend='triton' takes per-position coefficients .* for "
+                                         r"channels-last tokens only"):
         adaptact.ops.dispatch.acon_c_positions(torch.randn(2, 3, 4), torch.ones(3), torch.zeros(3),
                                                torch.ones(2, 3, 4), backend="triton")
+
+
+def test_position_batch_norm_follows_track_running_stats():
+    """As torch's BatchNorm: training with track_running_stats=False uses the batch statistics and
+    updates nothing (torch.func transforms over such a module need that too)."""
+    m = _module("meta_acon_c", {}, "causal").train()
+    for bn in (m.bn1, m.bn2):
+        bn.track_running_stats = False
+    before = copy.deepcopy(m.state_dict())
+    y = m(torch.randn(B, T, C))
+    for name, value in m.state_dict().items():
+        torch.testing.assert_close(value, before[name], rtol=0, atol=0)
+    for bn in (m.bn1, m.bn2):
+        bn.track_running_stats = True
+    m(torch.randn(B, T, C))
+    assert not torch.equal(m.bn1.running_mean, before["bn1.running_mean"])
+    assert y.shape == (B, T, C)
+
+
+def test_only_calls_with_a_cache_count_as_decoding():
+    """A training forward (no cache given or asked for) carries no prefix to a next call, so its
+    generator may compile with the activation; a call with a cache (or use_cache=True) does."""
+    from adaptact.nn.context import decoding
+
+    act = _module("meta_acon_c", {}, "causal")
+
+    class Model(torch.nn.Module):
+        def forward(self, x, **kwargs):
+            seen.append(decoding(act))
+            return act(x)
+
+    seen: list[bool] = []
+    model = Model()
+    track_decoding(model, [act])
+    x = torch.randn(B, T, C)
+    model(x)
+    model(x, use_cache=True)
+    model(x, cache_position=torch.arange(T))
+    assert seen == [False, True, True]
+    assert not decoding(act)  # after the call

@@ -179,6 +179,26 @@ def test_triton_channels_last_tokens_equal_reference(case, shape_dtype, backend,
     check_equals_reference(case, "tokens", SHAPES[shape], dtype, backend, training)
 
 
+# Per-position coefficients (contexts "causal" and "token") on channels-last tokens: the fused
+# backends run them as (B*T, C) rows, each row a sample of one position.
+POSITION_CASES = [
+    ("meta_acon_c", {"context": "causal"}), ("meta_acon_c", {"granularity": "layer", "context": "token"}),
+    ("aprelu", {"context": "causal"}), ("aprelu", {"alpha": "sample", "context": "token"}),
+    ("dy_relu_a", {"context": "token"}), ("dy_relu_b", {"context": "causal"}),
+]
+POSITION_IDS = [n + "".join(f"-{v}" for v in kw.values()) for n, kw in POSITION_CASES]
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("backend", ["autograd", *TRITON])
+@pytest.mark.parametrize("case", POSITION_CASES, ids=POSITION_IDS)
+def test_per_position_coefficients_on_tokens_equal_reference(case, backend, training):
+    """The reference runs channels first, (B, C, T), with the same context."""
+    check_equals_reference(case, "tokens", SHAPES["rank3"], torch.float32, backend, training)
+    if backend != "autograd":
+        check_equals_reference(case, "tokens", SHAPES["rank3"], torch.bfloat16, backend, training)
+
+
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_float64_gradcheck_and_no_silent_double_backward(case):
     name, kwargs = case

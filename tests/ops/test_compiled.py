@@ -14,9 +14,10 @@ import torch
 import adaptact
 from adaptact.bench.kernels import saved_bytes
 from adaptact.ops import compiled as CP
+from adaptact.nn.context import OFFSET
 from adaptact.ops import dispatch
 
-from .test_backends import CASES, IDS, SHAPES, TOL, check_equals_reference
+from .test_backends import CASES, IDS, POSITION_CASES, POSITION_IDS, SHAPES, TOL, check_equals_reference
 
 MAIN = [c for c in CASES if c in (("arelu", {}), ("acon_c", {}), ("meta_acon_c", {}), ("aprelu", {}))]
 VARIANTS = [c for c in CASES if c not in MAIN]
@@ -65,6 +66,40 @@ def test_compiled_equals_reference_on_transformer_tokens(case):
     """(B, T, C) with channel_dim=-1: the channels-first view has unit channel stride (rank 4
     channels last has the strides of the channels_last layout above)."""
     check_equals_reference(case, "tokens", SHAPES["rank3"], torch.float32, "compiled", training=True)
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+@pytest.mark.parametrize("case", POSITION_CASES, ids=POSITION_IDS)
+def test_compiled_equals_reference_with_per_position_coefficients(case):
+    check_equals_reference(case, "tokens", SHAPES["rank3"], torch.float32, "compiled", training=True)
+    check_equals_reference(case, "tokens", SHAPES["rank3"], torch.bfloat16, "compiled", training=False)
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+@pytest.mark.parametrize("name, function", [("meta_acon_c", "acon_c"), ("aprelu", "aprelu"),
+                                            ("dy_relu_b", "dy_relu")])
+def test_auto_compiles_per_position_coefficients_of_tokens_only(monkeypatch, name, function):
+    """Causal tokens (B, T, C): generator and activation compile as one graph; while decoding with a
+    cache (the generator carries its prefix between calls) the generator runs eagerly and the
+    activation's compiled Function takes (B*T, C) rows. Channels-first (B, C, T) has no such view
+    and runs (and reports) the eager autograd Function."""
+    keys, real = [], CP._compiled
+    monkeypatch.setattr(CP, "_compiled", lambda *key: keys.append(key) or real(*key))
+    tokens = adaptact.create(name, channels=6, channel_dim=-1, context="causal")
+    x = torch.randn(2, 5, 6, requires_grad=True)
+    tokens(x).sum().backward()
+    (fn, kind), = keys
+    assert fn is CP._channels_last and dispatch._generated_then.__code__ in kind
+    assert tokens.ran_backend == "compiled"
+    keys.clear()
+    tokens.__dict__[OFFSET] = 0  # as track_decoding sets it for a call with a cache
+    tokens(x).sum().backward()
+    (fn, kind), = keys
+    assert fn is getattr(adaptact.ops.autograd, function) and kind[1] == 2  # rank 2: (B*T, C) rows
+    keys.clear()
+    first = adaptact.create(name, channels=6, context="causal")
+    first(torch.randn(2, 6, 5, requires_grad=True)).sum().backward()
+    assert not keys and first.ran_backend == "autograd"
 
 
 @pytest.mark.filterwarnings("error::RuntimeWarning")

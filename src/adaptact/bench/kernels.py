@@ -30,6 +30,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from ..errors import UserError
+from ..nn.context import CONTEXTS
 from ..ops.dispatch import auto_backend, triton_available
 from ..registry import create
 from ..tables import format_table
@@ -39,6 +40,8 @@ from .files import atomic_write, writable_file
 __all__ = ["PASSES", "KernelResult", "copy_bandwidth", "run_kernel_bench", "saved_bytes", "tensor_passes"]
 
 PASSES = {"arelu": 5, "acon_c": 5, "meta_acon_c": 8, "aprelu": 8, "dy_relu_b": 8}
+DEFAULT_ACTIVATIONS = ("arelu", "acon_c", "meta_acon_c", "aprelu")
+CONDITIONED = ("meta_acon_c", "aprelu", "dy_relu_b")  # what takes context="causal" / "token"
 BACKENDS = ("reference", "compile", "autograd", "auto", "triton")  # compile: torch.compile(reference)
 
 
@@ -169,16 +172,18 @@ DTYPES = ("float32", "float16", "bfloat16")
 
 def run_kernel_bench(shape: tuple[int, ...] = (64, 128, 56, 56),
                      dtypes: tuple[str, ...] = ("float32", "bfloat16"),
-                     device: str | None = None, activations: tuple[str, ...] = tuple(PASSES),
+                     device: str | None = None, activations: tuple[str, ...] | None = None,
                      backends: tuple[str, ...] = BACKENDS, repeats: int = 20,
                      json_path: str | Path | None = None, threads: int | None = None,
-                     channel_dim: int = 1) -> dict:
+                     channel_dim: int = 1, context: str = "sample") -> dict:
     """Time, saved bytes and passes of each activation x dtype x backend at ``shape`` against the
     floor and against torch.compile of the reference (interleaved rounds). ``threads``: CPU
     threads for the run (default: torch's setting). ``channel_dim``: where the channels of
-    ``shape`` are (-1 for transformer tokens (B, T, C)); the modules get it. Everything is checked
-    first (UserError): shape, dtypes, activations, device and the writability of ``json_path``,
-    where the caller will write the results (``write_json``)."""
+    ``shape`` are (-1 for transformer tokens (B, T, C)); the modules get it. ``context``: the
+    input-conditioned activations' sequence context ("causal" and "token" need one sequence dim,
+    a rank-3 ``shape``; ``activations`` then defaults to those that take it). Everything is
+    checked first (UserError): shape, dtypes, activations, context, device and the writability of
+    ``json_path``, where the caller will write the results (``write_json``)."""
     if len(shape) < 2 or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape):
         raise UserError(f"shape must be at least N,C of positive ints, got {shape}")
     if isinstance(channel_dim, bool) or not isinstance(channel_dim, int) or channel_dim == 0 \
@@ -187,9 +192,21 @@ def run_kernel_bench(shape: tuple[int, ...] = (64, 128, 56, 56),
     bad = [d for d in dtypes if d not in DTYPES]
     if bad:
         raise UserError(f"unknown dtype {bad[0]!r}; choose from {', '.join(DTYPES)}")
+    if context not in CONTEXTS:
+        raise UserError(f"context must be one of {', '.join(CONTEXTS)}, got {context!r}")
+    if activations is None:
+        activations = DEFAULT_ACTIVATIONS if context == "sample" else CONDITIONED
     unknown = [a for a in activations if a not in PASSES]
     if unknown:
         raise UserError(f"bench-kernels times {', '.join(PASSES)}; got {unknown[0]!r}")
+    if context != "sample":
+        if len(shape) != 3:
+            raise UserError(f"context {context!r} takes one sequence dim: a shape B,T,C or B,C,T, "
+                            f"got {shape}")
+        unconditioned = [a for a in activations if a not in CONDITIONED]
+        if unconditioned:
+            raise UserError(f"context {context!r} applies to {', '.join(CONDITIONED)}; "
+                            f"got {unconditioned[0]!r}")
     if threads is not None:
         checks.int_in_range("threads", threads, 1, 4096)
     dev = checks.device(device)
@@ -203,7 +220,7 @@ def run_kernel_bench(shape: tuple[int, ...] = (64, 128, 56, 56),
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        return _bench(shape, dtypes, dev, activations, backends, repeats, channel_dim)
+        return _bench(shape, dtypes, dev, activations, backends, repeats, channel_dim, context)
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -212,7 +229,7 @@ def _step(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, dy: torc
     run(x).backward(dy)
 
 
-def _bench(shape, dtypes, dev, activations, backends, repeats, channel_dim) -> dict:
+def _bench(shape, dtypes, dev, activations, backends, repeats, channel_dim, context) -> dict:
     bandwidth = copy_bandwidth(dev, nbytes=min(1 << 28, 4 * 2 ** 24) if dev.type == "cpu" else 1 << 30)
     results = []
     for name in activations:
@@ -221,7 +238,9 @@ def _bench(shape, dtypes, dev, activations, backends, repeats, channel_dim) -> d
             x = torch.randn(shape, device=dev).to(dtype).requires_grad_()
             dy = torch.randn(shape, device=dev).to(dtype)
             floor_ms = 1e3 * PASSES[name] * x.nbytes / bandwidth
-            base = create(name, channels=shape[channel_dim], channel_dim=channel_dim).to(dev).train()
+            contextual = {} if context == "sample" else {"context": context}
+            base = create(name, channels=shape[channel_dim], channel_dim=channel_dim, **contextual)
+            base = base.to(dev).train()
             modules, runs = {}, {}
             for backend in backends:
                 if backend == "triton" and not (dev.type == "cuda" and triton_available()):
@@ -245,7 +264,8 @@ def _bench(shape, dtypes, dev, activations, backends, repeats, channel_dim) -> d
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu"
     return {"device": name,
             "device_type": dev.type,
-            "shape": list(shape), "channel_dim": channel_dim, "copy_bandwidth_GBps": bandwidth / 1e9,
+            "shape": list(shape), "channel_dim": channel_dim, "context": context,
+            "copy_bandwidth_GBps": bandwidth / 1e9,
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "results": [asdict(r) for r in results]}
@@ -268,6 +288,8 @@ def format_results(report: dict) -> str:
              "-" if r["passes"] < 0 else f"{r['passes']:.1f}", f"{r['floor_ms']:.3f}",
              f"{r['floor_over_time']:.2f}") for r in report["results"]]
     layout = "" if report.get("channel_dim", 1) == 1 else f" (channels on dim {report['channel_dim']})"
+    if report.get("context", "sample") != "sample":
+        layout += f", context {report['context']!r}"
     head = (f"device: {report['device']}, shape {tuple(report['shape'])}{layout}, copy bandwidth "
             f"{report['copy_bandwidth_GBps']:.1f} GB/s, torch {report['torch']}, "
             f"{report.get('threads', '?')} threads\n")

@@ -11,8 +11,8 @@ from torch import Tensor, nn
 from ..ops import dispatch
 from .base import batch_norm
 from .channels import ChannelModule
-from .context import (Context, batch_norm_positions, check_context, check_sequence, position_statistics,
-                      refuse_cached)
+from .context import (Context, batch_norm_positions, check_context, check_sequence, decoding,
+                      position_statistics, refuse_cached)
 
 __all__ = ["APReLU", "keras_state_dict"]
 
@@ -141,7 +141,9 @@ class APReLU(ChannelModule):
 
     def _forward(self, x: Tensor) -> Tensor:
         if self.context != "sample":
-            return self._run(dispatch.aprelu_positions, x, self._alpha_per_position(x), fused=False)
+            check_sequence(self, x, self.context)
+            return self._run(dispatch.aprelu_per_position, x, self._alpha_per_position, not decoding(self),
+                             fused=dispatch.fuses_positions(x))
         refuse_cached(self)
         return self._run(dispatch.aprelu, x, self.alpha_from_stats, self._weights,
                          self.fc1.weight.dtype)

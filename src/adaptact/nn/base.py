@@ -100,13 +100,15 @@ def normalise(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, mean: torch.
 
 def track_running_stats(bn: nn.modules.batchnorm._BatchNorm, mean: torch.Tensor,
                         unbiased_var: torch.Tensor) -> None:
-    """Move ``bn``'s running statistics towards a batch's, as its own forward does in training."""
+    """Move ``bn``'s running statistics towards a batch's, as its own forward does in training
+    (nothing when it does not track them: ``track_running_stats=False``)."""
     tracked, running_mean, running_var = bn.num_batches_tracked, bn.running_mean, bn.running_var
-    if tracked is None or running_mean is None or running_var is None:
+    if not bn.track_running_stats or tracked is None or running_mean is None or running_var is None:
         return
     with torch.no_grad():
         tracked.add_(1)
-        momentum = bn.momentum if bn.momentum is not None else 1.0 / float(tracked)
+        # the cumulative average as a tensor: no host sync, nothing that stops a compiled graph
+        momentum = bn.momentum if bn.momentum is not None else (1.0 / tracked).to(running_mean.dtype)
         running_mean.lerp_(mean.to(running_mean.dtype), momentum)
         running_var.lerp_(unbiased_var.to(running_var.dtype), momentum)
 
@@ -175,8 +177,8 @@ class ActivationModule(CheckedStateDict):
         """``op(x, *args, backend)`` with this module's backend. Under "auto", when the Triton path
         raises (a kernel that does not compile or launch, here or in the backward), warn once and
         use "autograd" for this module from then on; "triton" itself always raises. ``fused=False``:
-        ``op`` has no Triton kernel or compiled entry (per-position coefficients), so "auto" runs
-        "autograd" where it would pick one of those."""
+        ``op`` runs no Triton kernel or compiled entry for this ``x`` (per-position coefficients of
+        channels-first x), so "auto" runs (and reports) "autograd" where it would pick one of those."""
         backend = self.backend
         if backend == "auto" and self._triton_failed:
             backend = "autograd"

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from .base import normalise, track_running_stats
 
-__all__ = ["CONTEXTS", "Context", "batch_norm_positions", "check_context", "check_sequence",
+__all__ = ["CONTEXTS", "Context", "batch_norm_positions", "check_context", "check_sequence", "decoding",
            "position_statistics", "refuse_cached", "track_decoding"]
 
 Context = Literal["sample", "causal", "token"]
@@ -70,6 +70,12 @@ def position_statistics(module: nn.Module, s: Tensor, context: str) -> Tensor:
     if offset is not None:
         module.__dict__[_PREFIX] = (sums[:, -1].detach(), start + s.shape[1], s.shape[0])
     return sums / counts.unsqueeze(-1)
+
+
+def decoding(module: nn.Module) -> bool:
+    """Whether ``module`` is being called inside a cached decode (``track_decoding``), where a causal
+    generator carries its prefix from one call to the next."""
+    return getattr(module, OFFSET, None) is not None
 
 
 def refuse_cached(module: nn.Module) -> None:
@@ -112,14 +118,15 @@ def batch_norm_positions(bn: nn.modules.batchnorm._BatchNorm, h: Tensor) -> Tens
     return normalise(bn, x, mean, var).to(h.dtype)
 
 
-def _decode_offset(kwargs: dict[str, Any]) -> int:
-    """Positions already in the cache a Hugging Face model is called with (0 without one)."""
+def _decode_offset(kwargs: dict[str, Any]) -> int | None:
+    """Positions already in the cache a Hugging Face model is called with; None when the call
+    neither gives nor asks for one (a training forward: nothing to carry to a next call)."""
     position = kwargs.get("cache_position")
     if isinstance(position, Tensor) and position.numel():
         return int(position.reshape(-1)[0])
     cache = kwargs.get("cache", kwargs.get("past_key_values"))
     if cache is None:
-        return 0
+        return 0 if kwargs.get("use_cache") else None
     if hasattr(cache, "get_seq_length"):
         return int(cache.get_seq_length())
     if isinstance(cache, (tuple, list)) and cache and isinstance(cache[0], (tuple, list)):
@@ -140,7 +147,10 @@ def track_decoding(model: nn.Module, modules: list[nn.Module] | None = None) -> 
     def before(_: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         offset = _decode_offset(kwargs)
         for m in modules:
-            m.__dict__[OFFSET] = offset
+            if offset is None:
+                m.__dict__.pop(OFFSET, None)
+            else:
+                m.__dict__[OFFSET] = offset
 
     def after(*_: Any) -> None:
         for m in modules:

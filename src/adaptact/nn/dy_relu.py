@@ -11,7 +11,7 @@ from .. import functional as AF
 from ..ops import dispatch
 from .base import int_at_least
 from .channels import ChannelModule
-from .context import Context, check_context, check_sequence, position_statistics, refuse_cached
+from .context import Context, check_context, check_sequence, decoding, position_statistics, refuse_cached
 
 __all__ = ["DyReLU"]
 
@@ -119,7 +119,9 @@ class DyReLU(ChannelModule):
 
     def _forward(self, x: Tensor) -> Tensor:
         if self.context != "sample":
-            return self._run(dispatch.dy_relu_positions, x, *self._coefficients_per_position(x), fused=False)
+            check_sequence(self, x, self.context)
+            return self._run(dispatch.dy_relu_per_position, x, self._coefficients_per_position,
+                             not decoding(self), fused=dispatch.fuses_positions(x))
         refuse_cached(self)
         return self._run(dispatch.dy_relu, x, self.coefficients_from_mean, self._weights,
                          self.fc1.weight.dtype)

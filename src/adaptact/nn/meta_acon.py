@@ -11,8 +11,8 @@ from .. import functional as AF
 from ..ops import dispatch
 from .base import batch_norm, int_at_least
 from .channels import ChannelModule
-from .context import (Context, batch_norm_positions, check_context, check_sequence, position_statistics,
-                      refuse_cached)
+from .context import (Context, batch_norm_positions, check_context, check_sequence, decoding,
+                      position_statistics, refuse_cached)
 
 __all__ = ["MetaAconC"]
 
@@ -164,8 +164,9 @@ class MetaAconC(ChannelModule):
         if self.granularity == "pixel":  # beta = sigmoid(x) is fused: no x-sized beta tensor
             return self._run(dispatch.acon_c_pixel, x, self.p1, self.p2)
         if self.context != "sample":
-            return self._run(dispatch.acon_c_positions, x, self.p1, self.p2, self._beta_per_position(x),
-                             fused=False)
+            check_sequence(self, x, self.context)
+            return self._run(dispatch.meta_acon_c_per_position, x, self.p1, self.p2, self._beta_per_position,
+                             not decoding(self), fused=dispatch.fuses_positions(x))
         refuse_cached(self)
         return self._run(dispatch.meta_acon_c, x, self.p1, self.p2, self.beta_from_mean, self._weights,
                          self._stats_dtype)

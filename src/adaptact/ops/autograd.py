@@ -143,6 +143,12 @@ def _sum_to(t: Tensor, shape: torch.Size) -> Tensor:
     return t.sum_to_size(shape)
 
 
+def _product(a: Tensor, b: Tensor, into: Tensor) -> Tensor:
+    """a * b, written into the spent buffer ``into`` where it is contiguous (dynamo traces ``out=``
+    only into contiguous tensors; channels-last x viewed channels first gets a new tensor)."""
+    return torch.mul(a, b, out=into) if into.is_contiguous() else a * b
+
+
 def _acon_backward(dy: Tensor, x: Tensor, dp: Tensor, p2: Tensor, beta: Tensor, want: tuple[bool, ...]):
     """Gradients of (p1 - p2) x sigmoid(beta (p1 - p2) x) + p2 x for x, p1, p2 and beta, with
     g = s + u s (1 - s) (u = beta d, s = sigmoid(u)) the derivative of d sigmoid(beta d) / beta.
@@ -160,10 +166,10 @@ def _acon_backward(dy: Tensor, x: Tensor, dp: Tensor, p2: Tensor, beta: Tensor, 
     if want_beta:
         dbeta = _sum_to(t.mul_(d).mul_(d), beta.shape)
     if want_p1 or want_p2:
-        on_p1 = _sum_to(torch.mul(g, x, out=u), dp.shape)  # into u's and d's buffers
+        on_p1 = _sum_to(_product(g, x, into=u), dp.shape)  # into u's and d's buffers
         dp1 = on_p1 if want_p1 else None
         if want_p2:
-            dp2 = _sum_to(torch.mul(dy, x, out=d), p2.shape) - on_p1
+            dp2 = _sum_to(_product(dy, x, into=d), p2.shape) - on_p1
     if want_x:
         dx = g.mul_(dp).addcmul_(dy, p2)
     return dx, dp1, dp2, dbeta

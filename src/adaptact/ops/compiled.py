@@ -40,8 +40,8 @@ from torch import Tensor
 
 from . import autograd as AG
 
-__all__ = ["COMPILE_ENV", "DTYPES", "acon_c", "acon_c_from_parameters", "acon_c_pixel", "arelu",
-           "arelu_from_parameters", "available", "failure", "signed_spatial_mean", "whole"]
+__all__ = ["COMPILE_ENV", "DTYPES", "acon_c", "acon_c_from_parameters", "acon_c_pixel", "aprelu", "arelu",
+           "arelu_from_parameters", "available", "dy_relu", "failure", "signed_spatial_mean", "whole"]
 
 COMPILE_ENV = "ADAPTACT_COMPILE"
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what is compiled; float64 runs eagerly
@@ -365,6 +365,19 @@ def acon_c_from_parameters(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> T
 def acon_c_pixel(x: Tensor, p1: Tensor, p2: Tensor) -> Tensor:
     """``ops.autograd.acon_c_pixel`` compiled by Inductor."""
     return _apply(AG.acon_c_pixel, x, p1, p2)
+
+
+def aprelu(x: Tensor, alpha: Tensor) -> Tensor:
+    """``ops.autograd.aprelu`` compiled by Inductor (per-position alpha: x as (M, C) rows)."""
+    return _apply(AG.aprelu, x, alpha)
+
+
+def dy_relu(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """``ops.autograd.dy_relu`` compiled by Inductor, for (M, C) rows and pieces (M, C or 1, K)
+    (per-position coefficients); other shapes run eagerly."""
+    if x.ndim != 2 or not _compiles(x):
+        return AG.dy_relu(x, a, b)
+    return _call(AG.dy_relu, 2, x, a, b)
 
 
 def signed_spatial_mean(x: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:

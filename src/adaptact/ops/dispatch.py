@@ -29,9 +29,10 @@ from . import autograd as AG
 from . import compiled as CP
 
 __all__ = ["BACKENDS", "KERNEL_DTYPES", "acon_c", "acon_c_pixel", "acon_c_positions", "aprelu",
-           "aprelu_positions", "arelu", "auto_backend", "check_backend", "dy_relu", "dy_relu_positions",
-           "frelu_max",
-           "meta_acon_c", "resolve", "signed_spatial_mean", "triton_available", "under_torch_func"]
+           "aprelu_per_position", "aprelu_positions", "arelu", "auto_backend", "check_backend", "dy_relu",
+           "dy_relu_per_position", "dy_relu_positions", "frelu_max", "fuses_positions", "meta_acon_c",
+           "meta_acon_c_per_position", "resolve", "signed_spatial_mean", "triton_available",
+           "under_torch_func"]
 
 BACKENDS = ("auto", "reference", "autograd", "compiled", "triton")
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what the Triton kernels take
@@ -207,7 +208,22 @@ def _meta_acon_c_last(last: Tensor, p1: Tensor, p2: Tensor, beta_from_mean: Call
 def _dy_relu_last(last: Tensor, coefficients_from_mean: Callable[[Tensor], tuple[Tensor, Tensor]],
                   dtype: torch.dtype) -> Tensor:
     a, b = coefficients_from_mean(last.mean(_inner_dims(last), dtype=dtype))
-    return AG.dy_relu(last, _per_sample_last(a, last), _per_sample_last(b, last))
+    a, b = (_per_sample_last(_pieces_apart(t), last) for t in (a, b))
+    return AG.dy_relu(last, a, b)
+
+
+def _pieces_apart(t: Tensor) -> Tensor:
+    """(N, C, K) pieces stored piece by piece, each (N, C) slice contiguous: against channels-last
+    x the loop over C then reads each piece's coefficients with unit stride (vector loads), not
+    K apart."""
+    return t.movedim(-1, 0).contiguous().movedim(0, -1)
+
+
+def _aprelu_last(last: Tensor, alpha_from_stats: Callable[[Tensor], Tensor], dtype: torch.dtype) -> Tensor:
+    dims = _inner_dims(last)
+    neg, pos = torch.clamp(last, max=0).mean(dims, dtype=dtype), torch.relu(last).mean(dims, dtype=dtype)
+    stats = torch.cat((neg, pos), dim=1)
+    return AG.aprelu(last, _per_sample_last(alpha_from_stats(stats), last))
 
 
 def aprelu(x: Tensor, alpha_from_stats: Callable[[Tensor], Tensor], weights: Callable[[], Sequence[Tensor]],
@@ -251,36 +267,114 @@ def _dy_relu(x: Tensor, coefficients_from_mean: Callable[[Tensor], tuple[Tensor,
     return _lean(backend).dy_relu(x, a.reshape(view), bias.reshape(view))
 
 
-# --- coefficients per position (context "causal" or "token"): no Triton kernel takes them ------
+# --- coefficients per position (context "causal" or "token") ---------------------------------
+#
+# For channels-last tokens ((B, T, C) in memory, seen here as the (B, C, T) view) the positions are
+# rows: x is an (B*T, C) view and the coefficients (B*T, C or 1[, K]), and each row is a "sample"
+# with one position, so the per-sample Functions, their compiled entries and their Triton kernels
+# run unchanged. Channels-first (B, C, T) has no such view: the autograd Functions run there.
 
 
-def _without_kernels(backend: str, x: Tensor) -> str:
-    if backend == "triton":
-        raise ValueError("backend='triton' has no kernel for per-position coefficients (context 'causal' "
-                         "or 'token'): use backend='auto' or 'autograd'")
+def fuses_positions(x: Tensor) -> bool:
+    """Whether per-position coefficients of channels-first ``x`` (N, C, T) take the fused
+    backends: x is channels-last tokens in memory, so (N*T, C) rows are a view of it."""
+    return x.ndim == 3 and x.stride(1) == 1 and x.movedim(1, -1).is_contiguous()
+
+
+def _position_backend(backend: str, x: Tensor) -> str:
+    fuses = fuses_positions(x)
+    if backend == "triton" and not fuses:
+        raise ValueError("backend='triton' takes per-position coefficients (context 'causal' or 'token') "
+                         "for channels-last tokens only, (B, T, C) with channel_dim=-1: use "
+                         "backend='auto' or 'autograd' for channels-first (B, C, T)")
     b = resolve(backend, x)
-    return "autograd" if b == "triton" else b
+    return "autograd" if b in ("compiled", "triton") and not fuses else b
+
+
+def _rows(t: Tensor) -> Tensor:
+    """(N, C or 1, T[, K]) per position as (N*T, C or 1[, K]) rows (a view for token layouts)."""
+    moved = t.movedim(1, 2)
+    return moved.reshape(-1, *moved.shape[2:])
+
+
+def _from_rows(y: Tensor, x: Tensor) -> Tensor:
+    return y.view(x.movedim(1, -1).shape).movedim(-1, 1)
 
 
 def acon_c_positions(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor, backend: str = "auto") -> Tensor:
     """ACON-C with ``beta`` per position, (N, C or 1, T) for (N, C, T) ``x``."""
-    if _without_kernels(backend, x) == "reference":
+    b = _position_backend(backend, x)
+    if b == "reference":
         return AF.acon_c(x, p1, p2, beta)
-    return AG.acon_c(x, _view(p1, x), _view(p2, x), beta)
+    if not fuses_positions(x):
+        return AG.acon_c(x, _view(p1, x), _view(p2, x), beta)
+    return _from_rows(acon_c(_rows(x), p1, p2, _rows(beta), b), x)
 
 
 def aprelu_positions(x: Tensor, alpha: Tensor, backend: str = "auto") -> Tensor:
     """APReLU with ``alpha`` per position, (N, C or 1, T) for (N, C, T) ``x``."""
-    if _without_kernels(backend, x) == "reference":
+    b = _position_backend(backend, x)
+    if b == "reference":
         return AF.aprelu(x, alpha)
-    return AG.aprelu(x, alpha)
+    if not fuses_positions(x):
+        return AG.aprelu(x, alpha)
+    return _from_rows(_lean(b).aprelu(_rows(x), _rows(alpha)), x)
 
 
 def dy_relu_positions(x: Tensor, a: Tensor, b: Tensor, backend: str = "auto") -> Tensor:
     """Dynamic ReLU with pieces per position, ``a`` and ``b`` (N, C or 1, T, K) for (N, C, T) ``x``."""
-    if _without_kernels(backend, x) == "reference":
+    chosen = _position_backend(backend, x)
+    if chosen == "reference":
         return AF.dy_relu(x, a, b)
-    return AG.dy_relu(x, a, b)
+    if not fuses_positions(x):
+        return AG.dy_relu(x, a, b)
+    return _from_rows(_lean(chosen).dy_relu(_rows(x), _pieces_apart(_rows(a)), _pieces_apart(_rows(b))), x)
+
+
+# The same with the generator: ``generate(x)`` gives the coefficients per position. On the compiled
+# backend, generator and activation compile as one graph (as ``_generated`` does per sample) when
+# ``stateless``: the generator keeps nothing between calls (it does while decoding with a cache).
+
+
+def meta_acon_c_per_position(x: Tensor, p1: Tensor, p2: Tensor, beta_per_position: Callable[[Tensor], Tensor],
+                             stateless: bool, backend: str = "auto") -> Tensor:
+    """Meta-ACON-C with beta = ``beta_per_position``(x), (N, C or 1, T) for (N, C, T) ``x``."""
+    return _per_position(acon_c_positions, x, (p1, p2), beta_per_position, stateless, backend)
+
+
+def aprelu_per_position(x: Tensor, alpha_per_position: Callable[[Tensor], Tensor], stateless: bool,
+                        backend: str = "auto") -> Tensor:
+    """APReLU with alpha = ``alpha_per_position``(x), (N, C or 1, T) for (N, C, T) ``x``."""
+    return _per_position(aprelu_positions, x, (), alpha_per_position, stateless, backend)
+
+
+def dy_relu_per_position(x: Tensor, pieces_per_position: Callable[[Tensor], tuple[Tensor, Tensor]],
+                         stateless: bool, backend: str = "auto") -> Tensor:
+    """Dynamic ReLU with (a, b) = ``pieces_per_position``(x), each (N, C or 1, T, K)."""
+    return _per_position(dy_relu_positions, x, (), pieces_per_position, stateless, backend)
+
+
+Coefficients = Callable[[Tensor], "Tensor | tuple[Tensor, ...]"]  # x -> its coefficients per position
+
+
+def _per_position(op: Callable[..., Tensor], x: Tensor, params: tuple[Tensor, ...], generate: Coefficients,
+                  stateless: bool, backend: str) -> Tensor:
+    b = _position_backend(backend, x)
+    if b == "compiled" and stateless:
+        y = CP.whole(_generated_then, x, op, generate, *params, "autograd")
+        if y is not None:
+            return y
+    return _generated_then(x, op, generate, *params, b)
+
+
+def _generated_then(x: Tensor, op: Callable[..., Tensor], generate: Coefficients,
+                    *params_and_backend) -> Tensor:
+    """``op(x, *params, *generate(x), backend)``."""
+    *params, backend = params_and_backend
+    coefficients = generate(x)
+    if isinstance(coefficients, Tensor):
+        coefficients = (coefficients,)
+    return op(x, *params, *coefficients, backend)
 
 
 def frelu_max(x: Tensor, t: Tensor, backend: str = "auto") -> Tensor:
@@ -299,4 +393,4 @@ def signed_spatial_mean(x: Tensor, dtype: torch.dtype, backend: str = "auto") ->
 
 
 _CHANNELS_LAST: dict[Callable[..., Tensor], Callable[..., Tensor]] = {
-    _meta_acon_c: _meta_acon_c_last, _dy_relu: _dy_relu_last}
+    _meta_acon_c: _meta_acon_c_last, _dy_relu: _dy_relu_last, _aprelu: _aprelu_last}
