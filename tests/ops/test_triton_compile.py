@@ -156,6 +156,10 @@ def _unit_stride_layouts():
 
 VECTOR_CASES = [c for c, i in zip(CASES, IDS)
                 if i in ("acon_c", "meta_acon_c-channel", "aprelu-channel", "dy_relu_b")]
+# per-position coefficients (contexts "causal"/"token") run tokens as (B*T, C) rows with per-row
+# coefficients: launches of their own
+VECTOR_POSITION_CASES = [("meta_acon_c", {"context": "causal"}), ("aprelu", {"context": "causal"}),
+                         ("dy_relu_b", {"context": "causal"})]
 ELEMENTWISE = {"ld": ("x_ptr", "dy_ptr"), "st": ("y_ptr", "dx_ptr")}
 
 
@@ -163,11 +167,12 @@ ELEMENTWISE = {"ld": ("x_ptr", "dy_ptr"), "st": ("y_ptr", "dx_ptr")}
 def test_x_and_dy_loads_and_y_and_dx_stores_are_vector_instructions(dtype):
     """Every load of x or dy and every store of y or dx in the PTX is a vector instruction
     (ld.global.v2/v4, st.global.v2/v4) when the unit-stride dim is a multiple of 16 (transformer
-    tokens with channel_dim=-1 included). Each access
+    tokens with channel_dim=-1 included, and their per-position coefficients). Each access
     is traced to its pointer argument through the address arithmetic (``global_accesses``)."""
     launches = {}
     for shape, layout in _unit_stride_layouts():
-        launches.update(_record(VECTOR_CASES, [shape], [dtype], [layout], make=_uninitialised))
+        cases = VECTOR_CASES + (VECTOR_POSITION_CASES if layout == "tokens" else [])
+        launches.update(_record(cases, [shape], [dtype], [layout], make=_uninitialised))
     scalar, counted = [], 0
     for key, (error, _, ptx) in _compile_all(launches, TL.ARCHS[-1]).items():
         assert error is None, error
