@@ -7,6 +7,10 @@ import adaptact
 from adaptact.bench.models import resnet18
 
 ADAPTIVE = adaptact.available("adaptive")
+# ONNX (a dynamo export, then onnxruntime: seconds each) once per implementation: ACON-A/B are
+# ACON-C's Function with fixed parameters, DY-ReLU-A DY-ReLU-B's with one piece set per sample,
+# Meta-ACON-C without BatchNorm its generator less two layers (torch.export above takes them all)
+ONNX = [n for n in ADAPTIVE if n not in ("acon_a", "acon_b", "dy_relu_a", "meta_acon_c_nobn")]
 
 
 def _converted(name):
@@ -26,7 +30,7 @@ def test_torch_export(name):
     torch.testing.assert_close(exported.module()(x2), model(x2), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ADAPTIVE)
+@pytest.mark.parametrize("name", ONNX)
 def test_onnx_in_onnxruntime(name, tmp_path):
     pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from .nn import ActivationModule, track_decoding
+from .nn.families import BATCH_NORMS, CHANNEL_NORMS, CONVOLUTIONS
 from .registry import ActivationLike, create, spec
 
 __all__ = ["ACTIVATION_TYPES", "HF_ACTIVATIONS", "POLICIES", "Replaced", "is_activation", "is_causal_model",
@@ -104,11 +105,11 @@ def producer_layout(m: nn.Module) -> Layout | None:
     """(channels, channel dim) of what a producer layer outputs (None if ``m`` is not one): convolutions
     and batch/group/instance norms put channels on dim 1; Linear (and Hugging Face's GPT-2 ``Conv1D``),
     LayerNorm, RMSNorm and Embedding on the last dim."""
-    if isinstance(m, nn.modules.conv._ConvNd):
+    if isinstance(m, CONVOLUTIONS):
         return m.out_channels, 1
     if isinstance(m, nn.Linear):
         return m.out_features, -1
-    if isinstance(m, (nn.modules.batchnorm._NormBase,)):
+    if isinstance(m, CHANNEL_NORMS):
         return m.num_features, 1
     if isinstance(m, nn.GroupNorm):
         return m.num_channels, 1
@@ -210,13 +211,13 @@ def _after_3x3(node: fx.Node, owner: nn.Module, residual: bool) -> bool:
         return False
     bn = _first_tensor_arg(node)
     if bn is None or bn.op != "call_module" or not isinstance(owner.get_submodule(str(bn.target)),
-                                                             nn.modules.batchnorm._BatchNorm):
+                                                             BATCH_NORMS):
         return False
     conv = _first_tensor_arg(bn)
     if conv is None or conv.op != "call_module":
         return False
     m = owner.get_submodule(str(conv.target))
-    return isinstance(m, nn.modules.conv._ConvNd) and all(k == 3 for k in m.kernel_size)
+    return isinstance(m, CONVOLUTIONS) and all(k == 3 for k in m.kernel_size)
 
 
 def _has_residual_add(graph: fx.Graph) -> bool:
@@ -258,7 +259,7 @@ def _sites(model: nn.Module) -> tuple[list[_Site], dict[str, fx.Graph]]:
                 continue
             found = True
             layout, reached_input = _walk_to_producer(_first_tensor_arg(node), owner)
-            if layout is None and isinstance(owner, nn.modules.batchnorm._NormBase):
+            if layout is None and isinstance(owner, CHANNEL_NORMS):
                 layout = producer_layout(owner)
             if layout is None and reached_input:  # the holder's input: its preceding producer
                 layout = holder_input

@@ -5,10 +5,11 @@ from __future__ import annotations
 from torch import nn
 
 from .nn import ActivationModule
+from .nn.families import CHANNEL_NORMS
 
 __all__ = ["param_groups"]
 
-NO_DECAY_MODULES = (ActivationModule, nn.PReLU, nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm,
+NO_DECAY_MODULES = (ActivationModule, nn.PReLU, *CHANNEL_NORMS, nn.GroupNorm, nn.LayerNorm,
                     nn.LocalResponseNorm)  # activations and norms
 
 

@@ -12,7 +12,7 @@ from adaptact.nn.context import OFFSET, track_decoding
 
 CONDITIONED = [
     ("meta_acon_c", {}), ("meta_acon_c", {"granularity": "layer"}), ("meta_acon_c", {"norm": "none"}),
-    ("aprelu", {}), ("aprelu", {"alpha": "sample"}), ("dy_relu_a", {"reduction": 1}), ("dy_relu_b", {}),
+    ("aprelu", {}), ("aprelu", {"granularity": "layer"}), ("dy_relu_a", {"reduction": 1}), ("dy_relu_b", {}),
 ]
 IDS = [n + "".join(f"-{v}" for v in kw.values()) for n, kw in CONDITIONED]
 WITH_FRELU = [*CONDITIONED, ("frelu", {"dims": 1})]

@@ -13,7 +13,8 @@ from adaptact.bench.kernels import saved_bytes
 from tests.conftest import random_input
 from tests.ops.test_backends import check_equals_reference
 
-VARIANTS = ["A", "B"]
+VARIANTS = ["layer", "channel"]  # granularity of DY-ReLU-A, DY-ReLU-B
+REGISTRY = {"layer": "dy_relu_a", "channel": "dy_relu_b"}
 
 
 def _paper(m, x):
@@ -37,13 +38,13 @@ def _paper(m, x):
 @pytest.mark.parametrize("shape", [(3, 8), (2, 8, 5), (2, 8, 4, 3), (2, 8, 2, 3, 2)])
 def test_equals_the_paper_and_its_gradients(shape, variant, backend):
     torch.manual_seed(0)
-    m = adaptact.DyReLU(8, variant=variant, backend=backend).double()
+    m = adaptact.DyReLU(8, granularity=variant, backend=backend).double()
     for p in m.parameters():
         torch.nn.init.normal_(p)
     x = random_input(shape, torch.float64, requires_grad=True)
     expected, a, _ = _paper(m, x)
     torch.testing.assert_close(m(x), expected, rtol=1e-12, atol=1e-12)
-    assert a.shape == (shape[0], 8 if variant == "B" else 1, 2)
+    assert a.shape == (shape[0], 8 if variant == "channel" else 1, 2)
     names = [n for n, _ in m.named_parameters()]
     assert torch.autograd.gradcheck(lambda x, *p: torch.func.functional_call(m, dict(zip(names, p)), (x,)),
                                     (x, *m.parameters()), eps=1e-6, atol=1e-5)
@@ -51,7 +52,7 @@ def test_equals_the_paper_and_its_gradients(shape, variant, backend):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_coefficients_stay_in_the_papers_ranges(variant):
-    m = adaptact.DyReLU(6, variant=variant, k=3, lambda_a=0.7, lambda_b=0.3)
+    m = adaptact.DyReLU(6, granularity=variant, k=3, lambda_a=0.7, lambda_b=0.3)
     with torch.no_grad():
         for p in m.parameters():
             p.normal_(0, 30)  # saturate the hyper function both ways
@@ -81,14 +82,14 @@ LEAN = [("autograd", torch.float32), ("autograd", torch.bfloat16), ("compiled", 
 def test_lean_backends_equal_the_reference(variant, layout, dtype, backend, monkeypatch):
     monkeypatch.setenv("ADAPTACT_COMPILE", "1" if backend == "compiled" else os.environ["ADAPTACT_COMPILE"])
     for training in (True, False):
-        check_equals_reference((f"dy_relu_{variant.lower()}", {}), layout, (4, 7, 5, 3), dtype, backend,
+        check_equals_reference((REGISTRY[variant], {}), layout, (4, 7, 5, 3), dtype, backend,
                                training)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_lean_backend_keeps_the_input_and_its_coefficients(variant):
     x = torch.randn(8, 32, 24, 24, requires_grad=True)
-    m = adaptact.DyReLU(32, variant=variant, backend="autograd")
+    m = adaptact.DyReLU(32, granularity=variant, backend="autograd")
     assert saved_bytes(m, x) <= x.nbytes + 64 * 1024  # x plus O(N C K)
     m.backend = "reference"
     assert saved_bytes(m, x) >= 2 * x.nbytes
@@ -107,7 +108,7 @@ def test_loads_the_common_implementations_state_dict():
 
 
 def test_bad_arguments_are_clear():
-    with pytest.raises(ValueError, match="variant must be 'A' or 'B'"):
-        adaptact.DyReLU(4, variant="C")
+    with pytest.raises(ValueError, match="granularity must be 'channel' .* DY-ReLU-C is not built"):
+        adaptact.DyReLU(4, granularity="pixel")
     with pytest.raises(ValueError, match="k = 2 values each"):
         adaptact.DyReLU(4, init_a=(1.0,))

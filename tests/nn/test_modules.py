@@ -168,8 +168,8 @@ def test_aprelu_matches_paper_formula():
     torch.testing.assert_close(m(x), expected)
 
 
-def test_aprelu_sample_variant_has_one_alpha_per_sample():
-    m = adaptact.APReLU(6, alpha="sample")
+def test_aprelu_layer_granularity_has_one_alpha_per_sample():
+    m = adaptact.APReLU(6, granularity="layer")
     x = torch.randn(4, 6, 3)
     alpha = m.generate_alpha(x)
     assert alpha.shape == (4, 1)
@@ -194,7 +194,7 @@ def test_meta_acon_granularities():
 def test_meta_acon_hidden_width():
     assert adaptact.MetaAconC(64).fc1.out_features == 16
     assert adaptact.MetaAconC(1024).fc1.out_features == 64
-    assert adaptact.MetaAconC(1024, r=8).fc1.out_features == 128
+    assert adaptact.MetaAconC(1024, reduction=8).fc1.out_features == 128
 
 
 @pytest.mark.parametrize("name", ["meta_acon_c", "aprelu"])
@@ -242,9 +242,10 @@ def test_maxout_starts_as_relu():
 
 
 def test_extra_repr():
-    assert "channels=16, r=16, granularity='channel'" in repr(adaptact.MetaAconC(16))
+    assert "channels=16, reduction=16, granularity='channel'" in repr(adaptact.MetaAconC(16))
     assert "alpha=0.9, beta=2" in repr(adaptact.AReLU())
-    assert "channels=3, alpha='sample'" in repr(adaptact.APReLU(3, alpha="sample"))
+    assert "channels=3, granularity='layer'" in repr(adaptact.APReLU(3, granularity="layer"))
+    assert "granularity='layer', k=2, reduction=4" in repr(adaptact.DyReLU(3, granularity="layer"))
 
 
 # --- bad input --------------------------------------------------------------------------------
@@ -300,16 +301,40 @@ def test_mismatched_layout_is_not_silently_reshaped():
 @pytest.mark.parametrize("kwargs, message", [
     ({"channels": 0}, "channels must be a positive int, got 0"),
     ({"channels": 4, "granularity": "image"}, "granularity must be 'channel', 'layer' or 'pixel'"),
-    ({"channels": 4, "r": 0}, "r must be a positive int"),
+    ({"channels": 4, "reduction": 0}, "reduction must be a positive int"),
 ])
 def test_bad_constructor_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         adaptact.MetaAconC(**kwargs)
 
 
-def test_bad_aprelu_alpha_mode():
-    with pytest.raises(ValueError, match="alpha must be 'channel' or 'sample', got 'pixel'"):
-        adaptact.APReLU(4, alpha="pixel")
+def test_bad_aprelu_granularity():
+    with pytest.raises(ValueError, match="granularity must be 'channel' or 'layer', got 'pixel'"):
+        adaptact.APReLU(4, granularity="pixel")
+
+
+@pytest.mark.parametrize("make, old, new", [
+    (adaptact.MetaAconC, {"r": 8}, {"reduction": 8}),
+    (adaptact.APReLU, {"alpha": "sample"}, {"granularity": "layer"}),
+    (adaptact.APReLU, {"alpha": "channel"}, {"granularity": "channel"}),
+    (adaptact.DyReLU, {"variant": "A"}, {"granularity": "layer"}),
+    (adaptact.DyReLU, {"variant": "B"}, {"granularity": "channel"}),
+], ids=["meta_acon_c-r", "aprelu-alpha-sample", "aprelu-alpha-channel", "dy_relu-variant-A",
+        "dy_relu-variant-B"])
+def test_one_name_per_knob_and_the_old_names_still_work(make, old, new):
+    """Meta-ACON-C's r is DY-ReLU's reduction; APReLU's alpha and DY-ReLU's variant are Meta-ACON-C's
+    granularity ("channel": one value per channel, "layer": one per sample). The old keywords build
+    the same module after a DeprecationWarning naming the new one."""
+    name = next(iter(new))
+    with pytest.warns(DeprecationWarning, match=f"use {name}="):
+        torch.manual_seed(0)
+        former = make(16, **old)
+    torch.manual_seed(0)
+    current = make(16, **new)
+    assert repr(former) == repr(current)
+    state = current.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in former.state_dict().items()) and state.keys() == \
+        former.state_dict().keys()
 
 
 def _keras_aprelu(x_nhwc: np.ndarray, w: list, training: bool) -> np.ndarray:
@@ -337,7 +362,7 @@ def test_aprelu_sample_variant_equals_the_authors_keras_code(training):
     weights = [rng.normal(size=s) for s in shapes]
     weights[5], weights[11] = rng.uniform(0.5, 2, 2), rng.uniform(0.5, 2, 1)  # moving variances
     weights = [w.astype(np.float32) for w in weights]  # as Keras holds them
-    m = adaptact.APReLU(5, alpha="sample").double().train(training)
+    m = adaptact.APReLU(5, granularity="layer").double().train(training)
     m.load_state_dict(adaptact.nn.aprelu.keras_state_dict(weights))
     x = rng.normal(size=(4, 6, 7, 5))  # NHWC, as Keras holds it
     expected = _keras_aprelu(x, [w.astype(np.float64) for w in weights], training)

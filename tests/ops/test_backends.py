@@ -20,7 +20,7 @@ CASES = [
     ("arelu", {}), ("acon_a", {}), ("acon_b", {}), ("acon_c", {}),
     ("meta_acon_c", {}), ("meta_acon_c", {"granularity": "layer"}), ("meta_acon_c", {"granularity": "pixel"}),
     ("meta_acon_c", {"norm": "none"}),
-    ("aprelu", {}), ("aprelu", {"alpha": "sample"}),
+    ("aprelu", {}), ("aprelu", {"granularity": "layer"}),
     ("dy_relu_a", {}), ("dy_relu_b", {}),
 ]
 
@@ -183,7 +183,7 @@ def test_triton_channels_last_tokens_equal_reference(case, shape_dtype, backend,
 # backends run them as (B*T, C) rows, each row a sample of one position.
 POSITION_CASES = [
     ("meta_acon_c", {"context": "causal"}), ("meta_acon_c", {"granularity": "layer", "context": "token"}),
-    ("aprelu", {"context": "causal"}), ("aprelu", {"alpha": "sample", "context": "token"}),
+    ("aprelu", {"context": "causal"}), ("aprelu", {"granularity": "layer", "context": "token"}),
     ("dy_relu_a", {"context": "token"}), ("dy_relu_b", {"context": "causal"}),
 ]
 POSITION_IDS = [n + "".join(f"-{v}" for v in kw.values()) for n, kw in POSITION_CASES]

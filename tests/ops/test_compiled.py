@@ -72,7 +72,8 @@ def test_compiled_equals_reference_on_transformer_tokens(case):
 @pytest.mark.parametrize("case", POSITION_CASES, ids=POSITION_IDS)
 def test_compiled_equals_reference_with_per_position_coefficients(case):
     check_equals_reference(case, "tokens", SHAPES["rank3"], torch.float32, "compiled", training=True)
-    check_equals_reference(case, "tokens", SHAPES["rank3"], torch.bfloat16, "compiled", training=False)
+    if case == POSITION_CASES[0]:  # low precision: the same graphs with casts (seconds of compiling each)
+        check_equals_reference(case, "tokens", SHAPES["rank3"], torch.bfloat16, "compiled", training=False)
 
 
 @pytest.mark.filterwarnings("error::RuntimeWarning")
@@ -184,8 +185,9 @@ def test_what_guards_refuse_is_compiled_again():
 
 
 @pytest.mark.filterwarnings("error::RuntimeWarning")
-@pytest.mark.parametrize("name, kwargs", [("meta_acon_c", {"r": 4}), ("aprelu", {}),
-                                          ("aprelu", {"alpha": "sample"}), ("dy_relu_b", {}), ("acon_c", {})],
+@pytest.mark.parametrize("name, kwargs", [("meta_acon_c", {"reduction": 4}), ("aprelu", {}),
+                                          ("aprelu", {"granularity": "layer"}), ("dy_relu_b", {}),
+                                          ("acon_c", {})],
                          ids=["meta_acon_c", "aprelu", "aprelu_sample", "dy_relu_b", "acon_c"])
 def test_generators_of_every_width_share_one_compiled_graph(name, kwargs):
     """Pooling, generator and activation compile as one graph whose sizes are all symbolic,

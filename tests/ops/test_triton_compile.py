@@ -171,7 +171,8 @@ def test_x_and_dy_loads_and_y_and_dx_stores_are_vector_instructions(dtype):
     is traced to its pointer argument through the address arithmetic (``global_accesses``)."""
     launches = {}
     for shape, layout in _unit_stride_layouts():
-        cases = VECTOR_CASES + (VECTOR_POSITION_CASES if layout == "tokens" else [])
+        positions = layout == "tokens" and dtype == torch.float32  # bfloat16: the same tiles, see above
+        cases = VECTOR_CASES + (VECTOR_POSITION_CASES if positions else [])
         launches.update(_record(cases, [shape], [dtype], [layout], make=_uninitialised))
     scalar, counted = [], 0
     for key, (error, _, ptx) in _compile_all(launches, TL.ARCHS[-1]).items():

@@ -27,7 +27,6 @@ from typing import Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
 from ..errors import UserError
 from ..nn.context import CONTEXTS
@@ -143,7 +142,7 @@ class _Traffic(TorchDispatchMode):
         self.nbytes = 0
 
     def _big(self, tree) -> list[torch.Tensor]:
-        return [t for t in tree_flatten(tree)[0] if isinstance(t, torch.Tensor) and t.numel() >= self.numel]
+        return [t for t in _tensors(tree) if t.numel() >= self.numel]
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -152,6 +151,17 @@ class _Traffic(TorchDispatchMode):
                               kwargs) if func.overloadpacket.__name__ in self.WRITE_ONLY else (args, kwargs))
             self.nbytes += sum(t.nbytes for t in read) + sum(t.nbytes for t in self._big(out))
         return out
+
+
+def _tensors(tree) -> list[torch.Tensor]:
+    """The tensors in nested tuples, lists and dicts (an operator's arguments and results)."""
+    if isinstance(tree, torch.Tensor):
+        return [tree]
+    if isinstance(tree, dict):
+        tree = list(tree.values())
+    if isinstance(tree, (tuple, list)):
+        return [t for item in tree for t in _tensors(item)]
+    return []
 
 
 def tensor_passes(module: torch.nn.Module, x: torch.Tensor, dy: torch.Tensor) -> float:

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..ops import dispatch
-from .base import batch_norm
+from .base import batch_norm, deprecated_keyword
 from .channels import ChannelModule
 from .context import (Context, batch_norm_positions, check_context, check_sequence, decoding,
                       position_statistics, refuse_cached)
@@ -17,6 +17,7 @@ from .context import (Context, batch_norm_positions, check_context, check_sequen
 __all__ = ["APReLU", "keras_state_dict"]
 
 KERAS_BN_EPS = 1e-3  # Keras's BatchNormalization epsilon (torch's is 1e-5)
+_FORMER = {"sample": "layer"}  # values of the deprecated ``alpha=`` keyword that changed name
 
 
 class APReLU(ChannelModule):
@@ -29,8 +30,8 @@ class APReLU(ChannelModule):
     s = concat(GAP(min(x, 0)), GAP(max(x, 0))) of shape (N, 2C), then
     fc1 (2C -> C) -> bn1 -> ReLU -> fc2 -> bn2 -> sigmoid.
 
-    * ``alpha="channel"`` (default, the paper): fc1 is 2C -> C, fc2 C -> C, alpha is (N, C).
-    * ``alpha="sample"`` (the authors' Keras CIFAR-10 code, ``ResNet_APReLU_Keras_Cifar10.py``):
+    * ``granularity="channel"`` (default, the paper): fc1 is 2C -> C, fc2 C -> C, alpha is (N, C).
+    * ``granularity="layer"`` (the authors' Keras CIFAR-10 code, ``ResNet_APReLU_Keras_Cifar10.py``):
       s is first averaged over channels to (N, 2) = (mean GAP(min(x, 0)), mean GAP(max(x, 0))),
       then Dense(2) -> BN -> ReLU -> Dense(1) -> BN -> sigmoid: fc1 is 2 -> 2, fc2 2 -> 1,
       alpha is (N, 1), one slope per sample for all channels. As there: BatchNorm epsilon 1e-3,
@@ -39,7 +40,8 @@ class APReLU(ChannelModule):
 
     Args:
         channels: C; None takes it from the first input (lazy, see ``nn.channels``).
-        alpha: "channel" or "sample" (above).
+        granularity: "channel" or "layer" (above; Meta-ACON-C's and DY-ReLU's words for one value
+            per channel or per sample). Formerly ``alpha="channel"|"sample"``: deprecated alias.
         inplace: accepted for drop-in use; the output is always a new tensor.
         backend: "auto", "reference", "autograd", "compiled" or "triton" (``adaptact.ops.dispatch``).
         channel_dim: 1 for (N, C, *), -1 for (B, T, C) tokens and channels-last tensors.
@@ -59,12 +61,12 @@ class APReLU(ChannelModule):
     running statistics and do not update them (batch statistics of one sample are undefined).
     """
 
-    _channels_entry = None  # set per instance: "fc2.weight" for alpha="channel"; "sample" has no C in it
+    _channels_entry = None  # set per instance: "fc2.weight" for "channel"; "layer" has no C in it
 
     def __init__(
         self,
         channels: int | None = None,
-        alpha: Literal["channel", "sample"] = "channel",
+        granularity: Literal["channel", "layer"] = "channel",
         inplace: bool = False,
         backend: str = "auto",
         *,
@@ -72,15 +74,20 @@ class APReLU(ChannelModule):
         context: Context = "sample",
         device: Any = None,
         dtype: Any = None,
+        alpha: str | None = None,
     ) -> None:
         super().__init__()
         self.backend = backend
-        if alpha not in ("channel", "sample"):
-            raise ValueError(f"alpha must be 'channel' or 'sample', got {alpha!r}")
-        self.alpha_mode = alpha
+        if alpha is not None:
+            granularity = deprecated_keyword("APReLU", "alpha", "granularity", _FORMER.get(alpha, alpha))
+        if granularity == "sample":
+            granularity = deprecated_keyword("APReLU", "granularity='sample'", "granularity='layer'", "layer")
+        if granularity not in ("channel", "layer"):
+            raise ValueError(f"granularity must be 'channel' or 'layer', got {granularity!r}")
+        self.granularity = granularity
         self.context = check_context(context)
         self.inplace = inplace
-        if alpha == "channel":
+        if granularity == "channel":
             self._channels_entry = ("fc2.weight", 0)
         else:  # the Keras generator does not depend on C: made now, also when C comes later
             self._build_sample_generator({"device": device, "dtype": dtype})
@@ -88,7 +95,7 @@ class APReLU(ChannelModule):
 
     def _build(self, channels: int, device: Any, dtype: Any) -> None:
         factory = {"device": device, "dtype": dtype}
-        if self.alpha_mode == "channel":
+        if self.granularity == "channel":
             self.fc1 = nn.Linear(2 * channels, channels, **factory)
             self.bn1 = nn.BatchNorm1d(channels, **factory)
             self.fc2 = nn.Linear(channels, channels, **factory)
@@ -108,12 +115,12 @@ class APReLU(ChannelModule):
             nn.init.zeros_(fc.bias)
 
     def reset_parameters(self) -> None:
-        """The generator's layers as built: torch's defaults ("channel"), Keras's ("sample")."""
+        """The generator's layers as built: torch's defaults ("channel"), Keras's ("layer")."""
         if not hasattr(self, "fc1"):
             return
         for layer in (self.fc1, self.bn1, self.fc2, self.bn2):
             layer.reset_parameters()
-        if self.alpha_mode == "sample":
+        if self.granularity == "layer":
             self._keras_init()
 
     def generate_alpha(self, x: Tensor) -> Tensor:
@@ -127,7 +134,7 @@ class APReLU(ChannelModule):
     def alpha_from_stats(self, s: Tensor) -> Tensor:
         """The negative slopes from s = concat(GAP(min(x, 0)), GAP(max(x, 0))), (N, 2C) (or
         (N, T, 2C) per position)."""
-        if self.alpha_mode == "sample":  # the Keras code's channel means, (N, 2): negative, positive
+        if self.granularity == "layer":  # the Keras code's channel means, (N, 2): negative, positive
             s = s.unflatten(-1, (2, -1)).mean(dim=-1)
         norm = batch_norm if s.ndim == 2 else batch_norm_positions
         h = torch.relu(norm(self.bn1, self.fc1(s)))
@@ -150,11 +157,11 @@ class APReLU(ChannelModule):
 
     def extra_repr(self) -> str:
         context = "" if self.context == "sample" else f", context={self.context!r}"
-        return f"{self._channels_repr()}, alpha={self.alpha_mode!r}{context}" + self._backend_repr()
+        return f"{self._channels_repr()}, granularity={self.granularity!r}{context}" + self._backend_repr()
 
 
 def keras_state_dict(weights: Sequence) -> dict[str, Tensor]:
-    """The state_dict of ``APReLU(C, alpha="sample")`` from the authors' Keras code's weights, in
+    """The state_dict of ``APReLU(C, granularity="layer")`` from the authors' Keras code's weights, in
     the order ``Model.get_weights()`` lists one ``aprelu`` block's layers: Dense(2) kernel (2, 2)
     and bias, BatchNormalization gamma, beta, moving mean, moving variance, Dense(1) kernel (2, 1)
     and bias, BatchNormalization's four. Keras kernels are (in, out): transposed here."""

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..ops import dispatch, fallback
+from .families import BatchNorm
 
-__all__ = ["ActivationModule", "CheckedStateDict", "batch_norm", "check_input", "int_at_least", "normalise",
-           "track_running_stats"]
+__all__ = ["ActivationModule", "CheckedStateDict", "batch_norm", "check_input", "deprecated_keyword",
+           "int_at_least", "normalise", "track_running_stats"]
 
 
 def int_at_least(name: str, value: object, minimum: int = 1) -> int:
@@ -47,7 +49,7 @@ def check_input(module: nn.Module, x: torch.Tensor, channels: int | None) -> Non
         )
 
 
-def batch_norm(bn: nn.modules.batchnorm._BatchNorm, h: torch.Tensor) -> torch.Tensor:
+def batch_norm(bn: BatchNorm, h: torch.Tensor) -> torch.Tensor:
     """Apply ``bn`` to the (N, C) statistics of a generator (Meta-ACON, APReLU).
 
     * One sample in training mode: batch statistics are undefined (``nn.BatchNorm1d``
@@ -91,14 +93,14 @@ def _sync_batch_norm_cpu(bn: nn.SyncBatchNorm, h: torch.Tensor) -> torch.Tensor:
     return normalise(bn, x, mean, var).to(h.dtype)
 
 
-def normalise(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, mean: torch.Tensor,
+def normalise(bn: BatchNorm, x: torch.Tensor, mean: torch.Tensor,
               var: torch.Tensor) -> torch.Tensor:
     """``x`` normalised with batch statistics ``mean`` and (biased) ``var``, then ``bn``'s affine."""
     y = (x - mean) * torch.rsqrt(var + bn.eps)
     return y * bn.weight + bn.bias if bn.affine else y
 
 
-def track_running_stats(bn: nn.modules.batchnorm._BatchNorm, mean: torch.Tensor,
+def track_running_stats(bn: BatchNorm, mean: torch.Tensor,
                         unbiased_var: torch.Tensor) -> None:
     """Move ``bn``'s running statistics towards a batch's, as its own forward does in training
     (nothing when it does not track them: ``track_running_stats=False``)."""
@@ -113,6 +115,13 @@ def track_running_stats(bn: nn.modules.batchnorm._BatchNorm, mean: torch.Tensor,
         running_var.lerp_(unbiased_var.to(running_var.dtype), momentum)
 
 
+def deprecated_keyword(owner: str, old: str, new: str, value: Any) -> Any:
+    """``value``, given under the old name ``old`` of ``owner``'s keyword ``new``, after a
+    DeprecationWarning that names the new one."""
+    warnings.warn(f"{owner}({old}=...) is deprecated: use {new}=...", DeprecationWarning, stacklevel=3)
+    return value
+
+
 def _squeezed(shape: torch.Size) -> tuple[int, ...]:
     return tuple(s for s in shape if s != 1)
 
@@ -121,27 +130,35 @@ class CheckedStateDict(nn.Module):
     """``load_state_dict`` that accepts the official implementations' layouts: a tensor whose
     shape equals ours once size-1 dims are dropped (ACON's (1, C, 1, 1) for our (C,), a 1x1
     conv's (out, in, 1, 1) for a Linear's (out, in)) is reshaped to ours. Non-finite values are
-    refused with an error naming the entry."""
+    refused with an error naming the entry. (torch's public ``register_load_state_dict_pre_hook``;
+    a subclass that must act first, as a lazy module making its parameters, overrides
+    ``_before_load``.)"""
 
-    def _load_from_state_dict(
-        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-    ):
-        own = dict(self.named_parameters())
-        own.update(self.named_buffers())
-        for name, tensor in own.items():
-            key = prefix + name
-            value = state_dict.get(key)
-            if not isinstance(value, torch.Tensor):
-                continue
-            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-                error_msgs.append(f"{type(self).__name__}: entry '{key}' has non-finite values")
-                state_dict.pop(key)
-                continue
-            if value.shape != tensor.shape and _squeezed(value.shape) == _squeezed(tensor.shape):
-                state_dict[key] = value.reshape(tensor.shape)
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.register_load_state_dict_pre_hook(_check_state_dict)
+
+    def _before_load(self, state_dict: dict, prefix: str) -> None:
+        """What this module does with ``state_dict`` (its entries under ``prefix``) before they are
+        checked and loaded."""
+
+
+def _check_state_dict(module: CheckedStateDict, state_dict: dict, prefix: str, local_metadata, strict,
+                      missing_keys, unexpected_keys, error_msgs: list[str]) -> None:
+    module._before_load(state_dict, prefix)
+    own: dict[str, torch.Tensor] = dict(module.named_parameters())
+    own.update(module.named_buffers())
+    for name, tensor in own.items():
+        key = prefix + name
+        value = state_dict.get(key)
+        if not isinstance(value, torch.Tensor):
+            continue
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            error_msgs.append(f"{type(module).__name__}: entry '{key}' has non-finite values")
+            state_dict.pop(key)
+            continue
+        if value.shape != tensor.shape and _squeezed(value.shape) == _squeezed(tensor.shape):
+            state_dict[key] = value.reshape(tensor.shape)
 
 
 class ActivationModule(CheckedStateDict):

@@ -91,15 +91,13 @@ class ChannelModule(ActivationModule):
         self.channels = int_at_least("channels", channels)
         self._build(channels, device=anchor.device, dtype=anchor.dtype)
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs) -> None:
+    def _before_load(self, state_dict: dict, prefix: str) -> None:
+        """A lazy module makes its parameters for the state dict's channel count first."""
         if self.channels is None and self._channels_entry is not None:
             name, dim = self._channels_entry
             value = state_dict.get(prefix + name)
             if isinstance(value, Tensor) and value.ndim > dim:
                 self.materialise(value.numel() if dim < 0 else value.shape[dim])
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
 
     def forward(self, x: Tensor) -> Tensor:
         y = self._forward(self.channels_first(x))

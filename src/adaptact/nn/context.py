@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import normalise, track_running_stats
+from .families import BatchNorm
 
 __all__ = ["CONTEXTS", "Context", "batch_norm_positions", "check_context", "check_sequence", "decoding",
            "position_statistics", "refuse_cached", "track_decoding"]
@@ -98,7 +99,7 @@ def _carried(module: nn.Module, s: Tensor, offset: int) -> Tensor:
     return state[0].to(s.dtype)
 
 
-def batch_norm_positions(bn: nn.modules.batchnorm._BatchNorm, h: Tensor) -> Tensor:
+def batch_norm_positions(bn: BatchNorm, h: Tensor) -> Tensor:
     """``bn`` applied to (N, T, F) generator features, each position normalised on its own (see
     the module docstring); one sample or eval mode: the running statistics."""
     if isinstance(bn, nn.SyncBatchNorm):

@@ -9,11 +9,14 @@ from torch import Tensor, nn
 
 from .. import functional as AF
 from ..ops import dispatch
-from .base import int_at_least
+from .base import deprecated_keyword, int_at_least
 from .channels import ChannelModule
 from .context import Context, check_context, check_sequence, decoding, position_statistics, refuse_cached
 
 __all__ = ["DyReLU"]
+
+
+_VARIANTS = {"A": "layer", "B": "channel"}  # the paper's names, the deprecated ``variant=``
 
 
 class DyReLU(ChannelModule):
@@ -26,8 +29,9 @@ class DyReLU(ChannelModule):
     a^k = alpha^k + lambda_a theta_a^k and b^k = beta^k + lambda_b theta_b^k. The paper's defaults:
     K = 2, alpha = (1, 0), beta = (0, 0), lambda_a = 1.0, lambda_b = 0.5 (so it starts near ReLU).
 
-    * ``variant="A"`` (DY-ReLU-A, spatial- and channel-shared): fc2 gives 2K values per sample.
-    * ``variant="B"`` (DY-ReLU-B, channel-wise): fc2 gives 2K per channel, 2KC per sample.
+    * ``granularity="layer"`` (DY-ReLU-A, spatial- and channel-shared): fc2 gives 2K values per
+      sample.
+    * ``granularity="channel"`` (DY-ReLU-B, channel-wise): fc2 gives 2K per channel, 2KC per sample.
 
     The layout follows the widely used implementation linked from the paper's page
     (Islanna/DynamicReLU): ``fc1``, ``fc2`` (Linear), buffers ``lambdas`` = (lambda_a x K,
@@ -37,7 +41,8 @@ class DyReLU(ChannelModule):
 
     Args:
         channels: C; None takes it from the first input (lazy, see ``nn.channels``).
-        variant: "A" or "B".
+        granularity: "channel" (DY-ReLU-B) or "layer" (DY-ReLU-A), Meta-ACON-C's words. Formerly
+            ``variant="B"|"A"``: deprecated alias.
         k: number of linear pieces K.
         reduction: fc1's width is max(1, C // reduction).
         lambda_a, lambda_b: ranges of the residuals of the slopes and intercepts.
@@ -53,25 +58,33 @@ class DyReLU(ChannelModule):
     take one sequence dim.
 
     Examples:
-        >>> act = DyReLU(64, variant="B")
+        >>> act = DyReLU(64, granularity="channel")  # DY-ReLU-B
         >>> act(torch.randn(8, 64, 14, 14)).shape
         torch.Size([8, 64, 14, 14])
     """
 
     _channels_entry = ("fc1.weight", 1)
 
-    def __init__(self, channels: int | None = None, variant: Literal["A", "B"] = "B", k: int = 2,
-                 reduction: int = 4, lambda_a: float = 1.0, lambda_b: float = 0.5,
+    def __init__(self, channels: int | None = None, granularity: Literal["channel", "layer"] = "channel",
+                 k: int = 2, reduction: int = 4, lambda_a: float = 1.0, lambda_b: float = 0.5,
                  init_a: tuple[float, ...] | None = None, init_b: tuple[float, ...] | None = None,
                  inplace: bool = False, backend: str = "auto", *, channel_dim: int = 1,
-                 context: Context = "sample", device: Any = None, dtype: Any = None) -> None:
+                 context: Context = "sample", device: Any = None, dtype: Any = None,
+                 variant: str | None = None) -> None:
         super().__init__()
         self.backend = backend
-        if variant not in ("A", "B"):
-            raise ValueError(f"variant must be 'A' or 'B' (DY-ReLU-C is not built), got {variant!r}")
+        if variant is not None:
+            granularity = deprecated_keyword("DyReLU", "variant", "granularity",
+                                             _VARIANTS.get(variant, variant))
+        elif granularity in _VARIANTS:  # the old keyword's values, given positionally
+            granularity = deprecated_keyword("DyReLU", f"variant={granularity!r}", "granularity",
+                                             _VARIANTS[granularity])
+        if granularity not in ("channel", "layer"):
+            raise ValueError(f"granularity must be 'channel' (DY-ReLU-B) or 'layer' (DY-ReLU-A; DY-ReLU-C is "
+                             f"not built), got {granularity!r}")
         self.k = int_at_least("k (pieces)", k)
         self.reduction = int_at_least("reduction", reduction)
-        self.variant = variant
+        self.granularity = granularity
         self.context = check_context(context)
         self.inplace = inplace
         init_a = (1.0,) + (0.0,) * (k - 1) if init_a is None else tuple(init_a)
@@ -88,8 +101,8 @@ class DyReLU(ChannelModule):
     def _build(self, channels: int, device: Any, dtype: Any) -> None:
         hidden = max(1, channels // self.reduction)
         self.fc1 = nn.Linear(channels, hidden, device=device, dtype=dtype)
-        self.fc2 = nn.Linear(hidden, 2 * self.k * (channels if self.variant == "B" else 1), device=device,
-                             dtype=dtype)
+        per_sample = 2 * self.k * (channels if self.granularity == "channel" else 1)
+        self.fc2 = nn.Linear(hidden, per_sample, device=device, dtype=dtype)
 
     def reset_parameters(self) -> None:
         """fc1 and fc2 as torch initialises them."""
@@ -128,5 +141,5 @@ class DyReLU(ChannelModule):
 
     def extra_repr(self) -> str:
         context = "" if self.context == "sample" else f", context={self.context!r}"
-        return (f"{self._channels_repr()}, variant={self.variant!r}, k={self.k}, reduction={self.reduction}"
-                + context + self._backend_repr())
+        return (f"{self._channels_repr()}, granularity={self.granularity!r}, k={self.k}, "
+                f"reduction={self.reduction}" + context + self._backend_repr())

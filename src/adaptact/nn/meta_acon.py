@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from .. import functional as AF
 from ..ops import dispatch
-from .base import batch_norm, int_at_least
+from .base import batch_norm, deprecated_keyword, int_at_least
 from .channels import ChannelModule
 from .context import (Context, batch_norm_positions, check_context, check_sequence, decoding,
                       position_statistics, refuse_cached)
@@ -28,7 +28,8 @@ class MetaAconC(ChannelModule):
     with ``beta`` computed per sample from the input:
 
     * ``granularity="channel"`` (the official design, nmaac/acon):
-      beta = sigmoid(bn2(fc2(bn1(fc1(GAP(x)))))), shape (N, C); fc1: C -> max(r, C // r),
+      beta = sigmoid(bn2(fc2(bn1(fc1(GAP(x)))))), shape (N, C); fc1: C -> max(r, C // r)
+      (r = ``reduction``),
       fc2 back to C, both with bias, no non-linearity between. ``norm="none"`` drops the two
       BatchNorms: beta = sigmoid(fc2(fc1(GAP(x)))), the first official acon.py and YOLOv5's
       MetaAconC (whose BN version raises at batch size 1 and was reported to destabilise
@@ -50,7 +51,8 @@ class MetaAconC(ChannelModule):
 
     Args:
         channels: C; None takes it from the first input (lazy, see ``nn.channels``).
-        r: the generator's reduction: its hidden width is max(r, C // r) (the paper: 16).
+        reduction: the generator's r: its hidden width is max(r, C // r) (the paper: 16). Formerly
+            ``r=``: deprecated alias (DY-ReLU's word is ``reduction``).
         granularity: "channel", "layer" or "pixel" (above).
         inplace: accepted for drop-in use; the output is always a new tensor.
         backend: "auto", "reference", "autograd", "compiled" or "triton" (``adaptact.ops.dispatch``).
@@ -78,7 +80,7 @@ class MetaAconC(ChannelModule):
     def __init__(
         self,
         channels: int | None = None,
-        r: int = 16,
+        reduction: int = 16,
         granularity: Granularity = "channel",
         inplace: bool = False,
         backend: str = "auto",
@@ -88,6 +90,7 @@ class MetaAconC(ChannelModule):
         context: Context = "sample",
         device: Any = None,
         dtype: Any = None,
+        r: int | None = None,
     ) -> None:
         super().__init__()
         self.backend = backend
@@ -100,7 +103,9 @@ class MetaAconC(ChannelModule):
         if norm != "bn" and granularity != "channel":
             raise ValueError(f"norm applies to the channel generator; granularity {granularity!r} has none")
         self.norm = norm
-        self.r = int_at_least("r", r)
+        if r is not None:
+            reduction = deprecated_keyword("MetaAconC", "r", "reduction", r)
+        self.reduction = int_at_least("reduction", reduction)
         self.granularity = granularity
         self.context = check_context(context)
         self.inplace = inplace
@@ -109,7 +114,7 @@ class MetaAconC(ChannelModule):
     def _build(self, channels: int, device: Any, dtype: Any) -> None:
         factory = {"device": device, "dtype": dtype}
         if self.granularity == "channel":
-            hidden = max(self.r, channels // self.r)
+            hidden = max(self.reduction, channels // self.reduction)
             self.fc1 = nn.Linear(channels, hidden, **factory)
             self.fc2 = nn.Linear(hidden, channels, **factory)
             if self.norm == "bn":
@@ -178,4 +183,5 @@ class MetaAconC(ChannelModule):
         granularity = f"granularity={self.granularity!r}"
         norm = "" if self.norm == "bn" else f", norm={self.norm!r}"
         context = "" if self.context == "sample" else f", context={self.context!r}"
-        return f"{self._channels_repr()}, r={self.r}, {granularity}{norm}{context}" + self._backend_repr()
+        return (f"{self._channels_repr()}, reduction={self.reduction}, {granularity}{norm}{context}"
+                + self._backend_repr())
