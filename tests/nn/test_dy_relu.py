@@ -72,12 +72,14 @@ def test_starts_near_relu_with_the_papers_defaults():
     assert m.k == 2 and m.reduction == 4 and m.lambdas.tolist() == [1.0, 1.0, 0.5, 0.5]
 
 
-# compiled float32 is in tests/ops/test_compiled.py
-LEAN = [("autograd", torch.float32), ("autograd", torch.bfloat16), ("compiled", torch.bfloat16)]
+# (backend, dtype, layout): compiled float32 (channels_last, strided) and bfloat16 (contiguous) are
+# in tests/ops/test_compiled.py; here the compiled bfloat16 graph of the channels-last layout
+LEAN = [("autograd", dtype, layout) for dtype in (torch.float32, torch.bfloat16)
+        for layout in ("contiguous", "channels_last", "strided")]
+LEAN.append(("compiled", torch.bfloat16, "channels_last"))
 
 
-@pytest.mark.parametrize("backend, dtype", LEAN, ids=[f"{b}-{d}" for b, d in LEAN])
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("backend, dtype, layout", LEAN, ids=[f"{b}-{d}-{lay}" for b, d, lay in LEAN])
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_lean_backends_equal_the_reference(variant, layout, dtype, backend, monkeypatch):
     monkeypatch.setenv("ADAPTACT_COMPILE", "1" if backend == "compiled" else os.environ["ADAPTACT_COMPILE"])
