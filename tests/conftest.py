@@ -1,10 +1,18 @@
 import os
+import random
+import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from hypothesis import settings
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+# hypothesis prints the failing example and the blob that replays it (@reproduce_failure)
+settings.register_profile("adaptact", print_blob=True)
+settings.load_profile("adaptact")
 # The compiled CPU path (the default) costs seconds of compilation per kind of input: its tests
 # (tests/ops/test_compiled.py) turn it on; everywhere else the same Functions run eagerly.
 os.environ.setdefault("ADAPTACT_COMPILE", "0")
@@ -43,13 +51,18 @@ def shape_of_rank(rank, n=3, c=5):
     return (n, c) + (4, 3, 2)[: rank - 2]
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def rng_seed(request):
-    """A seed for torch's RNG, fixed by ADAPTACT_TEST_SEED or drawn and printed (pytest shows it
-    with a failure): rerun with ADAPTACT_TEST_SEED=<seed> to see the same inputs."""
-    seed = int(os.environ.get("ADAPTACT_TEST_SEED") or int.from_bytes(os.urandom(4), "little"))
-    print(f"{request.node.nodeid}: ADAPTACT_TEST_SEED={seed}")
+    """Every test starts from a seed of its own (torch, numpy and Python ``random``): the CRC-32
+    of its id plus ADAPTACT_TEST_SEED (default 0; set it to draw other inputs). So a failure
+    reproduces with the test run alone or in any order, and the seed is printed (pytest shows it
+    with a failure)."""
+    offset = int(os.environ.get("ADAPTACT_TEST_SEED", "0"))
+    seed = (zlib.crc32(request.node.nodeid.encode()) + offset) % 2**32
+    print(f"{request.node.nodeid}: seed {seed} (ADAPTACT_TEST_SEED={offset})")
     torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
     return seed
 
 
