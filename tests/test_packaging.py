@@ -17,16 +17,10 @@ def test_wheel_has_license_and_py_typed(tmp_path):
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), names
 
 
-# torch attributes with a leading underscore still used in src, each where it is: the remaining
-# debt, listed so that no new one comes in unnoticed (public replacements are named in the note of
-# issue 27: lean Functions that torch.func can transform; saved-tensor hooks for the byte count)
-PRIVATE_TORCH_ALLOWED = {
-    ("ops/dispatch.py", "torch._C._functorch.peek_interpreter_stack"),
-    ("bench/kernels.py", "torch.utils._python_dispatch"),
-}
 
 
-def test_no_new_private_torch_attribute_in_src():
+
+def test_no_private_torch_attribute_in_src():
     import re
 
     pattern = re.compile(r"\b(?:torch|nn|F)(?:\.\w+)*?\._(?!_)\w+(?:\.\w+)*")  # not dunders
@@ -36,4 +30,4 @@ def test_no_new_private_torch_attribute_in_src():
             code = line.split("#", 1)[0]
             for match in pattern.findall(code):
                 found.add((path.relative_to(ROOT / "src" / "adaptact").as_posix(), match))
-    assert found == PRIVATE_TORCH_ALLOWED
+    assert found == set(), found

@@ -13,6 +13,7 @@ import torch
 
 import adaptact
 from adaptact.bench.kernels import saved_bytes, tensor_passes
+from adaptact.ops import compiled as CP
 from adaptact.ops import dispatch
 from tests.conftest import random_input
 
@@ -233,12 +234,17 @@ def test_fused_backends_save_only_the_input(case, backend, channel_dim):
     assert saved_bytes(ref, x) >= 2 * x.nbytes  # the plain composition keeps intermediates
 
 
-@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+# Training mode matters where BatchNorm layers generate a parameter (batch or running statistics).
+MODES = [(case, training) for case in CASES for training in (True, False)
+         if training or (_generated(case) and case[1].get("norm") != "none")]
+
+
 @pytest.mark.parametrize("backend", TRITON)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-@pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_triton_moves_only_the_floor_passes(case, layout, dtype, backend, training):
+@pytest.mark.parametrize(("case", "training"), MODES,
+                         ids=[IDS[CASES.index(c)] + ("-train" if t else "-eval") for c, t in MODES])
+def test_triton_moves_only_the_floor_passes(case, training, layout, dtype, backend):
     """The floor (docs/architecture.md): 5 x-sized passes for forward+backward (read x, write y;
     read x and dy, write dx), 8 when a parameter is generated from a pool of x (a pooling read in forward, the
     parameter-gradient read of x and dy before the dx pass in backward). Parameter-gradient
@@ -416,6 +422,35 @@ def test_torch_func_transforms_run_the_reference_under_auto(case):
     torch.testing.assert_close(grad, xr.grad, rtol=1e-5, atol=1e-6)
     xs = torch.randn(3, 4, 6, 5, 5)
     torch.testing.assert_close(torch.vmap(m)(xs), torch.stack([ref(x) for x in xs]), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["arelu", "meta_acon_c", "aprelu", "dy_relu_b"])
+def test_torch_func_over_parameters_or_other_tensors_runs_the_reference_under_auto(name, monkeypatch):
+    """The transform sees our tensors only through the parameters (jacrev of a functional_call:
+    the input is a plain tensor), or not at all (a gradient of a later layer only, the last-layer
+    Laplace and linearised-network recipes): "auto" runs the reference in the first; in the
+    second our Functions on plain tensors, or the reference where torch refuses a Function under
+    the transform; the numbers are the reference's and compiling stays on."""
+    monkeypatch.setenv("ADAPTACT_COMPILE", "1")  # the default as it ships
+    torch.manual_seed(0)
+    m = _perturb(adaptact.create(name, channels=6).eval())
+    ref = copy.deepcopy(m)
+    ref.backend = "reference"
+    x = torch.randn(4, 6, 5, 5)
+    params = dict(m.named_parameters())
+    jac = torch.func.jacrev(lambda p: torch.func.functional_call(m, p, (x,)))(params)
+    assert m.ran_backend == "reference"
+    ref_jac = torch.func.jacrev(lambda p: torch.func.functional_call(ref, p, (x,)))(params)
+    for n in params:
+        torch.testing.assert_close(jac[n], ref_jac[n], rtol=1e-5, atol=1e-6)
+    head = torch.randn(6)
+
+    def loss(w):
+        return (m(x).mean((2, 3)) @ w).square().sum()
+
+    features = ref(x).mean((2, 3))
+    torch.testing.assert_close(torch.func.grad(loss)(head), 2 * features.T @ (features @ head))
+    assert CP.available()  # where dynamo refuses to trace under the transform, that call runs eagerly
 
 
 @pytest.mark.parametrize("backend", ["autograd", "compiled"])

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.fx.experimental.proxy_tensor import make_fx
 
 from ..errors import UserError
 from ..nn.context import CONTEXTS
@@ -128,53 +128,53 @@ def saved_bytes(module: torch.nn.Module, x: torch.Tensor) -> int:
     return sum(storages.values())
 
 
-class _Traffic(TorchDispatchMode):
-    """Bytes of the x-sized tensors each dispatched operator reads and writes: every tensor
-    argument is read (but the target of copy_/fill_/zero_), every returned tensor written;
-    views and allocations move nothing."""
-
-    WRITE_ONLY = frozenset({"copy_", "fill_", "zero_"})
-    NO_TRAFFIC = frozenset({"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided"})
-
-    def __init__(self, numel: int) -> None:
-        super().__init__()
-        self.numel = numel
-        self.nbytes = 0
-
-    def _big(self, tree) -> list[torch.Tensor]:
-        return [t for t in _tensors(tree) if t.numel() >= self.numel]
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if not (func.is_view or func.overloadpacket.__name__ in self.NO_TRAFFIC):
-            read = self._big((args[1:],
-                              kwargs) if func.overloadpacket.__name__ in self.WRITE_ONLY else (args, kwargs))
-            self.nbytes += sum(t.nbytes for t in read) + sum(t.nbytes for t in self._big(out))
-        return out
+# What an operator of the traced graph moves: every tensor argument is read (but the target of
+# copy_/fill_/zero_), every returned tensor written; views and allocations move nothing.
+_WRITE_ONLY = frozenset({"aten::copy_", "aten::fill_", "aten::zero_"})
+_NO_TRAFFIC = frozenset({"aten::empty", "aten::empty_like", "aten::empty_strided", "aten::new_empty",
+                         "aten::new_empty_strided"})
 
 
-def _tensors(tree) -> list[torch.Tensor]:
-    """The tensors in nested tuples, lists and dicts (an operator's arguments and results)."""
-    if isinstance(tree, torch.Tensor):
-        return [tree]
+def _values(tree) -> list:
+    """The traced values (tensors) of the graph nodes in nested tuples, lists and dicts."""
+    if isinstance(tree, torch.fx.Node):
+        return [tree.meta.get("val")]
     if isinstance(tree, dict):
         tree = list(tree.values())
     if isinstance(tree, (tuple, list)):
-        return [t for item in tree for t in _tensors(item)]
-    return []
+        return [v for item in tree for v in _values(item)]
+    return [tree]
+
+
+def _node_bytes(node: torch.fx.Node, numel: int) -> int:
+    """Bytes of the x-sized (``numel`` or more elements) tensors one operator node reads and writes."""
+    op: Any = node.target
+    if not hasattr(op, "is_view") or op.is_view or op.name() in _NO_TRAFFIC:  # an operator, not getitem
+        return 0
+    args = node.args[1:] if op.name() in _WRITE_ONLY else node.args
+    big = [v for v in (*_values((args, node.kwargs)), *_values(node.meta.get("val")))
+           if isinstance(v, torch.Tensor) and v.numel() >= numel]
+    return sum(t.nbytes for t in big)
 
 
 def tensor_passes(module: torch.nn.Module, x: torch.Tensor, dy: torch.Tensor) -> float:
     """Bytes of x-sized tensors that the operators of one forward+backward read and write,
-    divided by ``x.nbytes``: the floor's pass count for a fused implementation. Each custom
+    divided by ``x.nbytes``: the floor's pass count for a fused implementation. One step is traced
+    op by op (``make_fx`` on real tensors: forward and the backward autograd runs); each custom
     operator (a Triton kernel) counts as what it takes and returns; views and allocations count
-    nothing, an in-place update a read and a write, copy_/fill_/zero_ a write. The backward
-    accumulates into the module's parameter gradients as any backward does. Not meaningful under
-    torch.compile (its kernels are not dispatched op by op)."""
+    nothing, an in-place update a read and a write, copy_/fill_/zero_ a write. Not meaningful
+    under torch.compile (its kernels are not dispatched op by op)."""
     x = x.detach().requires_grad_()
-    with _Traffic(x.numel()) as traffic:
-        module(x).backward(dy)
-    return traffic.nbytes / x.nbytes
+    params = dict(module.named_parameters())
+    buffers = dict(module.named_buffers())
+
+    def step(x: torch.Tensor, dy: torch.Tensor, params: dict, buffers: dict) -> tuple[torch.Tensor, ...]:
+        y = torch.func.functional_call(module, (params, buffers), (x,))
+        wanted = [x, *(p for p in params.values() if p.requires_grad)]
+        return torch.autograd.grad(y, wanted, dy, allow_unused=True)
+
+    graph = make_fx(step, tracing_mode="real")(x, dy, params, buffers).graph
+    return sum(_node_bytes(node, x.numel()) for node in graph.nodes if node.op == "call_function") / x.nbytes
 
 
 DTYPES = ("float32", "float16", "bfloat16")

@@ -195,15 +195,32 @@ class ActivationModule(CheckedStateDict):
         raises (a kernel that does not compile or launch, here or in the backward), warn once and
         use "autograd" for this module from then on; "triton" itself always raises. ``fused=False``:
         ``op`` runs no Triton kernel or compiled entry for this ``x`` (per-position coefficients of
-        channels-first x), so "auto" runs (and reports) "autograd" where it would pick one of those."""
+        channels-first x), so "auto" runs (and reports) "autograd" where it would pick one of those.
+        Under a torch.func transform "auto" runs (and reports) "reference", and the other backends
+        are refused with one line: our Functions compute first-order gradients and have no
+        batching rules."""
         backend = self.backend
         if backend == "auto" and self._triton_failed:
             backend = "autograd"
         if torch.compiler.is_compiling():
             return op(x, *args, backend)
-        if backend != "auto":
-            self.__dict__["ran_backend"] = backend
-            return op(x, *args, backend)
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        if backend != "reference" and dispatch.under_torch_func(x, *tensors):
+            if backend != "auto":
+                raise dispatch.refusal(backend)
+            backend = "reference"
+        if backend == "auto":  # a transform may reach our Functions through the generator's weights
+            return dispatch.reference_under_torch_func(lambda: self._run_auto(op, x, args, fused),
+                                                       lambda: self._run_reference(op, x, args), "auto")
+        self.__dict__["ran_backend"] = backend
+        return op(x, *args, backend)
+
+    def _run_reference(self, op: Callable[..., torch.Tensor], x: torch.Tensor, args: tuple) -> torch.Tensor:
+        self.__dict__["ran_backend"] = "reference"
+        return op(x, *args, "reference")
+
+    def _run_auto(self, op: Callable[..., torch.Tensor], x: torch.Tensor, args: tuple,
+                  fused: bool) -> torch.Tensor:
         chosen = dispatch.auto_backend(x)
         if not fused and chosen in ("triton", "compiled"):
             chosen = "autograd"
@@ -214,7 +231,9 @@ class ActivationModule(CheckedStateDict):
             return y
         try:
             y = op(x, *args, "triton")
-        except Exception as err:  # noqa: BLE001  (any failure of the Triton path: compile, launch, driver)
+        except Exception as err:  # any failure of the Triton path: compile, launch, driver
+            if dispatch.transform_active():  # refused under torch.func: not the kernels' failure
+                raise
             self._fall_back(err)
             return op(x, *args, "autograd")
         self.__dict__["ran_backend"] = "triton"

@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 from . import autograd as AG
+from .transforms import transform_active
 
 __all__ = ["COMPILE_ENV", "DTYPES", "acon_c", "acon_c_from_parameters", "acon_c_pixel", "aprelu", "arelu",
            "arelu_from_parameters", "available", "dy_relu", "failure", "signed_spatial_mean", "whole"]
@@ -247,7 +248,8 @@ def _call(fn: Callable, rank: int, *args):
         return compiled(*args)
     except Exception as err:  # noqa: BLE001  (any failure to compile: the eager call decides)
         result = fn(*args)  # a genuine error in the inputs raises here, as without compiling
-        _give_up(err)
+        if not transform_active():  # dynamo refuses to trace under a torch.func transform: this call only
+            _give_up(err)
         return result
 
 

@@ -27,12 +27,13 @@ from torch import Tensor
 from .. import functional as AF
 from . import autograd as AG
 from . import compiled as CP
+from .transforms import reference_under_torch_func, refusal, transform_active, under_torch_func
 
 __all__ = ["BACKENDS", "KERNEL_DTYPES", "acon_c", "acon_c_pixel", "acon_c_positions", "aprelu",
            "aprelu_per_position", "aprelu_positions", "arelu", "auto_backend", "check_backend", "dy_relu",
            "dy_relu_per_position", "dy_relu_positions", "frelu_max", "fuses_positions", "meta_acon_c",
            "meta_acon_c_per_position", "resolve", "signed_spatial_mean", "triton_available",
-           "under_torch_func"]
+           "reference_under_torch_func", "refusal", "transform_active", "under_torch_func"]
 
 BACKENDS = ("auto", "reference", "autograd", "compiled", "triton")
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what the Triton kernels take
@@ -57,15 +58,10 @@ def _on_gpu(x: Tensor) -> bool:
     return x.is_cuda
 
 
-def under_torch_func() -> bool:
-    """Whether a torch.func transform (vmap, grad, jacrev, ...) is running: our Functions compute
-    first-order gradients only and have no batching rules, so there only the reference runs."""
-    return not torch.compiler.is_compiling() and torch._C._functorch.peek_interpreter_stack() is not None
-
-
-def auto_backend(x: Tensor) -> str:
-    """What ``backend="auto"`` runs for ``x``."""
-    if under_torch_func():
+def auto_backend(x: Tensor, *tensors: Tensor) -> str:
+    """What ``backend="auto"`` runs for ``x`` (and ``tensors``, the other inputs that a torch.func
+    transform may be transforming)."""
+    if under_torch_func(x, *tensors):
         return "reference"
     if _on_gpu(x):
         return "triton" if x.dtype in KERNEL_DTYPES and triton_available() else "autograd"
@@ -74,16 +70,13 @@ def auto_backend(x: Tensor) -> str:
     return "autograd"
 
 
-def resolve(backend: str, x: Tensor) -> str:
-    """The backend that runs for ``x``; explains why when "triton" cannot, or when a fused backend
-    is named under a torch.func transform."""
+def resolve(backend: str, x: Tensor, *tensors: Tensor) -> str:
+    """The backend that runs for ``x`` (and ``tensors``, the op's other inputs); explains why when
+    "triton" cannot, or when a fused backend is named under a torch.func transform."""
     if backend == "auto":
-        return auto_backend(x)
-    if backend != "reference" and under_torch_func():
-        raise RuntimeError(f"backend={backend!r} cannot run under torch.func transforms (vmap, grad, "
-                           "jacrev, ...): its Functions compute first-order gradients only and have no "
-                           "batching rules; use backend='auto' or 'reference', which run the plain "
-                           "composition there")
+        return auto_backend(x, *tensors)
+    if backend != "reference" and under_torch_func(x, *tensors):
+        raise refusal(backend)
     if backend == "triton":
         if x.dtype not in KERNEL_DTYPES:
             raise TypeError(f"backend='triton' takes float32, float16 and bfloat16 inputs (its kernels "
@@ -117,7 +110,7 @@ def _lean(backend: str):
 
 
 def arelu(x: Tensor, alpha: Tensor, beta: Tensor, backend: str = "auto") -> Tensor:
-    b = resolve(backend, x)
+    b = resolve(backend, x, alpha, beta)
     if b == "reference":
         return AF.arelu(x, alpha, beta)
     if b == "compiled":
@@ -131,7 +124,7 @@ def arelu(x: Tensor, alpha: Tensor, beta: Tensor, backend: str = "auto") -> Tens
 
 def acon_c(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor, backend: str = "auto") -> Tensor:
     """ACON-C with per-channel (C,) or per-sample (N, C) / (N, 1) ``beta`` (also ACON-A/B, Meta-ACON)."""
-    b = resolve(backend, x)
+    b = resolve(backend, x, p1, p2, beta)
     if b == "reference":
         return AF.acon_c(x, p1, p2, beta)
     if b == "compiled":
@@ -144,7 +137,7 @@ def acon_c(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor, backend: str = "auto
 
 def acon_c_pixel(x: Tensor, p1: Tensor, p2: Tensor, backend: str = "auto") -> Tensor:
     """Meta-ACON-C with pixel-wise beta = sigmoid(x)."""
-    b = resolve(backend, x)
+    b = resolve(backend, x, p1, p2)
     if b == "reference":
         return AF.acon_c(x, p1, p2, torch.sigmoid(x))
     views = (_view(t, x) for t in (p1, p2))
@@ -162,7 +155,7 @@ def meta_acon_c(x: Tensor, p1: Tensor, p2: Tensor, beta_from_mean: Callable[[Ten
     """Meta-ACON-C with beta = ``beta_from_mean``(spatial means of x, (N, C) in ``dtype``);
     ``weights()``: the tensors ``beta_from_mean`` uses that may need gradients (asked for by the
     Triton path only)."""
-    b = resolve(backend, x)
+    b = resolve(backend, x, p1, p2)
     if _owns_generator(b):
         return _triton().generated_acon_c(x, _view(p1, x), _view(p2, x), beta_from_mean, weights(), dtype)
     return _generated(_meta_acon_c, b, x, p1, p2, beta_from_mean, dtype)
@@ -281,13 +274,13 @@ def fuses_positions(x: Tensor) -> bool:
     return x.ndim == 3 and x.stride(1) == 1 and x.movedim(1, -1).is_contiguous()
 
 
-def _position_backend(backend: str, x: Tensor) -> str:
+def _position_backend(backend: str, x: Tensor, *tensors: Tensor) -> str:
     fuses = fuses_positions(x)
     if backend == "triton" and not fuses:
         raise ValueError("backend='triton' takes per-position coefficients (context 'causal' or 'token') "
                          "for channels-last tokens only, (B, T, C) with channel_dim=-1: use "
                          "backend='auto' or 'autograd' for channels-first (B, C, T)")
-    b = resolve(backend, x)
+    b = resolve(backend, x, *tensors)
     return "autograd" if b in ("compiled", "triton") and not fuses else b
 
 
@@ -303,7 +296,7 @@ def _from_rows(y: Tensor, x: Tensor) -> Tensor:
 
 def acon_c_positions(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor, backend: str = "auto") -> Tensor:
     """ACON-C with ``beta`` per position, (N, C or 1, T) for (N, C, T) ``x``."""
-    b = _position_backend(backend, x)
+    b = _position_backend(backend, x, p1, p2, beta)
     if b == "reference":
         return AF.acon_c(x, p1, p2, beta)
     if not fuses_positions(x):
@@ -313,7 +306,7 @@ def acon_c_positions(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor, backend: s
 
 def aprelu_positions(x: Tensor, alpha: Tensor, backend: str = "auto") -> Tensor:
     """APReLU with ``alpha`` per position, (N, C or 1, T) for (N, C, T) ``x``."""
-    b = _position_backend(backend, x)
+    b = _position_backend(backend, x, alpha)
     if b == "reference":
         return AF.aprelu(x, alpha)
     if not fuses_positions(x):
@@ -323,7 +316,7 @@ def aprelu_positions(x: Tensor, alpha: Tensor, backend: str = "auto") -> Tensor:
 
 def dy_relu_positions(x: Tensor, a: Tensor, b: Tensor, backend: str = "auto") -> Tensor:
     """Dynamic ReLU with pieces per position, ``a`` and ``b`` (N, C or 1, T, K) for (N, C, T) ``x``."""
-    chosen = _position_backend(backend, x)
+    chosen = _position_backend(backend, x, a, b)
     if chosen == "reference":
         return AF.dy_relu(x, a, b)
     if not fuses_positions(x):
@@ -380,16 +373,21 @@ def _generated_then(x: Tensor, op: Callable[..., Tensor], generate: Coefficients
 def frelu_max(x: Tensor, t: Tensor, backend: str = "auto") -> Tensor:
     """FReLU's max(x, T(x)): the reference keeps t for backward, the lean Function (any device:
     every other backend runs it, but "auto" under torch.func) one byte per element."""
-    if backend == "reference" or (backend == "auto" and under_torch_func()):
+    if backend == "reference" or (backend == "auto" and under_torch_func(x, t)):
         return AF.frelu(x, t)
-    return AG.frelu_max(x, t)
+    return reference_under_torch_func(lambda: AG.frelu_max(x, t), lambda: AF.frelu(x, t), backend)
 
 
 def signed_spatial_mean(x: Tensor, dtype: torch.dtype, backend: str = "auto") -> tuple[Tensor, Tensor]:
     """(GAP(min(x, 0)), GAP(max(x, 0))), each (N, C) in ``dtype``: APReLU's statistics."""
-    if resolve(backend, x) == "reference":
+    def reference() -> tuple[Tensor, Tensor]:
         return AF.spatial_mean(torch.clamp(x, max=0), dtype), AF.spatial_mean(torch.relu(x), dtype)
-    return (CP if resolve(backend, x) == "compiled" else AG).signed_spatial_mean(x, dtype)  # saves only x
+
+    b = resolve(backend, x)
+    if b == "reference":
+        return reference()
+    lean = CP if b == "compiled" else AG  # saves only x
+    return reference_under_torch_func(lambda: lean.signed_spatial_mean(x, dtype), reference, backend)
 
 
 _CHANNELS_LAST: dict[Callable[..., Tensor], Callable[..., Tensor]] = {
