@@ -69,7 +69,7 @@ def rng_seed(request):
 @pytest.fixture
 def no_system_data(monkeypatch, tmp_path):
     """No data set installed: the system folder is empty and $ADAPTACT_DATA unset; caches cleared."""
-    from adaptact.bench import data
+    from adaptact.datasets import builtin as data
 
     monkeypatch.setattr(data, "SYSTEM_DIR", tmp_path / "system")
     monkeypatch.delenv("ADAPTACT_DATA", raising=False)

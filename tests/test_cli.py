@@ -7,7 +7,7 @@ import pytest
 
 import adaptact
 from adaptact.cli import main
-from tests.bench.test_data import write_idx
+from tests.datasets.test_data import write_idx
 
 
 def test_list_table_has_every_activation(capsys):

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from adaptact.bench import comparison as C
-from adaptact.bench import data as D
-from adaptact.bench.store import ResultStore
+from adaptact.experiments import comparison as C
+from adaptact.datasets import builtin as D
+from adaptact.experiments.store import ResultStore
 from adaptact.cli import main
-from tests.bench.test_data import write_idx
+from tests.datasets.test_data import write_idx
 
 pytest.importorskip("sklearn")
 
@@ -99,7 +99,7 @@ def test_unwritable_plot_output(capsys, a_file):
 
 
 def test_unwritable_bench_json_before_the_benchmark(capsys, a_file, monkeypatch):
-    from adaptact.bench import kernels
+    from adaptact import kernel_benchmark as kernels
 
     def benchmark(*args, **kwargs):
         raise AssertionError("the benchmark ran before the output was checked")

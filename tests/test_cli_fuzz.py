@@ -11,9 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import adaptact.analysis as A
-from adaptact.bench import comparison as C
-from adaptact.bench import kernels as K
-from adaptact.bench.sweep import SweepSummary
+from adaptact.experiments import comparison as C
+from adaptact import kernel_benchmark as K
+from adaptact.experiments.sweep import SweepSummary
 from adaptact.cli import main
 
 pytest.importorskip("sklearn")

@@ -10,7 +10,7 @@ from torch import nn
 
 import adaptact
 from adaptact import replace_activations
-from adaptact.bench.models import resnet18, resnet50, shufflenet_v2
+from adaptact.models.catalogue import resnet18, resnet50, shufflenet_v2
 
 
 class NormAct(nn.BatchNorm2d):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import adaptact
-from adaptact.bench.models import resnet18
+from adaptact.models.catalogue import resnet18
 
 ADAPTIVE = adaptact.available("adaptive")
 # ONNX (a dynamo export, then onnxruntime: seconds each) once per implementation: ACON-A/B are

@@ -53,11 +53,23 @@ __all__ = [
     "Mixture",
     "Swish",
     "available",
+    "compare",
     "create",
     "functional",
     "get",
     "get_act_layer",
     "param_groups",
     "replace_activations",
+    "report",
     "spec",
 ]
+
+
+def __getattr__(name: str):
+    """``compare`` and ``report`` (``adaptact.experiments``) load on first use: the comparison's
+    modules (SQLite store, executors, reports) stay out of ``import adaptact``."""
+    if name in ("compare", "report"):
+        from . import experiments
+
+        return getattr(experiments, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

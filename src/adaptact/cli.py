@@ -88,11 +88,11 @@ CLI_DEFAULTS = {"optimizers": ["sgd", "adam"], "lrs": [1e-2, 1e-3], "seeds": 5}
 
 
 def _compare_configure(p: argparse.ArgumentParser) -> None:
-    from .bench.comparison import MAX_LR, MAX_SEEDS
-    from .bench.data import DATASETS
-    from .bench.executors import EXECUTORS
-    from .bench.models import MODELS
-    from .bench.protocols import PROTOCOLS
+    from .experiments.comparison import MAX_LR, MAX_SEEDS
+    from .datasets.builtin import DATASETS
+    from .experiments.executors import EXECUTORS
+    from .models.catalogue import MODELS
+    from .experiments.protocols import PROTOCOLS
 
     p.add_argument("--protocol", choices=[n for n in PROTOCOLS if n != "default"],
                    help="arelu: the AReLU paper's experiment as its code runs it (MNIST in [0, 1], "
@@ -142,17 +142,19 @@ def _compare_configure(p: argparse.ArgumentParser) -> None:
 def _compare(args: argparse.Namespace) -> int:
     import shlex
 
-    from .bench.comparison import compare
+    from .experiments.comparison import CompareRequest, run
 
     given = {k: getattr(args, k) for k in ("optimizers", "lrs", "seeds")}
     if args.protocol is None:  # the command line's own defaults: both optimizers, two rates, 5 seeds
         given = {k: v if v is not None else CLI_DEFAULTS[k] for k, v in given.items()}
-    rows = compare(args.model, args.dataset, args.activations, given["optimizers"], given["lrs"],
-                   given["seeds"], args.epochs, args.batch_size, args.db, args.out, args.baseline,
-                   args.workers, args.executor, args.device, not args.no_progress, args.address,
-                   args.data_dir, args.save_checkpoints, args.suite, args.amp, args.compile,
-                   command=shlex.join(["adaptact", *sys.argv[1:]]), protocol=args.protocol,
-                   snr=args.snr)
+    request = CompareRequest(
+        model=args.model, data=args.dataset, activations=args.activations, **given, epochs=args.epochs,
+        batch_size=args.batch_size, protocol=args.protocol, suite=args.suite, snr=args.snr,
+        baseline=args.baseline, db=args.db, out=args.out, data_dir=args.data_dir,
+        save_checkpoints=args.save_checkpoints, workers=args.workers, executor=args.executor,
+        address=args.address, device=args.device, amp=args.amp, compile=args.compile,
+        progress=not args.no_progress, command=shlex.join(["adaptact", *sys.argv[1:]]))
+    rows = run(request)
     s = rows.summary
     for line in s.notes():
         print(line, file=sys.stderr)
@@ -168,7 +170,7 @@ def _report_configure(p: argparse.ArgumentParser) -> None:
 
 @command("report", "rebuild the comparison report from a results database")(_report_configure)
 def _report(args: argparse.Namespace) -> int:
-    from .bench.comparison import report
+    from .experiments.comparison import report
 
     files = report(args.db, args.out, args.dataset)
     print(f"report: {files[0]}")
@@ -215,14 +217,14 @@ def _plot_configure(p: argparse.ArgumentParser) -> None:
 @command("plot", "plot activation curves (and derivatives), or the learned ones of a checkpoint")(
     _plot_configure)
 def _plot(args: argparse.Namespace) -> int:
-    from .bench.figures import plot_activations
+    from .experiments.figures import plot_activations
 
     print(f"wrote {plot_activations(args.names, args.output, args.derivative, args.checkpoint)}")
     return 0
 
 
 def _inspect_configure(p: argparse.ArgumentParser) -> None:
-    from .bench.data import DATASETS
+    from .datasets.builtin import DATASETS
 
     p.add_argument("--checkpoint", action="append", required=True,
                    help="checkpoint from `adaptact compare --save-checkpoints` (repeat: an ACON-C one serves "
@@ -237,7 +239,7 @@ def _inspect_configure(p: argparse.ArgumentParser) -> None:
 @command("inspect", "what trained adaptive activations do: Meta-ACON beta, APReLU alpha, AReLU feature maps")(
     _inspect_configure)
 def _inspect(args: argparse.Namespace) -> int:
-    from .bench.figures import inspect_checkpoints
+    from .experiments.figures import inspect_checkpoints
 
     for path in inspect_checkpoints(args.checkpoint, args.dataset, args.data_dir, args.samples, args.out):
         print(f"wrote {path}")
@@ -266,7 +268,7 @@ def _bench_kernels_configure(p: argparse.ArgumentParser) -> None:
                           "torch.compile")(
     _bench_kernels_configure)
 def _bench_kernels(args: argparse.Namespace) -> int:
-    from .bench.kernels import format_results, run_kernel_bench, write_json
+    from .kernel_benchmark import format_results, run_kernel_bench, write_json
 
     report = run_kernel_bench(tuple(args.shape), tuple(args.dtypes), args.device,
                               activations=None if args.activations is None else tuple(args.activations),

@@ -9,8 +9,8 @@ import adaptact
 from adaptact import functional as AF
 from adaptact.analysis import inspect as ins
 from adaptact.analysis.plots import plot_acon_family, plot_curves
-from adaptact.bench.checkpoints import save_checkpoint
-from adaptact.bench.models import ConvMNIST
+from adaptact.experiments.checkpoints import save_checkpoint
+from adaptact.models.catalogue import ConvMNIST
 from adaptact.cli import main
 
 matplotlib.use("Agg")
@@ -111,8 +111,8 @@ def test_inspect_plots(tmp_path, figures):
 
 
 def test_cli_inspect_end_to_end(tmp_path, figures, monkeypatch, capsys):
-    from adaptact.bench import data as D
-    from tests.bench.test_data import write_idx
+    from adaptact.datasets import builtin as D
+    from tests.datasets.test_data import write_idx
 
     write_idx(tmp_path / "mnist", n_test=20)
     D.load.cache_clear()
@@ -134,7 +134,7 @@ def test_cli_inspect_end_to_end(tmp_path, figures, monkeypatch, capsys):
 
 
 def test_learned_activations_of_a_checkpoint(tmp_path, figures):
-    from adaptact.bench.checkpoints import load_checkpoint
+    from adaptact.experiments.checkpoints import load_checkpoint
 
     model = ConvMNIST("acon_c")
     path = save_checkpoint(tmp_path / "c.pt", model, {"model": "conv", "activation": "acon_c"}, (1, 28, 28),

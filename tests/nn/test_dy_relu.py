@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import adaptact
-from adaptact.bench.kernels import saved_bytes
+from adaptact.kernel_benchmark import saved_bytes
 from tests.conftest import random_input
 from tests.ops.test_backends import check_equals_reference
 

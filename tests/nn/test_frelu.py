@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import adaptact
-from adaptact.bench.kernels import saved_bytes
+from adaptact.kernel_benchmark import saved_bytes
 from adaptact.ops import autograd as AG
 
 

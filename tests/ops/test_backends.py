@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import adaptact
-from adaptact.bench.kernels import saved_bytes, tensor_passes
+from adaptact.kernel_benchmark import saved_bytes, tensor_passes
 from adaptact.ops import compiled as CP
 from adaptact.ops import dispatch
 from tests.conftest import random_input
@@ -458,3 +458,14 @@ def test_a_lean_backend_named_under_a_torch_func_transform_is_refused_clearly(ba
     m = adaptact.AconC(6, backend=backend)
     with pytest.raises(RuntimeError, match=f"backend='{backend}' cannot run under torch.func transforms"):
         torch.vmap(m)(torch.randn(3, 4, 6, 5, 5))
+
+
+def test_the_backend_table_names_every_backend_and_its_implementation():
+    from adaptact import functional
+    from adaptact.ops import autograd
+
+    assert set(dispatch.IMPLEMENTATIONS) == set(dispatch.BACKENDS) - {"auto"}
+    assert dispatch.implementation("reference") is functional
+    assert dispatch.implementation("autograd") is autograd and dispatch.implementation("compiled") is CP
+    x = torch.randn(2, 3)
+    assert dispatch.resolve("auto", x) in dispatch.IMPLEMENTATIONS

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import adaptact
-from adaptact.bench.kernels import saved_bytes
+from adaptact.kernel_benchmark import saved_bytes
 from adaptact.ops import compiled as CP
 from adaptact.nn.context import OFFSET
 from adaptact.ops import dispatch

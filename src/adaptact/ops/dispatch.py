@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable, Sequence
+from types import ModuleType
 
 import torch
 from torch import Tensor
@@ -29,11 +30,12 @@ from . import autograd as AG
 from . import compiled as CP
 from .transforms import reference_under_torch_func, refusal, transform_active, under_torch_func
 
-__all__ = ["BACKENDS", "KERNEL_DTYPES", "acon_c", "acon_c_pixel", "acon_c_positions", "aprelu",
-           "aprelu_per_position", "aprelu_positions", "arelu", "auto_backend", "check_backend", "dy_relu",
-           "dy_relu_per_position", "dy_relu_positions", "frelu_max", "fuses_positions", "meta_acon_c",
-           "meta_acon_c_per_position", "resolve", "signed_spatial_mean", "triton_available",
-           "reference_under_torch_func", "refusal", "transform_active", "under_torch_func"]
+__all__ = ["BACKENDS", "IMPLEMENTATIONS", "KERNEL_DTYPES", "acon_c", "acon_c_pixel", "acon_c_positions",
+           "aprelu", "aprelu_per_position", "aprelu_positions", "arelu", "auto_backend", "check_backend",
+           "dy_relu", "dy_relu_per_position", "dy_relu_positions", "frelu_max", "fuses_positions",
+           "implementation", "meta_acon_c", "meta_acon_c_per_position", "reference_under_torch_func",
+           "refusal", "resolve", "signed_spatial_mean", "transform_active", "triton_available",
+           "under_torch_func"]
 
 BACKENDS = ("auto", "reference", "autograd", "compiled", "triton")
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what the Triton kernels take
@@ -98,15 +100,31 @@ def _view(t: Tensor, x: Tensor) -> Tensor:
     return AF.channel_view(t, x, cast=False)
 
 
-def _triton():
+def _triton() -> ModuleType:
     from . import triton as T
 
     return T
 
 
-def _lean(backend: str):
-    """The module of memory-lean Functions behind ``backend``."""
-    return {"autograd": AG, "compiled": CP}.get(backend) or _triton()
+# The backend table: each name and the module that implements it. "reference" is the plain
+# composition (autograd differentiates it); the other three run the same memory-lean Functions
+# (one derivative per activation, ``ops.autograd``): eagerly, compiled by Inductor on the CPU
+# (``ops.compiled``), or as fused Triton kernels (``ops.triton``, imported on first use).
+# Which one runs for an input: ``resolve`` (``auto_backend`` under "auto").
+IMPLEMENTATIONS: dict[str, Callable[[], ModuleType]] = {
+    "reference": lambda: AF, "autograd": lambda: AG, "compiled": lambda: CP, "triton": _triton}
+
+
+def implementation(backend: str) -> ModuleType:
+    """The module implementing ``backend`` (a name of ``IMPLEMENTATIONS``, not "auto")."""
+    return IMPLEMENTATIONS[backend]()
+
+
+def _lean(backend: str) -> ModuleType:
+    """The module of memory-lean Functions behind a fused ``backend``."""
+    if backend == "reference":
+        raise ValueError("the reference has no memory-lean Functions")
+    return implementation(backend)
 
 
 def arelu(x: Tensor, alpha: Tensor, beta: Tensor, backend: str = "auto") -> Tensor:

@@ -1,0 +1,160 @@
+"""The activation comparison from Python, with the options of ``adaptact compare``.
+
+Everything that can be wrong with the request is checked before any training: names, numbers,
+the output folders (writable), the results database (SQLite and adaptact's), the data (found and
+sane) and the model (it takes the data's samples). Then the sweep runs, resumable from the
+database, and the report is written.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import platform
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..datasets import builtin
+from ..errors import UserError
+from ..files import writable_dir
+from ..nn import ActivationModule
+from .executors import check_ray_address
+from .report import write_report
+from .request import DEFAULT_MODEL, MAX_LR, MAX_RUNS, MAX_SEEDS, CompareRequest, plan
+from .sources import Source, build_model, data_source, model_source
+from .store import ResultStore
+from .sweep import SweepSummary, expand, run_sweep
+from .train import held_out, versions
+
+__all__ = ["DEFAULT_MODEL", "MAX_LR", "MAX_RUNS", "MAX_SEEDS", "CompareRequest", "Rows", "check_fits",
+           "compare", "report", "run"]
+
+class Rows(list):
+    """The stored rows of a comparison's runs (dicts, as ``ResultStore.rows``), with ``summary``
+    (runs total, already stored, run now) and ``report`` (the files written, report.md first)."""
+
+    def __init__(self, rows: list[dict], summary: SweepSummary, report: list[Path]) -> None:
+        super().__init__(rows)
+        self.summary = summary
+        self.report = report
+
+
+def check_fits(data: Source, model: Source, ds: builtin.Dataset, activations: Sequence[str] = ("relu",),
+               policies: Mapping[str, str] | None = None) -> None:
+    """UserError unless ``model`` with each of ``activations`` (placed by its policy in
+    ``policies``, default "all") takes two samples of ``ds`` and returns one score per class:
+    an activation that cannot take the model's tensors (FReLU after a Linear layer) is refused
+    here, before any training, not stored as a failed run."""
+    shape = tuple(ds.train_x.shape[1:])
+    for activation in dict.fromkeys(("relu", *activations)):
+        what = f"model {model.label!r}" + ("" if activation == "relu" else f" with activation {activation!r}")
+        try:
+            policy = (policies or {}).get(activation, "all")
+            net = build_model(model, activation, shape, ds.num_classes, policy)
+            for m in net.modules():  # the probe needs no compiled kernels: same checks, no compile time
+                if isinstance(m, ActivationModule):
+                    m.backend = "autograd"
+            with torch.no_grad():
+                out = net.eval()(ds.train_x[:2])
+        except (RuntimeError, ValueError, TypeError) as err:
+            message = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise UserError(f"{what} does not fit data {data.label!r} (samples of shape {shape}): "
+                            f"{message}") from None
+        if tuple(out.shape) != (min(2, len(ds.train_x)), ds.num_classes):
+            raise UserError(f"{what} gives outputs of shape {tuple(out.shape)} for data {data.label!r}, "
+                            f"expected (N, {ds.num_classes})")
+
+
+def _shippable(source: Source, what: str, workers: int, executor: str) -> None:
+    """A factory or loader given from Python must reach worker processes by reference."""
+    if callable(source.ref) and (workers > 1 or executor != "local"):
+        try:
+            pickle.dumps(source.ref)
+        except (pickle.PicklingError, AttributeError, TypeError) as err:
+            raise UserError(f"{what} {source.label} cannot be sent to worker processes ({err}): define it at "
+                            f"module level, give a module:attribute spec, or use workers=1") from None
+
+
+def _setup(data: Source, model: Source, ds: builtin.Dataset, device: str, command: str | None,
+           settings: Mapping[str, Any]) -> dict:
+    n_train = len(ds.train_y)
+    held = held_out(n_train, settings["validation"])
+    scale = {"standard": "standardised with the training set's mean and std",
+             "unit": "in [0, 1] (ToTensor)"}[settings["scale"]] if builtin.builtin(data.label) else "as given"
+    return {"protocol": settings["protocol"],
+            "data": f"{data.label}: {n_train - held} train, {held} validation, {len(ds.test_y)} test samples "
+                    f"of shape {tuple(ds.train_x.shape[1:])}, {ds.num_classes} classes; inputs {scale}",
+            "model": model.label,
+            "loss": {"cross_entropy": "cross-entropy", "nll": "log-softmax + NLL"}[settings["loss"]],
+            "device": device, "command": command or "adaptact.compare(...)",
+            "versions": ", ".join(f"{k} {v}" for k, v in versions().items()),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores"}
+
+
+def compare(model: str | Callable | None = None, data=None, **options: Any) -> Rows:
+    """Train ``model`` with each activation x optimizer x lr x seed (0..seeds-1) on ``data``,
+    store each finished run in ``db`` and write the report to ``out``; returns the stored rows.
+    ``options`` are ``CompareRequest``'s, by keyword (activations, optimizers, lrs, seeds, epochs,
+    batch_size, protocol, scale, loss, validation, suite, snr, baseline, db, out, data_dir,
+    save_checkpoints, workers, executor, address, device, amp, compile, progress, command).
+
+    ``protocol``: the named settings (``experiments.protocols.PROTOCOLS``) every setting left None
+    takes: "default" (MNIST-1D, the default activation set, SGD at lr 1e-2, 3 seeds, 5 epochs,
+    batch 128, standardised inputs, cross-entropy, 10% validation split) or "arelu" (the AReLU
+    paper's experiment as its code runs it: MNIST in [0, 1], ConvMNIST, log-softmax + NLL, SGD and
+    Adam at lr 1e-2..1e-5, 5 seeds, 20 epochs, its activation set, best test accuracy over the
+    epochs). ``snr`` (with ``data="bearing"``, the simulated vibration signals of
+    ``datasets.bearing``): one sweep per SNR in dB, white noise added at that SNR (the APReLU
+    paper: 5, 3, 1); each is its own data set, ``bearing-snr<dB>``, in the database and the report.
+
+    Runs already in ``db`` are not run again; a run that fails or diverges is stored with its
+    status and the sweep goes on. Raises UserError for anything wrong with the request, before
+    training."""
+    return run(CompareRequest(model=model, data=data, **options))
+
+
+def run(request: CompareRequest) -> Rows:
+    """The comparison ``request`` asks for (``compare`` and ``adaptact compare`` both come here):
+    checked whole (``request.plan``), the data loaded and each model probed on it, then the sweep,
+    resumable from the database, and the report."""
+    p = plan(request)
+    r = request
+    if r.address:
+        check_ray_address(r.address)
+    net = model_source(p.model)
+    in_process = r.workers == 1 and r.executor == "local"  # else tensors travel to workers as a file
+    loaded = []
+    for name in p.datasets:
+        cache = None if in_process else Path(r.db).parent / ".adaptact-cache"
+        source, ds = data_source(name, r.data_dir, cache, p.settings["scale"])
+        check_fits(source, net, ds, p.activations, p.policies)
+        _shippable(source, "data", r.workers, r.executor)
+        loaded.append((source, ds))
+    _shippable(net, "model", r.workers, r.executor)
+    with ResultStore(r.db) as store:  # a database that is not ours fails here, before any training
+        checkpoints = None if r.save_checkpoints is None else str(r.save_checkpoints)
+        configs = [c for source, _ in loaded
+                   for c in expand(source, net, p.activations, p.optimizers, p.lrs, p.seeds, p.epochs,
+                                   p.batch_size, r.data_dir, checkpoints, p.policies, p.device, r.amp,
+                                   r.compile, p.settings["scale"], p.settings["loss"],
+                                   float(p.settings["validation"]))]
+        summary = run_sweep(configs, store, r.executor, r.workers, r.address, r.progress)
+        keys = {c.key for c in configs}
+        rows = [row for row in store.rows() if row["key"] in keys]
+    setups = [_setup(source, net, ds, p.device, r.command, p.settings) for source, ds in loaded]
+    setup = {**setups[0], "data": "; ".join(s["data"] for s in setups)}
+    files = write_report(rows, p.out, baseline=p.baseline, setup=setup)
+    return Rows(rows, summary, files)
+
+
+def report(db: str | Path, out: str | Path = "report", dataset: str | None = None,
+           baseline: str | None = "relu") -> list[Path]:
+    """Rebuild the report of the runs in ``db`` (those on ``dataset`` only, if given) in ``out``."""
+    with ResultStore(db, create=False) as store:
+        rows = [r for r in store.rows() if dataset in (None, r["dataset"])]
+    if not rows:
+        raise UserError(f"no runs in {db}" + (f" for data set {dataset}" if dataset else ""))
+    return write_report(rows, writable_dir(out, "report folder"), baseline=baseline)

@@ -1,0 +1,190 @@
+"""What a comparison is asked for: ``CompareRequest``, built by keyword by ``adaptact.compare`` and
+by ``adaptact compare`` alike, and ``plan``, which checks it whole (names, numbers, combinations)
+and resolves the protocol's settings before anything is loaded or trained."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import checks
+from ..checks import finite_positive, int_in_range
+from ..datasets import builtin
+from ..errors import UserError
+from ..registry import spec
+from .executors import EXECUTORS
+from .protocols import resolve
+from .sweep import RESNET_SUITE
+from .train import LOSSES, OPTIMIZERS
+
+__all__ = ["DEFAULT_MODEL", "MAX_LR", "MAX_RUNS", "MAX_SEEDS", "CompareRequest", "Plan", "plan"]
+
+DEFAULT_MODEL = {"fashion-mnist": "conv", "mnist": "conv", "mnist1d": "conv1d", "digits": "linear",
+                 "bearing": "resnet1d-9"}
+MAX_SEEDS = 10_000
+MAX_RUNS = 100_000  # configurations one request may ask for
+MAX_LR = 1e6  # past this no optimizer step means anything (and float32 parameters overflow)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompareRequest:
+    """A comparison: train ``model`` with each activation x optimizer x lr x seed on ``data``.
+
+    Settings left None take the ``protocol``'s (``experiments.protocols.PROTOCOLS``, "default"
+    when None). ``model``: a built-in name (default: the data's), ``module:attribute`` or a
+    callable ``activation_name -> nn.Module``. ``data``: a built-in name, ``module:attribute``, a
+    tuple ``(train_x, train_y, test_x, test_y)`` of tensors or a callable returning one. ``db``:
+    the SQLite results database (runs in it are not run again); ``out``: the report folder;
+    ``baseline``: the activation the report compares the others with; ``workers``/``executor``/
+    ``address``: where runs execute ("local" processes or a Ray cluster); ``device``: "auto",
+    "cpu", "cuda[:i]"; ``amp``: "bf16" or "fp16" (CUDA) mixed precision; ``compile``:
+    torch.compile each model; ``suite="resnet"``: the ACON paper's ResNet comparison; ``snr``:
+    with ``data="bearing"``, one sweep per SNR in dB; ``save_checkpoints``: a folder for each
+    trained model; ``command``: how the request was made, for the report's setup block."""
+
+    model: str | Callable | None = None
+    data: Any = None
+    activations: Sequence[str] | None = None
+    optimizers: Sequence[str] | None = None
+    lrs: Sequence[float] | None = None
+    seeds: int | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    protocol: str | None = None
+    scale: str | None = None
+    loss: str | None = None
+    validation: float | None = None
+    suite: str | None = None
+    snr: Sequence[float] | None = None
+    baseline: str | None = "relu"
+    db: str | Path = "results.sqlite"
+    out: str | Path = "report"
+    data_dir: str | None = None
+    save_checkpoints: str | Path | None = None
+    workers: int = 1
+    executor: str = "local"
+    address: str | None = None
+    device: str = "auto"
+    amp: str | None = None
+    compile: bool = False
+    progress: bool = True
+    command: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Plan:
+    """A checked ``CompareRequest`` with its settings resolved: ``datasets`` (one per SNR for the
+    bearing signals), canonical activation names, ``policies`` (activation -> where it goes in
+    the model), ``settings`` (the protocol's, by name) and the device type."""
+
+    request: CompareRequest
+    datasets: list
+    model: str | Callable
+    activations: list[str]
+    optimizers: list[str]
+    lrs: list[float]
+    seeds: int
+    epochs: int
+    batch_size: int
+    baseline: str | None
+    policies: Mapping[str, str] = field(default_factory=dict)
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    device: str = "cpu"
+    out: Path = Path("report")
+
+
+def _max_workers(executor: str) -> int | None:
+    """Local workers each hold a copy of torch and the data: more than a few per core only
+    exhausts memory. A Ray cluster sets its own limits."""
+    return 4 * (os.cpu_count() or 1) if executor == "local" else None
+
+
+def _datasets(data: Any, snr: Sequence[float] | None) -> list:
+    if isinstance(data, str) and not builtin.builtin(data) and ":" not in data:
+        raise UserError(f"unknown data set {data!r}; choose from {', '.join(builtin.DATASETS)}, or give "
+                        "module:attribute of your own loader")
+    if snr is None:
+        return [data]
+    if data != "bearing":
+        raise UserError("snr is for the simulated vibration signals (--dataset bearing)")
+    if not snr:
+        raise UserError("name at least one SNR")
+    from ..datasets.bearing import MAX_SNR_DB
+
+    bad = [v for v in snr if not (isinstance(v, int | float) and math.isfinite(v) and abs(v) <= MAX_SNR_DB)]
+    if bad:
+        raise UserError(f"an SNR must be a finite number of dB in [-{MAX_SNR_DB}, {MAX_SNR_DB}], "
+                        f"got {bad[0]!r}")
+    return list(dict.fromkeys(builtin.bearing_name(float(v)) for v in snr))
+
+
+def plan(request: CompareRequest) -> Plan:
+    """``request`` checked whole and resolved; UserError (one line) for the first thing wrong.
+    Nothing is loaded, trained or written (the output folder is checked writable)."""
+    r = request
+    settings = resolve(r.protocol, dataset=r.data, model=r.model, activations=r.activations,
+                       optimizers=r.optimizers, lrs=r.lrs, seeds=r.seeds, epochs=r.epochs,
+                       batch_size=r.batch_size, scale=r.scale, loss=r.loss, validation=r.validation)
+    settings["protocol"] = r.protocol or "default"
+    data, model, activations = settings["dataset"], settings["model"], settings["activations"]
+    policies: dict[str, str] = {}
+    if r.suite is not None:
+        if r.suite != "resnet":
+            raise UserError(f"unknown suite {r.suite!r}; choose from resnet")
+        model = model or RESNET_SUITE["model"]
+        activations = list(RESNET_SUITE["activations"])
+        policies = RESNET_SUITE["policies"]
+    datasets = _datasets(data, r.snr)
+    if model is None:
+        family = data.split("-snr")[0] if isinstance(data, str) else None
+        if family not in DEFAULT_MODEL:
+            raise UserError("give a model for your own data (a built-in name, module:attribute or a factory)")
+        model = DEFAULT_MODEL[family]
+    try:
+        activations = [spec(a).name for a in activations]
+        baseline = None if r.baseline is None else spec(r.baseline).name
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    optimizers, lrs = list(settings["optimizers"]), list(settings["lrs"])
+    bad = [o for o in optimizers if o not in OPTIMIZERS]
+    if bad:
+        raise UserError(f"unknown optimizer {bad[0]!r}; choose from {', '.join(OPTIMIZERS)}")
+    if settings["scale"] not in builtin.SCALES:
+        raise UserError(f"unknown scale {settings['scale']!r}; choose from {', '.join(builtin.SCALES)}")
+    if settings["loss"] not in LOSSES:
+        raise UserError(f"unknown loss {settings['loss']!r}; choose from {', '.join(LOSSES)}")
+    checks.share("validation", settings["validation"])
+    if r.executor not in EXECUTORS:
+        raise UserError(f"unknown executor {r.executor!r}; choose from {', '.join(EXECUTORS)}")
+    if r.address and r.executor != "ray":
+        raise UserError("an address needs the ray executor (--executor ray)")
+    if not activations or not optimizers or not lrs:
+        raise UserError("name at least one activation, optimizer and learning rate")
+    lrs = [finite_positive("a learning rate", lr) for lr in lrs]
+    if max(lrs) > MAX_LR:
+        raise UserError(f"learning rates must be at most {MAX_LR:g}, got {max(lrs):g}")
+    seeds, epochs, batch_size = settings["seeds"], settings["epochs"], settings["batch_size"]
+    limits = (("seeds", seeds, MAX_SEEDS), ("epochs", epochs, None), ("batch size", batch_size, None),
+              ("workers", r.workers, _max_workers(r.executor)))
+    for name, value, high in limits:
+        int_in_range(name, value, 1, high)
+    runs = len(datasets) * len(activations) * len(optimizers) * len(lrs) * seeds
+    if runs > MAX_RUNS:
+        raise UserError(f"{runs} runs asked for; at most {MAX_RUNS} in one request")
+    device = checks.device(r.device).type
+    if r.amp not in (None, "bf16", "fp16"):
+        raise UserError(f"amp must be bf16 or fp16, got {r.amp!r}")
+    if r.amp == "fp16" and device != "cuda":
+        raise UserError("amp fp16 needs a CUDA device (use bf16 on the CPU)")
+    from ..files import writable_dir
+
+    out = writable_dir(r.out, "report folder")
+    if r.save_checkpoints is not None:
+        writable_dir(r.save_checkpoints, "checkpoint folder")
+    return Plan(request=r, datasets=datasets, model=model, activations=activations, optimizers=optimizers,
+                lrs=lrs, seeds=seeds, epochs=epochs, batch_size=batch_size, baseline=baseline,
+                policies=policies, settings=settings, device=device, out=out)

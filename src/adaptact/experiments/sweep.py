@@ -1,0 +1,123 @@
+"""A comparison sweep: every (activation, optimizer, lr, seed), resumable through the store."""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .executors import execute
+from .store import ResultStore
+from .sources import Source
+from .train import RunConfig, result_row, run
+
+__all__ = ["RESNET_SUITE", "SweepSummary", "expand", "lost_run", "run_sweep"]
+
+# The ACON paper's ResNet comparison: Meta-ACON-C only after the 3x3 conv of each block.
+RESNET_SUITE: dict[str, Any] = {
+    "model": "resnet18_w16",
+    "activations": ("relu", "swish", "acon_c", "meta_acon_c", "aprelu", "arelu", "dy_relu_b", "frelu"),
+    "policies": {"meta_acon_c": "resnet_after_3x3"}}
+
+
+@dataclass
+class SweepSummary:
+    total: int
+    already_done: int
+    ran: int
+    backends: dict[str, int] = field(default_factory=dict)  # what the runs done now ran -> how many
+    warnings: list[str] = field(default_factory=list)  # distinct warnings of the runs done now
+
+    def notes(self) -> list[str]:
+        """One line on the backends the adaptive activations ran, one per distinct warning (the
+        workers' warnings reach the sweep's output here, once per sweep)."""
+        lines = []
+        if self.backends:
+            ran = ", ".join(f"{b} ({n} runs)" for b, n in sorted(self.backends.items()))
+            lines.append(f"adaptive activations ran: {ran}")
+        lines += [f"warning from the runs: {w}" for w in self.warnings]
+        return lines
+
+
+def expand(dataset: str | Source, model: str | Source, activations: Sequence[str], optimizers: Sequence[str],
+           lrs: Sequence[float], seeds: int, epochs: int, batch_size: int = 128,
+           data_dir: str | None = None, checkpoint_dir: str | None = None,
+           policies: Mapping[str, str] | None = None, device: str = "cpu", amp: str | None = None,
+           compile: bool = False, scale: str = "standard", loss: str = "cross_entropy",
+           validation: float = 0.1) -> list[RunConfig]:
+    """Every combination, seeds 0..seeds-1, in a stable order; ``policies`` maps an activation to
+    the replace_activations policy it is put in with (default "all"). ``dataset``/``model``:
+    built-in names or ``sources.Source`` (user data and factories)."""
+    policies = policies or {}
+    data = dataset if isinstance(dataset, Source) else Source(dataset, dataset)
+    net = model if isinstance(model, Source) else Source(model, model)
+    user_data = data if data.ref is not None else None
+    user_model = net if net.ref is not None else None
+    return [RunConfig(dataset=data.fingerprint, model=net.fingerprint, activation=a, optimizer=o,
+                      lr=float(lr), seed=s, epochs=epochs, batch_size=batch_size,
+                      policy=policies.get(a, "all"), device=device, amp=amp, compile=compile, scale=scale,
+                      loss=loss, validation=validation, data_dir=data_dir, checkpoint_dir=checkpoint_dir,
+                      data_source=user_data,
+                      model_source=user_model)
+            for a, o, lr, s in itertools.product(activations, optimizers, lrs, range(seeds))]
+
+
+def lost_run(config: RunConfig, error: BaseException) -> dict:
+    """The row of a run whose worker died twice: failed, with the error."""
+    return result_row(config, "failed", f"the worker running it died ({type(error).__name__}: {error})")
+
+
+class _Progress:
+    """tqdm when installed, else a line per finished run (stderr)."""
+
+    def __init__(self, total: int, initial: int, enabled: bool) -> None:
+        self.bar = None
+        self.enabled = enabled
+        self.done, self.total = initial, total
+        if enabled:
+            try:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, initial=initial, unit="run", file=sys.stderr, dynamic_ncols=True)
+            except ImportError:
+                pass
+
+    def update(self, label: str) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.set_postfix_str(label, refresh=False)
+            self.bar.update(1)
+        elif self.enabled:
+            print(f"[{self.done}/{self.total}] {label}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run_sweep(configs: Iterable[RunConfig], store: ResultStore, executor: str = "local", workers: int = 1,
+              address: str | None = None, progress: bool = True) -> SweepSummary:
+    """Run the configs not yet in ``store``; each result is stored the moment it arrives."""
+    configs = list(dict.fromkeys(configs))  # drop repeats, keep order
+    finished = store.finished_keys()
+    todo = [c for c in configs if c.key not in finished]
+    bar = _Progress(len(configs), len(configs) - len(todo), progress)
+    ran = 0
+    backends: dict[str, int] = {}
+    caught: dict[str, None] = {}
+    try:
+        for result in execute(executor, run, todo, workers=workers, address=address, lost=lost_run):
+            store.add(result)
+            ran += 1
+            if result.get("backend"):
+                backends[result["backend"]] = backends.get(result["backend"], 0) + 1
+            caught.update(dict.fromkeys(result.get("warnings", ())))
+            outcome = (f"{100 * result['best_acc']:.2f}%" if result["status"] == "ok" else result["status"])
+            bar.update(f"{result['activation']} {result['optimizer']} lr={result['lr']:g} "
+                       f"seed={result['seed']}: {outcome}")
+    finally:
+        bar.close()
+    return SweepSummary(total=len(configs), already_done=len(configs) - len(todo), ran=ran, backends=backends,
+                        warnings=list(caught))
