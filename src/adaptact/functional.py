@@ -33,14 +33,18 @@ __all__ = [
     "dy_relu",
     "frelu",
     "gelu_tanh",
+    "golu",
     "maxout",
     "maxout_pool",
     "meta_acon_c",
     "mixture",
     "pau",
+    "polynorm",
+    "relu2",
     "slaf",
     "spatial_mean",
     "swish",
+    "xielu",
 ]
 
 
@@ -218,3 +222,47 @@ def frelu(x: Tensor, t: Tensor) -> Tensor:
     """FReLU (Ma, Zhang, Sun, ECCV 2020, arXiv 2007.11824): y = max(x, T(x)), with the funnel
     condition ``t`` = T(x) = BN(depthwise conv k x k (x)) computed by the caller."""
     return torch.maximum(x, t)
+
+
+# --- the activations of today's language models ----------------------------------------------
+
+
+def relu2(x: Tensor) -> Tensor:
+    """Squared ReLU, relu(x)^2 (So et al., "Primer", arXiv 2109.08668)."""
+    return torch.square(torch.relu(x))
+
+
+GOLU_FLOOR = -20.0  # below it exp(-exp(-x)) is 0 in float64 already (from x < -6.62)
+
+
+def golu(x: Tensor) -> Tensor:
+    """Gompertz linear unit, x exp(-exp(-x)) (Das et al., arXiv 2502.03654). The inner exp sees x
+    clamped at ``GOLU_FLOOR``: the same values, and a zero rather than 0 * inf = NaN gradient
+    where exp(-x) overflows."""
+    return x * torch.exp(-torch.exp(-x.clamp(min=GOLU_FLOOR)))
+
+
+def xielu(x: Tensor, alpha_p: Tensor, alpha_n: Tensor, beta: Tensor | float = 0.5,
+          eps: Tensor | float = -1e-6) -> Tensor:
+    """xIELU (Huang & Schlag, arXiv 2411.13010), from its raw parameters as transformers'
+    ``XIELUActivation`` holds them: with a_p = softplus(``alpha_p``) and a_n = beta +
+    softplus(``alpha_n``), y = a_p x^2 + beta x for x > 0 and a_n (expm1(min(x, eps)) - x) +
+    beta x otherwise."""
+    beta = torch.as_tensor(beta, device=x.device).to(x.dtype)
+    a_p = F.softplus(alpha_p).to(x.dtype)
+    a_n = beta + F.softplus(alpha_n).to(x.dtype)
+    eps = torch.as_tensor(eps, device=x.device).to(x.dtype)
+    negative = (torch.expm1(torch.minimum(x, eps)) - x) * a_n + beta * x
+    return torch.where(x > 0, a_p * x * x + beta * x, negative)
+
+
+def polynorm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-6, dim: int = -1) -> Tensor:
+    """PolyNorm (Zhuo et al., ICLR 2025, arXiv 2411.03884), as its official code computes it:
+    weight[0] n(x^3) + weight[1] n(x^2) + weight[2] n(x) + bias, with n(u) = u / sqrt(mean(u^2
+    over ``dim``) + eps) (each token normalised over its channels)."""
+
+    def norm(u: Tensor) -> Tensor:
+        return u * torch.rsqrt(u.pow(2).mean(dim, keepdim=True) + eps)
+
+    w = weight.to(x.dtype)
+    return w[0] * norm(x ** 3) + w[1] * norm(x ** 2) + w[2] * norm(x) + bias.to(x.dtype)

@@ -9,6 +9,7 @@ from .context import CONTEXTS, track_decoding
 from .classic import CReLU, PReLU, Swish, TanhGELU
 from .dy_relu import DyReLU
 from .frelu import FReLU
+from .llm import XIELU, GoLU, PolyNorm, ReLU2
 from .comparators import APL, SLAF, Maxout, MaxoutPool, Mixture
 from .meta_acon import MetaAconC
 from .rational import PAU
@@ -28,12 +29,16 @@ __all__ = [
     "CReLU",
     "DyReLU",
     "FReLU",
+    "GoLU",
     "Maxout",
     "MaxoutPool",
     "MetaAconC",
     "Mixture",
     "PReLU",
+    "PolyNorm",
+    "ReLU2",
     "Swish",
     "TanhGELU",
+    "XIELU",
     "track_decoding",
 ]
