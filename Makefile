@@ -23,11 +23,14 @@ demo: install
 
 # The Triton kernels run under Triton's CPU interpreter first (their numbers; their speed needs a
 # GPU), recording every launch; the main pass then compiles those launches for sm_80/sm_90 too.
+# The interpreter is single-threaded Python: its pass runs in one pytest-xdist worker per core.
 LAUNCHES := build/triton-launches.jsonl
+TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 test: EXTRAS = test
 test: install
-	rm -f $(LAUNCHES)
-	TRITON_INTERPRET=1 ADAPTACT_TRITON_LAUNCHES=$(LAUNCHES) $(PYTHON) -m pytest -q tests/ops -k triton
+	rm -f $(LAUNCHES) $(LAUNCHES).gw*
+	TRITON_INTERPRET=1 ADAPTACT_TRITON_LAUNCHES=$(LAUNCHES) $(PYTHON) -m pytest -q -n $(TEST_WORKERS) \
+		tests/ops -k triton
 	ADAPTACT_TRITON_LAUNCHES=$(LAUNCHES) $(PYTHON) -m pytest -q
 
 # ruff with the rules and line length of pyproject.toml ([tool.ruff]); mypy over src ([tool.mypy]).

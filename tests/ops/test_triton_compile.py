@@ -18,7 +18,6 @@ import json
 import math
 import os
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 
 import pytest
 import torch
@@ -34,6 +33,7 @@ if not dispatch.triton_available() or os.environ.get("TRITON_INTERPRET") == "1":
 
 from adaptact.ops.triton import launch  # imports triton
 from tests.ops import triton_launches as TL
+from tests.ops.conftest import recorded_launches
 
 LAYOUTS = ("contiguous", "channels_last", "strided")
 RECORDED = os.environ.get("ADAPTACT_TRITON_LAUNCHES")
@@ -80,8 +80,9 @@ def _recorded() -> dict[str, dict]:
     """The interpreter pass's launches, where ``make test`` recorded them."""
     if not RECORDED:
         return {}
-    assert Path(RECORDED).exists(), f"{RECORDED}: the interpreter pass recorded no launches"
-    return {TL.key(r): r for r in map(json.loads, Path(RECORDED).read_text().splitlines())}
+    files = recorded_launches(RECORDED)
+    assert files, f"{RECORDED}: the interpreter pass recorded no launches"
+    return {TL.key(r): r for f in files for r in map(json.loads, f.read_text().splitlines())}
 
 
 @pytest.fixture(scope="module")
