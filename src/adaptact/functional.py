@@ -45,6 +45,7 @@ __all__ = [
     "spatial_mean",
     "swish",
     "xielu",
+    "swiglu_oss",
 ]
 
 
@@ -266,3 +267,11 @@ def polynorm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-6, dim: in
 
     w = weight.to(x.dtype)
     return w[0] * norm(x ** 3) + w[1] * norm(x ** 2) + w[2] * norm(x) + bias.to(x.dtype)
+
+
+def swiglu_oss(gate: Tensor, up: Tensor, alpha: float = 1.702, limit: float = 7.0) -> Tensor:
+    """GPT-OSS's clamped SwiGLU gate (transformers' ``GptOssExperts._apply_gate``): with
+    g = min(gate, limit) and u = clamp(up, -limit, limit), (u + 1) g sigmoid(alpha g)."""
+    g = gate.clamp(max=limit)
+    u = up.clamp(min=-limit, max=limit)
+    return (u + 1) * (g * torch.sigmoid(g * alpha))

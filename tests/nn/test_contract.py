@@ -16,8 +16,10 @@ MODULES = [getattr(ann, name) for name in ann.__all__
            if inspect.isclass(getattr(ann, name)) and issubclass(getattr(ann, name), nn.Module)
            and getattr(ann, name) not in (ann.ActivationModule, ann.ChannelModule)]
 PER_CHANNEL = {ann.AconA, ann.AconB, ann.AconC, ann.MetaAconC, ann.APReLU, ann.DyReLU, ann.FReLU, ann.Maxout}
-STATELESS = {ann.CReLU, ann.MaxoutPool, ann.TanhGELU, ann.GoLU, ann.ReLU2}
-ARGS = {ann.PReLU: {"num_parameters": 6}, ann.Swish: {"learnable": True}}
+STATELESS = {ann.CReLU, ann.MaxoutPool, ann.TanhGELU, ann.GoLU, ann.ReLU2, ann.GatedActivation,
+             ann.SwiGLUOSS}
+ARGS = {ann.PReLU: {"num_parameters": 6}, ann.Swish: {"learnable": True},
+        ann.GatedActivation: {"gate": nn.SiLU()}}
 
 
 def _build(cls, **factory):

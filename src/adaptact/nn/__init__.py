@@ -9,6 +9,7 @@ from .context import CONTEXTS, track_decoding
 from .classic import CReLU, PReLU, Swish, TanhGELU
 from .dy_relu import DyReLU
 from .frelu import FReLU
+from .gated import GatedActivation, SwiGLUOSS
 from .llm import XIELU, GoLU, PolyNorm, ReLU2
 from .comparators import APL, SLAF, Maxout, MaxoutPool, Mixture
 from .meta_acon import MetaAconC
@@ -29,6 +30,7 @@ __all__ = [
     "CReLU",
     "DyReLU",
     "FReLU",
+    "GatedActivation",
     "GoLU",
     "Maxout",
     "MaxoutPool",
@@ -37,6 +39,7 @@ __all__ = [
     "PReLU",
     "PolyNorm",
     "ReLU2",
+    "SwiGLUOSS",
     "Swish",
     "TanhGELU",
     "XIELU",
