@@ -4,6 +4,7 @@ GoLU and PolyNorm; their maths is in ``adaptact.functional``."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -79,7 +80,21 @@ class XIELU(ActivationModule):
         return f"alpha_p_init={self.alpha_p_init:g}, alpha_n_init={self.alpha_n_init:g}"
 
 
-class ReLU2(ActivationModule):
+class _Pointwise(ActivationModule):
+    """An activation without parameters: ``function`` applied to each element."""
+
+    function: Callable[[Tensor], Tensor]
+
+    def __init__(self, inplace: bool = False) -> None:
+        super().__init__()
+        self.inplace = inplace  # accepted for drop-in use; the output is always a new tensor
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_input(self, x, None)
+        return type(self).function(x)
+
+
+class ReLU2(_Pointwise):
     """Squared ReLU (So et al., "Primer: Searching for Efficient Transformers for Language
     Modeling", arXiv 2109.08668).
 
@@ -95,16 +110,10 @@ class ReLU2(ActivationModule):
         tensor([0., 9.])
     """
 
-    def __init__(self, inplace: bool = False) -> None:
-        super().__init__()
-        self.inplace = inplace
-
-    def forward(self, x: Tensor) -> Tensor:
-        check_input(self, x, None)
-        return AF.relu2(x)
+    function = staticmethod(AF.relu2)
 
 
-class GoLU(ActivationModule):
+class GoLU(_Pointwise):
     """Gompertz linear unit (Das et al., "GoLU: Gompertz Linear Unit", arXiv 2502.03654).
 
     .. math:: y = x\\,e^{-e^{-x}}
@@ -119,13 +128,7 @@ class GoLU(ActivationModule):
         tensor([0., 0.])
     """
 
-    def __init__(self, inplace: bool = False) -> None:
-        super().__init__()
-        self.inplace = inplace
-
-    def forward(self, x: Tensor) -> Tensor:
-        check_input(self, x, None)
-        return AF.golu(x)
+    function = staticmethod(AF.golu)
 
 
 class PolyNorm(ActivationModule):
