@@ -1,5 +1,5 @@
 """The ``adaptact`` command line: argument parsing and error reporting; the work lives in the
-library (``adaptact.registry``, ``adaptact.analysis``, ``adaptact.bench``).
+library (``adaptact.registry``, ``adaptact.analysis``, ``adaptact.experiments``).
 
 Exit codes: 0 success; 2 a mistake in the input (one line, ``adaptact: error: ...``: bad options,
 paths that cannot be read or written, unusable databases, data or checkpoints, missing extras);

@@ -6,7 +6,7 @@ sample, the alpha of every APReLU layer, the slopes and intercepts of every DY-R
 share of each FReLU layer's elements where the funnel condition T(x) wins over x, and AReLU's
 pre- and post-activation feature maps;
 the plot functions draw them. Models to inspect come from ``adaptact compare --save-checkpoints``
-(``adaptact.bench.checkpoints.load_checkpoint``).
+(``adaptact.experiments.checkpoints.load_checkpoint``).
 """
 
 from __future__ import annotations

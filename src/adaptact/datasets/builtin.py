@@ -46,7 +46,7 @@ _HOW_TO_GET = {
              "(train-images-idx3-ubyte[.gz], ...)",
     "mnist1d": "pip install 'adaptact[bench]' (its mnist1d package generates the data locally)",
     "digits": "pip install 'adaptact[bench]' (its scikit-learn ships digits)",
-    "bearing": "nothing: the signals are generated here (adaptact.bench.bearing)",
+    "bearing": "nothing: the signals are generated here (adaptact.datasets.bearing)",
 }
 
 
@@ -247,7 +247,7 @@ def rng_preserved() -> Iterator[None]:
 @functools.lru_cache(maxsize=4)
 def load(name: str, data_dir: str | None = None, scale: str = "standard") -> Dataset:
     """Load a data set by name: fashion-mnist, mnist, mnist1d, digits, or bearing[-snr<dB>]
-    (``BEARING_PER_CLASS`` simulated signals per class, seed 0; see ``bench.bearing``) (cached
+    (``BEARING_PER_CLASS`` simulated signals per class, seed 0; see ``datasets.bearing``) (cached
     per process). Python's, numpy's and torch's global RNG states are left as they were
     (``rng_preserved``).
     ``scale``: "standard" (mean 0, std 1 over the training set) or "unit" (images in [0, 1]:

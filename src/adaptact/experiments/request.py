@@ -15,6 +15,7 @@ from .. import checks
 from ..checks import finite_positive, int_in_range
 from ..datasets import builtin
 from ..errors import UserError
+from ..files import writable_dir
 from ..registry import spec
 from .executors import EXECUTORS
 from .protocols import resolve
@@ -180,8 +181,6 @@ def plan(request: CompareRequest) -> Plan:
         raise UserError(f"amp must be bf16 or fp16, got {r.amp!r}")
     if r.amp == "fp16" and device != "cuda":
         raise UserError("amp fp16 needs a CUDA device (use bf16 on the CPU)")
-    from ..files import writable_dir
-
     out = writable_dir(r.out, "report folder")
     if r.save_checkpoints is not None:
         writable_dir(r.save_checkpoints, "checkpoint folder")

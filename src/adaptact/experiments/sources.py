@@ -1,9 +1,9 @@
 """Where a comparison's network and data come from: a built-in name, an importable
 ``module:attribute`` spec (as uvicorn and gunicorn take), or a Python object.
 
-* A model is a built-in name (``adaptact.bench.models.MODELS``) or a factory
+* A model is a built-in name (``adaptact.models.MODELS``) or a factory
   ``activation_name -> nn.Module`` (a callable, or the spec of one).
-* Data are a built-in name (``adaptact.bench.data.builtin``), a tuple of tensors
+* Data are a built-in name (``adaptact.datasets.builtin.builtin``), a tuple of tensors
   ``(train_x, train_y, test_x, test_y)`` (labels are class indices), or a callable returning one
   (or the spec of one).
 
@@ -154,7 +154,8 @@ def data_source(data, data_dir: str | None = None, cache_dir: str | Path | None 
     if builtin.builtin(data):
         ds = builtin.load(data, data_dir, scale)
         # workers read the files themselves; a generated set they take from this sweep's making
-        shipped = _shipped(ds, cache_dir) if cache_dir is not None and builtin.generated(data) else None
+        shipped = (_shipped(ds, _tensor_fingerprint(ds), cache_dir)
+                   if cache_dir is not None and builtin.generated(data) else None)
         return Source(data, builtin.fingerprint(data), shipped), ds
     if isinstance(data, str):
         loader = _import(data, "data")
@@ -164,20 +165,21 @@ def data_source(data, data_dir: str | None = None, cache_dir: str | Path | None 
     label = _qualified(data) if callable(data) else "tensors"
     with builtin.rng_preserved():
         ds = _as_dataset(label, data() if callable(data) else data)
-    fingerprint = f"{label}@{_tensor_fingerprint(ds)}"
+    digest = _tensor_fingerprint(ds)
+    fingerprint = f"{label}@{digest}"
     ref: object = data if callable(data) else ds
     if not callable(data) and cache_dir is not None:
-        ref = _shipped(ds, cache_dir)
+        ref = _shipped(ds, digest, cache_dir)
     return Source(label, fingerprint, ref), ds
 
 
-def _shipped(ds: builtin.Dataset, cache_dir: str | Path) -> Path:
+def _shipped(ds: builtin.Dataset, digest: str, cache_dir: str | Path) -> Path:
     """``ds`` saved in ``cache_dir`` for worker processes, named by its tensors' fingerprint (a file
     of that name holds those tensors; written whole or not at all), so each sweep makes a data
     set once, however many workers and runs use it."""
     folder = Path(cache_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f".adaptact-data-{_tensor_fingerprint(ds)}.pt"
+    path = folder / f".adaptact-data-{digest}.pt"
     if not path.exists():
         atomic_write(path, lambda tmp: torch.save(dataclasses.asdict(ds), tmp))
     return path
@@ -195,7 +197,7 @@ def _load_ref(ref, label: str) -> builtin.Dataset:
 
 
 def load_data(source: Source, data_dir: str | None = None, scale: str = "standard") -> builtin.Dataset:
-    """The data set of ``source`` (cached per process); ``scale`` as ``bench.data.load``, for
+    """The data set of ``source`` (cached per process); ``scale`` as ``datasets.load``, for
     built-in data."""
     if source.ref is None:
         return builtin.load(source.label, data_dir, scale)

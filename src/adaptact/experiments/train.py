@@ -46,7 +46,7 @@ class RunConfig:
     device: str = "cpu"
     amp: str | None = None  # "bf16" or "fp16": the forward under torch.autocast
     compile: bool = False  # torch.compile the model
-    scale: str = "standard"  # of built-in data (bench.data.SCALES)
+    scale: str = "standard"  # of built-in data (datasets.builtin.SCALES)
     loss: str = "cross_entropy"  # LOSSES
     validation: float = VALIDATION  # share held out to pick the epoch; 0: picked on the test set
     data_dir: str | None = field(default=None, compare=False)

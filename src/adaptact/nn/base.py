@@ -221,13 +221,13 @@ class ActivationModule(CheckedStateDict):
 
     def _run_auto(self, op: Callable[..., torch.Tensor], x: torch.Tensor, args: tuple,
                   fused: bool) -> torch.Tensor:
-        chosen = dispatch.auto_backend(x)
+        chosen = dispatch.fused_backend(x)  # ``_run`` checked the transforms
         if not fused and chosen in ("triton", "compiled"):
             chosen = "autograd"
         if chosen != "triton":
             y = op(x, *args, chosen)
             # compiling may have been given up during this very call (ops.compiled warns once)
-            self.__dict__["ran_backend"] = dispatch.auto_backend(x) if chosen == "compiled" else chosen
+            self.__dict__["ran_backend"] = dispatch.fused_backend(x) if chosen == "compiled" else chosen
             return y
         try:
             y = op(x, *args, "triton")

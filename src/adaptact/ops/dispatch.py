@@ -32,10 +32,10 @@ from .transforms import reference_under_torch_func, refusal, transform_active, u
 
 __all__ = ["BACKENDS", "IMPLEMENTATIONS", "KERNEL_DTYPES", "acon_c", "acon_c_pixel", "acon_c_positions",
            "aprelu", "aprelu_per_position", "aprelu_positions", "arelu", "auto_backend", "check_backend",
-           "dy_relu", "dy_relu_per_position", "dy_relu_positions", "frelu_max", "fuses_positions",
-           "implementation", "meta_acon_c", "meta_acon_c_per_position", "reference_under_torch_func",
-           "refusal", "resolve", "signed_spatial_mean", "transform_active", "triton_available",
-           "under_torch_func"]
+           "dy_relu", "dy_relu_per_position", "dy_relu_positions", "frelu_max", "fused_backend",
+           "fuses_positions", "implementation", "meta_acon_c", "meta_acon_c_per_position",
+           "reference_under_torch_func", "refusal", "resolve", "signed_spatial_mean", "transform_active",
+           "triton_available", "under_torch_func"]
 
 BACKENDS = ("auto", "reference", "autograd", "compiled", "triton")
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what the Triton kernels take
@@ -63,8 +63,11 @@ def _on_gpu(x: Tensor) -> bool:
 def auto_backend(x: Tensor, *tensors: Tensor) -> str:
     """What ``backend="auto"`` runs for ``x`` (and ``tensors``, the other inputs that a torch.func
     transform may be transforming)."""
-    if under_torch_func(x, *tensors):
-        return "reference"
+    return "reference" if under_torch_func(x, *tensors) else fused_backend(x)
+
+
+def fused_backend(x: Tensor) -> str:
+    """What "auto" runs for ``x`` where no torch.func transform reaches it."""
     if _on_gpu(x):
         return "triton" if x.dtype in KERNEL_DTYPES and triton_available() else "autograd"
     if x.is_cpu and x.dtype in CP.DTYPES and CP.available():
