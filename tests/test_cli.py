@@ -15,7 +15,10 @@ def test_list_table_has_every_activation(capsys):
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert "| name" in lines[0] and "adapts per sample" in lines[0] and "paper" in lines[0]
-    assert len(lines) == 2 + len(adaptact.available())
+    assert len(lines) == 2 + len(adaptact.available()) + 3
+    assert lines[-2].startswith("Gated (GLU) forms")
+    assert "swiglu_oss" in lines[-2] and "acon_c_glu" in lines[-2]
+    assert lines[-1].startswith("Other names:") and "gelu_new (gelu_tanh)" in lines[-1]
     row = next(line for line in lines if line.startswith("| acon_c "))
     assert "| adaptive " in row and "| 3 " in row and "Ma et al., CVPR 2021" in row
     row = next(line for line in lines if line.startswith("| meta_acon_c "))

@@ -203,3 +203,86 @@ def test_torch_export_matches_eager(name):
     exported = torch.export.export(m, (x,))
     x2 = random_input((2, C, 4, 3))
     torch.testing.assert_close(exported.module()(x2), m(x2))
+
+
+# --- the names of Hugging Face configs, and the gated forms ----------------------------------------
+
+
+def _hf_module(name):
+    from transformers.activations import ACT2CLS
+
+    cls, kwargs = ACT2CLS[name] if isinstance(ACT2CLS[name], tuple) else (ACT2CLS[name], {})
+    if name == "xielu":
+        kwargs = {**kwargs, "dtype": torch.float64}
+    return cls(**kwargs)
+
+
+def _act2cls_names():
+    try:
+        from transformers.activations import ACT2CLS
+    except ImportError:
+        return []
+    return sorted(ACT2CLS)
+
+
+@pytest.mark.parametrize("name", _act2cls_names())
+def test_every_transformers_activation_name_resolves_with_equal_numbers(name):
+    """Iterates over transformers' own ACT2CLS: a name added upstream fails here until it resolves."""
+    hf = _hf_module(name).double()
+    ours = adaptact.create(name, channels=C).double()
+    if name == "xielu":
+        ours.load_state_dict(hf.state_dict())
+    # both sides of every branch point, the clipping of gelu_10 and xIELU's eps included
+    x = torch.cat((torch.linspace(-12, 12, 241, dtype=torch.float64), torch.tensor([-1e-7, 1e-7, 0.0])))
+    x = x[: 240].reshape(4, C, 12).requires_grad_()
+    x2 = x.detach().clone().requires_grad_()
+    y_hf, y = hf(x), ours(x2)
+    torch.testing.assert_close(y, y_hf, rtol=1e-10, atol=1e-12)
+    (y_hf * torch.cos(x)).sum().backward()
+    (y * torch.cos(x2)).sum().backward()
+    torch.testing.assert_close(x2.grad, x.grad, rtol=1e-9, atol=1e-12)
+    for (n, p), (_, q) in zip(sorted(hf.named_parameters()), sorted(ours.named_parameters())):
+        if p.shape == q.shape:
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-9, atol=1e-12, msg=n)
+
+
+def test_act2cls_is_nonempty_where_transformers_installs():
+    pytest.importorskip("transformers")
+    assert {"gelu_new", "xielu", "relu2", "quick_gelu", "laplace"} <= set(_act2cls_names())
+
+
+def test_aliases_resolve_to_their_entries_and_stay_out_of_the_listing():
+    assert adaptact.spec("gelu-new").name == "gelu_tanh" and adaptact.spec("linear").name == "identity"
+    assert set(adaptact.registry.ALIASES).isdisjoint(NAMES)
+    assert all(adaptact.registry.ALIASES[a] in NAMES or a in adaptact.registry.GATED
+               for a in adaptact.registry.ALIASES)
+    assert set(adaptact.registry.GATED).isdisjoint(NAMES)
+
+
+@pytest.mark.parametrize("name, gate", [
+    ("swiglu", nn.SiLU), ("geglu", nn.GELU), ("reglu", nn.ReLU), ("acon_c_glu", adaptact.AconC),
+    ("meta_acon_c_glu", adaptact.MetaAconC)])
+def test_gated_forms_gate_half_the_channels(name, gate):
+    s = adaptact.spec(name)
+    assert s.gated and s.channel_factor == 0.5 and s.takes_channel_dim and s.name == name
+    m = adaptact.create(name, channels=12)
+    assert isinstance(m, adaptact.nn.GatedActivation) and type(m.gate) is gate and m.channel_dim == -1
+    if hasattr(m.gate, "channels"):
+        assert m.gate.channels == 6 and m.gate.channel_dim == -1
+    x = torch.randn(2, 5, 12, dtype=torch.float64)
+    m = m.double()
+    torch.testing.assert_close(m(x), m.gate(x[..., :6]) * x[..., 6:])
+    assert adaptact.spec(name).family == ("classic" if name in adaptact.registry.GATED else "adaptive")
+
+
+def test_gated_forms_refuse_what_they_cannot_split():
+    with pytest.raises(ValueError, match="needs an even number"):
+        adaptact.create("swiglu", channels=7)
+    with pytest.raises(ValueError, match="'crelu' changes the number of channels and cannot be a GLU's gate"):
+        adaptact.spec("crelu_glu")
+    with pytest.raises(ValueError, match="'prelu_glu' has per-channel state and takes no lazy channels"):
+        adaptact.create("prelu_glu")
+    with pytest.raises(ValueError, match="unknown activation 'swigl'; did you mean 'swiglu'"):
+        adaptact.spec("swigl")
+    lazy = adaptact.create("acon_c_glu", channel_dim=1)
+    assert lazy(torch.randn(2, 8, 3)).shape == (2, 4, 3) and lazy.gate.channels == 4

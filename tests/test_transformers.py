@@ -83,6 +83,30 @@ def test_every_adaptive_activation_replaces_the_mlp_activation(kind, name):
     assert any(bool(g.abs().sum() > 0) for g in grads)
 
 
+@pytest.mark.parametrize("name", ["polynorm", "xielu", "relu2", "golu"])
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_llm_era_activations_replace_the_mlp_activation(kind, name):
+    torch.manual_seed(0)
+    model, width = MODELS[kind]()
+    replaced = adaptact.replace_activations(model, name)
+    assert len(replaced) == LAYERS
+    for path in replaced:
+        act = model.get_submodule(path)
+        assert type(act) is type(adaptact.create(name))
+        if name == "polynorm":  # normalises each token over its channels: the layout is the MLP's
+            assert act.channel_dim == -1
+            h = torch.randn(2, 7, width)
+            torch.testing.assert_close(act(h), adaptact.functional.polynorm(h, act.weight, act.bias, dim=-1))
+    assert torch.isfinite(_output(model, _inputs(kind))).all()
+
+
+@pytest.mark.parametrize("name", ["swiglu", "acon_c_glu", "swiglu_oss"])
+def test_a_gated_form_cannot_replace_an_activation(name):
+    model, _ = llama()
+    with pytest.raises(ValueError, match="changes the number of channels and cannot replace"):
+        adaptact.replace_activations(model, name)
+
+
 def test_every_hugging_face_activation_class_is_recognised():
     classes = {v[0] if isinstance(v, tuple) else v for v in transformers.activations.ACT2CLS.values()}
     hf = {c for c in classes if c.__module__ == "transformers.activations"}

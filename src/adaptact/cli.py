@@ -78,9 +78,13 @@ def _list_configure(p: argparse.ArgumentParser) -> None:
 @command("list", "table of every activation: family, learnable, per sample, parameters, paper")(
     _list_configure)
 def _list(args: argparse.Namespace) -> int:
-    from .registry import catalogue
+    from .registry import ALIASES, GATED, catalogue
 
     sys.stdout.write(format_table(*catalogue(args.family), args.format))
+    if args.format == "markdown":
+        aliases = ", ".join(f"{a} ({n})" for a, n in sorted(ALIASES.items()) if a not in GATED)
+        sys.stdout.write(f"\nGated (GLU) forms, 2H channels in, H out: {', '.join(GATED)}, and <name>_glu "
+                         f"for any name above as the gate (acon_c_glu).\nOther names: {aliases}.\n")
     return 0
 
 
@@ -97,8 +101,11 @@ def _compare_configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--protocol", choices=[n for n in PROTOCOLS if n != "default"],
                    help="arelu: the AReLU paper's experiment as its code runs it (MNIST in [0, 1], "
                         "ConvMNIST, log-softmax + NLL, SGD and Adam at lr 1e-2,1e-3,1e-4,1e-5, 20 epochs, "
-                        "5 seeds, its activation set, best test accuracy over the epochs); the options "
-                        "below override it")
+                        "5 seeds, its activation set, best test accuracy over the epochs); nanogpt: "
+                        "nanoGPT's CPU recipe on shakespeare-char (gpt-char, AdamW lr 1e-3, batch 12, 2000 "
+                        "iterations, 3 seeds, the LLM-era activations against the adaptive ones, gelu the "
+                        "baseline; the protocol of text data when none is named); the options below "
+                        "override it")
     p.add_argument("--dataset", metavar="NAME|MODULE:LOADER",
                    help=f"a built-in data set ({', '.join(DATASETS)}; default mnist1d) or your own: "
                         "module:attribute of a callable returning (train_x, train_y, test_x, test_y) tensors")
@@ -112,7 +119,8 @@ def _compare_configure(p: argparse.ArgumentParser) -> None:
                    help=f"a built-in network ({', '.join(MODELS)}; default: conv for images, conv1d for "
                         "mnist1d, linear for digits) or your own: module:attribute of a callable "
                         "activation_name -> nn.Module")
-    p.add_argument("--baseline", default="relu", help="the activation the report compares the others with")
+    p.add_argument("--baseline", help="the activation the report compares the others with (default: relu; "
+                                      "gelu for language models)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--amp", choices=("bf16", "fp16"), help="mixed precision (fp16 on CUDA only)")
     p.add_argument("--compile", action="store_true", help="torch.compile each model")
@@ -124,6 +132,11 @@ def _compare_configure(p: argparse.ArgumentParser) -> None:
                    help="default: 0.01,0.001")
     p.add_argument("--seeds", type=_positive(int, MAX_SEEDS), help="seeds 0..N-1 (default 5)")
     p.add_argument("--epochs", type=_positive(int), help="default 5")
+    p.add_argument("--iters", type=_positive(int),
+                   help="train by iterations instead of epochs (warm-up, cosine schedule, gradient clipping; "
+                        "language models train only this way)")
+    p.add_argument("--eval-every", type=_positive(int), metavar="N",
+                   help="with --iters: evaluate every N iterations (default: a tenth of them)")
     p.add_argument("--batch-size", type=_positive(int), help="default 128")
     p.add_argument("--workers", type=_positive(int), default=1, help="parallel runs (one CPU thread each)")
     p.add_argument("--executor", choices=EXECUTORS, default="local")
@@ -144,12 +157,16 @@ def _compare(args: argparse.Namespace) -> int:
 
     from .experiments.comparison import CompareRequest, run
 
+    from .experiments.protocols import for_data
+
     given = {k: getattr(args, k) for k in ("optimizers", "lrs", "seeds")}
-    if args.protocol is None:  # the command line's own defaults: both optimizers, two rates, 5 seeds
+    if args.protocol is None and for_data(args.dataset) == "default":
+        # the command line's own defaults: both optimizers, two rates, 5 seeds
         given = {k: v if v is not None else CLI_DEFAULTS[k] for k, v in given.items()}
     request = CompareRequest(
         model=args.model, data=args.dataset, activations=args.activations, **given, epochs=args.epochs,
-        batch_size=args.batch_size, protocol=args.protocol, suite=args.suite, snr=args.snr,
+        iters=args.iters, eval_every=args.eval_every, batch_size=args.batch_size, protocol=args.protocol,
+        suite=args.suite, snr=args.snr,
         baseline=args.baseline, db=args.db, out=args.out, data_dir=args.data_dir,
         save_checkpoints=args.save_checkpoints, workers=args.workers, executor=args.executor,
         address=args.address, device=args.device, amp=args.amp, compile=args.compile,
@@ -166,13 +183,15 @@ def _report_configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", required=True, help="SQLite results database written by `adaptact compare`")
     p.add_argument("--out", default="report", help="report folder")
     p.add_argument("--dataset", help="only runs on this data set")
+    p.add_argument("--baseline", help="the activation the others are compared with (default: relu; gelu for "
+                                      "language models)")
 
 
 @command("report", "rebuild the comparison report from a results database")(_report_configure)
 def _report(args: argparse.Namespace) -> int:
     from .experiments.comparison import report
 
-    files = report(args.db, args.out, args.dataset)
+    files = report(args.db, args.out, args.dataset, baseline=args.baseline)
     print(f"report: {files[0]}")
     return 0
 

@@ -315,7 +315,8 @@ def _policy(policy: str | Policy) -> Callable[[_Site], bool]:
 
 
 def _build(activation: ActivationLike, site: _Site, old: nn.Module | None, kwargs: dict) -> nn.Module:
-    per_channel = isinstance(activation, str) and spec(activation).per_channel
+    # per-channel state, or a normalisation over the channels (PolyNorm): the layout must be known
+    per_channel = isinstance(activation, str) and spec(activation).takes_channel_dim
     if per_channel and site.layout is None:
         raise ValueError(f"cannot infer the channels of the activation at {site.path!r}: no Conv, Linear or "
                          f"norm layer produces its input; give that layer its own module or use a policy "

@@ -34,18 +34,21 @@ __all__ = [
     "frelu",
     "gelu_tanh",
     "golu",
+    "laplace",
     "maxout",
     "maxout_pool",
     "meta_acon_c",
     "mixture",
     "pau",
     "polynorm",
+    "quick_gelu",
     "relu2",
     "slaf",
     "spatial_mean",
+    "sqrt_softplus",
+    "swiglu_oss",
     "swish",
     "xielu",
-    "swiglu_oss",
 ]
 
 
@@ -260,13 +263,37 @@ def xielu(x: Tensor, alpha_p: Tensor, alpha_n: Tensor, beta: Tensor | float = 0.
 def polynorm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-6, dim: int = -1) -> Tensor:
     """PolyNorm (Zhuo et al., ICLR 2025, arXiv 2411.03884), as its official code computes it:
     weight[0] n(x^3) + weight[1] n(x^2) + weight[2] n(x) + bias, with n(u) = u / sqrt(mean(u^2
-    over ``dim``) + eps) (each token normalised over its channels)."""
+    over ``dim``) + eps) (each token normalised over its channels). float16/bfloat16 inputs are
+    normalised in float32, as RMSNorm layers do (x^6 underflows in half precision), and the result
+    cast back."""
 
     def norm(u: Tensor) -> Tensor:
         return u * torch.rsqrt(u.pow(2).mean(dim, keepdim=True) + eps)
 
-    w = weight.to(x.dtype)
-    return w[0] * norm(x ** 3) + w[1] * norm(x ** 2) + w[2] * norm(x) + bias.to(x.dtype)
+    xf = x.to(torch.promote_types(x.dtype, torch.float32))
+    w = weight.to(xf.dtype)
+    y = w[0] * norm(xf ** 3) + w[1] * norm(xf ** 2) + w[2] * norm(xf) + bias.to(xf.dtype)
+    return y.to(x.dtype)
+
+
+def quick_gelu(x: Tensor) -> Tensor:
+    """GELU's sigmoid approximation, x sigmoid(1.702 x) (Hendrycks & Gimpel, arXiv 1606.08415;
+    CLIP's and transformers' "quick_gelu")."""
+    return x * torch.sigmoid(1.702 * x)
+
+
+LAPLACE_MU, LAPLACE_SIGMA = 0.707107, 0.282095  # MEGA's constants (transformers' LaplaceActivation)
+
+
+def laplace(x: Tensor, mu: float = LAPLACE_MU, sigma: float = LAPLACE_SIGMA) -> Tensor:
+    """MEGA's Laplace attention function (Ma et al., arXiv 2209.10655), the normal CDF at
+    (x - mu) / sigma: 0.5 (1 + erf((x - mu) / (sigma sqrt 2)))."""
+    return 0.5 * (1.0 + torch.erf((x - mu) / (sigma * math.sqrt(2.0))))
+
+
+def sqrt_softplus(x: Tensor) -> Tensor:
+    """sqrt(softplus(x)), DeepSeek-V4's router score (transformers' "sqrtsoftplus")."""
+    return F.softplus(x).sqrt()
 
 
 def swiglu_oss(gate: Tensor, up: Tensor, alpha: float = 1.702, limit: float = 7.0) -> Tensor:

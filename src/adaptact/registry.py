@@ -18,7 +18,8 @@ from torch import nn
 
 from . import nn as ann
 
-__all__ = ["FAMILIES", "ActivationSpec", "available", "catalogue", "create", "get", "get_act_layer", "spec"]
+__all__ = ["ALIASES", "FAMILIES", "GATED", "ActivationSpec", "available", "catalogue", "create", "get",
+           "get_act_layer", "spec"]
 
 Family = Literal["classic", "learnable", "adaptive"]
 FAMILIES: tuple[str, ...] = ("classic", "learnable", "adaptive")
@@ -38,9 +39,14 @@ class ActivationSpec:
         per_sample: its shape adapts to each input sample (Meta-ACON, APReLU).
         per_channel: needs ``channels`` (parameters of shape (C,) or a channel-sized generator).
         paper: where it comes from.
-        channel_factor: output channels / input channels (2 for CReLU, else 1).
+        channel_factor: output channels / input channels (2 for CReLU, 1/2 for gated forms, else 1).
         ranks: the input ranks it takes (None: any; FReLU's spatial condition needs 2-D maps).
+        uses_layout: takes ``channel_dim`` without per-channel state (PolyNorm normalises over
+            the channels; a gated form splits them).
+        gated: a GLU form, act(gate) * up: the input holds gate and up on ``channel_dim``.
+        lazy_channels: a per-channel entry that can take ``channels`` from its first input.
         lazy: per-channel and able to take ``channels`` from its first input.
+        takes_channel_dim: the layout matters to it (per-channel state, normalisation or gating).
     """
 
     name: str
@@ -50,12 +56,19 @@ class ActivationSpec:
     per_sample: bool
     per_channel: bool
     paper: str
-    channel_factor: int = 1
+    channel_factor: float = 1
     ranks: tuple[int, ...] | None = None
+    uses_layout: bool = False
+    gated: bool = False
+    lazy_channels: bool = True
 
     @property
     def lazy(self) -> bool:
-        return self.per_channel and self.name != "prelu"
+        return self.per_channel and self.lazy_channels
+
+    @property
+    def takes_channel_dim(self) -> bool:
+        return self.per_channel or self.uses_layout
 
 
 def _accepts(fn: Callable, name: str) -> bool:
@@ -158,9 +171,26 @@ def _specs() -> dict[str, ActivationSpec]:
          "Chen et al., ECCV 2020, arXiv 2003.10027 (DY-ReLU-B)"),
         ("frelu", _per_channel(ann.FReLU), ad, True, True, True,
          "Ma, Zhang, Sun, ECCV 2020, arXiv 2007.11824 (spatial condition: 2-D maps)"),
+        # the activations of today's language models, and the rest of the names Hugging Face configs use
+        ("relu2", _shared(ann.ReLU2), c, False, False, False, "So et al. (Primer), arXiv 2109.08668"),
+        ("golu", _shared(ann.GoLU), c, False, False, False, "Das et al., arXiv 2502.03654"),
+        ("xielu", _shared(ann.XIELU), lrn, True, False, False,
+         "Huang & Schlag, arXiv 2411.13010 (Apertus LLMs)"),
+        ("polynorm", _shared(ann.PolyNorm), lrn, True, False, False,
+         "Zhuo et al., ICLR 2025, arXiv 2411.03884 (per-token normalisation)"),
+        ("quick_gelu", _shared(ann.QuickGELU), c, False, False, False,
+         "Hendrycks & Gimpel, arXiv 1606.08415 (sigmoid form, CLIP)"),
+        ("gelu_10", _shared(ann.ClippedGELU), c, False, False, False,
+         "GELU clipped to [-10, 10]; Wu et al., arXiv 2004.09602"),
+        ("laplace", _shared(ann.Laplace), c, False, False, False, "Ma et al. (MEGA), arXiv 2209.10655"),
+        ("sqrt_softplus", _shared(ann.SqrtSoftplus), c, False, False, False,
+         "DeepSeek-V4's router score (transformers' sqrtsoftplus)"),
+        ("identity", _torch(nn.Identity), c, False, False, False, "no activation (transformers' linear)"),
     ]
     specs = {row[0]: ActivationSpec(*row) for row in rows}
     specs["frelu"] = dataclasses.replace(specs["frelu"], ranks=(4,))
+    specs["prelu"] = dataclasses.replace(specs["prelu"], lazy_channels=False)
+    specs["polynorm"] = dataclasses.replace(specs["polynorm"], uses_layout=True, ranks=(2, 3, 4, 5))
     specs["crelu"] = ActivationSpec(
         "crelu", _shared(ann.CReLU), c, False, False, False, "Shang et al., ICML 2016", channel_factor=2
     )
@@ -169,18 +199,76 @@ def _specs() -> dict[str, ActivationSpec]:
 
 _REGISTRY: dict[str, ActivationSpec] = _specs()
 
+ALIASES: dict[str, str] = {
+    # transformers' ACT2CLS names for entries registered under another name (the same numbers)
+    "gelu_python": "gelu",
+    "gelu_new": "gelu_tanh",
+    "gelu_fast": "gelu_tanh",
+    "gelu_accurate": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu_python_tanh": "gelu_tanh",
+    "sqrtsoftplus": "sqrt_softplus",
+    "linear": "identity",
+    "swiglu": "silu_glu",
+    "geglu": "gelu_glu",
+    "reglu": "relu_glu",
+}
+"""Other names of registered entries: transformers' ``ACT2CLS`` names and the GLU variants' own."""
+
+GLU_SUFFIX = "_glu"
+GATED: tuple[str, ...] = ("swiglu", "geglu", "reglu", "swiglu_oss")
+"""The gated forms with names of their own; any entry ``name`` also resolves as ``name_glu``, the
+GLU with ``name`` as its gate (``acon_c_glu``, ``meta_acon_c_glu``)."""
+
+
+def _gated(channels: int | None, gate: str, channel_dim: int = -1, interleaved: bool = False,
+           inplace: bool = False, **kwargs) -> nn.Module:
+    """act(gate) * up with ``gate`` built for half of ``channels`` (the input's 2H)."""
+    if channels is not None and channels % 2:
+        raise ValueError(f"a gated activation splits its {channels} input channels into gate and up: "
+                         f"it needs an even number")
+    half = None if channels is None else channels // 2
+    act = create(gate, channels=half, channel_dim=channel_dim, inplace=inplace, **kwargs)
+    return ann.GatedActivation(act, channel_dim=channel_dim, interleaved=interleaved)
+
+
+def _swiglu_oss(channels: int | None = None, inplace: bool = False, **kwargs) -> nn.Module:
+    return ann.SwiGLUOSS(**kwargs)
+
+
+def _gated_spec(key: str) -> ActivationSpec | None:
+    """The spec of a gated name (``swiglu_oss`` or ``<entry>_glu``), None for other names."""
+    if key == "swiglu_oss":
+        return ActivationSpec("swiglu_oss", _swiglu_oss, "classic", False, False, False,
+                              "GPT-OSS's clamped SwiGLU (OpenAI 2025; transformers' GptOssExperts)",
+                              channel_factor=0.5, uses_layout=True, gated=True)
+    if not key.endswith(GLU_SUFFIX) or key[: -len(GLU_SUFFIX)] not in _REGISTRY:
+        return None
+    gate = _REGISTRY[key[: -len(GLU_SUFFIX)]]
+    if gate.channel_factor != 1:
+        raise ValueError(f"{gate.name!r} changes the number of channels and cannot be a GLU's gate")
+    return dataclasses.replace(
+        gate, name=key, factory=functools.partial(_gated, gate=gate.name), channel_factor=0.5,
+        uses_layout=True, gated=True, ranks=None,
+        paper=f"Shazeer, arXiv 2002.05202 (GLU variants), gate: {gate.name}")
+
 
 def _normalise(name: str) -> str:
     return name.strip().lower().replace("-", "_")
 
 
 def spec(name: str) -> ActivationSpec:
-    """The spec of a registered activation; unknown names raise ValueError with suggestions."""
+    """The spec of a registered activation (or of one of its ``ALIASES``, or of a gated form:
+    ``swiglu_oss`` or ``<entry>_glu``); unknown names raise ValueError with suggestions."""
     if not isinstance(name, str):
         raise TypeError(f"activation name must be a str, got {type(name).__name__}")
-    key = _normalise(name)
+    asked = _normalise(name)
+    key = ALIASES.get(asked, asked)
+    gated = _gated_spec(key)
+    if gated is not None:
+        return dataclasses.replace(gated, name=asked) if asked in GATED else gated
     if key not in _REGISTRY:
-        close = difflib.get_close_matches(key, list(_REGISTRY), n=3, cutoff=0.5)
+        close = difflib.get_close_matches(key, [*_REGISTRY, *ALIASES, "swiglu_oss"], n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(repr(n) for n in close)}?" if close else ""
         raise ValueError(
             f"unknown activation {name!r}{hint} (adaptact.available() lists all {len(_REGISTRY)})"
@@ -189,7 +277,9 @@ def spec(name: str) -> ActivationSpec:
 
 
 def available(family: str | None = None) -> list[str]:
-    """Registered names, sorted; ``family`` is one of "classic", "learnable", "adaptive"."""
+    """Registered names, sorted; ``family`` is one of "classic", "learnable", "adaptive". Aliases and
+    gated forms (``ALIASES``, ``GATED``, ``<entry>_glu``) resolve in ``spec``/``create`` but are not
+    listed: a gated form maps 2H channels to H and is no elementwise function of its input."""
     if family is None:
         return list(_REGISTRY)
     if family not in FAMILIES:
@@ -208,7 +298,9 @@ def create(activation: ActivationLike, channels: int | None = None, **kwargs) ->
             it, so generic code can always pass it. Classes and callables get it only when their
             signature takes ``channels``.
         **kwargs: constructor arguments (``inplace`` is accepted by every registry entry;
-            ``channel_dim`` by every entry too, ignored where nothing is per channel).
+            ``channel_dim`` by every entry too, ignored where the layout does not matter). A gated
+            form's ``channels`` are its input's 2H (its gate is built for H); its ``channel_dim``
+            defaults to -1 (token MLPs).
     """
     if isinstance(activation, str):
         s = spec(activation)
@@ -216,7 +308,7 @@ def create(activation: ActivationLike, channels: int | None = None, **kwargs) ->
             raise ValueError(
                 f"activation {s.name!r} has per-channel state and takes no lazy channels: pass channels=C"
             )
-        if not s.per_channel:
+        if not s.takes_channel_dim:
             kwargs.pop("channel_dim", None)  # nothing per channel: any layout
         return s.factory(channels, **kwargs)
     if callable(activation):

@@ -34,6 +34,7 @@ def test_each_stored_key_is_the_key_of_its_stored_configuration(db):
     for row in rows:
         fields = {name: row[name] for name in IDENTITY}
         fields.update(amp=fields["amp"] or None, compile=bool(fields["compile"]))
+        fields.update(iters=row.get("iters", 0), eval_every=row.get("eval_every", 0))  # columns added later
         assert RunConfig(**fields).key == row["key"], row
 
 

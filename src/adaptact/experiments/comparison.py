@@ -27,7 +27,9 @@ from .request import DEFAULT_MODEL, MAX_LR, MAX_RUNS, MAX_SEEDS, CompareRequest,
 from .sources import Source, build_model, data_source, model_source
 from .store import ResultStore
 from .sweep import SweepSummary, expand, run_sweep
-from .train import held_out, versions
+from ..datasets.shakespeare import TextData
+from .language import EVAL_WINDOWS, windows
+from .train import CONTEXT, GRAD_CLIP, held_out, versions
 
 __all__ = ["DEFAULT_MODEL", "MAX_LR", "MAX_RUNS", "MAX_SEEDS", "CompareRequest", "Rows", "check_fits",
            "compare", "report", "run"]
@@ -42,12 +44,16 @@ class Rows(list):
         self.report = report
 
 
-def check_fits(data: Source, model: Source, ds: builtin.Dataset, activations: Sequence[str] = ("relu",),
+def check_fits(data: Source, model: Source, ds: builtin.Dataset | TextData,
+               activations: Sequence[str] = ("relu",),
                policies: Mapping[str, str] | None = None) -> None:
     """UserError unless ``model`` with each of ``activations`` (placed by its policy in
     ``policies``, default "all") takes two samples of ``ds`` and returns one score per class:
     an activation that cannot take the model's tensors (FReLU after a Linear layer) is refused
-    here, before any training, not stored as a failed run."""
+    here, before any training, not stored as a failed run. A language model takes two windows of
+    token ids and returns one score per token and character."""
+    if isinstance(ds, TextData):
+        return _check_language_model(data, model, ds, activations)
     shape = tuple(ds.train_x.shape[1:])
     for activation in dict.fromkeys(("relu", *activations)):
         what = f"model {model.label!r}" + ("" if activation == "relu" else f" with activation {activation!r}")
@@ -68,6 +74,26 @@ def check_fits(data: Source, model: Source, ds: builtin.Dataset, activations: Se
                             f"expected (N, {ds.num_classes})")
 
 
+def _check_language_model(data: Source, model: Source, ds: TextData, activations: Sequence[str]) -> None:
+    x, _ = windows(ds.train, torch.tensor([0, 1]), CONTEXT)
+    for activation in dict.fromkeys(("gelu", *activations)):
+        what = f"model {model.label!r}" + ("" if activation == "gelu" else f" with activation {activation!r}")
+        try:
+            net = build_model(model, activation, (CONTEXT,), ds.num_classes)
+            for m in net.modules():
+                if isinstance(m, ActivationModule):
+                    m.backend = "autograd"
+            with torch.no_grad():
+                out = net.eval()(x)
+        except (RuntimeError, ValueError, TypeError) as err:
+            message = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise UserError(f"{what} does not fit data {data.label!r} (windows of {CONTEXT} tokens): "
+                            f"{message}") from None
+        if tuple(out.shape) != (2, CONTEXT, ds.num_classes):
+            raise UserError(f"{what} gives outputs of shape {tuple(out.shape)} for data {data.label!r}, "
+                            f"expected (N, {CONTEXT}, {ds.num_classes})")
+
+
 def _shippable(source: Source, what: str, workers: int, executor: str) -> None:
     """A factory or loader given from Python must reach worker processes by reference."""
     if callable(source.ref) and (workers > 1 or executor != "local"):
@@ -78,8 +104,19 @@ def _shippable(source: Source, what: str, workers: int, executor: str) -> None:
                             f"module level, give a module:attribute spec, or use workers=1") from None
 
 
-def _setup(data: Source, model: Source, ds: builtin.Dataset, device: str, command: str | None,
+def _setup(data: Source, model: Source, ds: builtin.Dataset | TextData, device: str, command: str | None,
            settings: Mapping[str, Any]) -> dict:
+    if isinstance(ds, TextData):
+        return {"protocol": settings["protocol"], "model": model.label, "device": device,
+                "command": command or "adaptact.compare(...)",
+                "versions": ", ".join(f"{k} {v}" for k, v in versions().items()),
+                "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+                "data": f"{data.label}: {len(ds.train)} train, {len(ds.val)} validation, {len(ds.test)} test "
+                        f"characters, a vocabulary of {ds.num_classes}; windows of {CONTEXT}",
+                "loss": "cross-entropy per character (nats; bits = nats / ln 2)",
+                "training": f"{settings['iters']} iterations, evaluated every {settings['eval_every']} on "
+                            f"{EVAL_WINDOWS} fixed windows per split; warm-up, cosine schedule, gradient "
+                            f"clipping at {GRAD_CLIP:g}"}
     n_train = len(ds.train_y)
     held = held_out(n_train, settings["validation"])
     scale = {"standard": "standardised with the training set's mean and std",
@@ -140,7 +177,7 @@ def run(request: CompareRequest) -> Rows:
                    for c in expand(source, net, p.activations, p.optimizers, p.lrs, p.seeds, p.epochs,
                                    p.batch_size, r.data_dir, checkpoints, p.policies, p.device, r.amp,
                                    r.compile, p.settings["scale"], p.settings["loss"],
-                                   float(p.settings["validation"]))]
+                                   float(p.settings["validation"]), p.iters, p.eval_every)]
         summary = run_sweep(configs, store, r.executor, r.workers, r.address, r.progress)
         keys = {c.key for c in configs}
         rows = [row for row in store.rows() if row["key"] in keys]
@@ -151,8 +188,9 @@ def run(request: CompareRequest) -> Rows:
 
 
 def report(db: str | Path, out: str | Path = "report", dataset: str | None = None,
-           baseline: str | None = "relu") -> list[Path]:
-    """Rebuild the report of the runs in ``db`` (those on ``dataset`` only, if given) in ``out``."""
+           baseline: str | None = None) -> list[Path]:
+    """Rebuild the report of the runs in ``db`` (those on ``dataset`` only, if given) in ``out``;
+    ``baseline`` None: relu, and gelu for language models."""
     with ResultStore(db, create=False) as store:
         rows = [r for r in store.rows() if dataset in (None, r["dataset"])]
     if not rows:

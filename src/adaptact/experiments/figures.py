@@ -58,6 +58,8 @@ def inspect_checkpoints(checkpoints: Sequence[str | Path], dataset: str, data_di
     maps. Returns the files written."""
     models = [load_checkpoint(c)[0] for c in checkpoints]
     ds = builtin.load(dataset, data_dir)
+    if not isinstance(ds, builtin.Dataset):
+        raise UserError(f"inspect shows activations on images or signals; {dataset} is text")
     folder = writable_dir(out, "output folder")
     reference = next((b for b in map(ins.acon_reference_beta, models) if b is not None), None)
     written = []

@@ -16,6 +16,14 @@ official code (densechen/AReLU: ``main_mnist.py``, ``utils.py``, ``models/conv.p
   ``gelu_arelu``, ``maxout_pool``, ``swish_fixed`` and ``prelu_shared`` where they differ from
   adaptact's defaults; then AReLU.
 
+``nanogpt`` is nanoGPT's CPU recipe for character-level Shakespeare (its README): the built-in
+GPT (4 layers, 4 heads, 128 dims, context 64, no dropout) on ``shakespeare-char``, AdamW at lr 1e-3
+(betas 0.9, 0.99, weight decay 0.1 on weights only), batch 12, 2000 iterations with 5% warm-up,
+a cosine to lr / 10 and gradient clipping at 1, evaluated every 250; 3 seeds; the LLM-era
+activations against the CNN-era adaptive ones, GELU the baseline; the measure is the test loss
+(nats per character) at the evaluation with the lowest validation loss. It is the protocol of
+the text data sets when none is named.
+
 Options given explicitly override the protocol's (``resolve``).
 """
 
@@ -25,7 +33,8 @@ from dataclasses import asdict, dataclass
 
 from ..errors import UserError
 
-__all__ = ["ARELU_ACTIVATIONS", "DEFAULT_ACTIVATIONS", "PROTOCOLS", "Protocol", "resolve"]
+__all__ = ["ARELU_ACTIVATIONS", "DEFAULT_ACTIVATIONS", "LM_ACTIVATIONS", "PROTOCOLS", "Protocol", "for_data",
+           "resolve"]
 
 # The AReLU paper's comparison set, as its code builds each one: non-learnable, learnable, AReLU.
 ARELU_ACTIVATIONS = ("celu", "elu", "gelu_arelu", "leaky_relu", "maxout_pool", "rrelu", "relu", "relu6",
@@ -39,6 +48,12 @@ DEFAULT_ACTIVATIONS = ("apl", "arelu", "gelu", "maxout", "mixture", "slaf", "swi
                        "sigmoid", "leaky_relu", "elu", "prelu", "selu", "tanh", "rrelu", "celu", "softplus",
                        "pau", "acon_c", "meta_acon_c", "aprelu", "dy_relu_b")
 
+# The transformer comparison: the baseline, the activations language models adopted, the CNN-era
+# adaptive ones (those that pool over positions see positions <= t: the model is causal), ACON-C as
+# a GLU gate.
+LM_ACTIVATIONS = ("gelu", "swiglu", "relu2", "xielu", "polynorm", "golu", "arelu", "acon_c", "meta_acon_c",
+                  "aprelu", "dy_relu_b", "acon_c_glu", "swiglu_oss")
+
 
 @dataclass(frozen=True)
 class Protocol:
@@ -47,7 +62,9 @@ class Protocol:
     "unit" (built-in images in [0, 1], as torchvision's ToTensor); data given by the user are
     used as given. ``loss``: "cross_entropy" or "nll" (log-softmax then NLL, the AReLU code's
     LogSoftmax head; the same maths). ``validation``: the share of the training set held out to
-    pick the epoch; 0 trains on all of it and picks the epoch on the test set (the papers' way)."""
+    pick the epoch; 0 trains on all of it and picks the epoch on the test set (the papers' way).
+    ``iters``: train by iterations (0: by ``epochs``), evaluating every ``eval_every``; ``baseline``:
+    the activation the report compares the others with."""
 
     name: str
     dataset: str
@@ -61,20 +78,34 @@ class Protocol:
     scale: str = "standard"
     loss: str = "cross_entropy"
     validation: float = 0.1
+    iters: int = 0
+    eval_every: int = 0
+    baseline: str = "relu"
 
 
 PROTOCOLS = {
     "default": Protocol("default", "mnist1d", None, DEFAULT_ACTIVATIONS, ("sgd",), (1e-2,), 3, 5, 128),
     "arelu": Protocol("arelu", "mnist", None, ARELU_ACTIVATIONS, ("sgd", "adam"), (1e-2, 1e-3, 1e-4, 1e-5),
                       5, 20, 128, scale="unit", loss="nll", validation=0.0),
+    "nanogpt": Protocol("nanogpt", "shakespeare-char", "gpt-char", LM_ACTIVATIONS, ("adamw",), (1e-3,), 3, 1,
+                        12, iters=2000, eval_every=250, baseline="gelu"),
 }
 SETTINGS = tuple(f for f in Protocol.__dataclass_fields__ if f != "name")
 
 
+def for_data(data: object) -> str:
+    """The protocol a comparison on ``data`` takes when none is named: "nanogpt" for text, else
+    "default"."""
+    from ..datasets.builtin import is_language_data
+
+    return "nanogpt" if is_language_data(data) else "default"
+
+
 def resolve(protocol: str | None = None, **given) -> dict:
-    """The settings of ``protocol`` (None: "default") with every setting in ``given`` that is not
-    None put over them. UserError for an unknown protocol or setting."""
-    name = protocol or "default"
+    """The settings of ``protocol`` (None: ``for_data`` of the data given, else "default") with
+    every setting in ``given`` that is not None put over them. UserError for an unknown protocol
+    or setting."""
+    name = protocol or for_data(given.get("dataset"))
     if name not in PROTOCOLS:
         raise UserError(f"unknown protocol {name!r}; choose from {', '.join(PROTOCOLS)}")
     unknown = set(given) - set(SETTINGS)

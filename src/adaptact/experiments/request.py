@@ -18,14 +18,16 @@ from ..errors import UserError
 from ..files import writable_dir
 from ..registry import spec
 from .executors import EXECUTORS
-from .protocols import resolve
+from ..models.catalogue import LANGUAGE_MODELS
+from .protocols import for_data, resolve
 from .sweep import RESNET_SUITE
 from .train import LOSSES, OPTIMIZERS
 
 __all__ = ["DEFAULT_MODEL", "MAX_LR", "MAX_RUNS", "MAX_SEEDS", "CompareRequest", "Plan", "plan"]
 
 DEFAULT_MODEL = {"fashion-mnist": "conv", "mnist": "conv", "mnist1d": "conv1d", "digits": "linear",
-                 "bearing": "resnet1d-9"}
+                 "bearing": "resnet1d-9", "shakespeare-char": "gpt-char"}
+MAX_ITERS = 10_000_000
 MAX_SEEDS = 10_000
 MAX_RUNS = 100_000  # configurations one request may ask for
 MAX_LR = 1e6  # past this no optimizer step means anything (and float32 parameters overflow)
@@ -38,9 +40,12 @@ class CompareRequest:
     Settings left None take the ``protocol``'s (``experiments.protocols.PROTOCOLS``, "default"
     when None). ``model``: a built-in name (default: the data's), ``module:attribute`` or a
     callable ``activation_name -> nn.Module``. ``data``: a built-in name, ``module:attribute``, a
-    tuple ``(train_x, train_y, test_x, test_y)`` of tensors or a callable returning one. ``db``:
-    the SQLite results database (runs in it are not run again); ``out``: the report folder;
-    ``baseline``: the activation the report compares the others with; ``workers``/``executor``/
+    tuple ``(train_x, train_y, test_x, test_y)`` of tensors or a callable returning one. ``iters``:
+    train by iterations instead of epochs (nanoGPT's warm-up, cosine schedule and clipping),
+    evaluating every ``eval_every`` (default a tenth of ``iters``); language models (the text data
+    sets) train this way only. ``db``: the SQLite results database (runs in it are not run again);
+    ``out``: the report folder; ``baseline``: the activation the report compares the others with
+    (None: the protocol's, relu or for language models gelu); ``workers``/``executor``/
     ``address``: where runs execute ("local" processes or a Ray cluster); ``device``: "auto",
     "cpu", "cuda[:i]"; ``amp``: "bf16" or "fp16" (CUDA) mixed precision; ``compile``:
     torch.compile each model; ``suite="resnet"``: the ACON paper's ResNet comparison; ``snr``:
@@ -54,6 +59,8 @@ class CompareRequest:
     lrs: Sequence[float] | None = None
     seeds: int | None = None
     epochs: int | None = None
+    iters: int | None = None
+    eval_every: int | None = None
     batch_size: int | None = None
     protocol: str | None = None
     scale: str | None = None
@@ -61,7 +68,7 @@ class CompareRequest:
     validation: float | None = None
     suite: str | None = None
     snr: Sequence[float] | None = None
-    baseline: str | None = "relu"
+    baseline: str | None = None
     db: str | Path = "results.sqlite"
     out: str | Path = "report"
     data_dir: str | None = None
@@ -92,6 +99,8 @@ class Plan:
     epochs: int
     batch_size: int
     baseline: str | None
+    iters: int = 0
+    eval_every: int = 0
     policies: Mapping[str, str] = field(default_factory=dict)
     settings: Mapping[str, Any] = field(default_factory=dict)
     device: str = "cpu"
@@ -123,14 +132,42 @@ def _datasets(data: Any, snr: Sequence[float] | None) -> list:
     return list(dict.fromkeys(builtin.bearing_name(float(v)) for v in snr))
 
 
+def _iterations(settings: Mapping[str, Any], datasets: list, model: object) -> tuple[int, int]:
+    """(iters, eval_every) checked: 0, 0 to train by epochs. Text trains a language model, by
+    iterations; the built-in language models take text only."""
+    iters, every = settings["iters"] or 0, settings["eval_every"] or 0
+    int_in_range("iters", iters, 0, MAX_ITERS)
+    int_in_range("eval_every", every, 0, MAX_ITERS)
+    text = [builtin.is_language_data(d) for d in datasets]
+    if any(text) and not all(text):
+        raise UserError("text and other data cannot share a comparison")
+    language_model = isinstance(model, str) and model in LANGUAGE_MODELS
+    if any(text):
+        if isinstance(model, str) and not language_model and ":" not in model:
+            raise UserError(f"{datasets[0]} is text: its model must be a language model "
+                            f"({', '.join(LANGUAGE_MODELS)}, or your own), not {model!r}")
+        if not iters:
+            raise UserError("a language model trains by iterations: give iters (--iters N)")
+    elif language_model:
+        raise UserError(f"{model} is a language model: give it text ({', '.join(builtin.TEXT_DATASETS)})")
+    if every and not iters:
+        raise UserError("eval_every counts iterations: give iters too")
+    if every > iters:
+        raise UserError(f"eval_every ({every}) must be at most iters ({iters})")
+    return iters, (every or max(1, iters // 10)) if iters else 0
+
+
 def plan(request: CompareRequest) -> Plan:
     """``request`` checked whole and resolved; UserError (one line) for the first thing wrong.
     Nothing is loaded, trained or written (the output folder is checked writable)."""
     r = request
     settings = resolve(r.protocol, dataset=r.data, model=r.model, activations=r.activations,
                        optimizers=r.optimizers, lrs=r.lrs, seeds=r.seeds, epochs=r.epochs,
-                       batch_size=r.batch_size, scale=r.scale, loss=r.loss, validation=r.validation)
-    settings["protocol"] = r.protocol or "default"
+                       batch_size=r.batch_size, scale=r.scale, loss=r.loss, validation=r.validation,
+                       iters=r.iters, baseline=r.baseline,
+                       # the protocol's period goes with its iterations: iters of one's own, a tenth of them
+                       eval_every=r.eval_every if r.eval_every is not None or r.iters is None else 0)
+    settings["protocol"] = r.protocol or for_data(settings["dataset"])
     data, model, activations = settings["dataset"], settings["model"], settings["activations"]
     policies: dict[str, str] = {}
     if r.suite is not None:
@@ -147,7 +184,7 @@ def plan(request: CompareRequest) -> Plan:
         model = DEFAULT_MODEL[family]
     try:
         activations = [spec(a).name for a in activations]
-        baseline = None if r.baseline is None else spec(r.baseline).name
+        baseline = spec(settings["baseline"]).name
     except ValueError as err:
         raise UserError(str(err)) from None
     optimizers, lrs = list(settings["optimizers"]), list(settings["lrs"])
@@ -169,10 +206,15 @@ def plan(request: CompareRequest) -> Plan:
     if max(lrs) > MAX_LR:
         raise UserError(f"learning rates must be at most {MAX_LR:g}, got {max(lrs):g}")
     seeds, epochs, batch_size = settings["seeds"], settings["epochs"], settings["batch_size"]
+    iters, eval_every = settings["iters"], settings["eval_every"] = _iterations(settings, datasets, model)
     limits = (("seeds", seeds, MAX_SEEDS), ("epochs", epochs, None), ("batch size", batch_size, None),
               ("workers", r.workers, _max_workers(r.executor)))
     for name, value, high in limits:
         int_in_range(name, value, 1, high)
+    if iters:
+        if r.epochs is not None:
+            raise UserError("give iters or epochs, not both")
+        epochs = 0  # trained by iterations
     runs = len(datasets) * len(activations) * len(optimizers) * len(lrs) * seeds
     if runs > MAX_RUNS:
         raise UserError(f"{runs} runs asked for; at most {MAX_RUNS} in one request")
@@ -186,4 +228,5 @@ def plan(request: CompareRequest) -> Plan:
         writable_dir(r.save_checkpoints, "checkpoint folder")
     return Plan(request=r, datasets=datasets, model=model, activations=activations, optimizers=optimizers,
                 lrs=lrs, seeds=seeds, epochs=epochs, batch_size=batch_size, baseline=baseline,
-                policies=policies, settings=settings, device=device, out=out)
+                iters=iters, eval_every=eval_every, policies=policies, settings=settings, device=device,
+                out=out)

@@ -31,6 +31,7 @@ from torch import nn
 from ..errors import UserError
 from ..files import atomic_write
 from ..datasets import builtin
+from ..datasets.shakespeare import TextData
 from ..models.catalogue import MODELS, build
 
 __all__ = ["Source", "build_model", "data_source", "load_data", "model_source"]
@@ -146,7 +147,7 @@ def _tensor_fingerprint(ds: builtin.Dataset) -> str:
 
 
 def data_source(data, data_dir: str | None = None, cache_dir: str | Path | None = None,
-                scale: str = "standard") -> tuple[Source, builtin.Dataset]:
+                scale: str = "standard") -> tuple[Source, builtin.Dataset | TextData]:
     """The Source of ``data`` and the data set itself (checked: shapes, labels, finite inputs).
     Tensors given from Python stay in memory, or, with ``cache_dir`` (for worker processes), are
     saved there once as a ``.pt`` file the workers load. ``scale`` applies to built-in data;
@@ -155,7 +156,8 @@ def data_source(data, data_dir: str | None = None, cache_dir: str | Path | None 
         ds = builtin.load(data, data_dir, scale)
         # workers read the files themselves; a generated set they take from this sweep's making
         shipped = (_shipped(ds, _tensor_fingerprint(ds), cache_dir)
-                   if cache_dir is not None and builtin.generated(data) else None)
+                   if cache_dir is not None and builtin.generated(data) and isinstance(ds, builtin.Dataset)
+                   else None)
         return Source(data, builtin.fingerprint(data), shipped), ds
     if isinstance(data, str):
         loader = _import(data, "data")
@@ -196,7 +198,8 @@ def _load_ref(ref, label: str) -> builtin.Dataset:
         return _as_dataset(label, loader())
 
 
-def load_data(source: Source, data_dir: str | None = None, scale: str = "standard") -> builtin.Dataset:
+def load_data(source: Source, data_dir: str | None = None,
+              scale: str = "standard") -> builtin.Dataset | TextData:
     """The data set of ``source`` (cached per process); ``scale`` as ``datasets.load``, for
     built-in data."""
     if source.ref is None:

@@ -21,17 +21,22 @@ COLUMNS = ("key", "dataset", "model", "activation", "policy", "optimizer", "lr",
            "batch_size", "device", "amp", "compile", "protocol", "scale", "loss", "validation", "status",
            "error", "first_epoch_acc", "best_epoch", "best_acc", "last_acc", "wall_time", "epoch_time",
            "activation_params", "peak_memory", "backend", "train_loss", "val_acc", "test_acc", "warnings",
-           "versions", "finished_at")
+           "versions", "finished_at", "iters", "eval_every", "metric", "evals", "val_loss", "test_loss",
+           "first_loss", "best_loss", "last_loss", "iter_time", "saved_memory")
 STATUSES = ("ok", "diverged", "failed")
 _INTS = ("seed", "epochs", "batch_size", "protocol", "best_epoch", "activation_params", "peak_memory",
-         "compile")
+         "compile", "iters", "eval_every", "saved_memory")
 _REALS = ("lr", "validation", "first_epoch_acc", "best_acc", "last_acc", "wall_time", "epoch_time",
-          "finished_at")
-_LISTS = ("train_loss", "val_acc", "test_acc")
-_NUMBERS = ("lr", "first_epoch_acc", "best_acc", "last_acc", "wall_time", "epoch_time")
-_JSON = ("train_loss", "val_acc", "test_acc", "warnings", "versions")
+          "finished_at", "first_loss", "best_loss", "last_loss", "iter_time")
+_LISTS = ("train_loss", "val_acc", "test_acc", "evals", "val_loss", "test_loss")
+_NUMBERS = ("lr", "first_epoch_acc", "best_acc", "last_acc", "wall_time", "epoch_time", "first_loss",
+            "best_loss", "last_loss", "iter_time")
+_JSON = ("train_loss", "val_acc", "test_acc", "warnings", "versions", "evals", "val_loss", "test_loss")
 
-_OPTIONAL = {"backend": "", "warnings": []}  # what a row that does not say has
+# what a row that does not say has (rows of classification by epochs leave the language-model fields out)
+_OPTIONAL = {"backend": "", "warnings": [], "iters": 0, "eval_every": 0, "metric": "accuracy", "evals": [],
+             "val_loss": [], "test_loss": [], "first_loss": 0.0, "best_loss": 0.0, "last_loss": 0.0,
+             "iter_time": 0.0, "saved_memory": -1}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -62,6 +67,18 @@ _ADDED = {
     "validation": "REAL NOT NULL DEFAULT 0.1",
     "backend": "TEXT NOT NULL DEFAULT ''",  # what the adaptive activations ran; '' in rows from before
     "warnings": "TEXT NOT NULL DEFAULT '[]'",
+    # training by iterations, and language models (metric "loss": nats per character, lower is better)
+    "iters": "INTEGER NOT NULL DEFAULT 0",
+    "eval_every": "INTEGER NOT NULL DEFAULT 0",
+    "metric": "TEXT NOT NULL DEFAULT 'accuracy'",
+    "evals": "TEXT NOT NULL DEFAULT '[]'",
+    "val_loss": "TEXT NOT NULL DEFAULT '[]'",
+    "test_loss": "TEXT NOT NULL DEFAULT '[]'",
+    "first_loss": "REAL NOT NULL DEFAULT 0",
+    "best_loss": "REAL NOT NULL DEFAULT 0",
+    "last_loss": "REAL NOT NULL DEFAULT 0",
+    "iter_time": "REAL NOT NULL DEFAULT 0",
+    "saved_memory": "INTEGER NOT NULL DEFAULT -1",  # bytes saved for backward by one training step
 }
 
 

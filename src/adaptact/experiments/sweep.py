@@ -46,7 +46,7 @@ def expand(dataset: str | Source, model: str | Source, activations: Sequence[str
            data_dir: str | None = None, checkpoint_dir: str | None = None,
            policies: Mapping[str, str] | None = None, device: str = "cpu", amp: str | None = None,
            compile: bool = False, scale: str = "standard", loss: str = "cross_entropy",
-           validation: float = 0.1) -> list[RunConfig]:
+           validation: float = 0.1, iters: int = 0, eval_every: int = 0) -> list[RunConfig]:
     """Every combination, seeds 0..seeds-1, in a stable order; ``policies`` maps an activation to
     the replace_activations policy it is put in with (default "all"). ``dataset``/``model``:
     built-in names or ``sources.Source`` (user data and factories)."""
@@ -58,7 +58,8 @@ def expand(dataset: str | Source, model: str | Source, activations: Sequence[str
     return [RunConfig(dataset=data.fingerprint, model=net.fingerprint, activation=a, optimizer=o,
                       lr=float(lr), seed=s, epochs=epochs, batch_size=batch_size,
                       policy=policies.get(a, "all"), device=device, amp=amp, compile=compile, scale=scale,
-                      loss=loss, validation=validation, data_dir=data_dir, checkpoint_dir=checkpoint_dir,
+                      loss=loss, validation=validation, iters=iters, eval_every=eval_every if iters else 0,
+                      data_dir=data_dir, checkpoint_dir=checkpoint_dir,
                       data_source=user_data,
                       model_source=user_model)
             for a, o, lr, s in itertools.product(activations, optimizers, lrs, range(seeds))]
@@ -114,7 +115,12 @@ def run_sweep(configs: Iterable[RunConfig], store: ResultStore, executor: str = 
             if result.get("backend"):
                 backends[result["backend"]] = backends.get(result["backend"], 0) + 1
             caught.update(dict.fromkeys(result.get("warnings", ())))
-            outcome = (f"{100 * result['best_acc']:.2f}%" if result["status"] == "ok" else result["status"])
+            if result["status"] != "ok":
+                outcome = result["status"]
+            elif result.get("metric") == "loss":
+                outcome = f"test loss {result['best_loss']:.4f}"
+            else:
+                outcome = f"{100 * result['best_acc']:.2f}%"
             bar.update(f"{result['activation']} {result['optimizer']} lr={result['lr']:g} "
                        f"seed={result['seed']}: {outcome}")
     finally:

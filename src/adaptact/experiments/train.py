@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import math
 import platform
+import statistics
 import time
 import warnings
 from collections.abc import Sequence
@@ -14,13 +17,21 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..datasets.builtin import is_language_data
+from ..datasets.shakespeare import TextData
+from ..optim import param_groups
 from .checkpoints import save_checkpoint
+from .language import eval_starts, mean_loss, sample_batch
 from .sources import Source, build_model, load_data
 
-__all__ = ["LOSSES", "OPTIMIZERS", "PROTOCOL", "VALIDATION", "RunConfig", "checkpoint_name", "held_out",
-           "result_row", "run"]
+__all__ = ["CONTEXT", "GRAD_CLIP", "LOSSES", "OPTIMIZERS", "PROTOCOL", "VALIDATION", "RunConfig",
+           "checkpoint_name", "held_out", "lr_at", "result_row", "run"]
 
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+ADAMW_BETAS = (0.9, 0.99)  # nanoGPT's Shakespeare configuration
+WEIGHT_DECAY = 0.1  # adamw's, on weights only (``adaptact.param_groups``)
+GRAD_CLIP = 1.0  # gradient norm clipped at, when training by iterations (nanoGPT)
+CONTEXT = 64  # characters a built-in language model sees (nanoGPT's CPU recipe)
 PROTOCOL = 2  # bump when training changes in a way that changes numbers (2: validation split)
 VALIDATION = 0.1  # share of the training set held out to pick the epoch (the same split for every run)
 LOSSES = ("cross_entropy", "nll")  # nll: log-softmax then NLL, as the AReLU code's LogSoftmax head
@@ -49,6 +60,8 @@ class RunConfig:
     scale: str = "standard"  # of built-in data (datasets.builtin.SCALES)
     loss: str = "cross_entropy"  # LOSSES
     validation: float = VALIDATION  # share held out to pick the epoch; 0: picked on the test set
+    iters: int = 0  # train by iterations (nanoGPT's schedule and clipping) instead of ``epochs``; 0: epochs
+    eval_every: int = 0  # iterations between evaluations (0: a tenth of ``iters``)
     data_dir: str | None = field(default=None, compare=False)
     checkpoint_dir: str | None = field(default=None, compare=False)
     data_source: Source | None = field(default=None, compare=False)
@@ -60,7 +73,8 @@ class RunConfig:
         d = {k: v for k, v in asdict(self).items()
              if k not in ("data_dir", "checkpoint_dir", "data_source", "model_source")}
         for name, default in (("policy", "all"), ("amp", None), ("compile", False), ("scale", "standard"),
-                              ("loss", "cross_entropy"), ("validation", VALIDATION)):
+                              ("loss", "cross_entropy"), ("validation", VALIDATION), ("iters", 0),
+                              ("eval_every", 0)):
             if d[name] == default:  # defaults keep the keys of runs stored before the field existed
                 d.pop(name)
         d["protocol"] = PROTOCOL
@@ -72,11 +86,13 @@ class RunConfig:
         return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:24]
 
 
-def _optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
+def _optimizer(name: str, model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9)
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr)
+        return torch.optim.Adam(model.parameters(), lr=lr)
+    if name == "adamw":  # no decay on activations, norms and biases
+        return torch.optim.AdamW(param_groups(model, WEIGHT_DECAY), lr=lr, betas=ADAMW_BETAS)
     raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
 
 
@@ -125,7 +141,7 @@ def _activation_parameters(model: torch.nn.Module) -> int:
 
 
 def _build(config: RunConfig, ds) -> torch.nn.Module:
-    shape = tuple(ds.train_x.shape[1:])
+    shape = _sample_shape(ds)
     source = config.model_source or Source(config.model, config.model)
     return build_model(source, config.activation, shape, ds.num_classes, config.policy)
 
@@ -167,13 +183,23 @@ def _ran_backends(model: torch.nn.Module | None) -> str:
     return ",".join(sorted(b for b in ran if b))
 
 
+class _Measured:
+    """What a run measures as it goes (``result_row`` turns it into the stored row)."""
+
+    def __init__(self) -> None:
+        self.status, self.error = "ok", ""
+        self.train_loss: list[float] = []
+        self.val: list[float] = []  # validation accuracy, or loss for a language model
+        self.test: list[float] = []
+        self.evals: list[int] = []  # the iteration of each evaluation (training by iterations)
+        self.params, self.peak, self.saved = 0, -1, -1
+        self.iter_time = 0.0
+
+
 def _run(config: RunConfig) -> dict:
     torch.set_num_threads(1)
     model: torch.nn.Module | None = None
-    losses: list[float] = []
-    val_accs: list[float] = []
-    accs: list[float] = []
-    status, error, params, peak = "ok", "", 0, -1
+    m = _Measured()
     start = time.perf_counter()
     try:
         device = torch.device(config.device)
@@ -181,57 +207,219 @@ def _run(config: RunConfig) -> dict:
         ds = load_data(source, config.data_dir, config.scale)
         torch.manual_seed(config.seed)
         model = _build(config, ds).to(device)
-        params = _activation_parameters(model)
-        opt = _optimizer(config.optimizer, model.parameters(), config.lr)
-        forward = torch.compile(model) if config.compile else model
-        precision = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.amp or "")
-        scaler = torch.amp.GradScaler(device.type, enabled=precision == torch.float16)
-        order = torch.Generator().manual_seed(config.seed)
-        train, val = _split(len(ds.train_y), config.validation)
-        train_x, train_y = ds.train_x[train].to(device), ds.train_y[train].to(device)
-        val_x, val_y = ds.train_x[val].to(device), ds.train_y[val].to(device)
-        test_x, test_y = ds.test_x.to(device), ds.test_y.to(device)
+        m.params = _activation_parameters(model)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        for _ in range(config.epochs):
-            model.train()
-            total = 0.0
-            for idx in torch.randperm(len(train_y), generator=order).split(config.batch_size):
-                idx = idx.to(device)
-                with torch.autocast(device.type, dtype=precision, enabled=precision is not None):
-                    loss = _loss(config.loss, forward(train_x[idx]), train_y[idx])
-                if not torch.isfinite(loss):
-                    status = "diverged"
-                    break
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-                total += loss.item() * len(idx)
-            if status != "ok":
-                break
-            losses.append(total / len(train_y))
-            if len(val_y):
-                val_accs.append(_accuracy(model, val_x, val_y))
-            accs.append(_accuracy(model, test_x, test_y))
+        trainer = _Trainer(config, model, device)
+        if isinstance(ds, TextData):
+            _train_language_model(trainer, ds, m)
+        elif config.iters:
+            _train_iterations(trainer, ds, m)
+        else:
+            _train_epochs(trainer, ds, m)
+        m.saved = trainer.saved
+        m.iter_time = trainer.step_time / (trainer.steps - 1) if trainer.steps > 1 else 0.0
         if device.type == "cuda":
-            peak = torch.cuda.max_memory_allocated(device)
-        if config.checkpoint_dir and status == "ok":
+            m.peak = torch.cuda.max_memory_allocated(device)
+        if config.checkpoint_dir and m.status == "ok":
             save_checkpoint(Path(config.checkpoint_dir) / checkpoint_name(config), model, config.identity(),
-                            tuple(ds.train_x.shape[1:]), ds.num_classes)
+                            _sample_shape(ds), ds.num_classes)
     except Exception as err:  # noqa: BLE001  (a failing run is recorded and the sweep goes on)
-        status, error = "failed", f"{type(err).__name__}: {err}".strip()
+        m.status, m.error = "failed", f"{type(err).__name__}: {err}".strip()
     wall = time.perf_counter() - start
-    return result_row(config, status, error, losses, val_accs, accs, wall, params, peak, _ran_backends(model))
+    return result_row(config, m.status, m.error, m.train_loss, m.val, m.test, wall, m.params, m.peak,
+                      _ran_backends(model), evals=m.evals, saved=m.saved, iter_time=m.iter_time)
+
+
+class _Trainer:
+    """One optimisation step at a time: the optimizer, mixed precision, and when training by
+    iterations nanoGPT's schedule (``lr_at``) and gradient clipping at ``GRAD_CLIP``. The first
+    step measures the bytes its forward saves for the backward (``saved``)."""
+
+    def __init__(self, config: RunConfig, model: torch.nn.Module, device: torch.device) -> None:
+        self.config, self.model, self.device = config, model, device
+        self.opt = _optimizer(config.optimizer, model, config.lr)
+        self.forward = torch.compile(model) if config.compile else model
+        self.precision = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.amp or "")
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == torch.float16)
+        self.steps, self.saved = 0, -1
+        self.step_time = 0.0  # seconds in steps after the first (which may compile)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> float | None:
+        """One step on (x, y); the loss, or None (nothing updated) when it is not finite."""
+        c = self.config
+        start = time.perf_counter()
+        if c.iters:
+            for group in self.opt.param_groups:
+                group["lr"] = lr_at(self.steps, c.iters, c.lr)
+        self.model.train()
+        with contextlib.ExitStack() as stack:
+            if self.steps == 0 and not c.compile:
+                stack.enter_context(_SavedBytes(self))
+            with torch.autocast(self.device.type, dtype=self.precision, enabled=self.precision is not None):
+                logits = self.forward(x)
+                loss = _loss(c.loss, logits.flatten(0, -2), y.flatten())
+        if not torch.isfinite(loss):
+            return None
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if c.iters:
+            self.scaler.unscale_(self.opt)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), GRAD_CLIP)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        value = loss.item()
+        if self.steps:
+            self.step_time += time.perf_counter() - start
+        self.steps += 1
+        return value
+
+
+class _SavedBytes(torch.autograd.graph.saved_tensors_hooks):
+    """Counts the bytes of the distinct storages a forward saves for its backward (parameters
+    included): an activation's memory cost in training, on any device."""
+
+    def __init__(self, trainer: _Trainer) -> None:
+        self.trainer = trainer
+        self.storages: dict[tuple, int] = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            try:
+                storage = t.untyped_storage()
+                self.storages[(t.device.type, storage.data_ptr())] = storage.nbytes()
+            except (RuntimeError, NotImplementedError):  # tensors without storage (subclasses)
+                pass
+            return t
+
+        super().__init__(pack, lambda t: t)
+
+    def __exit__(self, *exc) -> None:
+        super().__exit__(*exc)
+        self.trainer.saved = sum(self.storages.values())
+
+
+def lr_at(step: int, iters: int, lr: float) -> float:
+    """nanoGPT's schedule for ``iters`` steps: linear warm-up over the first 5% (its 100 of 2000),
+    then a cosine from ``lr`` down to lr / 10 at the last step."""
+    warmup = max(1, iters // 20)
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, iters - warmup))
+    return lr / 10 + 0.5 * (1 + math.cos(math.pi * progress)) * (lr - lr / 10)
+
+
+def _split_data(config: RunConfig, ds, device: torch.device) -> tuple:
+    train, val = _split(len(ds.train_y), config.validation)
+    return (ds.train_x[train].to(device), ds.train_y[train].to(device), ds.train_x[val].to(device),
+            ds.train_y[val].to(device), ds.test_x.to(device), ds.test_y.to(device))
+
+
+def _evaluate_classifier(t: _Trainer, m: _Measured, val_x, val_y, test_x, test_y) -> None:
+    if len(val_y):
+        m.val.append(_accuracy(t.model, val_x, val_y))
+    m.test.append(_accuracy(t.model, test_x, test_y))
+
+
+def _train_epochs(t: _Trainer, ds, m: _Measured) -> None:
+    c = t.config
+    train_x, train_y, val_x, val_y, test_x, test_y = _split_data(c, ds, t.device)
+    order = torch.Generator().manual_seed(c.seed)
+    for _ in range(c.epochs):
+        total = 0.0
+        for idx in torch.randperm(len(train_y), generator=order).split(c.batch_size):
+            idx = idx.to(t.device)
+            loss = t.step(train_x[idx], train_y[idx])
+            if loss is None:
+                m.status = "diverged"
+                return
+            total += loss * len(idx)
+        m.train_loss.append(total / len(train_y))
+        _evaluate_classifier(t, m, val_x, val_y, test_x, test_y)
+
+
+def _every(config: RunConfig) -> int:
+    return config.eval_every or max(1, config.iters // 10)
+
+
+def _train_iterations(t: _Trainer, ds, m: _Measured) -> None:
+    """Classification by iterations: batches from a reshuffled stream of the training set,
+    evaluated every ``eval_every`` iterations and after the last."""
+    c = t.config
+    train_x, train_y, val_x, val_y, test_x, test_y = _split_data(c, ds, t.device)
+    order = torch.Generator().manual_seed(c.seed)
+
+    def stream():
+        while True:
+            yield from torch.randperm(len(train_y), generator=order).split(c.batch_size)
+
+    batches = stream()
+    since: list[float] = []
+    for step in range(1, c.iters + 1):
+        idx = next(batches).to(t.device)
+        loss = t.step(train_x[idx], train_y[idx])
+        if loss is None:
+            m.status = "diverged"
+            return
+        since.append(loss)
+        if step % _every(c) == 0 or step == c.iters:
+            m.train_loss.append(statistics.fmean(since))
+            since.clear()
+            m.evals.append(step)
+            _evaluate_classifier(t, m, val_x, val_y, test_x, test_y)
+
+
+def _train_language_model(t: _Trainer, ds: TextData, m: _Measured) -> None:
+    """nanoGPT's loop: random windows of the training split each iteration; the validation and test
+    losses on fixed windows every ``eval_every`` iterations and after the last."""
+    c = t.config
+    context = _context(t.model)
+    generator = torch.Generator().manual_seed(c.seed)
+    starts = {"val": eval_starts(len(ds.val), context), "test": eval_starts(len(ds.test), context)}
+    since: list[float] = []
+    for step in range(1, c.iters + 1):
+        x, y = sample_batch(ds.train, c.batch_size, context, generator)
+        loss = t.step(x.to(t.device), y.to(t.device))
+        if loss is None:
+            m.status = "diverged"
+            return
+        since.append(loss)
+        if step % _every(c) == 0 or step == c.iters:
+            m.train_loss.append(statistics.fmean(since))
+            since.clear()
+            m.evals.append(step)
+            m.val.append(mean_loss(t.model, ds.val, starts["val"], context, t.device))
+            m.test.append(mean_loss(t.model, ds.test, starts["test"], context, t.device))
+
+
+def _context(model: torch.nn.Module) -> int:
+    context = getattr(model, "context", None)
+    if not isinstance(context, int):
+        raise ValueError(f"a language model must say its context length (an int attribute 'context'); "
+                         f"{type(model).__name__} does not")
+    return context
+
+
+def _sample_shape(ds) -> tuple[int, ...]:
+    return (CONTEXT,) if isinstance(ds, TextData) else tuple(ds.train_x.shape[1:])
 
 
 def result_row(config: RunConfig, status: str, error: str = "", losses: Sequence[float] = (),
-               val_accs: Sequence[float] = (), accs: Sequence[float] = (), wall: float = 0.0,
-               params: int = -1, peak: int = -1, backend: str = "") -> dict:
-    """The stored row of a run (see ``run``) from what it measured. Without a validation split
-    the best epoch is the one with the best test accuracy (the papers' measure)."""
-    picks = val_accs if config.validation > 0 and val_accs else accs  # a 1-sample train set holds none out
-    best = max(range(len(picks)), key=lambda e: (picks[e], -e)) if picks else -1
+               val: Sequence[float] = (), test: Sequence[float] = (), wall: float = 0.0,
+               params: int = -1, peak: int = -1, backend: str = "", *, evals: Sequence[int] = (),
+               saved: int = -1, iter_time: float = 0.0) -> dict:
+    """The stored row of a run (see ``run``) from what it measured: ``val`` and ``test`` per
+    evaluation are accuracies, or for a language model losses (``metric`` "loss", lower is
+    better). Without a validation split the best evaluation is the one with the best test
+    accuracy (the papers' measure). ``iter_time``: the mean time of a training step, the first
+    (which may compile) left out."""
+    language = is_language_data(config.dataset)
+    picks = val if config.validation > 0 and val else test  # a 1-sample train set holds none out
+    sign = -1 if language else 1
+    best = max(range(len(picks)), key=lambda e: (sign * picks[e], -e)) if picks else -1
+    accuracy = {"val_acc": [] if language else list(val), "test_acc": [] if language else list(test)}
+    loss = {"val_loss": list(val) if language else [], "test_loss": list(test) if language else []}
+    measure = loss["test_loss"] if language else accuracy["test_acc"]
+    first, chosen, last = (measure[0], measure[best], measure[-1]) if measure else (0.0, 0.0, 0.0)
     return {
         "key": config.key,
         **config.identity(),
@@ -241,17 +429,26 @@ def result_row(config: RunConfig, status: str, error: str = "", losses: Sequence
         "scale": config.scale,
         "loss": config.loss,
         "validation": config.validation,
+        "iters": config.iters,
+        "eval_every": (config.eval_every or max(1, config.iters // 10)) if config.iters else 0,
+        "metric": "loss" if language else "accuracy",
         "train_loss": list(losses),
-        "val_acc": list(val_accs),
-        "test_acc": list(accs),
-        "first_epoch_acc": accs[0] if accs else 0.0,
+        **accuracy,
+        **loss,
+        "evals": list(evals),
+        "first_epoch_acc": 0.0 if language else first,
         "best_epoch": best + 1,
-        "best_acc": accs[best] if accs else 0.0,
-        "last_acc": accs[-1] if accs else 0.0,
+        "best_acc": 0.0 if language else chosen,
+        "last_acc": 0.0 if language else last,
+        "first_loss": first if language else 0.0,
+        "best_loss": chosen if language else 0.0,
+        "last_loss": last if language else 0.0,
         "wall_time": wall,
-        "epoch_time": wall / max(1, len(accs)),
+        "epoch_time": 0.0 if config.iters else wall / max(1, len(test)),
+        "iter_time": iter_time,
         "activation_params": params,
         "peak_memory": peak,
+        "saved_memory": saved,
         "backend": backend,
         "warnings": [],
         "versions": versions(),

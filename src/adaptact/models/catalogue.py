@@ -5,17 +5,19 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ..registry import create, spec
+from .gpt import GPTChar
 from .resnet import BasicBlock, ResNet, resnet18, resnet50
 from .resnet1d import DEPTHS, build_resnet1d
 from .shufflenet import shufflenet_v2
+from .vit import ViT
 
-__all__ = ["MODELS", "ConvMNIST", "ConvMNIST1D", "LinearMNIST", "build", "resnet18", "resnet50",
-           "shufflenet_v2"]
+__all__ = ["LANGUAGE_MODELS", "MODELS", "ConvMNIST", "ConvMNIST1D", "GPTChar", "LinearMNIST", "ViT", "build",
+           "resnet18", "resnet50", "shufflenet_v2"]
 
 
 def _out(activation, channels: int) -> int:
     """Channels after the activation (CReLU doubles them)."""
-    return channels * (spec(activation).channel_factor if isinstance(activation, str) else 1)
+    return int(channels * (spec(activation).channel_factor if isinstance(activation, str) else 1))
 
 
 class ConvMNIST(nn.Module):
@@ -76,13 +78,16 @@ class LinearMNIST(nn.Module):
         return self.fc2(self.act(self.fc1(x.flatten(1))))
 
 
-MODELS = ("conv", "conv1d", "linear", "resnet18", "resnet18_w16", "resnet50", "shufflenet_v2",
+LANGUAGE_MODELS = ("gpt-char",)  # over token ids: (B, T) -> (B, T, vocab) logits
+MODELS = ("conv", "conv1d", "linear", "resnet18", "resnet18_w16", "resnet50", "shufflenet_v2", "vit",
+          "vit-token", *LANGUAGE_MODELS,
           *(f"{kind}-{n}" for kind in ("resnet1d", "convnet1d") for n in DEPTHS))
 _VISION = {"resnet18": resnet18, "resnet50": resnet50, "shufflenet_v2": shufflenet_v2}
 
 
 def build(model: str, activation: str, sample_shape: tuple[int, ...], num_classes: int = 10) -> nn.Module:
-    """A comparison network for inputs of ``sample_shape`` (without the batch dim)."""
+    """A comparison network for inputs of ``sample_shape`` (without the batch dim; for a language
+    model, (context,) and ``num_classes`` the vocabulary's size)."""
     if model == "conv":
         return ConvMNIST(activation, sample_shape[0], num_classes)
     if model == "conv1d":
@@ -92,6 +97,13 @@ def build(model: str, activation: str, sample_shape: tuple[int, ...], num_classe
         for s in sample_shape:
             n *= s
         return LinearMNIST(activation, n, num_classes)
+    if model == "gpt-char":
+        return GPTChar(activation, vocab_size=num_classes, context=sample_shape[0])
+    if model in ("vit", "vit-token"):
+        if len(sample_shape) != 3 or sample_shape[1] != sample_shape[2]:
+            raise ValueError(f"{model} takes square images (C, H, H), got samples of shape {sample_shape}")
+        return ViT(activation, image_size=sample_shape[1], in_channels=sample_shape[0],
+                   num_classes=num_classes, context="token" if model == "vit-token" else "sample")
     if model.startswith(("resnet1d-", "convnet1d-")):  # the APReLU paper's fault-diagnosis networks
         return build_resnet1d(model, activation, sample_shape[0], num_classes)
     if model in _VISION:  # small images: the CIFAR stem

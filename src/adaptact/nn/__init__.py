@@ -8,6 +8,7 @@ from .channels import ChannelModule
 from .context import CONTEXTS, track_decoding
 from .classic import CReLU, PReLU, Swish, TanhGELU
 from .dy_relu import DyReLU
+from .fixed import ClippedGELU, Laplace, QuickGELU, SqrtSoftplus
 from .frelu import FReLU
 from .gated import GatedActivation, SwiGLUOSS
 from .llm import XIELU, GoLU, PolyNorm, ReLU2
@@ -27,18 +28,22 @@ __all__ = [
     "ActivationModule",
     "CONTEXTS",
     "ChannelModule",
+    "ClippedGELU",
     "CReLU",
     "DyReLU",
     "FReLU",
     "GatedActivation",
     "GoLU",
+    "Laplace",
     "Maxout",
     "MaxoutPool",
     "MetaAconC",
     "Mixture",
     "PReLU",
     "PolyNorm",
+    "QuickGELU",
     "ReLU2",
+    "SqrtSoftplus",
     "SwiGLUOSS",
     "Swish",
     "TanhGELU",

@@ -13,7 +13,8 @@ from ..ops import dispatch, fallback
 from .families import BatchNorm
 
 __all__ = ["ActivationModule", "CheckedStateDict", "batch_norm", "check_input", "deprecated_keyword",
-           "int_at_least", "normalise", "track_running_stats"]
+           "int_at_least", "normalise", "track_running_stats",
+           "PointwiseActivation"]
 
 
 def int_at_least(name: str, value: object, minimum: int = 1) -> int:
@@ -254,3 +255,18 @@ class ActivationModule(CheckedStateDict):
 
     def _backend_repr(self) -> str:
         return "" if self.backend == "auto" else f", backend={self.backend!r}"
+
+
+class PointwiseActivation(ActivationModule):
+    """An activation without parameters: the class's ``function`` applied to each element
+    (``inplace`` is accepted for drop-in use; the output is always a new tensor)."""
+
+    function: Callable[[torch.Tensor], torch.Tensor]
+
+    def __init__(self, inplace: bool = False) -> None:
+        super().__init__()
+        self.inplace = inplace
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(self, x, None)
+        return type(self).function(x)

@@ -4,14 +4,13 @@ GoLU and PolyNorm; their maths is in ``adaptact.functional``."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from .. import functional as AF
-from .base import ActivationModule, check_input
+from .base import ActivationModule, PointwiseActivation, check_input
 from .channels import check_channel_dim
 
 __all__ = ["XIELU", "GoLU", "PolyNorm", "ReLU2"]
@@ -80,21 +79,7 @@ class XIELU(ActivationModule):
         return f"alpha_p_init={self.alpha_p_init:g}, alpha_n_init={self.alpha_n_init:g}"
 
 
-class _Pointwise(ActivationModule):
-    """An activation without parameters: ``function`` applied to each element."""
-
-    function: Callable[[Tensor], Tensor]
-
-    def __init__(self, inplace: bool = False) -> None:
-        super().__init__()
-        self.inplace = inplace  # accepted for drop-in use; the output is always a new tensor
-
-    def forward(self, x: Tensor) -> Tensor:
-        check_input(self, x, None)
-        return type(self).function(x)
-
-
-class ReLU2(_Pointwise):
+class ReLU2(PointwiseActivation):
     """Squared ReLU (So et al., "Primer: Searching for Efficient Transformers for Language
     Modeling", arXiv 2109.08668).
 
@@ -113,7 +98,7 @@ class ReLU2(_Pointwise):
     function = staticmethod(AF.relu2)
 
 
-class GoLU(_Pointwise):
+class GoLU(PointwiseActivation):
     """Gompertz linear unit (Das et al., "GoLU: Gompertz Linear Unit", arXiv 2502.03654).
 
     .. math:: y = x\\,e^{-e^{-x}}
