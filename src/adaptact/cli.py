@@ -213,10 +213,10 @@ def _props(args: argparse.Namespace) -> int:
     if args.depth < 2:
         raise UserError(f"--depth must be at least 2, got {args.depth}")
     try:
-        names = [spec(n).name for n in args.names] or available()
+        names = [spec(n).name for n in args.names] or [n for n in available() if spec(n).elementwise]
+        header, rows = property_table(names, cost=not args.no_cost, depth=args.depth)
     except ValueError as err:
         raise UserError(str(err)) from None
-    header, rows = property_table(names, cost=not args.no_cost, depth=args.depth)
     sys.stdout.write(format_table(header, rows, args.format))
     if args.format == "markdown":
         from .analysis.properties import CANONICAL

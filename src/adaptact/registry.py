@@ -47,6 +47,7 @@ class ActivationSpec:
         lazy_channels: a per-channel entry that can take ``channels`` from its first input.
         lazy: per-channel and able to take ``channels`` from its first input.
         takes_channel_dim: the layout matters to it (per-channel state, normalisation or gating).
+        elementwise: it has a curve y = f(x) (not PolyNorm, not a gated form).
     """
 
     name: str
@@ -69,6 +70,13 @@ class ActivationSpec:
     @property
     def takes_channel_dim(self) -> bool:
         return self.per_channel or self.uses_layout
+
+    @property
+    def elementwise(self) -> bool:
+        """Each output element a function of its input element (given the parameters or generated
+        coefficients): what curves and their properties describe. PolyNorm (a normalisation over
+        the channels) and the gated forms (a product of two channels) are not."""
+        return not self.uses_layout
 
 
 def _accepts(fn: Callable, name: str) -> bool:

@@ -133,3 +133,25 @@ def test_named_acon_is_analysed_at_canonical_parameters_and_says_so(capsys):
     torch.testing.assert_close(response("acon_c", x, channels=4), torch.nn.functional.silu(x).expand(4, -1))
     assert main(["props", "acon_c", "--no-cost", "--depth", "2"]) == 0
     assert CANONICAL in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["polynorm", "swiglu", "acon_c_glu"])
+def test_no_curve_for_what_is_not_elementwise(name, capsys):
+    from adaptact.cli import main
+
+    with pytest.raises(ValueError, match="no elementwise function of its input"):
+        properties(name, cost=False)
+    assert main(["props", name, "--no-cost"]) == 2
+    assert main(["plot", name, "--output", "unused.png"]) == 2
+    assert "no elementwise function" in capsys.readouterr().err
+
+
+def test_the_default_property_table_leaves_out_what_has_no_curve(monkeypatch):
+    from adaptact.cli import main
+    import adaptact.analysis as analysis
+
+    asked = []
+    monkeypatch.setattr(analysis, "property_table",
+                        lambda names, **kw: (asked.extend(names), (("name",), []))[1])
+    assert main(["props", "--no-cost"]) == 0
+    assert "polynorm" not in asked and {"xielu", "relu2", "golu", "acon_c"} <= set(asked)

@@ -29,7 +29,8 @@ _Exit_
 def test_markdown_becomes_tiny_shakespeares_layout():
     assert shakespeare.plain_text(PLAY) == (
         "A Play\n\nACT I\n\nSCENE I. A room.\n\nEnter HAMLET and HORATIO\n\nHAMLET:\n"
-        "To be, or not to be: that is the question:\nWhether 'tis nobler in the mind\n\nHORATIO:\nMy lord.\n\n"
+        "To be, or not to be: that is the question:\nWhether 'tis nobler in the mind\n\n"
+        "HORATIO:\nMy lord.\n\n"
         "Exit\n\n")
 
 

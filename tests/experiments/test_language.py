@@ -23,7 +23,8 @@ def test_windows_are_inputs_and_next_characters():
     x, y = language.windows(tokens, torch.tensor([3, 50]), 8)
     assert x.tolist()[0] == list(range(3, 11)) and y.tolist()[1] == list(range(51, 59))
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
-    torch.testing.assert_close(language.sample_batch(tokens, 4, 8, g1), language.sample_batch(tokens, 4, 8, g2))
+    first, second = language.sample_batch(tokens, 4, 8, g1), language.sample_batch(tokens, 4, 8, g2)
+    torch.testing.assert_close(first, second)
     starts = language.eval_starts(100, 8)
     assert len(starts) == language.EVAL_WINDOWS and int(starts.max()) <= 100 - 9
     torch.testing.assert_close(starts, language.eval_starts(100, 8))  # the same windows for every run
@@ -73,8 +74,8 @@ def test_a_language_model_run_is_measured_by_loss_and_repeats_exactly():
 
 def test_classification_by_iterations_evaluates_every_n():
     pytest.importorskip("sklearn")
-    row = run(RunConfig(dataset="digits", model="linear", activation="relu", optimizer="adamw", lr=1e-3, seed=0,
-                        epochs=0, batch_size=64, iters=25, eval_every=10))
+    row = run(RunConfig(dataset="digits", model="linear", activation="relu", optimizer="adamw", lr=1e-3,
+                        seed=0, epochs=0, batch_size=64, iters=25, eval_every=10))
     assert row["status"] == "ok" and row["metric"] == "accuracy"
     assert row["evals"] == [10, 20, 25] and len(row["test_acc"]) == len(row["val_acc"]) == 3
     assert row["last_acc"] > 0.5  # 25 AdamW steps on digits
@@ -123,13 +124,14 @@ def test_a_database_from_before_reads_as_accuracy_rows(tmp_path):
     db = tmp_path / "old.sqlite"
     with sqlite3.connect(db) as con:  # the first schema, as a database written before the new columns
         con.execute("CREATE TABLE runs (key TEXT PRIMARY KEY, dataset TEXT NOT NULL, model TEXT NOT NULL, "
-                    "activation TEXT NOT NULL, optimizer TEXT NOT NULL, lr REAL NOT NULL, seed INTEGER NOT NULL, "
+                    "activation TEXT NOT NULL, optimizer TEXT NOT NULL, lr REAL NOT NULL, "
+                    "seed INTEGER NOT NULL, "
                     "epochs INTEGER NOT NULL, batch_size INTEGER NOT NULL, protocol INTEGER NOT NULL, "
                     "first_epoch_acc REAL NOT NULL, best_acc REAL NOT NULL, wall_time REAL NOT NULL, "
                     "train_loss TEXT NOT NULL, test_acc TEXT NOT NULL, versions TEXT NOT NULL, "
                     "finished_at REAL NOT NULL)")
-        con.execute("INSERT INTO runs VALUES ('k', 'digits', 'linear', 'relu', 'sgd', 0.01, 0, 2, 128, 1, 0.5, "
-                    "0.6, 1.0, '[1.0, 0.5]', '[0.5, 0.6]', '{}', 0)")
+        con.execute("INSERT INTO runs VALUES ('k', 'digits', 'linear', 'relu', 'sgd', 0.01, 0, 2, 128, 1, "
+                    "0.5, 0.6, 1.0, '[1.0, 0.5]', '[0.5, 0.6]', '{}', 0)")
     with ResultStore(db) as store:
         (row,) = store.rows()
     assert row["metric"] == "accuracy" and row["iters"] == 0 and row["val_loss"] == [] and usable(row)
@@ -164,7 +166,8 @@ def test_the_nanogpt_protocol_is_the_default_for_text(tmp_path):
 
 def test_compare_on_shakespeare_from_the_command_line(tmp_path, capsys):
     db, out = tmp_path / "r.sqlite", tmp_path / "out"
-    argv = ["compare", "--dataset", "shakespeare-char", "--iters", "4", "--eval-every", "2", "--batch-size", "2",
+    argv = ["compare", "--dataset", "shakespeare-char", "--iters", "4", "--eval-every", "2", "--batch-size",
+            "2",
             "--activations", "gelu,relu2,acon_c_glu", "--seeds", "1", "--db", str(db), "--out", str(out),
             "--no-progress"]
     assert main(argv) == 0

@@ -85,3 +85,65 @@ def test_polynorm_equals_the_official_code_on_tokens_and_channels_first():
     assert torch.autograd.gradcheck(lambda t: m(t), (x[:1, :3].detach().requires_grad_(),))
     with pytest.raises(ValueError, match="channel_dim=-1"):
         m(torch.randn(4))
+
+
+def _saved_bytes(fn, *args):
+    sizes = {}
+
+    def pack(t):
+        sizes[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn(*args)
+    return sum(sizes.values())
+
+
+FUSED_TOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}
+
+
+@pytest.mark.parametrize("dtype", list(FUSED_TOL), ids=str)
+@pytest.mark.parametrize("backend", ["autograd", "compiled"])
+@pytest.mark.parametrize("make", [lambda b: GoLU(backend=b), lambda b: XIELU(backend=b)],
+                         ids=["golu", "xielu"])
+def test_the_lean_backends_give_the_reference_numbers_and_save_x_alone(make, backend, dtype):
+    torch.manual_seed(0)
+    fused, reference = make(backend).to(dtype), make("reference").to(dtype)
+    if isinstance(fused, XIELU):
+        with torch.no_grad():
+            fused.alpha_p.add_(0.3), fused.alpha_n.sub_(0.2)
+        reference.load_state_dict(fused.state_dict())
+    x = (3 * torch.randn(4, 6, 5, dtype=torch.float64)).to(dtype)
+    x[0, 0, :3] = torch.tensor([0.0, -1e-7, -30.0])
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y, y_ref = fused(x1), reference(x2)
+    tol = FUSED_TOL[dtype]
+    torch.testing.assert_close(y, y_ref, rtol=tol, atol=tol)
+    dy = torch.randn_like(y)
+    params, params_ref = list(fused.parameters()), list(reference.parameters())
+    grads = torch.autograd.grad(y, [x1, *params], dy)
+    grads_ref = torch.autograd.grad(y_ref, [x2, *params_ref], dy)
+    for g, g_ref in zip(grads, grads_ref, strict=True):  # parameter gradients sum 120 terms
+        scale = 1 + float(g_ref.abs().max())
+        torch.testing.assert_close(g.double(), g_ref.double(), rtol=10 * tol, atol=10 * tol * scale)
+    assert fused.ran_backend == backend
+    x3 = x.clone().requires_grad_()
+    scalars = sum(p.numel() * p.element_size() for p in fused.parameters()) + 64  # beta and eps too
+    assert _saved_bytes(fused, x3) <= x3.numel() * x3.element_size() + scalars
+    assert _saved_bytes(reference, x3) > 2 * x3.numel() * x3.element_size()
+
+
+@pytest.mark.parametrize("module", [GoLU, XIELU])
+def test_the_lean_functions_pass_gradcheck_and_have_no_triton_kernel(module):
+    m = module(backend="autograd").double()
+    x = (3 * torch.randn(30, dtype=torch.float64)).requires_grad_()
+    assert torch.autograd.gradcheck(m, (x,))
+    if isinstance(m, XIELU):  # the scalar parameters (and the beta and eps buffers) through the Function
+        from adaptact.ops import autograd as AG
+
+        beta, eps = m.beta.clone().requires_grad_(), m.eps.clone().requires_grad_()
+        args = (x.detach()[x.abs() > 1e-3].requires_grad_(), m.alpha_p, m.alpha_n, beta, eps)
+        assert torch.autograd.gradcheck(AG.xielu, args)
+    refusal = f"{module.__name__} has no Triton kernel yet: use backend='autograd'"
+    with pytest.raises(ValueError, match=refusal):
+        module(backend="triton")(torch.randn(3))

@@ -84,6 +84,9 @@ def _module(activation: str | nn.Module, channels: int, seed: int = 0) -> tuple[
     the rest drawn under ``seed``; a module is taken as it is."""
     if isinstance(activation, str):
         s = spec(activation)
+        if not s.elementwise:
+            raise ValueError(f"{s.name!r} is no elementwise function of its input (it normalises over or "
+                             "splits the channels): it has no curve to analyse")
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             return s.name, canonical(create(s.name, channels=channels)), channels

@@ -37,8 +37,12 @@ def plot_activations(names: Sequence[str], output: str | Path, derivative: bool 
     to the PNG ``output``; ``acon_c`` alone draws its family of curves."""
     try:
         items: list = [spec(n).name for n in names]
+        flat = next((n for n in items if not spec(n).elementwise), None)
     except ValueError as err:
         raise UserError(str(err)) from None
+    if flat:
+        raise UserError(f"{flat!r} is no elementwise function of its input (it normalises over or splits the "
+                        "channels): it has no curve to plot")
     writable_file(output, "output")
     _check_format(output)
     if checkpoint is not None:

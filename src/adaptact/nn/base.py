@@ -191,7 +191,7 @@ class ActivationModule(CheckedStateDict):
         self._triton_failed = False
 
     def _run(self, op: Callable[..., torch.Tensor], x: torch.Tensor, *args,
-             fused: bool = True) -> torch.Tensor:
+             fused: bool = True, triton: bool = True) -> torch.Tensor:
         """``op(x, *args, backend)`` with this module's backend. Under "auto", when the Triton path
         raises (a kernel that does not compile or launch, here or in the backward), warn once and
         use "autograd" for this module from then on; "triton" itself always raises. ``fused=False``:
@@ -199,8 +199,12 @@ class ActivationModule(CheckedStateDict):
         channels-first x), so "auto" runs (and reports) "autograd" where it would pick one of those.
         Under a torch.func transform "auto" runs (and reports) "reference", and the other backends
         are refused with one line: our Functions compute first-order gradients and have no
-        batching rules."""
+        batching rules. ``triton=False``: ``op`` has no Triton kernel; "auto" runs (and reports)
+        "autograd" where it would pick "triton", and "triton" is refused."""
         backend = self.backend
+        if backend == "triton" and not triton:
+            raise ValueError(f"{type(self).__name__} has no Triton kernel yet: use backend='autograd' (its "
+                             "memory-lean Function, on any device), 'compiled' or 'auto'")
         if backend == "auto" and self._triton_failed:
             backend = "autograd"
         if torch.compiler.is_compiling():
@@ -211,7 +215,7 @@ class ActivationModule(CheckedStateDict):
                 raise dispatch.refusal(backend)
             backend = "reference"
         if backend == "auto":  # a transform may reach our Functions through the generator's weights
-            return dispatch.reference_under_torch_func(lambda: self._run_auto(op, x, args, fused),
+            return dispatch.reference_under_torch_func(lambda: self._run_auto(op, x, args, fused, triton),
                                                        lambda: self._run_reference(op, x, args), "auto")
         self.__dict__["ran_backend"] = backend
         return op(x, *args, backend)
@@ -221,9 +225,9 @@ class ActivationModule(CheckedStateDict):
         return op(x, *args, "reference")
 
     def _run_auto(self, op: Callable[..., torch.Tensor], x: torch.Tensor, args: tuple,
-                  fused: bool) -> torch.Tensor:
+                  fused: bool, triton: bool = True) -> torch.Tensor:
         chosen = dispatch.fused_backend(x)  # ``_run`` checked the transforms
-        if not fused and chosen in ("triton", "compiled"):
+        if (not fused and chosen in ("triton", "compiled")) or (not triton and chosen == "triton"):
             chosen = "autograd"
         if chosen != "triton":
             y = op(x, *args, chosen)

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import functional as AF
+from ..ops import dispatch
 from .base import ActivationModule, PointwiseActivation, check_input
 from .channels import check_channel_dim
 
@@ -39,6 +40,8 @@ class XIELU(ActivationModule):
         beta: the linear term's slope (0.5).
         eps: where the negative branch's expm1 stops following x (-1e-6).
         inplace: accepted for drop-in use; the output is always a new tensor.
+        backend: "auto", "reference", "autograd" or "compiled" (``ops.dispatch``): the fused ones save
+            x alone for the backward, not the reference's intermediates; no Triton kernel yet.
         device, dtype: where and in which dtype to make the parameters and buffers.
 
     Shape: any -> the same.
@@ -49,8 +52,10 @@ class XIELU(ActivationModule):
     """
 
     def __init__(self, alpha_p_init: float = 0.8, alpha_n_init: float = 0.8, beta: float = 0.5,
-                 eps: float = -1e-6, inplace: bool = False, *, device: Any = None, dtype: Any = None) -> None:
+                 eps: float = -1e-6, inplace: bool = False, backend: str = "auto", *, device: Any = None,
+                 dtype: Any = None) -> None:
         super().__init__()
+        self.backend = backend
         if not alpha_p_init > 0 or not alpha_n_init > beta:
             raise ValueError(f"xIELU needs alpha_p_init > 0 and alpha_n_init > beta, got {alpha_p_init}, "
                              f"{alpha_n_init} and beta {beta}")
@@ -73,10 +78,11 @@ class XIELU(ActivationModule):
 
     def forward(self, x: Tensor) -> Tensor:
         check_input(self, x, None)
-        return AF.xielu(x, self.alpha_p, self.alpha_n, self.beta, self.eps)
+        return self._run(dispatch.xielu, x, self.alpha_p, self.alpha_n, self.beta, self.eps, triton=False)
 
     def extra_repr(self) -> str:
-        return f"alpha_p_init={self.alpha_p_init:g}, alpha_n_init={self.alpha_n_init:g}"
+        initial = f"alpha_p_init={self.alpha_p_init:g}, alpha_n_init={self.alpha_n_init:g}"
+        return initial + self._backend_repr()
 
 
 class ReLU2(PointwiseActivation):
@@ -98,13 +104,15 @@ class ReLU2(PointwiseActivation):
     function = staticmethod(AF.relu2)
 
 
-class GoLU(PointwiseActivation):
+class GoLU(ActivationModule):
     """Gompertz linear unit (Das et al., "GoLU: Gompertz Linear Unit", arXiv 2502.03654).
 
     .. math:: y = x\\,e^{-e^{-x}}
 
     Args:
         inplace: accepted for drop-in use; the output is always a new tensor.
+        backend: "auto", "reference", "autograd" or "compiled" (``ops.dispatch``): the fused ones save
+            x alone for the backward; no Triton kernel yet.
 
     Shape: any -> the same.
 
@@ -113,7 +121,17 @@ class GoLU(PointwiseActivation):
         tensor([0., 0.])
     """
 
-    function = staticmethod(AF.golu)
+    def __init__(self, inplace: bool = False, backend: str = "auto") -> None:
+        super().__init__()
+        self.inplace = inplace
+        self.backend = backend
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_input(self, x, None)
+        return self._run(dispatch.golu, x, triton=False)
+
+    def extra_repr(self) -> str:
+        return self._backend_repr().lstrip(", ")
 
 
 class PolyNorm(ActivationModule):

@@ -22,8 +22,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["acon_c", "acon_c_pixel", "aprelu", "arelu", "dy_relu", "frelu_max", "lean_function",
-           "signed_mean_function", "signed_spatial_mean"]
+from ..functional import GOLU_FLOOR
+
+__all__ = ["acon_c", "acon_c_pixel", "aprelu", "arelu", "dy_relu", "frelu_max", "golu", "lean_function",
+           "signed_mean_function", "signed_spatial_mean", "xielu"]
 
 
 _LOW = (torch.float16, torch.bfloat16)
@@ -300,6 +302,61 @@ class _FReLUMax(torch.autograd.Function):
         return dx, dy - dx
 
 
+# --- elementwise activations of language models: x saved alone instead of 3-5 intermediates ----------
+
+
+def golu_forward(x: Tensor) -> Tensor:
+    (xc,) = _up(x)
+    return (xc * torch.exp(-torch.exp(-xc.clamp(min=GOLU_FLOOR)))).to(x.dtype)
+
+
+def golu_backward(dy: Tensor, x: Tensor, want: tuple[bool, ...]):
+    x, dy = _up(x, dy)
+    inner = torch.exp(-x.clamp(min=GOLU_FLOOR))
+    # d/dx x exp(-exp(-x)) = g (1 + x exp(-x)); below the floor the clamp passes no gradient
+    slope = torch.where(x >= GOLU_FLOOR, x * inner, 0.0)
+    return (dy * torch.exp(-inner) * (1 + slope),)
+
+
+def _xielu_terms(x: Tensor, alpha_p: Tensor, alpha_n: Tensor, beta: Tensor, eps: Tensor):
+    a_p = torch.nn.functional.softplus(alpha_p)
+    a_n = beta + torch.nn.functional.softplus(alpha_n)
+    low = torch.minimum(x, eps)
+    return a_p, a_n, low, torch.expm1(low) - x
+
+
+def xielu_forward(x: Tensor, alpha_p: Tensor, alpha_n: Tensor, beta: Tensor, eps: Tensor) -> Tensor:
+    xc, *params = _up(x, alpha_p, alpha_n, beta, eps)
+    a_p, a_n, _, bend = _xielu_terms(xc, *params)
+    b = params[2]
+    return torch.where(xc > 0, a_p * xc * xc + b * xc, a_n * bend + b * xc).to(x.dtype)
+
+
+def xielu_backward(dy: Tensor, x: Tensor, alpha_p: Tensor, alpha_n: Tensor, beta: Tensor, eps: Tensor,
+                   want: tuple[bool, ...]):
+    x, ap, an, b, e, dy = _up(x, alpha_p, alpha_n, beta, eps, dy)
+    a_p, a_n, low, bend = _xielu_terms(x, ap, an, b, e)
+    pos = x > 0
+    # torch.minimum's gradient: to the smaller input, half to each at a tie
+    to_x = (x < e).to(x.dtype) + 0.5 * (x == e).to(x.dtype)
+    grads: list[Tensor | None] = [None] * 5
+    if want[0]:
+        grads[0] = dy * torch.where(pos, 2 * a_p * x + b, a_n * (torch.exp(low) * to_x - 1) + b)
+    if want[1]:
+        grads[1] = (torch.where(pos, dy * x * x, 0.0).sum() * torch.sigmoid(ap)).sum_to_size(alpha_p.shape)
+    if want[2] or want[3]:
+        on_bend = torch.where(pos, 0.0, dy * bend).sum()
+        if want[2]:
+            grads[2] = (on_bend * torch.sigmoid(an)).sum_to_size(alpha_n.shape)
+        if want[3]:
+            grads[3] = (on_bend + (dy * x).sum()).sum_to_size(beta.shape)
+    if want[4]:
+        grads[4] = torch.where(pos, 0.0, dy * a_n * torch.exp(low) * (1 - to_x)).sum().sum_to_size(eps.shape)
+    return tuple(grads)
+
+
+_GoLU = lean_function("GoLUFunction", golu_forward, golu_backward)
+_XIELU = lean_function("XIELUFunction", xielu_forward, xielu_backward)
 _AReLU = lean_function("AReLUFunction", arelu_forward, arelu_backward)
 _AconC = lean_function("AconCFunction", acon_c_forward, acon_c_backward)
 _AconCPixel = lean_function("AconCPixelFunction", acon_c_pixel_forward, acon_c_pixel_backward)
@@ -335,6 +392,16 @@ def signed_spatial_mean(x: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
 def dy_relu(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
     """max_k (a_k x + b_k) with per-sample ``a``, ``b`` viewed as (N, C or 1, 1..., K)."""
     return _apply(_DyReLU, x, a, b)
+
+
+def golu(x: Tensor) -> Tensor:
+    """x exp(-exp(-x)) saving x alone."""
+    return _apply(_GoLU, x)
+
+
+def xielu(x: Tensor, alpha_p: Tensor, alpha_n: Tensor, beta: Tensor, eps: Tensor) -> Tensor:
+    """xIELU from its raw parameters (``functional.xielu``) saving x alone (and the scalars)."""
+    return _apply(_XIELU, x, alpha_p, alpha_n, beta, eps)
 
 
 def frelu_max(x: Tensor, t: Tensor) -> Tensor:

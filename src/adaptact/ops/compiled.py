@@ -42,7 +42,8 @@ from . import autograd as AG
 from .transforms import transform_active
 
 __all__ = ["COMPILE_ENV", "DTYPES", "acon_c", "acon_c_from_parameters", "acon_c_pixel", "aprelu", "arelu",
-           "arelu_from_parameters", "available", "dy_relu", "failure", "signed_spatial_mean", "whole"]
+           "arelu_from_parameters", "available", "dy_relu", "failure", "golu", "signed_spatial_mean", "whole",
+           "xielu"]
 
 COMPILE_ENV = "ADAPTACT_COMPILE"
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what is compiled; float64 runs eagerly
@@ -316,6 +317,24 @@ def _apply(eager: Callable[..., Tensor], x: Tensor, *params: Tensor) -> Tensor:
         return eager(x, *params)
     x3, params3 = flat
     return _as_shape_of(_call(eager, x.ndim, x3, *params3), x)
+
+
+def _elementwise(eager: Callable[..., Tensor], x: Tensor, *scalars: Tensor) -> Tensor:
+    """An elementwise Function with scalar parameters compiled on x as one flat view (every rank
+    and layout without a copy shares one graph); eager where x has no flat view."""
+    if not _compiles(x) or not x.is_contiguous():
+        return eager(x, *scalars)
+    return _call(eager, 1, x.view(-1), *scalars).view(x.shape)
+
+
+def golu(x: Tensor) -> Tensor:
+    """``ops.autograd.golu`` compiled by Inductor."""
+    return _elementwise(AG.golu, x)
+
+
+def xielu(x: Tensor, alpha_p: Tensor, alpha_n: Tensor, beta: Tensor, eps: Tensor) -> Tensor:
+    """``ops.autograd.xielu`` compiled by Inductor."""
+    return _elementwise(AG.xielu, x, alpha_p, alpha_n, beta, eps)
 
 
 def arelu(x: Tensor, slope: Tensor, gain: Tensor) -> Tensor:

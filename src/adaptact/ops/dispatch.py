@@ -130,6 +130,30 @@ def _lean(backend: str) -> ModuleType:
     return implementation(backend)
 
 
+def _no_kernel(name: str, backend: str) -> str:
+    """The elementwise activations of language models have no Triton kernel (yet): their lean
+    Function runs eagerly where "triton" would (``ActivationModule._run(triton=False)`` reports
+    that as "autograd"; it refuses a module's backend="triton")."""
+    return "autograd" if backend == "triton" else backend
+
+
+def golu(x: Tensor, backend: str = "auto") -> Tensor:
+    """GoLU (``functional.golu``) by ``backend``: the lean Functions save x alone."""
+    b = _no_kernel("golu", resolve(backend, x))
+    if b == "reference":
+        return AF.golu(x)
+    return _lean(b).golu(x)
+
+
+def xielu(x: Tensor, alpha_p: Tensor, alpha_n: Tensor, beta: Tensor, eps: Tensor,
+          backend: str = "auto") -> Tensor:
+    """xIELU (``functional.xielu``) by ``backend``: the lean Functions save x alone."""
+    b = _no_kernel("xielu", resolve(backend, x, alpha_p, alpha_n, beta, eps))
+    if b == "reference":
+        return AF.xielu(x, alpha_p, alpha_n, beta, eps)
+    return _lean(b).xielu(x, alpha_p, alpha_n, beta, eps)
+
+
 def arelu(x: Tensor, alpha: Tensor, beta: Tensor, backend: str = "auto") -> Tensor:
     b = resolve(backend, x, alpha, beta)
     if b == "reference":
