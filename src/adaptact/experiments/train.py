@@ -10,7 +10,7 @@ import platform
 import statistics
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -353,10 +353,22 @@ def _train_iterations(t: _Trainer, ds, m: _Measured) -> None:
             yield from torch.randperm(len(train_y), generator=order).split(c.batch_size)
 
     batches = stream()
+
+    def batch() -> tuple[torch.Tensor, torch.Tensor]:
+        idx = next(batches).to(t.device)
+        return train_x[idx], train_y[idx]
+
+    _iterate(t, m, batch, lambda: _evaluate_classifier(t, m, val_x, val_y, test_x, test_y))
+
+
+def _iterate(t: _Trainer, m: _Measured, batch: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+             evaluate: Callable[[], None]) -> None:
+    """``t.config.iters`` steps on ``batch()``; every ``eval_every`` and after the last, the mean
+    training loss since the evaluation before, the step, and ``evaluate()``."""
+    c = t.config
     since: list[float] = []
     for step in range(1, c.iters + 1):
-        idx = next(batches).to(t.device)
-        loss = t.step(train_x[idx], train_y[idx])
+        loss = t.step(*batch())
         if loss is None:
             m.status = "diverged"
             return
@@ -365,7 +377,7 @@ def _train_iterations(t: _Trainer, ds, m: _Measured) -> None:
             m.train_loss.append(statistics.fmean(since))
             since.clear()
             m.evals.append(step)
-            _evaluate_classifier(t, m, val_x, val_y, test_x, test_y)
+            evaluate()
 
 
 def _train_language_model(t: _Trainer, ds: TextData, m: _Measured) -> None:
@@ -375,20 +387,16 @@ def _train_language_model(t: _Trainer, ds: TextData, m: _Measured) -> None:
     context = _context(t.model)
     generator = torch.Generator().manual_seed(c.seed)
     starts = {"val": eval_starts(len(ds.val), context), "test": eval_starts(len(ds.test), context)}
-    since: list[float] = []
-    for step in range(1, c.iters + 1):
+
+    def batch() -> tuple[torch.Tensor, torch.Tensor]:
         x, y = sample_batch(ds.train, c.batch_size, context, generator)
-        loss = t.step(x.to(t.device), y.to(t.device))
-        if loss is None:
-            m.status = "diverged"
-            return
-        since.append(loss)
-        if step % _every(c) == 0 or step == c.iters:
-            m.train_loss.append(statistics.fmean(since))
-            since.clear()
-            m.evals.append(step)
-            m.val.append(mean_loss(t.model, ds.val, starts["val"], context, t.device))
-            m.test.append(mean_loss(t.model, ds.test, starts["test"], context, t.device))
+        return x.to(t.device), y.to(t.device)
+
+    def evaluate() -> None:
+        m.val.append(mean_loss(t.model, ds.val, starts["val"], context, t.device))
+        m.test.append(mean_loss(t.model, ds.test, starts["test"], context, t.device))
+
+    _iterate(t, m, batch, evaluate)
 
 
 def _context(model: torch.nn.Module) -> int:
