@@ -89,3 +89,18 @@ def test_transformers_train_with_llm_and_adaptive_activations(name):
     loss = nn.functional.cross_entropy(model(x).flatten(0, 1), x.roll(-1, 1).flatten())
     loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_compare_trains_the_vit_by_iterations(tmp_path):
+    pytest.importorskip("sklearn")
+    from adaptact.cli import main
+
+    out = tmp_path / "out"
+    argv = ["compare", "--dataset", "digits", "--model", "vit-token", "--activations",
+            "gelu,meta_acon_c,polynorm", "--optimizers", "adamw", "--lrs", "1e-3", "--seeds", "1", "--iters", "6", "--eval-every", "3",
+            "--db", str(tmp_path / "r.sqlite"), "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    md = (out / "report.md").read_text()
+    assert "## digits, vit-token, batch 128, 6 iterations" in md
+    assert "### Test accuracy at the evaluation with the best validation accuracy" in md
+    assert "time per iteration (ms)" in md and "| polynorm |" in md

@@ -39,8 +39,10 @@ def sample_batch(tokens: torch.Tensor, batch: int, context: int,
     return windows(tokens, starts, context)
 
 
-def eval_starts(n_tokens: int, context: int, count: int = EVAL_WINDOWS) -> torch.Tensor:
-    """The fixed offsets a split of ``n_tokens`` is measured at (seed 0; the same for every run)."""
+def eval_starts(n_tokens: int, context: int, count: int | None = None) -> torch.Tensor:
+    """The fixed offsets a split of ``n_tokens`` is measured at (seed 0; the same for every run):
+    ``count`` of them, ``EVAL_WINDOWS`` by default."""
+    count = EVAL_WINDOWS if count is None else count
     return torch.randint(n_tokens - context - 1, (count,), generator=torch.Generator().manual_seed(0))
 
 
