@@ -96,9 +96,10 @@ def test_compare_trains_the_vit_by_iterations(tmp_path):
     from adaptact.cli import main
 
     out = tmp_path / "out"
-    argv = ["compare", "--dataset", "digits", "--model", "vit-token", "--activations",
-            "gelu,meta_acon_c,polynorm", "--optimizers", "adamw", "--lrs", "1e-3", "--seeds", "1",
-            "--iters", "6", "--eval-every", "3", "--db", str(tmp_path / "r.sqlite"), "--out", str(out), "--no-progress"]
+    argv = ["compare", "--dataset", "digits", "--model", "vit-token",
+            "--activations", "gelu,meta_acon_c,polynorm", "--optimizers", "adamw", "--lrs", "1e-3",
+            "--seeds", "1", "--iters", "6", "--eval-every", "3",
+            "--db", str(tmp_path / "r.sqlite"), "--out", str(out), "--no-progress"]
     assert main(argv) == 0
     md = (out / "report.md").read_text()
     assert "## digits, vit-token, batch 128, 6 iterations" in md
