@@ -34,7 +34,7 @@ def mlp_activation(activation: str, width: int, context: str) -> nn.Module:
     kwargs: dict[str, Any] = {"channel_dim": -1}
     if s.per_sample:
         kwargs["context"] = context
-    if s.name == "frelu" or s.name == "frelu_glu":
+    if s.name.removesuffix(GLU_SUFFIX) == "frelu":  # FReLU, or FReLU as a GLU's gate
         kwargs["dims"] = 1  # the funnel window runs along the sequence
     return create(activation, channels=width, **kwargs)
 
