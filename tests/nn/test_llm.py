@@ -104,15 +104,17 @@ FUSED_TOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 2e-2, to
 
 @pytest.mark.parametrize("dtype", list(FUSED_TOL), ids=str)
 @pytest.mark.parametrize("backend", ["autograd", "compiled"])
-@pytest.mark.parametrize("make", [lambda b: GoLU(backend=b), lambda b: XIELU(backend=b)],
-                         ids=["golu", "xielu"])
+@pytest.mark.parametrize("make", [lambda b: GoLU(backend=b), lambda b: XIELU(backend=b),
+                                  lambda b: PolyNorm(channel_dim=1, backend=b),
+                                  lambda b: PolyNorm(channel_dim=-1, backend=b)],
+                         ids=["golu", "xielu", "polynorm-first", "polynorm-last"])
 def test_the_lean_backends_give_the_reference_numbers_and_save_x_alone(make, backend, dtype):
     torch.manual_seed(0)
     fused, reference = make(backend).to(dtype), make("reference").to(dtype)
-    if isinstance(fused, XIELU):
-        with torch.no_grad():
-            fused.alpha_p.add_(0.3), fused.alpha_n.sub_(0.2)
-        reference.load_state_dict(fused.state_dict())
+    with torch.no_grad():  # away from the initial values, so that every term counts
+        for p in fused.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    reference.load_state_dict(fused.state_dict())
     x = (3 * torch.randn(4, 6, 5, dtype=torch.float64)).to(dtype)
     x[0, 0, :3] = torch.tensor([0.0, -1e-7, -30.0])
     x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
@@ -133,10 +135,10 @@ def test_the_lean_backends_give_the_reference_numbers_and_save_x_alone(make, bac
     assert _saved_bytes(reference, x3) > 2 * x3.numel() * x3.element_size()
 
 
-@pytest.mark.parametrize("module", [GoLU, XIELU])
+@pytest.mark.parametrize("module", [GoLU, XIELU, PolyNorm])
 def test_the_lean_functions_pass_gradcheck_and_have_no_triton_kernel(module):
     m = module(backend="autograd").double()
-    x = (3 * torch.randn(30, dtype=torch.float64)).requires_grad_()
+    x = (3 * torch.randn(3, 10, dtype=torch.float64)).requires_grad_()
     assert torch.autograd.gradcheck(m, (x,))
     if isinstance(m, XIELU):  # the scalar parameters (and the beta and eps buffers) through the Function
         from adaptact.ops import autograd as AG
@@ -146,4 +148,10 @@ def test_the_lean_functions_pass_gradcheck_and_have_no_triton_kernel(module):
         assert torch.autograd.gradcheck(AG.xielu, args)
     refusal = f"{module.__name__} has no Triton kernel yet: use backend='autograd'"
     with pytest.raises(ValueError, match=refusal):
-        module(backend="triton")(torch.randn(3))
+        module(backend="triton")(torch.randn(2, 3))
+    if module is PolyNorm:  # weight and bias through the Function
+        from adaptact.ops import autograd as AG
+
+        args = (x.detach().requires_grad_(), torch.randn(3, dtype=torch.float64, requires_grad=True),
+                torch.randn(1, dtype=torch.float64, requires_grad=True), 1e-6)
+        assert torch.autograd.gradcheck(AG.polynorm, args)

@@ -148,6 +148,8 @@ class PolyNorm(ActivationModule):
         eps: added to the mean square (1e-6).
         channel_dim: the dim of the channels (1: channels first, -1: channels last).
         inplace: accepted for drop-in use; the output is always a new tensor.
+        backend: "auto", "reference", "autograd" or "compiled" (``ops.dispatch``): the fused ones save
+            x alone for the backward, not the reference's six x-sized intermediates; no Triton kernel.
         device, dtype: where and in which dtype to make the parameters.
 
     Shape: (N, C, *) with ``channel_dim=1``, (N, *, C) with ``channel_dim=-1`` -> the same.
@@ -157,9 +159,10 @@ class PolyNorm(ActivationModule):
         torch.Size([2, 5, 16])
     """
 
-    def __init__(self, eps: float = 1e-6, channel_dim: int = 1, inplace: bool = False, *,
-                 device: Any = None, dtype: Any = None) -> None:
+    def __init__(self, eps: float = 1e-6, channel_dim: int = 1, inplace: bool = False,
+                 backend: str = "auto", *, device: Any = None, dtype: Any = None) -> None:
         super().__init__()
+        self.backend = backend
         self.eps = float(eps)
         self.channel_dim = check_channel_dim(channel_dim)
         self.inplace = inplace
@@ -177,7 +180,9 @@ class PolyNorm(ActivationModule):
         if not -x.ndim <= self.channel_dim < x.ndim or x.ndim < 2:
             raise ValueError(f"PolyNorm normalises over channel_dim={self.channel_dim}, which input shape "
                              f"{tuple(x.shape)} does not have")
-        return AF.polynorm(x, self.weight, self.bias, self.eps, self.channel_dim)
+        return self._run(dispatch.polynorm, x, self.weight, self.bias, self.eps, self.channel_dim,
+                         triton=False)
 
     def extra_repr(self) -> str:
-        return f"eps={self.eps:g}" + ("" if self.channel_dim == 1 else f", channel_dim={self.channel_dim}")
+        layout = "" if self.channel_dim == 1 else f", channel_dim={self.channel_dim}"
+        return f"eps={self.eps:g}" + layout + self._backend_repr()

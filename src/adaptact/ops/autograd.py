@@ -25,7 +25,7 @@ from torch import Tensor
 from ..functional import GOLU_FLOOR
 
 __all__ = ["acon_c", "acon_c_pixel", "aprelu", "arelu", "dy_relu", "frelu_max", "golu", "lean_function",
-           "signed_mean_function", "signed_spatial_mean", "xielu"]
+           "polynorm", "signed_mean_function", "signed_spatial_mean", "xielu"]
 
 
 _LOW = (torch.float16, torch.bfloat16)
@@ -355,6 +355,59 @@ def xielu_backward(dy: Tensor, x: Tensor, alpha_p: Tensor, alpha_n: Tensor, beta
     return tuple(grads)
 
 
+POLYNORM_POWERS = (3, 2, 1)  # PolyNorm's weight[i] scales n(x ** POLYNORM_POWERS[i]), as its official code
+
+
+def polynorm_forward(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
+    """PolyNorm over x's last dim: sum_i weight[i] n(x^p_i) + bias, n(u) = u rsqrt(mean(u^2) + eps)."""
+    xc, w, b = _up(x, weight, bias)
+    y = b
+    for i, power in enumerate(POLYNORM_POWERS):
+        u = xc ** power
+        y = y + w[i] * (u * torch.rsqrt(u.square().mean(-1, keepdim=True) + eps))
+    return y.to(x.dtype)
+
+
+def polynorm_backward(dy: Tensor, x: Tensor, weight: Tensor, bias: Tensor, eps: float,
+                      want: tuple[bool, ...]):
+    """RMS normalisation's backward per power: with r = rsqrt(mean(u^2) + eps) and n = u r,
+    du = r (g - n mean(g n)) for the incoming g; then through u = x^p."""
+    x, w, dy = _up(x, weight, dy)
+    dx = torch.zeros_like(x) if want[0] else None
+    dweight = []
+    for i, power in enumerate(POLYNORM_POWERS):
+        u = x ** power
+        r = torch.rsqrt(u.square().mean(-1, keepdim=True) + eps)
+        n = u * r
+        if want[1]:
+            dweight.append((dy * n).sum())
+        if dx is not None:
+            g = dy * w[i]
+            du = r * (g - n * (g * n).mean(-1, keepdim=True))
+            dx += du if power == 1 else du * (power * x ** (power - 1))
+    return (dx, torch.stack(dweight) if want[1] else None,
+            dy.sum().reshape(bias.shape) if want[2] else None)
+
+
+class _PolyNorm(torch.autograd.Function):
+    """PolyNorm over the last dim saving x alone (and the four parameters)."""
+
+    body = staticmethod(polynorm_forward)
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
+        ctx.save_for_backward(x, weight, bias)
+        ctx.eps = eps
+        return polynorm_forward(x, weight, bias, eps)
+
+    @staticmethod
+    @_first_order
+    def backward(ctx, dy: Tensor):
+        x, weight, bias = ctx.saved_tensors
+        grads = polynorm_backward(dy, x, weight, bias, ctx.eps, tuple(ctx.needs_input_grad))
+        return (*_cast(grads, (x, weight, bias)), None)
+
+
 _GoLU = lean_function("GoLUFunction", golu_forward, golu_backward)
 _XIELU = lean_function("XIELUFunction", xielu_forward, xielu_backward)
 _AReLU = lean_function("AReLUFunction", arelu_forward, arelu_backward)
@@ -402,6 +455,11 @@ def golu(x: Tensor) -> Tensor:
 def xielu(x: Tensor, alpha_p: Tensor, alpha_n: Tensor, beta: Tensor, eps: Tensor) -> Tensor:
     """xIELU from its raw parameters (``functional.xielu``) saving x alone (and the scalars)."""
     return _apply(_XIELU, x, alpha_p, alpha_n, beta, eps)
+
+
+def polynorm(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
+    """PolyNorm (``functional.polynorm``) normalising over x's last dim, saving x alone."""
+    return _apply(_PolyNorm, x, weight, bias, eps)
 
 
 def frelu_max(x: Tensor, t: Tensor) -> Tensor:

@@ -42,8 +42,8 @@ from . import autograd as AG
 from .transforms import transform_active
 
 __all__ = ["COMPILE_ENV", "DTYPES", "acon_c", "acon_c_from_parameters", "acon_c_pixel", "aprelu", "arelu",
-           "arelu_from_parameters", "available", "dy_relu", "failure", "golu", "signed_spatial_mean", "whole",
-           "xielu"]
+           "arelu_from_parameters", "available", "dy_relu", "failure", "golu", "polynorm",
+           "signed_spatial_mean", "whole", "xielu"]
 
 COMPILE_ENV = "ADAPTACT_COMPILE"
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what is compiled; float64 runs eagerly
@@ -335,6 +335,13 @@ def golu(x: Tensor) -> Tensor:
 def xielu(x: Tensor, alpha_p: Tensor, alpha_n: Tensor, beta: Tensor, eps: Tensor) -> Tensor:
     """``ops.autograd.xielu`` compiled by Inductor."""
     return _elementwise(AG.xielu, x, alpha_p, alpha_n, beta, eps)
+
+
+def polynorm(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
+    """``ops.autograd.polynorm`` (over x's last dim) compiled by Inductor on x as (M, C) rows."""
+    if not _compiles(x) or not x.is_contiguous() or x.ndim < 2:
+        return AG.polynorm(x, weight, bias, eps)
+    return _call(AG.polynorm, 2, x.view(-1, x.shape[-1]), weight, bias, eps).view(x.shape)
 
 
 def arelu(x: Tensor, slope: Tensor, gain: Tensor) -> Tensor:

@@ -154,6 +154,15 @@ def xielu(x: Tensor, alpha_p: Tensor, alpha_n: Tensor, beta: Tensor, eps: Tensor
     return _lean(b).xielu(x, alpha_p, alpha_n, beta, eps)
 
 
+def polynorm(x: Tensor, weight: Tensor, bias: Tensor, eps: float, dim: int, backend: str = "auto") -> Tensor:
+    """PolyNorm (``functional.polynorm``) over ``dim`` by ``backend``: the lean Functions save x
+    alone, not the reference's six x-sized intermediates."""
+    b = _no_kernel("polynorm", resolve(backend, x, weight, bias))
+    if b == "reference":
+        return AF.polynorm(x, weight, bias, eps, dim)
+    return _lean(b).polynorm(x.movedim(dim, -1), weight, bias, eps).movedim(-1, dim)
+
+
 def arelu(x: Tensor, alpha: Tensor, beta: Tensor, backend: str = "auto") -> Tensor:
     b = resolve(backend, x, alpha, beta)
     if b == "reference":
