@@ -32,5 +32,5 @@ def test_per_channel_and_channel_changing_activations_fit(activation):
 def test_build_infers_input_sizes():
     assert build("linear", "relu", (1, 8, 8)).fc1.in_features == 64
     assert build("conv1d", "relu", (1, 40))(torch.randn(2, 1, 40)).shape == (2, 10)
-    with pytest.raises(ValueError, match="unknown model 'vit'"):
-        build("vit", "relu", (1, 28, 28))
+    with pytest.raises(ValueError, match="unknown model 'swin'"):
+        build("swin", "relu", (1, 28, 28))
