@@ -147,6 +147,8 @@ def test_a_database_from_before_reads_as_accuracy_rows(tmp_path):
     ({"iters": None, "protocol": "default", "model": "gpt-char"},
      "a language model trains by iterations: give iters"),
     ({"epochs": 3}, "give iters or epochs, not both"),
+    ({"epochs": 3, "iters": None},
+     "protocol nanogpt trains by iterations \\(2000\\): give iters, not epochs"),
     ({"model": "conv"}, "shakespeare-char is text: its model must be a language model"),
     ({"eval_every": 50}, r"eval_every \(50\) must be at most iters \(10\)"),
 ])

@@ -212,8 +212,11 @@ def plan(request: CompareRequest) -> Plan:
     for name, value, high in limits:
         int_in_range(name, value, 1, high)
     if iters:
-        if r.epochs is not None:
+        if r.epochs is not None and r.iters is not None:
             raise UserError("give iters or epochs, not both")
+        if r.epochs is not None:
+            raise UserError(f"protocol {settings['protocol']} trains by iterations ({iters}): give iters, "
+                            "not epochs")
         epochs = 0  # trained by iterations
     runs = len(datasets) * len(activations) * len(optimizers) * len(lrs) * seeds
     if runs > MAX_RUNS:
