@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from .matching import FIT_TOLERANCE, match
 from .nn import ActivationModule, track_decoding
 from .nn.families import BATCH_NORMS, CHANNEL_NORMS, CONVOLUTIONS
 from .registry import ActivationLike, create, spec
@@ -349,14 +350,16 @@ class Replaced(list):
     ``torch.fx.GraphModule`` (same parameters and buffers, class name kept) instead of its class.
     ``left``: "path (ClassName)" of the activation-like modules not replaced (gates, output
     normalisers, identities, sites the policy skipped). ``notes``: decisions taken for the user
-    (such as the causal context of a decoder's input-conditioned activations)."""
+    (such as the causal context of a decoder's input-conditioned activations). ``fits``: with
+    ``init="match"``, each new activation's fit error, max |new - old| on [-3, 3], by path."""
 
     def __init__(self, paths: list[str], rewritten: list[str], left: list[str] | None = None,
-                 notes: list[str] | None = None) -> None:
+                 notes: list[str] | None = None, fits: dict[str, float] | None = None) -> None:
         super().__init__(paths)
         self.rewritten = rewritten
         self.left = left or []
         self.notes = notes or []
+        self.fits = fits or {}
 
 
 def _left(model: nn.Module, sites: list[_Site], chosen: list[_Site]) -> list[str]:
@@ -394,8 +397,44 @@ def _run_example(model: nn.Module, example_inputs: object) -> None:
             m.training = training
 
 
+INITS = ("paper", "match")
+
+
+def _target(site: _Site, old: nn.Module | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """What the activation at ``site`` computed: its module, or its functional call with the call's
+    constant arguments."""
+    if old is not None:
+        return old
+    node = site.node
+    extra = tuple(node.args[1:]) if node is not None else ()
+    options = dict(node.kwargs) if node is not None else {}
+    if node is None or any(isinstance(a, fx.Node) for a in (*extra, *options.values())):
+        raise ValueError(f"init='match' cannot read the activation at {site.path!r}: its call takes "
+                         "arguments computed in the forward")
+    options.pop("inplace", None)
+    if node.op == "call_method":
+        method = str(node.target)
+        return lambda t: getattr(t.clone(), method)(*extra, **options)
+    function = node.target
+    assert callable(function)
+    if function in (F.relu, F.relu6, F.silu, F.hardswish, F.elu, F.selu, F.celu, F.mish) and extra:
+        extra = ()  # their second positional argument is inplace
+    return lambda t: function(t.clone(), *extra, **options)
+
+
+def _matched(new: nn.Module, site: _Site, old: nn.Module | None, init: str, path: str,
+             fits: dict[str, float]) -> nn.Module:
+    """``new``, fitted to what it replaces when ``init="match"`` (its fit error kept in ``fits``)."""
+    if init == "match":
+        try:
+            fits[path] = match(new, _target(site, old))
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
+    return new
+
+
 def replace_activations(model: nn.Module, name: ActivationLike, policy: str | Policy = "all",
-                        *, example_inputs: object = None, **kwargs) -> Replaced:
+                        *, example_inputs: object = None, init: str = "paper", **kwargs) -> Replaced:
     """Replace the activations of ``model`` with ``name`` (a registry name, class or callable).
 
     Recognised: torch's rectifier-like activations (``ACTIVATION_TYPES``), adaptact's modules and
@@ -414,12 +453,17 @@ def replace_activations(model: nn.Module, name: ActivationLike, policy: str | Po
         example_inputs: run ``model`` on these once after converting (a tensor, a tuple of
             arguments or a dict of keywords; eval mode, no gradients): if that fails, the whole
             conversion is taken back and the error raised. Lazy activations are made here.
+        init: "paper" (each activation at its paper's initialisation) or "match": each new
+            activation's parameters fitted so that it computes, as closely as its family allows,
+            the activation it replaces (``adaptact.matching``), so a pretrained network keeps its
+            function; the fit errors are in ``.fits`` and a site past ``FIT_TOLERANCE`` (0.05)
+            warns by name. Needs the channels of each site (no lazy modules).
         **kwargs: constructor arguments of the new activation (``context="causal"``, ...).
 
     Returns:
         The module paths of the new activations, in model order; ``.rewritten`` lists the holders
         turned into ``torch.fx.GraphModule``, ``.left`` the activation-like modules not replaced and
-        ``.notes`` the choices made (see ``Replaced``).
+        ``.notes`` the choices made, ``.fits`` the fit errors (see ``Replaced``).
 
     In a causal decoder (``is_causal_model``), input-conditioned activations (Meta-ACON-C, APReLU,
     Dynamic ReLU, FReLU) get ``context="causal"`` unless ``context`` is given, and the model is
@@ -427,6 +471,8 @@ def replace_activations(model: nn.Module, name: ActivationLike, policy: str | Po
     Replacing nothing warns. All or nothing: if any site cannot be replaced (or ``example_inputs``
     fail), the error is raised with the model unchanged.
     """
+    if init not in INITS:
+        raise ValueError(f"init must be one of {', '.join(map(repr, INITS))}, got {init!r}")
     choose = _policy(policy)
     sites, graphs = _sites(model)
     chosen = [s for s in sites if choose(s)]
@@ -437,6 +483,7 @@ def replace_activations(model: nn.Module, name: ActivationLike, policy: str | Po
             by_child.setdefault((s.owner_path, s.child), []).append(s)
 
     replaced: list[str] = []
+    fits: dict[str, float] = {}
     rewrite: dict[str, list[_Site]] = {}
     undo: list[Callable[[], None]] = []  # every change made, to take back if a later one fails
     try:
@@ -447,12 +494,14 @@ def replace_activations(model: nn.Module, name: ActivationLike, policy: str | Po
             if in_place:
                 if s is group[0] and s.child is not None:
                     old = getattr(s.owner, s.child)
-                    undo.append(_swap(s.owner, s.child, _build(name, s, old, kwargs)))
+                    new = _matched(_build(name, s, old, kwargs), s, old, init, s.path, fits)
+                    undo.append(_swap(s.owner, s.child, new))
                     replaced.append(s.path)
             else:
                 rewrite.setdefault(s.owner_path, []).append(s)
         for owner_path, owner_sites in rewrite.items():
-            replaced += _rewrite(model, owner_path, graphs[owner_path], owner_sites, name, kwargs, undo)
+            replaced += _rewrite(model, owner_path, graphs[owner_path], owner_sites, name, kwargs, undo, init,
+                                 fits)
         if is_causal_model(model) and any(hasattr(model.get_submodule(p), "context") for p in replaced):
             undo.append(track_decoding(model))
         if example_inputs is not None:
@@ -467,11 +516,18 @@ def replace_activations(model: nn.Module, name: ActivationLike, policy: str | Po
         found = f"; left: {', '.join(left)}" if left else ""
         warnings.warn(f"replace_activations replaced nothing in {type(model).__name__}: no activation it "
                       f"replaces was found{found}", RuntimeWarning, stacklevel=2)
-    return Replaced(sorted(replaced, key=lambda p: order.get(p, len(order))), list(rewrite), left, notes)
+    for path, error in fits.items():
+        if error > FIT_TOLERANCE:
+            warnings.warn(f"{path}: the new activation comes within {error:.3f} of the one it replaces, not "
+                          f"{FIT_TOLERANCE} (max |new - old| on [-3, 3]; its family cannot match it)",
+                          RuntimeWarning, stacklevel=2)
+    paths = sorted(replaced, key=lambda p: order.get(p, len(order)))
+    return Replaced(paths, list(rewrite), left, notes, fits)
 
 
 def _rewrite(model: nn.Module, owner_path: str, graph: fx.Graph, sites: list[_Site], name: ActivationLike,
-             kwargs: dict, undo: list[Callable[[], None]]) -> list[str]:
+             kwargs: dict, undo: list[Callable[[], None]], init: str = "paper",
+             fits: dict[str, float] | None = None) -> list[str]:
     if not owner_path:
         where = ", ".join(s.path for s in sites)
         raise ValueError(f"the model's own forward calls activations that need a graph rewrite ({where}); "
@@ -486,13 +542,15 @@ def _rewrite(model: nn.Module, owner_path: str, graph: fx.Graph, sites: list[_Si
         new_name = f"{s.child or 'act'}_site{index[s.node]}"
         while hasattr(owner, new_name):
             new_name += "_"
-        owner.add_module(new_name, _build(name, s, old, kwargs))
+        path = f"{owner_path}.{new_name}"
+        owner.add_module(new_name, _matched(_build(name, s, old, kwargs), s, old, init, path,
+                                            {} if fits is None else fits))
         undo.append(functools.partial(delattr, owner, new_name))
         with graph.inserting_after(s.node):
             new = graph.call_module(new_name, (_first_tensor_arg(s.node),))
         s.node.replace_all_uses_with(new)
         graph.erase_node(s.node)
-        new_paths.append(f"{owner_path}.{new_name}")
+        new_paths.append(path)
     graph.lint()
     parent_path, _, attr = owner_path.rpartition(".")
     parent = model.get_submodule(parent_path)

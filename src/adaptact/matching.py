@@ -1,0 +1,196 @@
+"""Function-preserving initialisation: set an activation's parameters so that it computes, as closely
+as its family allows, the activation it replaces (``replace_activations(init="match")``).
+
+A pretrained network converted at the papers' initialisation computes another function before its
+first step; matched, it starts where the pretraining left it. Input-conditioned activations first
+become constant in their input: the last layer of the generator (Meta-ACON-C's and APReLU's fc2,
+DY-ReLU's fc2, FReLU's depthwise convolution) gets zero weights and bias, so the generated value is
+the bias of what follows (bn2's, FReLU's BatchNorm's, or DY-ReLU's initial coefficients) in training
+and evaluation alike. Then the remaining scalars (``_knobs``) are fitted by least squares over
+standard-normal-weighted inputs, what pre-activations look like, from a few starts where closed
+forms exist (ACON-C with p1 = 1, p2 = 0, beta = 1.702 is x sigmoid(1.702 x); DY-ReLU with
+coefficients (1, 0) and (0, 0) is ReLU; FReLU with a zero funnel is ReLU). The fit error is the
+largest |new - old| on [-FIT_RANGE, FIT_RANGE]; past ``FIT_TOLERANCE`` the family cannot come close
+(AReLU cannot become GELU; Meta-ACON-C's beta in (0, 1) cannot become ReLU's step).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from .nn import APReLU, AReLU, AconA, AconB, AconC, ActivationModule, DyReLU, FReLU, MetaAconC, PReLU, Swish
+
+__all__ = ["FIT_RANGE", "FIT_TOLERANCE", "MATCHABLE", "fit_error", "match"]
+
+FIT_RANGE = 3.0  # the fit error is measured on [-FIT_RANGE, FIT_RANGE]
+FIT_TOLERANCE = 0.05  # past this a conversion warns, naming the site
+_GRID = torch.linspace(-4.0, 4.0, 801, dtype=torch.float64)  # where the least squares are taken
+_WEIGHT = torch.exp(-_GRID.square() / 2)  # standard-normal weights
+# the fit error's grid: even on the range, and dense near 0, where a steep fit (ACON with a large
+# beta standing in for ReLU) has its largest error in a window of width ~1/beta
+_NEAR_ZERO = torch.logspace(-6, math.log10(FIT_RANGE), 600, dtype=torch.float64)
+_EVEN = torch.linspace(-FIT_RANGE, FIT_RANGE, 1201, dtype=torch.float64)
+_CHECK = torch.cat((_EVEN, _NEAR_ZERO, -_NEAR_ZERO))
+
+MATCHABLE = (AReLU, AconA, AconB, AconC, MetaAconC, APReLU, DyReLU, FReLU, PReLU, Swish)
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-6), 1 - 1e-6)
+    return math.log(p / (1 - p))
+
+
+def _silence(layer: nn.Linear | nn.Conv1d | nn.Conv2d) -> None:
+    """A generator's last layer outputs zeros whatever its input."""
+    with torch.no_grad():
+        layer.weight.zero_()
+        if layer.bias is not None:
+            layer.bias.zero_()
+
+
+def _knobs(m: nn.Module) -> list[Tensor]:
+    """Make ``m`` constant in its input (a silenced generator) and return the tensors that then
+    set its shape, for the fit."""
+    if isinstance(m, MetaAconC):
+        if m.granularity != "channel":
+            return [m.p1, m.p2]  # beta = sigmoid(x) or sigmoid(mean x): no generator to silence
+        _silence(m.fc2)
+        return [m.p1, m.p2, m.bn2.bias if m.norm == "bn" else m.fc2.bias]
+    if isinstance(m, AconC):
+        return [m.p1, m.p2, m.beta]
+    if isinstance(m, AconB):
+        return [m.p, m.beta]
+    if isinstance(m, AconA | Swish):
+        return [m.beta]
+    if isinstance(m, AReLU):
+        return [m.alpha, m.beta]
+    if isinstance(m, APReLU):
+        _silence(m.fc2)
+        return [m.bn2.bias]
+    if isinstance(m, DyReLU):
+        _silence(m.fc2)
+        return [m.get_buffer("init_v")]
+    if isinstance(m, FReLU):
+        _silence(m.conv_frelu)
+        return [m.bn_frelu.bias]
+    if isinstance(m, PReLU):
+        return [m.weight]
+    raise ValueError(f"init='match' does not know how to fit {type(m).__name__}; it fits "
+                     f"{', '.join(c.__name__ for c in MATCHABLE)}")
+
+
+def _starts(m: nn.Module, negative_slope: float) -> list[list[list[float]]]:
+    """Starting values, per start one list of values per knob (a knob's values fill it)."""
+    s = negative_slope
+    if isinstance(m, MetaAconC):
+        gen = [[_logit(0.99)], [0.0]] if m.granularity == "channel" else [[]]
+        return [[[1.0], [s], g] if g else [[1.0], [s]] for g in gen]
+    if isinstance(m, AconC):
+        return [[[1.0], [s], [b]] for b in (1.0, 1.702, 8.0)]
+    if isinstance(m, AconB):
+        return [[[s], [b]] for b in (1.0, 1.702, 8.0)]
+    if isinstance(m, AconA | Swish):
+        return [[[b]] for b in (1.0, 1.702, 8.0)]
+    if isinstance(m, AReLU):
+        return [[[min(max(s, 0.02), 0.98)], [b]] for b in (-8.0, 0.0)]
+    if isinstance(m, APReLU):
+        return [[[_logit(s)]]]
+    if isinstance(m, DyReLU):
+        k = m.k
+        a = [1.0, s] + [0.0] * (k - 2) if k >= 2 else [1.0]
+        return [[a + [0.0] * k]]
+    if isinstance(m, FReLU):
+        return [[[0.0]]]
+    return [[[s]]]  # PReLU
+
+
+def _probe(m: nn.Module, x: Tensor) -> Tensor:
+    """``x`` as an input of ``m`` (every channel the same values along one position dim), and back:
+    m's output as (channels, len(x))."""
+    channels = int(getattr(m, "channels", None) or getattr(m, "num_parameters", 1) or 1)
+    last = getattr(m, "channel_dim", 1) == -1
+    maps = isinstance(m, FReLU) and m.dims == 2
+    shape = (1, len(x), channels) if last else (1, channels, len(x))
+    inp = x.reshape((1, -1, 1) if last else (1, 1, -1)).expand(shape)
+    if maps:
+        inp = inp.unsqueeze(1) if last else inp.unsqueeze(2)
+    y = m(inp.contiguous())
+    if maps:
+        y = y.squeeze(1) if last else y.squeeze(2)
+    return y[0].T if last else y[0]
+
+
+def fit_error(new: nn.Module, old: Callable[[Tensor], Tensor]) -> float:
+    """max |new(x) - old(x)| over x in [-FIT_RANGE, FIT_RANGE] and every channel (float64, eval
+    mode)."""
+    probe = copy.deepcopy(new).double().eval()
+    with torch.no_grad():
+        return float((_probe(probe, _CHECK) - old(_CHECK.clone()).double()).abs().max())
+
+
+def _fill(knobs: list[Tensor], values: list[list[float]]) -> None:
+    with torch.no_grad():
+        for knob, value in zip(knobs, values, strict=True):
+            if len(value) == 1:
+                knob.fill_(value[0])
+            else:  # one value per entry of a small vector (DY-ReLU's coefficients)
+                knob.copy_(torch.tensor(value, dtype=knob.dtype).reshape(knob.shape))
+
+
+def _least_squares(probe: nn.Module, knobs: list[Tensor], target: Tensor) -> None:
+    """Fit ``knobs`` so that ``probe`` computes ``target`` on the grid, standard-normal weighted."""
+    opt = torch.optim.LBFGS(knobs, lr=1.0, max_iter=100, tolerance_grad=1e-10, tolerance_change=1e-12,
+                            line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        loss = (_WEIGHT * (_probe(probe, _GRID) - target).square()).sum(-1).mean()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():  # the caller may hold a network under no_grad
+        opt.step(closure)
+
+
+def match(new: nn.Module, old: Callable[[Tensor], Tensor]) -> float:
+    """Set ``new``'s parameters (in place) so that it computes ``old`` (an elementwise activation:
+    a module or a function of a tensor) as closely as its family allows; returns the fit error
+    (``fit_error``). ``new`` must have its channels (a lazy module has no parameters yet); one
+    without parameters has nothing to set and gets its fit error only."""
+    if getattr(new, "initialized", True) is False:
+        raise ValueError(f"init='match' needs {type(new).__name__}'s channels: a lazy module has no "
+                         "parameters until its first input")
+    try:
+        with torch.no_grad():
+            target = old(_GRID.clone()).double()
+            far = old(torch.tensor([-6.0, -5.0], dtype=torch.float64)).double()
+    except (RuntimeError, ValueError, TypeError) as err:
+        raise ValueError(f"init='match' fits elementwise activations; {old!r} is not one ({err})") from None
+    if not any(True for _ in new.parameters()):
+        return fit_error(new, old)
+    negative_slope = float(far[1] - far[0])
+    probe = copy.deepcopy(new).double().eval()
+    if isinstance(probe, ActivationModule):
+        probe.backend = "reference"
+    knobs = _knobs(probe)
+    best: tuple[float, list[Tensor]] | None = None
+    for start in _starts(probe, negative_slope):
+        _fill(knobs, start)
+        for k in knobs:
+            k.requires_grad_(True)
+        _least_squares(probe, knobs, target)
+        with torch.no_grad():
+            loss = float((_WEIGHT * (_probe(probe, _GRID) - target).square()).sum(-1).mean())
+        if math.isfinite(loss) and (best is None or loss < best[0]):
+            best = (loss, [k.detach().clone() for k in knobs])
+    assert best is not None
+    real = _knobs(new)
+    with torch.no_grad():
+        for knob, value in zip(real, best[1], strict=True):
+            knob.copy_(value.to(knob.dtype))
+    return fit_error(new, old)
