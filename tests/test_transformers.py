@@ -300,3 +300,20 @@ def test_new_paths_compile_with_fullgraph_to_the_eager_numbers(name, kwargs, laz
         if n.startswith(("fc", "bn")) and any(isinstance(m, nn.BatchNorm1d) for m in eager.modules()):
             continue  # batch statistics cancel these to rounding noise of zero (tests/ops/test_backends.py)
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-5, msg=n)
+
+
+def test_matched_conversion_keeps_a_llamas_logits(name="meta_acon_c"):
+    """LLaMA's SiLU is Meta-ACON-C with its generator constant (beta -> 1, p1 = 1, p2 = 0): init="match"
+    keeps the model's function, causal context and all, where the paper's initialisation changes it."""
+    torch.manual_seed(0)
+    model, _ = llama()
+    paper = copy.deepcopy(model)
+    inputs = _inputs("llama")
+    with torch.no_grad():
+        before = _output(model.eval(), inputs)
+        replaced = adaptact.replace_activations(model, name, init="match")
+        adaptact.replace_activations(paper, name)
+        after, after_paper = _output(model.eval(), inputs), _output(paper.eval(), inputs)
+    assert len(replaced.fits) == LAYERS and max(replaced.fits.values()) < 1e-3
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
+    assert (after_paper - before).abs().max() > 100 * (after - before).abs().max()
