@@ -422,12 +422,15 @@ def _target(site: _Site, old: nn.Module | None) -> Callable[[torch.Tensor], torc
     return lambda t: function(t.clone(), *extra, **options)
 
 
+_FITTED: dict[tuple, list[torch.Tensor]] = {}  # matching.match's fits, shared by conversions in a process
+
+
 def _matched(new: nn.Module, site: _Site, old: nn.Module | None, init: str, path: str,
              fits: dict[str, float]) -> nn.Module:
     """``new``, fitted to what it replaces when ``init="match"`` (its fit error kept in ``fits``)."""
     if init == "match":
         try:
-            fits[path] = match(new, _target(site, old))
+            fits[path] = match(new, _target(site, old), _FITTED)
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from None
     return new

@@ -128,7 +128,7 @@ def _probe(m: nn.Module, x: Tensor) -> Tensor:
 def fit_error(new: nn.Module, old: Callable[[Tensor], Tensor]) -> float:
     """max |new(x) - old(x)| over x in [-FIT_RANGE, FIT_RANGE] and every channel (float64, eval
     mode)."""
-    probe = copy.deepcopy(new).double().eval()
+    probe = copy.deepcopy(new).cpu().double().eval()
     with torch.no_grad():
         return float((_probe(probe, _CHECK) - old(_CHECK.clone()).double()).abs().max())
 
@@ -157,11 +157,23 @@ def _least_squares(probe: nn.Module, knobs: list[Tensor], target: Tensor) -> Non
         opt.step(closure)
 
 
-def match(new: nn.Module, old: Callable[[Tensor], Tensor]) -> float:
+_NOT_CONFIG = {"channels", "channel_dim", "inplace", "training", "_backend", "ran_backend", "_triton_failed"}
+
+
+def _config(m: nn.Module) -> tuple:
+    """What besides the channels shapes ``m``'s fit: its class and plain settings."""
+    return (type(m), tuple(sorted((k, v) for k, v in vars(m).items()
+                                  if isinstance(v, bool | int | float | str) and k not in _NOT_CONFIG)))
+
+
+def match(new: nn.Module, old: Callable[[Tensor], Tensor],
+          cache: dict[tuple, list[Tensor]] | None = None) -> float:
     """Set ``new``'s parameters (in place) so that it computes ``old`` (an elementwise activation:
     a module or a function of a tensor) as closely as its family allows; returns the fit error
     (``fit_error``). ``new`` must have its channels (a lazy module has no parameters yet); one
-    without parameters has nothing to set and gets its fit error only."""
+    without parameters has nothing to set and gets its fit error only. ``cache``: fits already
+    made, by settings and target values (a model's sites of one kind are fitted once; every
+    channel takes the same values, so the width does not enter)."""
     if getattr(new, "initialized", True) is False:
         raise ValueError(f"init='match' needs {type(new).__name__}'s channels: a lazy module has no "
                          "parameters until its first input")
@@ -173,8 +185,12 @@ def match(new: nn.Module, old: Callable[[Tensor], Tensor]) -> float:
         raise ValueError(f"init='match' fits elementwise activations; {old!r} is not one ({err})") from None
     if not any(True for _ in new.parameters()):
         return fit_error(new, old)
+    key = (_config(new), target.numpy().tobytes())
+    if cache is not None and key in cache:
+        _set(_knobs(new), cache[key])
+        return fit_error(new, old)
     negative_slope = float(far[1] - far[0])
-    probe = copy.deepcopy(new).double().eval()
+    probe = copy.deepcopy(new).cpu().double().eval()
     if isinstance(probe, ActivationModule):
         probe.backend = "reference"
     knobs = _knobs(probe)
@@ -189,8 +205,18 @@ def match(new: nn.Module, old: Callable[[Tensor], Tensor]) -> float:
         if math.isfinite(loss) and (best is None or loss < best[0]):
             best = (loss, [k.detach().clone() for k in knobs])
     assert best is not None
-    real = _knobs(new)
-    with torch.no_grad():
-        for knob, value in zip(real, best[1], strict=True):
-            knob.copy_(value.to(knob.dtype))
+    _set(_knobs(new), best[1])
+    if cache is not None:
+        cache[key] = best[1]
     return fit_error(new, old)
+
+
+def _set(knobs: list[Tensor], values: list[Tensor]) -> None:
+    """Fitted values into knobs: as they are, or (a per-channel knob of another width) the value
+    every channel took."""
+    with torch.no_grad():
+        for knob, value in zip(knobs, values, strict=True):
+            if value.shape == knob.shape:
+                knob.copy_(value.to(knob.dtype))
+            else:
+                knob.fill_(float(value.flatten()[0]))
