@@ -105,3 +105,9 @@ def test_compare_trains_the_vit_by_iterations(tmp_path):
     assert "## digits, vit-token, batch 128, 6 iterations" in md
     assert "### Test accuracy at the evaluation with the best validation accuracy" in md
     assert "time per iteration (ms)" in md and "| polynorm |" in md
+
+
+def test_the_cnns_refuse_a_gated_form():
+    with pytest.raises(ValueError, match="swiglu is a gated \\(GLU\\) form, for the transformers' MLPs"):
+        build("conv", "swiglu", (1, 28, 28))
+    assert build("vit", "acon_c_glu", (1, 28, 28)).blocks[0].mlp.gated

@@ -79,6 +79,7 @@ class LinearMNIST(nn.Module):
 
 
 LANGUAGE_MODELS = ("gpt-char",)  # over token ids: (B, T) -> (B, T, vocab) logits
+TRANSFORMERS = ("vit", "vit-token", *LANGUAGE_MODELS)  # their MLPs take gated forms (swiglu, <name>_glu)
 MODELS = ("conv", "conv1d", "linear", "resnet18", "resnet18_w16", "resnet50", "shufflenet_v2", "vit",
           "vit-token", *LANGUAGE_MODELS,
           *(f"{kind}-{n}" for kind in ("resnet1d", "convnet1d") for n in DEPTHS))
@@ -88,6 +89,9 @@ _VISION = {"resnet18": resnet18, "resnet50": resnet50, "shufflenet_v2": shufflen
 def build(model: str, activation: str, sample_shape: tuple[int, ...], num_classes: int = 10) -> nn.Module:
     """A comparison network for inputs of ``sample_shape`` (without the batch dim; for a language
     model, (context,) and ``num_classes`` the vocabulary's size)."""
+    if model in MODELS and model not in TRANSFORMERS and spec(activation).gated:
+        raise ValueError(f"{spec(activation).name} is a gated (GLU) form, for the transformers' MLPs "
+                         f"({', '.join(TRANSFORMERS)}): {model} has no gated layers")
     if model == "conv":
         return ConvMNIST(activation, sample_shape[0], num_classes)
     if model == "conv1d":
@@ -99,6 +103,7 @@ def build(model: str, activation: str, sample_shape: tuple[int, ...], num_classe
         return LinearMNIST(activation, n, num_classes)
     if model == "gpt-char":
         return GPTChar(activation, vocab_size=num_classes, context=sample_shape[0])
+
     if model in ("vit", "vit-token"):
         if len(sample_shape) != 3 or sample_shape[1] != sample_shape[2]:
             raise ValueError(f"{model} takes square images (C, H, H), got samples of shape {sample_shape}")
