@@ -119,8 +119,8 @@ def _compare_configure(p: argparse.ArgumentParser) -> None:
                    help=f"a built-in network ({', '.join(MODELS)}; default: conv for images, conv1d for "
                         "mnist1d, linear for digits) or your own: module:attribute of a callable "
                         "activation_name -> nn.Module")
-    p.add_argument("--baseline", help="the activation the report compares the others with (default: relu; "
-                                      "gelu for language models)")
+    p.add_argument("--baseline", help="the activation the report compares the others with (default: relu "
+                                      "where it ran, else gelu; gelu for language models)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--amp", choices=("bf16", "fp16"), help="mixed precision (fp16 on CUDA only)")
     p.add_argument("--compile", action="store_true", help="torch.compile each model")
@@ -183,8 +183,8 @@ def _report_configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", required=True, help="SQLite results database written by `adaptact compare`")
     p.add_argument("--out", default="report", help="report folder")
     p.add_argument("--dataset", help="only runs on this data set")
-    p.add_argument("--baseline", help="the activation the others are compared with (default: relu; gelu for "
-                                      "language models)")
+    p.add_argument("--baseline", help="the activation the others are compared with (default: relu where it "
+                                      "ran, else gelu; gelu for language models)")
 
 
 @command("report", "rebuild the comparison report from a results database")(_report_configure)

@@ -190,7 +190,7 @@ def run(request: CompareRequest) -> Rows:
 def report(db: str | Path, out: str | Path = "report", dataset: str | None = None,
            baseline: str | None = None) -> list[Path]:
     """Rebuild the report of the runs in ``db`` (those on ``dataset`` only, if given) in ``out``;
-    ``baseline`` None: relu, and gelu for language models."""
+    ``baseline`` None: relu where it ran, else gelu, and gelu for language models."""
     with ResultStore(db, create=False) as store:
         rows = [r for r in store.rows() if dataset in (None, r["dataset"])]
     if not rows:

@@ -80,7 +80,7 @@ class Protocol:
     validation: float = 0.1
     iters: int = 0
     eval_every: int = 0
-    baseline: str = "relu"
+    baseline: str | None = None  # None: relu where it ran, else gelu (``report.write_report``)
 
 
 PROTOCOLS = {

@@ -372,7 +372,7 @@ def write_report(rows: Sequence[dict], out_dir: str | Path, plots: bool = True, 
     (dataset, model, epochs, batch size, protocol) found in ``rows``. Returns the files written.
 
     ``baseline``: the activation the others are compared with (skipped where it has no runs; None:
-    relu, and gelu for language models);
+    relu where it ran, else gelu, and gelu for language models);
     ``setup``: lines for the setup block (data sizes, command, machine, ...).
 
     Only runs with finite accuracies are reported as accuracies; diverged and failed ones are
@@ -440,8 +440,10 @@ def _stage_report(rows: Sequence[dict], out: Path, plots: bool, baseline: str | 
         title = f"{dataset}, {model}, batch {batch}, {length}"
         title += "" if held or language else ", no validation split"
         body += [f"## {title}", ""]
-        chosen = baseline if baseline is not None else ("gelu" if language else "relu")
-        base = chosen if chosen in {r["activation"] for r in group} else None
+        present = {r["activation"] for r in group}
+        chosen = baseline if baseline is not None else (
+            "relu" if "relu" in present and not language else "gelu")  # transformers: against GELU
+        base = chosen if chosen in present else None
         if group and language:
             body += _language_sections(group, base)
             if base:

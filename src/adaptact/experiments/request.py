@@ -45,9 +45,9 @@ class CompareRequest:
     evaluating every ``eval_every`` (default a tenth of ``iters``); language models (the text data
     sets) train this way only. ``db``: the SQLite results database (runs in it are not run again);
     ``out``: the report folder; ``baseline``: the activation the report compares the others with
-    (None: the protocol's, relu or for language models gelu); ``workers``/``executor``/
-    ``address``: where runs execute ("local" processes or a Ray cluster); ``device``: "auto",
-    "cpu", "cuda[:i]"; ``amp``: "bf16" or "fp16" (CUDA) mixed precision; ``compile``:
+    (None: the protocol's; gelu for language models, else relu where it ran, else gelu);
+    ``workers``/``executor``/``address``: where runs execute ("local" processes or a Ray cluster);
+    ``device``: "auto", "cpu", "cuda[:i]"; ``amp``: "bf16" or "fp16" (CUDA) mixed precision; ``compile``:
     torch.compile each model; ``suite="resnet"``: the ACON paper's ResNet comparison; ``snr``:
     with ``data="bearing"``, one sweep per SNR in dB; ``save_checkpoints``: a folder for each
     trained model; ``command``: how the request was made, for the report's setup block."""
@@ -184,7 +184,7 @@ def plan(request: CompareRequest) -> Plan:
         model = DEFAULT_MODEL[family]
     try:
         activations = [spec(a).name for a in activations]
-        baseline = spec(settings["baseline"]).name
+        baseline = None if settings["baseline"] is None else spec(settings["baseline"]).name
     except ValueError as err:
         raise UserError(str(err)) from None
     optimizers, lrs = list(settings["optimizers"]), list(settings["lrs"])
