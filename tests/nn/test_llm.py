@@ -155,3 +155,9 @@ def test_the_lean_functions_pass_gradcheck_and_have_no_triton_kernel(module):
         args = (x.detach().requires_grad_(), torch.randn(3, dtype=torch.float64, requires_grad=True),
                 torch.randn(1, dtype=torch.float64, requires_grad=True), 1e-6)
         assert torch.autograd.gradcheck(AG.polynorm, args)
+
+
+def test_polynorm_auto_runs_the_eager_lean_function_on_the_cpu():
+    m = PolyNorm(channel_dim=-1)
+    m(torch.randn(2, 3, 8, requires_grad=True)).sum().backward()
+    assert m.ran_backend == "autograd"

@@ -180,8 +180,10 @@ class PolyNorm(ActivationModule):
         if not -x.ndim <= self.channel_dim < x.ndim or x.ndim < 2:
             raise ValueError(f"PolyNorm normalises over channel_dim={self.channel_dim}, which input shape "
                              f"{tuple(x.shape)} does not have")
+        # "auto" runs the eager lean Function: compiled by Inductor it was twice as slow on the CPU
+        # (benchmarks/RESULTS.md, issue 28)
         return self._run(dispatch.polynorm, x, self.weight, self.bias, self.eps, self.channel_dim,
-                         triton=False)
+                         fused=False, triton=False)
 
     def extra_repr(self) -> str:
         layout = "" if self.channel_dim == 1 else f", channel_dim={self.channel_dim}"
