@@ -130,7 +130,7 @@ def _lean(backend: str) -> ModuleType:
     return implementation(backend)
 
 
-def _no_kernel(name: str, backend: str) -> str:
+def _no_kernel(backend: str) -> str:
     """The elementwise activations of language models have no Triton kernel (yet): their lean
     Function runs eagerly where "triton" would (``ActivationModule._run(triton=False)`` reports
     that as "autograd"; it refuses a module's backend="triton")."""
@@ -139,7 +139,7 @@ def _no_kernel(name: str, backend: str) -> str:
 
 def golu(x: Tensor, backend: str = "auto") -> Tensor:
     """GoLU (``functional.golu``) by ``backend``: the lean Functions save x alone."""
-    b = _no_kernel("golu", resolve(backend, x))
+    b = _no_kernel(resolve(backend, x))
     if b == "reference":
         return AF.golu(x)
     return _lean(b).golu(x)
@@ -148,7 +148,7 @@ def golu(x: Tensor, backend: str = "auto") -> Tensor:
 def xielu(x: Tensor, alpha_p: Tensor, alpha_n: Tensor, beta: Tensor, eps: Tensor,
           backend: str = "auto") -> Tensor:
     """xIELU (``functional.xielu``) by ``backend``: the lean Functions save x alone."""
-    b = _no_kernel("xielu", resolve(backend, x, alpha_p, alpha_n, beta, eps))
+    b = _no_kernel(resolve(backend, x, alpha_p, alpha_n, beta, eps))
     if b == "reference":
         return AF.xielu(x, alpha_p, alpha_n, beta, eps)
     return _lean(b).xielu(x, alpha_p, alpha_n, beta, eps)
@@ -157,7 +157,7 @@ def xielu(x: Tensor, alpha_p: Tensor, alpha_n: Tensor, beta: Tensor, eps: Tensor
 def polynorm(x: Tensor, weight: Tensor, bias: Tensor, eps: float, dim: int, backend: str = "auto") -> Tensor:
     """PolyNorm (``functional.polynorm``) over ``dim`` by ``backend``: the lean Functions save x
     alone, not the reference's six x-sized intermediates."""
-    b = _no_kernel("polynorm", resolve(backend, x, weight, bias))
+    b = _no_kernel(resolve(backend, x, weight, bias))
     if b == "reference":
         return AF.polynorm(x, weight, bias, eps, dim)
     return _lean(b).polynorm(x.movedim(dim, -1), weight, bias, eps).movedim(-1, dim)
