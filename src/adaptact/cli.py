@@ -104,8 +104,12 @@ def _compare_configure(p: argparse.ArgumentParser) -> None:
                         "5 seeds, its activation set, best test accuracy over the epochs); nanogpt: "
                         "nanoGPT's CPU recipe on shakespeare-char (gpt-char, AdamW lr 1e-3, batch 12, 2000 "
                         "iterations, 3 seeds, the LLM-era activations against the adaptive ones, gelu the "
-                        "baseline; the protocol of text data when none is named); the options below "
-                        "override it")
+                        "baseline; the protocol of text data when none is named); transfer: each "
+                        "activation's network pretrained on mnist1d (SGD lr 1e-2, 50 epochs) and fine-tuned "
+                        "on mnist1d-shifted (SGD lr 1e-3,1e-4,1e-5, 20 epochs), the AReLU repository's "
+                        "transfer experiment; convert: one relu network per seed pretrained so, converted to "
+                        "each adaptive activation with init match and paper, fine-tuned at lr 1e-3 and "
+                        "compared with keeping relu; the options below override it")
     p.add_argument("--dataset", metavar="NAME|MODULE:LOADER",
                    help=f"a built-in data set ({', '.join(DATASETS)}; default mnist1d) or your own: "
                         "module:attribute of a callable returning (train_x, train_y, test_x, test_y) tensors")
@@ -121,6 +125,16 @@ def _compare_configure(p: argparse.ArgumentParser) -> None:
                         "activation_name -> nn.Module")
     p.add_argument("--baseline", help="the activation the report compares the others with (default: relu "
                                       "where it ran, else gelu; gelu for language models)")
+    p.add_argument("--source", metavar="NAME|MODULE:LOADER",
+                   help="fine-tune: pretrain each network on this data set, then fine-tune it on --dataset "
+                        "with a fresh classifier head (protocols transfer and convert)")
+    p.add_argument("--base", help="fine-tune: pretrain this activation and convert its network to each of "
+                                  "--activations (default: each pretrained with itself)")
+    p.add_argument("--inits", type=_csv_list("init"), metavar="paper,match",
+                   help="with --base: how the new activations are put in (replace_activations' init)")
+    p.add_argument("--pretrain-optimizer", help="fine-tune: the pretraining's optimizer (default sgd)")
+    p.add_argument("--pretrain-lr", type=_positive(float, MAX_LR), help="default 0.01")
+    p.add_argument("--pretrain-epochs", type=_positive(int), help="default 50")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--amp", choices=("bf16", "fp16"), help="mixed precision (fp16 on CUDA only)")
     p.add_argument("--compile", action="store_true", help="torch.compile each model")
@@ -146,7 +160,8 @@ def _compare_configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", default="results.sqlite", help="SQLite results database (resumable)")
     p.add_argument("--out", default="report", help="report folder")
     p.add_argument("--save-checkpoints", metavar="DIR", help="save each trained model as DIR/<run key>.pt "
-                   "(for `adaptact inspect` and `adaptact plot --checkpoint`)")
+                   "(for `adaptact inspect` and `adaptact plot --checkpoint`; fine-tuning's pretrained "
+                   "networks go here too, else to <db>-checkpoints)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -166,8 +181,10 @@ def _compare(args: argparse.Namespace) -> int:
     request = CompareRequest(
         model=args.model, data=args.dataset, activations=args.activations, **given, epochs=args.epochs,
         iters=args.iters, eval_every=args.eval_every, batch_size=args.batch_size, protocol=args.protocol,
-        suite=args.suite, snr=args.snr,
-        baseline=args.baseline, db=args.db, out=args.out, data_dir=args.data_dir,
+        suite=args.suite, snr=args.snr, source=args.source, base=args.base, inits=args.inits,
+        pretrain_optimizer=args.pretrain_optimizer, pretrain_lr=args.pretrain_lr,
+        pretrain_epochs=args.pretrain_epochs, baseline=args.baseline, db=args.db, out=args.out,
+        data_dir=args.data_dir,
         save_checkpoints=args.save_checkpoints, workers=args.workers, executor=args.executor,
         address=args.address, device=args.device, amp=args.amp, compile=args.compile,
         progress=not args.no_progress, command=shlex.join(["adaptact", *sys.argv[1:]]))

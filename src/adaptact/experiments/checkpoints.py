@@ -12,7 +12,7 @@ from ..errors import UserError
 from ..files import atomic_write
 from ..models.catalogue import build
 
-__all__ = ["CheckpointError", "load_checkpoint", "save_checkpoint"]
+__all__ = ["CheckpointError", "load_checkpoint", "read_checkpoint", "save_checkpoint"]
 
 
 class CheckpointError(UserError):
@@ -29,16 +29,32 @@ def save_checkpoint(path: str | Path, model: nn.Module, config: dict, sample_sha
     return atomic_write(path, lambda tmp: torch.save(state, tmp))  # never a half-written checkpoint
 
 
+def read_checkpoint(path: str | Path) -> dict:
+    """The contents of the checkpoint at ``path``: ``config`` (the run's identity), ``sample_shape``,
+    ``num_classes`` and ``state_dict``. CheckpointError naming the file for anything else."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as err:
+        raise CheckpointError(f"cannot load checkpoint {path}: {err.strerror or err}") from None
+    except Exception as err:  # noqa: BLE001  (torch.load fails in many ways on a foreign file)
+        raise CheckpointError(f"cannot load checkpoint {path}: not one of `adaptact compare "
+                              f"--save-checkpoints` ({type(err).__name__}: {err})") from None
+    fields = ("config", "sample_shape", "num_classes", "state_dict")
+    if not (isinstance(ckpt, dict) and all(k in ckpt for k in fields) and isinstance(ckpt["config"], dict)):
+        raise CheckpointError(f"cannot load checkpoint {path}: not one of `adaptact compare "
+                              "--save-checkpoints` (it lacks the run's config or weights)")
+    return ckpt
+
+
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
     """Rebuild the comparison model saved at ``path``: (model in eval mode, its config). Anything
     else (a missing, truncated, foreign or tampered file) is a CheckpointError naming the file."""
+    ckpt = read_checkpoint(path)
     try:
-        return _rebuild(torch.load(path, map_location="cpu", weights_only=True))
+        return _rebuild(ckpt)
     except UserError:
         raise
-    except OSError as err:
-        raise CheckpointError(f"cannot load checkpoint {path}: {err.strerror or err}") from None
-    except Exception as err:  # noqa: BLE001  (torch.load and a foreign dict fail in many ways)
+    except Exception as err:  # noqa: BLE001  (a tampered dict fails in many ways)
         raise CheckpointError(f"cannot load checkpoint {path}: not one of `adaptact compare "
                               f"--save-checkpoints` ({type(err).__name__}: {err})") from None
 

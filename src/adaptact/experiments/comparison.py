@@ -8,6 +8,7 @@ database, and the report is written.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import platform
@@ -29,10 +30,11 @@ from .store import ResultStore
 from .sweep import SweepSummary, expand, run_sweep
 from ..datasets.shakespeare import TextData
 from .language import EVAL_WINDOWS, windows
-from .train import CONTEXT, GRAD_CLIP, held_out, versions
+from .finetune import pretrained_checkpoint
+from .train import CONTEXT, GRAD_CLIP, RunConfig, checkpoint_name, held_out, versions
 
 __all__ = ["DEFAULT_MODEL", "MAX_LR", "MAX_RUNS", "MAX_SEEDS", "CompareRequest", "Rows", "check_fits",
-           "compare", "report", "run"]
+           "compare", "fine_tuning", "report", "run"]
 
 class Rows(list):
     """The stored rows of a comparison's runs (dicts, as ``ResultStore.rows``), with ``summary``
@@ -171,20 +173,70 @@ def run(request: CompareRequest) -> Rows:
         _shippable(source, "data", r.workers, r.executor)
         loaded.append((source, ds))
     _shippable(net, "model", r.workers, r.executor)
+    pretraining: list = []
+    if p.settings["source"] is not None:
+        cache = None if in_process else Path(r.db).parent / ".adaptact-cache"
+        source, source_ds = data_source(p.settings["source"], r.data_dir, cache, p.settings["scale"])
+        check_fits(source, net, source_ds, [p.settings["base"]] if p.settings["base"] else p.activations,
+                   p.policies)
+        _shippable(source, "data", r.workers, r.executor)
+        pretraining = [(source, source_ds)]
+    saved = None if r.save_checkpoints is None else str(r.save_checkpoints)  # pretrained networks always are
     with ResultStore(r.db) as store:  # a database that is not ours fails here, before any training
-        checkpoints = None if r.save_checkpoints is None else str(r.save_checkpoints)
+        def configs_on(data: Source, activations: Sequence[str], optimizers: Sequence[str],
+                       lrs: Sequence[float], epochs: int, iters: int,
+                       checkpoints: str | None) -> list[RunConfig]:
+            return expand(data, net, activations, optimizers, lrs, p.seeds, epochs, p.batch_size, r.data_dir,
+                          checkpoints, p.policies, p.device, r.amp, r.compile, p.settings["scale"],
+                          p.settings["loss"], float(p.settings["validation"]), iters, p.eval_every)
+
         configs = [c for source, _ in loaded
-                   for c in expand(source, net, p.activations, p.optimizers, p.lrs, p.seeds, p.epochs,
-                                   p.batch_size, r.data_dir, checkpoints, p.policies, p.device, r.amp,
-                                   r.compile, p.settings["scale"], p.settings["loss"],
-                                   float(p.settings["validation"]), p.iters, p.eval_every)]
-        summary = run_sweep(configs, store, r.executor, r.workers, r.address, r.progress)
-        keys = {c.key for c in configs}
+                   for c in configs_on(source, p.activations, p.optimizers, p.lrs, p.epochs, p.iters, saved)]
+        first: list[RunConfig] = []
+        if pretraining:
+            s = p.settings
+            first = configs_on(pretraining[0][0], [s["base"]] if s["base"] else p.activations,
+                               [s["pretrain_optimizer"]], [s["pretrain_lr"]], s["pretrain_epochs"], 0,
+                               str(p.checkpoints))
+            configs = fine_tuning(configs, first, s["base"], s["inits"])
+        summary = run_sweep(first, store, r.executor, r.workers, r.address, r.progress) if first else None
+        for pre in first:  # a checkpoint of another network stops here, before any fine-tuning
+            path = Path(str(pre.checkpoint_dir)) / checkpoint_name(pre)
+            if path.exists():
+                pretrained_checkpoint(pre, path)
+        summary = run_sweep(configs, store, r.executor, r.workers, r.address, r.progress) + summary
+        keys = {c.key for c in first + configs}
         rows = [row for row in store.rows() if row["key"] in keys]
     setups = [_setup(source, net, ds, p.device, r.command, p.settings) for source, ds in loaded]
     setup = {**setups[0], "data": "; ".join(s["data"] for s in setups)}
+    if pretraining:
+        setup.update(_fine_tuning_setup(pretraining[0][0], loaded[0][0], p.settings))
     files = write_report(rows, p.out, baseline=p.baseline, setup=setup)
     return Rows(rows, summary, files)
+
+
+def fine_tuning(configs: Sequence[RunConfig], pretraining: Sequence[RunConfig], base: str | None,
+                inits: Sequence[str]) -> list[RunConfig]:
+    """``configs`` (runs on the target) as fine-tuning runs: each starts from the pretraining run
+    of its seed with its own activation (``base`` None) or with ``base``, converted with each of
+    ``inits`` where the activations differ."""
+    start = {(c.activation, c.seed): c for c in pretraining}
+    out = []
+    for c in configs:
+        pre = start[(base or c.activation, c.seed)]
+        for init in (inits if c.activation != pre.activation else ("paper",)):
+            out.append(dataclasses.replace(c, start=pre.key, pretrained=pre, init=init))
+    return out
+
+
+def _fine_tuning_setup(source: Source, target: Source, settings: Mapping[str, Any]) -> dict:
+    s = settings
+    how = (f"each activation's network converted from a {s['base']} network (init {', '.join(s['inits'])})"
+           if s["base"] else "each activation's network pretrained with itself")
+    pretraining = f"{s['pretrain_optimizer']} lr={s['pretrain_lr']:g}, {s['pretrain_epochs']} epochs"
+    return {"source": source.label, "target": target.label,
+            "pretraining": f"{pretraining} on {source.label}; {how}; the classifier head fresh, "
+                           f"fine-tuned on {target.label}"}
 
 
 def report(db: str | Path, out: str | Path = "report", dataset: str | None = None,

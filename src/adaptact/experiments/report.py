@@ -40,7 +40,8 @@ CSV_COLUMNS = ("dataset", "model", "activation", "family", "policy", "optimizer"
                "batch_size", "device", "protocol", "scale", "loss", "validation", "status", "first_epoch_acc",
                "best_epoch", "best_acc", "last_acc", "wall_time", "epoch_time", "activation_params",
                "peak_memory", "backend", "error", "key", "metric", "iters", "first_loss", "best_loss",
-               "last_loss", "iter_time", "saved_memory")
+               "last_loss", "iter_time", "saved_memory", "source", "start_activation", "init", "source_acc",
+               "converted_acc")
 Cell = tuple[str, str, float]  # (activation, optimizer, lr)
 
 
@@ -207,6 +208,32 @@ def _summary(rows: Sequence[dict], baseline: str, metric: str, measure: Measure 
             lines.append(f"- {a}: no difference to {baseline} that the seeds can tell "
                          f"({len(mine)} of {settings} settings compared)")
     return lines
+
+
+def _conversions(rows: Sequence[dict], source: str) -> list[str]:
+    """For networks converted from another activation before fine-tuning: the pretrained network's
+    test accuracy on ``source`` before and after the conversion, before any step (how much of
+    its function the conversion keeps), mean ± std over seeds."""
+    converted = [r for r in rows if r.get("converted_acc", -1) >= 0]
+    if not converted:
+        return []
+    seeds: dict[str, dict[int, dict]] = defaultdict(dict)  # the runs of each seed start alike: one each
+    for r in converted:
+        seeds[r["activation"]][r["seed"]] = r
+
+    def cell(values: list[float]) -> str:
+        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        return f"{100 * statistics.fmean(values):.2f} ± {100 * std:.2f}"
+
+    lines = [f"### The conversion before the first step: test accuracy (%) on {source}", "",
+             "The pretrained network, then the same network with its activations replaced (its head is "
+             "the source's).", "", "| activation | pretrained | converted | change |", "|---|---|---|---|"]
+    for a, by_seed in sorted(seeds.items()):
+        rs = list(by_seed.values())
+        change = [r["converted_acc"] - r["source_acc"] for r in rs]
+        before, after = cell([r["source_acc"] for r in rs]), cell([r["converted_acc"] for r in rs])
+        lines.append(f"| {a} | {before} | {after} | {cell(change)} |")
+    return lines + [""]
 
 
 def _mib(values: Sequence[int]) -> str:
@@ -383,14 +410,23 @@ def write_report(rows: Sequence[dict], out_dir: str | Path, plots: bool = True, 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)  # of a writer killed before
-    # an activation put in with a policy other than "all" is its own row: "meta_acon_c (resnet_after_3x3)"
-    rows = [r if r.get("policy", "all") == "all"
-            else {**r, "activation": f"{r['activation']} ({r['policy']})"}
-            for r in rows]
+    rows = [{**r, "activation": label(r)} for r in rows]
     with StagedFiles() as stage:
         written = _stage_report(rows, out, plots, baseline, setup or {}, stage)
         stage.commit()
     return written
+
+
+def label(row: Mapping) -> str:
+    """The row's name in the tables: its activation, with the policy that placed it where that is
+    not "all" ("meta_acon_c (resnet_after_3x3)") and, for a network converted from another
+    activation before fine-tuning, where from and how ("acon_c (from relu, init match)")."""
+    name = row["activation"]
+    if row.get("policy", "all") != "all":
+        name += f" ({row['policy']})"
+    if row.get("init"):
+        name += f" (from {row['start_activation']}, init {row['init']})"
+    return name
 
 
 def _language_sections(group: Sequence[dict], base: str | None) -> list[str]:
@@ -418,7 +454,7 @@ def _stage_report(rows: Sequence[dict], out: Path, plots: bool, baseline: str | 
     for r in rows:
         held = r.get("validation", 0.1) if r.get("protocol", 1) >= 2 else 0.0
         setups[(r["dataset"], r["model"], r["epochs"], r["batch_size"], r.get("protocol", 1), held,
-                r.get("iters", 0))].append(r)
+                r.get("iters", 0), r.get("source", ""))].append(r)
     measures = {measure_of(r) for r in rows}
     what = " or ".join(m.label for m in (ACCURACY, LOSS) if m in measures) or ACCURACY.label
     md = ["# Activation comparison", "",
@@ -429,16 +465,18 @@ def _stage_report(rows: Sequence[dict], out: Path, plots: bool, baseline: str | 
         md += ["## Setup", ""] + [f"- {k}: {v}" for k, v in setup.items()] + [""]
     body: list[str] = []
     summary: list[str] = []
-    for (dataset, model, epochs, batch, protocol, held, iters), rows_ in sorted(setups.items(),
-                                                                               key=lambda kv: str(kv[0])):
+    for (dataset, model, epochs, batch, protocol, held, iters, source), rows_ in sorted(
+            setups.items(), key=lambda kv: str(kv[0])):
         length = f"{iters} iterations" if iters else f"{epochs} epochs"
         kind = f"i{iters}" if iters else f"e{epochs}"
-        stem = _file_stem(f"{dataset}-{model}-{kind}-") if len(setups) > 1 else ""
+        origin = f"from-{source}-" if source else ""
+        stem = _file_stem(f"{dataset}-{model}-{kind}-{origin}") if len(setups) > 1 else ""
         group = [r for r in rows_ if usable(r)]
         failed = [r for r in rows_ if not usable(r)]
         language = measure_of(rows_[0]) is LOSS
         title = f"{dataset}, {model}, batch {batch}, {length}"
         title += "" if held or language else ", no validation split"
+        title += f", fine-tuned from {source}" if source else ""
         body += [f"## {title}", ""]
         present = {r["activation"] for r in group}
         chosen = baseline if baseline is not None else (
@@ -468,12 +506,13 @@ def _stage_report(rows: Sequence[dict], out: Path, plots: bool, baseline: str | 
             if not str(model).startswith(("conv", "linear", "vit")):  # ImageNet-style: the ACON paper's error
                 body += [f"### Top-1 error (%) at the selected {point}", "",
                          markdown_table(group, "best_acc", True)]
+            body += _conversions(group, source)
             body += ["### Costs", "", _costs(group)]
-            if base:
+            lines = _summary(group, base, "best_acc") if base else []
+            if lines:
                 measure = (f"test accuracy at the selected {point}" if held
                            else f"best test accuracy over the {point}s")
-                summary += [f"**{title}** (against {base}, {measure}):", "",
-                            *_summary(group, base, "best_acc"), ""]
+                summary += [f"**{title}** (against {base}, {measure}):", "", *lines, ""]
         dead = sorted({f"{o.upper()} lr={lr:g}" for o, lr in _columns(rows_)} -
                       {f"{o.upper()} lr={lr:g}" for o, lr in _columns(group)})
         if dead:

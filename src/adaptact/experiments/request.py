@@ -19,14 +19,15 @@ from ..files import writable_dir
 from ..registry import spec
 from .executors import EXECUTORS
 from ..models.catalogue import LANGUAGE_MODELS
-from .protocols import for_data, resolve
+from .protocols import INITS, for_data, resolve
 from .sweep import RESNET_SUITE
 from .train import LOSSES, OPTIMIZERS
 
 __all__ = ["DEFAULT_MODEL", "MAX_LR", "MAX_RUNS", "MAX_SEEDS", "CompareRequest", "Plan", "plan"]
 
 DEFAULT_MODEL = {"fashion-mnist": "conv", "mnist": "conv", "mnist1d": "conv1d", "digits": "linear",
-                 "bearing": "resnet1d-9", "shakespeare-char": "gpt-char"}
+                 "bearing": "resnet1d-9", "shakespeare-char": "gpt-char", "mnist1d-shifted": "conv1d",
+                 "digits-28": "conv"}
 MAX_ITERS = 10_000_000
 MAX_SEEDS = 10_000
 MAX_RUNS = 100_000  # configurations one request may ask for
@@ -50,7 +51,14 @@ class CompareRequest:
     ``device``: "auto", "cpu", "cuda[:i]"; ``amp``: "bf16" or "fp16" (CUDA) mixed precision; ``compile``:
     torch.compile each model; ``suite="resnet"``: the ACON paper's ResNet comparison; ``snr``:
     with ``data="bearing"``, one sweep per SNR in dB; ``save_checkpoints``: a folder for each
-    trained model; ``command``: how the request was made, for the report's setup block."""
+    trained model; ``command``: how the request was made, for the report's setup block.
+
+    Fine-tuning (the ``transfer`` and ``convert`` protocols, ``experiments/finetune.py``):
+    ``source``, the data set each network is pretrained on before it is fine-tuned on ``data``
+    (with ``pretrain_optimizer``, ``pretrain_lr``, ``pretrain_epochs``; the checkpoints go to
+    ``save_checkpoints``, else to ``<db>-checkpoints`` beside the database); ``base`` None
+    pretrains every activation with itself, a name pretrains that activation and converts its
+    network to each activation with each of ``inits`` ("paper", "match": ``replace_activations``)."""
 
     model: str | Callable | None = None
     data: Any = None
@@ -69,6 +77,12 @@ class CompareRequest:
     suite: str | None = None
     snr: Sequence[float] | None = None
     baseline: str | None = None
+    source: str | None = None
+    base: str | None = None
+    inits: Sequence[str] | None = None
+    pretrain_optimizer: str | None = None
+    pretrain_lr: float | None = None
+    pretrain_epochs: int | None = None
     db: str | Path = "results.sqlite"
     out: str | Path = "report"
     data_dir: str | None = None
@@ -105,6 +119,7 @@ class Plan:
     settings: Mapping[str, Any] = field(default_factory=dict)
     device: str = "cpu"
     out: Path = Path("report")
+    checkpoints: Path | None = None  # where runs save their networks (pretraining runs always do)
 
 
 def _max_workers(executor: str) -> int | None:
@@ -157,6 +172,43 @@ def _iterations(settings: Mapping[str, Any], datasets: list, model: object) -> t
     return iters, (every or max(1, iters // 10)) if iters else 0
 
 
+def _fine_tuning(r: CompareRequest, settings: dict, datasets: list) -> None:
+    """Check the fine-tuning settings in place (canonical names); UserError for the first wrong."""
+    source = settings["source"]
+    given = [n for n in ("base", "inits", "pretrain_optimizer", "pretrain_lr", "pretrain_epochs")
+             if getattr(r, n) is not None]
+    if source is None:
+        if given:
+            raise UserError(f"{given[0]} is for fine-tuning: give the data set to pretrain on (--source)")
+        return
+    if r.suite is not None or r.snr is not None:
+        raise UserError("fine-tuning takes one target data set: no suite, no snr")
+    _datasets(source, None)
+    if any(builtin.is_language_data(d) for d in (source, *datasets)):
+        raise UserError("fine-tuning is for classifiers: the source and the target cannot be text")
+    if source == datasets[0]:
+        raise UserError(f"the source and the target are both {source}: fine-tune on another data set")
+    try:
+        settings["base"] = None if settings["base"] is None else spec(settings["base"]).name
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    inits = tuple(settings["inits"])
+    bad = [i for i in inits if i not in INITS]
+    if bad or not inits:
+        raise UserError(f"inits are {', '.join(INITS)}; got {bad[0] if bad else 'none'!r}")
+    if settings["base"] is None and inits != ("paper",):
+        raise UserError("inits convert a network pretrained with another activation: give the base one "
+                        "(--base)")
+    settings["inits"] = tuple(dict.fromkeys(inits))
+    if settings["pretrain_optimizer"] not in OPTIMIZERS:
+        raise UserError(f"unknown pretrain optimizer {settings['pretrain_optimizer']!r}; choose from "
+                        f"{', '.join(OPTIMIZERS)}")
+    settings["pretrain_lr"] = finite_positive("the pretraining learning rate", settings["pretrain_lr"])
+    if settings["pretrain_lr"] > MAX_LR:
+        raise UserError(f"learning rates must be at most {MAX_LR:g}, got {settings['pretrain_lr']:g}")
+    int_in_range("pretrain epochs", settings["pretrain_epochs"], 1, None)
+
+
 def plan(request: CompareRequest) -> Plan:
     """``request`` checked whole and resolved; UserError (one line) for the first thing wrong.
     Nothing is loaded, trained or written (the output folder is checked writable)."""
@@ -164,7 +216,9 @@ def plan(request: CompareRequest) -> Plan:
     settings = resolve(r.protocol, dataset=r.data, model=r.model, activations=r.activations,
                        optimizers=r.optimizers, lrs=r.lrs, seeds=r.seeds, epochs=r.epochs,
                        batch_size=r.batch_size, scale=r.scale, loss=r.loss, validation=r.validation,
-                       iters=r.iters, baseline=r.baseline,
+                       iters=r.iters, baseline=r.baseline, source=r.source, base=r.base, inits=r.inits,
+                       pretrain_optimizer=r.pretrain_optimizer, pretrain_lr=r.pretrain_lr,
+                       pretrain_epochs=r.pretrain_epochs,
                        # the protocol's period goes with its iterations: iters of one's own, a tenth of them
                        eval_every=r.eval_every if r.eval_every is not None or r.iters is None else 0)
     settings["protocol"] = r.protocol or for_data(settings["dataset"])
@@ -177,6 +231,7 @@ def plan(request: CompareRequest) -> Plan:
         activations = list(RESNET_SUITE["activations"])
         policies = RESNET_SUITE["policies"]
     datasets = _datasets(data, r.snr)
+    _fine_tuning(r, settings, datasets)
     if model is None:
         family = data.split("-snr")[0] if isinstance(data, str) else None
         if family not in DEFAULT_MODEL:
@@ -218,7 +273,7 @@ def plan(request: CompareRequest) -> Plan:
             raise UserError(f"protocol {settings['protocol']} trains by iterations ({iters}): give iters, "
                             "not epochs")
         epochs = 0  # trained by iterations
-    runs = len(datasets) * len(activations) * len(optimizers) * len(lrs) * seeds
+    runs = len(datasets) * len(activations) * len(optimizers) * len(lrs) * seeds * len(settings["inits"])
     if runs > MAX_RUNS:
         raise UserError(f"{runs} runs asked for; at most {MAX_RUNS} in one request")
     device = checks.device(r.device).type
@@ -227,9 +282,12 @@ def plan(request: CompareRequest) -> Plan:
     if r.amp == "fp16" and device != "cuda":
         raise UserError("amp fp16 needs a CUDA device (use bf16 on the CPU)")
     out = writable_dir(r.out, "report folder")
-    if r.save_checkpoints is not None:
-        writable_dir(r.save_checkpoints, "checkpoint folder")
+    checkpoints = None if r.save_checkpoints is None else Path(r.save_checkpoints)
+    if checkpoints is None and settings["source"] is not None:
+        checkpoints = Path(r.db).with_name(f"{Path(r.db).stem}-checkpoints")
+    if checkpoints is not None:
+        writable_dir(checkpoints, "checkpoint folder")
     return Plan(request=r, datasets=datasets, model=model, activations=activations, optimizers=optimizers,
                 lrs=lrs, seeds=seeds, epochs=epochs, batch_size=batch_size, baseline=baseline,
                 iters=iters, eval_every=eval_every, policies=policies, settings=settings, device=device,
-                out=out)
+                out=out, checkpoints=checkpoints)

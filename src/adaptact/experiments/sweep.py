@@ -30,6 +30,17 @@ class SweepSummary:
     backends: dict[str, int] = field(default_factory=dict)  # what the runs done now ran -> how many
     warnings: list[str] = field(default_factory=list)  # distinct warnings of the runs done now
 
+    def __add__(self, other: SweepSummary | None) -> SweepSummary:
+        """Both sweeps' counts (a fine-tuning comparison sweeps its pretraining runs first)."""
+        if other is None:
+            return self
+        backends = dict(self.backends)
+        for b, n in other.backends.items():
+            backends[b] = backends.get(b, 0) + n
+        return SweepSummary(self.total + other.total, self.already_done + other.already_done,
+                            self.ran + other.ran, backends,
+                            list(dict.fromkeys(self.warnings + other.warnings)))
+
     def notes(self) -> list[str]:
         """One line on the backends the adaptive activations ran, one per distinct warning (the
         workers' warnings reach the sweep's output here, once per sweep)."""

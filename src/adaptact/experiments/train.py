@@ -11,7 +11,7 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -21,6 +21,8 @@ from ..datasets.builtin import is_language_data
 from ..datasets.shakespeare import TextData
 from ..optim import param_groups
 from .checkpoints import save_checkpoint
+from .evaluate import accuracy
+from .finetune import Start, start_from
 from .language import eval_starts, mean_loss, sample_batch
 from .sources import Source, build_model, load_data
 
@@ -62,6 +64,9 @@ class RunConfig:
     validation: float = VALIDATION  # share held out to pick the epoch; 0: picked on the test set
     iters: int = 0  # train by iterations (nanoGPT's schedule and clipping) instead of ``epochs``; 0: epochs
     eval_every: int = 0  # iterations between evaluations (0: a tenth of ``iters``)
+    start: str = ""  # fine-tuning: the key of ``pretrained``, the run whose trained network it starts from
+    init: str = "paper"  # fine-tuning into another activation: replace_activations' init, "paper" or "match"
+    pretrained: RunConfig | None = field(default=None, compare=False)
     data_dir: str | None = field(default=None, compare=False)
     checkpoint_dir: str | None = field(default=None, compare=False)
     data_source: Source | None = field(default=None, compare=False)
@@ -70,11 +75,11 @@ class RunConfig:
     def identity(self) -> dict:
         """The fields that make the run what it is, by name (the stored row's columns): the key
         hashes this mapping with its names sorted, so the order of the fields never enters it."""
-        d = {k: v for k, v in asdict(self).items()
-             if k not in ("data_dir", "checkpoint_dir", "data_source", "model_source")}
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__
+             if k not in ("pretrained", "data_dir", "checkpoint_dir", "data_source", "model_source")}
         for name, default in (("policy", "all"), ("amp", None), ("compile", False), ("scale", "standard"),
                               ("loss", "cross_entropy"), ("validation", VALIDATION), ("iters", 0),
-                              ("eval_every", 0)):
+                              ("eval_every", 0), ("start", ""), ("init", "paper")):
             if d[name] == default:  # defaults keep the keys of runs stored before the field existed
                 d.pop(name)
         d["protocol"] = PROTOCOL
@@ -94,15 +99,6 @@ def _optimizer(name: str, model: torch.nn.Module, lr: float) -> torch.optim.Opti
     if name == "adamw":  # no decay on activations, norms and biases
         return torch.optim.AdamW(param_groups(model, WEIGHT_DECAY), lr=lr, betas=ADAMW_BETAS)
     raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
-
-
-@torch.no_grad()
-def _accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> float:
-    model.eval()
-    correct = 0
-    for i in range(0, len(y), batch):
-        correct += int((model(x[i : i + batch]).argmax(1) == y[i : i + batch]).sum())
-    return correct / len(y)
 
 
 def versions() -> dict[str, str]:
@@ -194,6 +190,23 @@ class _Measured:
         self.evals: list[int] = []  # the iteration of each evaluation (training by iterations)
         self.params, self.peak, self.saved = 0, -1, -1
         self.iter_time = 0.0
+        self.source_acc = self.converted_acc = -1.0  # a conversion before fine-tuning (``finetune.Start``)
+
+
+def _start(config: RunConfig, ds) -> Start:
+    """A fine-tuning run's network from its pretrained run's checkpoint; the pretrained run is run
+    again (deterministic on the CPU) where its checkpoint is gone, and fails the run if it fails."""
+    pre = config.pretrained
+    assert pre is not None and pre.checkpoint_dir
+    path = Path(pre.checkpoint_dir) / checkpoint_name(pre)
+    if not path.exists():
+        warnings.warn(f"the checkpoint of pretrained run {pre.key} was missing: it was trained again",
+                      stacklevel=2)
+        row = run(pre)
+        if row["status"] != "ok":
+            raise RuntimeError(f"its pretrained run ({pre.activation} on {pre.dataset}) {row['status']}: "
+                               f"{row['error'] or 'the training loss turned non-finite'}")
+    return start_from(config, ds, path)
 
 
 def _run(config: RunConfig) -> dict:
@@ -206,7 +219,12 @@ def _run(config: RunConfig) -> dict:
         source = config.data_source or Source(config.dataset, config.dataset)
         ds = load_data(source, config.data_dir, config.scale)
         torch.manual_seed(config.seed)
-        model = _build(config, ds).to(device)
+        if config.pretrained is not None:
+            begun = _start(config, ds)
+            model = begun.model.to(device)
+            m.source_acc, m.converted_acc = begun.source_acc, begun.converted_acc
+        else:
+            model = _build(config, ds).to(device)
         m.params = _activation_parameters(model)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -228,7 +246,8 @@ def _run(config: RunConfig) -> dict:
         m.status, m.error = "failed", f"{type(err).__name__}: {err}".strip()
     wall = time.perf_counter() - start
     return result_row(config, m.status, m.error, m.train_loss, m.val, m.test, wall, m.params, m.peak,
-                      _ran_backends(model), evals=m.evals, saved=m.saved, iter_time=m.iter_time)
+                      _ran_backends(model), evals=m.evals, saved=m.saved, iter_time=m.iter_time,
+                      source_acc=m.source_acc, converted_acc=m.converted_acc)
 
 
 class _Trainer:
@@ -316,8 +335,8 @@ def _split_data(config: RunConfig, ds, device: torch.device) -> tuple:
 
 def _evaluate_classifier(t: _Trainer, m: _Measured, val_x, val_y, test_x, test_y) -> None:
     if len(val_y):
-        m.val.append(_accuracy(t.model, val_x, val_y))
-    m.test.append(_accuracy(t.model, test_x, test_y))
+        m.val.append(accuracy(t.model, val_x, val_y))
+    m.test.append(accuracy(t.model, test_x, test_y))
 
 
 def _train_epochs(t: _Trainer, ds, m: _Measured) -> None:
@@ -414,12 +433,16 @@ def _sample_shape(ds) -> tuple[int, ...]:
 def result_row(config: RunConfig, status: str, error: str = "", losses: Sequence[float] = (),
                val: Sequence[float] = (), test: Sequence[float] = (), wall: float = 0.0,
                params: int = -1, peak: int = -1, backend: str = "", *, evals: Sequence[int] = (),
-               saved: int = -1, iter_time: float = 0.0) -> dict:
+               saved: int = -1, iter_time: float = 0.0, source_acc: float = -1.0,
+               converted_acc: float = -1.0) -> dict:
     """The stored row of a run (see ``run``) from what it measured: ``val`` and ``test`` per
     evaluation are accuracies, or for a language model losses (``metric`` "loss", lower is
     better). Without a validation split the best evaluation is the one with the best test
     accuracy (the papers' measure). ``iter_time``: the mean time of a training step, the first
-    (which may compile) left out."""
+    (which may compile) left out. A fine-tuning run's row names its ``source`` data, the
+    activation it was pretrained with (``start_activation``), its ``init`` and, where it converted
+    the network, ``source_acc`` and ``converted_acc`` (``finetune.Start``)."""
+    pre = config.pretrained
     language = is_language_data(config.dataset)
     picks = val if config.validation > 0 and val else test  # a 1-sample train set holds none out
     sign = -1 if language else 1
@@ -454,6 +477,12 @@ def result_row(config: RunConfig, status: str, error: str = "", losses: Sequence
         "wall_time": wall,
         "epoch_time": 0.0 if config.iters else wall / max(1, len(test)),
         "iter_time": iter_time,
+        "source": pre.dataset if pre else "",
+        "start": config.start,
+        "start_activation": pre.activation if pre else "",
+        "init": config.init if pre and pre.activation != config.activation else "",
+        "source_acc": source_acc,
+        "converted_acc": converted_acc,
         "activation_params": params,
         "peak_memory": peak,
         "saved_memory": saved,

@@ -1,0 +1,133 @@
+"""Fine-tuning: a run that starts from another run's trained network instead of from scratch.
+
+The pretraining run (``RunConfig.pretrained``) trained a network on the source data and saved it
+(``checkpoints``). The fine-tuning run builds the same network for the target data, copies every
+weight whose shape still fits, and starts fresh where it does not: the classifier head always (the
+target's classes are other classes; ``classifier_head``) and any input layer whose shape the
+target's samples change. Where the run's activation differs from the pretrained one (the
+``convert`` protocol) the activations are then replaced with ``replace_activations(init=...)``,
+and how far that moves the pretrained network's function is measured on the source's test set
+before any step: its accuracy there before and after the conversion.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from ..convert import replace_activations
+from ..datasets.builtin import Dataset
+from .checkpoints import CheckpointError, read_checkpoint
+from .evaluate import accuracy
+from .sources import Source, build_model, load_data
+
+if TYPE_CHECKING:
+    from .train import RunConfig
+
+__all__ = ["PROBE_SAMPLES", "Start", "classifier_head", "pretrained_checkpoint", "start_from", "transplant"]
+
+PROBE_SAMPLES = 1000  # source test samples the function change of a conversion is measured on
+
+
+@dataclass
+class Start:
+    """A fine-tuning run's network before its first step, and what starting it measured:
+    ``source_acc`` and ``converted_acc``, the pretrained network's accuracy on the source's test
+    set before and after its activations were replaced (-1 without a conversion); ``fresh``, the
+    parameters that start at their initialisation (the head, layers whose shapes changed)."""
+
+    model: nn.Module
+    source_acc: float = -1.0
+    converted_acc: float = -1.0
+    fresh: tuple[str, ...] = ()
+
+
+def classifier_head(model: nn.Module, num_classes: int) -> str:
+    """The name of ``model``'s classifier: its last ``nn.Linear`` with ``num_classes`` outputs
+    (``classifier``, ``fc``, ``head`` in the built-in networks, timm's and torchvision's)."""
+    heads = [name for name, m in model.named_modules()
+             if isinstance(m, nn.Linear) and m.out_features == num_classes]
+    if not heads:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear with {num_classes} outputs to take as its "
+                         "classifier head; fine-tuning re-initialises the head")
+    return heads[-1]
+
+
+def transplant(model: nn.Module, state: dict[str, torch.Tensor], *, head: str | None,
+               path: str | Path = "the checkpoint") -> tuple[str, ...]:
+    """Copy ``state`` (a pretrained network's state_dict) into ``model`` except the parameters and
+    buffers of ``head`` (None: none) and those whose shapes differ; returns the names left at
+    their initialisation. CheckpointError when ``state`` is another network's (other names)."""
+    own = model.state_dict()
+    if set(own) != set(state):
+        missing = sorted(set(own) - set(state)) or sorted(set(state) - set(own))
+        raise CheckpointError(f"checkpoint {path} holds another network than {type(model).__name__} "
+                              f"(no {missing[0]!r} in {'it' if set(own) - set(state) else 'the model'})")
+    def kept_fresh(name: str) -> bool:
+        return (head is not None and name.startswith(f"{head}.")) or own[name].shape != state[name].shape
+
+    fresh = tuple(k for k in own if kept_fresh(k))
+    model.load_state_dict({k: (own[k] if k in fresh else state[k]) for k in own})
+    return fresh
+
+
+def _shape(ds) -> tuple[int, ...]:
+    return tuple(ds.train_x.shape[1:])
+
+
+def pretrained_checkpoint(pre: RunConfig, path: str | Path) -> dict:
+    """The checkpoint at ``path`` (``checkpoints.read_checkpoint``), checked to be the network of the
+    pretraining run ``pre``: CheckpointError (one line) for another run's."""
+    ckpt = read_checkpoint(path)
+    saved = ckpt["config"]
+    wanted = pre.identity()
+    if saved != wanted:
+        shown = ("model", "dataset", "activation", "optimizer", "lr", "seed", "epochs")
+        held = ", ".join(f"{k} {saved.get(k)!r}" for k in shown if k in saved)
+        raise CheckpointError(f"checkpoint {path} is another run's network ({held}); the pretraining run "
+                              "wants " + ", ".join(f"{k} {wanted[k]!r}" for k in shown))
+    return ckpt
+
+
+def start_from(config: RunConfig, ds, path: str | Path) -> Start:
+    """The network ``config`` fine-tunes on ``ds``, from the checkpoint of ``config.pretrained`` at
+    ``path``; CheckpointError (one line) for a checkpoint of another run's network."""
+    pre = config.pretrained
+    if pre is None:
+        raise ValueError("start_from needs a run with a pretrained run")
+    ckpt = pretrained_checkpoint(pre, path)
+    converting = config.activation != pre.activation
+    start = Start(model=nn.Module())
+    if converting:  # how far the conversion moves the pretrained network, on the source's test set
+        source = pre.data_source or Source(pre.dataset, pre.dataset)
+        source_ds = load_data(source, pre.data_dir, pre.scale)
+        if not isinstance(source_ds, Dataset):
+            raise ValueError("fine-tuning is for classifiers: the source cannot be text")
+        net = _network(pre, _shape(source_ds), source_ds.num_classes)
+        transplant(net, ckpt["state_dict"], head=None, path=path)  # the pretrained network itself
+        x, y = source_ds.test_x[:PROBE_SAMPLES], source_ds.test_y[:PROBE_SAMPLES]
+        start.source_acc = accuracy(net, x, y)
+        _convert(net, config)
+        start.converted_acc = accuracy(net, x, y)
+    model = _network(pre, _shape(ds), ds.num_classes, config.model_source, config.model)
+    head = classifier_head(model, ds.num_classes)
+    start.fresh = transplant(model, ckpt["state_dict"], head=head, path=path)
+    if converting:
+        _convert(model, config)
+    start.model = model
+    return start
+
+
+def _network(pre: RunConfig, shape: tuple[int, ...], num_classes: int, source: Source | None = None,
+             name: str | None = None) -> nn.Module:
+    """The pretrained run's network (its activation, its policy) for samples of ``shape``."""
+    model = source or pre.model_source or Source(name or pre.model, name or pre.model)
+    return build_model(model, pre.activation, shape, num_classes, pre.policy)
+
+
+def _convert(model: nn.Module, config: RunConfig) -> None:
+    replace_activations(model, config.activation, policy=config.policy, init=config.init)
