@@ -39,8 +39,8 @@ from .nn import ActivationModule, track_decoding
 from .nn.families import BATCH_NORMS, CHANNEL_NORMS, CONVOLUTIONS
 from .registry import ActivationLike, create, spec
 
-__all__ = ["ACTIVATION_TYPES", "HF_ACTIVATIONS", "POLICIES", "Replaced", "is_activation", "is_causal_model",
-           "producer_channels", "producer_layout", "replace_activations"]
+__all__ = ["ACTIVATION_TYPES", "HF_ACTIVATIONS", "POLICIES", "Replaced", "activation_producers",
+           "is_activation", "is_causal_model", "producer_channels", "producer_layout", "replace_activations"]
 
 # Rectifier-like activations that are replaced. Sigmoid, Tanh, Hardsigmoid and Softmax are left
 # alone on purpose: in real networks they are gates (SE blocks, LSTMs) or output normalisers.
@@ -135,11 +135,18 @@ def producer_channels(m: nn.Module) -> int | None:
     return None if layout is None else layout[0]
 
 
-def _last_producer(m: nn.Module) -> Layout | None:
-    c = None
-    for sub in m.modules():
-        c = producer_layout(sub) or c
-    return c
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix and name else prefix or name
+
+
+def _last_producer_at(m: nn.Module, prefix: str) -> tuple[Layout | None, str | None]:
+    """The layout and the path (``prefix`` + its name in ``m``) of the last producer in ``m``."""
+    found: tuple[Layout | None, str | None] = (None, None)
+    for name, sub in m.named_modules():
+        layout = producer_layout(sub)
+        if layout is not None:
+            found = (layout, _join(prefix, name))
+    return found
 
 
 @dataclass(eq=False)  # sites are compared by identity
@@ -150,6 +157,7 @@ class _Site:
     child: str | None  # the activation child's name in its holder (None: a functional call)
     layout: Layout | None  # (channels, channel_dim) of its input, from the producer
     after_3x3: bool
+    producer: str | None = None  # the producer's path in the model (None: not a module, or not found)
 
     @property
     def channels(self) -> int | None:
@@ -180,30 +188,32 @@ def _first_tensor_arg(node: fx.Node) -> fx.Node | None:
     return next((a for a in node.args if isinstance(a, fx.Node)), None)
 
 
-def _walk_to_producer(node: fx.Node | None, owner: nn.Module) -> tuple[Layout | None, bool]:
-    """(layout, whether the walk reached the holder's input) for the value ``node`` computes."""
+def _walk_to_producer(node: fx.Node | None, owner: nn.Module) -> tuple[Layout | None, bool, str | None]:
+    """(layout, whether the walk reached the holder's input, the producer's path in ``owner``) for
+    the value ``node`` computes."""
     while node is not None:
         if node.op == "call_module":
             m = owner.get_submodule(str(node.target))
             layout = producer_layout(m)
             if layout is not None:
-                return layout, False
+                return layout, False, str(node.target)
             if isinstance(m, _PASS_MODULES) or is_activation(m):
                 node = _first_tensor_arg(node)
                 continue
-            return _last_producer(m), False
+            last, at = _last_producer_at(m, str(node.target))
+            return last, False, at
         if node.op == "call_function":
             if node.target in _NORM_FUNCTIONS:
-                return producer_layout(owner), False
+                return producer_layout(owner), False, ""
             if node.target in _PASS_FUNCTIONS or node.target in _FUNCTIONS:
                 node = _first_tensor_arg(node)
                 continue
-            return None, False
+            return None, False, None
         if node.op == "call_method" and (node.target in _PASS_METHODS or node.target in _METHODS):
             node = _first_tensor_arg(node)
             continue
-        return None, node.op == "placeholder"
-    return None, False
+        return None, node.op == "placeholder", None
+    return None, False, None
 
 
 def _after_3x3(node: fx.Node, owner: nn.Module, residual: bool) -> bool:
@@ -236,13 +246,17 @@ def _sites(model: nn.Module) -> tuple[list[_Site], dict[str, fx.Graph]]:
     sites: list[_Site] = []
     graphs: dict[str, fx.Graph] = {}
     before: Layout | None = None  # the last producer registered before the current holder
+    before_at: str | None = None  # and its path
     for path, owner in model.named_modules():
-        holder_input, before = before, producer_layout(owner) or before
+        holder_input, holder_input_at = before, before_at
+        if producer_layout(owner) is not None:
+            before, before_at = producer_layout(owner), path
         if isinstance(owner, nn.Sequential):
-            sites += _registration_order_sites(path, owner, holder_input)
+            sites += _registration_order_sites(path, owner, holder_input, holder_input_at)
             continue
         if isinstance(owner, _TORCH_TRANSFORMER_LAYERS):  # activation(linear1(x)), a module or a function
-            sites.append(_Site(path, owner, None, "activation", producer_layout(owner.linear1), False))
+            sites.append(_Site(path, owner, None, "activation", producer_layout(owner.linear1), False,
+                               _join(path, "linear1")))
             continue
         if is_activation(owner) or _left_alone(owner) or isinstance(owner, (nn.ModuleList, nn.ModuleDict)):
             continue
@@ -251,7 +265,9 @@ def _sites(model: nn.Module) -> tuple[list[_Site], dict[str, fx.Graph]]:
         try:
             graph = _ChildrenAsLeaves().trace(owner)
         except Exception:  # noqa: BLE001 - fx fails in many ways on dynamic code: use registration order
-            sites += _registration_order_sites(path, owner, producer_layout(owner) or holder_input)
+            own = producer_layout(owner)
+            sites += _registration_order_sites(path, owner, own or holder_input,
+                                               path if own is not None else holder_input_at)
             continue
         residual = _has_residual_add(graph)
         found = False
@@ -259,27 +275,32 @@ def _sites(model: nn.Module) -> tuple[list[_Site], dict[str, fx.Graph]]:
             if not _is_activation_node(node, owner):
                 continue
             found = True
-            layout, reached_input = _walk_to_producer(_first_tensor_arg(node), owner)
+            layout, reached_input, at = _walk_to_producer(_first_tensor_arg(node), owner)
+            producer = None if at is None else _join(path, at)
             if layout is None and isinstance(owner, CHANNEL_NORMS):
-                layout = producer_layout(owner)
+                layout, producer = producer_layout(owner), path
             if layout is None and reached_input:  # the holder's input: its preceding producer
-                layout = holder_input
+                layout, producer = holder_input, holder_input_at
             child = node.target if node.op == "call_module" else None
-            sites.append(_Site(path, owner, node, child, layout, _after_3x3(node, owner, residual)))
+            sites.append(_Site(path, owner, node, child, layout, _after_3x3(node, owner, residual), producer))
         if found:
             graphs[path] = graph
     return sites, graphs
 
 
-def _registration_order_sites(path: str, owner: nn.Module, layout: Layout | None) -> list[_Site]:
+def _registration_order_sites(path: str, owner: nn.Module, layout: Layout | None,
+                              at: str | None = None) -> list[_Site]:
     """Children taken to run in registration order (nn.Sequential does; the fallback for holders
-    fx cannot trace): each activation gets the last producer before it, starting from ``layout``."""
+    fx cannot trace): each activation gets the last producer before it, starting from ``layout``
+    (at the path ``at``)."""
     sites = []
     for name, child in owner.named_children():
         if is_activation(child):
-            sites.append(_Site(path, owner, None, name, layout, False))
+            sites.append(_Site(path, owner, None, name, layout, False, at))
         else:
-            layout = _last_producer(child) or layout
+            last, last_at = _last_producer_at(child, _join(path, name))
+            if last is not None:
+                layout, at = last, last_at
     return sites
 
 
@@ -331,6 +352,13 @@ def _build(activation: ActivationLike, site: _Site, old: nn.Module | None, kwarg
         if isinstance(activation, str) and spec(activation).name == "frelu":
             kwargs.setdefault("dims", 1)  # tokens: the funnel window runs along the sequence
     return create(activation, channels=site.channels, **kwargs)
+
+
+def activation_producers(model: nn.Module) -> dict[str, str | None]:
+    """Each activation module of ``model`` (by path) with the path of the layer that produces its
+    input, found as ``replace_activations`` finds it (None: no module found). Functional calls
+    (``F.relu``) are left out: they have no path of their own."""
+    return {site.path: site.producer for site in _sites(model)[0] if site.child is not None}
 
 
 def is_causal_model(model: nn.Module) -> bool:

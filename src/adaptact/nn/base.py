@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..ops import dispatch, fallback
+from ..ops import dispatch, distributed, fallback
 from .families import BatchNorm
 
 __all__ = ["ActivationModule", "CheckedStateDict", "batch_norm", "check_input", "deprecated_keyword",
@@ -214,6 +214,10 @@ class ActivationModule(CheckedStateDict):
             if backend != "auto":
                 raise dispatch.refusal(backend)
             backend = "reference"
+        if backend != "reference" and distributed.sharded(x, *tensors, *self.parameters()):
+            if backend != "auto":
+                raise distributed.refusal(type(self).__name__, backend)
+            backend = "reference"  # DTensors: plain torch ops, which DTensor shards itself
         if backend == "auto":  # a transform may reach our Functions through the generator's weights
             return dispatch.reference_under_torch_func(lambda: self._run_auto(op, x, args, fused, triton),
                                                        lambda: self._run_reference(op, x, args), "auto")

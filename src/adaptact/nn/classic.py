@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import functional as AF
+from ..ops import distributed
 from .base import ActivationModule, CheckedStateDict, check_input, int_at_least
 from .channels import check_channel_dim
 
@@ -55,12 +56,21 @@ class PReLU(CheckedStateDict, nn.PReLU):
     def forward(self, x: Tensor) -> Tensor:
         if self.num_parameters == 1 or self.channel_dim == 1 or x.ndim < 2:
             check_input(self, x, self.num_parameters if self.num_parameters > 1 else None)
-            return F.prelu(x, self.weight.to(x.dtype))
+            return self._prelu(x)
         check_input(self, x, None)
         if not -x.ndim <= self.channel_dim < x.ndim or x.shape[self.channel_dim] != self.num_parameters:
             raise ValueError(f"PReLU expected {self.num_parameters} channels on dim {self.channel_dim}, got "
                              f"input shape {tuple(x.shape)}")
-        return F.prelu(x.movedim(self.channel_dim, 1), self.weight.to(x.dtype)).movedim(1, self.channel_dim)
+        return self._prelu(x.movedim(self.channel_dim, 1)).movedim(1, self.channel_dim)
+
+    def _prelu(self, x: Tensor) -> Tensor:
+        """F.prelu on (N, C, *), or on DTensors (tensor parallel, where F.prelu's backward has no
+        sharding rule) the same maths in plain ops: max(0, x) + a min(0, x)."""
+        weight = self.weight.to(x.dtype)
+        if not distributed.sharded(x, weight):
+            return F.prelu(x, weight)
+        slope = weight.reshape((-1,) + (1,) * (x.ndim - 2)) if x.ndim > 1 and weight.numel() > 1 else weight
+        return x.clamp_min(0) + slope * x.clamp_max(0)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ("" if self.channel_dim == 1 else f", channel_dim={self.channel_dim}")

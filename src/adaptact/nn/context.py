@@ -30,6 +30,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from ..ops import distributed
 from .base import normalise, track_running_stats
 from .families import BatchNorm
 
@@ -68,6 +69,7 @@ def position_statistics(module: nn.Module, s: Tensor, context: str) -> Tensor:
         sums = sums + _carried(module, s, offset).unsqueeze(1)
     start = 0 if offset is None else offset
     counts = torch.arange(start + 1, start + s.shape[1] + 1, device=s.device, dtype=s.dtype)
+    counts = distributed.replicated_like(counts, s)  # tensor parallel: s is a DTensor
     if offset is not None:
         module.__dict__[_PREFIX] = (sums[:, -1].detach(), start + s.shape[1], s.shape[0])
     return sums / counts.unsqueeze(-1)
