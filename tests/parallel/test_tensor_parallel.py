@@ -120,6 +120,26 @@ def _llama_results(model):
             "buffers": {n: _full(b) for n, b in model.named_buffers()}}
 
 
+def _collectives(model, mesh):
+    """The collectives the activation alone issues in a forward and in a backward (DTensor's
+    ``CommDebugMode``), by name, on an input the producer would give it."""
+    from torch.distributed.tensor.debug import CommDebugMode
+
+    act = model.act_fn
+    channels = 2 * HIDDEN if model.gated else HIDDEN
+    x = torch.randn(3, 6, channels, generator=torch.Generator().manual_seed(5))
+    x = x.chunk(WORLD, -1)[mesh.get_rank()]
+    x.requires_grad_(True)
+    counts = {}
+    with CommDebugMode() as forward:
+        y = act(x)
+    with CommDebugMode() as backward:
+        y.sum().backward()
+    for stage, mode in (("forward", forward), ("backward", backward)):
+        counts[stage] = {str(k).split(".")[-1]: v for k, v in mode.get_comm_counts().items()}
+    return counts
+
+
 def _worker(rank, port, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
@@ -137,6 +157,7 @@ def _worker(rank, port, out):
                 results[case] = _results(model, _inputs())
                 results[case]["local"] = {n: (str(t.placements[0]), tuple(t.to_local().shape))
                                           for n, t in model.act_fn.state_dict().items()}
+                results[case]["collectives"] = _collectives(model, mesh)
             except Exception as err:  # noqa: BLE001 - reported by the case's test
                 results[case] = f"{type(err).__name__}: {err}"
         try:
@@ -233,3 +254,23 @@ def test_channelwise_parallel_refuses_what_it_cannot_shard():
         ChannelwiseParallel()._apply(nn.Linear(2, 2), None)
     with pytest.raises(ValueError, match=r"AconC has not made its parameters yet \(channels=None\)"):
         ChannelwiseParallel()._apply(adaptact.create("acon_c", channel_dim=-1), None)
+
+
+
+# what crosses the ranks per call (docs/architecture.md has the sizes): nothing for the elementwise
+# per-channel activations, their scalar parameters' gradients for the scalar ones, one all-reduce of
+# the generator's (N, hidden) partial sums each way for DY-ReLU
+COLLECTIVES = {
+    "acon_a": ({}, {}), "acon_b": ({}, {}), "acon_c": ({}, {}), "prelu": ({}, {}),
+    "arelu": ({}, {"all_reduce": 2}), "xielu": ({}, {"all_reduce": 2}),
+    "dy_relu_a": ({"all_reduce": 1}, {"all_reduce": 1}), "dy_relu_b": ({"all_reduce": 1}, {"all_reduce": 1}),
+    "dy_relu_b-token": ({"all_reduce": 1}, {"all_reduce": 1}),
+    "meta_acon_c-layer": ({"all_reduce": 1}, {"all_reduce": 1}),
+    "polynorm": ({"all_reduce": 3}, {"reduce_scatter_tensor": 3}),
+}
+
+
+@pytest.mark.parametrize("case", list(COLLECTIVES))
+def test_the_collectives_are_the_documented_ones(sharded, case):
+    forward, backward = COLLECTIVES[case]
+    assert sharded[case]["collectives"] == {"forward": forward, "backward": backward}

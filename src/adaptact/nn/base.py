@@ -51,11 +51,12 @@ def check_input(module: nn.Module, x: torch.Tensor, channels: int | None) -> Non
 
 
 def batch_norm(bn: BatchNorm, h: torch.Tensor) -> torch.Tensor:
-    """Apply ``bn`` to the (N, C) statistics of a generator (Meta-ACON, APReLU).
+    """Apply ``bn`` to (N, C, *) ``h``: the (N, C) statistics of a generator (Meta-ACON, APReLU)
+    or FReLU's funnel condition.
 
-    * One sample in training mode: batch statistics are undefined (``nn.BatchNorm1d``
-      raises), so it is normalised with the running statistics, which stay unchanged, as in
-      eval mode.
+    * One value per channel in training mode: batch statistics are undefined (torch's
+      BatchNorm raises), so it is normalised with the running statistics, which stay
+      unchanged, as in eval mode.
     * ``nn.SyncBatchNorm`` (after ``nn.SyncBatchNorm.convert_sync_batchnorm``) in distributed
       training: its batch is the global one. torch syncs only GPU tensors; for CPU tensors
       (gloo) the statistics are synced here with a differentiable all-reduce.
@@ -64,7 +65,7 @@ def batch_norm(bn: BatchNorm, h: torch.Tensor) -> torch.Tensor:
         if bn.training and h.device.type == "cpu" and _distributed_world(bn) > 1:
             return _sync_batch_norm_cpu(bn, h)
         return bn(h)
-    if bn.training and h.shape[0] == 1:
+    if bn.training and h[:, 0].numel() == 1:
         return nn.functional.batch_norm(
             h, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps
         )
@@ -79,19 +80,24 @@ def _distributed_world(bn: nn.SyncBatchNorm) -> int:
 
 
 def _sync_batch_norm_cpu(bn: nn.SyncBatchNorm, h: torch.Tensor) -> torch.Tensor:
-    """Training-mode batch norm of (N, C) ``h`` over the whole process group (gloo, CPU)."""
+    """Training-mode batch norm of (N, C, *) ``h`` over the whole process group (gloo, CPU)."""
     from torch.distributed.nn.functional import all_reduce
 
     group = bn.process_group or torch.distributed.group.WORLD
     c = h.shape[1]
     x = h.float()
-    local = torch.cat((x.sum(0), (x * x).sum(0), x.new_tensor([x.shape[0]])))
+    dims = [0, *range(2, x.ndim)]
+    local = torch.cat((x.sum(dims), (x * x).sum(dims), x.new_tensor([x.numel() // c])))
     total = all_reduce(local, group=group)  # differentiable sum over processes
     n = total[-1]
     mean = total[:c] / n
     var = (total[c : 2 * c] / n - mean * mean).clamp_min(0)
     track_running_stats(bn, mean, var * n / (n - 1).clamp_min(1))
-    return normalise(bn, x, mean, var).to(h.dtype)
+    view = (-1,) + (1,) * (x.ndim - 2)
+    y = (x - mean.view(view)) * torch.rsqrt(var.view(view) + bn.eps)
+    if bn.affine:
+        y = y * bn.weight.view(view) + bn.bias.view(view)
+    return y.to(h.dtype)
 
 
 def normalise(bn: BatchNorm, x: torch.Tensor, mean: torch.Tensor,

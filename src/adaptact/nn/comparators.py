@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import functional as AF
+from ..ops import distributed
 from .base import ActivationModule, check_input, int_at_least
 from .channels import ChannelModule
 
@@ -178,8 +179,8 @@ class Maxout(ChannelModule):
     def reset_parameters(self) -> None:
         """ReLU: slopes evenly spaced in [0, 1], biases 0."""
         if self.initialized:
+            distributed.assign(self.weight, torch.linspace(0.0, 1.0, self.pieces))  # also a DTensor's shard
             with torch.no_grad():
-                self.weight.copy_(torch.linspace(0.0, 1.0, self.pieces))
                 self.bias.zero_()
 
     def _forward(self, x: Tensor) -> Tensor:

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from torch import Tensor, nn
 
 from ..ops import dispatch
-from .base import int_at_least
+from .base import batch_norm, int_at_least
 from .channels import ChannelModule
 from .context import OFFSET, Context, batch_norm_positions, check_context, refuse_cached
 
@@ -99,11 +99,7 @@ class FReLU(ChannelModule):
                                      groups=conv.groups)
             return batch_norm_positions(bn, h.transpose(1, 2)).transpose(1, 2)
         refuse_cached(self)
-        h = self.conv_frelu(x)
-        if bn.training and h[:, 0].numel() == 1:
-            return nn.functional.batch_norm(h, bn.running_mean, bn.running_var, bn.weight, bn.bias,
-                                            False, 0.0, bn.eps)
-        return bn(h)
+        return batch_norm(bn, self.conv_frelu(x))
 
     def _forward(self, x: Tensor) -> Tensor:
         if x.ndim != self.dims + 2:

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import functional as AF
+from ..ops import distributed
 from .base import ActivationModule, check_input, int_at_least
 
 __all__ = ["PAU", "fit_pau"]
@@ -96,9 +97,8 @@ class PAU(ActivationModule):
     def reset_parameters(self) -> None:
         """The least-squares fit of leaky ReLU (``fit_pau``)."""
         num, den = fit_pau(self.numerator.shape[0] - 1, self.denominator.shape[0], float(self.negative_slope))
-        with torch.no_grad():
-            self.numerator.copy_(torch.tensor(num))
-            self.denominator.copy_(torch.tensor(den))
+        distributed.assign(self.numerator, torch.tensor(num))  # also a DTensor's shard (FSDP2, meta init)
+        distributed.assign(self.denominator, torch.tensor(den))
 
     def forward(self, x: Tensor) -> Tensor:
         check_input(self, x, None)

@@ -10,7 +10,7 @@ import functools
 import torch
 from torch import Tensor
 
-__all__ = ["refusal", "replicated_like", "sharded"]
+__all__ = ["assign", "refusal", "replicated_like", "sharded"]
 
 
 @functools.cache
@@ -43,3 +43,19 @@ def replicated_like(t: Tensor, like: Tensor) -> Tensor:
 
     assert isinstance(like, DTensor)
     return DTensor.from_local(t, like.device_mesh, [Replicate()] * like.device_mesh.ndim, run_check=False)
+
+
+@torch.no_grad()
+def assign(t: Tensor, values: Tensor) -> None:
+    """``t.copy_(values)`` (``values`` broadcast to ``t``'s shape), also where ``t`` is a sharded
+    or replicated DTensor (FSDP2 and tensor parallel call ``reset_parameters`` on those): each
+    rank writes its own part of ``values``, with no communication."""
+    values = values.to(dtype=t.dtype, device=t.device)
+    if not sharded(t):
+        t.copy_(values)
+        return
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    assert isinstance(t, DTensor)
+    whole = values.expand(t.shape).contiguous()
+    t.copy_(distribute_tensor(whole, t.device_mesh, t.placements, src_data_rank=None))

@@ -1,0 +1,37 @@
+"""The README's torchrun example runs as written, and 2 tensor-parallel processes print the losses
+of one."""
+
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "tensor_parallel.py"
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _losses(processes):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={processes}",
+               f"--master-port={_free_port()}", str(EXAMPLE)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=150, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return [float(v) for v in re.findall(r"step \d: loss ([0-9.]+)", done.stdout)]
+
+
+def test_the_readme_names_the_example():
+    assert "torchrun --nproc-per-node 2 examples/tensor_parallel.py" in (ROOT / "README.md").read_text()
+
+
+def test_two_tensor_parallel_processes_print_the_losses_of_one():
+    one, two = _losses(1), _losses(2)
+    assert len(one) == 3 and one[-1] < one[0]  # it trains
+    assert max(abs(a - b) for a, b in zip(one, two)) < 1e-5
