@@ -28,10 +28,12 @@ CASES = {
     "prelu": ("prelu", {}),
     "meta_acon_c": ("meta_acon_c", {}),
     "meta_acon_c-layer": ("meta_acon_c", {"granularity": "layer"}),
+    "meta_acon_c-layer-causal": ("meta_acon_c", {"granularity": "layer", "context": "causal"}),
     "meta_acon_c-causal": ("meta_acon_c", {"context": "causal"}),
     "meta_acon_c-token": ("meta_acon_c", {"context": "token"}),
     "aprelu": ("aprelu", {}),
     "aprelu-causal": ("aprelu", {"context": "causal"}),
+    "aprelu-token": ("aprelu", {"context": "token"}),
     "dy_relu_a": ("dy_relu_a", {}),
     "dy_relu_b": ("dy_relu_b", {}),
     "dy_relu_b-token": ("dy_relu_b", {"context": "token"}),
@@ -39,6 +41,9 @@ CASES = {
     "arelu": ("arelu", {}),
     "xielu": ("xielu", {}),
     "acon_c_glu": ("acon_c_glu", {}),
+    # DTensors in and out: the producers and the activation keep DTensors (use_local_output=False)
+    "acon_c-dtensor": ("acon_c", {}),
+    "meta_acon_c-causal-dtensor": ("meta_acon_c", {"context": "causal"}),
 }
 
 
@@ -65,11 +70,15 @@ class MLP(nn.Module):
 BASE_PLAN = {"gate_proj": "colwise", "up_proj": "colwise", "gate_up": "colwise", "down_proj": "rowwise"}
 
 
-def _base_plan(model):
+def _base_plan(model, dtensors=False):
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
 
-    styles = {"colwise": ColwiseParallel, "rowwise": RowwiseParallel}
-    return {k: styles[v]() for k, v in BASE_PLAN.items() if getattr(model, k, None) is not None}
+    local = {"use_local_output": False} if dtensors else {}
+    styles = {"colwise": lambda: ColwiseParallel(**local), "rowwise": RowwiseParallel}
+    out = {k: styles[v]() for k, v in BASE_PLAN.items() if getattr(model, k, None) is not None}
+    if dtensors:
+        out["act_fn"] = ChannelwiseParallel(use_local_output=False)
+    return out
 
 
 def _inputs():
@@ -123,18 +132,21 @@ def _llama_results(model):
 def _collectives(model, mesh):
     """The collectives the activation alone issues in a forward and in a backward (DTensor's
     ``CommDebugMode``), by name, on an input the producer would give it."""
+    from torch.distributed.tensor import DTensor
     from torch.distributed.tensor.debug import CommDebugMode
 
     act = model.act_fn
     channels = 2 * HIDDEN if model.gated else HIDDEN
     x = torch.randn(3, 6, channels, generator=torch.Generator().manual_seed(5))
-    x = x.chunk(WORLD, -1)[mesh.get_rank()]
+    x = x.chunk(WORLD, -1)[mesh.get_rank()].contiguous()  # as a column-parallel Linear gives it
     x.requires_grad_(True)
     counts = {}
     with CommDebugMode() as forward:
         y = act(x)
+    # a DTensor's sum() hands back an expanded gradient that a view in DTensor's backward refuses
+    local = y.to_local() if isinstance(y, DTensor) else y
     with CommDebugMode() as backward:
-        y.sum().backward()
+        local.sum().backward()
     for stage, mode in (("forward", forward), ("backward", backward)):
         counts[stage] = {str(k).split(".")[-1]: v for k, v in mode.get_comm_counts().items()}
     return counts
@@ -153,7 +165,7 @@ def _worker(rank, port, out):
         for case in CASES:
             try:
                 model = _build(case)
-                parallelize_module(model, mesh, plan(model, _base_plan(model)))
+                parallelize_module(model, mesh, plan(model, _base_plan(model, case.endswith("-dtensor"))))
                 results[case] = _results(model, _inputs())
                 results[case]["local"] = {n: (str(t.placements[0]), tuple(t.to_local().shape))
                                           for n, t in model.act_fn.state_dict().items()}
