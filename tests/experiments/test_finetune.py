@@ -80,6 +80,25 @@ def test_a_conversion_with_init_match_keeps_the_pretrained_function_and_the_pape
     assert rows["paper"]["converted_acc"] < rows["paper"]["source_acc"] - 0.05
 
 
+def test_every_activation_of_a_seed_starts_with_the_same_fresh_head(tmp_path):
+    """Paired by seed: converting (and measuring the conversion) leaves the head's initialisation
+    and the copied weights as a run that keeps the pretrained activation has them."""
+    pre = _pretrained(tmp_path, seed=3)
+    run(pre)
+    from adaptact.datasets.builtin import load
+
+    path, ds = tmp_path / "ckpt" / checkpoint_name(pre), load("mnist1d-shifted")
+    starts = {}
+    for activation, init in (("relu", "paper"), ("acon_c", "paper"), ("acon_c", "match")):
+        torch.manual_seed(3)
+        (config,) = fine_tuning([_target(activation, seed=3)], [pre], "relu", (init,))
+        starts[activation, init] = start_from(config, ds, path).model.state_dict()
+    kept = starts["relu", "paper"]
+    for state in starts.values():
+        for k in ("classifier.weight", "classifier.bias", "features.0.weight"):
+            assert torch.equal(state[k], kept[k]), k
+
+
 def test_a_missing_checkpoint_is_trained_again_to_the_same_weights(tmp_path):
     pre = _pretrained(tmp_path, seed=2)
     run(pre)

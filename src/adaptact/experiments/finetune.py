@@ -101,25 +101,36 @@ def start_from(config: RunConfig, ds, path: str | Path) -> Start:
         raise ValueError("start_from needs a run with a pretrained run")
     ckpt = pretrained_checkpoint(pre, path)
     converting = config.activation != pre.activation
-    start = Start(model=nn.Module())
-    if converting:  # how far the conversion moves the pretrained network, on the source's test set
-        source = pre.data_source or Source(pre.dataset, pre.dataset)
-        source_ds = load_data(source, pre.data_dir, pre.scale)
-        if not isinstance(source_ds, Dataset):
-            raise ValueError("fine-tuning is for classifiers: the source cannot be text")
+    # the target's network first, so its fresh head is the same for every activation of a seed
+    model = _network(pre, _shape(ds), ds.num_classes, config.model_source, config.model)
+    start = Start(model=model)
+    start.fresh = transplant(model, ckpt["state_dict"], head=classifier_head(model, ds.num_classes), path=path)
+    if converting:
+        start.source_acc, start.converted_acc = _function_change(config, ckpt, path)
+        _convert(model, config)  # draws what the measured conversion drew
+    start.model = model
+    return start
+
+
+def _function_change(config: RunConfig, ckpt: dict, path: str | Path) -> tuple[float, float]:
+    """The pretrained network's accuracy on the source's test set before and after the conversion
+    ``config`` makes, with the random numbers the conversion of the trained network then draws
+    (the RNG is left as it was)."""
+    pre = config.pretrained
+    assert pre is not None
+    source = pre.data_source or Source(pre.dataset, pre.dataset)
+    source_ds = load_data(source, pre.data_dir, pre.scale)
+    if not isinstance(source_ds, Dataset):
+        raise ValueError("fine-tuning is for classifiers: the source cannot be text")
+    with torch.random.fork_rng(devices=[]):
+        state = torch.get_rng_state()
         net = _network(pre, _shape(source_ds), source_ds.num_classes)
         transplant(net, ckpt["state_dict"], head=None, path=path)  # the pretrained network itself
         x, y = source_ds.test_x[:PROBE_SAMPLES], source_ds.test_y[:PROBE_SAMPLES]
-        start.source_acc = accuracy(net, x, y)
+        before = accuracy(net, x, y)
+        torch.set_rng_state(state)
         _convert(net, config)
-        start.converted_acc = accuracy(net, x, y)
-    model = _network(pre, _shape(ds), ds.num_classes, config.model_source, config.model)
-    head = classifier_head(model, ds.num_classes)
-    start.fresh = transplant(model, ckpt["state_dict"], head=head, path=path)
-    if converting:
-        _convert(model, config)
-    start.model = model
-    return start
+        return before, accuracy(net, x, y)
 
 
 def _network(pre: RunConfig, shape: tuple[int, ...], num_classes: int, source: Source | None = None,
