@@ -35,6 +35,7 @@ def test_each_stored_key_is_the_key_of_its_stored_configuration(db):
         fields = {name: row[name] for name in IDENTITY}
         fields.update(amp=fields["amp"] or None, compile=bool(fields["compile"]))
         fields.update(iters=row.get("iters", 0), eval_every=row.get("eval_every", 0))  # columns added later
+        fields.update(start=row.get("start", ""), init=row.get("init") or "paper")  # fine-tuning
         assert RunConfig(**fields).key == row["key"], row
 
 
@@ -55,3 +56,21 @@ def test_the_fault_diagnosis_sweep_asked_again_runs_nothing(tmp_path, monkeypatc
             "--no-progress"]
     assert main(argv) == 0
     assert "0 runs done now, 54 already in" in capsys.readouterr().out
+
+
+def test_the_convert_sweep_asked_again_runs_nothing(tmp_path, monkeypatch, capsys):
+    """RESULTS.md's fine-tuning command, on a copy of its database and without the pretrained
+    checkpoints (not committed): every pretraining and fine-tuning run is found done."""
+    pytest.importorskip("mnist1d")
+    db = tmp_path / "convert.sqlite"
+    shutil.copy(ROOT / "benchmarks" / "transfer" / "convert.sqlite", db)
+
+    def refuse(executor, fn, runs, **kwargs):
+        assert not list(runs), "a run was started: its key is not in the committed database"
+        return iter(())
+
+    monkeypatch.setattr(sweep, "execute", refuse)
+    argv = ["compare", "--protocol", "convert", "--db", str(db), "--out", str(tmp_path / "report"),
+            "--no-progress"]
+    assert main(argv) == 0
+    assert "0 runs done now, 48 already in" in capsys.readouterr().out

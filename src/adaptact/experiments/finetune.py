@@ -104,7 +104,8 @@ def start_from(config: RunConfig, ds, path: str | Path) -> Start:
     # the target's network first, so its fresh head is the same for every activation of a seed
     model = _network(pre, _shape(ds), ds.num_classes, config.model_source, config.model)
     start = Start(model=model)
-    start.fresh = transplant(model, ckpt["state_dict"], head=classifier_head(model, ds.num_classes), path=path)
+    head = classifier_head(model, ds.num_classes)
+    start.fresh = transplant(model, ckpt["state_dict"], head=head, path=path)
     if converting:
         start.source_acc, start.converted_acc = _function_change(config, ckpt, path)
         _convert(model, config)  # draws what the measured conversion drew

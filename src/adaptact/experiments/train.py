@@ -45,7 +45,18 @@ class RunConfig:
     built-in names or the fingerprints of user sources (``sources.Source``), which
     ``data_source``/``model_source`` carry for the worker; ``data_dir`` says where to find built-in
     data and ``checkpoint_dir`` where to save the trained model as ``<key>.pt``. None of those
-    three is identity."""
+    three is identity. A fine-tuning run carries its ``pretrained`` run (which saves a
+    checkpoint) and names it by its key in ``start`` (identity): it starts from that run's network
+    (``finetune.start_from``) with a fresh head, converted to ``activation`` with ``init`` where
+    the two activations differ."""
+
+    def __post_init__(self) -> None:
+        if self.pretrained is not None and self.pretrained.key != self.start:
+            raise ValueError("a fine-tuning run's start is the key of its pretrained run")
+        if self.pretrained is not None and not self.pretrained.checkpoint_dir:
+            raise ValueError("a pretrained run must save its network: give it a checkpoint_dir")
+        if self.init not in ("paper", "match"):
+            raise ValueError(f"init must be 'paper' or 'match', got {self.init!r}")
 
     dataset: str
     model: str
@@ -219,6 +230,8 @@ def _run(config: RunConfig) -> dict:
         source = config.data_source or Source(config.dataset, config.dataset)
         ds = load_data(source, config.data_dir, config.scale)
         torch.manual_seed(config.seed)
+        if config.start and config.pretrained is None:
+            raise ValueError("a fine-tuning run needs its pretrained run (RunConfig.pretrained)")
         if config.pretrained is not None:
             begun = _start(config, ds)
             model = begun.model.to(device)
