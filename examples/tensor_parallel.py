@@ -28,6 +28,24 @@ class MLP(nn.Module):
         return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
 
 
+def train(model: nn.Module, x: torch.Tensor, steps: int = 3) -> list[float]:
+    """AdamW steps on reconstructing ``x``; the losses."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(steps):
+        loss = (model(x) - x).pow(2).mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    return losses
+
+
+def batch(device: str = "cpu") -> torch.Tensor:
+    """The same batch on every rank."""
+    return torch.randn(4, 16, 64, generator=torch.Generator().manual_seed(1)).to(device)
+
+
 def main() -> None:
     cuda = torch.cuda.is_available()
     dist.init_process_group("nccl" if cuda else "gloo")
@@ -40,16 +58,9 @@ def main() -> None:
     model = MLP().to(device)
     base = {"gate_proj": ColwiseParallel(), "up_proj": ColwiseParallel(), "down_proj": RowwiseParallel()}
     parallelize_module(model, mesh, plan(model, base))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    # the same batch on every rank
-    x = torch.randn(4, 16, 64, generator=torch.Generator().manual_seed(1)).to(device)
-    for step in range(3):
-        loss = (model(x) - x).pow(2).mean()
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
+    for step, loss in enumerate(train(model, batch(device))):
         if rank == 0:
-            print(f"step {step}: loss {loss.item():.6f}")
+            print(f"step {step}: loss {loss:.6f}")
     dist.destroy_process_group()
 
 
