@@ -39,16 +39,17 @@ def test_each_stored_key_is_the_key_of_its_stored_configuration(db):
         assert RunConfig(**fields).key == row["key"], row
 
 
+def _refuse(executor, fn, runs, **kwargs):
+    assert not list(runs), "a run was started: its key is not in the committed database"
+    return iter(())
+
+
 def test_the_fault_diagnosis_sweep_asked_again_runs_nothing(tmp_path, monkeypatch, capsys):
     """The command RESULTS.md gives for benchmarks/fault-diagnosis, on a copy of its database."""
     db = tmp_path / "bearing.sqlite"
     shutil.copy(ROOT / "benchmarks" / "fault-diagnosis" / "bearing.sqlite", db)
 
-    def refuse(executor, fn, runs, **kwargs):
-        assert not list(runs), "a run was started: its key is not in the committed database"
-        return iter(())
-
-    monkeypatch.setattr(sweep, "execute", refuse)
+    monkeypatch.setattr(sweep, "execute", _refuse)
     argv = ["compare", "--dataset", "bearing", "--snr", "5,3,1", "--model", "resnet1d-9",
             "--activations", "sigmoid,tanh,relu,leaky_relu,prelu,aprelu", "--optimizers", "adam",
             "--lrs", "0.01", "--seeds", "3", "--epochs", "40", "--db", str(db),
@@ -65,11 +66,7 @@ def test_the_convert_sweep_asked_again_runs_nothing(tmp_path, monkeypatch, capsy
     db = tmp_path / "convert.sqlite"
     shutil.copy(ROOT / "benchmarks" / "transfer" / "convert.sqlite", db)
 
-    def refuse(executor, fn, runs, **kwargs):
-        assert not list(runs), "a run was started: its key is not in the committed database"
-        return iter(())
-
-    monkeypatch.setattr(sweep, "execute", refuse)
+    monkeypatch.setattr(sweep, "execute", _refuse)
     argv = ["compare", "--protocol", "convert", "--db", str(db), "--out", str(tmp_path / "report"),
             "--no-progress"]
     assert main(argv) == 0

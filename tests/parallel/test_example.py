@@ -4,27 +4,22 @@ of one."""
 import importlib.util
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
+from .processes import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "tensor_parallel.py"
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _losses(processes):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={processes}",
-               f"--master-port={_free_port()}", str(EXAMPLE)]
+               f"--master-port={free_port()}", str(EXAMPLE)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=150, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     return [float(v) for v in re.findall(r"step \d: loss ([0-9.]+)", done.stdout)]

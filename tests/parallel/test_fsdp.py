@@ -5,18 +5,15 @@ their channels, lazy ones made by a dry forward, and modules built on the meta d
 checkpoint API, and gathered back with it). A 2-D mesh (2 x 2 processes: FSDP over tensor
 parallel) trains a LLaMA-style MLP with causal Meta-ACON-C and equals one process."""
 
-import os
-import socket
-
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
 import adaptact
 from adaptact.parallel import plan
+
+from .processes import attempt, spawn
 
 ACTIVATIONS = ("arelu", "acon_a", "acon_b", "acon_c", "meta_acon_c", "aprelu", "dy_relu_a", "dy_relu_b",
                "frelu", "prelu", "pau", "apl", "xielu", "polynorm")
@@ -46,11 +43,11 @@ def _reference(activation):
     return Net(activation)
 
 
-def _train(model, x, y):
-    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+def _train(model, x, y, loss=F.cross_entropy, lr=0.5):
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
     for _ in range(STEPS):
         opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
+        loss(model(x), y).backward()
         opt.step()
 
 
@@ -105,14 +102,6 @@ def _mlp_data():
     return torch.randn(4, 5, 8, generator=g), torch.randn(4, 5, 8, generator=g)
 
 
-def _mlp_train(model, x, target):
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    for _ in range(STEPS):
-        opt.zero_grad()
-        F.mse_loss(model(x), target).backward()
-        opt.step()
-
-
 def _two_d(rank, state):
     from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                          set_model_state_dict)
@@ -128,32 +117,18 @@ def _two_d(rank, state):
     set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
     x, target = _mlp_data()
     dp = mesh["dp"].get_local_rank()
-    _mlp_train(model, x.chunk(2)[dp], target.chunk(2)[dp])
+    _train(model, x.chunk(2)[dp], target.chunk(2)[dp], F.mse_loss, 0.1)
     gathered = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     return {k: v.detach().clone() for k, v in gathered.items()}
 
 
-def _worker(rank, world, port, cases, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        torch.set_num_threads(1)
-        results = {}
-        for case in cases:
-            try:
-                if case == "2d":
-                    results[case] = _two_d(rank, _reference_mlp().state_dict())
-                else:
-                    activation, way = case
-                    results[case] = _sharded_run(activation, way, rank, _reference(activation).state_dict(),
-                                                 *_data())
-            except Exception as err:  # noqa: BLE001 - reported by the case's test
-                results[case] = f"{type(err).__name__}: {err}"
-        if rank == 0:
-            torch.save(results, out)
-    finally:
-        dist.destroy_process_group()
-    os._exit(0)  # gloo's teardown may abort at interpreter exit (see test_distributed.py)
+def _fsdp_cases(rank):
+    return {(a, w): attempt(lambda a=a, w=w: _sharded_run(a, w, rank, _reference(a).state_dict(), *_data()))
+            for a, w in CASES}
+
+
+def _two_d_cases(rank):
+    return {"2d": attempt(lambda: _two_d(rank, _reference_mlp().state_dict()))}
 
 
 def _reference_mlp():
@@ -161,27 +136,9 @@ def _reference_mlp():
     return MLP()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _spawn(world, cases, out, seconds=150):
-    context = mp.start_processes(_worker, args=(world, _free_port(), cases, str(out)), nprocs=world,
-                                 join=False, start_method="spawn")
-    for _ in range(2 * seconds):  # never hang
-        if context.join(timeout=0.5):
-            return torch.load(out, weights_only=False)
-    for p in context.processes:
-        p.kill()
-    pytest.fail(f"the distributed workers did not finish in {seconds} s")
-
-
 @pytest.fixture(scope="module")
 def fsdp(tmp_path_factory):
-    cases = [(a, w) for a, w in CASES]
-    return _spawn(2, cases, tmp_path_factory.mktemp("fsdp") / "results.pt")
+    return spawn(_fsdp_cases, 2, tmp_path_factory.mktemp("fsdp") / "results.pt")
 
 
 def _assert_states_equal(got, want):
@@ -202,8 +159,8 @@ def test_fsdp2_steps_equal_one_process(fsdp, activation, way):
 
 
 def test_a_two_d_mesh_equals_one_process(tmp_path):
-    got = _spawn(4, ["2d"], tmp_path / "results.pt")["2d"]
+    got = spawn(_two_d_cases, 4, tmp_path / "results.pt")["2d"]
     model = _reference_mlp()
     x, target = _mlp_data()
-    _mlp_train(model, x, target)
+    _train(model, x, target, F.mse_loss, 0.1)
     _assert_states_equal(got, model.state_dict())

@@ -4,18 +4,15 @@ the unsharded MLP in its output and in every gradient; so does a tiny Hugging Fa
 to causal Meta-ACON-C and parallelised with ``adaptact.parallel.plan``. One spawn runs every case
 (starting processes is the cost); each case is then its own test."""
 
-import os
-import socket
-
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 import adaptact
 from adaptact.parallel import ChannelwiseParallel, channels_of, plan
 from adaptact.parallel.sharding import channel_shards
+
+from .processes import attempt, spawn
 
 WORLD = 2
 DIM, HIDDEN = 16, 32
@@ -152,63 +149,38 @@ def _collectives(model, mesh):
     return counts
 
 
-def _worker(rank, port, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    try:
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+def _cases(rank):
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
-        torch.set_num_threads(1)
-        mesh = init_device_mesh("cpu", (WORLD,))
-        results = {}
-        for case in CASES:
-            try:
-                model = _build(case)
-                parallelize_module(model, mesh, plan(model, _base_plan(model, case.endswith("-dtensor"))))
-                results[case] = _results(model, _inputs())
-                results[case]["local"] = {n: (str(t.placements[0]), tuple(t.to_local().shape))
-                                          for n, t in model.act_fn.state_dict().items()}
-                results[case]["collectives"] = _collectives(model, mesh)
-            except Exception as err:  # noqa: BLE001 - reported by the case's test
-                results[case] = f"{type(err).__name__}: {err}"
+    mesh = init_device_mesh("cpu", (WORLD,))
+
+    def mlp(case):
+        model = _build(case)
+        parallelize_module(model, mesh, plan(model, _base_plan(model, case.endswith("-dtensor"))))
+        results = _results(model, _inputs())
+        results["local"] = {n: (str(t.placements[0]), tuple(t.to_local().shape))
+                            for n, t in model.act_fn.state_dict().items()}
+        results["collectives"] = _collectives(model, mesh)
+        return results
+
+    def llama():
         try:
             model = _llama()
-            for layer in model.model.layers:
-                mlp_plan = {"gate_proj": ColwiseParallel(), "up_proj": ColwiseParallel(),
-                            "down_proj": RowwiseParallel()}
-                parallelize_module(layer.mlp, mesh, plan(layer.mlp, mlp_plan))
-            results["llama"] = _llama_results(model)
         except pytest.skip.Exception:
-            results["llama"] = "skip"
-        except Exception as err:  # noqa: BLE001
-            results["llama"] = f"{type(err).__name__}: {err}"
-        if rank == 0:
-            torch.save(results, out)
-    finally:
-        dist.destroy_process_group()
-    os._exit(0)  # gloo's teardown may abort at interpreter exit (see test_distributed.py)
+            return "skip"
+        for layer in model.model.layers:
+            mlp_plan = {"gate_proj": ColwiseParallel(), "up_proj": ColwiseParallel(),
+                        "down_proj": RowwiseParallel()}
+            parallelize_module(layer.mlp, mesh, plan(layer.mlp, mlp_plan))
+        return _llama_results(model)
 
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return {**{case: attempt(lambda case=case: mlp(case)) for case in CASES}, "llama": attempt(llama)}
 
 
 @pytest.fixture(scope="module")
 def sharded(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tp") / "results.pt"
-    context = mp.start_processes(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=False,
-                                 start_method="spawn")
-    for _ in range(240):  # never hang: 2 minutes at most
-        if context.join(timeout=0.5):
-            break
-    else:
-        for p in context.processes:
-            p.kill()
-        pytest.fail("the tensor-parallel workers did not finish in 2 minutes")
-    return torch.load(out, weights_only=False)
+    return spawn(_cases, WORLD, tmp_path_factory.mktemp("tp") / "results.pt", seconds=120)
 
 
 def _assert_equal(got, want):
