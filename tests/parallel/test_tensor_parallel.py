@@ -250,6 +250,9 @@ COLLECTIVES = {
     "dy_relu_a": ({"all_reduce": 1}, {"all_reduce": 1}), "dy_relu_b": ({"all_reduce": 1}, {"all_reduce": 1}),
     "dy_relu_b-token": ({"all_reduce": 1}, {"all_reduce": 1}),
     "meta_acon_c-layer": ({"all_reduce": 1}, {"all_reduce": 1}),
+    # the generator's BatchNorm over the channels runs on each rank's own channels
+    "meta_acon_c": ({"all_reduce": 1}, {"all_reduce": 2}),
+    "aprelu": ({"all_gather_into_tensor": 2}, {"all_reduce": 1}),
     "polynorm": ({"all_reduce": 3}, {"reduce_scatter_tensor": 3}),
 }
 

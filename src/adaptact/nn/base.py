@@ -65,7 +65,12 @@ def batch_norm(bn: BatchNorm, h: torch.Tensor) -> torch.Tensor:
         if bn.training and h.device.type == "cpu" and _distributed_world(bn) > 1:
             return _sync_batch_norm_cpu(bn, h)
         return bn(h)
-    if bn.training and h[:, 0].numel() == 1:
+    single = bn.training and h.numel() == h.shape[1]  # one value per channel (h may be a DTensor)
+    if distributed.sharded(h):  # tensor parallel: each rank normalises its own channels
+        y = distributed.batch_norm_on_shards(bn, h, bn.training and not single)
+        if y is not None:
+            return y
+    if single:
         return nn.functional.batch_norm(
             h, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps
         )

@@ -10,7 +10,7 @@ import functools
 import torch
 from torch import Tensor
 
-__all__ = ["assign", "refusal", "replicated_like", "sharded"]
+__all__ = ["assign", "batch_norm_on_shards", "refusal", "replicated_like", "sharded"]
 
 
 @functools.cache
@@ -59,3 +59,28 @@ def assign(t: Tensor, values: Tensor) -> None:
     assert isinstance(t, DTensor)
     whole = values.expand(t.shape).contiguous()
     t.copy_(distribute_tensor(whole, t.device_mesh, t.placements, src_data_rank=None))
+
+
+def batch_norm_on_shards(bn: torch.nn.Module, h: Tensor, training: bool) -> Tensor | None:
+    """``bn`` of (N, C, *) ``h``, a DTensor sharded on its channels whose BatchNorm tensors are
+    sharded alike (tensor parallel): each channel's statistics are its own, so each rank
+    normalises its own channels (DTensor's batch_norm would gather them). ``training``: normalise
+    with the batch's statistics (and update the running ones). None where the layouts differ."""
+    from torch.distributed.tensor import DTensor, Shard
+
+    if not isinstance(h, DTensor) or h.device_mesh.ndim != 1 or h.placements != (Shard(1),):
+        return None
+    names = ("weight", "bias", "running_mean", "running_var")
+    tensors = [getattr(bn, name, None) for name in names]
+    if any(t is not None and not (isinstance(t, DTensor) and t.placements == (Shard(0),)) for t in tensors):
+        return None
+    if training and getattr(bn, "momentum", None) is None:
+        return None  # the cumulative average: DTensor's batch_norm keeps it
+    weight, bias, mean, var = (None if t is None else t.to_local() for t in tensors)
+    tracked = getattr(bn, "num_batches_tracked", None)
+    if training and mean is not None and tracked is not None:
+        with torch.no_grad():
+            tracked.add_(1)
+    y = torch.nn.functional.batch_norm(h.to_local(), mean, var, weight, bias, training or mean is None,
+                                       bn.momentum or 0.0, bn.eps)
+    return DTensor.from_local(y, h.device_mesh, h.placements, run_check=False)
