@@ -74,13 +74,14 @@ def batch_norm_on_shards(bn: torch.nn.Module, h: Tensor, training: bool) -> Tens
     tensors = [getattr(bn, name, None) for name in names]
     if any(t is not None and not (isinstance(t, DTensor) and t.placements == (Shard(0),)) for t in tensors):
         return None
-    if training and getattr(bn, "momentum", None) is None:
+    if training and bn.momentum is None:
         return None  # the cumulative average: DTensor's batch_norm keeps it
     weight, bias, mean, var = (None if t is None else t.to_local() for t in tensors)
     tracked = getattr(bn, "num_batches_tracked", None)
     if training and mean is not None and tracked is not None:
         with torch.no_grad():
             tracked.add_(1)
+    momentum, eps = float(getattr(bn, "momentum", None) or 0.0), float(getattr(bn, "eps", 1e-5))
     y = torch.nn.functional.batch_norm(h.to_local(), mean, var, weight, bias, training or mean is None,
-                                       bn.momentum or 0.0, bn.eps)
+                                       momentum, eps)
     return DTensor.from_local(y, h.device_mesh, h.placements, run_check=False)
