@@ -41,6 +41,10 @@ CASES = {
     # DTensors in and out: the producers and the activation keep DTensors (use_local_output=False)
     "acon_c-dtensor": ("acon_c", {}),
     "meta_acon_c-causal-dtensor": ("meta_acon_c", {"context": "causal"}),
+    # channels first: the activation sees the producer's output as (B, C, T), channel_dim=1
+    "acon_c-first": ("acon_c", {"channel_dim": 1}),
+    "meta_acon_c-causal-first": ("meta_acon_c", {"context": "causal", "channel_dim": 1}),
+    "dy_relu_b-first": ("dy_relu_b", {"channel_dim": 1}),
 }
 
 
@@ -56,9 +60,13 @@ class MLP(nn.Module):
         self.up_proj = None if self.gated else nn.Linear(DIM, HIDDEN)
         self.down_proj = nn.Linear(HIDDEN, DIM)
         channels = 2 * HIDDEN if self.gated else HIDDEN
-        self.act_fn = adaptact.create(name, channels=channels, channel_dim=-1, **kwargs)
+        self.first = kwargs.get("channel_dim") == 1
+        self.act_fn = adaptact.create(name, channels=channels, **{"channel_dim": -1, **kwargs})
 
     def forward(self, x):
+        if self.first:
+            gate = self.act_fn(self.gate_proj(x).transpose(1, 2)).transpose(1, 2)
+            return self.down_proj(gate * self.up_proj(x))
         if self.gated:
             return self.down_proj(self.act_fn(self.gate_up(x)))
         return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
@@ -75,6 +83,8 @@ def _base_plan(model, dtensors=False):
     out = {k: styles[v]() for k, v in BASE_PLAN.items() if getattr(model, k, None) is not None}
     if dtensors:
         out["act_fn"] = ChannelwiseParallel(use_local_output=False)
+    if model.first:  # plan() finds no producer through a transpose (nor does replace_activations): named
+        out["act_fn"] = ChannelwiseParallel()
     return out
 
 
@@ -136,6 +146,8 @@ def _collectives(model, mesh):
     channels = 2 * HIDDEN if model.gated else HIDDEN
     x = torch.randn(3, 6, channels, generator=torch.Generator().manual_seed(5))
     x = x.chunk(WORLD, -1)[mesh.get_rank()].contiguous()  # as a column-parallel Linear gives it
+    if model.first:
+        x = x.transpose(1, 2)
     x.requires_grad_(True)
     counts = {}
     with CommDebugMode() as forward:
