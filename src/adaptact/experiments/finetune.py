@@ -109,7 +109,6 @@ def start_from(config: RunConfig, ds, path: str | Path) -> Start:
     if converting:
         start.source_acc, start.converted_acc = _function_change(config, ckpt, path)
         _convert(model, config)  # draws what the measured conversion drew
-    start.model = model
     return start
 
 

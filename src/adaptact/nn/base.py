@@ -225,7 +225,7 @@ class ActivationModule(CheckedStateDict):
             if backend != "auto":
                 raise dispatch.refusal(backend)
             backend = "reference"
-        if backend != "reference" and distributed.sharded(x, *tensors, *self.parameters()):
+        if backend != "reference" and distributed.sharded(x, *tensors):  # ChannelwiseParallel's input
             if backend != "auto":
                 raise distributed.refusal(type(self).__name__, backend)
             backend = "reference"  # DTensors: plain torch ops, which DTensor shards itself
