@@ -1,6 +1,8 @@
 """The built-in transformers: nanoGPT's GPT for characters and a small ViT, with any activation of
 the catalogue in their MLPs, plain or gated."""
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -55,6 +57,23 @@ def test_gpt_char_never_lets_a_position_see_a_later_one(name):
     torch.testing.assert_close(a[:, :9], b[:, :9])
     assert not torch.allclose(a[:, 9:], b[:, 9:])
 
+
+@pytest.mark.parametrize("init", ["paper", "match"])
+def test_a_gpt_char_converted_from_gelu_stays_causal(init):
+    """Fine-tuning converts a trained GELU GPT: replace_activations must see it as a decoder (its
+    blocks say ``is_causal``) and give the pooling activations the causal context."""
+    torch.manual_seed(0)
+    model = GPTChar("gelu", vocab_size=20, context=16, layers=2, dim=32, heads=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # init="match": APReLU cannot become GELU
+        replaced = adaptact.replace_activations(model, "aprelu", init=init)
+    assert any("causal decoder" in note for note in replaced.notes)
+    assert all(model.blocks[i].mlp.act.context == "causal" for i in range(2))
+    x = torch.randint(0, 20, (3, 16))
+    changed = x.clone()
+    changed[:, 9:] = torch.randint(0, 20, (3, 7))
+    a, b = model.train()(x), model(changed)
+    torch.testing.assert_close(a[:, :9], b[:, :9])
 
 def test_gpt_char_refuses_more_tokens_than_its_context():
     with pytest.raises(ValueError, match="takes at most 8 tokens, got 9"):

@@ -58,14 +58,16 @@ class MLP(nn.Module):
 
 class Block(nn.Module):
     """x + attention(norm(x)), then x + MLP(norm(x)) (pre-norm, as GPT-2 and ViT). ``context``: what
-    the MLP's pooling activations see ("causal" when ``causal``, else "sample", unless given)."""
+    the MLP's pooling activations see ("causal" when ``causal``, else "sample", unless given).
+    ``is_causal`` says, as Hugging Face's attention modules do, that a position attends to those
+    <= it: ``replace_activations`` reads it to give the activations it puts in the causal context."""
 
     def __init__(self, dim: int, heads: int, hidden: int, activation: str, causal: bool,
                  bias: bool = True, context: str | None = None) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim {dim} must be a multiple of heads {heads}")
-        self.heads, self.causal = heads, causal
+        self.heads, self.is_causal = heads, causal
         self.norm1 = nn.LayerNorm(dim, bias=bias)
         self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
         self.out = nn.Linear(dim, dim, bias=bias)
@@ -75,7 +77,7 @@ class Block(nn.Module):
     def attention(self, x: Tensor) -> Tensor:
         b, t, c = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.is_causal)
         return self.out(y.transpose(1, 2).reshape(b, t, c))
 
     def forward(self, x: Tensor) -> Tensor:
