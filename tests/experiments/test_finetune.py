@@ -62,7 +62,7 @@ def test_a_fine_tuning_run_starts_from_the_pretrained_network_with_a_fresh_head(
     assert start.fresh == (f"{head}.weight", f"{head}.bias")
     for k, v in start.model.state_dict().items():
         assert torch.equal(v, saved[k]) != k.startswith(f"{head}."), k
-    assert start.source_acc == start.converted_acc == -1.0  # no conversion, nothing measured
+    assert start.source_score == start.converted_score == -1.0  # no conversion, nothing measured
 
 
 def test_a_conversion_with_init_match_keeps_the_pretrained_function_and_the_paper_init_does_not(tmp_path):
@@ -150,7 +150,10 @@ def test_a_checkpoint_of_another_network_is_a_one_line_error(tmp_path):
     (dict(inits=["fitted"]), "inits are paper, match; got 'fitted'"),
     (dict(protocol="transfer", inits=["match"]), "give the base one"),
     (dict(source="mnist1d-shifted"), "the source and the target are both mnist1d-shifted"),
-    (dict(source="shakespeare-char"), "fine-tuning is for classifiers"),
+    (dict(source="shakespeare-char"), "fine-tuning a language model takes text for both"),
+    (dict(protocol="convert-gpt", pretrain_epochs=5), r"by iterations \(2000\): give pretrain iters"),
+    (dict(protocol="convert-gpt", pretrain_iters=0, pretrain_epochs=None), "a language model pretrains by"),
+    (dict(pretrain_epochs=5, pretrain_iters=100), "give pretrain iters or pretrain epochs, not both"),
     (dict(pretrain_optimizer="lbfgs"), "unknown pretrain optimizer 'lbfgs'"),
     (dict(pretrain_lr=-1.0), "the pretraining learning rate"),
 ])
@@ -158,3 +161,52 @@ def test_fine_tuning_requests_are_checked_before_any_training(tmp_path, options,
     with pytest.raises(UserError, match=message):
         _compare(tmp_path, **options)
     assert not (tmp_path / "ft.sqlite").exists()
+
+
+def test_a_language_model_starts_with_every_pretrained_weight_its_head_included(tmp_path, monkeypatch):
+    from adaptact.datasets.builtin import load
+    from adaptact.experiments import language
+
+    monkeypatch.setattr(language, "EVAL_WINDOWS", 8)
+    lm = dict(model="gpt-char", optimizer="adamw", epochs=0, batch_size=4, iters=3)
+    pre = RunConfig(dataset="shakespeare-no-comedies", activation="gelu", lr=1e-3, seed=0,
+                    checkpoint_dir=str(tmp_path / "ckpt"), **lm)
+    assert run(pre)["status"] == "ok"
+    path = tmp_path / "ckpt" / checkpoint_name(pre)
+    saved = torch.load(path, weights_only=True)["state_dict"]
+    target = RunConfig(dataset="shakespeare-comedies", activation="gelu", lr=3e-4, seed=0, **lm)
+    (config,) = fine_tuning([target], [pre], None, ("paper",))
+    start = start_from(config, load("shakespeare-comedies"), path)
+    assert start.fresh == ()
+    assert all(torch.equal(v, saved[k]) for k, v in start.model.state_dict().items())
+    assert start.model.head.weight is start.model.tokens.weight  # still tied
+
+
+def test_a_gelu_gpt_converted_keeps_its_head_and_with_init_match_its_loss(tmp_path, monkeypatch):
+    """convert-gpt in small: a GELU GPT pretrained on the plays that are not comedies, converted to
+    ACON-C and fine-tuned on the comedies. The language model keeps every weight, its head included
+    (the same characters): the source loss measured before the conversion is the pretraining run's
+    own last test loss; init="match" keeps it (ACON-C is x sigmoid(1.702 x), GELU to ~0.02), the
+    paper's init raises it."""
+    from adaptact.experiments import language
+
+    monkeypatch.setattr(language, "EVAL_WINDOWS", 32)  # runs in this process (one worker)
+    rows = compare(protocol="convert-gpt", activations=["gelu", "acon_c"], seeds=1, iters=2, eval_every=2,
+                   pretrain_iters=40, db=tmp_path / "lm.sqlite", out=tmp_path / "report", progress=False)
+    (pre,) = [r for r in rows if r["dataset"] == "shakespeare-no-comedies"]
+    tuned = {(r["activation"], r["init"]): r for r in rows if r["dataset"] == "shakespeare-comedies"}
+    assert set(tuned) == {("gelu", ""), ("acon_c", "match"), ("acon_c", "paper")}
+    assert pre["iters"] == 40 and pre["epochs"] == 0 and all(r["status"] == "ok" for r in rows)
+    for r in tuned.values():
+        assert r["source"] == "shakespeare-no-comedies" and r["start_activation"] == "gelu"
+        assert r["source_acc"] == r["converted_acc"] == -1.0  # a loss, not an accuracy
+    match, paper = tuned["acon_c", "match"], tuned["acon_c", "paper"]
+    assert match["source_loss"] == pytest.approx(pre["test_loss"][-1], abs=1e-5)
+    assert abs(match["converted_loss"] - match["source_loss"]) <= 0.01
+    assert paper["converted_loss"] > paper["source_loss"] + 0.05
+    report = (tmp_path / "report" / "report.md").read_text()
+    for line in ("- protocol: convert-gpt", "the head kept (the same characters)",
+                 "### Test loss at the first evaluation", "acon_c (from gelu, init match)",
+                 "### The conversion before the first step: test loss (nats per character) on "
+                 "shakespeare-no-comedies"):
+        assert line in report

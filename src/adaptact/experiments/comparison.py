@@ -184,19 +184,21 @@ def run(request: CompareRequest) -> Rows:
     saved = None if r.save_checkpoints is None else str(r.save_checkpoints)  # pretrained networks always are
     with ResultStore(r.db) as store:  # a database that is not ours fails here, before any training
         def configs_on(data: Source, activations: Sequence[str], optimizers: Sequence[str],
-                       lrs: Sequence[float], epochs: int, iters: int,
+                       lrs: Sequence[float], epochs: int, iters: int, eval_every: int,
                        checkpoints: str | None) -> list[RunConfig]:
             return expand(data, net, activations, optimizers, lrs, p.seeds, epochs, p.batch_size, r.data_dir,
                           checkpoints, p.policies, p.device, r.amp, r.compile, p.settings["scale"],
-                          p.settings["loss"], float(p.settings["validation"]), iters, p.eval_every)
+                          p.settings["loss"], float(p.settings["validation"]), iters, eval_every)
 
         configs = [c for source, _ in loaded
-                   for c in configs_on(source, p.activations, p.optimizers, p.lrs, p.epochs, p.iters, saved)]
+                   for c in configs_on(source, p.activations, p.optimizers, p.lrs, p.epochs, p.iters,
+                                       p.eval_every, saved)]
         first: list[RunConfig] = []
         if pretraining:
             s = p.settings
+            epochs = 0 if s["pretrain_iters"] else s["pretrain_epochs"]  # by iterations: evaluated each tenth
             first = configs_on(pretraining[0][0], [s["base"]] if s["base"] else p.activations,
-                               [s["pretrain_optimizer"]], [s["pretrain_lr"]], s["pretrain_epochs"], 0,
+                               [s["pretrain_optimizer"]], [s["pretrain_lr"]], epochs, s["pretrain_iters"], 0,
                                str(p.checkpoints))
             configs = fine_tuning(configs, first, s["base"], s["inits"])
         summary = run_sweep(first, store, r.executor, r.workers, r.address, r.progress) if first else None
@@ -233,9 +235,12 @@ def _fine_tuning_setup(source: Source, target: Source, settings: Mapping[str, An
     s = settings
     how = (f"each activation's network converted from a {s['base']} network (init {', '.join(s['inits'])})"
            if s["base"] else "each activation's network pretrained with itself")
-    pretraining = f"{s['pretrain_optimizer']} lr={s['pretrain_lr']:g}, {s['pretrain_epochs']} epochs"
+    length = f"{s['pretrain_iters']} iterations" if s["pretrain_iters"] else f"{s['pretrain_epochs']} epochs"
+    pretraining = f"{s['pretrain_optimizer']} lr={s['pretrain_lr']:g}, {length}"
+    text = builtin.is_language_data(s["dataset"])
+    head = "the head kept (the same characters)" if text else "the classifier head fresh"
     return {"source": source.label, "target": target.label,
-            "pretraining": f"{pretraining} on {source.label}; {how}; the classifier head fresh, "
+            "pretraining": f"{pretraining} on {source.label}; {how}; {head}, "
                            f"fine-tuned on {target.label}"}
 
 

@@ -2,12 +2,14 @@
 
 The pretraining run (``RunConfig.pretrained``) trained a network on the source data and saved it
 (``checkpoints``). The fine-tuning run builds the same network for the target data, copies every
-weight whose shape still fits, and starts fresh where it does not: the classifier head always (the
+weight whose shape still fits, and starts fresh where it does not: a classifier's head always (the
 target's classes are other classes; ``classifier_head``) and any input layer whose shape the
-target's samples change. Where the run's activation differs from the pretrained one (the
-``convert`` protocol) the activations are then replaced with ``replace_activations(init=...)``,
-and how far that moves the pretrained network's function is measured on the source's test set
-before any step: its accuracy there before and after the conversion.
+target's samples change. A language model keeps its head: the target's tokens are the source's
+characters (the corpora share one vocabulary). Where the run's activation differs from the
+pretrained one (the ``convert`` protocols) the activations are then replaced with
+``replace_activations(init=...)``, and how far that moves the pretrained network's function is
+measured on the source's test set before any step: its accuracy there, or a language model's loss
+(nats per character), before and after the conversion.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ import torch
 from torch import nn
 
 from ..convert import replace_activations
-from ..datasets.builtin import Dataset
+from ..datasets.shakespeare import TextData
 from .checkpoints import CheckpointError, read_checkpoint
 from .evaluate import accuracy
+from .language import eval_starts, mean_loss, sample_shape
 from .sources import Source, build_model, load_data
 
 if TYPE_CHECKING:
@@ -30,19 +33,20 @@ if TYPE_CHECKING:
 
 __all__ = ["PROBE_SAMPLES", "Start", "classifier_head", "pretrained_checkpoint", "start_from", "transplant"]
 
-PROBE_SAMPLES = 1000  # source test samples the function change of a conversion is measured on
+PROBE_SAMPLES = 1000  # source test samples a classifier's conversion is measured on
 
 
 @dataclass
 class Start:
     """A fine-tuning run's network before its first step, and what starting it measured:
-    ``source_acc`` and ``converted_acc``, the pretrained network's accuracy on the source's test
-    set before and after its activations were replaced (-1 without a conversion); ``fresh``, the
-    parameters that start at their initialisation (the head, layers whose shapes changed)."""
+    ``source_score`` and ``converted_score``, the pretrained network's accuracy on the source's test
+    set (a language model's loss, nats per character) before and after its activations were
+    replaced (-1 without a conversion); ``fresh``, the parameters that start at their
+    initialisation (a classifier's head, layers whose shapes changed)."""
 
     model: nn.Module
-    source_acc: float = -1.0
-    converted_acc: float = -1.0
+    source_score: float = -1.0
+    converted_score: float = -1.0
     fresh: tuple[str, ...] = ()
 
 
@@ -75,10 +79,6 @@ def transplant(model: nn.Module, state: dict[str, torch.Tensor], *, head: str | 
     return fresh
 
 
-def _shape(ds) -> tuple[int, ...]:
-    return tuple(ds.train_x.shape[1:])
-
-
 def pretrained_checkpoint(pre: RunConfig, path: str | Path) -> dict:
     """The checkpoint at ``path`` (``checkpoints.read_checkpoint``), checked to be the network of the
     pretraining run ``pre``: CheckpointError (one line) for another run's."""
@@ -102,35 +102,43 @@ def start_from(config: RunConfig, ds, path: str | Path) -> Start:
     ckpt = pretrained_checkpoint(pre, path)
     converting = config.activation != pre.activation
     # the target's network first, so its fresh head is the same for every activation of a seed
-    model = _network(pre, _shape(ds), ds.num_classes, config.model_source, config.model)
+    model = _network(pre, sample_shape(ds), ds.num_classes, config.model_source, config.model)
     start = Start(model=model)
-    head = classifier_head(model, ds.num_classes)
+    head = None if isinstance(ds, TextData) else classifier_head(model, ds.num_classes)
     start.fresh = transplant(model, ckpt["state_dict"], head=head, path=path)
     if converting:
-        start.source_acc, start.converted_acc = _function_change(config, ckpt, path)
+        start.source_score, start.converted_score = _function_change(config, ckpt, path)
         _convert(model, config)  # draws what the measured conversion drew
     return start
 
 
 def _function_change(config: RunConfig, ckpt: dict, path: str | Path) -> tuple[float, float]:
-    """The pretrained network's accuracy on the source's test set before and after the conversion
-    ``config`` makes, with the random numbers the conversion of the trained network then draws
-    (the RNG is left as it was)."""
+    """The pretrained network's accuracy (a language model's loss) on the source's test set before
+    and after the conversion ``config`` makes, with the random numbers the conversion of the
+    trained network then draws (the RNG is left as it was)."""
     pre = config.pretrained
     assert pre is not None
     source = pre.data_source or Source(pre.dataset, pre.dataset)
     source_ds = load_data(source, pre.data_dir, pre.scale)
-    if not isinstance(source_ds, Dataset):
-        raise ValueError("fine-tuning is for classifiers: the source cannot be text")
     with torch.random.fork_rng(devices=[]):
         state = torch.get_rng_state()
-        net = _network(pre, _shape(source_ds), source_ds.num_classes)
+        net = _network(pre, sample_shape(source_ds), source_ds.num_classes)
         transplant(net, ckpt["state_dict"], head=None, path=path)  # the pretrained network itself
-        x, y = source_ds.test_x[:PROBE_SAMPLES], source_ds.test_y[:PROBE_SAMPLES]
-        before = accuracy(net, x, y)
+        if isinstance(source_ds, TextData):  # on the windows every evaluation of a test split takes
+            tokens, (context,) = source_ds.test, sample_shape(source_ds)
+            starts = eval_starts(len(tokens), context)
+
+            def score(model: nn.Module) -> float:
+                return mean_loss(model, tokens, starts, context)
+        else:
+            x, y = source_ds.test_x[:PROBE_SAMPLES], source_ds.test_y[:PROBE_SAMPLES]
+
+            def score(model: nn.Module) -> float:
+                return accuracy(model, x, y)
+        before = score(net)
         torch.set_rng_state(state)
         _convert(net, config)
-        return before, accuracy(net, x, y)
+        return before, score(net)
 
 
 def _network(pre: RunConfig, shape: tuple[int, ...], num_classes: int, source: Source | None = None,

@@ -15,8 +15,12 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["EVAL_WINDOWS", "NATS_PER_BIT", "eval_starts", "mean_loss", "sample_batch", "windows"]
+from ..datasets.shakespeare import TextData
 
+__all__ = ["CONTEXT", "EVAL_WINDOWS", "NATS_PER_BIT", "eval_starts", "mean_loss", "sample_batch",
+           "sample_shape", "windows"]
+
+CONTEXT = 64  # characters a built-in language model sees (nanoGPT's CPU recipe)
 EVAL_WINDOWS = 256  # windows per split and evaluation (nanoGPT's CPU recipe: 20 batches of 12)
 EVAL_BATCH = 64
 NATS_PER_BIT = math.log(2.0)  # bits per character = nats per character / ln 2
@@ -58,3 +62,9 @@ def mean_loss(model: torch.nn.Module, tokens: torch.Tensor, starts: torch.Tensor
         total += float(F.cross_entropy(logits.flatten(0, 1).float(), y.to(device).flatten(), reduction="sum"))
         count += y.numel()
     return total / count
+
+
+def sample_shape(ds: object) -> tuple[int, ...]:
+    """The shape of one sample a network is built for: a window of ``CONTEXT`` tokens for text, an
+    image's or a signal's shape otherwise."""
+    return (CONTEXT,) if isinstance(ds, TextData) else tuple(ds.train_x.shape[1:])  # type: ignore[attr-defined]

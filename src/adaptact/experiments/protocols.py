@@ -38,6 +38,12 @@ paired to ReLU by seed. ``convert`` is the practical
 question: one ReLU network pretrained per seed, converted to each adaptive activation with
 ``init="match"`` and with the paper's initialisation, fine-tuned with SGD at lr 1e-3 for 20 epochs
 and paired to keeping ReLU. ``--source fashion-mnist --dataset digits-28 --model conv`` is the image pair.
+``convert-gpt`` asks the same of a transformer: one GELU GPT pretrained per seed by ``nanogpt``'s
+recipe (AdamW at lr 1e-3, 2000 iterations) on ``shakespeare-no-comedies`` (the 30 plays that are
+not comedies), converted to each adaptive activation with both inits and fine-tuned on
+``shakespeare-comedies`` (plays it has never read) with AdamW at lr 3e-4 for 500 iterations
+(about half an epoch of the comedies' training split), evaluated every 100, paired to keeping GELU;
+the language model keeps its head (the corpora share their characters).
 
 Options given explicitly override the protocol's (``resolve``).
 """
@@ -48,8 +54,8 @@ from dataclasses import asdict, dataclass
 
 from ..errors import UserError
 
-__all__ = ["ARELU_ACTIVATIONS", "CONVERT_ACTIVATIONS", "DEFAULT_ACTIVATIONS", "INITS", "LM_ACTIVATIONS",
-           "PROTOCOLS", "Protocol", "TRANSFER_ACTIVATIONS", "for_data", "resolve"]
+__all__ = ["ARELU_ACTIVATIONS", "CONVERT_ACTIVATIONS", "CONVERT_LM_ACTIVATIONS", "DEFAULT_ACTIVATIONS",
+           "INITS", "LM_ACTIVATIONS", "PROTOCOLS", "Protocol", "TRANSFER_ACTIVATIONS", "for_data", "resolve"]
 
 # The AReLU paper's comparison set, as its code builds each one: non-learnable, learnable, AReLU.
 ARELU_ACTIVATIONS = ("celu", "elu", "gelu_arelu", "leaky_relu", "maxout_pool", "rrelu", "relu", "relu6",
@@ -73,6 +79,9 @@ LM_ACTIVATIONS = ("gelu", "swiglu", "relu2", "xielu", "polynorm", "golu", "arelu
 # (FReLU, which needs 2-D maps, is left out of the 1-D pair)
 TRANSFER_ACTIVATIONS = ARELU_ACTIVATIONS + ("acon_c", "meta_acon_c", "aprelu", "dy_relu_b")
 CONVERT_ACTIVATIONS = ("relu", "acon_c", "meta_acon_c", "aprelu", "arelu", "dy_relu_b", "prelu", "swish")
+# a GELU transformer converted: the adaptive families ``init="match"`` fits (in the GPT, the pooling
+# ones causal)
+CONVERT_LM_ACTIVATIONS = ("gelu", "acon_c", "meta_acon_c", "aprelu", "arelu", "dy_relu_b")
 INITS = ("paper", "match")  # how ``convert`` puts a new activation into a pretrained network
 
 
@@ -87,9 +96,10 @@ class Protocol:
     ``iters``: train by iterations (0: by ``epochs``), evaluating every ``eval_every``; ``baseline``:
     the activation the report compares the others with. Fine-tuning: ``source``, the data set the
     networks are pretrained on (None: trained from scratch) with ``pretrain_optimizer``,
-    ``pretrain_lr`` and ``pretrain_epochs``; ``base`` None pretrains each activation with itself,
-    an activation's name pretrains that one and converts it to each activation with each of
-    ``inits``."""
+    ``pretrain_lr`` and ``pretrain_epochs``, or ``pretrain_iters`` iterations where it is not 0
+    (a language model's way; evaluated every tenth); ``base`` None pretrains each activation with
+    itself, an activation's name pretrains that one and converts it to each activation with each
+    of ``inits``."""
 
     name: str
     dataset: str
@@ -112,6 +122,7 @@ class Protocol:
     pretrain_optimizer: str = "sgd"
     pretrain_lr: float = 1e-2
     pretrain_epochs: int = 20
+    pretrain_iters: int = 0
 
 
 PROTOCOLS = {
@@ -124,6 +135,10 @@ PROTOCOLS = {
                          (1e-3, 1e-4, 1e-5), 3, 20, 128, source="mnist1d", pretrain_epochs=50),
     "convert": Protocol("convert", "mnist1d-shifted", "conv1d", CONVERT_ACTIVATIONS, ("sgd",), (1e-3,), 3, 20,
                         128, source="mnist1d", base="relu", inits=INITS, baseline="relu", pretrain_epochs=50),
+    "convert-gpt": Protocol("convert-gpt", "shakespeare-comedies", "gpt-char", CONVERT_LM_ACTIVATIONS,
+                            ("adamw",), (3e-4,), 3, 1, 12, iters=500, eval_every=100,
+                            source="shakespeare-no-comedies", base="gelu", inits=INITS, baseline="gelu",
+                            pretrain_optimizer="adamw", pretrain_lr=1e-3, pretrain_iters=2000),
 }
 SETTINGS = tuple(f for f in Protocol.__dataclass_fields__ if f != "name")
 

@@ -41,7 +41,7 @@ CSV_COLUMNS = ("dataset", "model", "activation", "family", "policy", "optimizer"
                "best_epoch", "best_acc", "last_acc", "wall_time", "epoch_time", "activation_params",
                "peak_memory", "backend", "error", "key", "metric", "iters", "first_loss", "best_loss",
                "last_loss", "iter_time", "saved_memory", "source", "start_activation", "init", "source_acc",
-               "converted_acc")
+               "converted_acc", "source_loss", "converted_loss")
 Cell = tuple[str, str, float]  # (activation, optimizer, lr)
 
 
@@ -212,26 +212,32 @@ def _summary(rows: Sequence[dict], baseline: str, metric: str, measure: Measure 
 
 def _conversions(rows: Sequence[dict], source: str) -> list[str]:
     """For networks converted from another activation before fine-tuning: the pretrained network's
-    test accuracy on ``source`` before and after the conversion, before any step (how much of
-    its function the conversion keeps), mean ± std over seeds."""
-    converted = [r for r in rows if r.get("converted_acc", -1) >= 0]
+    test accuracy (a language model's test loss) on ``source`` before and after the conversion,
+    before any step (how much of its function the conversion keeps), mean ± std over seeds."""
+    language = bool(rows) and measure_of(rows[0]) is LOSS
+    before_field, after_field = ("source_loss", "converted_loss") if language else ("source_acc",
+                                                                                    "converted_acc")
+    converted = [r for r in rows if r.get(after_field, -1) >= 0]
     if not converted:
         return []
     seeds: dict[str, dict[int, dict]] = defaultdict(dict)  # the runs of each seed start alike: one each
     for r in converted:
         seeds[r["activation"]][r["seed"]] = r
+    scale, digits = (1.0, 3) if language else (100.0, 2)
 
     def cell(values: list[float]) -> str:
         std = statistics.stdev(values) if len(values) > 1 else 0.0
-        return f"{100 * statistics.fmean(values):.2f} ± {100 * std:.2f}"
+        return f"{scale * statistics.fmean(values):.{digits}f} ± {scale * std:.{digits}f}"
 
-    lines = [f"### The conversion before the first step: test accuracy (%) on {source}", "",
-             "The pretrained network, then the same network with its activations replaced (its head is "
-             "the source's).", "", "| activation | pretrained | converted | change |", "|---|---|---|---|"]
+    what = "test loss (nats per character)" if language else "test accuracy (%)"
+    head = "the same head" if language else "its head is the source's"
+    lines = [f"### The conversion before the first step: {what} on {source}", "",
+             f"The pretrained network, then the same network with its activations replaced ({head}).", "",
+             "| activation | pretrained | converted | change |", "|---|---|---|---|"]
     for a, by_seed in sorted(seeds.items()):
         rs = list(by_seed.values())
-        change = [r["converted_acc"] - r["source_acc"] for r in rs]
-        before, after = cell([r["source_acc"] for r in rs]), cell([r["converted_acc"] for r in rs])
+        change = [r[after_field] - r[before_field] for r in rs]
+        before, after = cell([r[before_field] for r in rs]), cell([r[after_field] for r in rs])
         lines.append(f"| {a} | {before} | {after} | {cell(change)} |")
     return lines + [""]
 
@@ -429,10 +435,11 @@ def label(row: Mapping) -> str:
     return name
 
 
-def _language_sections(group: Sequence[dict], base: str | None) -> list[str]:
+def _language_sections(group: Sequence[dict], base: str | None, source: str = "") -> list[str]:
     """A language model's tables: the test loss where the validation loss is lowest (with the
     paired differences to ``base``), that lowest validation loss, the same test loss in bits per
-    character, the last evaluation's, and the costs."""
+    character, the last evaluation's, and the costs; fine-tuned from ``source``, also the first
+    evaluation's (paired to ``base``) and the conversions (``_conversions``)."""
     seeds = max(n for _, _, n in aggregate(group, "best_loss", 1.0).values())
     val = [{**r, "best_val_loss": r["val_loss"][r["best_epoch"] - 1]} for r in group]
     bits = LOSS.scale / NATS_PER_BIT
@@ -444,6 +451,9 @@ def _language_sections(group: Sequence[dict], base: str | None) -> list[str]:
             "### Test bits per character at that evaluation", "",
             markdown_table(group, "best_loss", measure=dataclasses.replace(LOSS, scale=bits)),
             "### Test loss at the last evaluation", "", markdown_table(group, "last_loss", measure=LOSS),
+            *(["### Test loss at the first evaluation", "",
+               markdown_table(group, "first_loss", baseline=base, measure=LOSS), *_conversions(group, source)]
+              if source else []),
             "### Costs", "", _costs(group)]
 
 
@@ -483,7 +493,7 @@ def _stage_report(rows: Sequence[dict], out: Path, plots: bool, baseline: str | 
             "relu" if "relu" in present and not language else "gelu")  # transformers: against GELU
         base = chosen if chosen in present else None
         if group and language:
-            body += _language_sections(group, base)
+            body += _language_sections(group, base, source)
             if base:
                 summary += [f"**{title}** (against {base}, test loss at the evaluation with the lowest "
                             "validation loss):", "", *_summary(group, base, "best_loss", LOSS), ""]

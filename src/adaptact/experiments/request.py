@@ -26,8 +26,8 @@ from .train import LOSSES, OPTIMIZERS
 __all__ = ["DEFAULT_MODEL", "MAX_LR", "MAX_RUNS", "MAX_SEEDS", "CompareRequest", "Plan", "plan"]
 
 DEFAULT_MODEL = {"fashion-mnist": "conv", "mnist": "conv", "mnist1d": "conv1d", "digits": "linear",
-                 "bearing": "resnet1d-9", "shakespeare-char": "gpt-char", "mnist1d-shifted": "conv1d",
-                 "digits-28": "conv"}
+                 "bearing": "resnet1d-9", "mnist1d-shifted": "conv1d", "digits-28": "conv",
+                 **{name: "gpt-char" for name in builtin.TEXT_DATASETS}}
 MAX_ITERS = 10_000_000
 MAX_SEEDS = 10_000
 MAX_RUNS = 100_000  # configurations one request may ask for
@@ -55,7 +55,8 @@ class CompareRequest:
 
     Fine-tuning (the ``transfer`` and ``convert`` protocols, ``experiments/finetune.py``):
     ``source``, the data set each network is pretrained on before it is fine-tuned on ``data``
-    (with ``pretrain_optimizer``, ``pretrain_lr``, ``pretrain_epochs``; the checkpoints go to
+    (with ``pretrain_optimizer``, ``pretrain_lr``, ``pretrain_epochs`` or ``pretrain_iters``, the
+    way of text, where a language model keeps its head; the checkpoints go to
     ``save_checkpoints``, else to ``<db>-checkpoints`` beside the database); ``base`` None
     pretrains every activation with itself, a name pretrains that activation and converts its
     network to each activation with each of ``inits`` ("paper", "match": ``replace_activations``)."""
@@ -83,6 +84,7 @@ class CompareRequest:
     pretrain_optimizer: str | None = None
     pretrain_lr: float | None = None
     pretrain_epochs: int | None = None
+    pretrain_iters: int | None = None
     db: str | Path = "results.sqlite"
     out: str | Path = "report"
     data_dir: str | None = None
@@ -175,8 +177,8 @@ def _iterations(settings: Mapping[str, Any], datasets: list, model: object) -> t
 def _fine_tuning(r: CompareRequest, settings: dict, datasets: list) -> None:
     """Check the fine-tuning settings in place (canonical names); UserError for the first wrong."""
     source = settings["source"]
-    given = [n for n in ("base", "inits", "pretrain_optimizer", "pretrain_lr", "pretrain_epochs")
-             if getattr(r, n) is not None]
+    given = [n for n in ("base", "inits", "pretrain_optimizer", "pretrain_lr", "pretrain_epochs",
+                         "pretrain_iters") if getattr(r, n) is not None]
     if source is None:
         if given:
             raise UserError(f"{given[0]} is for fine-tuning: give the data set to pretrain on (--source)")
@@ -184,8 +186,10 @@ def _fine_tuning(r: CompareRequest, settings: dict, datasets: list) -> None:
     if r.suite is not None or r.snr is not None:
         raise UserError("fine-tuning takes one target data set: no suite, no snr")
     _datasets(source, None)
-    if any(builtin.is_language_data(d) for d in (source, *datasets)):
-        raise UserError("fine-tuning is for classifiers: the source and the target cannot be text")
+    text = [builtin.is_language_data(d) for d in (source, *datasets)]
+    if any(text) and not all(text):
+        raise UserError("fine-tuning a language model takes text for both the source and the target "
+                        f"({', '.join(builtin.TEXT_DATASETS)})")
     if source == datasets[0]:
         raise UserError(f"the source and the target are both {source}: fine-tune on another data set")
     try:
@@ -207,6 +211,14 @@ def _fine_tuning(r: CompareRequest, settings: dict, datasets: list) -> None:
     if settings["pretrain_lr"] > MAX_LR:
         raise UserError(f"learning rates must be at most {MAX_LR:g}, got {settings['pretrain_lr']:g}")
     int_in_range("pretrain epochs", settings["pretrain_epochs"], 1, None)
+    int_in_range("pretrain iters", settings["pretrain_iters"], 0, MAX_ITERS)
+    if r.pretrain_epochs is not None and r.pretrain_iters is not None:
+        raise UserError("give pretrain iters or pretrain epochs, not both")
+    if r.pretrain_epochs is not None and settings["pretrain_iters"]:
+        raise UserError(f"protocol {settings['protocol']} pretrains by iterations "
+                        f"({settings['pretrain_iters']}): give pretrain iters, not pretrain epochs")
+    if all(text) and not settings["pretrain_iters"]:
+        raise UserError("a language model pretrains by iterations: give pretrain iters (--pretrain-iters N)")
 
 
 def plan(request: CompareRequest) -> Plan:
@@ -218,7 +230,7 @@ def plan(request: CompareRequest) -> Plan:
                        batch_size=r.batch_size, scale=r.scale, loss=r.loss, validation=r.validation,
                        iters=r.iters, baseline=r.baseline, source=r.source, base=r.base, inits=r.inits,
                        pretrain_optimizer=r.pretrain_optimizer, pretrain_lr=r.pretrain_lr,
-                       pretrain_epochs=r.pretrain_epochs,
+                       pretrain_epochs=r.pretrain_epochs, pretrain_iters=r.pretrain_iters,
                        # the protocol's period goes with its iterations: iters of one's own, a tenth of them
                        eval_every=r.eval_every if r.eval_every is not None or r.iters is None else 0)
     settings["protocol"] = r.protocol or for_data(settings["dataset"])

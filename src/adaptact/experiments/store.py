@@ -23,22 +23,25 @@ COLUMNS = ("key", "dataset", "model", "activation", "policy", "optimizer", "lr",
            "activation_params", "peak_memory", "backend", "train_loss", "val_acc", "test_acc", "warnings",
            "versions", "finished_at", "iters", "eval_every", "metric", "evals", "val_loss", "test_loss",
            "first_loss", "best_loss", "last_loss", "iter_time", "saved_memory", "source", "start",
-           "start_activation", "init", "source_acc", "converted_acc")
+           "start_activation", "init", "source_acc", "converted_acc", "source_loss", "converted_loss")
 STATUSES = ("ok", "diverged", "failed")
 _INTS = ("seed", "epochs", "batch_size", "protocol", "best_epoch", "activation_params", "peak_memory",
          "compile", "iters", "eval_every", "saved_memory")
 _REALS = ("lr", "validation", "first_epoch_acc", "best_acc", "last_acc", "wall_time", "epoch_time",
-          "finished_at", "first_loss", "best_loss", "last_loss", "iter_time", "source_acc", "converted_acc")
+          "finished_at", "first_loss", "best_loss", "last_loss", "iter_time", "source_acc", "converted_acc",
+          "source_loss", "converted_loss")
 _LISTS = ("train_loss", "val_acc", "test_acc", "evals", "val_loss", "test_loss")
 _NUMBERS = ("lr", "first_epoch_acc", "best_acc", "last_acc", "wall_time", "epoch_time", "first_loss",
-            "best_loss", "last_loss", "iter_time", "source_acc", "converted_acc")
+            "best_loss", "last_loss", "iter_time", "source_acc", "converted_acc", "source_loss",
+            "converted_loss")
 _JSON = ("train_loss", "val_acc", "test_acc", "warnings", "versions", "evals", "val_loss", "test_loss")
 
 # what a row that does not say has (rows of classification by epochs leave the language-model fields out)
 _OPTIONAL = {"backend": "", "warnings": [], "iters": 0, "eval_every": 0, "metric": "accuracy", "evals": [],
              "val_loss": [], "test_loss": [], "first_loss": 0.0, "best_loss": 0.0, "last_loss": 0.0,
              "iter_time": 0.0, "saved_memory": -1, "source": "", "start": "", "start_activation": "",
-             "init": "", "source_acc": -1.0, "converted_acc": -1.0}
+             "init": "", "source_acc": -1.0, "converted_acc": -1.0, "source_loss": -1.0,
+             "converted_loss": -1.0}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -89,6 +92,9 @@ _ADDED = {
     "init": "TEXT NOT NULL DEFAULT ''",
     "source_acc": "REAL NOT NULL DEFAULT -1",
     "converted_acc": "REAL NOT NULL DEFAULT -1",
+    # a language model's conversion: the source's test loss before and after it (-1: no conversion)
+    "source_loss": "REAL NOT NULL DEFAULT -1",
+    "converted_loss": "REAL NOT NULL DEFAULT -1",
 }
 
 

@@ -23,7 +23,7 @@ from ..optim import param_groups
 from .checkpoints import save_checkpoint
 from .evaluate import accuracy
 from .finetune import Start, start_from
-from .language import eval_starts, mean_loss, sample_batch
+from .language import CONTEXT, eval_starts, mean_loss, sample_batch, sample_shape
 from .sources import Source, build_model, load_data
 
 __all__ = ["CONTEXT", "GRAD_CLIP", "LOSSES", "OPTIMIZERS", "PROTOCOL", "VALIDATION", "RunConfig",
@@ -33,7 +33,6 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 ADAMW_BETAS = (0.9, 0.99)  # nanoGPT's Shakespeare configuration
 WEIGHT_DECAY = 0.1  # adamw's, on weights only (``adaptact.param_groups``)
 GRAD_CLIP = 1.0  # gradient norm clipped at, when training by iterations (nanoGPT)
-CONTEXT = 64  # characters a built-in language model sees (nanoGPT's CPU recipe)
 PROTOCOL = 2  # bump when training changes in a way that changes numbers (2: validation split)
 VALIDATION = 0.1  # share of the training set held out to pick the epoch (the same split for every run)
 LOSSES = ("cross_entropy", "nll")  # nll: log-softmax then NLL, as the AReLU code's LogSoftmax head
@@ -148,7 +147,7 @@ def _activation_parameters(model: torch.nn.Module) -> int:
 
 
 def _build(config: RunConfig, ds) -> torch.nn.Module:
-    shape = _sample_shape(ds)
+    shape = sample_shape(ds)
     source = config.model_source or Source(config.model, config.model)
     return build_model(source, config.activation, shape, ds.num_classes, config.policy)
 
@@ -201,7 +200,7 @@ class _Measured:
         self.evals: list[int] = []  # the iteration of each evaluation (training by iterations)
         self.params, self.peak, self.saved = 0, -1, -1
         self.iter_time = 0.0
-        self.source_acc = self.converted_acc = -1.0  # a conversion before fine-tuning (``finetune.Start``)
+        self.source_score = self.converted_score = -1.0  # a conversion before fine-tuning (finetune.Start)
 
 
 def _start(config: RunConfig, ds) -> Start:
@@ -235,7 +234,7 @@ def _run(config: RunConfig) -> dict:
         if config.pretrained is not None:
             begun = _start(config, ds)
             model = begun.model.to(device)
-            m.source_acc, m.converted_acc = begun.source_acc, begun.converted_acc
+            m.source_score, m.converted_score = begun.source_score, begun.converted_score
         else:
             model = _build(config, ds).to(device)
         m.params = _activation_parameters(model)
@@ -254,13 +253,13 @@ def _run(config: RunConfig) -> dict:
             m.peak = torch.cuda.max_memory_allocated(device)
         if config.checkpoint_dir and m.status == "ok":
             save_checkpoint(Path(config.checkpoint_dir) / checkpoint_name(config), model, config.identity(),
-                            _sample_shape(ds), ds.num_classes)
+                            sample_shape(ds), ds.num_classes)
     except Exception as err:  # noqa: BLE001  (a failing run is recorded and the sweep goes on)
         m.status, m.error = "failed", f"{type(err).__name__}: {err}".strip()
     wall = time.perf_counter() - start
     return result_row(config, m.status, m.error, m.train_loss, m.val, m.test, wall, m.params, m.peak,
                       _ran_backends(model), evals=m.evals, saved=m.saved, iter_time=m.iter_time,
-                      source_acc=m.source_acc, converted_acc=m.converted_acc)
+                      source_score=m.source_score, converted_score=m.converted_score)
 
 
 class _Trainer:
@@ -439,22 +438,20 @@ def _context(model: torch.nn.Module) -> int:
     return context
 
 
-def _sample_shape(ds) -> tuple[int, ...]:
-    return (CONTEXT,) if isinstance(ds, TextData) else tuple(ds.train_x.shape[1:])
-
-
 def result_row(config: RunConfig, status: str, error: str = "", losses: Sequence[float] = (),
                val: Sequence[float] = (), test: Sequence[float] = (), wall: float = 0.0,
                params: int = -1, peak: int = -1, backend: str = "", *, evals: Sequence[int] = (),
-               saved: int = -1, iter_time: float = 0.0, source_acc: float = -1.0,
-               converted_acc: float = -1.0) -> dict:
+               saved: int = -1, iter_time: float = 0.0, source_score: float = -1.0,
+               converted_score: float = -1.0) -> dict:
     """The stored row of a run (see ``run``) from what it measured: ``val`` and ``test`` per
     evaluation are accuracies, or for a language model losses (``metric`` "loss", lower is
     better). Without a validation split the best evaluation is the one with the best test
     accuracy (the papers' measure). ``iter_time``: the mean time of a training step, the first
     (which may compile) left out. A fine-tuning run's row names its ``source`` data, the
     activation it was pretrained with (``start_activation``), its ``init`` and, where it converted
-    the network, ``source_acc`` and ``converted_acc`` (``finetune.Start``)."""
+    the network, the source's test accuracy before and after the conversion (``source_acc``,
+    ``converted_acc``; a language model's loss: ``source_loss``, ``converted_loss``; -1 where it did
+    not convert; ``finetune.Start``)."""
     pre = config.pretrained
     language = is_language_data(config.dataset)
     picks = val if config.validation > 0 and val else test  # a 1-sample train set holds none out
@@ -494,8 +491,10 @@ def result_row(config: RunConfig, status: str, error: str = "", losses: Sequence
         "start": config.start,
         "start_activation": pre.activation if pre else "",
         "init": config.init if pre and pre.activation != config.activation else "",
-        "source_acc": source_acc,
-        "converted_acc": converted_acc,
+        "source_acc": -1.0 if language else source_score,
+        "converted_acc": -1.0 if language else converted_score,
+        "source_loss": source_score if language else -1.0,
+        "converted_loss": converted_score if language else -1.0,
         "activation_params": params,
         "peak_memory": peak,
         "saved_memory": saved,
