@@ -215,3 +215,79 @@ def test_rewritten_holders_are_reported():
     assert wrapped(torch.randn(2, 3, 9, 9)).shape == (2, 8, 5, 5)
     plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
     assert adaptact.replace_activations(plain, "acon_c").rewritten == []
+
+
+class CausalSelfAttention(nn.Module):
+    """nanoGPT's attention as its model.py writes it (flash path): it marks nothing as causal but
+    its name."""
+
+    def __init__(self, n_embd: int, n_head: int) -> None:
+        super().__init__()
+        self.c_attn = nn.Linear(n_embd, 3 * n_embd)
+        self.c_proj = nn.Linear(n_embd, n_embd)
+        self.n_head, self.n_embd = n_head, n_embd
+
+    def forward(self, x):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
+
+
+class MLP(nn.Module):
+    def __init__(self, n_embd: int) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(n_embd, 4 * n_embd)
+        self.gelu = nn.GELU()
+        self.c_proj = nn.Linear(4 * n_embd, n_embd)
+
+    def forward(self, x):
+        return self.c_proj(self.gelu(self.c_fc(x)))
+
+
+class NanoBlock(nn.Module):
+    def __init__(self, n_embd: int = 16, n_head: int = 2) -> None:
+        super().__init__()
+        self.ln_1, self.ln_2 = nn.LayerNorm(n_embd), nn.LayerNorm(n_embd)
+        self.attn = CausalSelfAttention(n_embd, n_head)
+        self.mlp = MLP(n_embd)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+@pytest.mark.parametrize("name", ["meta_acon_c", "aprelu"])
+def test_a_nanogpt_style_decoder_gets_the_causal_context(name):
+    """nanoGPT's and minGPT's attention says it is causal by its class name only: converting such a
+    decoder must not let a position see later ones."""
+    torch.manual_seed(0)
+    model = nn.Sequential(NanoBlock(), NanoBlock())
+    replaced = replace_activations(model, name)
+    assert any("causal decoder" in note for note in replaced.notes)
+    x = torch.randn(3, 10, 16)
+    later = x.clone()
+    later[:, 7:] = torch.randn(3, 3, 16)
+    a, b = model.train()(x), model(later)
+    torch.testing.assert_close(a[:, :7], b[:, :7])
+
+
+class DictHolder(nn.Module):
+    """A forward that calls its activation through an nn.ModuleDict: fx names it ``mlp.act``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mlp = nn.ModuleDict(dict(fc=nn.Linear(4, 8), act=nn.GELU()))
+
+    def forward(self, x):
+        return self.mlp.act(self.mlp.fc(x))
+
+
+def test_an_activation_called_through_a_module_dict_is_replaced_in_its_dict():
+    model = nn.Sequential(DictHolder())
+    replaced = replace_activations(model, "acon_c")
+    assert replaced == ["0.mlp.act"] and replaced.rewritten == []
+    act = model[0].mlp.act
+    assert isinstance(act, adaptact.AconC) and act.channels == 8 and act.channel_dim == -1
+    assert model(torch.randn(2, 3, 4)).shape == (2, 3, 8)

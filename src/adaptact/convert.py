@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import functools
 import operator
+import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -154,7 +156,7 @@ class _Site:
     owner_path: str
     owner: nn.Module
     node: fx.Node | None  # None when the holder could not be traced
-    child: str | None  # the activation child's name in its holder (None: a functional call)
+    child: str | None  # the activation child's path in its holder (None: a functional call)
     layout: Layout | None  # (channels, channel_dim) of its input, from the producer
     after_3x3: bool
     producer: str | None = None  # the producer's path in the model (None: not a module, or not found)
@@ -309,9 +311,18 @@ def _registration_order_sites(path: str, owner: nn.Module, layout: Layout | None
 _TORCH_TRANSFORMER_LAYERS = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
 
 
+def _child(owner: nn.Module, path: str) -> Any:
+    """``owner``'s attribute at the dotted ``path`` (a module, or a function such as torch's
+    TransformerEncoderLayer's ``activation``)."""
+    return functools.reduce(getattr, path.split("."), owner)
+
+
 def _swap(owner: nn.Module, child: str, new: nn.Module) -> Callable[[], None]:
-    """``owner.child = new``; returns the undo. torch's TransformerEncoderLayer also drops its flag
+    """``owner.child = new``; returns the undo. ``child`` may be a dotted path (a forward that calls
+    ``self.mlp.act`` of an ``nn.ModuleDict``). torch's TransformerEncoderLayer also drops its flag
     for the fused fast path, which would otherwise run its built-in relu/gelu instead."""
+    holder, _, child = child.rpartition(".")
+    owner = _child(owner, holder) if holder else owner
     old = getattr(owner, child)
     fast = owner.__dict__.get("activation_relu_or_gelu")
     setattr(owner, child, new)
@@ -328,7 +339,7 @@ def _swap(owner: nn.Module, child: str, new: nn.Module) -> Callable[[], None]:
 
 def _policy(policy: str | Policy) -> Callable[[_Site], bool]:
     if callable(policy):
-        return lambda s: bool(policy(s.path, getattr(s.owner, s.child) if s.child else None))
+        return lambda s: bool(policy(s.path, _child(s.owner, s.child) if s.child else None))
     if policy == "all":
         return lambda s: True
     if policy == "resnet_after_3x3":
@@ -363,13 +374,19 @@ def activation_producers(model: nn.Module) -> dict[str, str | None]:
 
 def is_causal_model(model: nn.Module) -> bool:
     """Whether ``model`` is an autoregressive decoder: a Hugging Face ``*ForCausalLM`` or ``*LMHeadModel``,
-    a config with ``is_decoder``, or attention modules marked ``is_causal = True`` (LLaMA's, GPT-2's)."""
+    a config with ``is_decoder``, attention modules marked ``is_causal = True`` (LLaMA's, GPT-2's,
+    adaptact's own blocks), or attention modules named ``Causal...Attention`` (nanoGPT's and
+    minGPT's ``CausalSelfAttention``, which mark nothing)."""
     name = type(model).__name__
     if name.endswith("ForCausalLM") or "LMHead" in name:
         return True
     if getattr(getattr(model, "config", None), "is_decoder", False) is True:
         return True
-    return any(getattr(m, "is_causal", None) is True for m in model.modules())
+    return any(getattr(m, "is_causal", None) is True or _CAUSAL_ATTENTION.fullmatch(type(m).__name__)
+               for m in model.modules())
+
+
+_CAUSAL_ATTENTION = re.compile(r"Causal\w*Attention")
 
 
 class Replaced(list):
@@ -524,7 +541,7 @@ def replace_activations(model: nn.Module, name: ActivationLike, policy: str | Po
                         and len({g.layout for g in group}) == 1)
             if in_place:
                 if s is group[0] and s.child is not None:
-                    old = getattr(s.owner, s.child)
+                    old = _child(s.owner, s.child)
                     new = _matched(_build(name, s, old, kwargs), s, old, init, s.path, fits)
                     undo.append(_swap(s.owner, s.child, new))
                     replaced.append(s.path)
@@ -570,7 +587,7 @@ def _rewrite(model: nn.Module, owner_path: str, graph: fx.Graph, sites: list[_Si
     for s in sites:
         assert s.node is not None  # sites to rewrite come from a traced graph
         old = owner.get_submodule(s.child) if s.child else None
-        new_name = f"{s.child or 'act'}_site{index[s.node]}"
+        new_name = f"{(s.child or 'act').replace('.', '_')}_site{index[s.node]}"
         while hasattr(owner, new_name):
             new_name += "_"
         path = f"{owner_path}.{new_name}"
