@@ -1,12 +1,14 @@
-"""The cost of each activation in the character-level GPT (``--model gpt-char``): one training step
-(forward, backward, AdamW) at nanoGPT's CPU batch (12 windows of 64 characters), every activation
+"""The cost of each activation in the built-in transformers: one training step (forward, backward,
+AdamW) of ``gpt-char`` at nanoGPT's CPU batch (12 windows of 64 characters) or of ``vit`` /
+``vit-token`` at the ViT sweep's batch (128 Fashion-MNIST-sized images, 28x28), every activation
 in turn within each round so that the machine's drift hits them alike, one thread; the median and
-min-max per activation, the ratio of medians to GELU's, and the bytes one step's forward saves for
-its backward (distinct storages, parameters included).
+min-max per activation, the ratio of medians to the first activation's, and the bytes one step's
+forward saves for its backward (distinct storages, parameters included).
 
-    python benchmarks/gpt_step_time.py [rounds] [activation,...]
+    python benchmarks/transformer_step_time.py [rounds] [activation,...] [model]
 
-The default activations are the nanogpt protocol's (``adaptact.experiments.protocols.LM_ACTIVATIONS``).
+The default activations are the nanogpt protocol's (``adaptact.experiments.protocols.LM_ACTIVATIONS``)
+and the default model ``gpt-char``.
 """
 
 import statistics
@@ -17,10 +19,11 @@ import torch
 
 from adaptact.experiments.protocols import LM_ACTIVATIONS
 from adaptact.experiments.train import ADAMW_BETAS, WEIGHT_DECAY
-from adaptact.models.gpt import GPTChar
+from adaptact.models.catalogue import build
 from adaptact.optim import param_groups
 
 VOCAB, CONTEXT, BATCH = 83, 64, 12  # shakespeare-char's vocabulary, nanoGPT's CPU recipe
+IMAGE, IMAGE_BATCH, CLASSES = (1, 28, 28), 128, 10  # the ViT sweep on Fashion-MNIST
 
 
 def saved_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:
@@ -35,18 +38,27 @@ def saved_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:
     return sum(storages.values())
 
 
-def main(rounds: int, names: list[str]) -> None:
+def batch(model: str) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """(inputs, targets, what a batch is) of ``model``."""
+    if model == "gpt-char":
+        x, y = torch.randint(0, VOCAB, (BATCH, CONTEXT)), torch.randint(0, VOCAB, (BATCH, CONTEXT))
+        return x, y, f"batch {BATCH} x {CONTEXT} characters"
+    x, y = torch.randn(IMAGE_BATCH, *IMAGE), torch.randint(0, CLASSES, (IMAGE_BATCH,))
+    return x, y, f"batch {IMAGE_BATCH} images of {IMAGE[1]}x{IMAGE[2]}"
+
+
+def main(rounds: int, names: list[str], model: str) -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    x = torch.randint(0, VOCAB, (BATCH, CONTEXT))
-    y = torch.randint(0, VOCAB, (BATCH, CONTEXT))
-    models = {n: GPTChar(n, vocab_size=VOCAB, context=CONTEXT).train() for n in names}
+    x, y, what = batch(model)
+    shape, classes = ((CONTEXT,), VOCAB) if model == "gpt-char" else (IMAGE, CLASSES)
+    models = {n: build(model, n, shape, classes).train() for n in names}
     optimizers = {n: torch.optim.AdamW(param_groups(m, WEIGHT_DECAY), lr=1e-4, betas=ADAMW_BETAS)
                   for n, m in models.items()}
 
     def step(name: str) -> float:
         start = time.perf_counter()
-        loss = torch.nn.functional.cross_entropy(models[name](x).flatten(0, 1), y.flatten())
+        loss = torch.nn.functional.cross_entropy(models[name](x).flatten(0, -2), y.flatten())
         optimizers[name].zero_grad(set_to_none=True)
         loss.backward()
         optimizers[name].step()
@@ -60,7 +72,7 @@ def main(rounds: int, names: list[str]) -> None:
         for n in names:
             times[n].append(step(n))
     base = statistics.median(times[names[0]])
-    print(f"one training step, batch {BATCH} x {CONTEXT} characters, {rounds} interleaved rounds, 1 thread")
+    print(f"{model}: one training step, {what}, {rounds} interleaved rounds, 1 thread")
     print(f"| activation | ms per step, median (min-max) | ratio to {names[0]} | "
           "saved for backward (MiB) |")
     print("|---|---|---|---|")
@@ -73,4 +85,4 @@ def main(rounds: int, names: list[str]) -> None:
 if __name__ == "__main__":
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 30
     names = sys.argv[2].split(",") if len(sys.argv) > 2 else list(LM_ACTIVATIONS)
-    main(rounds, names)
+    main(rounds, names, sys.argv[3] if len(sys.argv) > 3 else "gpt-char")
