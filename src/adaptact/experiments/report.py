@@ -225,9 +225,9 @@ def _conversions(rows: Sequence[dict], source: str) -> list[str]:
         seeds[r["activation"]][r["seed"]] = r
     scale, digits = (1.0, 3) if language else (100.0, 2)
 
-    def cell(values: list[float]) -> str:
+    def cell(values: list[float], sign: str = "") -> str:
         std = statistics.stdev(values) if len(values) > 1 else 0.0
-        return f"{scale * statistics.fmean(values):.{digits}f} ± {scale * std:.{digits}f}"
+        return f"{scale * statistics.fmean(values):{sign}.{digits}f} ± {scale * std:.{digits}f}"
 
     what = "test loss (nats per character)" if language else "test accuracy (%)"
     head = "the same head" if language else "its head is the source's"
@@ -238,7 +238,7 @@ def _conversions(rows: Sequence[dict], source: str) -> list[str]:
         rs = list(by_seed.values())
         change = [r[after_field] - r[before_field] for r in rs]
         before, after = cell([r[before_field] for r in rs]), cell([r[after_field] for r in rs])
-        lines.append(f"| {a} | {before} | {after} | {cell(change)} |")
+        lines.append(f"| {a} | {before} | {after} | {cell(change, '+')} |")
     return lines + [""]
 
 
