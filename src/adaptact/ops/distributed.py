@@ -5,7 +5,7 @@ DTensors runs the reference (plain torch ops, which DTensor shards and reduces i
 
 from __future__ import annotations
 
-import functools
+import sys
 
 import torch
 from torch import Tensor
@@ -13,19 +13,12 @@ from torch import Tensor
 __all__ = ["assign", "batch_norm_on_shards", "refusal", "replicated_like", "sharded"]
 
 
-@functools.cache
-def _dtensor() -> type | None:
-    if not torch.distributed.is_available():
-        return None
-    from torch.distributed.tensor import DTensor
-
-    return DTensor
-
-
 def sharded(*tensors: object) -> bool:
-    """Whether any of ``tensors`` is a ``torch.distributed.tensor.DTensor``."""
-    dtensor = _dtensor()
-    return dtensor is not None and any(isinstance(t, dtensor) for t in tensors)
+    """Whether any of ``tensors`` is a ``torch.distributed.tensor.DTensor``. None can be unless its
+    module was imported, so nothing is imported here (it takes over half a second) and nothing is
+    cached (torch.compile traces this, and warns of a cached function)."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and any(isinstance(t, module.DTensor) for t in tensors)
 
 
 def refusal(name: str, backend: str) -> ValueError:
