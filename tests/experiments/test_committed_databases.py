@@ -71,3 +71,16 @@ def test_the_convert_sweep_asked_again_runs_nothing(tmp_path, monkeypatch, capsy
             "--no-progress"]
     assert main(argv) == 0
     assert "0 runs done now, 48 already in" in capsys.readouterr().out
+
+
+def test_the_convert_gpt_sweep_asked_again_runs_nothing(tmp_path, monkeypatch, capsys):
+    """RESULTS.md's language-model fine-tuning command, on a copy of its database and without the
+    pretrained checkpoints: the pretraining runs (by iterations) and the conversions are found done."""
+    db = tmp_path / "convert-gpt.sqlite"
+    shutil.copy(ROOT / "benchmarks" / "transfer" / "convert-gpt.sqlite", db)
+
+    monkeypatch.setattr(sweep, "execute", _refuse)
+    argv = ["compare", "--protocol", "convert-gpt", "--db", str(db), "--out", str(tmp_path / "report"),
+            "--no-progress"]
+    assert main(argv) == 0
+    assert "0 runs done now, 36 already in" in capsys.readouterr().out

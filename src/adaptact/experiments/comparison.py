@@ -196,9 +196,10 @@ def run(request: CompareRequest) -> Rows:
         first: list[RunConfig] = []
         if pretraining:
             s = p.settings
-            epochs = 0 if s["pretrain_iters"] else s["pretrain_epochs"]  # by iterations: evaluated each tenth
+            iters = s["pretrain_iters"]  # by iterations: evaluated every tenth
+            epochs, every = (0, max(1, iters // 10)) if iters else (s["pretrain_epochs"], 0)
             first = configs_on(pretraining[0][0], [s["base"]] if s["base"] else p.activations,
-                               [s["pretrain_optimizer"]], [s["pretrain_lr"]], epochs, s["pretrain_iters"], 0,
+                               [s["pretrain_optimizer"]], [s["pretrain_lr"]], epochs, iters, every,
                                str(p.checkpoints))
             configs = fine_tuning(configs, first, s["base"], s["inits"])
         summary = run_sweep(first, store, r.executor, r.workers, r.address, r.progress) if first else None
