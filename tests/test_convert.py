@@ -291,3 +291,41 @@ def test_an_activation_called_through_a_module_dict_is_replaced_in_its_dict():
     act = model[0].mlp.act
     assert isinstance(act, adaptact.AconC) and act.channels == 8 and act.channel_dim == -1
     assert model(torch.randn(2, 3, 4)).shape == (2, 3, 8)
+
+
+class Attention(nn.Module):
+    """A decoder's attention that marks itself causal nowhere but in its call."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.qkv, self.out = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        return self.out(F.scaled_dot_product_attention(q, k, v, None, 0.0, True))  # is_causal by position
+
+
+class PlainBlock(nn.Module):
+    def __init__(self, dim: int = 16) -> None:
+        super().__init__()
+        self.attn = Attention(dim)
+        self.fc, self.act, self.proj = nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim)
+
+    def forward(self, x):
+        x = x + self.attn(x)
+        return x + self.proj(self.act(self.fc(x)))
+
+
+def test_a_decoder_known_only_by_its_causal_attention_call_gets_the_causal_context():
+    torch.manual_seed(0)
+    model = nn.Sequential(PlainBlock(), PlainBlock())
+    assert not adaptact.convert.is_causal_model(model)  # neither marked nor named
+    replaced = replace_activations(model, "meta_acon_c")
+    assert any("causal decoder" in note for note in replaced.notes)
+    x = torch.randn(3, 10, 16)
+    later = x.clone()
+    later[:, 7:] = torch.randn(3, 3, 16)
+    a, b = model.train()(x), model(later)
+    torch.testing.assert_close(a[:, :7], b[:, :7])
+    encoder = nn.Sequential(nn.Linear(16, 16), nn.GELU())  # no attention at all: the papers' context
+    assert replace_activations(encoder, "meta_acon_c").notes == []

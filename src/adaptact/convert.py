@@ -244,9 +244,19 @@ def _holds_activations(m: nn.Module) -> bool:
             or not type(m).forward.__module__.startswith("torch."))
 
 
-def _sites(model: nn.Module) -> tuple[list[_Site], dict[str, fx.Graph]]:
+def _causal_attention_call(node: fx.Node) -> bool:
+    """``F.scaled_dot_product_attention(..., is_causal=True)`` (by keyword or as its 6th argument)."""
+    if node.op != "call_function" or node.target is not F.scaled_dot_product_attention:
+        return False
+    return node.kwargs.get("is_causal", node.args[5] if len(node.args) > 5 else False) is True
+
+
+def _sites(model: nn.Module) -> tuple[list[_Site], dict[str, fx.Graph], bool]:
+    """The activation sites of ``model``, the traced graphs of their holders, and whether any traced
+    forward calls causal attention (a decoder that marks itself nowhere else)."""
     sites: list[_Site] = []
     graphs: dict[str, fx.Graph] = {}
+    causal = False
     before: Layout | None = None  # the last producer registered before the current holder
     before_at: str | None = None  # and its path
     for path, owner in model.named_modules():
@@ -271,6 +281,7 @@ def _sites(model: nn.Module) -> tuple[list[_Site], dict[str, fx.Graph]]:
             sites += _registration_order_sites(path, owner, own or holder_input,
                                                path if own is not None else holder_input_at)
             continue
+        causal = causal or any(_causal_attention_call(n) for n in graph.nodes)
         residual = _has_residual_add(graph)
         found = False
         for node in graph.nodes:
@@ -287,7 +298,7 @@ def _sites(model: nn.Module) -> tuple[list[_Site], dict[str, fx.Graph]]:
             sites.append(_Site(path, owner, node, child, layout, _after_3x3(node, owner, residual), producer))
         if found:
             graphs[path] = graph
-    return sites, graphs
+    return sites, graphs, causal
 
 
 def _registration_order_sites(path: str, owner: nn.Module, layout: Layout | None,
@@ -413,11 +424,12 @@ def _left(model: nn.Module, sites: list[_Site], chosen: list[_Site]) -> list[str
     return left + [f"{path} (not chosen by the policy)" for path in sorted(skipped)]
 
 
-def _context_for(model: nn.Module, name: ActivationLike, kwargs: dict) -> tuple[dict, list[str]]:
-    """Input-conditioned activations in a causal decoder default to context="causal"."""
+def _context_for(model: nn.Module, name: ActivationLike, kwargs: dict,
+                 causal: bool) -> tuple[dict, list[str]]:
+    """Input-conditioned activations in a causal decoder (``causal``) default to context="causal"."""
     if not isinstance(name, str) or not spec(name).per_sample or "context" in kwargs:
         return kwargs, []
-    if not is_causal_model(model):
+    if not causal:
         return kwargs, []
     note = (f"{spec(name).name} pools over positions; {type(model).__name__} is a causal decoder, so its "
             f"generators see positions <= t only (context='causal'; pass context= to choose)")
@@ -513,18 +525,21 @@ def replace_activations(model: nn.Module, name: ActivationLike, policy: str | Po
         turned into ``torch.fx.GraphModule``, ``.left`` the activation-like modules not replaced and
         ``.notes`` the choices made, ``.fits`` the fit errors (see ``Replaced``).
 
-    In a causal decoder (``is_causal_model``), input-conditioned activations (Meta-ACON-C, APReLU,
-    Dynamic ReLU, FReLU) get ``context="causal"`` unless ``context`` is given, and the model is
-    hooked (``nn.track_decoding``) so that cached generation continues their prefix statistics.
+    In a causal decoder (``is_causal_model``, or a forward traced here that calls
+    ``F.scaled_dot_product_attention(..., is_causal=True)``), input-conditioned activations
+    (Meta-ACON-C, APReLU, Dynamic ReLU, FReLU) get ``context="causal"`` unless ``context`` is
+    given, and the model is hooked (``nn.track_decoding``) so that cached generation continues
+    their prefix statistics.
     Replacing nothing warns. All or nothing: if any site cannot be replaced (or ``example_inputs``
     fail), the error is raised with the model unchanged.
     """
     if init not in INITS:
         raise ValueError(f"init must be one of {', '.join(map(repr, INITS))}, got {init!r}")
     choose = _policy(policy)
-    sites, graphs = _sites(model)
+    sites, graphs, causal_attention = _sites(model)
+    causal = causal_attention or is_causal_model(model)
     chosen = [s for s in sites if choose(s)]
-    kwargs, notes = _context_for(model, name, kwargs)
+    kwargs, notes = _context_for(model, name, kwargs, causal)
     by_child: dict[tuple[str, str], list[_Site]] = {}
     for s in sites:
         if s.child is not None:
@@ -550,7 +565,7 @@ def replace_activations(model: nn.Module, name: ActivationLike, policy: str | Po
         for owner_path, owner_sites in rewrite.items():
             replaced += _rewrite(model, owner_path, graphs[owner_path], owner_sites, name, kwargs, undo, init,
                                  fits)
-        if is_causal_model(model) and any(hasattr(model.get_submodule(p), "context") for p in replaced):
+        if causal and any(hasattr(model.get_submodule(p), "context") for p in replaced):
             undo.append(track_decoding(model))
         if example_inputs is not None:
             _run_example(model, example_inputs)
