@@ -258,6 +258,16 @@ class NanoBlock(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+def _assert_no_position_sees_a_later_one(model: nn.Module) -> None:
+    """Training mode (batch statistics in the generators): changing positions 7.. of (3, 10, 16)
+    inputs leaves the outputs at positions 0..6 as they were."""
+    x = torch.randn(3, 10, 16)
+    later = x.clone()
+    later[:, 7:] = torch.randn(3, 3, 16)
+    a, b = model.train()(x), model(later)
+    torch.testing.assert_close(a[:, :7], b[:, :7])
+
+
 @pytest.mark.parametrize("name", ["meta_acon_c", "aprelu"])
 def test_a_nanogpt_style_decoder_gets_the_causal_context(name):
     """nanoGPT's and minGPT's attention says it is causal by its class name only: converting such a
@@ -266,11 +276,7 @@ def test_a_nanogpt_style_decoder_gets_the_causal_context(name):
     model = nn.Sequential(NanoBlock(), NanoBlock())
     replaced = replace_activations(model, name)
     assert any("causal decoder" in note for note in replaced.notes)
-    x = torch.randn(3, 10, 16)
-    later = x.clone()
-    later[:, 7:] = torch.randn(3, 3, 16)
-    a, b = model.train()(x), model(later)
-    torch.testing.assert_close(a[:, :7], b[:, :7])
+    _assert_no_position_sees_a_later_one(model)
 
 
 class DictHolder(nn.Module):
@@ -322,10 +328,6 @@ def test_a_decoder_known_only_by_its_causal_attention_call_gets_the_causal_conte
     assert not adaptact.convert.is_causal_model(model)  # neither marked nor named
     replaced = replace_activations(model, "meta_acon_c")
     assert any("causal decoder" in note for note in replaced.notes)
-    x = torch.randn(3, 10, 16)
-    later = x.clone()
-    later[:, 7:] = torch.randn(3, 3, 16)
-    a, b = model.train()(x), model(later)
-    torch.testing.assert_close(a[:, :7], b[:, :7])
+    _assert_no_position_sees_a_later_one(model)
     encoder = nn.Sequential(nn.Linear(16, 16), nn.GELU())  # no attention at all: the papers' context
     assert replace_activations(encoder, "meta_acon_c").notes == []

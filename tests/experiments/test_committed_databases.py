@@ -44,43 +44,31 @@ def _refuse(executor, fn, runs, **kwargs):
     return iter(())
 
 
-def test_the_fault_diagnosis_sweep_asked_again_runs_nothing(tmp_path, monkeypatch, capsys):
-    """The command RESULTS.md gives for benchmarks/fault-diagnosis, on a copy of its database."""
-    db = tmp_path / "bearing.sqlite"
-    shutil.copy(ROOT / "benchmarks" / "fault-diagnosis" / "bearing.sqlite", db)
-
+def _asked_again(tmp_path, monkeypatch, capsys, db: str, options: list[str], runs: int) -> None:
+    """The command RESULTS.md gives for ``db`` (under benchmarks/), on a copy of it and without
+    any checkpoint (not committed), starts no run and finds ``runs`` done."""
+    copy = tmp_path / Path(db).name
+    shutil.copy(ROOT / "benchmarks" / db, copy)
     monkeypatch.setattr(sweep, "execute", _refuse)
-    argv = ["compare", "--dataset", "bearing", "--snr", "5,3,1", "--model", "resnet1d-9",
-            "--activations", "sigmoid,tanh,relu,leaky_relu,prelu,aprelu", "--optimizers", "adam",
-            "--lrs", "0.01", "--seeds", "3", "--epochs", "40", "--db", str(db),
-            "--out", str(tmp_path / "report"),
-            "--no-progress"]
+    argv = ["compare", *options, "--db", str(copy), "--out", str(tmp_path / "report"), "--no-progress"]
     assert main(argv) == 0
-    assert "0 runs done now, 54 already in" in capsys.readouterr().out
+    assert f"0 runs done now, {runs} already in" in capsys.readouterr().out
+
+
+def test_the_fault_diagnosis_sweep_asked_again_runs_nothing(tmp_path, monkeypatch, capsys):
+    _asked_again(tmp_path, monkeypatch, capsys, "fault-diagnosis/bearing.sqlite",
+                 ["--dataset", "bearing", "--snr", "5,3,1", "--model", "resnet1d-9",
+                  "--activations", "sigmoid,tanh,relu,leaky_relu,prelu,aprelu", "--optimizers", "adam",
+                  "--lrs", "0.01", "--seeds", "3", "--epochs", "40"], 54)
 
 
 def test_the_convert_sweep_asked_again_runs_nothing(tmp_path, monkeypatch, capsys):
-    """RESULTS.md's fine-tuning command, on a copy of its database and without the pretrained
-    checkpoints (not committed): every pretraining and fine-tuning run is found done."""
+    """Every pretraining and fine-tuning run is found done, without the pretrained checkpoints."""
     pytest.importorskip("mnist1d")
-    db = tmp_path / "convert.sqlite"
-    shutil.copy(ROOT / "benchmarks" / "transfer" / "convert.sqlite", db)
-
-    monkeypatch.setattr(sweep, "execute", _refuse)
-    argv = ["compare", "--protocol", "convert", "--db", str(db), "--out", str(tmp_path / "report"),
-            "--no-progress"]
-    assert main(argv) == 0
-    assert "0 runs done now, 48 already in" in capsys.readouterr().out
+    _asked_again(tmp_path, monkeypatch, capsys, "transfer/convert.sqlite", ["--protocol", "convert"], 48)
 
 
 def test_the_convert_gpt_sweep_asked_again_runs_nothing(tmp_path, monkeypatch, capsys):
-    """RESULTS.md's language-model fine-tuning command, on a copy of its database and without the
-    pretrained checkpoints: the pretraining runs (by iterations) and the conversions are found done."""
-    db = tmp_path / "convert-gpt.sqlite"
-    shutil.copy(ROOT / "benchmarks" / "transfer" / "convert-gpt.sqlite", db)
-
-    monkeypatch.setattr(sweep, "execute", _refuse)
-    argv = ["compare", "--protocol", "convert-gpt", "--db", str(db), "--out", str(tmp_path / "report"),
-            "--no-progress"]
-    assert main(argv) == 0
-    assert "0 runs done now, 36 already in" in capsys.readouterr().out
+    """The language model's: pretraining runs by iterations, then the conversions."""
+    _asked_again(tmp_path, monkeypatch, capsys, "transfer/convert-gpt.sqlite", ["--protocol", "convert-gpt"],
+                 36)
