@@ -601,7 +601,7 @@ def _rewrite(model: nn.Module, owner_path: str, graph: fx.Graph, sites: list[_Si
     new_paths = []
     for s in sites:
         assert s.node is not None  # sites to rewrite come from a traced graph
-        old = owner.get_submodule(s.child) if s.child else None
+        old = _child(owner, s.child) if s.child else None
         new_name = f"{(s.child or 'act').replace('.', '_')}_site{index[s.node]}"
         while hasattr(owner, new_name):
             new_name += "_"

@@ -29,9 +29,9 @@ from .sources import Source, build_model, data_source, model_source
 from .store import ResultStore
 from .sweep import SweepSummary, expand, run_sweep
 from ..datasets.shakespeare import TextData
-from .language import EVAL_WINDOWS, windows
+from .language import CONTEXT, EVAL_WINDOWS, windows
 from .finetune import pretrained_checkpoint
-from .train import CONTEXT, GRAD_CLIP, RunConfig, checkpoint_name, held_out, versions
+from .train import GRAD_CLIP, RunConfig, checkpoint_name, held_out, versions
 
 __all__ = ["DEFAULT_MODEL", "MAX_LR", "MAX_RUNS", "MAX_SEEDS", "CompareRequest", "Rows", "check_fits",
            "compare", "fine_tuning", "report", "run"]

@@ -15,6 +15,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..datasets.builtin import Dataset
 from ..datasets.shakespeare import TextData
 
 __all__ = ["CONTEXT", "EVAL_WINDOWS", "NATS_PER_BIT", "eval_starts", "mean_loss", "sample_batch",
@@ -64,7 +65,7 @@ def mean_loss(model: torch.nn.Module, tokens: torch.Tensor, starts: torch.Tensor
     return total / count
 
 
-def sample_shape(ds: object) -> tuple[int, ...]:
+def sample_shape(ds: Dataset | TextData) -> tuple[int, ...]:
     """The shape of one sample a network is built for: a window of ``CONTEXT`` tokens for text, an
     image's or a signal's shape otherwise."""
-    return (CONTEXT,) if isinstance(ds, TextData) else tuple(ds.train_x.shape[1:])  # type: ignore[attr-defined]
+    return (CONTEXT,) if isinstance(ds, TextData) else tuple(ds.train_x.shape[1:])

@@ -214,7 +214,8 @@ def _conversions(rows: Sequence[dict], source: str) -> list[str]:
     """For networks converted from another activation before fine-tuning: the pretrained network's
     test accuracy (a language model's test loss) on ``source`` before and after the conversion,
     before any step (how much of its function the conversion keeps), mean ± std over seeds."""
-    language = bool(rows) and measure_of(rows[0]) is LOSS
+    measure = measure_of(rows[0]) if rows else ACCURACY
+    language = measure is LOSS
     before_field, after_field = ("source_loss", "converted_loss") if language else ("source_acc",
                                                                                     "converted_acc")
     converted = [r for r in rows if r.get(after_field, -1) >= 0]
@@ -223,15 +224,14 @@ def _conversions(rows: Sequence[dict], source: str) -> list[str]:
     seeds: dict[str, dict[int, dict]] = defaultdict(dict)  # the runs of each seed start alike: one each
     for r in converted:
         seeds[r["activation"]][r["seed"]] = r
-    scale, digits = (1.0, 3) if language else (100.0, 2)
+    scale, digits = measure.scale, 3 if measure.lower_is_better else 2  # as markdown_table shows them
 
     def cell(values: list[float], sign: str = "") -> str:
         std = statistics.stdev(values) if len(values) > 1 else 0.0
         return f"{scale * statistics.fmean(values):{sign}.{digits}f} ± {scale * std:.{digits}f}"
 
-    what = "test loss (nats per character)" if language else "test accuracy (%)"
     head = "the same head" if language else "its head is the source's"
-    lines = [f"### The conversion before the first step: {what} on {source}", "",
+    lines = [f"### The conversion before the first step: {measure.label} on {source}", "",
              f"The pretrained network, then the same network with its activations replaced ({head}).", "",
              "| activation | pretrained | converted | change |", "|---|---|---|---|"]
     for a, by_seed in sorted(seeds.items()):
