@@ -69,6 +69,11 @@ def _from_transformers(m: nn.Module) -> bool:
     return type(m).__module__.startswith("transformers.")
 
 
+def _is_hf(model: nn.Module) -> bool:
+    """A Hugging Face model (a ``PreTrainedModel``): its calls say their padding and cache."""
+    return any(c.__name__ == "PreTrainedModel" for c in type(model).__mro__)
+
+
 def is_activation(m: nn.Module) -> bool:
     """Whether ``replace_activations`` replaces ``m``: torch's rectifier-like activations, adaptact's
     modules and Hugging Face's activation classes (but its identity, ``LinearActivation``)."""
@@ -528,8 +533,9 @@ def replace_activations(model: nn.Module, name: ActivationLike, policy: str | Po
     In a causal decoder (``is_causal_model``, or a forward traced here that calls
     ``F.scaled_dot_product_attention(..., is_causal=True)``), input-conditioned activations
     (Meta-ACON-C, APReLU, Dynamic ReLU, FReLU) get ``context="causal"`` unless ``context`` is
-    given, and the model is hooked (``nn.track_decoding``) so that cached generation continues
-    their prefix statistics.
+    given. A decoder or a Hugging Face model with such activations is hooked
+    (``nn.track_decoding``): padding (``attention_mask``) is left out of their statistics, and cached
+    generation continues their prefix statistics from the cache.
     Replacing nothing warns. All or nothing: if any site cannot be replaced (or ``example_inputs``
     fail), the error is raised with the model unchanged.
     """
@@ -565,7 +571,7 @@ def replace_activations(model: nn.Module, name: ActivationLike, policy: str | Po
         for owner_path, owner_sites in rewrite.items():
             replaced += _rewrite(model, owner_path, graphs[owner_path], owner_sites, name, kwargs, undo, init,
                                  fits)
-        if causal and any(hasattr(model.get_submodule(p), "context") for p in replaced):
+        if any(hasattr(model.get_submodule(p), "context") for p in replaced) and (causal or _is_hf(model)):
             undo.append(track_decoding(model))
         if example_inputs is not None:
             _run_example(model, example_inputs)

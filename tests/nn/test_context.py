@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import adaptact
-from adaptact.nn.context import OFFSET, track_decoding
+from adaptact.nn.context import CALL, PREFIX, decoding, track_decoding
 
 CONDITIONED = [
     ("meta_acon_c", {}), ("meta_acon_c", {"granularity": "layer"}), ("meta_acon_c", {"norm": "none"}),
@@ -116,28 +116,84 @@ def test_token_output_depends_on_its_position_alone(case, training, backend):
         torch.testing.assert_close(m(x)[:, t], m(x2)[:, t], rtol=0, atol=0)
 
 
+class Host(torch.nn.Module):
+    """A model taking Hugging Face's call keywords, as track_decoding reads them."""
+
+    def __init__(self, act):
+        super().__init__()
+        self.act = act
+
+    def forward(self, x, attention_mask=None, past_key_values=None, cache_position=None, use_cache=None):
+        return self.act(x)
+
+
+class Cache:
+    """A cache object: track_decoding keeps the causal prefix on it."""
+
+
 @pytest.mark.parametrize("case", CONDITIONED, ids=IDS)
 def test_causal_prefix_continues_across_cached_calls(case):
     """What a KV cache does: the prompt first, then one position per call; the outputs equal the
-    full-sequence forward's. A call at an offset the module holds no prefix for raises."""
+    full-sequence forward's. The prefix lives on the cache: a crop continues from the cropped
+    position, two caches interleave, a deep copy of the model continues the same cache, and a
+    cache that never held the prefix raises."""
     name, kwargs = case
     m = _module(name, kwargs, "causal").eval()
     x = torch.randn(B, T, C)
     full = m(x)
-    host = torch.nn.Sequential(m)
+    host = Host(m)
     untrack = track_decoding(host)
 
-    def call(part, offset):
-        return host(part, cache_position=torch.arange(offset, offset + part.shape[1]))
+    def call(part, offset, cache, model=host):
+        return model(part, past_key_values=cache, cache_position=torch.arange(offset, offset + part.shape[1]))
 
-    host.forward = lambda part, cache_position=None: m(part)  # a model taking the cache keyword
-    steps = [call(x[:, :5], 0)] + [call(x[:, t: t + 1], t) for t in range(5, T)]
-    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-6)
-    assert OFFSET not in m.__dict__  # set only during the model's call
+    one, two = Cache(), Cache()
+    steps = [call(x[:, :5], 0, one), call(x[:, :3], 0, two)]
+    for t in range(5, T):  # two generations interleaved, each on its own cache
+        steps.append(call(x[:, t: t + 1], t, one))
+    torch.testing.assert_close(torch.cat([steps[0], *steps[2:]], dim=1), full, rtol=1e-5, atol=1e-6)
+    assert CALL not in m.__dict__  # set only during the model's call
+    torch.testing.assert_close(call(x[:, 3:5], 3, two), full[:, 3:5], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(call(x[:, 6:8], 6, one), full[:, 6:8], rtol=1e-5, atol=1e-6)  # cropped to 6
+    torch.testing.assert_close(call(x[:, 8:], 8, one, copy.deepcopy(host)), full[:, 8:], rtol=1e-5, atol=1e-6)
     with pytest.raises(RuntimeError, match=r"cannot continue a cached decode at position 3 .* use_cache"):
-        call(x[:, 3:4], 3)
+        call(x[:, 3:4], 3, Cache())
     untrack()
     torch.testing.assert_close(host(x[:, :5]), full[:, :5])
+
+
+def _padded(x, lengths, side):
+    """Rows of ``x`` cut to ``lengths``, padded with noise on ``side`` to x's length, and the mask."""
+    padded, mask = torch.randn_like(x) * 5, torch.zeros(x.shape[:2], dtype=torch.long)
+    for row, n in enumerate(lengths):
+        at = slice(0, n) if side == "right" else slice(x.shape[1] - n, x.shape[1])
+        padded[row, at], mask[row, at] = x[row, :n], 1
+    return padded, mask
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("context", ["sample", "causal"])
+@pytest.mark.parametrize("case", WITH_FRELU, ids=WITH_FRELU_IDS)
+def test_a_padded_batch_gives_each_sequence_its_own_numbers(case, context, side):
+    """Eval mode: each row of a padded batch (attention_mask marks the pads) equals that sequence
+    alone; training: the same batch padded to two lengths gives equal outputs at its real positions."""
+    name, kwargs = case
+    host = Host(_module(name, kwargs, context))
+    track_decoding(host)
+    x, lengths = torch.randn(B, T, C), [T, 5, 3, 7]
+    xp, mask = _padded(x, lengths, side)
+    host.eval()
+    y = host(xp, attention_mask=mask)
+    for row, n in enumerate(lengths):
+        alone = host(x[row: row + 1, :n])[0]
+        got = y[row, :n] if side == "right" else y[row, T - n:]
+        torch.testing.assert_close(got, alone, rtol=1e-5, atol=1e-5)
+    assert torch.isfinite(y).all()
+    host.train()
+    longer, longer_mask = _padded(torch.cat((x, torch.randn(B, 3, C)), 1), lengths, side)
+    a, b = copy.deepcopy(host)(xp, attention_mask=mask), host(longer, attention_mask=longer_mask)
+    b = b[:, :T] if side == "right" else b[:, 3:]
+    torch.testing.assert_close(a[mask.bool()], b[mask.bool()], rtol=1e-5, atol=1e-5)
 
 
 def test_contexts_need_one_sequence_dim_and_valid_names():
@@ -171,24 +227,29 @@ def test_position_batch_norm_follows_track_running_stats():
     assert y.shape == (B, T, C)
 
 
-def test_only_calls_with_a_cache_count_as_decoding():
-    """A training forward (no cache given or asked for) carries no prefix to a next call, so its
-    generator may compile with the activation; a call with a cache (or use_cache=True) does."""
-    from adaptact.nn.context import decoding
-
+def test_only_calls_with_a_cache_or_padding_count_as_decoding():
+    """A training forward (no cache given or asked for, no pads) carries no state to a next call,
+    so its generator may compile with the activation; a call with a cache or pads does not."""
     act = _module("meta_acon_c", {}, "causal")
+    seen: list[bool] = []
 
-    class Model(torch.nn.Module):
+    class Model(Host):
         def forward(self, x, **kwargs):
             seen.append(decoding(act))
             return act(x)
 
-    seen: list[bool] = []
-    model = Model()
-    track_decoding(model, [act])
+    model = Model(act)
+    track_decoding(model)
     x = torch.randn(B, T, C)
+    pads = torch.ones(B, T, dtype=torch.long)
     model(x)
+    model(x, attention_mask=pads)
     model(x, use_cache=True)
     model(x, cache_position=torch.arange(T))
-    assert seen == [False, True, True]
+    pads[0, 0] = 0
+    model(x, attention_mask=pads)
+    assert seen == [False, False, True, True, True]
     assert not decoding(act)  # after the call
+    cache = Cache()
+    model(x, past_key_values=cache, use_cache=True)
+    assert set(getattr(cache, PREFIX).sums) == {"act"}

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from ..ops import dispatch
 from .base import batch_norm, deprecated_keyword
 from .channels import ChannelModule
-from .context import (Context, batch_norm_positions, check_context, check_sequence, decoding,
+from .context import (Context, check_context, check_sequence, decoding, masked_mean, position_norm,
                       position_statistics, refuse_cached)
 
 __all__ = ["APReLU", "keras_state_dict"]
@@ -136,7 +136,7 @@ class APReLU(ChannelModule):
         (N, T, 2C) per position)."""
         if self.granularity == "layer":  # the Keras code's channel means, (N, 2): negative, positive
             s = s.unflatten(-1, (2, -1)).mean(dim=-1)
-        norm = batch_norm if s.ndim == 2 else batch_norm_positions
+        norm = batch_norm if s.ndim == 2 else position_norm(self)
         h = torch.relu(norm(self.bn1, self.fc1(s)))
         return torch.sigmoid(norm(self.bn2, self.fc2(h)))
 
@@ -152,6 +152,14 @@ class APReLU(ChannelModule):
             return self._run(dispatch.aprelu_per_position, x, self._alpha_per_position, not decoding(self),
                              fused=dispatch.fuses_positions(x))
         refuse_cached(self)
+        dtype = self.fc1.weight.dtype
+        negative = masked_mean(self, torch.clamp(x, max=0), dtype)  # a padded batch in a model
+        if negative is not None:
+            positive = masked_mean(self, torch.relu(x), dtype)
+            assert positive is not None
+            alpha = self.alpha_from_stats(torch.cat((negative, positive), dim=1))
+            return self._run(dispatch.aprelu_positions, x, alpha.unsqueeze(-1).expand(-1, -1, x.shape[-1]),
+                             fused=dispatch.fuses_positions(x))
         return self._run(dispatch.aprelu, x, self.alpha_from_stats, self._weights,
                          self.fc1.weight.dtype)
 

@@ -15,16 +15,28 @@ positions would mix later positions into earlier ones in training mode, so each 
 normalised with the statistics over the samples at that position (``batch_norm``); the running
 statistics are updated with their mean over positions and used in eval mode, as usual.
 
-Cached decoding (a KV cache: each call sees the new positions only). ``track_decoding(model)``
-(``replace_activations`` installs it on causal Hugging Face models) reads the cache length at
-every call of ``model``; causal generators then carry their running prefix sums from one call to
-the next, so cached and uncached decoding give the same numbers. A call that cannot continue
-(no state for that offset, another batch) raises instead of computing other numbers.
+Inside a model (``track_decoding``; ``replace_activations`` installs it on decoders and on Hugging
+Face models, and a model rebuilt from its config gets it too), every call of the model tells its
+conditioned activations two things, read from the call's keywords as Hugging Face models take them:
+
+* which positions are padding (``attention_mask``, (B, L), 0 at pads): the "sample" and "causal"
+  statistics and the per-position BatchNorm statistics leave them out, so a sequence's numbers do
+  not depend on how its batch is padded;
+* how many positions the KV cache already holds (``cache_position``, ``past_key_values``). A causal
+  generator's running sums at every position are kept on the cache object they extend (not on the
+  module, not in call order): a reordered cache (beam search), a cropped one (assisted decoding),
+  two generations interleaved, a deep-copied or pickled model all continue from the right prefix.
+  A reorder is recognised by the cache's own keys (each row's per-position key sums) and followed.
+  "sample" modules (and causal FReLU, whose window needs the previous inputs) raise in a cached
+  decode instead of computing other numbers than the full sequence's.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -34,13 +46,16 @@ from ..ops import distributed
 from .base import normalise, track_running_stats
 from .families import BatchNorm
 
-__all__ = ["CONTEXTS", "Context", "batch_norm_positions", "check_context", "check_sequence", "decoding",
+__all__ = ["CONTEXTS", "Context", "ModelCall", "Prefix", "batch_norm_positions", "check_context",
+           "batch_norm_real", "check_sequence", "decode_offset", "decoding", "masked_mean", "position_norm",
            "position_statistics", "refuse_cached", "track_decoding"]
 
 Context = Literal["sample", "causal", "token"]
 CONTEXTS: tuple[str, ...] = ("sample", "causal", "token")
-OFFSET = "adaptact_decode_offset"  # attribute the decoding hooks set on each causal module
-_PREFIX = "adaptact_prefix"  # (running sums (N, S), positions) carried between cached calls
+CALL = "adaptact_call"  # (ModelCall, the module's name in the model) on each conditioned module during a call
+PREFIX = "adaptact_prefix"  # the Prefix a cache object carries
+_OWNER = "adaptact_owns_call"  # on the hooked model whose call set CALL (an outer one, if several are hooked)
+_HOOKED = "adaptact_hooked"
 
 
 def check_context(context: object) -> str:
@@ -57,53 +72,134 @@ def check_sequence(module: nn.Module, x: Tensor, context: str) -> None:
                          f"(channels-first shape {tuple(x.shape)})")
 
 
-def position_statistics(module: nn.Module, s: Tensor, context: str) -> Tensor:
-    """What the generator sees at each position, from per-position statistics ``s`` (N, T, S):
-    ``s`` itself for "token"; for "causal" the mean over positions <= t, continuing the prefix
-    carried from the previous call when ``module`` is being decoded with a cache."""
-    if context == "token":
-        return s
-    offset = getattr(module, OFFSET, None)
-    sums = s.cumsum(1)
-    if offset is not None and offset > 0:
-        sums = sums + _carried(module, s, offset).unsqueeze(1)
-    start = 0 if offset is None else offset
-    counts = torch.arange(start + 1, start + s.shape[1] + 1, device=s.device, dtype=s.dtype)
-    counts = distributed.replicated_like(counts, s)  # tensor parallel: s is a DTensor
-    if offset is not None:
-        module.__dict__[_PREFIX] = (sums[:, -1].detach(), start + s.shape[1], s.shape[0])
-    return sums / counts.unsqueeze(-1)
+@dataclass
+class Prefix:
+    """What causal generators carry from one cached call to the next, kept on the cache object:
+    per module name, the running sums (B, T, S) and counts (B, T) of the statistics at every
+    position so far; and the cache's fingerprint (B, T) when they were kept (``_fingerprint``)."""
+
+    sums: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)
+    fingerprint: Tensor | None = None
+
+    def carried(self, module: nn.Module, name: str, offset: int, batch: int) -> tuple[Tensor, Tensor]:
+        """The running (sums (B, S), counts (B,)) at position ``offset - 1``."""
+        state = self.sums.get(name)
+        if state is None or state[0].shape[1] < offset or state[0].shape[0] != batch:
+            have = ("no prefix" if state is None
+                    else f"a prefix of {state[0].shape[1]} positions for batch {state[0].shape[0]}")
+            raise RuntimeError(f"{type(module).__name__}(context='causal') cannot continue a cached decode at "
+                               f"position {offset} for batch {batch}: its cache holds {have} (a cache built "
+                               f"without this model's activations); decode with use_cache=False")
+        return state[0][:, offset - 1], state[1][:, offset - 1]
+
+    def keep(self, name: str, offset: int, sums: Tensor, counts: Tensor) -> None:
+        old = self.sums.get(name)
+        if offset and old is not None:
+            sums = torch.cat((old[0][:, :offset].to(sums.dtype), sums), 1)
+            counts = torch.cat((old[1][:, :offset].to(counts.dtype), counts), 1)
+        self.sums[name] = (sums.detach(), counts.detach())
+
+    def select(self, rows: Tensor) -> None:
+        """Rows ``rows`` of every state, in that order (a cache reordered by beam search)."""
+        self.sums = {k: (s.index_select(0, rows.to(s.device)), c.index_select(0, rows.to(c.device)))
+                     for k, (s, c) in self.sums.items()}
+        if self.fingerprint is not None:
+            self.fingerprint = self.fingerprint.index_select(0, rows.to(self.fingerprint.device))
+
+
+@dataclass
+class ModelCall:
+    """One call of a hooked model, as its conditioned activations see it: ``offset`` positions
+    already in its cache (None: no cache given or asked for), the cache's ``prefix`` (None without
+    a cache), and ``mask`` (B, L), True at the real positions of the call's sequence (None: no
+    padding); L covers the cached positions too, the call's own are the last ones."""
+
+    offset: int | None
+    prefix: Prefix | None
+    mask: Tensor | None
+
+
+def _call(module: nn.Module) -> tuple[ModelCall, str] | None:
+    return module.__dict__.get(CALL)
+
+
+def decode_offset(module: nn.Module) -> int | None:
+    """Positions already cached when ``module`` is called inside a cached decode, else None."""
+    entry = _call(module)
+    return None if entry is None else entry[0].offset
 
 
 def decoding(module: nn.Module) -> bool:
-    """Whether ``module`` is being called inside a cached decode (``track_decoding``), where a causal
-    generator carries its prefix from one call to the next."""
-    return getattr(module, OFFSET, None) is not None
+    """Whether ``module`` is being called inside a hooked model's call that carries state or padding
+    (a cache, or an attention mask with pads): its generator reads them, so it runs eagerly."""
+    entry = _call(module)
+    return entry is not None and (entry[0].offset is not None or entry[0].mask is not None)
+
+
+def position_mask(module: nn.Module, batch: int, positions: int) -> Tensor | None:
+    """(N, T) bool, True at the real positions among the ``positions`` this call computes; None
+    without padding (or when the activation's input does not line up with the mask)."""
+    entry = _call(module)
+    mask = None if entry is None else entry[0].mask
+    if mask is None or mask.shape[0] != batch or mask.shape[1] < positions:
+        return None
+    return mask[:, mask.shape[1] - positions:]
 
 
 def refuse_cached(module: nn.Module) -> None:
     """Raise when ``module`` (context "sample") is called inside a cached decode: pooling every
     position of the sample cannot be continued from the new positions alone."""
-    if getattr(module, OFFSET, None):
+    if decode_offset(module):
         raise RuntimeError(f"{type(module).__name__}(context='sample') pools every position of a sample; a "
                            f"cached decode shows it the new positions only: use context='causal', or decode "
                            f"with use_cache=False")
 
 
-def _carried(module: nn.Module, s: Tensor, offset: int) -> Tensor:
-    state = module.__dict__.get(_PREFIX)
-    if state is None or state[1] != offset or state[2] != s.shape[0]:
-        have = ("no prefix" if state is None
-                else f"a prefix of {state[1]} positions for batch {state[2]}")
-        raise RuntimeError(f"{type(module).__name__}(context='causal') cannot continue a cached decode at "
-                           f"position {offset} for batch {s.shape[0]}: it holds {have} (the cache was "
-                           f"reordered or built elsewhere); decode with use_cache=False")
-    return state[0].to(s.dtype)
+def masked_mean(module: nn.Module, x: Tensor, dtype: torch.dtype) -> Tensor | None:
+    """The mean of channels-first (N, C, T) ``x`` over its real positions, (N, C) in ``dtype``;
+    None when the call has no padding (the caller pools every position, as the papers do)."""
+    mask = position_mask(module, x.shape[0], x.shape[-1]) if x.ndim == 3 else None
+    if mask is None:
+        return None
+    weights = mask.to(dtype).unsqueeze(1)
+    return (x.to(dtype) * weights).sum(-1) / weights.sum(-1).clamp(min=1)
 
 
-def batch_norm_positions(bn: BatchNorm, h: Tensor) -> Tensor:
+def position_statistics(module: nn.Module, s: Tensor, context: str) -> Tensor:
+    """What the generator sees at each position, from per-position statistics ``s`` (N, T, S):
+    ``s`` itself for "token"; for "causal" the mean over the real positions <= t, continuing the
+    prefix its cache carries when ``module`` is decoded with one."""
+    if context == "token":
+        return s
+    entry = _call(module)
+    n, t = s.shape[0], s.shape[1]
+    if entry is None:
+        counts = torch.arange(1, t + 1, device=s.device, dtype=s.dtype)
+        counts = distributed.replicated_like(counts, s)  # tensor parallel: s is a DTensor
+        return s.cumsum(1) / counts.unsqueeze(-1)
+    call, name = entry
+    mask = position_mask(module, n, t)
+    if mask is None:
+        sums = s.cumsum(1)
+        counts = torch.arange(1, t + 1, device=s.device, dtype=s.dtype).expand(n, t)
+    else:
+        weights = mask.to(s.dtype)
+        sums = (s * weights.unsqueeze(-1)).cumsum(1)
+        counts = weights.cumsum(1)
+    if call.offset:
+        assert call.prefix is not None
+        carried_sums, carried_counts = call.prefix.carried(module, name, call.offset, n)
+        sums = sums + carried_sums.to(s.dtype).unsqueeze(1)
+        counts = counts + carried_counts.to(s.dtype).unsqueeze(1)
+    if call.prefix is not None:
+        call.prefix.keep(name, call.offset or 0, sums, counts)
+    return sums / counts.clamp(min=1).unsqueeze(-1)
+
+
+def batch_norm_positions(bn: BatchNorm, h: Tensor, mask: Tensor | None = None) -> Tensor:
     """``bn`` applied to (N, T, F) generator features, each position normalised on its own (see
-    the module docstring); one sample or eval mode: the running statistics."""
+    the module docstring) over the samples real at that position (``mask`` (N, T); None: all);
+    one sample or eval mode: the running statistics."""
     if isinstance(bn, nn.SyncBatchNorm):
         raise ValueError("SyncBatchNorm in a causal or token generator is not supported: convert the "
                          "model with context='sample' or without SyncBatchNorm")
@@ -115,19 +211,54 @@ def batch_norm_positions(bn: BatchNorm, h: Tensor) -> Tensor:
                                      False, 0.0, bn.eps)
         return y.reshape(n, t, f)
     x = h.float()
-    mean = x.mean(0)
-    var = x.var(0, unbiased=False)
-    track_running_stats(bn, mean.mean(0), var.mean(0) * n / (n - 1))  # their mean over positions
+    if mask is None:
+        mean = x.mean(0)
+        var = x.var(0, unbiased=False)
+        track_running_stats(bn, mean.mean(0), var.mean(0) * n / (n - 1))  # their mean over positions
+        return normalise(bn, x, mean, var).to(h.dtype)
+    weights = mask.to(x.dtype).unsqueeze(-1)  # (N, T, 1)
+    count = weights.sum(0)  # (T, 1): the samples real at each position
+    mean = (x * weights).sum(0) / count.clamp(min=1)
+    var = ((x - mean) ** 2 * weights).sum(0) / count.clamp(min=1)
+    tracked = (count > 1).to(x.dtype)  # positions with batch statistics: their mean updates the running ones
+    kept = tracked.sum().clamp(min=1)
+    track_running_stats(bn, (mean * tracked).sum(0) / kept,
+                        (var * count / (count - 1).clamp(min=1) * tracked).sum(0) / kept)
     return normalise(bn, x, mean, var).to(h.dtype)
+
+
+def batch_norm_real(bn: BatchNorm, h: Tensor, mask: Tensor) -> Tensor:
+    """``bn`` applied to (N, C, T) features whose batch statistics (training mode) are taken over
+    the real positions ``mask`` (N, T) alone; eval mode: the running statistics, as ``bn`` does."""
+    if not bn.training:
+        return bn(h)
+    x = h.float().transpose(1, 2)  # (N, T, C)
+    weights = mask.to(x.dtype).unsqueeze(-1)
+    count = weights.sum().clamp(min=2)
+    mean = (x * weights).sum((0, 1)) / count
+    var = ((x - mean) ** 2 * weights).sum((0, 1)) / count
+    track_running_stats(bn, mean, var * count / (count - 1))
+    return normalise(bn, x, mean, var).transpose(1, 2).to(h.dtype)
+
+
+def position_norm(module: nn.Module) -> Callable[[BatchNorm, Tensor], Tensor]:
+    """``batch_norm_positions`` with the padding of ``module``'s current call."""
+    def norm(bn: BatchNorm, h: Tensor) -> Tensor:
+        return batch_norm_positions(bn, h, position_mask(module, h.shape[0], h.shape[1]))
+
+    return norm
+
+
+# --- the hooks on a model: what its call's keywords say ----------------------------------------
 
 
 def _decode_offset(kwargs: dict[str, Any]) -> int | None:
     """Positions already in the cache a Hugging Face model is called with; None when the call
-    neither gives nor asks for one (a training forward: nothing to carry to a next call)."""
+    neither gives nor asks for one."""
     position = kwargs.get("cache_position")
     if isinstance(position, Tensor) and position.numel():
         return int(position.reshape(-1)[0])
-    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    cache = _cache(kwargs)
     if cache is None:
         return 0 if kwargs.get("use_cache") else None
     if hasattr(cache, "get_seq_length"):
@@ -137,33 +268,125 @@ def _decode_offset(kwargs: dict[str, Any]) -> int | None:
     return 0
 
 
-def track_decoding(model: nn.Module, modules: list[nn.Module] | None = None) -> Callable[[], None]:
-    """Make the input-conditioned activations in ``model`` (or ``modules``) follow cached
-    decoding: at every call of ``model`` they learn how many positions its cache already holds
-    (keyword ``cache``, ``past_key_values`` or ``cache_position``, as Hugging Face models take
-    them). "causal" ones continue their prefix statistics from there, "token" ones need nothing,
-    "sample" ones (and causal FReLU, whose window would need the previous inputs) raise instead
-    of computing other numbers than the full sequence's. Returns a function that removes the hooks."""
-    if modules is None:
-        modules = [m for m in model.modules() if getattr(m, "context", None) in CONTEXTS]
+def _cache(kwargs: dict[str, Any]) -> Any:
+    return kwargs.get("past_key_values", kwargs.get("cache"))
 
-    def before(_: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-        offset = _decode_offset(kwargs)
-        for m in modules:
-            if offset is None:
-                m.__dict__.pop(OFFSET, None)
-            else:
-                m.__dict__[OFFSET] = offset
 
-    def after(*_: Any) -> None:
-        for m in modules:
-            m.__dict__.pop(OFFSET, None)
+def _fingerprint(cache: Any) -> Tensor | None:
+    """Each row's key sums per position, (B, T), from the first full-attention layer of a Hugging
+    Face cache (None for other caches): equal rows have equal histories, so a reorder is found."""
+    for layer in getattr(cache, "layers", None) or ():
+        keys = getattr(layer, "keys", None)
+        if isinstance(keys, Tensor) and keys.ndim == 4 and not getattr(layer, "is_sliding", False):
+            return keys.detach().float().sum(dim=(1, 3))
+    return None
 
-    handles = [model.register_forward_pre_hook(before, with_kwargs=True),
-               model.register_forward_hook(after, always_call=True)]
+
+def _prefix(cache: Any) -> Prefix:
+    prefix = getattr(cache, PREFIX, None)
+    if isinstance(prefix, Prefix):
+        return prefix
+    prefix = Prefix()
+    try:
+        setattr(cache, PREFIX, prefix)
+    except (AttributeError, TypeError):  # a tuple: nothing can continue from it (a call that tries raises)
+        pass
+    return prefix
+
+
+def _follow(prefix: Prefix, cache: Any, offset: int) -> None:
+    """Bring ``prefix`` in line with ``cache`` before a call at ``offset``: rows reordered or
+    repeated since the last call (beam search) are found by the cache's fingerprint."""
+    if offset == 0:
+        prefix.sums.clear()
+        return
+    old, now = prefix.fingerprint, _fingerprint(cache)
+    if old is None or now is None or not prefix.sums or min(old.shape[1], now.shape[1]) < offset:
+        return
+    old, now = old[:, :offset], now[:, :offset].to(old.device)
+    if old.shape == now.shape and torch.equal(old, now):
+        return
+    same = (now.unsqueeze(1) == old.unsqueeze(0)).all(-1)  # (rows now, rows then)
+    if not bool(same.any(1).all()):
+        raise RuntimeError("the KV cache holds rows that adaptact's causal activations never saw (a cache "
+                           "edited or built elsewhere): their prefix statistics cannot continue; decode "
+                           "with use_cache=False")
+    prefix.select(same.int().argmax(1))
+
+
+def _conditioned(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(name, m) for name, m in model.named_modules() if getattr(m, "context", None) in CONTEXTS]
+
+
+def _real_positions(mask: object) -> Tensor | None:
+    if isinstance(mask, Tensor) and mask.ndim == 2 and not bool(mask.all()):
+        return mask.bool()
+    return None
+
+
+def _before_call(model: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+    modules = _conditioned(model)
+    if not modules or any(CALL in m.__dict__ for _, m in modules):
+        return  # nothing to tell, or an outer hooked model already told them
+    cache = _cache(kwargs)
+    if "use_cache" not in kwargs and cache is None and not model.training:  # the config's default
+        kwargs = {**kwargs, "use_cache": getattr(getattr(model, "config", None), "use_cache", None)}
+    offset = _decode_offset(kwargs)
+    prefix = None
+    if offset is not None:
+        prefix = Prefix() if cache is None else _prefix(cache)
+        if cache is not None:
+            _follow(prefix, cache, offset)
+    call = ModelCall(offset, prefix, _real_positions(kwargs.get("attention_mask")))
+    model.__dict__[_OWNER] = call
+    for name, m in modules:
+        m.__dict__[CALL] = (call, name)
+
+
+def _after_call(model: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> None:
+    call = model.__dict__.pop(_OWNER, None)
+    if call is None:
+        return
+    for _, m in _conditioned(model):
+        m.__dict__.pop(CALL, None)
+    if call.prefix is None or not call.prefix.sums:
+        return
+    cache = getattr(output, "past_key_values", None) if output is not None else None
+    cache = _cache(kwargs) if cache is None else cache
+    if cache is not None:
+        if getattr(cache, PREFIX, None) is not call.prefix:
+            _prefix(cache).sums = call.prefix.sums  # a cache made inside the call
+        _prefix(cache).fingerprint = _fingerprint(cache)
+
+
+@functools.cache
+def _takes_model_keywords(cls: type) -> bool:
+    """Hugging Face models (``PreTrainedModel`` subclasses): they take ``attention_mask`` and the cache."""
+    return any(c.__name__ == "PreTrainedModel" for c in cls.__mro__) and \
+        "attention_mask" in inspect.signature(cls.forward).parameters
+
+
+def track_decoding(model: nn.Module) -> Callable[[], None]:
+    """Hook ``model`` (and the Hugging Face models inside it) so that the conditioned activations
+    it holds learn, at every call, its padding and its cache (module docstring). Hooks on the inner
+    models keep this working when a wrapper (PEFT) calls the outer model's ``forward`` directly;
+    the outermost hooked model called tells them. The hooks are module-level functions, so a
+    hooked model deep-copies and pickles. Idempotent; returns a function that removes the hooks."""
+    targets = [model] + [m for m in model.modules() if m is not model and _takes_model_keywords(type(m))]
+    handles = []
+    hooked = []
+    for m in targets:
+        if m.__dict__.get(_HOOKED):
+            continue
+        handles += [m.register_forward_pre_hook(_before_call, with_kwargs=True),
+                    m.register_forward_hook(_after_call, with_kwargs=True, always_call=True)]
+        m.__dict__[_HOOKED] = True
+        hooked.append(m)
 
     def remove() -> None:
         for handle in handles:
             handle.remove()
+        for m in hooked:
+            m.__dict__.pop(_HOOKED, None)
 
     return remove

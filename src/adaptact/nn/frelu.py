@@ -9,7 +9,8 @@ from torch import Tensor, nn
 from ..ops import dispatch
 from .base import batch_norm, int_at_least
 from .channels import ChannelModule
-from .context import OFFSET, Context, batch_norm_positions, check_context, refuse_cached
+from .context import (Context, batch_norm_real, check_context, decode_offset, position_mask, position_norm,
+                      refuse_cached)
 
 __all__ = ["FReLU"]
 
@@ -90,15 +91,20 @@ class FReLU(ChannelModule):
         mode. Under context="causal" the window ends at each position (left padding k - 1) and
         each position is normalised over the batch (``nn.context``)."""
         bn = self.bn_frelu
+        mask = position_mask(self, x.shape[0], x.shape[-1]) if x.ndim == 3 else None
+        if mask is not None:  # a padded batch in a model: pads enter the window as zeros
+            x = x * mask.to(x.dtype).unsqueeze(1)
         if self.context == "causal":
-            if getattr(self, OFFSET, None):
+            if decode_offset(self):
                 raise RuntimeError("FReLU(context='causal') cannot continue a cached decode: its window "
                                    "needs the previous positions; decode with use_cache=False")
             conv = self.conv_frelu
             h = nn.functional.conv1d(nn.functional.pad(x, (self.kernel_size - 1, 0)), conv.weight, conv.bias,
                                      groups=conv.groups)
-            return batch_norm_positions(bn, h.transpose(1, 2)).transpose(1, 2)
+            return position_norm(self)(bn, h.transpose(1, 2)).transpose(1, 2)
         refuse_cached(self)
+        if mask is not None:
+            return batch_norm_real(bn, self.conv_frelu(x), mask)
         return batch_norm(bn, self.conv_frelu(x))
 
     def _forward(self, x: Tensor) -> Tensor:

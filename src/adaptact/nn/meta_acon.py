@@ -11,7 +11,7 @@ from .. import functional as AF
 from ..ops import dispatch
 from .base import batch_norm, deprecated_keyword, int_at_least
 from .channels import ChannelModule
-from .context import (Context, batch_norm_positions, check_context, check_sequence, decoding,
+from .context import (Context, check_context, check_sequence, decoding, masked_mean, position_norm,
                       position_statistics, refuse_cached)
 
 __all__ = ["MetaAconC"]
@@ -152,7 +152,7 @@ class MetaAconC(ChannelModule):
             return torch.sigmoid(mean.mean(-1, keepdim=True))
         if self.norm == "none":
             return torch.sigmoid(self.fc2(self.fc1(mean)))
-        norm = batch_norm if mean.ndim == 2 else batch_norm_positions
+        norm = batch_norm if mean.ndim == 2 else position_norm(self)
         h = norm(self.bn1, self.fc1(mean))
         return torch.sigmoid(norm(self.bn2, self.fc2(h)))
 
@@ -173,6 +173,9 @@ class MetaAconC(ChannelModule):
             return self._run(dispatch.meta_acon_c_per_position, x, self.p1, self.p2, self._beta_per_position,
                              not decoding(self), fused=dispatch.fuses_positions(x))
         refuse_cached(self)
+        mean = masked_mean(self, x, self._stats_dtype)  # a padded batch in a model: its real positions
+        if mean is not None:
+            return self._run(dispatch.acon_c, x, self.p1, self.p2, self.beta_from_mean(mean))
         return self._run(dispatch.meta_acon_c, x, self.p1, self.p2, self.beta_from_mean, self._weights,
                          self._stats_dtype)
 
