@@ -93,7 +93,7 @@ def test_auto_compiles_per_position_coefficients_of_tokens_only(monkeypatch, nam
     assert fn is CP._channels_last and dispatch._generated_then.__code__ in kind
     assert tokens.ran_backend == "compiled"
     keys.clear()
-    tokens.__dict__[CALL] = (ModelCall(0, Prefix(), None), "act")  # as track_decoding sets it for a cached call
+    tokens.__dict__[CALL] = (ModelCall(0, Prefix(), None), "act")  # track_decoding's, for a cached call
     tokens(x).sum().backward()
     (fn, kind), = keys
     assert fn is getattr(adaptact.ops.autograd, function) and kind[1] == 2  # rank 2: (B*T, C) rows

@@ -33,7 +33,7 @@ conditioned activations two things, read from the call's keywords as Hugging Fac
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -87,9 +87,9 @@ class Prefix:
         if state is None or state[0].shape[1] < offset or state[0].shape[0] != batch:
             have = ("no prefix" if state is None
                     else f"a prefix of {state[0].shape[1]} positions for batch {state[0].shape[0]}")
-            raise RuntimeError(f"{type(module).__name__}(context='causal') cannot continue a cached decode at "
-                               f"position {offset} for batch {batch}: its cache holds {have} (a cache built "
-                               f"without this model's activations); decode with use_cache=False")
+            raise RuntimeError(f"{type(module).__name__}(context='causal') cannot continue a cached decode "
+                               f"at position {offset} for batch {batch}: its cache holds {have} (a cache "
+                               f"built without this model's activations); decode with use_cache=False")
         return state[0][:, offset - 1], state[1][:, offset - 1]
 
     def keep(self, name: str, offset: int, sums: Tensor, counts: Tensor) -> None:
@@ -287,10 +287,8 @@ def _prefix(cache: Any) -> Prefix:
     if isinstance(prefix, Prefix):
         return prefix
     prefix = Prefix()
-    try:
+    with contextlib.suppress(AttributeError, TypeError):  # a tuple: nothing continues from it (raises)
         setattr(cache, PREFIX, prefix)
-    except (AttributeError, TypeError):  # a tuple: nothing can continue from it (a call that tries raises)
-        pass
     return prefix
 
 
@@ -359,11 +357,10 @@ def _after_call(model: nn.Module, args: tuple, kwargs: dict[str, Any], output: A
         _prefix(cache).fingerprint = _fingerprint(cache)
 
 
-@functools.cache
-def _takes_model_keywords(cls: type) -> bool:
+def _takes_model_keywords(cls: type[nn.Module]) -> bool:
     """Hugging Face models (``PreTrainedModel`` subclasses): they take ``attention_mask`` and the cache."""
     return any(c.__name__ == "PreTrainedModel" for c in cls.__mro__) and \
-        "attention_mask" in inspect.signature(cls.forward).parameters
+        "attention_mask" in inspect.signature(cls.forward).parameters  # type: ignore[attr-defined]
 
 
 def track_decoding(model: nn.Module) -> Callable[[], None]:
