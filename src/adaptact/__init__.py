@@ -27,6 +27,7 @@ from .nn import (
     Mixture,
     Swish,
 )
+from .huggingface import install as _install_transformers_names
 from .optim import param_groups
 from .registry import ActivationSpec, available, create, get, get_act_layer, spec
 
@@ -63,6 +64,8 @@ __all__ = [
     "report",
     "spec",
 ]
+
+_install_transformers_names()
 
 
 def __getattr__(name: str):

@@ -394,7 +394,7 @@ def is_causal_model(model: nn.Module) -> bool:
     adaptact's own blocks), or attention modules named ``Causal...Attention`` (nanoGPT's and
     minGPT's ``CausalSelfAttention``, which mark nothing)."""
     name = type(model).__name__
-    if name.endswith("ForCausalLM") or "LMHead" in name:
+    if name.endswith("ForCausalLM") or "LMHeadModel" in name:
         return True
     if getattr(getattr(model, "config", None), "is_decoder", False) is True:
         return True
@@ -591,6 +591,14 @@ def replace_activations(model: nn.Module, name: ActivationLike, policy: str | Po
                           f"{FIT_TOLERANCE} (max |new - old| on [-3, 3]; its family cannot match it)",
                           RuntimeWarning, stacklevel=2)
     paths = sorted(replaced, key=lambda p: order.get(p, len(order)))
+    if replaced and _is_hf(model):
+        from .huggingface import record_conversion  # it reads this module's analysis
+
+        why = record_conversion(model, name, options=kwargs, policy=policy, init=init, sites=paths)
+        notes.append(f"saved with save_pretrained, this conversion loads with from_pretrained only where "
+                     f"adaptact can rebuild it from the config: not here ({why}); use load_state_dict"
+                     if why else "the conversion is recorded in model.config (config.adaptact, activation "
+                     "'adaptact.<name>'): save_pretrained/from_pretrained rebuild it with adaptact imported")
     return Replaced(paths, list(rewrite), left, notes, fits)
 
 

@@ -349,8 +349,8 @@ def _after_call(model: nn.Module, args: tuple, kwargs: dict[str, Any], output: A
         m.__dict__.pop(CALL, None)
     if call.prefix is None or not call.prefix.sums:
         return
-    cache = getattr(output, "past_key_values", None) if output is not None else None
-    cache = _cache(kwargs) if cache is None else cache
+    cache = next((c for c in (getattr(output, "cache", None), getattr(output, "past_key_values", None),
+                              _cache(kwargs)) if c is not None), None)
     if cache is not None:
         if getattr(cache, PREFIX, None) is not call.prefix:
             _prefix(cache).sums = call.prefix.sums  # a cache made inside the call

@@ -1,0 +1,276 @@
+"""Converted models through Hugging Face's own calls: config names, ``save_pretrained`` and
+``from_pretrained``.
+
+With adaptact imported, transformers' activation table (``ACT2FN``) knows every adaptact name,
+plainly (``"meta_acon_c"``, where transformers has no activation of that name) and as
+``"adaptact.<name>"``. So a config can name one (``hidden_act``, ``activation_function``,
+``hidden_activation``) and ``from_config`` builds it. transformers calls ``ACT2FN[name]`` with no
+arguments inside a layer's ``__init__``; the entry reads what it needs from the model being built
+(the frames of the ``__init__`` calls around it, read-only):
+
+* its channels and channel dim from the producer the layer registered first (``gate_proj``,
+  GPT-2's ``c_fc`` ``Conv1D``, BERT's ``dense``); a layer without one gets lazy channels;
+* ``context="causal"`` for input-conditioned activations when the model is a decoder (as
+  ``replace_activations`` decides it), and the model hooked for padding and caches
+  (``nn.context.track_decoding``);
+* the options of a recorded conversion (below).
+
+``replace_activations`` on a Hugging Face model records the conversion in its config
+(``config.adaptact``: activation, options, policy, init, sites, the original activation names,
+a format version) and renames the config's activation to ``"adaptact.<name>"`` when rebuilding
+the model from that config gives the converted model exactly (the same state_dict entries and
+shapes, the same adaptact modules with the same settings): then ``save_pretrained`` and
+``AutoModel...from_pretrained`` (adaptact imported) return the converted model with its weights.
+Where it does not (a policy that picks some sites, activations outside the config, a rewritten
+forward), the config's activation becomes ``"adaptact.unrebuildable"`` and loading fails with an
+error naming adaptact and the way to load it (rebuild, convert, ``load_state_dict``) — never the
+original activation with the trained weights dropped.
+
+transformers is never imported here: names are added when transformers' ``activations`` module is
+imported (now, if it already is).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.abc
+import importlib.machinery
+import inspect
+import json
+import sys
+import types
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .convert import is_causal_model, producer_layout
+from .nn import ActivationModule
+from .nn.context import track_decoding
+from .registry import available, create, spec
+
+__all__ = ["ACTIVATION_FIELDS", "FORMAT", "PREFIX", "RECORD", "UNREBUILDABLE", "config_name", "install",
+           "record_conversion"]
+
+PREFIX = "adaptact."
+UNREBUILDABLE = PREFIX + "unrebuildable"
+RECORD = "adaptact"  # the config attribute holding the conversion
+FORMAT = 1
+ACTIVATION_FIELDS = ("hidden_act", "activation_function", "hidden_activation")
+_ACTIVATIONS_MODULE = "transformers.activations"
+
+
+def _is_config(obj: object) -> bool:
+    return any(c.__name__ in ("PreTrainedConfig", "PretrainedConfig") for c in type(obj).__mro__)
+
+
+def _is_model(obj: object) -> bool:
+    return any(c.__name__ == "PreTrainedModel" for c in type(obj).__mro__)
+
+
+def config_name(name: str) -> str:
+    """The name a converted config gives ``name``'s activation: ``"adaptact.<name>"``."""
+    return PREFIX + spec(name).name
+
+
+def _being_built() -> tuple[Any, list[nn.Module]]:
+    """(the config, the modules whose ``__init__`` is running, innermost first) around an
+    ``ACT2FN`` call."""
+    config, owners = None, []
+    frame = inspect.currentframe()
+    try:
+        while frame is not None:
+            if frame.f_code.co_name == "__init__":
+                owner = frame.f_locals.get("self")
+                if isinstance(owner, nn.Module) and all(owner is not o for o in owners):
+                    owners.append(owner)
+                found = frame.f_locals.get("config")
+                if config is None and _is_config(found):
+                    config = found
+            frame = frame.f_back
+    finally:
+        del frame
+    return config, owners
+
+
+class _FromConfig:
+    """What ``ACT2FN[name]`` calls for an adaptact name (transformers gives no arguments)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self, **kwargs: Any) -> nn.Module:
+        config, owners = _being_built()
+        recorded = getattr(config, RECORD, None)
+        options: dict[str, Any] = {}
+        if isinstance(recorded, dict) and recorded.get("activation") == self.name:
+            options = dict(recorded.get("options") or {})
+        options.update(kwargs)
+        s = spec(self.name)
+        if s.per_sample and "context" not in options and any(is_causal_model(o) for o in owners):
+            options["context"] = "causal"
+        layout = _first_producer(owners[0]) if owners else None
+        if s.takes_channel_dim:
+            channels, channel_dim = layout if layout is not None else (None, -1)
+            options.setdefault("channel_dim", channel_dim)
+            module = create(self.name, channels=channels, **options)
+        else:
+            module = create(self.name, **options)
+        if hasattr(module, "context"):
+            for owner in owners:
+                if _is_model(owner):
+                    track_decoding(owner)
+        return module
+
+    def __repr__(self) -> str:
+        return f"adaptact activation {self.name!r}"
+
+
+def _first_producer(holder: nn.Module) -> tuple[int, int] | None:
+    """(channels, channel dim) of the first producer the layer under construction registered."""
+    for child in holder.children():
+        layout = producer_layout(child)
+        if layout is not None:
+            return layout
+    return None
+
+
+class _Unrebuildable:
+    """``ACT2FN["adaptact.unrebuildable"]``: a converted model its config cannot rebuild."""
+
+    def __call__(self, **kwargs: Any) -> nn.Module:
+        config, _ = _being_built()
+        recorded = getattr(config, RECORD, None) or {}
+        raise RuntimeError(
+            f"this model was converted by adaptact.replace_activations to {recorded.get('activation')!r} in a "
+            f"way its config cannot rebuild ({recorded.get('reason', 'no record')}); load it as it was made: "
+            f"build the model with its original activation {recorded.get('original')}, call "
+            f"adaptact.replace_activations with the recorded options {recorded.get('options')} and policy "
+            f"{recorded.get('policy')!r}, then model.load_state_dict(safetensors.torch.load_file(...)) of "
+            f"the checkpoint's weights")
+
+    def __repr__(self) -> str:
+        return "adaptact: a conversion its config cannot rebuild"
+
+
+def _register(activations: types.ModuleType) -> None:
+    """Add adaptact's names to transformers' ``ACT2CLS`` and ``ACT2FN`` (names it has are kept)."""
+    tables = [t for t in (getattr(activations, "ACT2CLS", None), getattr(activations, "ACT2FN", None))
+              if isinstance(t, dict)]
+    for name in available():
+        if spec(name).channel_factor != 1:
+            continue  # a gated form changes the width: no elementwise hidden_act
+        for table in tables:
+            table.setdefault(name, (_FromConfig(name), {}))
+            table[PREFIX + name] = (_FromConfig(name), {})
+    for table in tables:
+        table[UNREBUILDABLE] = (_Unrebuildable(), {})
+
+
+class _AfterImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Registers the names once ``transformers.activations`` has been imported (no import of it here)."""
+
+    def find_spec(self, fullname: str, path: Sequence[str] | None, target: types.ModuleType | None = None
+                  ) -> importlib.machinery.ModuleSpec | None:
+        if fullname != _ACTIVATIONS_MODULE:
+            return None
+        found = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if found is None or found.loader is None:
+            return None
+        self._loader = found.loader
+        found.loader = self
+        return found
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType | None:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        self._loader.exec_module(module)
+        _register(module)
+
+
+def install() -> None:
+    """Make adaptact's names known to transformers (``import adaptact`` calls this)."""
+    loaded = sys.modules.get(_ACTIVATIONS_MODULE)
+    if loaded is not None:
+        _register(loaded)
+    elif not any(isinstance(f, _AfterImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _AfterImport())
+
+
+def _jsonable(value: object) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _difference(model: nn.Module, rebuilt: nn.Module) -> str | None:
+    """Why ``rebuilt`` is not ``model`` (None: the same entries, shapes and adaptact modules)."""
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in rebuilt.state_dict().items()}
+    if ours != theirs:
+        missing = sorted(set(ours) - set(theirs))[:3]
+        extra = sorted(set(theirs) - set(ours))[:3]
+        shapes = sorted(k for k in set(ours) & set(theirs) if ours[k] != theirs[k])[:3]
+        return f"the config builds other weights (missing {missing}, unexpected {extra}, other shapes {shapes})"
+    built = dict(rebuilt.named_modules())
+    for path, m in model.named_modules():
+        other = built.get(path)
+        if isinstance(m, ActivationModule) or isinstance(other, ActivationModule):
+            if type(m) is not type(other) or m.extra_repr() != other.extra_repr():
+                return (f"{path or 'the model'} would be {_brief(other)} instead of {_brief(m)}"
+                        if other is not None else f"the config builds no module at {path}")
+    return None
+
+
+def _brief(m: nn.Module) -> str:
+    return f"{type(m).__name__}({m.extra_repr()})"
+
+
+def record_conversion(model: nn.Module, name: object, *, options: dict[str, Any], policy: object, init: str,
+                      sites: list[str]) -> str | None:
+    """Record a conversion of ``model`` (a Hugging Face model) in its config and name its activation
+    so that ``from_pretrained`` rebuilds it, or refuses loudly (module docstring). Returns why the
+    config cannot rebuild the model, or None."""
+    config = getattr(model, "config", None)
+    if not _is_config(config):
+        return None
+    fields = [f for f in ACTIVATION_FIELDS if isinstance(getattr(config, f, None), str)]
+    before = getattr(config, RECORD, None)
+    original = before["original"] if isinstance(before, dict) and "original" in before \
+        else {f: getattr(config, f) for f in fields}
+    entry: dict[str, Any] = {"format": FORMAT, "activation": spec(name).name if isinstance(name, str) else None,
+                             "options": options, "policy": policy if isinstance(policy, str) else repr(policy),
+                             "init": init, "sites": sites, "original": original}
+    reason = _why_not_rebuilt(model, config, name, options, policy, fields, entry)
+    for f in fields:
+        setattr(config, f, UNREBUILDABLE if reason else config_name(str(name)))
+    if reason:
+        entry["reason"] = reason
+    setattr(config, RECORD, entry)
+    return reason
+
+
+def _why_not_rebuilt(model: nn.Module, config: Any, name: object, options: dict[str, Any], policy: object,
+                     fields: list[str], entry: dict[str, Any]) -> str | None:
+    if not isinstance(name, str):
+        return "the activation is a class or callable, not an adaptact name"
+    if not _jsonable(options):
+        return f"options {options!r} do not fit in a JSON config"
+    if not fields:
+        return f"{type(config).__name__} names no activation ({', '.join(ACTIVATION_FIELDS)})"
+    if spec(name).channel_factor != 1:
+        return f"{name!r} changes the width"
+    trial = copy.deepcopy(config)
+    for f in fields:
+        setattr(trial, f, config_name(name))
+    setattr(trial, RECORD, entry)
+    try:
+        with torch.device("meta"):
+            rebuilt = type(model)(trial)
+    except Exception as err:  # noqa: BLE001 - any failure to rebuild is a reason to refuse later loads
+        return f"rebuilding {type(model).__name__} from its config fails: {type(err).__name__}: {err}"
+    return _difference(model, rebuilt)

@@ -1,0 +1,203 @@
+"""Converted models through Hugging Face's own calls (real transformers, tiny configs): saved with
+save_pretrained and reloaded with from_pretrained as the converted model, built from a config that
+names an adaptact activation, served to padded batches and decoded with every cache pattern
+generate uses, each checked against the full, unpadded forward."""
+
+import copy
+import io
+import pickle
+
+import pytest
+import torch
+
+import adaptact
+from adaptact.huggingface import UNREBUILDABLE
+
+transformers = pytest.importorskip("transformers")
+transformers.logging.set_verbosity_error()
+
+VOCAB, HIDDEN, INTERMEDIATE, LAYERS = 64, 32, 48, 2
+CONDITIONED = ["meta_acon_c", "aprelu", "dy_relu_b"]
+
+
+def llama(**options):
+    config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=INTERMEDIATE,
+                                      num_hidden_layers=LAYERS, num_attention_heads=4, num_key_value_heads=2,
+                                      max_position_embeddings=64, pad_token_id=0, bos_token_id=1,
+                                      eos_token_id=2, **options)
+    return transformers.LlamaForCausalLM(config)
+
+
+def gpt2(**options):
+    config = transformers.GPT2Config(vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=4, n_positions=64,
+                                     bos_token_id=1, eos_token_id=2, pad_token_id=0, **options)
+    return transformers.GPT2LMHeadModel(config)
+
+
+def bert(**options):
+    config = transformers.BertConfig(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=INTERMEDIATE,
+                                     num_hidden_layers=LAYERS, num_attention_heads=4, max_position_embeddings=64,
+                                     **options)
+    return transformers.BertForMaskedLM(config)
+
+
+MODELS = {"llama": llama, "gpt2": gpt2, "bert": bert}
+AUTO = {"llama": transformers.AutoModelForCausalLM, "gpt2": transformers.AutoModelForCausalLM,
+        "bert": transformers.AutoModelForMaskedLM}
+
+
+def _converted(kind, name, **kwargs):
+    """A converted model with every weight moved off its initial value (as after fine-tuning)."""
+    torch.manual_seed(0)
+    model = MODELS[kind]()
+    adaptact.replace_activations(model, name, **kwargs)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm1d):
+                m.running_mean.normal_(0, 0.1)
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", ["meta_acon_c", "aprelu", "acon_c"])
+@pytest.mark.parametrize("kind", list(MODELS))
+def test_save_pretrained_then_from_pretrained_is_the_converted_model(tmp_path, kind, name):
+    model = _converted(kind, name)
+    model.save_pretrained(tmp_path)
+    loaded = AUTO[kind].from_pretrained(tmp_path).eval()
+    assert loaded.config.adaptact["activation"] == name and loaded.config.adaptact["format"] == 1
+    ours = {p: repr(m) for p, m in model.named_modules() if isinstance(m, adaptact.nn.ActivationModule)}
+    theirs = {p: repr(m) for p, m in loaded.named_modules() if isinstance(m, adaptact.nn.ActivationModule)}
+    assert ours == theirs and len(ours) >= LAYERS
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    ids = torch.randint(3, VOCAB, (2, 7))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=0, atol=0)
+
+
+def test_a_conversion_the_config_cannot_rebuild_refuses_to_load(tmp_path):
+    """A policy that picks some sites: the config cannot say which, so loading fails naming adaptact,
+    never returning the original activation with the trained weights dropped."""
+    model = _converted("llama", "acon_c", policy=lambda path, module: path.startswith("model.layers.0."))
+    assert model.config.hidden_act == UNREBUILDABLE and "not here" in adaptact.replace_activations(
+        llama(), "acon_c", policy=lambda path, module: "layers.0." in path).notes[-1]
+    model.save_pretrained(tmp_path)
+    with pytest.raises(RuntimeError, match=r"converted by adaptact\.replace_activations to 'acon_c'.*"
+                                           r"load_state_dict"):
+        transformers.AutoModelForCausalLM.from_pretrained(tmp_path)
+
+
+def test_from_config_with_an_adaptact_name_builds_and_trains():
+    """The optimizer is built before any forward, as Trainer does: the activations' parameters are
+    made at construction (channels from the layer's first producer), so they train."""
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=INTERMEDIATE,
+                                      num_hidden_layers=LAYERS, num_attention_heads=4, num_key_value_heads=2,
+                                      hidden_act="meta_acon_c")
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    acts = [m for m in model.modules() if isinstance(m, adaptact.MetaAconC)]
+    assert len(acts) == LAYERS and all(a.context == "causal" and a.channels == INTERMEDIATE for a in acts)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    before = acts[0].p1.detach().clone()
+    ids = torch.randint(3, VOCAB, (4, 9))
+    loss = model(ids, labels=ids).loss
+    loss.backward()
+    optimizer.step()
+    assert torch.isfinite(loss) and not torch.equal(acts[0].p1, before)
+    encoder = transformers.AutoModel.from_config(transformers.BertConfig(
+        vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=1,
+        num_attention_heads=4, hidden_act="aprelu"))
+    (act,) = [m for m in encoder.modules() if isinstance(m, adaptact.APReLU)]
+    assert act.context == "sample" and act.channels == INTERMEDIATE  # an encoder pools its whole sample
+
+
+def _alone_and_padded(model, side, lengths=(7, 4, 2)):
+    torch.manual_seed(1)
+    rows = [torch.randint(3, VOCAB, (n,)) for n in lengths]
+    width = max(lengths)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        at = slice(0, len(row)) if side == "right" else slice(width - len(row), width)
+        ids[i, at], mask[i, at] = row, 1
+    with torch.no_grad():
+        batch = model(ids, attention_mask=mask).logits
+        for i, row in enumerate(rows):
+            alone = model(row[None]).logits[0]
+            got = batch[i, : len(row)] if side == "right" else batch[i, width - len(row):]
+            torch.testing.assert_close(got, alone, rtol=1e-5, atol=1e-5)
+    return rows, ids, mask
+
+
+@pytest.mark.parametrize("name", CONDITIONED)
+def test_padding_never_changes_a_sequences_logits(name):
+    _alone_and_padded(_converted("llama", name), "left")
+    _alone_and_padded(_converted("bert", name), "right")
+
+
+@pytest.mark.parametrize("name", CONDITIONED)
+def test_generate_on_a_left_padded_batch_gives_each_row_its_tokens_alone(name):
+    model = _converted("llama", name)
+    rows, ids, mask = _alone_and_padded(model, "left")
+    with torch.no_grad():
+        batch = model.generate(ids, attention_mask=mask, max_new_tokens=5, do_sample=False, pad_token_id=0)
+        for i, row in enumerate(rows):
+            alone = model.generate(row[None], max_new_tokens=5, do_sample=False, pad_token_id=0)
+            assert torch.equal(batch[i, ids.shape[1]:], alone[0, len(row):])
+
+
+@pytest.mark.parametrize("name", CONDITIONED)
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_every_cache_pattern_gives_the_full_forwards_logits(kind, name):
+    model = _converted(kind, name)
+    ids = torch.randint(3, VOCAB, (2, 10))
+    with torch.no_grad():
+        full = model(ids).logits
+        # the config's use_cache returns a cache unasked; the next call continues it
+        first = model(ids[:, :6])
+        torch.testing.assert_close(model(ids[:, 6:], past_key_values=first.past_key_values).logits, full[:, 6:],
+                                   rtol=1e-5, atol=1e-5)
+        # an explicit cache, one position per call, and a second generation interleaved on its own cache
+        one, two = transformers.DynamicCache(config=model.config), transformers.DynamicCache(config=model.config)
+        model(ids[:, :4], past_key_values=one)
+        model(ids[1:, :3], past_key_values=two)
+        for t in range(4, 10):
+            step = model(ids[:, t: t + 1], past_key_values=one).logits
+            torch.testing.assert_close(step[:, 0], full[:, t], rtol=1e-5, atol=1e-5)
+        # cropped back to 7 positions and continued
+        one.crop(-3)  # 10 -> 7 positions, as assisted decoding undoes rejected tokens
+        torch.testing.assert_close(model(ids[:, 7:], past_key_values=one).logits, full[:, 7:], rtol=1e-5,
+                                   atol=1e-5)
+        # reordered as beam search does: rows swapped and one duplicated
+        three = transformers.DynamicCache(config=model.config)
+        model(ids[:, :5], past_key_values=three)
+        order = torch.tensor([1, 0])
+        three.reorder_cache(order)
+        torch.testing.assert_close(model(ids[order, 5:], past_key_values=three).logits, full[order, 5:],
+                                   rtol=1e-5, atol=1e-5)
+        # a deep copy and a pickled copy of the model continue a cache as the model does
+        four = transformers.DynamicCache(config=model.config)
+        model(ids[:, :5], past_key_values=four)
+        buffer = io.BytesIO()
+        torch.save(model, buffer)
+        buffer.seek(0)
+        for other in (copy.deepcopy(model), torch.load(buffer, weights_only=False)):
+            mine = copy.deepcopy(four)
+            torch.testing.assert_close(other(ids[:, 5:], past_key_values=mine).logits, full[:, 5:], rtol=1e-5,
+                                       atol=1e-5)
+        assert pickle.loads(pickle.dumps(model)) is not None
+
+
+@pytest.mark.parametrize("name", CONDITIONED)
+def test_beam_search_with_and_without_the_cache_agree(name):
+    model = _converted("llama", name)
+    ids = torch.randint(3, VOCAB, (2, 5))
+    runs = []
+    with torch.no_grad():
+        for use_cache in (True, False):
+            runs.append(model.generate(ids, max_new_tokens=6, num_beams=4, do_sample=False, use_cache=use_cache,
+                                       pad_token_id=0, output_scores=True, return_dict_in_generate=True))
+    assert torch.equal(runs[0].sequences, runs[1].sequences)
+    torch.testing.assert_close(runs[0].sequences_scores, runs[1].sequences_scores, rtol=1e-5, atol=1e-5)
