@@ -29,15 +29,15 @@ def llama(**options):
 
 
 def gpt2(**options):
-    config = transformers.GPT2Config(vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=4, n_positions=64,
-                                     bos_token_id=1, eos_token_id=2, pad_token_id=0, **options)
+    config = transformers.GPT2Config(vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=4,
+                                     n_positions=64, bos_token_id=1, eos_token_id=2, pad_token_id=0, **options)
     return transformers.GPT2LMHeadModel(config)
 
 
 def bert(**options):
     config = transformers.BertConfig(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=INTERMEDIATE,
-                                     num_hidden_layers=LAYERS, num_attention_heads=4, max_position_embeddings=64,
-                                     **options)
+                                     num_hidden_layers=LAYERS, num_attention_heads=4,
+                                     max_position_embeddings=64, **options)
     return transformers.BertForMaskedLM(config)
 
 
@@ -157,10 +157,10 @@ def test_every_cache_pattern_gives_the_full_forwards_logits(kind, name):
         full = model(ids).logits
         # the config's use_cache returns a cache unasked; the next call continues it
         first = model(ids[:, :6])
-        torch.testing.assert_close(model(ids[:, 6:], past_key_values=first.past_key_values).logits, full[:, 6:],
-                                   rtol=1e-5, atol=1e-5)
+        later = model(ids[:, 6:], past_key_values=first.past_key_values).logits
+        torch.testing.assert_close(later, full[:, 6:], rtol=1e-5, atol=1e-5)
         # an explicit cache, one position per call, and a second generation interleaved on its own cache
-        one, two = transformers.DynamicCache(config=model.config), transformers.DynamicCache(config=model.config)
+        one, two = (transformers.DynamicCache(config=model.config) for _ in range(2))
         model(ids[:, :4], past_key_values=one)
         model(ids[1:, :3], past_key_values=two)
         for t in range(4, 10):
@@ -197,7 +197,8 @@ def test_beam_search_with_and_without_the_cache_agree(name):
     runs = []
     with torch.no_grad():
         for use_cache in (True, False):
-            runs.append(model.generate(ids, max_new_tokens=6, num_beams=4, do_sample=False, use_cache=use_cache,
-                                       pad_token_id=0, output_scores=True, return_dict_in_generate=True))
+            runs.append(model.generate(ids, max_new_tokens=6, num_beams=4, do_sample=False,
+                                       use_cache=use_cache, pad_token_id=0, output_scores=True,
+                                       return_dict_in_generate=True))
     assert torch.equal(runs[0].sequences, runs[1].sequences)
     torch.testing.assert_close(runs[0].sequences_scores, runs[1].sequences_scores, rtol=1e-5, atol=1e-5)

@@ -77,7 +77,8 @@ def config_name(name: str) -> str:
 def _being_built() -> tuple[Any, list[nn.Module]]:
     """(the config, the modules whose ``__init__`` is running, innermost first) around an
     ``ACT2FN`` call."""
-    config, owners = None, []
+    config: Any = None
+    owners: list[nn.Module] = []
     frame = inspect.currentframe()
     try:
         while frame is not None:
@@ -143,8 +144,9 @@ class _Unrebuildable:
         config, _ = _being_built()
         recorded = getattr(config, RECORD, None) or {}
         raise RuntimeError(
-            f"this model was converted by adaptact.replace_activations to {recorded.get('activation')!r} in a "
-            f"way its config cannot rebuild ({recorded.get('reason', 'no record')}); load it as it was made: "
+            f"this model was converted by adaptact.replace_activations to {recorded.get('activation')!r} in "
+            f"a way its config cannot rebuild ({recorded.get('reason', 'no record')}); load it as it was "
+            f"made: "
             f"build the model with its original activation {recorded.get('original')}, call "
             f"adaptact.replace_activations with the recorded options {recorded.get('options')} and policy "
             f"{recorded.get('policy')!r}, then model.load_state_dict(safetensors.torch.load_file(...)) of "
@@ -215,14 +217,17 @@ def _difference(model: nn.Module, rebuilt: nn.Module) -> str | None:
         missing = sorted(set(ours) - set(theirs))[:3]
         extra = sorted(set(theirs) - set(ours))[:3]
         shapes = sorted(k for k in set(ours) & set(theirs) if ours[k] != theirs[k])[:3]
-        return f"the config builds other weights (missing {missing}, unexpected {extra}, other shapes {shapes})"
+        return (f"the config builds other weights (missing {missing}, unexpected {extra}, other shapes "
+                f"{shapes})")
     built = dict(rebuilt.named_modules())
     for path, m in model.named_modules():
         other = built.get(path)
-        if isinstance(m, ActivationModule) or isinstance(other, ActivationModule):
-            if type(m) is not type(other) or m.extra_repr() != other.extra_repr():
-                return (f"{path or 'the model'} would be {_brief(other)} instead of {_brief(m)}"
-                        if other is not None else f"the config builds no module at {path}")
+        if not isinstance(m, ActivationModule) and not isinstance(other, ActivationModule):
+            continue
+        if other is None:
+            return f"the config builds no module at {path}"
+        if type(m) is not type(other) or m.extra_repr() != other.extra_repr():
+            return f"{path or 'the model'} would be {_brief(other)} instead of {_brief(m)}"
     return None
 
 
@@ -242,9 +247,10 @@ def record_conversion(model: nn.Module, name: object, *, options: dict[str, Any]
     before = getattr(config, RECORD, None)
     original = before["original"] if isinstance(before, dict) and "original" in before \
         else {f: getattr(config, f) for f in fields}
-    entry: dict[str, Any] = {"format": FORMAT, "activation": spec(name).name if isinstance(name, str) else None,
-                             "options": options, "policy": policy if isinstance(policy, str) else repr(policy),
-                             "init": init, "sites": sites, "original": original}
+    entry: dict[str, Any] = {
+        "format": FORMAT, "activation": spec(name).name if isinstance(name, str) else None,
+        "options": options, "policy": policy if isinstance(policy, str) else repr(policy), "init": init, "sites": sites,
+        "original": original}
     reason = _why_not_rebuilt(model, config, name, options, policy, fields, entry)
     for f in fields:
         setattr(config, f, UNREBUILDABLE if reason else config_name(str(name)))
