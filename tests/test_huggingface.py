@@ -30,7 +30,8 @@ def llama(**options):
 
 def gpt2(**options):
     config = transformers.GPT2Config(vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=4,
-                                     n_positions=64, bos_token_id=1, eos_token_id=2, pad_token_id=0, **options)
+                                     n_positions=64, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+                                     **options)
     return transformers.GPT2LMHeadModel(config)
 
 

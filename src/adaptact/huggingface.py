@@ -249,7 +249,8 @@ def record_conversion(model: nn.Module, name: object, *, options: dict[str, Any]
         else {f: getattr(config, f) for f in fields}
     entry: dict[str, Any] = {
         "format": FORMAT, "activation": spec(name).name if isinstance(name, str) else None,
-        "options": options, "policy": policy if isinstance(policy, str) else repr(policy), "init": init, "sites": sites,
+        "options": options, "policy": policy if isinstance(policy, str) else repr(policy), "init": init,
+        "sites": sites,
         "original": original}
     reason = _why_not_rebuilt(model, config, name, options, policy, fields, entry)
     for f in fields:
