@@ -203,3 +203,28 @@ def test_beam_search_with_and_without_the_cache_agree(name):
                                        return_dict_in_generate=True))
     assert torch.equal(runs[0].sequences, runs[1].sequences)
     torch.testing.assert_close(runs[0].sequences_scores, runs[1].sequences_scores, rtol=1e-5, atol=1e-5)
+
+
+def test_lora_trains_the_activations_named_for_peft_and_decodes_with_the_cache():
+    peft = pytest.importorskip("peft")
+    model = _converted("llama", "meta_acon_c")
+    names = adaptact.huggingface.modules_to_save(model)
+    assert names == ["act_fn"]
+    per_layer = len(list(model.model.layers[0].mlp.act_fn.parameters()))  # p1, p2 and the generator's
+    wrapped = peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+                                                         modules_to_save=names))
+    acts = [(n, p) for n, p in wrapped.named_parameters() if p.requires_grad and ".act_fn." in n]
+    assert len(acts) == LAYERS * per_layer and all(".modules_to_save." in n for n, _ in acts)
+    before = {n: p.detach().clone() for n, p in acts}
+    optimizer = torch.optim.SGD([p for p in wrapped.parameters() if p.requires_grad], lr=0.1)
+    ids = torch.randint(3, VOCAB, (4, 9))
+    wrapped.train()
+    wrapped(input_ids=ids, labels=ids).loss.backward()
+    optimizer.step()
+    assert all(not torch.equal(p, before[n]) for n, p in acts if n.endswith((".p1", ".p2")))
+    wrapped.eval()
+    with torch.no_grad():  # PEFT calls the causal LM's forward directly: the inner model's hooks tell
+        full = wrapped(input_ids=ids).logits
+        first = wrapped(input_ids=ids[:, :5])
+        later = wrapped(input_ids=ids[:, 5:], past_key_values=first.past_key_values).logits
+    torch.testing.assert_close(later, full[:, 5:], rtol=1e-5, atol=1e-5)

@@ -51,7 +51,7 @@ from .nn.context import track_decoding
 from .registry import available, create, spec
 
 __all__ = ["ACTIVATION_FIELDS", "FORMAT", "PREFIX", "RECORD", "UNREBUILDABLE", "config_name", "install",
-           "record_conversion"]
+           "modules_to_save", "record_conversion"]
 
 PREFIX = "adaptact."
 UNREBUILDABLE = PREFIX + "unrebuildable"
@@ -199,6 +199,21 @@ def install() -> None:
         _register(loaded)
     elif not any(isinstance(f, _AfterImport) for f in sys.meta_path):
         sys.meta_path.insert(0, _AfterImport())
+
+
+def modules_to_save(model: nn.Module) -> list[str]:
+    """The names to give PEFT's ``LoraConfig(modules_to_save=...)`` so that LoRA trains the
+    parameters of ``model``'s adaptact activations too (PEFT freezes every module it is not told
+    about): the attribute name of each activation with parameters ("act_fn", "act"), once each.
+
+    Example::
+
+        config = peft.LoraConfig(target_modules=["q_proj", "v_proj"],
+                                 modules_to_save=adaptact.huggingface.modules_to_save(model))
+    """
+    names = {path.rpartition(".")[2] for path, m in model.named_modules()
+             if path and isinstance(m, ActivationModule) and any(True for _ in m.parameters())}
+    return sorted(names)
 
 
 def _jsonable(value: object) -> bool:

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from ..ops import dispatch
 from .base import batch_norm, deprecated_keyword
 from .channels import ChannelModule
-from .context import (Context, check_context, check_sequence, decoding, masked_mean, position_norm,
+from .context import (Context, check_context, check_sequence, decoding, masked_mean, padding, position_norm,
                       position_statistics, refuse_cached)
 
 __all__ = ["APReLU", "keras_state_dict"]
@@ -152,12 +152,11 @@ class APReLU(ChannelModule):
             return self._run(dispatch.aprelu_per_position, x, self._alpha_per_position, not decoding(self),
                              fused=dispatch.fuses_positions(x))
         refuse_cached(self)
-        dtype = self.fc1.weight.dtype
-        negative = masked_mean(self, torch.clamp(x, max=0), dtype)  # a padded batch in a model
-        if negative is not None:
-            positive = masked_mean(self, torch.relu(x), dtype)
-            assert positive is not None
-            alpha = self.alpha_from_stats(torch.cat((negative, positive), dim=1))
+        mask = padding(self, x)
+        if mask is not None:  # a padded batch in a model: statistics of its real positions
+            dtype = self.fc1.weight.dtype
+            alpha = self.alpha_from_stats(torch.cat([masked_mean(x.clamp(max=0), mask, dtype),
+                                                     masked_mean(x.relu(), mask, dtype)], dim=1))
             return self._run(dispatch.aprelu_positions, x, alpha.unsqueeze(-1).expand(-1, -1, x.shape[-1]),
                              fused=dispatch.fuses_positions(x))
         return self._run(dispatch.aprelu, x, self.alpha_from_stats, self._weights,

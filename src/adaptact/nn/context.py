@@ -46,9 +46,9 @@ from ..ops import distributed
 from .base import normalise, track_running_stats
 from .families import BatchNorm
 
-__all__ = ["CONTEXTS", "Context", "ModelCall", "Prefix", "batch_norm_positions", "check_context",
-           "batch_norm_real", "check_sequence", "decode_offset", "decoding", "masked_mean", "position_norm",
-           "position_statistics", "refuse_cached", "track_decoding"]
+__all__ = ["CONTEXTS", "Context", "ModelCall", "Prefix", "batch_norm_positions", "batch_norm_real",
+           "check_context", "check_sequence", "decode_offset", "decoding", "masked_mean", "padding",
+           "position_norm", "position_statistics", "refuse_cached", "track_decoding"]
 
 Context = Literal["sample", "causal", "token"]
 CONTEXTS: tuple[str, ...] = ("sample", "causal", "token")
@@ -155,12 +155,15 @@ def refuse_cached(module: nn.Module) -> None:
                            f"with use_cache=False")
 
 
-def masked_mean(module: nn.Module, x: Tensor, dtype: torch.dtype) -> Tensor | None:
-    """The mean of channels-first (N, C, T) ``x`` over its real positions, (N, C) in ``dtype``;
-    None when the call has no padding (the caller pools every position, as the papers do)."""
-    mask = position_mask(module, x.shape[0], x.shape[-1]) if x.ndim == 3 else None
-    if mask is None:
-        return None
+def padding(module: nn.Module, x: Tensor) -> Tensor | None:
+    """(N, T) bool, True at the real positions of channels-first (N, C, T) ``x`` in the current
+    model call; None without padding (the module pools every position, as the papers do)."""
+    return position_mask(module, x.shape[0], x.shape[-1]) if x.ndim == 3 else None
+
+
+def masked_mean(x: Tensor, mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """The mean of channels-first (N, C, T) ``x`` over the positions ``mask`` (N, T) keeps, (N, C)
+    in ``dtype``."""
     weights = mask.to(dtype).unsqueeze(1)
     return (x.to(dtype) * weights).sum(-1) / weights.sum(-1).clamp(min=1)
 

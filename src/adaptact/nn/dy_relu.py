@@ -11,8 +11,8 @@ from .. import functional as AF
 from ..ops import dispatch
 from .base import deprecated_keyword, int_at_least
 from .channels import ChannelModule
-from .context import (Context, check_context, check_sequence, decoding, masked_mean, position_statistics,
-                      refuse_cached)
+from .context import (Context, check_context, check_sequence, decoding, masked_mean, padding,
+                      position_statistics, refuse_cached)
 
 __all__ = ["DyReLU"]
 
@@ -137,9 +137,10 @@ class DyReLU(ChannelModule):
             return self._run(dispatch.dy_relu_per_position, x, self._coefficients_per_position,
                              not decoding(self), fused=dispatch.fuses_positions(x))
         refuse_cached(self)
-        mean = masked_mean(self, x, self.fc1.weight.dtype)  # a padded batch in a model: its real positions
-        if mean is not None:
-            a, b = (t.unsqueeze(2).expand(-1, -1, x.shape[-1], -1) for t in self.coefficients_from_mean(mean))
+        mask = padding(self, x)
+        if mask is not None:  # a padded batch in a model: statistics of its real positions
+            pieces = self.coefficients_from_mean(masked_mean(x, mask, self.fc1.weight.dtype))
+            a, b = (t.unsqueeze(2).expand(-1, -1, x.shape[-1], -1) for t in pieces)
             return self._run(dispatch.dy_relu_positions, x, a, b, fused=dispatch.fuses_positions(x))
         return self._run(dispatch.dy_relu, x, self.coefficients_from_mean, self._weights,
                          self.fc1.weight.dtype)

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from ..ops import dispatch
 from .base import batch_norm, int_at_least
 from .channels import ChannelModule
-from .context import (Context, batch_norm_real, check_context, decode_offset, position_mask, position_norm,
+from .context import (Context, batch_norm_real, check_context, decode_offset, padding, position_norm,
                       refuse_cached)
 
 __all__ = ["FReLU"]
@@ -91,7 +91,7 @@ class FReLU(ChannelModule):
         mode. Under context="causal" the window ends at each position (left padding k - 1) and
         each position is normalised over the batch (``nn.context``)."""
         bn = self.bn_frelu
-        mask = position_mask(self, x.shape[0], x.shape[-1]) if x.ndim == 3 else None
+        mask = padding(self, x)
         if mask is not None:  # a padded batch in a model: pads enter the window as zeros
             x = x * mask.to(x.dtype).unsqueeze(1)
         if self.context == "causal":

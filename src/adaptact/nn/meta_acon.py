@@ -11,7 +11,7 @@ from .. import functional as AF
 from ..ops import dispatch
 from .base import batch_norm, deprecated_keyword, int_at_least
 from .channels import ChannelModule
-from .context import (Context, check_context, check_sequence, decoding, masked_mean, position_norm,
+from .context import (Context, check_context, check_sequence, decoding, masked_mean, padding, position_norm,
                       position_statistics, refuse_cached)
 
 __all__ = ["MetaAconC"]
@@ -173,9 +173,10 @@ class MetaAconC(ChannelModule):
             return self._run(dispatch.meta_acon_c_per_position, x, self.p1, self.p2, self._beta_per_position,
                              not decoding(self), fused=dispatch.fuses_positions(x))
         refuse_cached(self)
-        mean = masked_mean(self, x, self._stats_dtype)  # a padded batch in a model: its real positions
-        if mean is not None:
-            return self._run(dispatch.acon_c, x, self.p1, self.p2, self.beta_from_mean(mean))
+        mask = padding(self, x)
+        if mask is not None:  # a padded batch in a model: statistics of its real positions
+            beta = self.beta_from_mean(masked_mean(x, mask, self._stats_dtype))
+            return self._run(dispatch.acon_c, x, self.p1, self.p2, beta)
         return self._run(dispatch.meta_acon_c, x, self.p1, self.p2, self.beta_from_mean, self._weights,
                          self._stats_dtype)
 
