@@ -44,7 +44,8 @@ class ActivationSpec:
         uses_layout: takes ``channel_dim`` without per-channel state (PolyNorm normalises over
             the channels; a gated form splits them).
         gated: a GLU form, act(gate) * up: the input holds gate and up on ``channel_dim``.
-        lazy_channels: a per-channel entry that can take ``channels`` from its first input.
+        lazy_channels: a per-channel entry that takes ``channels`` from its first input when built
+            without them ("prelu" makes one shared slope instead).
         lazy: per-channel and able to take ``channels`` from its first input.
         takes_channel_dim: the layout matters to it (per-channel state, normalisation or gating).
         elementwise: it has a curve y = f(x) (not PolyNorm, not a gated form).
@@ -116,8 +117,10 @@ def _per_channel(cls: type, **fixed) -> Callable[..., nn.Module]:
     return build
 
 
-def _prelu(channels: int, inplace: bool = False, **kwargs) -> nn.Module:
-    return ann.PReLU(num_parameters=channels, **kwargs)
+def _prelu(channels: int | None, inplace: bool = False, **kwargs) -> nn.Module:
+    """One slope per channel; without ``channels`` one shared slope (torch's ``nn.PReLU()``, and
+    transformers' "prelu")."""
+    return ann.PReLU(num_parameters=1 if channels is None else channels, **kwargs)
 
 
 def _prelu_shared(channels: int | None = None, inplace: bool = False, **kwargs) -> nn.Module:
@@ -302,7 +305,8 @@ def create(activation: ActivationLike, channels: int | None = None, **kwargs) ->
         activation: a registry name (``"acon_c"``), an ``nn.Module`` class, or any callable
             returning a module (e.g. ``functools.partial``).
         channels: the number of channels of the input. Per-channel activations left without it
-            take it from their first input (lazy; all but "prelu"); the rest accept and ignore
+            take it from their first input (lazy), but "prelu", which then has one shared slope
+            (torch's ``nn.PReLU()``, transformers' "prelu"); the rest accept and ignore
             it, so generic code can always pass it. Classes and callables get it only when their
             signature takes ``channels``.
         **kwargs: constructor arguments (``inplace`` is accepted by every registry entry;
@@ -312,10 +316,6 @@ def create(activation: ActivationLike, channels: int | None = None, **kwargs) ->
     """
     if isinstance(activation, str):
         s = spec(activation)
-        if s.per_channel and channels is None and not s.lazy:
-            raise ValueError(
-                f"activation {s.name!r} has per-channel state and takes no lazy channels: pass channels=C"
-            )
         if not s.takes_channel_dim:
             kwargs.pop("channel_dim", None)  # nothing per channel: any layout
         return s.factory(channels, **kwargs)
