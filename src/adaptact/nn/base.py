@@ -13,7 +13,7 @@ from ..ops import dispatch, distributed, fallback
 from .families import BatchNorm
 
 __all__ = ["ActivationModule", "CheckedStateDict", "batch_norm", "check_input", "deprecated_keyword",
-           "int_at_least", "normalise", "track_running_stats",
+           "int_at_least", "normalise", "statistics_dtype", "track_running_stats",
            "PointwiseActivation"]
 
 
@@ -90,7 +90,7 @@ def _sync_batch_norm_cpu(bn: nn.SyncBatchNorm, h: torch.Tensor) -> torch.Tensor:
 
     group = bn.process_group or torch.distributed.group.WORLD
     c = h.shape[1]
-    x = h.float()
+    x = statistics_dtype(h)
     dims = [0, *range(2, x.ndim)]
     local = torch.cat((x.sum(dims), (x * x).sum(dims), x.new_tensor([x.numel() // c])))
     total = all_reduce(local, group=group)  # differentiable sum over processes
@@ -103,6 +103,11 @@ def _sync_batch_norm_cpu(bn: nn.SyncBatchNorm, h: torch.Tensor) -> torch.Tensor:
     if bn.affine:
         y = y * bn.weight.view(view) + bn.bias.view(view)
     return y.to(h.dtype)
+
+
+def statistics_dtype(h: torch.Tensor) -> torch.Tensor:
+    """``h`` for batch statistics: half precision computed in float32, float64 kept."""
+    return h.float() if h.dtype in (torch.float16, torch.bfloat16) else h
 
 
 def normalise(bn: BatchNorm, x: torch.Tensor, mean: torch.Tensor,

@@ -43,7 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from ..ops import distributed
-from .base import normalise, track_running_stats
+from .base import normalise, statistics_dtype, track_running_stats
 from .families import BatchNorm
 
 __all__ = ["CONTEXTS", "Context", "ModelCall", "Prefix", "batch_norm_positions", "batch_norm_real",
@@ -186,9 +186,10 @@ def position_statistics(module: nn.Module, s: Tensor, context: str) -> Tensor:
         sums = s.cumsum(1)
         counts = torch.arange(1, t + 1, device=s.device, dtype=s.dtype).expand(n, t)
     else:
-        weights = mask.to(s.dtype)
+        weights = distributed.replicated_like(mask.to(s.dtype), s)
         sums = (s * weights.unsqueeze(-1)).cumsum(1)
         counts = weights.cumsum(1)
+    counts = distributed.replicated_like(counts, s) if mask is None else counts
     if call.offset:
         assert call.prefix is not None
         carried_sums, carried_counts = call.prefix.carried(module, name, call.offset, n)
@@ -213,7 +214,7 @@ def batch_norm_positions(bn: BatchNorm, h: Tensor, mask: Tensor | None = None) -
         y = nn.functional.batch_norm(h.reshape(n * t, f), bn.running_mean, bn.running_var, bn.weight, bn.bias,
                                      False, 0.0, bn.eps)
         return y.reshape(n, t, f)
-    x = h.float()
+    x = statistics_dtype(h)
     if mask is None:
         mean = x.mean(0)
         var = x.var(0, unbiased=False)
@@ -235,7 +236,7 @@ def batch_norm_real(bn: BatchNorm, h: Tensor, mask: Tensor) -> Tensor:
     the real positions ``mask`` (N, T) alone; eval mode: the running statistics, as ``bn`` does."""
     if not bn.training:
         return bn(h)
-    x = h.float().transpose(1, 2)  # (N, T, C)
+    x = statistics_dtype(h).transpose(1, 2)  # (N, T, C)
     weights = mask.to(x.dtype).unsqueeze(-1)
     count = weights.sum().clamp(min=2)
     mean = (x * weights).sum((0, 1)) / count
