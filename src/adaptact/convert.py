@@ -24,11 +24,12 @@ Anything that cannot be handled raises ValueError naming the layer.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import operator
 import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,7 @@ from torch import fx, nn
 
 from .matching import FIT_TOLERANCE, match
 from .nn import ActivationModule, track_decoding
+from .nn.base import int_at_least
 from .nn.families import BATCH_NORMS, CHANNEL_NORMS, CONVOLUTIONS
 from .registry import ActivationLike, create, spec
 
@@ -56,7 +58,7 @@ HF_ACTIVATIONS = frozenset({
     "GELUActivation", "NewGELUActivation", "GELUTanh", "FastGELUActivation", "AccurateGELUActivation",
     "ClippedGELUActivation", "QuickGELUActivation", "SiLUActivation", "MishActivation",
     "ReLUSquaredActivation", "XIELUActivation", "LaplaceActivation", "SqrtSoftplusActivation",
-    "PytorchGELUTanh", "GELUPytorchTanh",
+    "PytorchGELUTanh", "GELUPytorchTanh", "BloomGelu",
 })
 _HF_IDENTITY = "LinearActivation"
 # Activation-like modules left alone on purpose (gates, output normalisers): listed in the report.
@@ -165,6 +167,7 @@ class _Site:
     layout: Layout | None  # (channels, channel_dim) of its input, from the producer
     after_3x3: bool
     producer: str | None = None  # the producer's path in the model (None: not a module, or not found)
+    guessed: bool = False  # layout from registration order in a holder fx cannot trace: not trusted
 
     @property
     def channels(self) -> int | None:
@@ -256,9 +259,11 @@ def _causal_attention_call(node: fx.Node) -> bool:
     return node.kwargs.get("is_causal", node.args[5] if len(node.args) > 5 else False) is True
 
 
-def _sites(model: nn.Module) -> tuple[list[_Site], dict[str, fx.Graph], bool]:
+def _sites(model: nn.Module,
+           untraced: list[str] | None = None) -> tuple[list[_Site], dict[str, fx.Graph], bool]:
     """The activation sites of ``model``, the traced graphs of their holders, and whether any traced
-    forward calls causal attention (a decoder that marks itself nowhere else)."""
+    forward calls causal attention (a decoder that marks itself nowhere else). ``untraced`` collects
+    the activations that holders fx cannot trace call without holding them (``.left``)."""
     sites: list[_Site] = []
     graphs: dict[str, fx.Graph] = {}
     causal = False
@@ -283,8 +288,13 @@ def _sites(model: nn.Module) -> tuple[list[_Site], dict[str, fx.Graph], bool]:
             graph = _ChildrenAsLeaves().trace(owner)
         except Exception:  # noqa: BLE001 - fx fails in many ways on dynamic code: use registration order
             own = producer_layout(owner)
-            sites += _registration_order_sites(path, owner, own or holder_input,
-                                               path if own is not None else holder_input_at)
+            found_sites = _registration_order_sites(path, owner, own or holder_input,
+                                                    path if own is not None else holder_input_at)
+            # a norm that applies its own activation (timm's BatchNormAct2d) is its producer; else a guess
+            sites += found_sites if own is not None else [dataclasses.replace(s, guessed=True)
+                                                          for s in found_sites]
+            if untraced is not None:
+                untraced += _called_unheld(path, owner)
             continue
         causal = causal or any(_causal_attention_call(n) for n in graph.nodes)
         residual = _has_residual_add(graph)
@@ -304,6 +314,21 @@ def _sites(model: nn.Module) -> tuple[list[_Site], dict[str, fx.Graph], bool]:
         if found:
             graphs[path] = graph
     return sites, graphs, causal
+
+
+def _called_unheld(path: str, owner: nn.Module) -> list[str]:
+    """Activations that ``owner``'s forward calls through a module-level name (RoBERTa's LM head
+    calls transformers' ``gelu`` object): neither a child nor a traced call, so not replaced."""
+    forward = type(owner).forward
+    names = getattr(getattr(forward, "__code__", None), "co_names", ())
+    scope = getattr(forward, "__globals__", {})
+    found = []
+    for name in names:
+        obj = scope.get(name)
+        if (isinstance(obj, nn.Module) and is_activation(obj)) or any(obj is f for f in _FUNCTIONS):
+            found.append(f"{_join(path, f'<{name}>')} ({type(obj).__name__} called by a forward fx cannot "
+                         f"trace: not replaced)")
+    return found
 
 
 def _registration_order_sites(path: str, owner: nn.Module, layout: Layout | None,
@@ -363,10 +388,19 @@ def _policy(policy: str | Policy) -> Callable[[_Site], bool]:
     raise ValueError(f"policy must be one of {POLICIES} or a callable(path, module) -> bool, got {policy!r}")
 
 
-def _build(activation: ActivationLike, site: _Site, old: nn.Module | None, kwargs: dict) -> nn.Module:
+def _build(activation: ActivationLike, site: _Site, old: nn.Module | None, kwargs: dict,
+           channels: int | None = None) -> nn.Module:
+    """The new activation at ``site``: ``channels`` (given) or the producer's; a site whose producer
+    was only guessed (registration order in a holder fx cannot trace) takes them from its first
+    input (lazy) rather than from a guess."""
     # per-channel state, or a normalisation over the channels (PolyNorm): the layout must be known
     per_channel = isinstance(activation, str) and spec(activation).takes_channel_dim
-    if per_channel and site.layout is None:
+    lazy = per_channel and channels is None and site.guessed
+    if lazy and isinstance(activation, str) and spec(activation).per_channel and not spec(activation).lazy:
+        raise ValueError(f"the channels of the activation at {site.path!r} cannot be traced (torch.fx cannot "
+                         f"trace its holder) and {spec(activation).name!r} takes no lazy channels: pass "
+                         f"channels=")
+    if per_channel and site.layout is None and channels is None and not lazy:
         raise ValueError(f"cannot infer the channels of the activation at {site.path!r}: no Conv, Linear or "
                          f"norm layer produces its input; give that layer its own module or use a policy "
                          f"that skips it")
@@ -378,7 +412,8 @@ def _build(activation: ActivationLike, site: _Site, old: nn.Module | None, kwarg
         kwargs.setdefault("channel_dim", site.layout[1])
         if isinstance(activation, str) and spec(activation).name == "frelu":
             kwargs.setdefault("dims", 1)  # tokens: the funnel window runs along the sequence
-    return create(activation, channels=site.channels, **kwargs)
+    return create(activation, channels=channels if channels is not None else None if lazy else site.channels,
+                  **kwargs)
 
 
 def activation_producers(model: nn.Module) -> dict[str, str | None]:
@@ -429,16 +464,60 @@ def _left(model: nn.Module, sites: list[_Site], chosen: list[_Site]) -> list[str
     return left + [f"{path} (not chosen by the policy)" for path in sorted(skipped)]
 
 
-def _context_for(model: nn.Module, name: ActivationLike, kwargs: dict,
-                 causal: bool) -> tuple[dict, list[str]]:
-    """Input-conditioned activations in a causal decoder (``causal``) default to context="causal"."""
+def decoder_flag(chain: list[nn.Module]) -> bool | None:
+    """Whether the innermost of ``chain`` (modules, innermost first) that says ``is_decoder`` (T5's
+    and BERT's stacks and layers do) is a decoder; None when none says."""
+    for m in chain:
+        flag = getattr(m, "is_decoder", None)
+        if isinstance(flag, bool):
+            return flag
+    return None
+
+
+def _ancestors(model: nn.Module, path: str) -> list[nn.Module]:
+    """The module at ``path`` and its ancestors up to ``model``, innermost first."""
+    parts = path.split(".") if path else []
+    return [model.get_submodule(".".join(parts[:k])) for k in range(len(parts), -1, -1)]
+
+
+def _contexts(model: nn.Module, name: ActivationLike, kwargs: dict, causal: bool,
+              sites: list[_Site]) -> tuple[Callable[[_Site], dict], list[str]]:
+    """Each site's constructor arguments: input-conditioned activations in a decoder get
+    context="causal" unless ``context`` is given; a site inside a stack that says it is no decoder
+    (T5's encoder) keeps the papers' "sample" although the model is causal (``causal``). A decoder's
+    site in a layer torch.fx cannot trace gets "token" (each position alone): such layers often
+    flatten tokens to rows (OPT's MLP, mixture-of-experts experts), where no prefix is known."""
     if not isinstance(name, str) or not spec(name).per_sample or "context" in kwargs:
-        return kwargs, []
-    if not causal:
-        return kwargs, []
-    note = (f"{spec(name).name} pools over positions; {type(model).__name__} is a causal decoder, so its "
-            f"generators see positions <= t only (context='causal'; pass context= to choose)")
-    return {**kwargs, "context": "causal"}, [note]
+        return (lambda s: kwargs), []
+    context = {}
+    for s in sites:
+        flag = decoder_flag(_ancestors(model, s.owner_path))
+        if causal if flag is None else flag:
+            context[s.path] = "token" if s.guessed else "causal"
+    if not context:
+        return (lambda s: kwargs), []
+    where = "" if len(context) == len(sites) else " (its encoder's keep context='sample')"
+    notes = [f"{spec(name).name} pools over positions; {type(model).__name__} is a causal decoder, so its "
+             f"generators see positions <= t only (context='causal'{where}; pass context= to choose)"]
+    tokens = [p for p, c in context.items() if c == "token"]
+    if tokens:
+        notes.append(f"{', '.join(tokens)}: context='token' (each position alone), since torch.fx cannot "
+                     f"trace the layers holding them and they may see tokens as rows (B*T, C)")
+    return (lambda s: {**kwargs, "context": context[s.path]} if s.path in context else kwargs), notes
+
+
+def _channel_override(channels: int | Mapping[str, int] | None, sites: list[_Site]) -> dict[str, int]:
+    """``replace_activations(channels=...)`` as {site path: channels}."""
+    if channels is None:
+        return {}
+    if isinstance(channels, Mapping):
+        known = {s.path for s in sites}
+        unknown = sorted(set(channels) - known)
+        if unknown:
+            raise ValueError(f"channels= names no activation site: {unknown}; the sites are {sorted(known)}")
+        return {path: int_at_least(f"channels[{path!r}]", c) for path, c in channels.items()}
+    count = int_at_least("channels", channels)
+    return {s.path: count for s in sites}
 
 
 def _run_example(model: nn.Module, example_inputs: object) -> None:
@@ -499,7 +578,8 @@ def _matched(new: nn.Module, site: _Site, old: nn.Module | None, init: str, path
 
 
 def replace_activations(model: nn.Module, name: ActivationLike, policy: str | Policy = "all",
-                        *, example_inputs: object = None, init: str = "paper", **kwargs) -> Replaced:
+                        *, example_inputs: object = None, init: str = "paper",
+                        channels: int | Mapping[str, int] | None = None, **kwargs) -> Replaced:
     """Replace the activations of ``model`` with ``name`` (a registry name, class or callable).
 
     Recognised: torch's rectifier-like activations (``ACTIVATION_TYPES``), adaptact's modules and
@@ -542,10 +622,20 @@ def replace_activations(model: nn.Module, name: ActivationLike, policy: str | Po
     if init not in INITS:
         raise ValueError(f"init must be one of {', '.join(map(repr, INITS))}, got {init!r}")
     choose = _policy(policy)
-    sites, graphs, causal_attention = _sites(model)
+    untraced: list[str] = []
+    sites, graphs, causal_attention = _sites(model, untraced)
     causal = causal_attention or is_causal_model(model)
     chosen = [s for s in sites if choose(s)]
-    kwargs, notes = _context_for(model, name, kwargs, causal)
+    override = _channel_override(channels, sites)
+    options, notes = _contexts(model, name, kwargs, causal, chosen)
+
+    def build(s: _Site, old: nn.Module | None, path: str) -> nn.Module:
+        if init == "match" and s.guessed and s.path not in override:
+            raise ValueError(f"init='match' needs the channels of the activation at {path!r}, which cannot "
+                             f"be traced (torch.fx cannot trace its holder): pass channels=")
+        new = _matched(_build(name, s, old, options(s), override.get(s.path)), s, old, init, path, fits)
+        return new.train(s.owner.training)  # a model converted in eval mode stays in eval mode
+
     by_child: dict[tuple[str, str], list[_Site]] = {}
     for s in sites:
         if s.child is not None:
@@ -563,14 +653,13 @@ def replace_activations(model: nn.Module, name: ActivationLike, policy: str | Po
             if in_place:
                 if s is group[0] and s.child is not None:
                     old = _child(s.owner, s.child)
-                    new = _matched(_build(name, s, old, kwargs), s, old, init, s.path, fits)
+                    new = build(s, old, s.path)
                     undo.append(_swap(s.owner, s.child, new))
                     replaced.append(s.path)
             else:
                 rewrite.setdefault(s.owner_path, []).append(s)
         for owner_path, owner_sites in rewrite.items():
-            replaced += _rewrite(model, owner_path, graphs[owner_path], owner_sites, name, kwargs, undo, init,
-                                 fits)
+            replaced += _rewrite(model, owner_path, graphs[owner_path], owner_sites, build, undo)
         if any(hasattr(model.get_submodule(p), "context") for p in replaced) and (causal or _is_hf(model)):
             undo.append(track_decoding(model))
         if example_inputs is not None:
@@ -580,7 +669,12 @@ def replace_activations(model: nn.Module, name: ActivationLike, policy: str | Po
             step()
         raise
     order = {p: i for i, (p, _) in enumerate(model.named_modules())}
-    left = _left(model, sites, chosen)
+    left = _left(model, sites, chosen) + untraced
+    lazy = [p for p in replaced if getattr(model.get_submodule(p), "channels", 0) is None]
+    if lazy:
+        notes.append(f"{', '.join(lazy)}: channels from the first input (torch.fx cannot trace the layer "
+                     f"holding them, so no producer is trusted); run one forward (or pass example_inputs=) "
+                     f"before building an optimizer, or pass channels=")
     if not replaced:
         found = f"; left: {', '.join(left)}" if left else ""
         warnings.warn(f"replace_activations replaced nothing in {type(model).__name__}: no activation it "
@@ -594,7 +688,9 @@ def replace_activations(model: nn.Module, name: ActivationLike, policy: str | Po
     if replaced and _is_hf(model):
         from .huggingface import record_conversion  # it reads this module's analysis
 
-        why = record_conversion(model, name, options=kwargs, policy=policy, init=init, sites=paths)
+        contexts = {str(getattr(model.get_submodule(p), "context", "")) for p in paths} - {""}
+        why = record_conversion(model, name, options=kwargs, policy=policy, init=init, sites=paths,
+                                contexts=sorted(contexts))
         notes.append(f"saved with save_pretrained, this conversion loads with from_pretrained only where "
                      f"adaptact can rebuild it from the config: not here ({why}); use load_state_dict"
                      if why else "the conversion is recorded in model.config (config.adaptact, activation "
@@ -602,9 +698,9 @@ def replace_activations(model: nn.Module, name: ActivationLike, policy: str | Po
     return Replaced(paths, list(rewrite), left, notes, fits)
 
 
-def _rewrite(model: nn.Module, owner_path: str, graph: fx.Graph, sites: list[_Site], name: ActivationLike,
-             kwargs: dict, undo: list[Callable[[], None]], init: str = "paper",
-             fits: dict[str, float] | None = None) -> list[str]:
+def _rewrite(model: nn.Module, owner_path: str, graph: fx.Graph, sites: list[_Site],
+             build: Callable[[_Site, nn.Module | None, str], nn.Module],
+             undo: list[Callable[[], None]]) -> list[str]:
     if not owner_path:
         where = ", ".join(s.path for s in sites)
         raise ValueError(f"the model's own forward calls activations that need a graph rewrite ({where}); "
@@ -620,8 +716,7 @@ def _rewrite(model: nn.Module, owner_path: str, graph: fx.Graph, sites: list[_Si
         while hasattr(owner, new_name):
             new_name += "_"
         path = f"{owner_path}.{new_name}"
-        owner.add_module(new_name, _matched(_build(name, s, old, kwargs), s, old, init, path,
-                                            {} if fits is None else fits))
+        owner.add_module(new_name, build(s, old, path))
         undo.append(functools.partial(delattr, owner, new_name))
         with graph.inserting_after(s.node):
             new = graph.call_module(new_name, (_first_tensor_arg(s.node),))

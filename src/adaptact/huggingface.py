@@ -45,7 +45,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .convert import is_causal_model, producer_layout
+from .convert import decoder_flag, is_causal_model, producer_layout
 from .nn import ActivationModule
 from .nn.context import track_decoding
 from .registry import available, create, spec
@@ -109,9 +109,11 @@ class _FromConfig:
             options = dict(recorded.get("options") or {})
         options.update(kwargs)
         s = spec(self.name)
-        if s.per_sample and "context" not in options and any(is_causal_model(o) for o in owners):
-            options["context"] = "causal"
+        flag = decoder_flag(owners)
+        causal = any(is_causal_model(o) for o in owners) if flag is None else flag
         layout = _first_producer(owners[0]) if owners else None
+        if s.per_sample and "context" not in options and causal:  # a layer without a producer may
+            options["context"] = "causal" if layout is not None else "token"  # see its tokens as rows
         if s.takes_channel_dim:
             channels, channel_dim = layout if layout is not None else (None, -1)
             options.setdefault("channel_dim", channel_dim)
@@ -251,7 +253,7 @@ def _brief(m: nn.Module) -> str:
 
 
 def record_conversion(model: nn.Module, name: object, *, options: dict[str, Any], policy: object, init: str,
-                      sites: list[str]) -> str | None:
+                      sites: list[str], contexts: list[str] | None = None) -> str | None:
     """Record a conversion of ``model`` (a Hugging Face model) in its config and name its activation
     so that ``from_pretrained`` rebuilds it, or refuses loudly (module docstring). Returns why the
     config cannot rebuild the model, or None."""
@@ -265,7 +267,7 @@ def record_conversion(model: nn.Module, name: object, *, options: dict[str, Any]
     entry: dict[str, Any] = {
         "format": FORMAT, "activation": spec(name).name if isinstance(name, str) else None,
         "options": options, "policy": policy if isinstance(policy, str) else repr(policy), "init": init,
-        "sites": sites,
+        "sites": sites, "contexts": contexts or [],
         "original": original}
     reason = _why_not_rebuilt(model, config, name, options, policy, fields, entry)
     for f in fields:

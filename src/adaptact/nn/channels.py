@@ -90,6 +90,7 @@ class ChannelModule(ActivationModule):
         self._lazy_hook.remove()
         self.channels = int_at_least("channels", channels)
         self._build(channels, device=anchor.device, dtype=anchor.dtype)
+        self.train(self.training)  # layers made now (a generator's BatchNorm) follow eval() given before
 
     def _before_load(self, state_dict: dict, prefix: str) -> None:
         """A lazy module makes its parameters for the state dict's channel count first."""
@@ -100,7 +101,10 @@ class ChannelModule(ActivationModule):
                 self.materialise(value.numel() if dim < 0 else value.shape[dim])
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self._forward(self.channels_first(x))
+        first = self.channels_first(x)
+        if first.ndim == 2 and getattr(self, "context", None) == "token":  # rows (N, C): one position each
+            return self._forward(first.unsqueeze(-1)).squeeze(-1)
+        y = self._forward(first)
         if self._first(x):
             return y
         y = y.movedim(1, self.channel_dim)

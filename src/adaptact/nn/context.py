@@ -67,9 +67,10 @@ def check_context(context: object) -> str:
 def check_sequence(module: nn.Module, x: Tensor, context: str) -> None:
     """A one-line error unless ``x`` (channels first) has exactly one sequence dim."""
     if x.ndim != 3:
+        rows = " (rows of tokens, (B*T, C): context='token' takes them)" if x.ndim == 2 else ""
         raise ValueError(f"{type(module).__name__}(context={context!r}) takes inputs with one sequence dim, "
                          f"(B, T, C) with channel_dim=-1 or (B, C, T); got {x.ndim} dims "
-                         f"(channels-first shape {tuple(x.shape)})")
+                         f"(channels-first shape {tuple(x.shape)}){rows}")
 
 
 @dataclass
