@@ -42,9 +42,16 @@ def bert(**options):
     return transformers.BertForMaskedLM(config)
 
 
-MODELS = {"llama": llama, "gpt2": gpt2, "bert": bert}
+def gemma2(**options):
+    config = transformers.Gemma2Config(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=INTERMEDIATE,
+                                       num_hidden_layers=LAYERS, num_attention_heads=4, num_key_value_heads=2,
+                                       head_dim=8, pad_token_id=0, **options)
+    return transformers.Gemma2ForCausalLM(config)
+
+
+MODELS = {"llama": llama, "gpt2": gpt2, "bert": bert, "gemma2": gemma2}
 AUTO = {"llama": transformers.AutoModelForCausalLM, "gpt2": transformers.AutoModelForCausalLM,
-        "bert": transformers.AutoModelForMaskedLM}
+        "bert": transformers.AutoModelForMaskedLM, "gemma2": transformers.AutoModelForCausalLM}
 
 
 def _converted(kind, name, **kwargs):
@@ -80,7 +87,13 @@ def test_save_pretrained_then_from_pretrained_is_the_converted_model(tmp_path, k
 
 def test_a_conversion_the_config_cannot_rebuild_refuses_to_load(tmp_path):
     """A policy that picks some sites: the config cannot say which, so loading fails naming adaptact,
-    never returning the original activation with the trained weights dropped."""
+    never returning the original activation with the trained weights dropped. Nor can it say the
+    channels of a layer torch.fx cannot trace (OPT's), which come from the first input."""
+    opt = transformers.OPTForCausalLM(transformers.OPTConfig(
+        vocab_size=VOCAB, hidden_size=HIDDEN, ffn_dim=INTERMEDIATE, num_hidden_layers=1,
+        num_attention_heads=4, word_embed_proj_dim=HIDDEN, max_position_embeddings=64))
+    adaptact.replace_activations(opt, "acon_c")
+    assert opt.config.activation_function == UNREBUILDABLE and "first input" in opt.config.adaptact["reason"]
     model = _converted("llama", "acon_c", policy=lambda path, module: path.startswith("model.layers.0."))
     assert model.config.hidden_act == UNREBUILDABLE and "not here" in adaptact.replace_activations(
         llama(), "acon_c", policy=lambda path, module: "layers.0." in path).notes[-1]

@@ -288,6 +288,9 @@ def _why_not_rebuilt(model: nn.Module, config: Any, name: object, options: dict[
         return f"{type(config).__name__} names no activation ({', '.join(ACTIVATION_FIELDS)})"
     if spec(name).channel_factor != 1:
         return f"{name!r} changes the width"
+    lazy = [p for p, m in model.named_modules() if getattr(m, "initialized", True) is False]
+    if lazy:
+        return f"{lazy[0]} takes its channels from its first input, which the config cannot say"
     trial = copy.deepcopy(config)
     for f in fields:
         setattr(trial, f, config_name(name))
