@@ -57,3 +57,18 @@ def test_zero_dim_input_keeps_its_shape(name):
     x = torch.tensor(0.7)
     assert m(x).shape == ()
     torch.testing.assert_close(m(x), m(x.reshape(1)).reshape(()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("name", adaptact.available())
+def test_every_float32_module_takes_half_inputs_and_returns_their_dtype(name, dtype):
+    """Mixed precision as autocast leaves it: float32 parameters, half activations. The output keeps
+    the input's dtype and is the float32 module's output rounded (FReLU once refused this)."""
+    torch.manual_seed(0)
+    m = adaptact.create(name, channels=6).eval()
+    x = torch.randn(2, 6, 5, 5)
+    want = m(x)
+    got = m(x.to(dtype))
+    assert got.dtype == dtype
+    tolerance = {torch.float16: 2e-2, torch.bfloat16: 8e-2}[dtype]
+    torch.testing.assert_close(got.float(), want, rtol=tolerance, atol=tolerance)

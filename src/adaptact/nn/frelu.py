@@ -112,7 +112,8 @@ class FReLU(ChannelModule):
             raise ValueError(f"FReLU(dims={self.dims}) expects (N, C, {'H, W' if self.dims == 2 else 'L'}) "
                              f"inputs (channels on channel_dim={self.channel_dim}), got channels-first shape "
                              f"{tuple(x.shape)}")
-        return dispatch.frelu_max(x, self.condition(x), self.backend)
+        dtype = self.conv_frelu.weight.dtype  # the condition in the parameters' dtype (float32 for half x)
+        return dispatch.frelu_max(x, self.condition(x.to(dtype)).to(x.dtype), self.backend)
 
     def extra_repr(self) -> str:
         context = "" if self.context == "sample" else f", context={self.context!r}"
