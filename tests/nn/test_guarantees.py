@@ -72,3 +72,27 @@ def test_every_float32_module_takes_half_inputs_and_returns_their_dtype(name, dt
     assert got.dtype == dtype
     tolerance = {torch.float16: 2e-2, torch.bfloat16: 8e-2}[dtype]
     torch.testing.assert_close(got.float(), want, rtol=tolerance, atol=tolerance)
+
+
+LEARNABLE = [n for n in adaptact.available() if adaptact.spec(n).learnable]
+
+
+@pytest.mark.parametrize("source", LEARNABLE)
+def test_a_refused_load_leaves_the_module_as_it_was(source):
+    """Another activation's state_dict loaded into each learnable module: it loads (the same entries)
+    or raises, and then not one value of the target has changed (torch copies what fits first)."""
+    torch.manual_seed(0)
+    given = adaptact.create(source, channels=6).state_dict()
+    for target in LEARNABLE:
+        m = adaptact.create(target, channels=6)
+        before = {k: v.clone() for k, v in m.state_dict().items()}
+        for strict in (True, False):
+            try:
+                m.load_state_dict({k: v + 0.5 if v.is_floating_point() else v for k, v in given.items()},
+                                  strict=strict)
+            except RuntimeError as err:
+                assert "nothing was loaded" in str(err), (source, target, err)
+                after = m.state_dict()
+                assert all(torch.equal(after[k], v) for k, v in before.items()), (source, target, strict)
+            else:
+                assert strict is False or set(given) == set(before), (source, target)

@@ -162,20 +162,32 @@ class CheckedStateDict(nn.Module):
 
 def _check_state_dict(module: CheckedStateDict, state_dict: dict, prefix: str, local_metadata, strict,
                       missing_keys, unexpected_keys, error_msgs: list[str]) -> None:
+    """All or nothing: every entry of the module (its layers' too) is checked before torch copies
+    any, and a load that would fail raises here, leaving the module as it was."""
     module._before_load(state_dict, prefix)
-    own: dict[str, torch.Tensor] = dict(module.named_parameters())
-    own.update(module.named_buffers())
-    for name, tensor in own.items():
-        key = prefix + name
+    own = {prefix + name: t for name, t in module.state_dict(keep_vars=True).items()
+           if isinstance(t, torch.Tensor)}
+    errors = []
+    for key, tensor in own.items():
         value = state_dict.get(key)
         if not isinstance(value, torch.Tensor):
             continue
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            error_msgs.append(f"{type(module).__name__}: entry '{key}' has non-finite values")
-            state_dict.pop(key)
-            continue
-        if value.shape != tensor.shape and _squeezed(value.shape) == _squeezed(tensor.shape):
+            errors.append(f"{type(module).__name__}: entry '{key}' has non-finite values")
+        elif value.shape != tensor.shape and _squeezed(value.shape) == _squeezed(tensor.shape):
             state_dict[key] = value.reshape(tensor.shape)
+        elif value.shape != tensor.shape:
+            errors.append(f"size mismatch for {key}: the state_dict has {tuple(value.shape)}, the module "
+                          f"{tuple(tensor.shape)}")
+    if strict:
+        given = {k for k in state_dict if k.startswith(prefix)}
+        if missing := sorted(set(own) - given):
+            errors.append(f"missing keys {missing}")
+        if unexpected := sorted(given - set(own)):
+            errors.append(f"unexpected keys {unexpected}")
+    if errors:
+        raise RuntimeError(f"Error(s) in loading state_dict for {type(module).__name__} (nothing was loaded): "
+                           + "; ".join(errors))
 
 
 class ActivationModule(CheckedStateDict):
