@@ -186,8 +186,8 @@ def _check_state_dict(module: CheckedStateDict, state_dict: dict, prefix: str, l
         if unexpected := sorted(given - set(own)):
             errors.append(f"unexpected keys {unexpected}")
     if errors:
-        raise RuntimeError(f"Error(s) in loading state_dict for {type(module).__name__} (nothing was loaded): "
-                           + "; ".join(errors))
+        raise RuntimeError(f"Error(s) in loading state_dict for {type(module).__name__} (nothing was "
+                           f"loaded): " + "; ".join(errors))
 
 
 class ActivationModule(CheckedStateDict):
