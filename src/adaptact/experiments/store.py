@@ -2,12 +2,26 @@
 
 Each run is written in its own transaction the moment it finishes, so a sweep killed at any
 point (Ctrl-C, kill -9) loses only unfinished runs, and re-running skips finished ones.
+
+What SQLite guarantees is used fully:
+
+* Opening reads before it writes: a file that is not SQLite, fails ``PRAGMA quick_check``, or holds
+  tables that are not adaptact's (or another program's ``application_id``) is refused in one line
+  with not one byte changed (its journal mode included). adaptact's databases carry its
+  ``application_id``; those written before it are recognised by their one ``runs`` table.
+* Creating and migrating the schema is one ``BEGIN IMMEDIATE`` transaction, so any number of
+  processes may open a fresh database at once.
+* Sweeps sharing a database claim the runs they train (table ``claims``: the run, its owner and
+  when), so two sweeps never train one run twice; a claim whose process has died (same host) is
+  taken over.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import socket
 import sqlite3
 import time
 from pathlib import Path
@@ -15,7 +29,9 @@ from typing import Self
 
 from ..errors import UserError
 
-__all__ = ["COLUMNS", "STATUSES", "ResultStore", "StoreError"]
+__all__ = ["APPLICATION_ID", "COLUMNS", "STATUSES", "ResultStore", "StoreError", "owner"]
+
+APPLICATION_ID = 0x41644163  # "AdAc" in the SQLite header: adaptact wrote this file
 
 COLUMNS = ("key", "dataset", "model", "activation", "policy", "optimizer", "lr", "seed", "epochs",
            "batch_size", "device", "amp", "compile", "protocol", "scale", "loss", "validation", "status",
@@ -43,6 +59,10 @@ _OPTIONAL = {"backend": "", "warnings": [], "iters": 0, "eval_every": 0, "metric
              "init": "", "source_acc": -1.0, "converted_acc": -1.0, "source_loss": -1.0,
              "converted_loss": -1.0}
 
+_CLAIMS = """
+CREATE TABLE IF NOT EXISTS claims (key TEXT PRIMARY KEY, owner TEXT NOT NULL, claimed_at REAL NOT NULL)
+"""
+_TABLES = {"runs", "claims"}
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     key TEXT PRIMARY KEY, dataset TEXT NOT NULL, model TEXT NOT NULL, activation TEXT NOT NULL,
@@ -125,6 +145,25 @@ class StoreError(UserError):
     """A results database that cannot be used: not SQLite, not ours, unreadable or unwritable."""
 
 
+def owner() -> str:
+    """This process, as a claim names it: host, pid."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _alive(claimant: str) -> bool:
+    """Whether the process that made a claim may still be running (another host's: assumed so)."""
+    host, _, pid = claimant.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class ResultStore:
     """A results database at ``path`` (created if missing)."""
 
@@ -135,24 +174,72 @@ class ResultStore:
         try:
             if create:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=60)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
+            self._refuse_unless_ours()
+            self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        except (sqlite3.DatabaseError, OSError, ValueError) as err:
+            raise StoreError(f"{self.path}: cannot be used as a results database ({err})") from None
+        try:
+            self._open()
+        except (sqlite3.DatabaseError, OSError, ValueError) as err:
+            self._db.close()
+            raise StoreError(f"{self.path}: cannot be used as a results database ({err})") from None
+        except StoreError:
+            self._db.close()
+            raise
+
+    def _refuse_unless_ours(self) -> None:
+        """Read-only checks of an existing file, before anything writes to it."""
+        if not self.path.is_file() or self.path.stat().st_size == 0:
+            return
+        with open(self.path, "rb") as f:
+            if f.read(16) != b"SQLite format 3\x00":
+                raise StoreError(f"{self.path}: not an SQLite file, so no results database; not touched")
+        db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=60)
+        try:
+            tables = {n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                      if not n.startswith("sqlite_")}
+            app = db.execute("PRAGMA application_id").fetchone()[0]
+            if app not in (0, APPLICATION_ID):
+                raise StoreError(f"{self.path}: another program's SQLite file (application_id {app:#x}); "
+                                 f"not touched")
+            foreign = sorted(tables - _TABLES)
+            if foreign or (tables and "runs" not in tables):
+                names = ", ".join(foreign or sorted(tables))
+                raise StoreError(f"{self.path}: its tables are not adaptact's ({names}); not touched")
+            if "runs" in tables:
+                columns = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
+                missing = set(COLUMNS) - columns - set(_ADDED)
+                if missing:
+                    raise StoreError(f"{self.path}: its table 'runs' is not adaptact's (no "
+                                     f"{', '.join(sorted(missing))}); not touched")
+            check = [r for (r,) in db.execute("PRAGMA quick_check")]
+            if check != ["ok"]:
+                raise StoreError(f"{self.path}: the database is damaged (PRAGMA quick_check: {check[0]}); "
+                                 f"not touched: restore it from a copy, or use another --db")
+        finally:
+            db.close()
+
+    def _open(self) -> None:
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("BEGIN IMMEDIATE")  # one writer creates or migrates; the others then see it done
+        try:
+            tables = self._db.execute("SELECT COUNT(*) FROM sqlite_master WHERE name = 'runs'").fetchone()[0]
+            fresh = not tables
             self._db.execute(_SCHEMA)
+            self._db.execute(_CLAIMS)
+            if fresh:
+                self._db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}
-            missing = set(COLUMNS) - columns - set(_ADDED)
-            if missing:
-                self._db.close()
-                raise StoreError(f"{self.path}: its table 'runs' is not adaptact's (no "
-                                 f"{', '.join(sorted(missing))})")
             for name, declaration in _ADDED.items():
                 if name not in columns:  # databases written before the column existed
                     self._db.execute(f"ALTER TABLE runs ADD COLUMN {name} {declaration}")
                     if name == "validation":  # protocol 1 had no validation split
                         self._db.execute("UPDATE runs SET validation = 0 WHERE protocol < 2")
-            self._db.commit()
-        except (sqlite3.DatabaseError, OSError, ValueError) as err:
-            raise StoreError(f"{self.path}: cannot be used as a results database ({err})") from None
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         self._db.close()
@@ -166,6 +253,33 @@ class ResultStore:
     def finished_keys(self) -> set[str]:
         return {k for (k,) in self._db.execute("SELECT key FROM runs")}
 
+    def claim(self, keys: list[str], by: str) -> list[str]:
+        """Of ``keys``, those now claimed by ``by``: not finished, and unclaimed or claimed by a
+        process that has died (in one transaction: two sweeps never get the same key)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            done = self.finished_keys()
+            held = dict(self._db.execute("SELECT key, owner FROM claims").fetchall())
+            mine = [k for k in keys
+                    if k not in done and (k not in held or held[k] == by or not _alive(held[k]))]
+            self._db.executemany("INSERT OR REPLACE INTO claims (key, owner, claimed_at) VALUES (?, ?, ?)",
+                                 [(k, by, time.time()) for k in mine])
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return mine
+
+    def release(self, by: str) -> None:
+        """Drop the claims of ``by`` (its sweep is over)."""
+        self._db.execute("DELETE FROM claims WHERE owner = ?", (by,))
+
+    def claimed_elsewhere(self, keys: list[str], by: str) -> dict[str, str]:
+        """Unfinished ``keys`` claimed by another live process: key -> its owner."""
+        done = self.finished_keys()
+        held = dict(self._db.execute("SELECT key, owner FROM claims").fetchall())
+        return {k: held[k] for k in keys if k in held and k not in done and held[k] != by and _alive(held[k])}
+
     def add(self, result: dict) -> bool:
         """Insert one finished run; False if its key is already there (never a duplicate). A run
         with a non-finite number is refused with a ValueError, never dropped in silence."""
@@ -176,12 +290,11 @@ class ResultStore:
         if row["status"] not in STATUSES:
             raise ValueError(f"run {row['key']}: status must be one of {STATUSES}, got {row['status']!r}")
         values = [json.dumps(row[c]) if c in _JSON else row[c] for c in COLUMNS]
-        with self._db:
-            cur = self._db.execute(
-                f"INSERT INTO runs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
-                "ON CONFLICT(key) DO NOTHING",
-                values,
-            )
+        cur = self._db.execute(
+            f"INSERT INTO runs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
+            "ON CONFLICT(key) DO NOTHING",
+            values,
+        )
         return cur.rowcount == 1
 
     def rows(self) -> list[dict]:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import json
+import sqlite3
 import sys
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from .executors import execute
-from .store import ResultStore
+from ..files import atomic_write
+from .store import ResultStore, StoreError, owner
 from .sources import Source
 from .train import RunConfig, result_row, run
 
@@ -76,6 +81,18 @@ def expand(dataset: str | Source, model: str | Source, activations: Sequence[str
             for a, o, lr, s in itertools.product(activations, optimizers, lrs, range(seeds))]
 
 
+def _store(store: ResultStore, result: dict) -> bool:
+    """``store.add(result)``; when the database cannot take it, the result is written beside the
+    database (JSON, named in the error) instead of being lost with the training that made it."""
+    try:
+        return store.add(result)
+    except (sqlite3.DatabaseError, OSError) as err:
+        kept = store.path.with_name(f"{store.path.name}.unstored-{result['key']}.json")
+        atomic_write(kept, lambda tmp: tmp.write_text(json.dumps(result, indent=1, default=str)))
+        raise StoreError(f"{store.path}: run {result['key']} finished but could not be stored ({err}); its "
+                         f"result is kept in {kept}") from None
+
+
 def lost_run(config: RunConfig, error: BaseException) -> dict:
     """The row of a run whose worker died twice: failed, with the error."""
     return result_row(config, "failed", f"the worker running it died ({type(error).__name__}: {error})")
@@ -109,32 +126,52 @@ class _Progress:
             self.bar.close()
 
 
+WAIT_SECONDS = 2.0  # how often a sweep looks whether runs another sweep claimed have been stored
+
+
 def run_sweep(configs: Iterable[RunConfig], store: ResultStore, executor: str = "local", workers: int = 1,
               address: str | None = None, progress: bool = True) -> SweepSummary:
-    """Run the configs not yet in ``store``; each result is stored the moment it arrives."""
+    """Run the configs not yet in ``store``; each result is stored the moment it arrives. Sweeps
+    sharing the database claim their runs first (``ResultStore.claim``): a run another live sweep
+    claimed is waited for, not trained again; one whose sweep died is taken over."""
     configs = list(dict.fromkeys(configs))  # drop repeats, keep order
     finished = store.finished_keys()
     todo = [c for c in configs if c.key not in finished]
     bar = _Progress(len(configs), len(configs) - len(todo), progress)
+    me = owner()
     ran = 0
     backends: dict[str, int] = {}
     caught: dict[str, None] = {}
+    waiting = [c.key for c in todo]
     try:
-        for result in execute(executor, run, todo, workers=workers, address=address, lost=lost_run):
-            store.add(result)
-            ran += 1
-            if result.get("backend"):
-                backends[result["backend"]] = backends.get(result["backend"], 0) + 1
-            caught.update(dict.fromkeys(result.get("warnings", ())))
-            if result["status"] != "ok":
-                outcome = result["status"]
-            elif result.get("metric") == "loss":
-                outcome = f"test loss {result['best_loss']:.4f}"
-            else:
-                outcome = f"{100 * result['best_acc']:.2f}%"
-            bar.update(f"{result['activation']} {result['optimizer']} lr={result['lr']:g} "
-                       f"seed={result['seed']}: {outcome}")
+        while waiting:
+            mine = set(store.claim(waiting, me))
+            batch = [c for c in todo if c.key in mine]
+            for result in execute(executor, run, batch, workers=workers, address=address, lost=lost_run):
+                if not _store(store, result):
+                    continue  # another sweep stored it first: counted there
+                ran += 1
+                if result.get("backend"):
+                    backends[result["backend"]] = backends.get(result["backend"], 0) + 1
+                caught.update(dict.fromkeys(result.get("warnings", ())))
+                if result["status"] != "ok":
+                    outcome = result["status"]
+                elif result.get("metric") == "loss":
+                    outcome = f"test loss {result['best_loss']:.4f}"
+                else:
+                    outcome = f"{100 * result['best_acc']:.2f}%"
+                bar.update(f"{result['activation']} {result['optimizer']} lr={result['lr']:g} "
+                           f"seed={result['seed']}: {outcome}")
+            finished = store.finished_keys()
+            waiting = [k for k in waiting if k not in finished and k not in mine]
+            if waiting and not batch:  # all claimed by other live sweeps: wait for them
+                time.sleep(WAIT_SECONDS)
+    except sqlite3.DatabaseError as err:
+        raise StoreError(f"{store.path}: the results database failed ({err}); the runs stored so far are "
+                         f"kept") from None
     finally:
         bar.close()
+        with contextlib.suppress(sqlite3.DatabaseError):
+            store.release(me)
     return SweepSummary(total=len(configs), already_done=len(configs) - len(todo), ran=ran, backends=backends,
                         warnings=list(caught))
