@@ -22,7 +22,7 @@ def _open_and_add(path, key, barrier):
 def test_processes_opening_one_fresh_database_at_once_all_succeed(tmp_path):
     """Creating and migrating the schema is one transaction (it once ran twice: 'duplicate column')."""
     ctx = multiprocessing.get_context("fork")  # the children need sqlite only: no fresh imports
-    for attempt in range(5):
+    for attempt in range(10):
         path = tmp_path / f"fresh{attempt}.sqlite"
         barrier = ctx.Barrier(4)
         procs = [ctx.Process(target=_open_and_add, args=(path, f"k{i}", barrier)) for i in range(4)]
@@ -149,3 +149,16 @@ def test_two_sweeps_on_one_fresh_database_share_the_runs(tmp_path):
     with ResultStore(path) as store:
         assert len(store) == 6 == sum(stored) == sum(trained)
         assert store.claimed_elsewhere([r["key"] for r in store.rows()], owner()) == {}
+
+
+def test_reading_a_database_writes_nothing(tmp_path):
+    path = tmp_path / "r.sqlite"
+    with ResultStore(path) as store:
+        store.add(_row("k0"))
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    before = _digest(path)
+    with ResultStore(path, create=False) as store:
+        assert len(store.rows()) == 1 and store.claimed_elsewhere(["k0"], owner()) == {}
+    assert _digest(path) == before

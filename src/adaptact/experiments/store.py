@@ -220,14 +220,23 @@ class ResultStore:
             db.close()
 
     def _open(self) -> None:
-        self._db.execute("PRAGMA journal_mode=WAL")
+        # Switching a fresh file to WAL takes an exclusive lock that SQLite does not wait for when
+        # another process is switching it too (no busy handler for that escalation): retry.
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("BEGIN IMMEDIATE")  # one writer creates or migrates; the others then see it done
         try:
             tables = self._db.execute("SELECT COUNT(*) FROM sqlite_master WHERE name = 'runs'").fetchone()[0]
             fresh = not tables
             self._db.execute(_SCHEMA)
-            self._db.execute(_CLAIMS)
             if fresh:
                 self._db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}
@@ -258,6 +267,7 @@ class ResultStore:
         process that has died (in one transaction: two sweeps never get the same key)."""
         self._db.execute("BEGIN IMMEDIATE")
         try:
+            self._db.execute(_CLAIMS)  # made by the first sweep: reading a database writes nothing
             done = self.finished_keys()
             held = dict(self._db.execute("SELECT key, owner FROM claims").fetchall())
             mine = [k for k in keys
@@ -270,14 +280,20 @@ class ResultStore:
             raise
         return mine
 
+    def _claims(self) -> dict[str, str]:
+        if not self._db.execute("SELECT COUNT(*) FROM sqlite_master WHERE name = 'claims'").fetchone()[0]:
+            return {}
+        return dict(self._db.execute("SELECT key, owner FROM claims").fetchall())
+
     def release(self, by: str) -> None:
         """Drop the claims of ``by`` (its sweep is over)."""
-        self._db.execute("DELETE FROM claims WHERE owner = ?", (by,))
+        if self._claims():
+            self._db.execute("DELETE FROM claims WHERE owner = ?", (by,))
 
     def claimed_elsewhere(self, keys: list[str], by: str) -> dict[str, str]:
         """Unfinished ``keys`` claimed by another live process: key -> its owner."""
         done = self.finished_keys()
-        held = dict(self._db.execute("SELECT key, owner FROM claims").fetchall())
+        held = self._claims()
         return {k: held[k] for k in keys if k in held and k not in done and held[k] != by and _alive(held[k])}
 
     def add(self, result: dict) -> bool:
