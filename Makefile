@@ -27,7 +27,8 @@ demo: install
 
 # The Triton kernels run under Triton's CPU interpreter first (their numbers; their speed needs a
 # GPU), recording every launch; the main pass then compiles those launches for sm_80/sm_90 too.
-# The interpreter is single-threaded Python: its pass runs in one pytest-xdist worker per core.
+# Both passes run one pytest-xdist worker per core (the interpreter is single-threaded Python; the
+# main pass waits on compilers and child processes much of the time).
 LAUNCHES := build/triton-launches.jsonl
 TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 test: EXTRAS = test
@@ -35,7 +36,7 @@ test: install
 	rm -f $(LAUNCHES) $(LAUNCHES).gw*
 	TRITON_INTERPRET=1 ADAPTACT_TRITON_LAUNCHES=$(LAUNCHES) $(PYTHON) -m pytest -q -n $(TEST_WORKERS) \
 		tests/ops -k triton
-	ADAPTACT_TRITON_LAUNCHES=$(LAUNCHES) $(PYTHON) -m pytest -q
+	ADAPTACT_TRITON_LAUNCHES=$(LAUNCHES) $(PYTHON) -m pytest -q -n $(TEST_WORKERS) --durations=15
 
 # ruff with the rules and line length of pyproject.toml ([tool.ruff]); mypy over src ([tool.mypy]).
 lint: EXTRAS = test
