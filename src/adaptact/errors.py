@@ -1,11 +1,16 @@
 """The errors that are the user's to fix (a bad file, path, option or missing extra): the CLI
 prints them as one line, ``adaptact: error: ...``, and exits with 2. Everything else is a bug."""
 
-__all__ = ["MissingExtra", "UserError", "require"]
+__all__ = ["InfrastructureError", "MissingExtra", "UserError", "require"]
 
 
 class UserError(Exception):
     """Input that adaptact cannot use; the message says why and, where it can, what to do."""
+
+
+class InfrastructureError(UserError):
+    """A run could not run for a reason outside it (its data file changed, a cache is damaged): it
+    is not stored as a result, so the next invocation runs it again."""
 
 
 class MissingExtra(UserError, ImportError):

@@ -175,17 +175,20 @@ def test_mixed_precision_and_compile_are_part_of_the_run(tmp_path):
         adaptact.compare(user_defs.net, user_defs.blobs, amp="fp16", **base)
 
 
-def test_a_dead_worker_is_replaced_and_its_run_retried_once(tmp_path, monkeypatch):
+def test_a_dead_worker_is_replaced_and_its_run_retried_once_then_not_stored(tmp_path, monkeypatch):
+    """A worker's death is no result of the run: after one retry the run is reported and left out of
+    the store, so the next invocation runs it again."""
     attempts = tmp_path / "attempts.txt"
     monkeypatch.setenv("DOOMED_ATTEMPTS", str(attempts))  # spawned workers inherit the environment
-    rows = adaptact.compare("tests.experiments.user_defs:doomed_net", user_defs.blobs, activations=("swish",),
-                                  lrs=(0.05,), seeds=1, epochs=1, db=tmp_path / "r.sqlite",
-                                  out=tmp_path / "out", workers=2, progress=False)
-    (row,) = rows
-    assert row["status"] == "failed" and row["error"].startswith("the worker running it died")
+    options = dict(activations=("swish",), lrs=(0.05,), seeds=1, epochs=1, db=tmp_path / "r.sqlite",
+                   out=tmp_path / "out", workers=2, progress=False)
+    rows = adaptact.compare("tests.experiments.user_defs:doomed_net", user_defs.blobs, **options)
+    assert rows == []
     assert attempts.read_text().count("attempt") == 2  # the first try and one retry
-    report = (tmp_path / "out" / "report.md").read_text()
-    assert "| swish | sgd | 0.05 | failed | 1 | the worker running it died" in report
+    (line,) = [n for n in rows.summary.notes() if n.startswith("not stored")]
+    assert "swish sgd lr=0.05 seed=0: the worker running it died" in line
+    again = adaptact.compare("tests.experiments.user_defs:doomed_net", user_defs.blobs, **options)
+    assert again.summary.already_done == 0 and attempts.read_text().count("attempt") == 4  # tried again
 
 
 def test_a_generated_data_set_is_made_once_per_sweep_and_shipped_to_workers(tmp_path, monkeypatch):
@@ -218,3 +221,32 @@ def test_a_generated_data_set_is_made_once_per_sweep_and_shipped_to_workers(tmp_
     shipped_runs = expand(source, "resnet1d-9", ["relu"], ["adam"], [0.01], 2, 1)
     assert [c.key for c in shipped_runs] == [c.key for c in plain]
     builtin.load.cache_clear()
+
+
+def test_a_tampered_data_file_is_never_trained_on(tmp_path):
+    """The shipped data file is checked against the fingerprint in its name: tensors put in its place
+    (labels all 0) or a file that will not load stop the run without storing it, and the next sweep
+    writes the file again."""
+    import pickle
+
+    from adaptact.errors import InfrastructureError
+    from adaptact.experiments.sources import _load_ref, data_source, load_data
+    from adaptact.experiments.sweep import expand
+    from adaptact.experiments.train import run
+
+    source, ds = data_source(user_defs.blobs(), cache_dir=tmp_path)
+    path = source.ref
+    forged = {"name": ds.name, "train_x": ds.train_x, "train_y": torch.zeros_like(ds.train_y),
+              "test_x": ds.test_x, "test_y": torch.zeros_like(ds.test_y), "num_classes": ds.num_classes}
+    config = expand(source, "tests.experiments.user_defs:net", ["relu"], ["sgd"], [0.05], 1, 1)[0]
+    for write in (lambda: torch.save(forged, path), lambda: path.write_bytes(pickle.dumps(print))):
+        write()
+        _load_ref.cache_clear()  # as in a fresh worker
+        with pytest.raises(InfrastructureError, match="the run was not stored: run the command again"):
+            load_data(source)
+        with pytest.raises(InfrastructureError):
+            run(config)
+        assert data_source(user_defs.blobs(), cache_dir=tmp_path)[0].ref == path  # the next sweep...
+        _load_ref.cache_clear()
+        assert torch.equal(load_data(source).train_y, ds.train_y)  # ...writes it again
+    _load_ref.cache_clear()

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import UserError
+from ..errors import InfrastructureError, UserError
 from ..files import atomic_write
 from ..datasets import builtin
 from ..datasets.shakespeare import TextData
@@ -182,17 +182,36 @@ def _shipped(ds: builtin.Dataset, digest: str, cache_dir: str | Path) -> Path:
     folder = Path(cache_dir)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f".adaptact-data-{digest}.pt"
-    if not path.exists():
-        atomic_write(path, lambda tmp: torch.save(dataclasses.asdict(ds), tmp))
+    try:
+        if path.exists():
+            _verified(path)
+            return path
+    except InfrastructureError:
+        pass  # changed since it was written: made again below
+    atomic_write(path, lambda tmp: torch.save(dataclasses.asdict(ds), tmp))
     return path
+
+
+def _verified(path: Path) -> builtin.Dataset:
+    """The data set ``_shipped`` saved at ``path``, checked against the fingerprint in its name (a
+    file replaced or damaged since is refused, never trained on)."""
+    try:
+        ds = builtin.Dataset(**torch.load(path, weights_only=True))
+    except Exception as err:  # noqa: BLE001 - unpickling fails in many ways; none may become a result
+        raise InfrastructureError(f"the data file {path} cannot be read ({type(err).__name__}: {err}); "
+                                  f"the run was not stored: run the command again") from None
+    if f".adaptact-data-{_tensor_fingerprint(ds)}.pt" != path.name:
+        raise InfrastructureError(f"the data file {path} does not hold the data its name says (changed "
+                                  f"since it was written); the run was not stored: run the command again")
+    return ds
 
 
 @functools.lru_cache(maxsize=4)
 def _load_ref(ref, label: str) -> builtin.Dataset:
     if isinstance(ref, builtin.Dataset):
         return ref
-    if isinstance(ref, Path):  # saved by ``_shipped``, checked when it was made
-        return builtin.Dataset(**torch.load(ref, weights_only=True))
+    if isinstance(ref, Path):  # saved by ``_shipped``: checked against its name
+        return _verified(ref)
     loader = _import(ref, "data") if isinstance(ref, str) else ref
     with builtin.rng_preserved():
         return _as_dataset(label, loader())

@@ -34,6 +34,7 @@ class SweepSummary:
     ran: int
     backends: dict[str, int] = field(default_factory=dict)  # what the runs done now ran -> how many
     warnings: list[str] = field(default_factory=list)  # distinct warnings of the runs done now
+    lost: list[str] = field(default_factory=list)  # runs whose worker died twice: not stored
 
     def __add__(self, other: SweepSummary | None) -> SweepSummary:
         """Both sweeps' counts (a fine-tuning comparison sweeps its pretraining runs first)."""
@@ -44,7 +45,7 @@ class SweepSummary:
             backends[b] = backends.get(b, 0) + n
         return SweepSummary(self.total + other.total, self.already_done + other.already_done,
                             self.ran + other.ran, backends,
-                            list(dict.fromkeys(self.warnings + other.warnings)))
+                            list(dict.fromkeys(self.warnings + other.warnings)), self.lost + other.lost)
 
     def notes(self) -> list[str]:
         """One line on the backends the adaptive activations ran, one per distinct warning (the
@@ -54,6 +55,7 @@ class SweepSummary:
             ran = ", ".join(f"{b} ({n} runs)" for b, n in sorted(self.backends.items()))
             lines.append(f"adaptive activations ran: {ran}")
         lines += [f"warning from the runs: {w}" for w in self.warnings]
+        lines += [f"not stored, runs again next time (its worker died twice): {run}" for run in self.lost]
         return lines
 
 
@@ -93,9 +95,13 @@ def _store(store: ResultStore, result: dict) -> bool:
                          f"result is kept in {kept}") from None
 
 
+LOST = "lost"  # the status of a run whose worker died twice: never stored, run again next time
+
+
 def lost_run(config: RunConfig, error: BaseException) -> dict:
-    """The row of a run whose worker died twice: failed, with the error."""
-    return result_row(config, "failed", f"the worker running it died ({type(error).__name__}: {error})")
+    """A run whose worker died twice: not a result (an infrastructure failure), so it is reported
+    and left out of the store; the next invocation runs it again."""
+    return result_row(config, LOST, f"the worker running it died ({type(error).__name__}: {error})")
 
 
 class _Progress:
@@ -140,6 +146,7 @@ def run_sweep(configs: Iterable[RunConfig], store: ResultStore, executor: str = 
     bar = _Progress(len(configs), len(configs) - len(todo), progress)
     me = owner()
     ran = 0
+    lost: list[str] = []
     backends: dict[str, int] = {}
     caught: dict[str, None] = {}
     waiting = [c.key for c in todo]
@@ -148,6 +155,10 @@ def run_sweep(configs: Iterable[RunConfig], store: ResultStore, executor: str = 
             mine = set(store.claim(waiting, me))
             batch = [c for c in todo if c.key in mine]
             for result in execute(executor, run, batch, workers=workers, address=address, lost=lost_run):
+                if result["status"] == LOST:
+                    lost.append(f"{result['activation']} {result['optimizer']} lr={result['lr']:g} "
+                                f"seed={result['seed']}: {result['error']}")
+                    continue
                 if not _store(store, result):
                     continue  # another sweep stored it first: counted there
                 ran += 1
@@ -174,4 +185,4 @@ def run_sweep(configs: Iterable[RunConfig], store: ResultStore, executor: str = 
         with contextlib.suppress(sqlite3.DatabaseError):
             store.release(me)
     return SweepSummary(total=len(configs), already_done=len(configs) - len(todo), ran=ran, backends=backends,
-                        warnings=list(caught))
+                        warnings=list(caught), lost=lost)

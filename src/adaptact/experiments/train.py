@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..datasets.builtin import is_language_data
+from ..errors import InfrastructureError
 from ..datasets.shakespeare import TextData
 from ..optim import param_groups
 from .checkpoints import save_checkpoint
@@ -254,6 +255,8 @@ def _run(config: RunConfig) -> dict:
         if config.checkpoint_dir and m.status == "ok":
             save_checkpoint(Path(config.checkpoint_dir) / checkpoint_name(config), model, config.identity(),
                             sample_shape(ds), ds.num_classes)
+    except InfrastructureError:
+        raise  # not the run's result: nothing is stored, the next invocation runs it again
     except Exception as err:  # noqa: BLE001  (a failing run is recorded and the sweep goes on)
         m.status, m.error = "failed", f"{type(err).__name__}: {err}".strip()
     wall = time.perf_counter() - start
