@@ -3,7 +3,7 @@
     >>> import adaptact
     >>> act = adaptact.create("acon_c", channels=64)
     >>> adaptact.available("adaptive")
-    ['acon_a', 'acon_b', 'acon_c', 'aprelu', 'arelu', 'meta_acon_c']
+    ['acon_a', 'acon_b', 'acon_c', 'aprelu', 'arelu', 'dy_relu_a', 'dy_relu_b', 'frelu', 'meta_acon_c', 'meta_acon_c_nobn']
 """
 
 from importlib.metadata import PackageNotFoundError, version

@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from typing import NoReturn
 
 from .errors import UserError
 from .tables import format_table
@@ -322,10 +323,18 @@ def _bench_kernels(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line, ``adaptact compare: error: ...`` (exit 2), without the
+    usage block (``--help`` prints it); its subcommands' parsers are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (--help lists the options)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="adaptact",
+    parser = _Parser(prog="adaptact",
                                      description="Adaptive activation functions for PyTorch.")
     parser.add_argument("--version", action="version", version=f"adaptact {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

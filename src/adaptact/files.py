@@ -58,6 +58,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
     try:
         write(tmp)
         tmp.replace(path)
+    except OSError as err:
+        if err.filename is None:  # a full disk inside a writer (torch.save, savefig): say where
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from err
+        raise
     finally:
         tmp.unlink(missing_ok=True)
     return path
