@@ -26,6 +26,7 @@ def _error(capsys, argv, *messages):
     err = capsys.readouterr().err
     assert code == 2, err
     assert "Traceback" not in err
+    assert not any(line.startswith("usage:") for line in err.splitlines()), err  # one line, no usage block
     line = next(line for line in err.splitlines() if "error:" in line)
     for m in messages:
         assert m in line, (m, err)
@@ -183,7 +184,8 @@ def test_an_activation_that_does_not_fit_the_model_is_refused_before_training(tm
     (["--lrs", "0.1,inf"], "must be a finite number > 0, got inf"),
     (["--lrs", "1e308"], "must be at most 1e+06"),
     (["--batch-size", "-3"], "must be a finite number > 0"),
-], ids=["seeds-float", "seeds-huge", "lr-nan", "lr-inf", "lr-huge", "batch"])
+    (["--lrs", "-0.01"], "must be a finite number > 0, got -0.01"),
+], ids=["seeds-float", "seeds-huge", "lr-nan", "lr-inf", "lr-huge", "batch", "lr-negative"])
 def test_numbers_out_of_range(tmp_path, capsys, args, message, no_training):
     _error(capsys, _compare(tmp_path, *args), message)
 

@@ -53,3 +53,16 @@ def test_staged_files_appear_together_or_not_at_all(tmp_path):
         stage.add(tmp_path / "b.txt", lambda p: p.write_text("new b"))
         stage.commit()
     assert (tmp_path / "a.txt").read_text() == "new a" and (tmp_path / "b.txt").read_text() == "new b"
+
+
+def test_a_full_disk_names_the_file_being_written(tmp_path):
+    """A writer that fails without a file name (torch.save on a full disk) is reported with the path."""
+    import errno
+
+    def full(tmp):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left on device") as caught:
+        atomic_write(tmp_path / "report.md", full)
+    assert caught.value.filename == str(tmp_path / "report.md")
+    assert list(tmp_path.iterdir()) == []  # no temporary left behind
