@@ -36,7 +36,7 @@ test: install
 	rm -f $(LAUNCHES) $(LAUNCHES).gw*
 	TRITON_INTERPRET=1 ADAPTACT_TRITON_LAUNCHES=$(LAUNCHES) $(PYTHON) -m pytest -q -n $(TEST_WORKERS) \
 		tests/ops -k triton
-	ADAPTACT_TRITON_LAUNCHES=$(LAUNCHES) $(PYTHON) -m pytest -q -n $(TEST_WORKERS) --durations=15
+	ADAPTACT_TRITON_LAUNCHES=$(LAUNCHES) $(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15
 
 # ruff with the rules and line length of pyproject.toml ([tool.ruff]); mypy over src ([tool.mypy]).
 lint: EXTRAS = test

@@ -14,6 +14,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 import adaptact
 
+# process groups on ports picked free: one xdist worker runs them all (make test: --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("distributed")
+
 WORLD = 2
 
 

@@ -8,9 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from .processes import free_port
+
+# process groups on ports picked free: one xdist worker runs them all (make test: --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("distributed")
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "tensor_parallel.py"

@@ -15,6 +15,9 @@ from adaptact.parallel import plan
 
 from .processes import attempt, spawn
 
+# process groups on ports picked free: one xdist worker runs them all (make test: --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("distributed")
+
 ACTIVATIONS = ("arelu", "acon_a", "acon_b", "acon_c", "meta_acon_c", "aprelu", "dy_relu_a", "dy_relu_b",
                "frelu", "prelu", "pau", "apl", "xielu", "polynorm")
 WAYS = ("built", "lazy", "meta")

@@ -14,6 +14,9 @@ from adaptact.parallel.sharding import channel_shards
 
 from .processes import attempt, spawn
 
+# process groups on ports picked free: one xdist worker runs them all (make test: --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("distributed")
+
 WORLD = 2
 DIM, HIDDEN = 16, 32
 
