@@ -332,7 +332,7 @@ def _before_call(model: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
     if not modules or any(CALL in m.__dict__ for _, m in modules):
         return  # nothing to tell, or an outer hooked model already told them
     cache = _cache(kwargs)
-    if "use_cache" not in kwargs and cache is None and not model.training:  # the config's default
+    if kwargs.get("use_cache") is None and cache is None and not model.training:  # the config's default
         kwargs = {**kwargs, "use_cache": getattr(getattr(model, "config", None), "use_cache", None)}
     offset = _decode_offset(kwargs)
     prefix = None
@@ -341,6 +341,8 @@ def _before_call(model: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         if cache is not None:
             _follow(prefix, cache, offset)
     call = ModelCall(offset, prefix, _real_positions(kwargs.get("attention_mask")))
+    if offset is None and call.mask is None:
+        return  # a training forward without pads: nothing to tell (their compiled graphs stay as they are)
     model.__dict__[_OWNER] = call
     for name, m in modules:
         m.__dict__[CALL] = (call, name)
