@@ -61,6 +61,7 @@ def main() -> None:
     for step, loss in enumerate(train(model, batch(device))):
         if rank == 0:
             print(f"step {step}: loss {loss:.6f}")
+    dist.barrier()  # every rank done with the group before any tears it down
     dist.destroy_process_group()
 
 

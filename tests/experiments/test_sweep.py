@@ -152,6 +152,7 @@ def test_local_pool_workers_give_identical_rows(tmp_path):
         assert _timeless(a.rows()) == _timeless(b.rows())
 
 
+@pytest.mark.xdist_group("distributed")  # Ray binds many ports: not beside the process-group tests
 def test_ray_executor_matches_local_pool(tmp_path):
     pytest.importorskip("ray")
     configs = expand("digits", "linear", ["relu", "acon_c"], ["sgd"], [1e-2], 2, 2)
