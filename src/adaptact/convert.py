@@ -39,6 +39,7 @@ from torch import fx, nn
 
 from .matching import FIT_TOLERANCE, match
 from .nn import ActivationModule, track_decoding
+from .nn.context import is_hf_model
 from .nn.base import int_at_least
 from .nn.families import BATCH_NORMS, CHANNEL_NORMS, CONVOLUTIONS
 from .registry import ActivationLike, create, spec
@@ -69,11 +70,6 @@ _LEFT_TYPES: tuple[type, ...] = (nn.Sigmoid, nn.Tanh, nn.Hardsigmoid, nn.Softmax
 
 def _from_transformers(m: nn.Module) -> bool:
     return type(m).__module__.startswith("transformers.")
-
-
-def _is_hf(model: nn.Module) -> bool:
-    """A Hugging Face model (a ``PreTrainedModel``): its calls say their padding and cache."""
-    return any(c.__name__ == "PreTrainedModel" for c in type(model).__mro__)
 
 
 def is_activation(m: nn.Module) -> bool:
@@ -660,7 +656,8 @@ def replace_activations(model: nn.Module, name: ActivationLike, policy: str | Po
                 rewrite.setdefault(s.owner_path, []).append(s)
         for owner_path, owner_sites in rewrite.items():
             replaced += _rewrite(model, owner_path, graphs[owner_path], owner_sites, build, undo)
-        if any(hasattr(model.get_submodule(p), "context") for p in replaced) and (causal or _is_hf(model)):
+        conditioned = any(hasattr(model.get_submodule(p), "context") for p in replaced)
+        if conditioned and (causal or is_hf_model(model)):
             undo.append(track_decoding(model))
         if example_inputs is not None:
             _run_example(model, example_inputs)
@@ -685,7 +682,7 @@ def replace_activations(model: nn.Module, name: ActivationLike, policy: str | Po
                           f"{FIT_TOLERANCE} (max |new - old| on [-3, 3]; its family cannot match it)",
                           RuntimeWarning, stacklevel=2)
     paths = sorted(replaced, key=lambda p: order.get(p, len(order)))
-    if replaced and _is_hf(model):
+    if replaced and is_hf_model(model):
         from .huggingface import record_conversion  # it reads this module's analysis
 
         contexts = {str(getattr(model.get_submodule(p), "context", "")) for p in paths} - {""}

@@ -47,7 +47,7 @@ from torch import nn
 
 from .convert import decoder_flag, is_causal_model, producer_layout
 from .nn import ActivationModule
-from .nn.context import track_decoding
+from .nn.context import is_hf_model, track_decoding
 from .registry import available, create, spec
 
 __all__ = ["ACTIVATION_FIELDS", "FORMAT", "PREFIX", "RECORD", "UNREBUILDABLE", "config_name", "install",
@@ -63,10 +63,6 @@ _ACTIVATIONS_MODULE = "transformers.activations"
 
 def _is_config(obj: object) -> bool:
     return any(c.__name__ in ("PreTrainedConfig", "PretrainedConfig") for c in type(obj).__mro__)
-
-
-def _is_model(obj: object) -> bool:
-    return any(c.__name__ == "PreTrainedModel" for c in type(obj).__mro__)
 
 
 def config_name(name: str) -> str:
@@ -122,7 +118,7 @@ class _FromConfig:
             module = create(self.name, **options)
         if hasattr(module, "context"):
             for owner in owners:
-                if _is_model(owner):
+                if is_hf_model(owner):
                     track_decoding(owner)
         return module
 

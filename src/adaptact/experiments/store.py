@@ -269,7 +269,7 @@ class ResultStore:
         try:
             self._db.execute(_CLAIMS)  # made by the first sweep: reading a database writes nothing
             done = self.finished_keys()
-            held = dict(self._db.execute("SELECT key, owner FROM claims").fetchall())
+            held = self._claims()
             mine = [k for k in keys
                     if k not in done and (k not in held or held[k] == by or not _alive(held[k]))]
             self._db.executemany("INSERT OR REPLACE INTO claims (key, owner, claimed_at) VALUES (?, ?, ?)",
@@ -280,14 +280,19 @@ class ResultStore:
             raise
         return mine
 
+    def _has_claims(self) -> bool:
+        found = self._db.execute("SELECT COUNT(*) FROM sqlite_master WHERE name = 'claims'").fetchone()[0]
+        return bool(found)
+
     def _claims(self) -> dict[str, str]:
-        if not self._db.execute("SELECT COUNT(*) FROM sqlite_master WHERE name = 'claims'").fetchone()[0]:
+        """Every claim, key -> owner (none before the first sweep made the table)."""
+        if not self._has_claims():
             return {}
         return dict(self._db.execute("SELECT key, owner FROM claims").fetchall())
 
     def release(self, by: str) -> None:
         """Drop the claims of ``by`` (its sweep is over)."""
-        if self._claims():
+        if self._has_claims():
             self._db.execute("DELETE FROM claims WHERE owner = ?", (by,))
 
     def claimed_elsewhere(self, keys: list[str], by: str) -> dict[str, str]:

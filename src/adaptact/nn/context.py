@@ -47,8 +47,8 @@ from .base import normalise, statistics_dtype, track_running_stats
 from .families import BatchNorm
 
 __all__ = ["CONTEXTS", "Context", "ModelCall", "Prefix", "batch_norm_positions", "batch_norm_real",
-           "check_context", "check_sequence", "decode_offset", "decoding", "masked_mean", "padding",
-           "position_norm", "position_statistics", "refuse_cached", "track_decoding"]
+           "check_context", "check_sequence", "decode_offset", "decoding", "is_hf_model", "masked_mean",
+           "padding", "position_norm", "position_statistics", "refuse_cached", "track_decoding"]
 
 Context = Literal["sample", "causal", "token"]
 CONTEXTS: tuple[str, ...] = ("sample", "causal", "token")
@@ -364,10 +364,14 @@ def _after_call(model: nn.Module, args: tuple, kwargs: dict[str, Any], output: A
         _prefix(cache).fingerprint = _fingerprint(cache)
 
 
-def _takes_model_keywords(cls: type[nn.Module]) -> bool:
-    """Hugging Face models (``PreTrainedModel`` subclasses): they take ``attention_mask`` and the cache."""
-    return any(c.__name__ == "PreTrainedModel" for c in cls.__mro__) and \
-        "attention_mask" in inspect.signature(cls.forward).parameters  # type: ignore[attr-defined]
+def is_hf_model(m: object) -> bool:
+    """A Hugging Face model (a ``PreTrainedModel``; transformers is not imported to tell)."""
+    return any(c.__name__ == "PreTrainedModel" for c in type(m).__mro__)
+
+
+def _takes_model_keywords(m: nn.Module) -> bool:
+    """Hugging Face models: they take ``attention_mask`` and the cache."""
+    return is_hf_model(m) and "attention_mask" in inspect.signature(type(m).forward).parameters
 
 
 def track_decoding(model: nn.Module) -> Callable[[], None]:
@@ -376,7 +380,7 @@ def track_decoding(model: nn.Module) -> Callable[[], None]:
     models keep this working when a wrapper (PEFT) calls the outer model's ``forward`` directly;
     the outermost hooked model called tells them. The hooks are module-level functions, so a
     hooked model deep-copies and pickles. Idempotent; returns a function that removes the hooks."""
-    targets = [model] + [m for m in model.modules() if m is not model and _takes_model_keywords(type(m))]
+    targets = [model] + [m for m in model.modules() if m is not model and _takes_model_keywords(m)]
     handles = []
     hooked = []
     for m in targets:
