@@ -103,14 +103,21 @@ def test_the_report_speaks_of_loss_lower_is_better(tmp_path):
     rows = _rows({"gelu": [1.90, 1.92, 1.91], "acon_c": [1.85, 1.86, 1.86], "relu2": [1.95, 1.99, 1.97]})
     table = markdown_table(rows, "best_loss", baseline="gelu", measure=LOSS)
     # the validation loss picks the first evaluation, where the test loss is the stored loss + 0.1
-    assert "| acon_c | **1.957 ± 0.006 (1)<br>Δ -0.053 [-0.068, -0.039]*" in table  # lowest ranks first
+    # lowest ranks first; Holm over the table's 2 comparisons tests acon_c's (the smaller p) at 97.5%
+    assert "| acon_c | **1.957 ± 0.006 (1)<br>Δ -0.053 [-0.074, -0.033]*" in table
+    assert "| relu2 | 2.070 ± 0.020 (3)<br>Δ +0.060 [+0.035, +0.085]*" in table  # then relu2's at 95%
     assert "| gelu | 2.010 ± 0.010 (2) |" in table and "| relu2 | 2.070 ± 0.020 (3)" in table
     write_report(rows, tmp_path, plots=False)
     md = (tmp_path / "report.md").read_text()
-    assert "Test loss (nats per character), mean ± std over seeds" in md
+    assert "Test loss (nats per character), mean ± standard deviation over seeds" in md
     assert "shakespeare-char, gpt-char, batch 4, 6 iterations" in md
-    assert "- acon_c lowers the test loss of gelu by 0.053 ±" in md
-    assert "- relu2 raises the test loss of gelu by 0.060 ±" in md and "nats per character in 1 of 1" in md
+    summary = md.split("## Summary")[1].split("\n## ")[0]
+    assert "- Better than gelu: acon_c." in summary and "- Worse than gelu: relu2." in summary
+    assert ("| 1 | acon_c | ADAMW lr=0.001 | -0.053 [-0.074, -0.033] | 1.00 [1.00, 1.00] | better | 3 |"
+            in summary)
+    assert ("| 2 | relu2 | ADAMW lr=0.001 | +0.060 [+0.035, +0.085] | 0.00 [0.00, 0.00] | worse | 3 |"
+            in summary)
+    assert "Δ nats per character [corrected interval]" in summary and "negative is lower" in summary
     assert "### Test bits per character at that evaluation" in md and "time per iteration (ms)" in md
     assert "| gelu | 2.900 ± 0.014 (2) |" in md  # 2.010 nats = 2.900 bits
     assert "accuracy" not in md.split("## Summary")[1]
@@ -184,4 +191,6 @@ def test_compare_on_shakespeare_from_the_command_line(tmp_path, capsys, few_wind
     assert "protocol: nanogpt" in md and "a vocabulary of" in md
     assert main(argv) == 0 and "0 runs done now, 3 already in" in capsys.readouterr().out
     assert main(["report", "--db", str(db), "--out", str(tmp_path / "again")]) == 0
-    assert "(against gelu, test loss" in (tmp_path / "again" / "report.md").read_text()
+    again = (tmp_path / "again" / "report.md").read_text()
+    assert "against gelu at its best" in again and "Measure: the test loss at the evaluation" in again
+    assert "| untested | 1 | 2 seeds or more to test it |" in again  # one seed: nothing to decide

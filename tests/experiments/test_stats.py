@@ -1,31 +1,132 @@
-"""Paired differences and their 95% t intervals, against hand computations."""
+"""The comparison's statistics against hand computations and against their own guarantees: the
+paired t interval and test, Holm's family-wise error rate and its consistency with the intervals
+shown, rliable's probability of improvement, and the power behind "seeds to resolve"."""
 
 import math
 
+import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scipy import stats as scipy_stats
 
 from adaptact.experiments.report import differences, ranks
-from adaptact.experiments.stats import paired_difference, t_critical
+from adaptact.experiments.stats import (ALPHA, MAX_SEEDS_NEEDED, POWER, holm, paired_difference,
+                                        probability_of_improvement, seeds_to_resolve, t_test_power)
 
 
 def test_paired_difference_by_hand():
-    # per-seed differences 1, 2, 4 (seed 3 has no pair): mean 7/3, sample sd sqrt(7/3), t(0.975, 2) = 4.303
+    # differences 1, 2, 4 over the seeds both ran (seed 3 has no pair): mean 7/3, sd sqrt(7/3)
     d = paired_difference({0: 11.0, 1: 12.0, 2: 14.0, 3: 99.0}, {0: 10.0, 1: 10.0, 2: 10.0})
-    assert d.pairs == 3
-    assert d.mean == pytest.approx(7 / 3)
-    assert d.half_width == pytest.approx(4.303 * math.sqrt(7 / 3) / math.sqrt(3))
-    assert d.low == pytest.approx(7 / 3 - d.half_width) and not d.excludes_zero  # [-1.46, 6.13]
+    assert d.pairs == 3 and d.mean == pytest.approx(7 / 3) and d.sd == pytest.approx(math.sqrt(7 / 3))
+    half = 4.302653 * math.sqrt(7 / 3) / math.sqrt(3)  # t(0.975, 2 df)
+    assert (d.low, d.high) == pytest.approx((7 / 3 - half, 7 / 3 + half), abs=1e-5)
+    t = (7 / 3) / (math.sqrt(7 / 3) / math.sqrt(3))
+    assert d.p == pytest.approx(2 * scipy_stats.t.sf(t, 2)) and not d.excludes_zero  # [-1.46, 6.13]
     tight = paired_difference({0: 11.0, 1: 11.2, 2: 10.9}, {0: 10.0, 1: 10.0, 2: 10.0})
-    assert tight.excludes_zero and tight.low > 0
+    assert tight.excludes_zero and tight.low > 0 and tight.p < ALPHA
     one = paired_difference({0: 1.0}, {0: 0.5})
-    assert one.pairs == 1 and math.isnan(one.half_width) and not one.excludes_zero
+    assert one.pairs == 1 and math.isnan(one.low) and math.isnan(one.p) and not one.excludes_zero
     assert paired_difference({0: 1.0}, {1: 1.0}) is None
+    same = paired_difference({0: 2.0, 1: 3.0}, {0: 1.0, 1: 2.0})  # every seed +1: no spread
+    assert same.p == 0.0 and same.excludes_zero
 
 
-@pytest.mark.parametrize("df, expected", [(1, 12.706), (5, 2.571), (30, 2.042), (40, 2.021), (60, 2.000),
-                                          (120, 1.980), (10_000, 1.960)])
-def test_t_critical(df, expected):
-    assert t_critical(df) == pytest.approx(expected, abs=1.5e-3)
+def _diff(mean_shift: float, rng: np.random.Generator, seeds: int = 5):
+    base = rng.normal(size=seeds)
+    shifted = base + mean_shift + rng.normal(size=seeds)
+    return paired_difference(dict(enumerate(shifted)), dict(enumerate(base)))
+
+
+def test_holm_by_hand():
+    # p-values 0.01, 0.02, 0.03, 0.5 (m = 4): Holm adjusts to 0.04, 0.06, 0.06, 0.5 and rejects the
+    # first only (0.02 > 0.05 / 3 stops it); paired differences built to have those p-values
+    def with_p(p: float):
+        t = scipy_stats.t.isf(p / 2, 2)  # three pairs: mean / (sd / sqrt 3) = t with sd 1
+        mean = t / math.sqrt(3)
+        return paired_difference({0: mean - 1, 1: mean, 2: mean + 1}, {0: 0.0, 1: 0.0, 2: 0.0})
+
+    raw = {name: with_p(p) for name, p in (("a", 0.01), ("b", 0.02), ("c", 0.03), ("d", 0.5))}
+    assert [raw[k].p for k in "abcd"] == pytest.approx([0.01, 0.02, 0.03, 0.5])
+    out = holm(raw)
+    assert [out[k].p_corrected for k in "abcd"] == pytest.approx([0.04, 0.06, 0.06, 0.5])
+    assert [out[k].excludes_zero for k in "abcd"] == [True, False, False, False]
+    assert out["a"].level == pytest.approx(1 - 0.05 / 4)
+    assert [out[k].level for k in "bcd"] == pytest.approx([1 - 0.05 / 3] * 3)  # where the procedure stopped
+    assert all(raw[k].excludes_zero for k in "abc")  # uncorrected, three of them would be "found"
+
+
+@pytest.fixture
+def quick_multipletests(monkeypatch):
+    """statsmodels' multipletests runs gc.collect() on every call (0.1 s with torch loaded): the
+    simulations below call it thousands of times (the patch holds for all their examples)."""
+    import gc
+
+    monkeypatch.setattr(gc, "collect", lambda *args: 0)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**32 - 1), m=st.integers(1, 12), seeds=st.integers(2, 8),
+       shift=st.floats(0.0, 3.0))
+def test_holm_intervals_exclude_zero_exactly_where_it_rejects(quick_multipletests, seed, m, seeds, shift):
+    rng = np.random.default_rng(seed)
+    raw = {k: _diff(shift * (k % 3) / 2, rng, seeds) for k in range(m)}
+    for k, d in holm(raw).items():
+        if abs(d.p_corrected - ALPHA) > 1e-9:  # away from the boundary itself
+            assert d.excludes_zero == (d.p_corrected < ALPHA), (k, d)
+        assert d.low <= d.mean <= d.high and (d.high - d.low) >= (raw[k].high - raw[k].low) - 1e-9
+
+
+def test_holm_keeps_the_family_wise_error_rate(quick_multipletests):
+    # 20 activations no different from the baseline, 5 seeds, 400 comparisons of them: uncorrected
+    # 95% intervals call one or more "different" in about 64% of the comparisons, Holm in about 5%
+    rng = np.random.default_rng(20261206)
+    any_uncorrected = any_corrected = 0
+    trials = 400
+    for _ in range(trials):
+        raw = {k: _diff(0.0, rng) for k in range(20)}
+        any_uncorrected += any(d.excludes_zero for d in raw.values())
+        any_corrected += any(d.excludes_zero for d in holm(raw).values())
+    assert any_uncorrected / trials > 0.5
+    assert any_corrected / trials <= ALPHA + 3 * math.sqrt(ALPHA * (1 - ALPHA) / trials)
+
+
+def test_probability_of_improvement_by_hand():
+    # 1, 2, 3 against 2, 2, 2: 3 pairs lost, 3 tied (half each), 3 won -> 4.5 / 9
+    p = probability_of_improvement([1.0, 2.0, 3.0], [2.0, 2.0, 2.0])
+    assert p.probability == pytest.approx(0.5) and 0.0 <= p.low <= 0.5 <= p.high <= 1.0
+    assert probability_of_improvement([1.0, 2.0, 3.0], [2.0, 2.0, 2.0]) == p  # seeded bootstrap
+    assert probability_of_improvement([3.0, 4.0], [1.0, 2.0]).probability == 1.0
+    assert probability_of_improvement([3.0, 4.0], [1.0, 2.0], lower_is_better=True).probability == 0.0
+    wide = probability_of_improvement([1.0, 5.0, 2.0, 6.0], [3.0, 4.0, 3.5, 2.5])
+    assert wide.low < wide.probability < wide.high
+
+
+def _power(effect: float, n: int, level: float) -> float:
+    """The paired t-test's power, simulated: the share of 40000 seeded experiments of n pairs
+    with differences ~ N(effect, 1) that the test rejects (no power formula shared with the code)."""
+    rng = np.random.default_rng(n)
+    x = rng.normal(effect, 1.0, size=(40_000, n))
+    t = x.mean(axis=1) / (x.std(axis=1, ddof=1) / math.sqrt(n))
+    return float(np.mean(np.abs(t) > scipy_stats.t.isf(level / 2, n - 1)))
+
+
+@pytest.mark.parametrize("values, comparisons", [((1.0, 3.0, 2.5), 1), ((9.0, 14.0, 2.0), 22),
+                                                 ((0.5, -0.2, 0.4, 0.1), 5)])
+def test_seeds_to_resolve_give_the_power_asked_at_the_strictest_level(values, comparisons):
+    d = paired_difference(dict(enumerate(values)), dict.fromkeys(range(len(values)), 0.0))
+    n = seeds_to_resolve(d, comparisons)
+    level = ALPHA / comparisons
+    effect = abs(d.mean) / d.sd
+    assert _power(effect, n, level) >= POWER - 0.01 and _power(effect, n - 1, level) < POWER + 0.01
+    assert n >= 2
+
+
+def test_seeds_to_resolve_where_no_count_can():
+    assert seeds_to_resolve(paired_difference({0: 1.0}, {0: 0.0}), 3) is None  # one pair: no spread
+    assert seeds_to_resolve(paired_difference({0: 1.0, 1: -1.0}, {0: 0.0, 1: 0.0}), 3) is None  # mean 0
+    tiny = paired_difference({0: 1.0, 1: -0.999}, {0: 0.0, 1: 0.0})
+    assert seeds_to_resolve(tiny, 20) == MAX_SEEDS_NEEDED + 1
 
 
 def test_report_differences_pair_by_seed_and_ranks():
@@ -34,6 +135,22 @@ def test_report_differences_pair_by_seed_and_ranks():
             for a, accs in accuracies.items() for s, acc in enumerate(accs)]
     (d,) = differences(rows, "best_acc", "relu").values()
     by_hand = paired_difference({0: 92.0, 1: 83.0, 2: 86.0}, {0: 90.0, 1: 80.0, 2: 85.0})
-    assert d.mean == pytest.approx(by_hand.mean) and d.half_width == pytest.approx(by_hand.half_width)
+    assert d == by_hand
     assert ranks({("relu", "sgd", 0.1): (85.0, 0, 3), ("acon_c", "sgd", 0.1): (87.0, 0, 3)}) == {
         ("relu", "sgd", 0.1): 2, ("acon_c", "sgd", 0.1): 1}
+
+
+def test_t_test_power_matches_statsmodels_where_it_answers():
+    from statsmodels.stats.power import TTestPower
+
+    checked = 0
+    for effect in (0.3, 2.0, 7.3, 20.0):
+        for n in (2, 3, 5, 10, 30, 60, 118, 500):
+            for level in (0.05, 0.05 / 22):
+                theirs = TTestPower().power(effect_size=effect, nobs=n, alpha=level, alternative="two-sided")
+                mine = t_test_power(effect, n, level)
+                assert 0.0 <= mine <= 1.0
+                if math.isfinite(theirs):  # statsmodels' noncentral t gives nan for some of these
+                    assert mine == pytest.approx(theirs, abs=1e-6), (effect, n, level)
+                    checked += 1
+    assert checked > 40

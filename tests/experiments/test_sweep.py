@@ -75,7 +75,11 @@ def test_tiny_sweep_end_to_end(tmp_path, capsys):
     with open(out / "runs.csv") as f:
         csv_rows = list(csv.DictReader(f))
     assert len(csv_rows) == len(rows)
-    assert {"activation", "optimizer", "lr", "seed", "first_epoch_acc", "best_acc"} <= set(csv_rows[0])
+    assert {"activation", "optimizer", "lr", "seed", "first_acc_percent", "best_acc_percent"} <= set(
+        csv_rows[0])
+    by_key = {r["key"]: r for r in rows}
+    for c in csv_rows:  # in the report's unit
+        assert float(c["best_acc_percent"]) == pytest.approx(100 * by_key[c["key"]]["best_acc"])
 
     # running again resumes: nothing to do, same rows; `report` rebuilds the same tables
     capsys.readouterr()
@@ -140,8 +144,8 @@ def test_kill_dash_nine_then_resume(tmp_path):
 
 
 def _timeless(rows):
-    return [{k: v for k, v in r.items() if k not in ("wall_time", "epoch_time", "iter_time", "finished_at")}
-            for r in rows]
+    timing = ("wall_time", "epoch_time", "iter_time", "finished_at", "timed_under")
+    return [{k: v for k, v in r.items() if k not in timing} for r in rows]
 
 
 def test_local_pool_workers_give_identical_rows(tmp_path):
@@ -150,6 +154,9 @@ def test_local_pool_workers_give_identical_rows(tmp_path):
         run_sweep(configs, a, workers=1, progress=False)
         run_sweep(configs, b, workers=2, progress=False)
         assert _timeless(a.rows()) == _timeless(b.rows())
+        cores = os.cpu_count()  # what shared the machine while each was timed, for the costs table
+        assert {r["timed_under"] for r in a.rows()} == {f"one run at a time on {cores} CPU cores"}
+        assert {r["timed_under"] for r in b.rows()} == {f"up to 2 runs at a time on {cores} CPU cores"}
 
 
 @pytest.mark.xdist_group("distributed")  # Ray binds many ports: not beside the process-group tests

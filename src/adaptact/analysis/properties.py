@@ -137,8 +137,18 @@ def _grid() -> tuple[torch.Tensor, slice]:
 def relative_cost(activation: str | nn.Module, channels: int = 64, repeats: int = 9) -> float:
     """Forward+backward time over ReLU's on a (32, C, 28, 28) float32 CPU tensor: the best of
     ``repeats`` runs each, interleaved so that load from elsewhere hits both alike (C =
-    ``channels``; a module given directly must have that many channels if it has any)."""
+    ``channels``; a module given directly must have that many channels if it has any).
+
+    The eager path is timed (adaptact's modules on their "autograd" backend: the hand-written
+    backward where there is one): compiling the CPU default for one measurement would cost tens of
+    seconds per activation; ``adaptact bench-kernels`` times every backend side by side."""
+    from ..nn import ActivationModule
+
     _, module, _ = _module(activation, channels)
+    module = copy.deepcopy(module)
+    for m in module.modules():
+        if isinstance(m, ActivationModule):
+            m.backend = "autograd"
     relu = nn.ReLU()
     x = torch.randn(32, channels, 28, 28, requires_grad=True)
     best = {id(module): float("inf"), id(relu): float("inf")}

@@ -23,7 +23,8 @@ from ..errors import UserError
 from ..files import writable_dir
 from ..nn import ActivationModule
 from .executors import check_ray_address
-from .report import write_report
+from .report import baseline_of, label, setups_of, usable, verdict_of, write_report
+from .verdict import INDISTINGUISHABLE
 from .request import DEFAULT_MODEL, MAX_LR, MAX_RUNS, MAX_SEEDS, CompareRequest, plan
 from .sources import Source, build_model, data_source, model_source
 from .store import ResultStore
@@ -38,12 +39,14 @@ __all__ = ["DEFAULT_MODEL", "MAX_LR", "MAX_RUNS", "MAX_SEEDS", "CompareRequest",
 
 class Rows(list):
     """The stored rows of a comparison's runs (dicts, as ``ResultStore.rows``), with ``summary``
-    (runs total, already stored, run now) and ``report`` (the files written, report.md first)."""
+    (runs total, already stored, run now), ``report`` (the files written, report.md first) and
+    ``extra`` (runs beyond the request's seeds that ``extra_runs`` added, stored before or now)."""
 
-    def __init__(self, rows: list[dict], summary: SweepSummary, report: list[Path]) -> None:
+    def __init__(self, rows: list[dict], summary: SweepSummary, report: list[Path], extra: int = 0) -> None:
         super().__init__(rows)
         self.summary = summary
         self.report = report
+        self.extra = extra  # runs beyond the request's seeds, added to resolve comparisons
 
 
 def check_fits(data: Source, model: Source, ds: builtin.Dataset | TextData,
@@ -138,7 +141,8 @@ def compare(model: str | Callable | None = None, data=None, **options: Any) -> R
     store each finished run in ``db`` and write the report to ``out``; returns the stored rows.
     ``options`` are ``CompareRequest``'s, by keyword (activations, optimizers, lrs, seeds, epochs,
     batch_size, protocol, scale, loss, validation, suite, snr, baseline, db, out, data_dir,
-    save_checkpoints, workers, executor, address, device, amp, compile, progress, command).
+    save_checkpoints, workers, executor, address, device, amp, compile, progress, command,
+    extra_runs).
 
     ``protocol``: the named settings (``experiments.protocols.PROTOCOLS``) every setting left None
     takes: "default" (MNIST-1D, the default activation set, SGD at lr 1e-2, 3 seeds, 5 epochs,
@@ -148,6 +152,11 @@ def compare(model: str | Callable | None = None, data=None, **options: Any) -> R
     epochs). ``snr`` (with ``data="bearing"``, the simulated vibration signals of
     ``datasets.bearing``): one sweep per SNR in dB, white noise added at that SNR (the APReLU
     paper: 5, 3, 1); each is its own data set, ``bearing-snr<dB>``, in the database and the report.
+
+    ``extra_runs``: after the sweep, add seeds to the comparisons the report's verdict leaves
+    unresolved (at the tuned settings of the activation and the baseline, as many as would resolve
+    the observed difference), round by round, until they resolve or this many runs beyond the
+    grid are spent; the same call resumes where it stopped.
 
     Runs already in ``db`` are not run again; a run that fails or diverges is stored with its
     status and the sweep goes on. Raises UserError for anything wrong with the request, before
@@ -208,14 +217,64 @@ def run(request: CompareRequest) -> Rows:
             if path.exists():
                 pretrained_checkpoint(pre, path)
         summary = run_sweep(configs, store, r.executor, r.workers, r.address, r.progress) + summary
-        keys = {c.key for c in first + configs}
-        rows = [row for row in store.rows() if row["key"] in keys]
+        known = {c.key: c for c in first + configs}
+        extra: dict[str, RunConfig] = {}
+        if r.extra_runs:
+            added = _add_seeds(known, extra, store, r, p.baseline)
+            summary = added + summary if added else summary
+        rows = [row for row in store.rows() if row["key"] in known]
     setups = [_setup(source, net, ds, p.device, r.command, p.settings) for source, ds in loaded]
     setup = {**setups[0], "data": "; ".join(s["data"] for s in setups)}
     if pretraining:
         setup.update(_fine_tuning_setup(pretraining[0][0], loaded[0][0], p.settings))
     files = write_report(rows, p.out, baseline=p.baseline, setup=setup)
-    return Rows(rows, summary, files)
+    return Rows(rows, summary, files, extra=len(extra))
+
+
+def seeds_wanted(rows: Sequence[dict], baseline: str | None = None) -> list[tuple[str, int]]:
+    """For each comparison of ``rows``' verdicts (``report.verdict_of``) that its seeds leave
+    unresolved, the activation's and the baseline's cell at their tuned settings with the seeds
+    each should have: those that would resolve the observed difference (at least one more than
+    now), at most ``MAX_SEEDS``. As (key of a stored run of the cell, seeds), fewest first: the
+    comparisons cheapest to resolve come first."""
+    labelled = [{**row, "activation": label(row)} for row in rows]
+    wanted: dict[tuple, tuple[str, int]] = {}
+    for group in setups_of(labelled).values():
+        base = baseline_of([row for row in group if usable(row)], baseline)
+        for c in verdict_of(group, base):
+            if c.outcome != INDISTINGUISHABLE or c.seeds_needed is None or c.seeds_needed > MAX_SEEDS:
+                continue
+            n = max(c.seeds_needed, c.difference.pairs + 1)
+            for cell in ((c.activation, *c.setting), (base, *c.baseline_setting)):
+                key = next(row["key"] for row in group
+                           if (row["activation"], row["optimizer"], row["lr"]) == cell)
+                at = (group[0]["dataset"], group[0]["model"], group[0]["epochs"], *cell)
+                wanted[at] = (key, max(n, wanted.get(at, ("", 0))[1]))
+    return sorted(wanted.values(), key=lambda kn: (kn[1], kn[0]))
+
+
+def _add_seeds(known: dict[str, RunConfig], extra: dict[str, RunConfig], store: ResultStore,
+               r: CompareRequest, baseline: str | None) -> SweepSummary | None:
+    """Seeds for the comparisons left unresolved (``seeds_wanted``), round by round until they
+    resolve, nothing more is wanted, or ``r.extra_runs`` runs beyond the request's grid are spent
+    (those already stored count: the same command resumes where it stopped). ``known``: the
+    comparison's runs by key, grown with ``extra``, the runs added."""
+    summary = None
+    while len(extra) < r.extra_runs:
+        stored = [row for row in store.rows() if row["key"] in known]
+        new: dict[str, RunConfig] = {}
+        for key, seeds in seeds_wanted(stored, baseline):
+            for seed in range(seeds):
+                c = dataclasses.replace(known[key], seed=seed)
+                if c.key not in known:
+                    new.setdefault(c.key, c)
+        batch = list(new.values())[:r.extra_runs - len(extra)]
+        if not batch:
+            break
+        for c in batch:
+            known[c.key] = extra[c.key] = c
+        summary = run_sweep(batch, store, r.executor, r.workers, r.address, r.progress) + summary
+    return summary
 
 
 def fine_tuning(configs: Sequence[RunConfig], pretraining: Sequence[RunConfig], base: str | None,

@@ -50,12 +50,14 @@ Options given explicitly override the protocol's (``resolve``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 from ..errors import UserError
 
 __all__ = ["ARELU_ACTIVATIONS", "CONVERT_ACTIVATIONS", "CONVERT_LM_ACTIVATIONS", "DEFAULT_ACTIVATIONS",
-           "INITS", "LM_ACTIVATIONS", "PROTOCOLS", "Protocol", "TRANSFER_ACTIVATIONS", "for_data", "resolve"]
+           "INITS", "LM_ACTIVATIONS", "PROTOCOLS", "Protocol", "TRANSFER_ACTIVATIONS", "for_data",
+           "protocol_names", "resolve"]
 
 # The AReLU paper's comparison set, as its code builds each one: non-learnable, learnable, AReLU.
 ARELU_ACTIVATIONS = ("celu", "elu", "gelu_arelu", "leaky_relu", "maxout_pool", "rrelu", "relu", "relu6",
@@ -164,3 +166,21 @@ def resolve(protocol: str | None = None, **given) -> dict:
     settings = asdict(PROTOCOLS[name])
     settings.update({k: v for k, v in given.items() if v is not None})
     return settings
+
+
+def protocol_names(rows: Sequence[Mapping]) -> list[str]:
+    """The named protocol each stored row's run followed, told by the choices that set the
+    protocols apart (input scale, loss, a validation split or not, training by iterations,
+    pretraining on a source, converting from one base activation: decided per data set and
+    source, since a conversion's baseline converts nothing); "custom" where none fits."""
+    converted = {(r["dataset"], r.get("source", "")) for r in rows if r.get("init")}
+    names = []
+    for r in rows:
+        source = r.get("source", "")
+        traits = (r.get("scale") or "standard", r.get("loss") or "cross_entropy",
+                  (r.get("validation") or 0) > 0, bool(r.get("iters")), bool(source),
+                  (r["dataset"], source) in converted)
+        names.append(next((p.name for p in PROTOCOLS.values()
+                           if traits == (p.scale, p.loss, p.validation > 0, bool(p.iters), bool(p.source),
+                                         bool(p.base))), "custom"))
+    return names

@@ -30,19 +30,43 @@ from pathlib import Path
 from ..registry import spec
 from ..files import StagedFiles, remove_stale_temporaries
 from .language import NATS_PER_BIT
-from .stats import Difference, paired_difference
+from .protocols import protocol_names
+from .stats import ALPHA, MAX_SEEDS_NEEDED, POWER, Difference, holm, paired_difference
+from .verdict import BETTER, UNTESTED, WORSE, Comparison, selection_basis, still_improving, verdict
 
 __all__ = ["ACCURACY", "GROUPS", "LOSS", "Measure", "aggregate", "differences", "markdown_table",
            "measure_of", "ranks", "usable", "write_report"]
 
 GROUPS = (("classic", "Non-learnable"), ("learnable", "Learnable"), ("adaptive", "Adaptive"))
-CSV_COLUMNS = ("dataset", "model", "activation", "family", "policy", "optimizer", "lr", "seed", "epochs",
-               "batch_size", "device", "protocol", "scale", "loss", "validation", "status", "first_epoch_acc",
-               "best_epoch", "best_acc", "last_acc", "wall_time", "epoch_time", "activation_params",
-               "peak_memory", "backend", "error", "key", "metric", "iters", "first_loss", "best_loss",
-               "last_loss", "iter_time", "saved_memory", "source", "start_activation", "init", "source_acc",
-               "converted_acc", "source_loss", "converted_loss")
+# runs.csv: (column, the row's field, its unit's factor from the stored value); names carry units.
+_PERCENT, _MIB = 100.0, 1 / 2**20
+CSV_FIELDS = (
+    ("dataset", "dataset", None), ("model", "model", None), ("activation", "activation", None),
+    ("family", "family", None), ("policy", "policy", None), ("optimizer", "optimizer", None),
+    ("lr", "lr", None), ("seed", "seed", None), ("epochs", "epochs", None), ("iters", "iters", None),
+    ("batch_size", "batch_size", None), ("device", "device", None), ("protocol", "protocol", None),
+    ("scale", "scale", None), ("loss", "loss", None), ("validation_percent", "validation", _PERCENT),
+    ("status", "status", None), ("metric", "metric", None),
+    ("first_acc_percent", "first_epoch_acc", _PERCENT), ("best_epoch", "best_epoch", None),
+    ("best_acc_percent", "best_acc", _PERCENT), ("last_acc_percent", "last_acc", _PERCENT),
+    ("first_loss_nats", "first_loss", 1.0), ("best_loss_nats", "best_loss", 1.0),
+    ("last_loss_nats", "last_loss", 1.0), ("wall_time_s", "wall_time", 1.0),
+    ("epoch_time_s", "epoch_time", 1.0), ("iter_time_ms", "iter_time", 1000.0),
+    ("activation_params", "activation_params", None), ("saved_memory_mib", "saved_memory", _MIB),
+    ("peak_memory_mib", "peak_memory", _MIB), ("backend", "backend", None),
+    ("source", "source", None), ("start_activation", "start_activation", None), ("init", "init", None),
+    ("source_acc_percent", "source_acc", _PERCENT), ("converted_acc_percent", "converted_acc", _PERCENT),
+    ("source_loss_nats", "source_loss", 1.0), ("converted_loss_nats", "converted_loss", 1.0),
+    ("training_version", "training_version", None), ("error", "error", None), ("key", "key", None))
+CSV_COLUMNS = tuple(name for name, _, _ in CSV_FIELDS)
+# the fields a run of the other kind, or a run before the field existed, stores a stand-in in
+_ACCURACY_ONLY = ("first_epoch_acc", "best_acc", "last_acc", "source_acc", "converted_acc")
+_LOSS_ONLY = ("first_loss", "best_loss", "last_loss", "source_loss", "converted_loss")
+_NEGATIVE_IS_MISSING = ("activation_params", "saved_memory", "peak_memory", "source_acc", "converted_acc",
+                        "source_loss", "converted_loss")
+_ZERO_IS_MISSING = ("iters", "iter_time", "epoch_time")
 Cell = tuple[str, str, float]  # (activation, optimizer, lr)
+HIGHLIGHTED = 6  # activations drawn in colour in the learning curves, beside the baseline
 
 
 @dataclass(frozen=True)
@@ -144,24 +168,31 @@ def _activations(rows: Sequence[dict]) -> list[tuple[str, list[str]]]:
 
 
 def _diff_text(d: Difference, digits: int = 2) -> str:
-    if math.isnan(d.half_width):
+    if d.pairs < 2:
         return f"{d.mean:+.{digits}f} (1 seed)"
     interval = f"{d.mean:+.{digits}f} [{d.low:+.{digits}f}, {d.high:+.{digits}f}]"
     return interval + ("*" if d.excludes_zero else "")
 
 
 def markdown_table(rows: Sequence[dict], metric: str, error: bool = False,
-                   baseline: str | None = None, measure: Measure = ACCURACY) -> str:
+                   baseline: str | None = None, measure: Measure = ACCURACY,
+                   mark_unconverged: bool = False) -> str:
     """The table of ``metric``: mean ± std (rank) per cell, best of each column in bold; with
     ``error`` cells are top-1 error (100 - accuracy), best = lowest. With ``baseline``, a second
-    line per table gives the paired differences to it (``differences``; * where the 95% interval
-    excludes 0). ``measure``: the scale and direction (``LOSS``: as stored, lowest best, 3
-    decimals)."""
+    line per table gives the paired differences to it (``differences``), corrected together by
+    Holm's procedure over the table's comparisons, with the interval at the level it tested each at
+    (* where the correction rejects: the interval excludes 0). ``measure``: the scale and direction
+    (``LOSS``: as stored, lowest best, 3 decimals). ``mark_unconverged``: † on cells still
+    improving in the last tenth of training (``verdict.still_improving``)."""
     stats = aggregate(rows, metric, measure.scale)
+    by_cell: dict[Cell, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_cell[(r["activation"], r["optimizer"], r["lr"])].append(r)
+    moving = {c for c, rs in by_cell.items() if still_improving(rs)} if mark_unconverged else set()
     if error:
         stats = {k: (100.0 - mean, std, n) for k, (mean, std, n) in stats.items()}
     rank = ranks(stats, lower_is_better=error or measure.lower_is_better)
-    diffs = differences(rows, metric, baseline, measure.scale) if baseline else {}
+    diffs = holm(differences(rows, metric, baseline, measure.scale)) if baseline else {}
     digits = 3 if measure.lower_is_better else 2
     cols = _columns(rows)
     header = "| activation | " + " | ".join(f"{o.upper()} lr={lr:g}" for o, lr in cols) + " |"
@@ -178,6 +209,7 @@ def markdown_table(rows: Sequence[dict], metric: str, error: bool = False,
                     continue
                 mean, std, _ = stats[(a, *c)]
                 cell = f"{mean:.{digits}f} ± {std:.{digits}f} ({rank[(a, *c)]})"
+                cell += " †" if (a, *c) in moving else ""
                 if (a, *c) in diffs:
                     cell += f"<br>Δ {_diff_text(diffs[(a, *c)], digits)}"
                 cells.append(f"**{cell}**" if rank[(a, *c)] == 1 else cell)
@@ -185,28 +217,70 @@ def markdown_table(rows: Sequence[dict], metric: str, error: bool = False,
     return "\n".join(lines) + "\n"
 
 
-def _summary(rows: Sequence[dict], baseline: str, metric: str, measure: Measure = ACCURACY) -> list[str]:
-    """One line per activation: where its paired 95% interval against ``baseline`` lies above or
-    below 0 (better or worse by ``measure``'s direction), and by how much on average there."""
-    diffs = differences(rows, metric, baseline, measure.scale)
-    settings = len(_columns(rows))
+def _setting_text(setting: tuple[str, float]) -> str:
+    return f"{setting[0].upper()} lr={setting[1]:g}"
+
+
+def _seeds_text(c: Comparison) -> str:
+    """What would resolve an unresolved comparison."""
+    if c.seeds_needed is None:
+        return "2 seeds or more to test it" if c.outcome == UNTESTED else "none: no mean difference"
+    if c.seeds_needed > MAX_SEEDS_NEEDED:
+        return f"more than {MAX_SEEDS_NEEDED}"
+    return str(c.seeds_needed)
+
+
+def _verdict_lines(comparisons: Sequence[Comparison], baseline: str, basis: str,
+                   measure: Measure) -> list[str]:
+    """The ranked verdict of one setup: a sentence per outcome, then the table (``verdict``)."""
     digits = 3 if measure.lower_is_better else 2
-    sign = -1 if measure.lower_is_better else 1
-    lines = []
-    for a in sorted({cell[0] for cell in diffs}):
-        mine = [d for cell, d in diffs.items() if cell[0] == a]
-        wins = [d for d in mine if d.excludes_zero and sign * d.mean > 0]
-        losses = [d for d in mine if d.excludes_zero and sign * d.mean < 0]
-        for ds, verb in ((wins, measure.better), (losses, measure.worse)):
-            if ds:
-                mean = statistics.fmean(d.mean for d in ds)  # signed points of accuracy; a loss's size
-                by = f"{abs(mean):.{digits}f}" if measure.lower_is_better else f"{mean:+.{digits}f}"
-                half = statistics.fmean(d.half_width for d in ds)
-                lines.append(f"- {a} {verb} {baseline} by {by} ± {half:.{digits}f} {measure.unit} in "
-                             f"{len(ds)} of {settings} settings")
-        if not wins and not losses:
-            lines.append(f"- {a}: no difference to {baseline} that the seeds can tell "
-                         f"({len(mine)} of {settings} settings compared)")
+    by: dict[str, list[str]] = defaultdict(list)
+    for c in comparisons:
+        by[c.outcome].append(c.activation)
+    tested = sum(c.difference.pairs >= 2 for c in comparisons)
+    base_setting = _setting_text(comparisons[0].baseline_setting)
+    judged = ("the validation split" if basis == "validation"
+              else "the last training loss (no validation split)")
+    lines = [f"Each activation at its own best setting, chosen by {judged}, against {baseline} at its best "
+             f"({base_setting}); paired by seed; Holm-corrected over {tested} "
+             f"comparison{'s' if tested != 1 else ''} (family-wise "
+             f"{ALPHA:.0%}).", ""]
+    if "baseline" in {u for c in comparisons for u in c.unconverged}:
+        lines += [f"{baseline}'s own setting was still improving in the last tenth of training: every "
+                  "comparison below rests on an unconverged baseline.", ""]
+    for outcome, text in ((BETTER, f"Better than {baseline}"), (WORSE, f"Worse than {baseline}")):
+        lines.append(f"- {text}: " + (", ".join(by[outcome]) if by[outcome] else "none") + ".")
+    unresolved = by["indistinguishable"] + by[UNTESTED]
+    if unresolved:
+        where = ("the seeds that would resolve each are in the last column" if by["indistinguishable"]
+                 else "one seed each")
+        lines.append(f"- Not resolved by these seeds: {len(unresolved)} ({where}).")
+    shaky = [c.activation for c in comparisons if "activation" in c.unconverged]
+    if shaky:
+        lines.append("- Resting on a setting still improving at the end of training (†): "
+                     f"{', '.join(shaky)}.")
+    lines += ["", f"| rank | activation | setting | Δ {measure.unit} [corrected interval] | "
+                  f"P(better than {baseline}) [95% bootstrap] | verdict | seeds | "
+                  f"seeds to resolve ({POWER:.0%} power) |",
+              "|---|---|---|---|---|---|---|---|"]
+    for i, c in enumerate(comparisons, 1):
+        d, pi = c.difference, c.improvement
+        interval = (f"{d.mean:+.{digits}f} [{d.low:+.{digits}f}, {d.high:+.{digits}f}]" if d.pairs >= 2
+                    else f"{d.mean:+.{digits}f}")
+        chance = f"{pi.probability:.2f}" + ("" if math.isnan(pi.low) else f" [{pi.low:.2f}, {pi.high:.2f}]")
+        mark = " †" if "activation" in c.unconverged else ""
+        resolve = "" if c.outcome in (BETTER, WORSE) else _seeds_text(c)
+        lines.append(f"| {i} | {c.activation} | {_setting_text(c.setting)}{mark} | {interval} | {chance} | "
+                     f"{c.outcome} | {d.pairs} | {resolve} |")
+    lower = ", negative is lower" if measure.lower_is_better else ""
+    lines += ["", f"Δ: mean difference to {baseline} over the seeds both ran (in {measure.unit}{lower}); "
+                  "the interval is the paired t interval at the level Holm's procedure tested it at, so it "
+                  "excludes 0 exactly where the verdict is better or worse. P: the chance that a run of the "
+                  f"activation is better than a run of {baseline} (rliable's probability of improvement). "
+                  f"Seeds to resolve: per activation and baseline, for {POWER:.0%} power against the "
+                  "observed difference at the strictest corrected level; `adaptact compare --extra-runs N` "
+                  "adds them.",
+              ""]
     return lines
 
 
@@ -247,31 +321,49 @@ def _mib(values: Sequence[int]) -> str:
     return f"{top / 2**20:.1f}" if top >= 0 else "-"
 
 
-def _costs(rows: Sequence[dict]) -> str:
-    """Time per epoch (or per iteration, in ms, for runs by iterations), parameters the activation
-    adds, the bytes one training step saves for its backward, peak memory (CUDA) and the backend its
-    adaptive modules ran (``train.run``'s ``backend``: a fallback shows here), per activation."""
+def _costs(rows: Sequence[dict], baseline: str | None = None) -> str:
+    """Time per epoch (or per iteration, in ms, for runs by iterations) with its ratio to
+    ``baseline``'s, parameters the activation adds, the bytes one training step saves for its
+    backward, peak memory (CUDA's allocator; not measured on the CPU) and the backend its adaptive
+    modules ran (``train.run``'s ``backend``: a fallback shows here), per activation; under the
+    table, what shared the machine while the runs were timed (their ``timed_under``)."""
     by: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         by[r["activation"]].append(r)
     iterations = any(r.get("iters") for r in rows)
-    time_label = "time per iteration (ms)" if iterations else "time per epoch (s)"
-    lines = [f"| activation | {time_label} | activation parameters | saved for backward (MiB) | "
-             "peak memory (MiB) | backend |", "|---|---|---|---|---|---|"]
-    for a, rs in sorted(by.items()):
+
+    def seconds(rs: list[dict]) -> float:
         if iterations:
-            time_text = f"{1000 * statistics.fmean(r['iter_time'] for r in rs):.3g}"
-        else:
-            epoch = statistics.fmean(r.get("epoch_time") or r["wall_time"] / max(1, len(r["test_acc"]))
-                                     for r in rs)
-            time_text = f"{epoch:.3g}"
+            return statistics.fmean(r["iter_time"] for r in rs)
+        return statistics.fmean(r.get("epoch_time") or r["wall_time"] / max(1, len(r["test_acc"]))
+                                for r in rs)
+
+    time_label = "time per iteration (ms)" if iterations else "time per epoch (s)"
+    base_time = seconds(by[baseline]) if baseline in by else math.nan
+    ratio_label = f" | time / {baseline}'s" if baseline in by else ""
+    lines = [f"| activation | {time_label}{ratio_label} | activation parameters | saved for backward (MiB) | "
+             "peak memory (MiB) | backend |", "|---|---|" + "---|" * bool(ratio_label) + "---|---|---|---|"]
+    cpu_only = all(str(r.get("device", "cpu")).startswith("cpu") for r in rows)
+    for a, rs in sorted(by.items()):
+        t = seconds(rs)
+        time_text = f"{(1000 if iterations else 1) * t:.3g}"
+        if ratio_label:
+            time_text += f" | {t / base_time:.2f}" if base_time > 0 else " | "
         params = max(r.get("activation_params", -1) for r in rs)
         ran = Counter(r.get("backend") or "-" for r in rs)  # "-": no adaptive module, or a row from before
         backend = ", ".join(b if len(ran) == 1 else f"{b} ({n})" for b, n in sorted(ran.items()))
+        peak = "not measured" if cpu_only else _mib([r.get("peak_memory", -1) for r in rs])
         lines.append(f"| {a} | {time_text} | {params if params >= 0 else '-'} | "
-                     f"{_mib([r.get('saved_memory', -1) for r in rs])} | "
-                     f"{_mib([r.get('peak_memory', -1) for r in rs])} | {backend} |")
-    return "\n".join(lines) + "\n"
+                     f"{_mib([r.get('saved_memory', -1) for r in rs])} | {peak} | {backend} |")
+    loads = sorted({r.get("timed_under") or "" for r in rows})
+    load = "; ".join(x for x in loads if x) or "under a load that was not recorded"
+    if "" in loads and load != "under a load that was not recorded":
+        load += "; some under a load that was not recorded"
+    note = ("Times are the sweep's own, mean over runs, timed " + load
+            + ": they move with whatever else the machine ran, so read them as ratios within this table. "
+            "`adaptact bench-kernels` times the activations apart, side by side."
+            + " Peak memory is CUDA's allocator peak: runs on the CPU do not measure it." * cpu_only)
+    return "\n".join(lines) + "\n\n" + note + "\n"
 
 
 def _not_ok(rows: Sequence[dict]) -> str:
@@ -329,19 +421,45 @@ def snr_tables(rows: Sequence[dict]) -> list[str]:
     return lines
 
 
+def _csv_row(row: Mapping, protocol: str) -> dict:
+    """``row`` in the report's units, an empty cell wherever it holds no value (the other measure's
+    fields, -1 and 0 stand-ins, a run that finished without finite numbers)."""
+    ok = usable(dict(row))
+    status = row.get("status", "ok")
+    loss = row.get("metric") == "loss"
+    missing = set(_ACCURACY_ONLY if loss else _LOSS_ONLY)
+    missing |= {f for f in _NEGATIVE_IS_MISSING if (row.get(f) or 0) < 0 or row.get(f) is None}
+    missing |= {f for f in _ZERO_IS_MISSING if not row.get(f)}
+    if not ok:
+        missing |= {*_ACCURACY_ONLY[:3], *_LOSS_ONLY[:3], "best_epoch"}
+    values = {**row, "family": _family(row["activation"]), "protocol": protocol,
+              "training_version": row.get("protocol"),
+              "status": "non-finite" if status == "ok" and not ok else status}
+    out = {}
+    for name, field, factor in CSV_FIELDS:
+        value = values.get(field)
+        if field in missing or value is None:
+            out[name] = ""
+        elif factor is not None:
+            out[name] = f"{factor * float(value):.10g}"
+        else:
+            out[name] = value
+    return out
+
+
 def _write_csv(rows: Sequence[dict], path: Path) -> None:
     with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
         w.writeheader()
-        for r in rows:
-            ok = usable(r)
-            status = r.get("status", "ok")
-            w.writerow({**{c: r.get(c) for c in CSV_COLUMNS}, "family": _family(r["activation"]),
-                        "status": "non-finite" if status == "ok" and not ok else status,
-                        **({} if ok else {"first_epoch_acc": "", "best_acc": "", "last_acc": ""})})
+        for r, protocol in zip(rows, protocol_names(rows)):
+            w.writerow(_csv_row(r, protocol))
 
 
-def _plots(rows: Sequence[dict], out: Path, stem: str, stage: StagedFiles) -> list[Path]:
+def _plots(rows: Sequence[dict], out: Path, stem: str, stage: StagedFiles,
+           comparisons: Sequence[Comparison] = (), baseline: str | None = None) -> list[Path]:
+    """The heatmaps of the first and selected measures, the learning curves (the baseline and the
+    ``HIGHLIGHTED`` best of the verdict in colour, the rest faded) and, with a verdict, the forest
+    plot of its differences."""
     import numpy as np
 
     from ..analysis.plots import pyplot
@@ -376,27 +494,79 @@ def _plots(rows: Sequence[dict], out: Path, stem: str, stage: StagedFiles) -> li
     paths.append(stage.add(out / f"{stem}heatmap.png", lambda p: fig.savefig(p, dpi=110, format="png")))
     plt.close(fig)
 
+    order = [c.activation for c in comparisons]  # the verdict's ranking, else the first column's
+    if not order:
+        by_mean = aggregate(rows, m.best, m.scale)
+        sign = 1 if m.lower_is_better else -1
+        order = sorted(names, key=lambda a: min((sign * v[0] for k, v in by_mean.items() if k[0] == a),
+                                                default=math.inf))
+    shown = ([baseline] if baseline else []) + [a for a in order if a != baseline][:HIGHLIGHTED]
     fig, axes = plt.subplots(1, len(cols), figsize=(5 * len(cols) + 2.5, 4), squeeze=False, sharey=True)
     colours = plt.get_cmap("tab10")
-    styles = ("-", "--", ":", "-.")
+    markers = ("o", "s", "^", "D", "v", "P", "X")
     for ax, c in zip(axes[0], cols):
-        for i, a in enumerate(names):  # colour and line style together tell up to 40 curves apart
+        for a in [n for n in names if n not in shown] + shown[::-1]:  # the highlighted drawn last, on top
             mine = [r for r in rows if (r["activation"], r["optimizer"], r["lr"]) == (a, *c)]
-            if mine:
-                mean = m.scale * np.mean(np.array([r[m.curve] for r in mine]), axis=0)
-                steps = mine[0].get("evals") or range(1, len(mean) + 1)
-                ax.plot(steps, mean, label=a, color=colours(i % 10),
-                        linestyle=styles[(i // 10) % len(styles)])
+            if not mine:
+                continue
+            mean = m.scale * np.mean(np.array([r[m.curve] for r in mine]), axis=0)
+            steps = mine[0].get("evals") or range(1, len(mean) + 1)
+            if a not in shown:
+                ax.plot(steps, mean, color="0.75", linewidth=0.8, zorder=1)
+                continue
+            i = shown.index(a)
+            style = ({"color": "black", "linewidth": 2.2, "linestyle": "--"} if a == baseline else
+                     {"color": colours(i % 10), "linewidth": 1.6, "marker": markers[i % len(markers)],
+                      "markevery": max(1, len(mean) // 8), "markersize": 4})
+            ax.plot(steps, mean, label=a, zorder=2, **style)
         ax.set_title(f"{c[0].upper()} lr={c[1]:g}")
         ax.set_xlabel(unit)
         ax.set_ylabel(f"{m.label}, mean over seeds")
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    others = len(names) - len(shown)
+    if others > 0:
+        axes[0][-1].plot([], [], color="0.75", linewidth=0.8, label=f"the other {others}")
+    handles, labels = axes[0][-1].get_legend_handles_labels()
+    rank = {a: i for i, a in enumerate(shown)}  # the legend in the verdict's order, the baseline first
+    ordered = sorted(zip(handles, labels), key=lambda hl: rank.get(hl[1], len(rank)))
+    axes[0][-1].legend(*zip(*ordered), fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                       borderaxespad=0)
     fig.tight_layout()
     paths.append(stage.add(out / f"{stem}curves.png",
                            lambda p: fig.savefig(p, dpi=110, format="png", bbox_inches="tight")))
     plt.close(fig)
+    if comparisons and baseline:
+        paths.append(_forest(plt, comparisons, baseline, m, out / f"{stem}forest.png", stage))
     return paths
+
+
+def _forest(plt, comparisons: Sequence[Comparison], baseline: str, m: Measure, path: Path,
+            stage: StagedFiles) -> Path:
+    """Each activation's difference to ``baseline`` at the tuned settings with its corrected
+    interval, ranked as the verdict ranks them; coloured by outcome, hollow where a setting had
+    not converged."""
+    colour = {BETTER: "tab:green", WORSE: "tab:red"}
+    fig, ax = plt.subplots(figsize=(7.5, 0.32 * len(comparisons) + 1.6))
+    for y, c in enumerate(comparisons):
+        d = c.difference
+        col = colour.get(c.outcome, "0.35")
+        if d.pairs >= 2:
+            ax.plot([d.low, d.high], [y, y], color=col, linewidth=1.8)
+        ax.plot([d.mean], [y], marker="o", markersize=6, color=col,
+                markerfacecolor="white" if c.unconverged else col)
+    ax.axvline(0.0, color="black", linewidth=0.8)
+    ax.set_yticks(range(len(comparisons)),
+                  [f"{c.activation} ({_setting_text(c.setting)})" for c in comparisons])
+    ax.invert_yaxis()
+    direction = "; negative is better" if m.lower_is_better else ""
+    ax.set_xlabel(f"difference to {baseline} at the tuned settings ({m.unit}{direction})")
+    ax.set_title("Holm-corrected intervals; green better, red worse, grey unresolved; hollow: not converged",
+                 fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    out = stage.add(path, lambda p: fig.savefig(p, dpi=110, format="png"))
+    plt.close(fig)
+    return out
 
 
 def write_report(rows: Sequence[dict], out_dir: str | Path, plots: bool = True, baseline: str | None = None,
@@ -446,7 +616,7 @@ def _language_sections(group: Sequence[dict], base: str | None, source: str = ""
     return [f"Up to {seeds} seeds per cell. Loss in nats per character (lower is better); bits per character "
             "= nats / ln 2.", "",
             "### Test loss at the evaluation with the lowest validation loss", "",
-            markdown_table(group, "best_loss", baseline=base, measure=LOSS),
+            markdown_table(group, "best_loss", baseline=base, measure=LOSS, mark_unconverged=True),
             "### Lowest validation loss", "", markdown_table(val, "best_val_loss", measure=LOSS),
             "### Test bits per character at that evaluation", "",
             markdown_table(group, "best_loss", measure=dataclasses.replace(LOSS, scale=bits)),
@@ -454,23 +624,52 @@ def _language_sections(group: Sequence[dict], base: str | None, source: str = ""
             *(["### Test loss at the first evaluation", "",
                markdown_table(group, "first_loss", baseline=base, measure=LOSS), *_conversions(group, source)]
               if source else []),
-            "### Costs", "", _costs(group)]
+            "### Costs", "", _costs(group, base)]
 
 
-def _stage_report(rows: Sequence[dict], out: Path, plots: bool, baseline: str | None,
-                  setup: Mapping[str, object], stage: StagedFiles) -> list[Path]:
-    written = [stage.add(out / "runs.csv", lambda p: _write_csv(rows, p))]
+def setups_of(rows: Sequence[dict]) -> dict[tuple, list[dict]]:
+    """``rows`` by the setup they ran in (the report's sections): data set, model, epochs, batch
+    size, row format, validation share, iterations, source of fine-tuning."""
     setups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         held = r.get("validation", 0.1) if r.get("protocol", 1) >= 2 else 0.0
         setups[(r["dataset"], r["model"], r["epochs"], r["batch_size"], r.get("protocol", 1), held,
                 r.get("iters", 0), r.get("source", ""))].append(r)
+    return setups
+
+
+def baseline_of(group: Sequence[dict], baseline: str | None = None) -> str | None:
+    """The activation ``group``'s (usable runs of one setup) others are compared with: ``baseline``,
+    or by default relu where it ran, else gelu (gelu for language models); None where it has no run."""
+    present = {r["activation"] for r in group}
+    language = bool(group) and measure_of(group[0]) is LOSS
+    chosen = baseline if baseline is not None else "relu" if "relu" in present and not language else "gelu"
+    return chosen if chosen in present else None
+
+
+def verdict_of(rows: Sequence[dict], baseline: str | None) -> list[Comparison]:
+    """``verdict.verdict`` of one setup's rows (labelled as the report labels them) against
+    ``baseline`` on its measure at the selected evaluation; [] without a baseline."""
+    group = [r for r in rows if usable(r)]
+    if baseline is None or not group:
+        return []
+    m = measure_of(group[0])
+    return verdict(rows, group, baseline, m.best, m.scale, m.lower_is_better)
+
+
+def _stage_report(rows: Sequence[dict], out: Path, plots: bool, baseline: str | None,
+                  setup: Mapping[str, object], stage: StagedFiles) -> list[Path]:
+    written = [stage.add(out / "runs.csv", lambda p: _write_csv(rows, p))]
+    setups = setups_of(rows)
     measures = {measure_of(r) for r in rows}
     what = " or ".join(m.label for m in (ACCURACY, LOSS) if m in measures) or ACCURACY.label
     md = ["# Activation comparison", "",
-          (f"{what[0].upper()}{what[1:]}, mean ± std over seeds, (rank in the column); best of each column "
-           "in bold. Δ: mean difference to the baseline, paired by seed, [95% interval], * where it "
-           "excludes 0. Rebuild with `adaptact report --db DB --out DIR`."), ""]
+          (f"{what[0].upper()}{what[1:]}, mean ± standard deviation over seeds, (rank in the column); "
+           "best of each column in bold; † where the setting was still improving in the last tenth of "
+           "training. Δ: mean difference to the baseline, paired by seed, [interval] corrected by Holm's "
+           "procedure over the table's comparisons, * where the correction finds a difference. ± is always a "
+           "standard deviation, [lo, hi] always an interval. Rebuild with `adaptact report --db DB --out "
+           "DIR`."), ""]
     if setup:
         md += ["## Setup", ""] + [f"- {k}: {v}" for k, v in setup.items()] + [""]
     body: list[str] = []
@@ -484,19 +683,19 @@ def _stage_report(rows: Sequence[dict], out: Path, plots: bool, baseline: str | 
         group = [r for r in rows_ if usable(r)]
         failed = [r for r in rows_ if not usable(r)]
         language = measure_of(rows_[0]) is LOSS
+        comparisons: list[Comparison] = []
         title = f"{dataset}, {model}, batch {batch}, {length}"
         title += "" if held or language else ", no validation split"
         title += f", fine-tuned from {source}" if source else ""
         body += [f"## {title}", ""]
-        present = {r["activation"] for r in group}
-        chosen = baseline if baseline is not None else (
-            "relu" if "relu" in present and not language else "gelu")  # transformers: against GELU
-        base = chosen if chosen in present else None
+        base = baseline_of(group, baseline)
         if group and language:
             body += _language_sections(group, base, source)
-            if base:
-                summary += [f"**{title}** (against {base}, test loss at the evaluation with the lowest "
-                            "validation loss):", "", *_summary(group, base, "best_loss", LOSS), ""]
+            comparisons = verdict_of(rows_, base)
+            if base and comparisons:
+                summary += [f"### {title}", "", "Measure: the test loss at the evaluation with the lowest "
+                            "validation loss.", "",
+                            *_verdict_lines(comparisons, base, selection_basis(group), LOSS)]
         elif group:
             seeds = max(n for _, _, n in aggregate(group, "best_acc").values())
             point = "evaluation" if iters else "epoch"  # what the accuracies are measured after
@@ -508,7 +707,7 @@ def _stage_report(rows: Sequence[dict], out: Path, plots: bool, baseline: str | 
                         f"selected on the test set, so it flatters every activation; the last {point}'s "
                         "below is not selected)")
             body += [f"Up to {seeds} seeds per cell.", "", best, "",
-                     markdown_table(group, "best_acc", baseline=base),
+                     markdown_table(group, "best_acc", baseline=base, mark_unconverged=True),
                      f"### Test accuracy after the first {point}", "",
                      markdown_table(group, "first_epoch_acc")]
             if protocol >= 2:
@@ -517,12 +716,13 @@ def _stage_report(rows: Sequence[dict], out: Path, plots: bool, baseline: str | 
                 body += [f"### Top-1 error (%) at the selected {point}", "",
                          markdown_table(group, "best_acc", True)]
             body += _conversions(group, source)
-            body += ["### Costs", "", _costs(group)]
-            lines = _summary(group, base, "best_acc") if base else []
-            if lines:
-                measure = (f"test accuracy at the selected {point}" if held
-                           else f"best test accuracy over the {point}s")
-                summary += [f"**{title}** (against {base}, {measure}):", "", *lines, ""]
+            body += ["### Costs", "", _costs(group, base)]
+            comparisons = verdict_of(rows_, base)
+            if base and comparisons:
+                measure = (f"the test accuracy at the {point} the validation split selects" if held
+                           else f"the best test accuracy over the {point}s (selected on the test set)")
+                summary += [f"### {title}", "", f"Measure: {measure}.", "",
+                            *_verdict_lines(comparisons, base, selection_basis(group), ACCURACY)]
         dead = sorted({f"{o.upper()} lr={lr:g}" for o, lr in _columns(rows_)} -
                       {f"{o.upper()} lr={lr:g}" for o, lr in _columns(group)})
         if dead:
@@ -530,7 +730,7 @@ def _stage_report(rows: Sequence[dict], out: Path, plots: bool, baseline: str | 
         if failed:
             body += ["### Runs that diverged or failed (not in the tables above)", "", _not_ok(failed)]
         if plots and group:
-            for p in _plots(group, out, stem, stage):
+            for p in _plots(group, out, stem, stage, comparisons, base):
                 written.append(p)
                 body += [f"![{p.stem}]({p.name})", ""]
     if summary:

@@ -51,7 +51,9 @@ class CompareRequest:
     ``device``: "auto", "cpu", "cuda[:i]"; ``amp``: "bf16" or "fp16" (CUDA) mixed precision; ``compile``:
     torch.compile each model; ``suite="resnet"``: the ACON paper's ResNet comparison; ``snr``:
     with ``data="bearing"``, one sweep per SNR in dB; ``save_checkpoints``: a folder for each
-    trained model; ``command``: how the request was made, for the report's setup block.
+    trained model; ``command``: how the request was made, for the report's setup block;
+    ``extra_runs``: runs beyond the grid that may go to seeds for the comparisons the verdict leaves
+    unresolved (``comparison.compare``).
 
     Fine-tuning (the ``transfer`` and ``convert`` protocols, ``experiments/finetune.py``):
     ``source``, the data set each network is pretrained on before it is fine-tuned on ``data``
@@ -97,6 +99,7 @@ class CompareRequest:
     compile: bool = False
     progress: bool = True
     command: str | None = None
+    extra_runs: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -285,6 +288,10 @@ def plan(request: CompareRequest) -> Plan:
             raise UserError(f"protocol {settings['protocol']} trains by iterations ({iters}): give iters, "
                             "not epochs")
         epochs = 0  # trained by iterations
+    int_in_range("extra runs", r.extra_runs, 0, MAX_RUNS)
+    if r.extra_runs and settings["source"] is not None:
+        raise UserError("extra runs add seeds to networks trained from scratch; a fine-tuning comparison "
+                        "takes its seeds from seeds (--seeds)")
     runs = len(datasets) * len(activations) * len(optimizers) * len(lrs) * seeds * len(settings["inits"])
     if runs > MAX_RUNS:
         raise UserError(f"{runs} runs asked for; at most {MAX_RUNS} in one request")

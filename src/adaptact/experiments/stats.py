@@ -1,65 +1,209 @@
-"""Statistics of a comparison: paired differences over seeds with Student-t confidence intervals.
+"""Statistics of a comparison: paired differences over seeds, Holm's correction for many
+comparisons, the probability of improvement and the seeds a difference needs.
 
 Runs of two activations with the same seed start from the same initial weights (where the
 networks match) and see the same batches in the same order, so their difference is paired by
-seed; the interval is over the per-seed differences.
+seed: the test is Student's paired t-test (scipy) over the per-seed differences.
+
+Many activations are compared with one baseline at once, so each decision is corrected over all
+of them with Holm's step-down procedure (statsmodels): it keeps the chance of any false "better"
+or "worse" among them at ``ALPHA``. The interval shown with a corrected decision is the t interval
+at the level Holm's procedure tested that comparison at, ``1 - ALPHA / (m - i + 1)`` for the i-th
+smallest p-value (the level of the step where the procedure stopped, for the comparisons after
+it), so it excludes 0 exactly when the correction rejects.
+
+The probability of improvement is rliable's (Agarwal et al., "Deep Reinforcement Learning at the
+Edge of the Statistical Precipice", NeurIPS 2021): P(X > Y) + P(X = Y) / 2 for a run X of the
+activation and a run Y of the baseline, over all pairs of their runs, with a percentile bootstrap
+interval that resamples each one's runs (scipy). The seeds a difference needs are those that give
+the paired t-test 80% power (``POWER``) against the observed mean difference and spread at the
+strictest level Holm may test it at, ``ALPHA / m`` (``t_test_power``).
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import TypeVar
 
-__all__ = ["Difference", "paired_difference", "t_critical"]
+from ..errors import require
 
-# Two-sided 95% critical values of Student's t, degrees of freedom 1..30.
-_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-        2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-        2.045, 2.042)
-_Z975 = 1.959964
+__all__ = ["ALPHA", "MAX_SEEDS_NEEDED", "POWER", "Difference", "Improvement", "holm", "paired_difference",
+           "probability_of_improvement", "seeds_to_resolve", "t_test_power"]
 
+ALPHA = 0.05  # family-wise error rate of a comparison's decisions
+POWER = 0.8  # the chance a seed count is asked to give of resolving the observed difference
+MAX_SEEDS_NEEDED = 10_000  # past this the report says "more than"
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0  # the intervals are reproducible
 
-def t_critical(df: int) -> float:
-    """The 97.5% quantile of Student's t with ``df`` degrees of freedom (table to 30, then the
-    Cornish-Fisher expansion around the normal quantile, within 1e-3)."""
-    if df < 1:
-        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
-    if df <= len(_T95):
-        return _T95[df - 1]
-    z = _Z975
-    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+K = TypeVar("K", bound=Hashable)
 
 
 @dataclass(frozen=True)
 class Difference:
-    mean: float  # mean of the per-seed differences
-    half_width: float  # of the 95% interval; nan with one pair
+    """The mean of the per-seed differences with its t interval [low, high] at ``level``, the
+    two-sided p-value of the paired t-test (nan with one pair), the standard deviation of the
+    differences, and, after ``holm``, the corrected p-value and decision."""
+
+    mean: float
+    low: float
+    high: float
     pairs: int
-
-    @property
-    def low(self) -> float:
-        return self.mean - self.half_width
-
-    @property
-    def high(self) -> float:
-        return self.mean + self.half_width
+    p: float
+    sd: float
+    level: float = 1 - ALPHA
+    p_corrected: float = math.nan  # set by ``holm``
+    corrected: bool = False
 
     @property
     def excludes_zero(self) -> bool:
+        """The interval lies above or below 0 (with ``holm``'s intervals: the correction rejects)."""
         return self.pairs >= 2 and (self.low > 0 or self.high < 0)
 
 
-def paired_difference(values: dict[int, float], baseline: dict[int, float]) -> Difference | None:
-    """Mean of ``values[seed] - baseline[seed]`` over the seeds both have, with the half width of
-    its 95% t interval; None when they share no seed."""
+def _interval(mean: float, sd: float, n: int, level: float) -> tuple[float, float]:
+    stats = require("scipy.stats", "bench")
+
+    if n < 2:
+        return math.nan, math.nan
+    half = stats.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n)
+    return mean - half, mean + half
+
+
+def paired_difference(values: Mapping[int, float], baseline: Mapping[int, float],
+                      level: float = 1 - ALPHA) -> Difference | None:
+    """``values[seed] - baseline[seed]`` over the seeds both have: mean, t interval at ``level``
+    and the paired t-test's p-value; None when they share no seed."""
+    stats = require("scipy.stats", "bench")
+
     seeds = sorted(values.keys() & baseline.keys())
     if not seeds:
         return None
-    diffs: Sequence[float] = [values[s] - baseline[s] for s in seeds]
+    diffs = [values[s] - baseline[s] for s in seeds]
     mean = statistics.fmean(diffs)
     if len(diffs) < 2:
-        return Difference(mean, math.nan, 1)
-    half = t_critical(len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
-    return Difference(mean, half, len(diffs))
+        return Difference(mean, math.nan, math.nan, 1, math.nan, math.nan, level)
+    sd = statistics.stdev(diffs)
+    # every seed differing by the same amount makes the statistic infinite (or 0/0)
+    p = (1.0 if mean == 0 else 0.0) if sd == 0 else float(stats.ttest_1samp(diffs, 0.0).pvalue)
+    low, high = _interval(mean, sd, len(diffs), level)
+    return Difference(mean, low, high, len(diffs), p, sd, level)
+
+
+def holm(differences: Mapping[K, Difference], alpha: float = ALPHA) -> dict[K, Difference]:
+    """``differences`` corrected together by Holm's step-down procedure: each gets its adjusted
+    p-value and its interval at the level the procedure tested it at (see the module's docstring),
+    so ``excludes_zero`` is the corrected decision. Differences of one pair cannot be tested and
+    are left out of the count."""
+    multipletests = require("statsmodels.stats.multitest", "bench").multipletests
+
+    testable = sorted((k for k, d in differences.items() if d.pairs >= 2), key=lambda k: differences[k].p)
+    out = {k: replace(d, corrected=True) for k, d in differences.items()}
+    if not testable:
+        return out
+    m = len(testable)
+    reject, adjusted, _, _ = multipletests([differences[k].p for k in testable], alpha=alpha, method="holm")
+    stopped = next((i for i, r in enumerate(reject) if not r), m)  # the first step that kept its hypothesis
+    for i, k in enumerate(testable):
+        d = differences[k]
+        level = 1 - alpha / (m - min(i, stopped))
+        low, high = (d.mean, d.mean) if d.sd == 0 else _interval(d.mean, d.sd, d.pairs, level)
+        out[k] = replace(d, low=low, high=high, level=level, p_corrected=float(adjusted[i]), corrected=True)
+    return out
+
+
+@dataclass(frozen=True)
+class Improvement:
+    """P(a run of the activation is better than a run of the baseline) with its bootstrap
+    interval [low, high] (``ALPHA``-level, percentile)."""
+
+    probability: float
+    low: float
+    high: float
+
+
+def probability_of_improvement(values: Sequence[float], baseline: Sequence[float], *,
+                               lower_is_better: bool = False) -> Improvement:
+    """rliable's probability of improvement of ``values`` over ``baseline`` (unpaired: every run
+    against every run; ties count half), with a seeded percentile bootstrap interval."""
+    import numpy as np
+    stats = require("scipy.stats", "bench")
+
+    sign = -1.0 if lower_is_better else 1.0
+    x = sign * np.asarray(values, dtype=float)
+    y = sign * np.asarray(baseline, dtype=float)
+
+    def statistic(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+        a, b = np.moveaxis(a, axis, -1), np.moveaxis(b, axis, -1)
+        wins = (a[..., :, None] > b[..., None, :]).mean(axis=(-2, -1))
+        ties = (a[..., :, None] == b[..., None, :]).mean(axis=(-2, -1))
+        return wins + 0.5 * ties
+
+    point = float(statistic(x, y))
+    if len(x) < 2 and len(y) < 2:
+        return Improvement(point, math.nan, math.nan)
+    result = stats.bootstrap((x, y), statistic, n_resamples=BOOTSTRAP_RESAMPLES, vectorized=True,
+                             paired=False, confidence_level=1 - ALPHA, method="percentile",
+                             rng=np.random.default_rng(BOOTSTRAP_SEED))
+    low, high = result.confidence_interval
+    return Improvement(point, float(low), float(high))
+
+
+def t_test_power(effect: float, n: int, level: float) -> float:
+    """The power of the two-sided one-sample (paired) t-test at ``level`` with ``n`` pairs against a
+    standardised ``effect`` (mean / sd). T = (Z + effect sqrt(n)) / S with S a chi variable over
+    sqrt(n - 1), so the power is the normal tail integrated over S's density (scipy's quad): exact,
+    where the noncentral t's tail routines (scipy's nct, statsmodels' TTestPower) return nan for
+    some large effects."""
+    stats, integrate = require("scipy.stats", "bench"), require("scipy.integrate", "bench")
+    df = n - 1
+    crit = float(stats.t.isf(level / 2, df))
+    shift = effect * math.sqrt(n)
+    root = math.sqrt(df)
+
+    log_norm = (df / 2 - 1) * math.log(2) + math.lgamma(df / 2)  # of chi's density
+
+    def tails(s: float) -> float:  # P(|T| > crit | S = s) times S's density at s
+        x = s * root
+        if x <= 0:
+            return 0.0
+        density = root * math.exp((df - 1) * math.log(x) - x * x / 2 - log_norm)
+        upper = 0.5 * math.erfc((crit * s - shift) / math.sqrt(2))
+        lower = 0.5 * math.erfc((crit * s + shift) / math.sqrt(2))
+        return (upper + lower) * density
+
+    top = float(stats.chi.isf(1e-14, df)) / root
+    mode = math.sqrt(max(df - 1, 0)) / root
+    value = sum(integrate.quad(tails, lo, hi, limit=200)[0] for lo, hi in ((0.0, mode), (mode, top)))
+    return min(1.0, max(0.0, value))
+
+
+def seeds_to_resolve(difference: Difference, comparisons: int, alpha: float = ALPHA,
+                     power: float = POWER) -> int | None:
+    """The seeds that give the paired t-test ``power`` against ``difference``'s mean and spread at
+    ``alpha / comparisons`` (the strictest level Holm tests any of ``comparisons`` at); None where
+    no count can (a mean of 0, or one pair: no spread to go by); ``MAX_SEEDS_NEEDED + 1`` past
+    that bound."""
+    if difference.pairs < 2 or difference.mean == 0 or not math.isfinite(difference.sd):
+        return None
+    if difference.sd == 0:
+        return difference.pairs
+    effect = abs(difference.mean) / difference.sd
+    level = alpha / max(1, comparisons)
+
+    def enough(n: int) -> bool:
+        return t_test_power(effect, n, level) >= power
+
+    high = 2  # the power grows with n: double to a count that is enough, then halve the gap
+    while not enough(high):
+        if high >= MAX_SEEDS_NEEDED:
+            return MAX_SEEDS_NEEDED + 1
+        high = min(2 * high, MAX_SEEDS_NEEDED)
+    low = high // 2 if high > 2 else 1  # not enough (or below 2 pairs)
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if enough(mid) else (mid, high)
+    return high

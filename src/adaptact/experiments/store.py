@@ -39,7 +39,8 @@ COLUMNS = ("key", "dataset", "model", "activation", "policy", "optimizer", "lr",
            "activation_params", "peak_memory", "backend", "train_loss", "val_acc", "test_acc", "warnings",
            "versions", "finished_at", "iters", "eval_every", "metric", "evals", "val_loss", "test_loss",
            "first_loss", "best_loss", "last_loss", "iter_time", "saved_memory", "source", "start",
-           "start_activation", "init", "source_acc", "converted_acc", "source_loss", "converted_loss")
+           "start_activation", "init", "source_acc", "converted_acc", "source_loss", "converted_loss",
+           "timed_under")
 STATUSES = ("ok", "diverged", "failed")
 _INTS = ("seed", "epochs", "batch_size", "protocol", "best_epoch", "activation_params", "peak_memory",
          "compile", "iters", "eval_every", "saved_memory")
@@ -57,7 +58,7 @@ _OPTIONAL = {"backend": "", "warnings": [], "iters": 0, "eval_every": 0, "metric
              "val_loss": [], "test_loss": [], "first_loss": 0.0, "best_loss": 0.0, "last_loss": 0.0,
              "iter_time": 0.0, "saved_memory": -1, "source": "", "start": "", "start_activation": "",
              "init": "", "source_acc": -1.0, "converted_acc": -1.0, "source_loss": -1.0,
-             "converted_loss": -1.0}
+             "converted_loss": -1.0, "timed_under": ""}
 
 _CLAIMS = """
 CREATE TABLE IF NOT EXISTS claims (key TEXT PRIMARY KEY, owner TEXT NOT NULL, claimed_at REAL NOT NULL)
@@ -115,6 +116,8 @@ _ADDED = {
     # a language model's conversion: the source's test loss before and after it (-1: no conversion)
     "source_loss": "REAL NOT NULL DEFAULT -1",
     "converted_loss": "REAL NOT NULL DEFAULT -1",
+    # what shared the machine while the run was timed (``sweep.load``; '' in rows from before)
+    "timed_under": "TEXT NOT NULL DEFAULT ''",
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import json
 import sqlite3
 import sys
@@ -135,6 +136,15 @@ class _Progress:
 WAIT_SECONDS = 2.0  # how often a sweep looks whether runs another sweep claimed have been stored
 
 
+def load(executor: str, workers: int) -> str:
+    """What shares the machine with a run of a sweep while it is timed (the report's costs say it)."""
+    if executor != "local":
+        return f"on a Ray cluster, up to {workers} runs at a time"
+    cores = os.cpu_count()
+    return (f"up to {workers} runs at a time on {cores} CPU cores" if workers > 1
+            else f"one run at a time on {cores} CPU cores")
+
+
 def run_sweep(configs: Iterable[RunConfig], store: ResultStore, executor: str = "local", workers: int = 1,
               address: str | None = None, progress: bool = True) -> SweepSummary:
     """Run the configs not yet in ``store``; each result is stored the moment it arrives. Sweeps
@@ -150,6 +160,7 @@ def run_sweep(configs: Iterable[RunConfig], store: ResultStore, executor: str = 
     backends: dict[str, int] = {}
     caught: dict[str, None] = {}
     waiting = [c.key for c in todo]
+    under = load(executor, workers)
     try:
         while waiting:
             mine = set(store.claim(waiting, me))
@@ -159,7 +170,7 @@ def run_sweep(configs: Iterable[RunConfig], store: ResultStore, executor: str = 
                     lost.append(f"{result['activation']} {result['optimizer']} lr={result['lr']:g} "
                                 f"seed={result['seed']}: {result['error']}")
                     continue
-                if not _store(store, result):
+                if not _store(store, {**result, "timed_under": under}):
                     continue  # another sweep stored it first: counted there
                 ran += 1
                 if result.get("backend"):
