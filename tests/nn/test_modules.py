@@ -313,28 +313,19 @@ def test_bad_aprelu_granularity():
         adaptact.APReLU(4, granularity="pixel")
 
 
-@pytest.mark.parametrize("make, old, new", [
-    (adaptact.MetaAconC, {"r": 8}, {"reduction": 8}),
-    (adaptact.APReLU, {"alpha": "sample"}, {"granularity": "layer"}),
-    (adaptact.APReLU, {"alpha": "channel"}, {"granularity": "channel"}),
-    (adaptact.DyReLU, {"variant": "A"}, {"granularity": "layer"}),
-    (adaptact.DyReLU, {"variant": "B"}, {"granularity": "channel"}),
-], ids=["meta_acon_c-r", "aprelu-alpha-sample", "aprelu-alpha-channel", "dy_relu-variant-A",
-        "dy_relu-variant-B"])
-def test_one_name_per_knob_and_the_old_names_still_work(make, old, new):
-    """Meta-ACON-C's r is DY-ReLU's reduction; APReLU's alpha and DY-ReLU's variant are Meta-ACON-C's
-    granularity ("channel": one value per channel, "layer": one per sample). The old keywords build
-    the same module after a DeprecationWarning naming the new one."""
-    name = next(iter(new))
-    with pytest.warns(DeprecationWarning, match=f"use {name}="):
-        torch.manual_seed(0)
-        former = make(16, **old)
-    torch.manual_seed(0)
-    current = make(16, **new)
-    assert repr(former) == repr(current)
-    state = current.state_dict()
-    assert all(torch.equal(state[k], v) for k, v in former.state_dict().items()) and state.keys() == \
-        former.state_dict().keys()
+@pytest.mark.parametrize("make, old, error", [
+    (adaptact.MetaAconC, {"r": 8}, "unexpected keyword argument 'r'"),
+    (adaptact.APReLU, {"alpha": "sample"}, "unexpected keyword argument 'alpha'"),
+    (adaptact.DyReLU, {"variant": "A"}, "unexpected keyword argument 'variant'"),
+    (adaptact.APReLU, {"granularity": "sample"}, "granularity must be 'channel' or 'layer', got 'sample'"),
+    (adaptact.DyReLU, {"granularity": "B"}, r"granularity must be 'channel' \(DY-ReLU-B\) or 'layer'"),
+], ids=["meta_acon_c-r", "aprelu-alpha", "dy_relu-variant", "aprelu-sample", "dy_relu-B"])
+def test_one_name_per_knob(make, old, error):
+    """Meta-ACON-C's reduction is DY-ReLU's; APReLU's and DY-ReLU's granularity is Meta-ACON-C's
+    ("channel": one value per channel, "layer": one per sample). The names used before 0.1.0 are
+    refused, never quietly mapped."""
+    with pytest.raises((TypeError, ValueError), match=error):
+        make(16, **old)
 
 
 def _keras_aprelu(x_nhwc: np.ndarray, w: list, training: bool) -> np.ndarray:

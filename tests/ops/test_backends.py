@@ -351,6 +351,32 @@ def test_auto_picks_compiled_on_cpu_unless_switched_off(monkeypatch):
     assert dispatch.resolve("auto", torch.zeros(1)) == "autograd"
 
 
+@pytest.mark.parametrize("name, options", [
+    ("arelu", {}), ("acon_c", {}), ("meta_acon_c", {"context": "causal"}), ("aprelu", {"context": "causal"}),
+    ("dy_relu_b", {"context": "causal"})])
+def test_auto_runs_small_calls_without_gradients_eagerly(monkeypatch, name, options):
+    """A decoded token (a small float32 CPU call under no_grad) runs the eager reference under
+    "auto": no compiled entry is built or called for it. Calls that record gradients, larger
+    inputs and half precision keep the compiled path."""
+    monkeypatch.setenv("ADAPTACT_COMPILE", "1")
+    keys, real = [], CP._compiled
+    monkeypatch.setattr(CP, "_compiled", lambda *key: keys.append(key) or real(*key))
+    m = adaptact.create(name, channels=8, channel_dim=-1, **options).eval()
+    reference = copy.deepcopy(m)
+    reference.backend = "reference"
+    x = torch.randn(1, 1, 8)
+    with torch.no_grad():
+        y = m(x)
+        assert m.ran_backend == "reference" and not keys
+        assert torch.equal(y, reference(x))
+        m(torch.randn(1, dispatch.EAGER_NUMEL // 8 + 1, 8))
+        assert m.ran_backend == "compiled" and keys
+        m(x.to(torch.bfloat16))
+        assert m.ran_backend == "compiled"
+    m(x)
+    assert m.ran_backend == "compiled"
+
+
 def test_triton_on_cpu_without_interpreter_says_so(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.setattr(dispatch, "triton_available", lambda: True)

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..ops import dispatch
-from .base import batch_norm, deprecated_keyword
+from .base import batch_norm
 from .channels import ChannelModule
 from .context import (Context, check_context, check_sequence, decoding, masked_mean, padding, position_norm,
                       position_statistics, refuse_cached)
@@ -17,7 +17,6 @@ from .context import (Context, check_context, check_sequence, decoding, masked_m
 __all__ = ["APReLU", "keras_state_dict"]
 
 KERAS_BN_EPS = 1e-3  # Keras's BatchNormalization epsilon (torch's is 1e-5)
-_FORMER = {"sample": "layer"}  # values of the deprecated ``alpha=`` keyword that changed name
 
 
 class APReLU(ChannelModule):
@@ -41,7 +40,7 @@ class APReLU(ChannelModule):
     Args:
         channels: C; None takes it from the first input (lazy, see ``nn.channels``).
         granularity: "channel" or "layer" (above; Meta-ACON-C's and DY-ReLU's words for one value
-            per channel or per sample). Formerly ``alpha="channel"|"sample"``: deprecated alias.
+            per channel or per sample).
         inplace: accepted for drop-in use; the output is always a new tensor.
         backend: "auto", "reference", "autograd", "compiled" or "triton" (``adaptact.ops.dispatch``).
         channel_dim: 1 for (N, C, *), -1 for (B, T, C) tokens and channels-last tensors.
@@ -74,14 +73,9 @@ class APReLU(ChannelModule):
         context: Context = "sample",
         device: Any = None,
         dtype: Any = None,
-        alpha: str | None = None,
     ) -> None:
         super().__init__()
         self.backend = backend
-        if alpha is not None:
-            granularity = deprecated_keyword("APReLU", "alpha", "granularity", _FORMER.get(alpha, alpha))
-        if granularity == "sample":
-            granularity = deprecated_keyword("APReLU", "granularity='sample'", "granularity='layer'", "layer")
         if granularity not in ("channel", "layer"):
             raise ValueError(f"granularity must be 'channel' or 'layer', got {granularity!r}")
         self.granularity = granularity

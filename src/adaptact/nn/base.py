@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch import nn
@@ -12,9 +11,8 @@ from torch import nn
 from ..ops import dispatch, distributed, fallback
 from .families import BatchNorm
 
-__all__ = ["ActivationModule", "CheckedStateDict", "batch_norm", "check_input", "deprecated_keyword",
-           "int_at_least", "normalise", "statistics_dtype", "track_running_stats",
-           "PointwiseActivation"]
+__all__ = ["ActivationModule", "CheckedStateDict", "PointwiseActivation", "batch_norm", "check_input",
+           "int_at_least", "normalise", "statistics_dtype", "track_running_stats"]
 
 
 def int_at_least(name: str, value: object, minimum: int = 1) -> int:
@@ -132,13 +130,6 @@ def track_running_stats(bn: BatchNorm, mean: torch.Tensor,
         running_var.lerp_(unbiased_var.to(running_var.dtype), momentum)
 
 
-def deprecated_keyword(owner: str, old: str, new: str, value: Any) -> Any:
-    """``value``, given under the old name ``old`` of ``owner``'s keyword ``new``, after a
-    DeprecationWarning that names the new one."""
-    warnings.warn(f"{owner}({old}=...) is deprecated: use {new}=...", DeprecationWarning, stacklevel=3)
-    return value
-
-
 def _squeezed(shape: torch.Size) -> tuple[int, ...]:
     return tuple(s for s in shape if s != 1)
 
@@ -237,6 +228,9 @@ class ActivationModule(CheckedStateDict):
             backend = "autograd"
         if torch.compiler.is_compiling():
             return op(x, *args, backend)
+        if backend == "auto" and dispatch.eager_pays(x):  # small inference calls: no compiled entry
+            self.__dict__["ran_backend"] = "reference"
+            return op(x, *args, "reference")
         tensors = [a for a in args if isinstance(a, torch.Tensor)]
         if backend != "reference" and dispatch.under_torch_func(x, *tensors):
             if backend != "auto":

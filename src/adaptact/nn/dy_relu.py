@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from .. import functional as AF
 from ..ops import dispatch
-from .base import deprecated_keyword, int_at_least
+from .base import int_at_least
 from .channels import ChannelModule
 from .context import (Context, check_context, check_sequence, decoding, masked_mean, padding,
                       position_statistics, refuse_cached)
@@ -17,7 +17,6 @@ from .context import (Context, check_context, check_sequence, decoding, masked_m
 __all__ = ["DyReLU"]
 
 
-_VARIANTS = {"A": "layer", "B": "channel"}  # the paper's names, the deprecated ``variant=``
 
 
 class DyReLU(ChannelModule):
@@ -42,8 +41,7 @@ class DyReLU(ChannelModule):
 
     Args:
         channels: C; None takes it from the first input (lazy, see ``nn.channels``).
-        granularity: "channel" (DY-ReLU-B) or "layer" (DY-ReLU-A), Meta-ACON-C's words. Formerly
-            ``variant="B"|"A"``: deprecated alias.
+        granularity: "channel" (DY-ReLU-B) or "layer" (DY-ReLU-A), Meta-ACON-C's words.
         k: number of linear pieces K.
         reduction: fc1's width is max(1, C // reduction).
         lambda_a, lambda_b: ranges of the residuals of the slopes and intercepts.
@@ -70,16 +68,9 @@ class DyReLU(ChannelModule):
                  k: int = 2, reduction: int = 4, lambda_a: float = 1.0, lambda_b: float = 0.5,
                  init_a: tuple[float, ...] | None = None, init_b: tuple[float, ...] | None = None,
                  inplace: bool = False, backend: str = "auto", *, channel_dim: int = 1,
-                 context: Context = "sample", device: Any = None, dtype: Any = None,
-                 variant: str | None = None) -> None:
+                 context: Context = "sample", device: Any = None, dtype: Any = None) -> None:
         super().__init__()
         self.backend = backend
-        if variant is not None:
-            granularity = deprecated_keyword("DyReLU", "variant", "granularity",
-                                             _VARIANTS.get(variant, variant))
-        elif granularity in _VARIANTS:  # the old keyword's values, given positionally
-            granularity = deprecated_keyword("DyReLU", f"variant={granularity!r}", "granularity",
-                                             _VARIANTS[granularity])
         if granularity not in ("channel", "layer"):
             raise ValueError(f"granularity must be 'channel' (DY-ReLU-B) or 'layer' (DY-ReLU-A; DY-ReLU-C is "
                              f"not built), got {granularity!r}")

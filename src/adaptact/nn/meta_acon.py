@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from .. import functional as AF
 from ..ops import dispatch
-from .base import batch_norm, deprecated_keyword, int_at_least
+from .base import batch_norm, int_at_least
 from .channels import ChannelModule
 from .context import (Context, check_context, check_sequence, decoding, masked_mean, padding, position_norm,
                       position_statistics, refuse_cached)
@@ -51,8 +51,8 @@ class MetaAconC(ChannelModule):
 
     Args:
         channels: C; None takes it from the first input (lazy, see ``nn.channels``).
-        reduction: the generator's r: its hidden width is max(r, C // r) (the paper: 16). Formerly
-            ``r=``: deprecated alias (DY-ReLU's word is ``reduction``).
+        reduction: the generator's r: its hidden width is max(r, C // r) (the paper: 16; DY-ReLU's
+            word too).
         granularity: "channel", "layer" or "pixel" (above).
         inplace: accepted for drop-in use; the output is always a new tensor.
         backend: "auto", "reference", "autograd", "compiled" or "triton" (``adaptact.ops.dispatch``).
@@ -90,7 +90,6 @@ class MetaAconC(ChannelModule):
         context: Context = "sample",
         device: Any = None,
         dtype: Any = None,
-        r: int | None = None,
     ) -> None:
         super().__init__()
         self.backend = backend
@@ -103,8 +102,6 @@ class MetaAconC(ChannelModule):
         if norm != "bn" and granularity != "channel":
             raise ValueError(f"norm applies to the channel generator; granularity {granularity!r} has none")
         self.norm = norm
-        if r is not None:
-            reduction = deprecated_keyword("MetaAconC", "r", "reduction", r)
         self.reduction = int_at_least("reduction", reduction)
         self.granularity = granularity
         self.context = check_context(context)

@@ -8,7 +8,9 @@
   float32, float16 and bfloat16 inputs (the kernels compute in float32); anything else raises.
 * ``"auto"``: triton for float32/float16/bfloat16 CUDA tensors when Triton imports, compiled for
   those dtypes on the CPU unless ADAPTACT_COMPILE=0 or compiling failed, autograd elsewhere
-  (float64 included). On a module, a Triton failure under "auto" warns once and
+  (float64 included); except that a small float32 CPU call that records no gradient (decoding,
+  inference under no_grad: ``eager_pays``) runs the reference, which costs less than a compiled
+  entry's call there. On a module, a Triton failure under "auto" warns once and
   switches that module to autograd (``ActivationModule``, ``ops.fallback``).
 
 Every function here takes the same arguments as its ``adaptact.functional`` namesake plus
@@ -32,7 +34,7 @@ from .transforms import reference_under_torch_func, refusal, transform_active, u
 
 __all__ = ["BACKENDS", "IMPLEMENTATIONS", "KERNEL_DTYPES", "acon_c", "acon_c_pixel", "acon_c_positions",
            "aprelu", "aprelu_per_position", "aprelu_positions", "arelu", "auto_backend", "check_backend",
-           "dy_relu", "dy_relu_per_position", "dy_relu_positions", "frelu_max", "fused_backend",
+           "dy_relu", "dy_relu_per_position", "dy_relu_positions", "eager_pays", "frelu_max", "fused_backend",
            "fuses_positions", "implementation", "meta_acon_c", "meta_acon_c_per_position",
            "reference_under_torch_func", "refusal", "resolve", "signed_spatial_mean", "transform_active",
            "triton_available", "under_torch_func"]
@@ -64,6 +66,22 @@ def auto_backend(x: Tensor, *tensors: Tensor) -> str:
     """What ``backend="auto"`` runs for ``x`` (and ``tensors``, the other inputs that a torch.func
     transform may be transforming)."""
     return "reference" if under_torch_func(x, *tensors) else fused_backend(x)
+
+
+# Below this many elements a CPU call that needs no gradient runs the eager reference under "auto":
+# a compiled entry's fixed cost per call (guards, the graph's launch) exceeds what it saves there.
+# Measured on this project's machine (benchmarks/RESULTS.md, "Small calls"): the crossover of the
+# reference and the compiled entry lies above this for every adaptive activation.
+EAGER_NUMEL = 1 << 14
+
+
+def eager_pays(x: Tensor) -> bool:
+    """Whether "auto" runs the eager reference for ``x``: a float32 CPU tensor of at most
+    ``EAGER_NUMEL`` elements (half precision keeps the fused paths, which compute in float32),
+    called where no gradient is recorded (``torch.no_grad``, inference mode: nothing
+    is saved for a backward, so the memory-lean Functions have nothing to save either)."""
+    return (not torch.is_grad_enabled() and x.dtype == torch.float32 and x.is_cpu and not _on_gpu(x)
+            and x.numel() <= EAGER_NUMEL)
 
 
 def fused_backend(x: Tensor) -> str:
