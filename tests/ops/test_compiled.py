@@ -88,6 +88,8 @@ def test_auto_compiles_per_position_coefficients_of_tokens_only(monkeypatch, nam
     monkeypatch.setattr(CP, "_compiled", lambda *key: keys.append(key) or real(*key))
     tokens = adaptact.create(name, channels=6, channel_dim=-1, context="causal")
     x = torch.randn(2, 5, 6, requires_grad=True)
+    tokens(x).sum().backward()  # the first call of a kind of input: eager, nothing compiled
+    assert not keys and tokens.ran_backend == "autograd"
     tokens(x).sum().backward()
     (fn, kind), = keys
     assert fn is CP._channels_last and dispatch._generated_then.__code__ in kind
@@ -99,7 +101,8 @@ def test_auto_compiles_per_position_coefficients_of_tokens_only(monkeypatch, nam
     assert fn is getattr(adaptact.ops.autograd, function) and kind[1] == 2  # rank 2: (B*T, C) rows
     keys.clear()
     first = adaptact.create(name, channels=6, context="causal")
-    first(torch.randn(2, 6, 5, requires_grad=True)).sum().backward()
+    for _ in range(2):
+        first(torch.randn(2, 6, 5, requires_grad=True)).sum().backward()
     assert not keys and first.ran_backend == "autograd"
 
 
@@ -109,7 +112,10 @@ def test_auto_runs_compiled_code_and_keeps_the_layout(monkeypatch):
     x = torch.randn(4, 6, 5, 5).contiguous(memory_format=torch.channels_last).requires_grad_()
     keys, real = [], CP._compiled
     monkeypatch.setattr(CP, "_compiled", lambda *key: keys.append(key) or real(*key))
+    first = m(x)  # a module's first call of a kind of input runs the eager lean Function
+    assert not keys and m.ran_backend == "autograd"
     y = m(x)
+    assert m.ran_backend == "compiled" and torch.allclose(y, first, rtol=1e-6, atol=1e-6)
     fn, kind = keys[0]
     assert fn is CP._acon_c_traced  # its parameters viewed against x in the graph
     assert kind[:3] == (True, 4, (torch.float32, (0, 1), True))  # grad mode, rank, x as (N*H*W, C) rows
@@ -135,6 +141,7 @@ def test_compiled_saves_only_the_input(case, dtype, channel_dim):
     shape = (8, 32, 24, 24) if channel_dim == 1 else (8, 96, 32)
     x = torch.randn(shape, dtype=dtype, requires_grad=True)
     m = adaptact.create(name, channels=32, channel_dim=channel_dim, **kwargs).train()
+    m(x)  # a module's first call of a kind of input runs eagerly: the compiled Function is the second's
     assert saved_bytes(m, x) <= x.nbytes + 64 * 1024
     assert m.ran_backend == "compiled"
 
@@ -235,6 +242,9 @@ def test_a_failing_compiler_falls_back_once_with_one_warning(monkeypatch):
     m = adaptact.AconC(4)
     x = torch.randn(3, 4, 5, requires_grad=True)
     failed = r"compiling the CPU activation kernels failed .* no C\+\+ compiler"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m(x)  # a module's first call of a kind of input runs eagerly: nothing compiled yet
     with pytest.warns(RuntimeWarning, match=failed):
         y = m(x)
     eager = adaptact.AconC(4, backend="autograd")
@@ -351,3 +361,25 @@ def test_fresh_seeded_processes_sharing_a_cache_get_the_reference_numbers(tmp_pa
     cache = tmp_path / "inductor"
     _children(cache, PROCESSES)  # cold
     _children(cache, PROCESSES[:1])  # warm: what the first process wrote
+
+
+def test_a_long_compile_says_once_what_it_does(monkeypatch, caplog):
+    """A compile still running after COMPILE_NOTICE_S logs one line naming what it compiles and
+    how to skip it; later compiles in the process say nothing more."""
+    monkeypatch.setattr(CP, "COMPILE_NOTICE_S", 0.0)
+    monkeypatch.setattr(CP, "_said", [])
+
+    def shifted_sine(x):
+        return torch.sin(x) + 1.0
+
+    def scaled_cosine(x):
+        return torch.cos(x) * 2.0
+
+    with caplog.at_level("WARNING", logger="adaptact"):
+        for fn in (shifted_sine, scaled_cosine):
+            entry = CP._Entry(fn)
+            x = torch.randn(5)
+            assert torch.allclose(entry(x), fn(x)) and entry.ready
+    said = [r.getMessage() for r in caplog.records if r.name == "adaptact"]
+    assert len(said) == 1 and "compiling" in said[0] and "shifted_sine" in said[0]
+    assert "ADAPTACT_COMPILE=0" in said[0]

@@ -35,6 +35,7 @@ ADAMW_BETAS = (0.9, 0.99)  # nanoGPT's Shakespeare configuration
 WEIGHT_DECAY = 0.1  # adamw's, on weights only (``adaptact.param_groups``)
 GRAD_CLIP = 1.0  # gradient norm clipped at, when training by iterations (nanoGPT)
 PROTOCOL = 2  # bump when training changes in a way that changes numbers (2: validation split)
+WARM_STEPS = 2  # steps not timed: an adaptive module's first call runs eagerly, its second compiles
 VALIDATION = 0.1  # share of the training set held out to pick the epoch (the same split for every run)
 LOSSES = ("cross_entropy", "nll")  # nll: log-softmax then NLL, as the AReLU code's LogSoftmax head
 
@@ -249,7 +250,8 @@ def _run(config: RunConfig) -> dict:
         else:
             _train_epochs(trainer, ds, m)
         m.saved = trainer.saved
-        m.iter_time = trainer.step_time / (trainer.steps - 1) if trainer.steps > 1 else 0.0
+        timed = trainer.steps - WARM_STEPS
+        m.iter_time = trainer.step_time / timed if timed > 0 else 0.0
         if device.type == "cuda":
             m.peak = torch.cuda.max_memory_allocated(device)
         if config.checkpoint_dir and m.status == "ok":
@@ -277,7 +279,7 @@ class _Trainer:
         self.precision = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.amp or "")
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == torch.float16)
         self.steps, self.saved = 0, -1
-        self.step_time = 0.0  # seconds in steps after the first (which may compile)
+        self.step_time = 0.0  # seconds in steps after the first two (eager, then compiling: ``WARM_STEPS``)
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> float | None:
         """One step on (x, y); the loss, or None (nothing updated) when it is not finite."""
@@ -303,7 +305,7 @@ class _Trainer:
         self.scaler.step(self.opt)
         self.scaler.update()
         value = loss.item()
-        if self.steps:
+        if self.steps >= WARM_STEPS:
             self.step_time += time.perf_counter() - start
         self.steps += 1
         return value
@@ -450,7 +452,7 @@ def result_row(config: RunConfig, status: str, error: str = "", losses: Sequence
     evaluation are accuracies, or for a language model losses (``metric`` "loss", lower is
     better). Without a validation split the best evaluation is the one with the best test
     accuracy (the papers' measure). ``iter_time``: the mean time of a training step, the first
-    (which may compile) left out. A fine-tuning run's row names its ``source`` data, the
+    ``WARM_STEPS`` (eager, then compiling) left out. A fine-tuning run's row names its ``source`` data, the
     activation it was pretrained with (``start_activation``), its ``init`` and, where it converted
     the network, the source's test accuracy before and after the conversion (``source_acc``,
     ``converted_acc``; a language model's loss: ``source_loss``, ``converted_loss``; -1 where it did

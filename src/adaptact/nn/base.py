@@ -255,6 +255,8 @@ class ActivationModule(CheckedStateDict):
         chosen = dispatch.fused_backend(x)  # ``_run`` checked the transforms
         if (not fused and chosen in ("triton", "compiled")) or (not triton and chosen == "triton"):
             chosen = "autograd"
+        if chosen == "compiled" and self._first_of_kind(x):
+            chosen = "autograd"  # the same lean Function, eager: a compile pays from a kind's second call
         if chosen != "triton":
             y = op(x, *args, chosen)
             # compiling may have been given up during this very call (ops.compiled warns once)
@@ -269,6 +271,18 @@ class ActivationModule(CheckedStateDict):
             return op(x, *args, "autograd")
         self.__dict__["ran_backend"] = "triton"
         return fallback.mark(y, self._fall_back)
+
+    def _first_of_kind(self, x: torch.Tensor) -> bool:
+        """Whether this is the module's first "auto" call with this kind of input (dtype, rank,
+        grad mode); it is remembered. Such a call runs the eager lean Function (the same numbers
+        and saved tensors as the compiled one): one call never waits for a compile that only later
+        calls repay, and a training loop compiles at its second step."""
+        kind = (x.dtype, x.dim(), torch.is_grad_enabled())
+        seen = self.__dict__.setdefault("_auto_kinds", set())
+        if kind in seen:
+            return False
+        seen.add(kind)
+        return True
 
     def _weights(self) -> tuple[torch.Tensor, ...]:
         """The tensors a generated activation's generator uses that may need gradients (the Triton

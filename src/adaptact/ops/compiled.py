@@ -28,6 +28,7 @@ the caller's graph.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import types
@@ -149,6 +150,21 @@ class _Gate:
 
 _gate = _Gate()
 
+COMPILE_NOTICE_S = 5.0  # a compile still running after this long says, once per process, what it does
+_said: list[bool] = []
+
+
+def _say_compiling(fn: Callable) -> None:
+    """Log (at WARNING: Python prints it without any logging set up) what a long compile is, once
+    per process: the user waiting on a first call learns why and how to skip it."""
+    if _said:
+        return
+    _said.append(True)
+    name = getattr(fn, "__qualname__", None) or type(fn).__name__
+    logging.getLogger("adaptact").warning(
+        "adaptact: compiling %s for the CPU with torch.compile (once per kind of input and process; "
+        "Inductor's disk cache serves later processes; ADAPTACT_COMPILE=0 runs the eager code instead)", name)
+
 
 class _Entry:
     """``fn`` compiled (``torch.compile``, dynamic sizes, whole graph) for one kind of input.
@@ -178,6 +194,10 @@ class _Entry:
 
     def _alone(self, *args):
         entered = _gate.exclusive()
+        notice = None if self.ready else threading.Timer(COMPILE_NOTICE_S, _say_compiling, (self.fn,))
+        if notice is not None:
+            notice.daemon = True
+            notice.start()
         try:
             with warnings.catch_warnings(), torch.compiler.config.patch(dynamic_sources=_EVERY_SOURCE):
                 for category, message in _QUIET:
@@ -186,6 +206,8 @@ class _Entry:
             self.ready = True
             return result
         finally:
+            if notice is not None:
+                notice.cancel()
             if entered:
                 _gate.release_exclusive()
 
