@@ -234,3 +234,9 @@ def test_the_backend_that_ran_is_recorded(tmp_path, monkeypatch):
     row = run(RunConfig(dataset="digits", model="linear", activation="arelu", optimizer="sgd", lr=1e-2,
                         seed=0, epochs=1))
     assert row["status"] == "ok" and row["backend"] == "compiled" and not row["warnings"], row["warnings"]
+    from adaptact.ops import dispatch
+
+    monkeypatch.setattr(dispatch, "EAGER_NUMEL", 10**9)  # every evaluation (no grad) runs the reference
+    again = run(RunConfig(dataset="digits", model="linear", activation="arelu", optimizer="sgd", lr=1e-2,
+                          seed=0, epochs=1))
+    assert again["backend"] == "compiled"  # the training steps' backend, not the last evaluation's

@@ -164,7 +164,8 @@ def run(config: RunConfig) -> dict:
     AReLU paper's measure) and ``last_acc`` are the test accuracies after the first and the last
     epoch. Also: ``train_loss`` per epoch,
     ``wall_time`` and ``epoch_time`` (s), ``activation_params``, ``peak_memory`` (bytes, CUDA;
-    -1 on CPU), ``backend`` (what the adaptive activations ran: ``ActivationModule.ran_backend``; a
+    -1 on CPU), ``backend`` (what the adaptive activations ran in the last training step:
+    ``ActivationModule.ran_backend``; evaluations of small batches run the reference; a
     fallback shows here), ``warnings`` (the distinct warnings the run raised, which a worker process
     cannot show) and ``versions``. ``status`` is "ok"; "diverged" when the training loss turns
     non-finite (training stops there); "failed" when the run raised (``error`` says what). Runs
@@ -202,6 +203,7 @@ class _Measured:
         self.evals: list[int] = []  # the iteration of each evaluation (training by iterations)
         self.params, self.peak, self.saved = 0, -1, -1
         self.iter_time = 0.0
+        self.backends = ""
         self.source_score = self.converted_score = -1.0  # a conversion before fine-tuning (finetune.Start)
 
 
@@ -249,7 +251,7 @@ def _run(config: RunConfig) -> dict:
             _train_iterations(trainer, ds, m)
         else:
             _train_epochs(trainer, ds, m)
-        m.saved = trainer.saved
+        m.saved, m.backends = trainer.saved, trainer.backends
         timed = trainer.steps - WARM_STEPS
         m.iter_time = trainer.step_time / timed if timed > 0 else 0.0
         if device.type == "cuda":
@@ -263,7 +265,7 @@ def _run(config: RunConfig) -> dict:
         m.status, m.error = "failed", f"{type(err).__name__}: {err}".strip()
     wall = time.perf_counter() - start
     return result_row(config, m.status, m.error, m.train_loss, m.val, m.test, wall, m.params, m.peak,
-                      _ran_backends(model), evals=m.evals, saved=m.saved, iter_time=m.iter_time,
+                      m.backends or _ran_backends(model), evals=m.evals, saved=m.saved, iter_time=m.iter_time,
                       source_score=m.source_score, converted_score=m.converted_score)
 
 
@@ -279,6 +281,7 @@ class _Trainer:
         self.precision = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.amp or "")
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == torch.float16)
         self.steps, self.saved = 0, -1
+        self.backends = ""  # what the adaptive activations ran in the last training step
         self.step_time = 0.0  # seconds in steps after the first two (eager, then compiling: ``WARM_STEPS``)
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> float | None:
@@ -305,6 +308,7 @@ class _Trainer:
         self.scaler.step(self.opt)
         self.scaler.update()
         value = loss.item()
+        self.backends = _ran_backends(self.model)  # the training step's: evaluations may run others
         if self.steps >= WARM_STEPS:
             self.step_time += time.perf_counter() - start
         self.steps += 1
