@@ -1,0 +1,65 @@
+"""Greedy decoding of a converted LLaMA, time per token: transformers' LlamaForCausalLM (hidden 256,
+intermediate 688, 4 layers, 4 heads, random weights from a seed), its SiLU kept or replaced by each
+activation with ``replace_activations`` (the pooling ones causal, as in a decoder), batch 1, a
+prompt of 16 tokens, ``generate(max_new_tokens=N, do_sample=False)`` with the cache. Every model
+in turn in each round (interleaved), one thread; prints the median time per generated token, its
+min-max over rounds and the ratio of medians to SiLU's.
+
+    python benchmarks/decode_time.py [new_tokens] [rounds] [names]
+"""
+
+import statistics
+import sys
+import time
+
+import torch
+import transformers
+
+import adaptact
+
+NAMES = ("arelu", "acon_c", "meta_acon_c", "aprelu", "dy_relu_b")
+
+
+def llama() -> torch.nn.Module:
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=256, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+                                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
+                                      pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+def per_token(model: torch.nn.Module, prompt: torch.Tensor, new: int) -> float:
+    start = time.perf_counter()
+    with torch.no_grad():
+        out = model.generate(prompt, max_new_tokens=new, min_new_tokens=new, do_sample=False)
+    assert out.shape[1] == prompt.shape[1] + new
+    return (time.perf_counter() - start) / new
+
+
+def main(new: int, rounds: int, names: tuple[str, ...]) -> None:
+    torch.set_num_threads(1)
+    transformers.logging.set_verbosity_error()
+    models = {"silu": llama()}
+    for name in names:
+        model = llama()
+        adaptact.replace_activations(model, name)
+        models[name] = model.eval()
+    prompt = torch.randint(3, 256, (1, 16), generator=torch.Generator().manual_seed(0))
+    times: dict[str, list[float]] = {k: [] for k in models}
+    for m in models.values():  # warm up: caches, compiled entries
+        per_token(m, prompt, 4)
+    for _ in range(rounds):
+        for k, m in models.items():
+            times[k].append(per_token(m, prompt, new))
+    silu = statistics.median(times["silu"])
+    print(f"LLaMA 256/688 x 4 layers, batch 1, prompt 16, {new} new tokens, greedy with the cache, one thread; "
+          f"{rounds} rounds; median ms per token [min-max], x SiLU's")
+    for k, v in times.items():
+        med = statistics.median(v)
+        print(f"  {k:<12} {1e3 * med:7.2f} ms [{1e3 * min(v):.2f}-{1e3 * max(v):.2f}]  {med / silu:5.2f}x")
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    main(int(args[0]) if args else 32, int(args[1]) if len(args) > 1 else 7,
+         tuple(args[2].split(",")) if len(args) > 2 else NAMES)
