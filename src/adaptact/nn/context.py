@@ -318,7 +318,9 @@ def _follow(prefix: Prefix, cache: Any, offset: int) -> None:
 
 
 def _conditioned(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [(name, m) for name, m in model.named_modules() if getattr(m, "context", None) in CONTEXTS]
+    """The modules of ``model`` that condition on positions, by name. (Runs on every tracked call:
+    ``context`` is a plain attribute, read from ``__dict__`` without nn.Module's slow lookup.)"""
+    return [(name, m) for name, m in model.named_modules() if m.__dict__.get("context") in CONTEXTS]
 
 
 def _real_positions(mask: object) -> Tensor | None:
@@ -343,16 +345,17 @@ def _before_call(model: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
     call = ModelCall(offset, prefix, _real_positions(kwargs.get("attention_mask")))
     if offset is None and call.mask is None:
         return  # a training forward without pads: nothing to tell (their compiled graphs stay as they are)
-    model.__dict__[_OWNER] = call
+    model.__dict__[_OWNER] = (call, modules)
     for name, m in modules:
         m.__dict__[CALL] = (call, name)
 
 
 def _after_call(model: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> None:
-    call = model.__dict__.pop(_OWNER, None)
-    if call is None:
+    told = model.__dict__.pop(_OWNER, None)
+    if told is None:
         return
-    for _, m in _conditioned(model):
+    call, modules = told
+    for _, m in modules:  # the ones ``_before_call`` told
         m.__dict__.pop(CALL, None)
     if call.prefix is None or not call.prefix.sums:
         return
