@@ -239,7 +239,7 @@ def seeds_wanted(rows: Sequence[dict], baseline: str | None = None) -> list[tupl
     comparisons cheapest to resolve come first."""
     labelled = [{**row, "activation": label(row)} for row in rows]
     wanted: dict[tuple, tuple[str, int]] = {}
-    for group in setups_of(labelled).values():
+    for setup, group in setups_of(labelled).items():
         base = baseline_of([row for row in group if usable(row)], baseline)
         for c in verdict_of(group, base):
             if c.outcome != INDISTINGUISHABLE or c.seeds_needed is None or c.seeds_needed > MAX_SEEDS:
@@ -248,8 +248,7 @@ def seeds_wanted(rows: Sequence[dict], baseline: str | None = None) -> list[tupl
             for cell in ((c.activation, *c.setting), (base, *c.baseline_setting)):
                 key = next(row["key"] for row in group
                            if (row["activation"], row["optimizer"], row["lr"]) == cell)
-                at = (group[0]["dataset"], group[0]["model"], group[0]["epochs"], *cell)
-                wanted[at] = (key, max(n, wanted.get(at, ("", 0))[1]))
+                wanted[(setup, *cell)] = (key, max(n, wanted.get((setup, *cell), ("", 0))[1]))
     return sorted(wanted.values(), key=lambda kn: (kn[1], kn[0]))
 
 
