@@ -26,7 +26,7 @@ FAMILIES: tuple[str, ...] = ("classic", "learnable", "adaptive")
 ActivationLike = str | type | Callable[..., nn.Module]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ActivationSpec:
     """What the registry knows of one activation.
 
@@ -54,10 +54,10 @@ class ActivationSpec:
     name: str
     factory: Callable[..., nn.Module]
     family: Family
-    learnable: bool
-    per_sample: bool
-    per_channel: bool
     paper: str
+    learnable: bool = False
+    per_sample: bool = False
+    per_channel: bool = False
     channel_factor: float = 1
     ranks: tuple[int, ...] | None = None
     uses_layout: bool = False
@@ -127,85 +127,94 @@ def _prelu_shared(channels: int | None = None, inplace: bool = False, **kwargs) 
     return ann.PReLU(num_parameters=1, **kwargs)
 
 
+def _classic(name: str, factory: Callable[..., nn.Module], paper: str, **more: Any) -> ActivationSpec:
+    """A fixed-shape activation: no trainable parameters, nothing per sample or per channel."""
+    return ActivationSpec(name=name, factory=factory, family="classic", paper=paper, **more)
+
+
+def _learnable(name: str, factory: Callable[..., nn.Module], paper: str, **more: Any) -> ActivationSpec:
+    """Trainable parameters shared by all inputs (per channel where ``per_channel=True``)."""
+    return ActivationSpec(name=name, factory=factory, family="learnable", paper=paper, learnable=True, **more)
+
+
+def _adaptive(name: str, factory: Callable[..., nn.Module], paper: str, **more: Any) -> ActivationSpec:
+    """The library's attention/adaptive activations (trainable; ``per_sample`` where generated)."""
+    return ActivationSpec(name=name, factory=factory, family="adaptive", paper=paper, learnable=True, **more)
+
+
 def _specs() -> dict[str, ActivationSpec]:
-    c: Family = "classic"
-    lrn: Family = "learnable"
-    ad: Family = "adaptive"
-    rows: list[tuple[Any, ...]] = [
-        # name, factory, family, learnable, per_sample, per_channel, paper
-        ("sigmoid", _torch(nn.Sigmoid), c, False, False, False, "logistic function"),
-        ("tanh", _torch(nn.Tanh), c, False, False, False, "hyperbolic tangent"),
-        ("relu", _torch(nn.ReLU), c, False, False, False, "Nair & Hinton, ICML 2010"),
-        ("relu6", _torch(nn.ReLU6), c, False, False, False, "Krizhevsky 2010"),
-        ("leaky_relu", _torch(nn.LeakyReLU), c, False, False, False, "Maas et al., ICML-W 2013"),
-        ("rrelu", _torch(nn.RReLU), c, False, False, False, "Xu et al., arXiv 1505.00853"),
-        ("elu", _torch(nn.ELU), c, False, False, False, "Clevert et al., arXiv 1511.07289"),
-        ("selu", _torch(nn.SELU), c, False, False, False, "Klambauer et al., NeurIPS 2017"),
-        ("celu", _torch(nn.CELU), c, False, False, False, "Barron, arXiv 1704.07483"),
-        ("gelu", _torch(nn.GELU), c, False, False, False, "Hendrycks & Gimpel, arXiv 1606.08415"),
-        ("gelu_tanh", _torch(nn.GELU, approximate="tanh"), c, False, False, False,
-         "Hendrycks & Gimpel, arXiv 1606.08415 (tanh form)"),
-        ("silu", _torch(nn.SiLU), c, False, False, False, "Elfwing et al., arXiv 1702.03118"),
-        ("hardswish", _torch(nn.Hardswish), c, False, False, False, "Howard et al., ICCV 2019"),
-        ("hardsigmoid", _torch(nn.Hardsigmoid), c, False, False, False, "Courbariaux et al. 2015"),
-        ("mish", _torch(nn.Mish), c, False, False, False, "Misra, arXiv 1908.08681"),
-        ("softplus", _torch(nn.Softplus), c, False, False, False, "Dugas et al., NeurIPS 2001"),
-        ("softmax", _torch(nn.Softmax, dim=1), c, False, False, False, "softmax over dim 1"),
-        ("prelu", _prelu, lrn, True, False, True, "He et al., ICCV 2015"),
-        ("swish", _shared(ann.Swish, learnable=True), lrn, True, False, False,
-         "Ramachandran et al., arXiv 1710.05941"),
-        ("apl", _shared(ann.APL), lrn, True, False, False, "Agostinelli et al., arXiv 1412.6830"),
-        ("mixture", _shared(ann.Mixture), lrn, True, False, False, "AReLU paper's comparator"),
-        ("slaf", _shared(ann.SLAF), lrn, True, False, False, "Goyal et al., arXiv 1906.09529"),
-        ("pau", _shared(ann.PAU), lrn, True, False, False, "Molina et al., ICLR 2020"),
-        ("maxout", _per_channel(ann.Maxout), lrn, True, False, True, "Goodfellow et al., ICML 2013"),
+    specs = [
+        _classic("sigmoid", _torch(nn.Sigmoid), "logistic function"),
+        _classic("tanh", _torch(nn.Tanh), "hyperbolic tangent"),
+        _classic("relu", _torch(nn.ReLU), "Nair & Hinton, ICML 2010"),
+        _classic("relu6", _torch(nn.ReLU6), "Krizhevsky 2010"),
+        _classic("leaky_relu", _torch(nn.LeakyReLU), "Maas et al., ICML-W 2013"),
+        _classic("rrelu", _torch(nn.RReLU), "Xu et al., arXiv 1505.00853"),
+        _classic("elu", _torch(nn.ELU), "Clevert et al., arXiv 1511.07289"),
+        _classic("selu", _torch(nn.SELU), "Klambauer et al., NeurIPS 2017"),
+        _classic("celu", _torch(nn.CELU), "Barron, arXiv 1704.07483"),
+        _classic("gelu", _torch(nn.GELU), "Hendrycks & Gimpel, arXiv 1606.08415"),
+        _classic("gelu_tanh", _torch(nn.GELU, approximate="tanh"),
+                 "Hendrycks & Gimpel, arXiv 1606.08415 (tanh form)"),
+        _classic("silu", _torch(nn.SiLU), "Elfwing et al., arXiv 1702.03118"),
+        _classic("hardswish", _torch(nn.Hardswish), "Howard et al., ICCV 2019"),
+        _classic("hardsigmoid", _torch(nn.Hardsigmoid), "Courbariaux et al. 2015"),
+        _classic("mish", _torch(nn.Mish), "Misra, arXiv 1908.08681"),
+        _classic("softplus", _torch(nn.Softplus), "Dugas et al., NeurIPS 2001"),
+        _classic("softmax", _torch(nn.Softmax, dim=1), "softmax over dim 1"),
+        _learnable("prelu", _prelu, "He et al., ICCV 2015", per_channel=True, lazy_channels=False),
+        _learnable("swish", _shared(ann.Swish, learnable=True), "Ramachandran et al., arXiv 1710.05941"),
+        _learnable("apl", _shared(ann.APL), "Agostinelli et al., arXiv 1412.6830"),
+        _learnable("mixture", _shared(ann.Mixture), "AReLU paper's comparator"),
+        _learnable("slaf", _shared(ann.SLAF), "Goyal et al., arXiv 1906.09529"),
+        _learnable("pau", _shared(ann.PAU), "Molina et al., ICLR 2020"),
+        _learnable("maxout", _per_channel(ann.Maxout), "Goodfellow et al., ICML 2013", per_channel=True),
         # the AReLU paper's own comparators, as its code builds them (``activation()``, no arguments)
-        ("swish_fixed", _shared(ann.Swish), c, False, False, False,
-         "AReLU code's Swish: x * sigmoid(x), beta fixed at 1"),
-        ("gelu_arelu", _shared(ann.TanhGELU), c, False, False, False,
-         "AReLU code's GELU: tanh form with 0.7979946 for sqrt(2/pi)"),
-        ("maxout_pool", _shared(ann.MaxoutPool), c, False, False, False,
-         "AReLU code's Maxout: channel pooling, pool_size=1 (the identity)"),
-        ("prelu_shared", _prelu_shared, lrn, True, False, False,
-         "He et al., ICCV 2015; one slope for all channels (torch.nn.PReLU())"),
-        ("arelu", _shared(ann.AReLU), ad, True, False, False, "Chen et al., arXiv 2006.13858"),
-        ("acon_a", _per_channel(ann.AconA), ad, True, False, True, "Ma et al., CVPR 2021"),
-        ("acon_b", _per_channel(ann.AconB), ad, True, False, True, "Ma et al., CVPR 2021"),
-        ("acon_c", _per_channel(ann.AconC), ad, True, False, True, "Ma et al., CVPR 2021"),
-        ("meta_acon_c", _per_channel(ann.MetaAconC), ad, True, True, True, "Ma et al., CVPR 2021"),
-        ("aprelu", _per_channel(ann.APReLU), ad, True, True, True, "Zhao et al., IEEE TIE 2020"),
-        ("meta_acon_c_nobn", _per_channel(ann.MetaAconC, norm="none"), ad, True, True, True,
-         "Ma et al., CVPR 2021; generator without BatchNorm (first official acon.py, YOLOv5)"),
-        ("dy_relu_a", _per_channel(ann.DyReLU, granularity="layer"), ad, True, True, True,
-         "Chen et al., ECCV 2020, arXiv 2003.10027 (DY-ReLU-A)"),
-        ("dy_relu_b", _per_channel(ann.DyReLU, granularity="channel"), ad, True, True, True,
-         "Chen et al., ECCV 2020, arXiv 2003.10027 (DY-ReLU-B)"),
-        ("frelu", _per_channel(ann.FReLU), ad, True, True, True,
-         "Ma, Zhang, Sun, ECCV 2020, arXiv 2007.11824 (spatial condition: 2-D maps)"),
+        _classic("swish_fixed", _shared(ann.Swish), "AReLU code's Swish: x * sigmoid(x), beta fixed at 1"),
+        _classic("gelu_arelu", _shared(ann.TanhGELU),
+                 "AReLU code's GELU: tanh form with 0.7979946 for sqrt(2/pi)"),
+        _classic("maxout_pool", _shared(ann.MaxoutPool),
+                 "AReLU code's Maxout: channel pooling, pool_size=1 (the identity)"),
+        _learnable("prelu_shared", _prelu_shared,
+                   "He et al., ICCV 2015; one slope for all channels (torch.nn.PReLU())"),
+        _adaptive("arelu", _shared(ann.AReLU), "Chen et al., arXiv 2006.13858"),
+        _adaptive("acon_a", _per_channel(ann.AconA), "Ma et al., CVPR 2021", per_channel=True),
+        _adaptive("acon_b", _per_channel(ann.AconB), "Ma et al., CVPR 2021", per_channel=True),
+        _adaptive("acon_c", _per_channel(ann.AconC), "Ma et al., CVPR 2021", per_channel=True),
+        _adaptive("meta_acon_c", _per_channel(ann.MetaAconC),
+                  "Ma et al., CVPR 2021", per_channel=True, per_sample=True),
+        _adaptive("aprelu", _per_channel(ann.APReLU),
+                  "Zhao et al., IEEE TIE 2020", per_channel=True, per_sample=True),
+        _adaptive("meta_acon_c_nobn", _per_channel(ann.MetaAconC, norm="none"),
+                  "Ma et al., CVPR 2021; generator without BatchNorm (first official acon.py, YOLOv5)",
+                  per_channel=True, per_sample=True),
+        _adaptive("dy_relu_a", _per_channel(ann.DyReLU, granularity="layer"),
+                  "Chen et al., ECCV 2020, arXiv 2003.10027 (DY-ReLU-A)", per_channel=True,
+                  per_sample=True),
+        _adaptive("dy_relu_b", _per_channel(ann.DyReLU, granularity="channel"),
+                  "Chen et al., ECCV 2020, arXiv 2003.10027 (DY-ReLU-B)", per_channel=True,
+                  per_sample=True),
+        _adaptive("frelu", _per_channel(ann.FReLU),
+                  "Ma, Zhang, Sun, ECCV 2020, arXiv 2007.11824 (spatial condition: 2-D maps)",
+                  per_channel=True, per_sample=True, ranks=(4,)),
         # the activations of today's language models, and the rest of the names Hugging Face configs use
-        ("relu2", _shared(ann.ReLU2), c, False, False, False, "So et al. (Primer), arXiv 2109.08668"),
-        ("golu", _shared(ann.GoLU), c, False, False, False, "Das et al., arXiv 2502.03654"),
-        ("xielu", _shared(ann.XIELU), lrn, True, False, False,
-         "Huang & Schlag, arXiv 2411.13010 (Apertus LLMs)"),
-        ("polynorm", _shared(ann.PolyNorm), lrn, True, False, False,
-         "Zhuo et al., ICLR 2025, arXiv 2411.03884 (per-token normalisation)"),
-        ("quick_gelu", _shared(ann.QuickGELU), c, False, False, False,
-         "Hendrycks & Gimpel, arXiv 1606.08415 (sigmoid form, CLIP)"),
-        ("gelu_10", _shared(ann.ClippedGELU), c, False, False, False,
-         "GELU clipped to [-10, 10]; Wu et al., arXiv 2004.09602"),
-        ("laplace", _shared(ann.Laplace), c, False, False, False, "Ma et al. (MEGA), arXiv 2209.10655"),
-        ("sqrt_softplus", _shared(ann.SqrtSoftplus), c, False, False, False,
-         "DeepSeek-V4's router score (transformers' sqrtsoftplus)"),
-        ("identity", _torch(nn.Identity), c, False, False, False, "no activation (transformers' linear)"),
+        _classic("relu2", _shared(ann.ReLU2), "So et al. (Primer), arXiv 2109.08668"),
+        _classic("golu", _shared(ann.GoLU), "Das et al., arXiv 2502.03654"),
+        _learnable("xielu", _shared(ann.XIELU), "Huang & Schlag, arXiv 2411.13010 (Apertus LLMs)"),
+        _learnable("polynorm", _shared(ann.PolyNorm),
+                   "Zhuo et al., ICLR 2025, arXiv 2411.03884 (per-token normalisation)",
+                   uses_layout=True, ranks=(2, 3, 4, 5)),
+        _classic("quick_gelu", _shared(ann.QuickGELU),
+                 "Hendrycks & Gimpel, arXiv 1606.08415 (sigmoid form, CLIP)"),
+        _classic("gelu_10", _shared(ann.ClippedGELU),
+                 "GELU clipped to [-10, 10]; Wu et al., arXiv 2004.09602"),
+        _classic("laplace", _shared(ann.Laplace), "Ma et al. (MEGA), arXiv 2209.10655"),
+        _classic("sqrt_softplus", _shared(ann.SqrtSoftplus),
+                 "DeepSeek-V4's router score (transformers' sqrtsoftplus)"),
+        _classic("identity", _torch(nn.Identity), "no activation (transformers' linear)"),
+        _classic("crelu", _shared(ann.CReLU), "Shang et al., ICML 2016", channel_factor=2),
     ]
-    specs = {row[0]: ActivationSpec(*row) for row in rows}
-    specs["frelu"] = dataclasses.replace(specs["frelu"], ranks=(4,))
-    specs["prelu"] = dataclasses.replace(specs["prelu"], lazy_channels=False)
-    specs["polynorm"] = dataclasses.replace(specs["polynorm"], uses_layout=True, ranks=(2, 3, 4, 5))
-    specs["crelu"] = ActivationSpec(
-        "crelu", _shared(ann.CReLU), c, False, False, False, "Shang et al., ICML 2016", channel_factor=2
-    )
-    return dict(sorted(specs.items()))
+    return dict(sorted((s.name, s) for s in specs))
 
 
 _REGISTRY: dict[str, ActivationSpec] = _specs()
@@ -250,9 +259,9 @@ def _swiglu_oss(channels: int | None = None, inplace: bool = False, **kwargs) ->
 def _gated_spec(key: str) -> ActivationSpec | None:
     """The spec of a gated name (``swiglu_oss`` or ``<entry>_glu``), None for other names."""
     if key == "swiglu_oss":
-        return ActivationSpec("swiglu_oss", _swiglu_oss, "classic", False, False, False,
-                              "GPT-OSS's clamped SwiGLU (OpenAI 2025; transformers' GptOssExperts)",
-                              channel_factor=0.5, uses_layout=True, gated=True)
+        return _classic("swiglu_oss", _swiglu_oss,
+                        "GPT-OSS's clamped SwiGLU (OpenAI 2025; transformers' GptOssExperts)",
+                        channel_factor=0.5, uses_layout=True, gated=True)
     if not key.endswith(GLU_SUFFIX) or key[: -len(GLU_SUFFIX)] not in _REGISTRY:
         return None
     gate = _REGISTRY[key[: -len(GLU_SUFFIX)]]
