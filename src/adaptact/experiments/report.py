@@ -6,13 +6,15 @@ learning rate; cells are test accuracy (%) mean ± std over seeds with the rank 
 best in bold. "Best" is the test accuracy at the epoch a validation split picks (protocol 2), or,
 without a validation split (protocol 1, and ``--protocol arelu`` as the paper), the best test
 accuracy over the epochs, a selection on the test set that the report names as such. Against a
-baseline activation each cell also gets its mean difference, paired by seed, with a 95% interval,
-and a summary at the top counts where an activation beats or trails it. Runs that diverged or
+baseline activation each cell also gets its mean difference, paired by seed, with its interval
+corrected over the table (Holm). The Summary at the top is the verdict at tuned settings
+(``verdict.py``): each activation at its own best setting against the baseline at its own,
+corrected over all comparisons, ranked better / indistinguishable / worse. Runs that diverged or
 failed are listed apart, never as accuracies.
 
 Language models are measured by loss instead (``LOSS``: nats per character, lower is better): the
 test loss at the evaluation with the lowest validation loss, with the same ranks, paired
-differences and summary, worded for a loss ("lowers the test loss by ...").
+differences and verdict.
 """
 
 from __future__ import annotations
@@ -72,7 +74,8 @@ HIGHLIGHTED = 6  # activations drawn in colour in the learning curves, beside th
 @dataclass(frozen=True)
 class Measure:
     """How a kind of run is measured: the row's fields for the selected, first and last
-    evaluation and the curve; ``scale`` from the stored value to the table's unit; the wording."""
+    evaluation and the curve; ``scale`` from the stored value to the table's unit; the unit of a
+    difference and what a cell holds; which way is better."""
 
     first: str
     best: str
@@ -82,14 +85,12 @@ class Measure:
     unit: str  # of a difference: "points", "nats"
     label: str  # what a cell holds
     lower_is_better: bool
-    better: str  # the summary's verbs
-    worse: str
 
 
 ACCURACY = Measure("first_epoch_acc", "best_acc", "last_acc", "test_acc", 100.0, "points",
-                   "test accuracy (%)", False, "beats", "trails")
+                   "test accuracy (%)", False)
 LOSS = Measure("first_loss", "best_loss", "last_loss", "test_loss", 1.0, "nats per character",
-               "test loss (nats per character)", True, "lowers the test loss of", "raises the test loss of")
+               "test loss (nats per character)", True)
 
 
 def measure_of(row: Mapping) -> Measure:

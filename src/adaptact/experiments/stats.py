@@ -69,7 +69,7 @@ def _interval(mean: float, sd: float, n: int, level: float) -> tuple[float, floa
 
     if n < 2:
         return math.nan, math.nan
-    half = stats.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n)
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
     return mean - half, mean + half
 
 
