@@ -26,6 +26,10 @@ os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(INDUCTOR_CACHE)
 
 RANKS = (2, 3, 4, 5)
 
+# A defined activation joins the registry here, before collection: every test over
+# adaptact.available() runs over it too.
+import tests.defined  # noqa: E402,F401
+
 
 def random_input(shape, dtype=torch.float32, margin=0.05, requires_grad=False):
     """N(0,1) values kept at least ``margin`` away from 0, where several activations have kinks."""

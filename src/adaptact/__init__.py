@@ -30,6 +30,7 @@ from .nn import (
 from .huggingface import install as _install_transformers_names
 from .optim import param_groups
 from .registry import ActivationSpec, available, create, get, get_act_layer, spec
+from .user_activations import define
 
 try:
     __version__ = version("adaptact")
@@ -56,6 +57,7 @@ __all__ = [
     "available",
     "compare",
     "create",
+    "define",
     "functional",
     "get",
     "get_act_layer",

@@ -6,7 +6,8 @@ first step; matched, it starts where the pretraining left it. Input-conditioned 
 become constant in their input: the last layer of the generator (Meta-ACON-C's and APReLU's fc2,
 DY-ReLU's fc2, FReLU's depthwise convolution) gets zero weights and bias, so the generated value is
 the bias of what follows (bn2's, FReLU's BatchNorm's, or DY-ReLU's initial coefficients) in training
-and evaluation alike. Then the remaining scalars (``_knobs``) are fitted by least squares over
+and evaluation alike. Then the remaining scalars (each class's ``fit_parameters``) are fitted by
+least squares over
 standard-normal-weighted inputs, what pre-activations look like, from a few starts where closed
 forms exist (ACON-C with p1 = 1, p2 = 0, beta = 1.702 is x sigmoid(1.702 x); DY-ReLU with
 coefficients (1, 0) and (0, 0) is ReLU; FReLU with a zero funnel is ReLU). The fit error is the
@@ -23,9 +24,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from .nn import APReLU, AReLU, AconA, AconB, AconC, ActivationModule, DyReLU, FReLU, MetaAconC, PReLU, Swish
+from .nn import ActivationModule
+from .nn.base import FITS
 
-__all__ = ["FIT_RANGE", "FIT_TOLERANCE", "MATCHABLE", "fit_error", "match"]
+__all__ = ["FIT_RANGE", "FIT_TOLERANCE", "fit_error", "match"]
 
 FIT_RANGE = 3.0  # the fit error is measured on [-FIT_RANGE, FIT_RANGE]
 FIT_TOLERANCE = 0.05  # past this a conversion warns, naming the site
@@ -37,76 +39,13 @@ _NEAR_ZERO = torch.logspace(-6, math.log10(FIT_RANGE), 600, dtype=torch.float64)
 _EVEN = torch.linspace(-FIT_RANGE, FIT_RANGE, 1201, dtype=torch.float64)
 _CHECK = torch.cat((_EVEN, _NEAR_ZERO, -_NEAR_ZERO))
 
-MATCHABLE = (AReLU, AconA, AconB, AconC, MetaAconC, APReLU, DyReLU, FReLU, PReLU, Swish)
-
-
-def _logit(p: float) -> float:
-    p = min(max(p, 1e-6), 1 - 1e-6)
-    return math.log(p / (1 - p))
-
-
-def _silence(layer: nn.Linear | nn.Conv1d | nn.Conv2d) -> None:
-    """A generator's last layer outputs zeros whatever its input."""
-    with torch.no_grad():
-        layer.weight.zero_()
-        if layer.bias is not None:
-            layer.bias.zero_()
-
-
 def _knobs(m: nn.Module) -> list[Tensor]:
     """Make ``m`` constant in its input (a silenced generator) and return the tensors that then
-    set its shape, for the fit."""
-    if isinstance(m, MetaAconC):
-        if m.granularity != "channel":
-            return [m.p1, m.p2]  # beta = sigmoid(x) or sigmoid(mean x): no generator to silence
-        _silence(m.fc2)
-        return [m.p1, m.p2, m.bn2.bias if m.norm == "bn" else m.fc2.bias]
-    if isinstance(m, AconC):
-        return [m.p1, m.p2, m.beta]
-    if isinstance(m, AconB):
-        return [m.p, m.beta]
-    if isinstance(m, AconA | Swish):
-        return [m.beta]
-    if isinstance(m, AReLU):
-        return [m.alpha, m.beta]
-    if isinstance(m, APReLU):
-        _silence(m.fc2)
-        return [m.bn2.bias]
-    if isinstance(m, DyReLU):
-        _silence(m.fc2)
-        return [m.get_buffer("init_v")]
-    if isinstance(m, FReLU):
-        _silence(m.conv_frelu)
-        return [m.bn_frelu.bias]
-    if isinstance(m, PReLU):
-        return [m.weight]
-    raise ValueError(f"init='match' does not know how to fit {type(m).__name__}; it fits "
-                     f"{', '.join(c.__name__ for c in MATCHABLE)}")
-
-
-def _starts(m: nn.Module, negative_slope: float) -> list[list[list[float]]]:
-    """Starting values, per start one list of values per knob (a knob's values fill it)."""
-    s = negative_slope
-    if isinstance(m, MetaAconC):
-        gen = [[_logit(0.99)], [0.0]] if m.granularity == "channel" else [[]]
-        return [[[1.0], [s], g] if g else [[1.0], [s]] for g in gen]
-    if isinstance(m, AconC):
-        return [[[1.0], [s], [b]] for b in (1.0, 1.702, 8.0)]
-    if isinstance(m, AconB):
-        return [[[s], [b]] for b in (1.0, 1.702, 8.0)]
-    if isinstance(m, AconA | Swish):
-        return [[[b]] for b in (1.0, 1.702, 8.0)]
-    if isinstance(m, AReLU):
-        return [[[min(max(s, 0.02), 0.98)], [b]] for b in (-8.0, 0.0)]
-    if isinstance(m, APReLU):
-        return [[[_logit(s)]]]
-    if isinstance(m, DyReLU):
-        k = m.k
-        a = [1.0, s] + [0.0] * (k - 2) if k >= 2 else [1.0]
-        return [[a + [0.0] * k]]
-    if isinstance(m, FReLU):
-        return [[[0.0]]]
-    return [[[s]]]  # PReLU
+    set its shape, for the fit: the module's own ``fit_parameters`` (``nn.base.ActivationModule``)."""
+    fit = getattr(m, "fit_parameters", None)
+    if fit is None:
+        raise ValueError(f"init='match' does not know how to fit {type(m).__name__}; {FITS}")
+    return fit()
 
 
 def _probe(m: nn.Module, x: Tensor) -> Tensor:
@@ -114,7 +53,7 @@ def _probe(m: nn.Module, x: Tensor) -> Tensor:
     m's output as (channels, len(x))."""
     channels = int(getattr(m, "channels", None) or getattr(m, "num_parameters", 1) or 1)
     last = getattr(m, "channel_dim", 1) == -1
-    maps = isinstance(m, FReLU) and m.dims == 2
+    maps = getattr(m, "dims", None) == 2  # FReLU's 2-D condition takes maps
     shape = (1, len(x), channels) if last else (1, channels, len(x))
     inp = x.reshape((1, -1, 1) if last else (1, 1, -1)).expand(shape)
     if maps:
@@ -195,7 +134,7 @@ def match(new: nn.Module, old: Callable[[Tensor], Tensor],
         probe.backend = "reference"
     knobs = _knobs(probe)
     best: tuple[float, list[Tensor]] | None = None
-    for start in _starts(probe, negative_slope):
+    for start in probe.fit_starts(negative_slope):  # type: ignore[operator]
         _fill(knobs, start)
         for k in knobs:
             k.requires_grad_(True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import importlib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,9 +18,10 @@ from typing import Any, Literal
 from torch import nn
 
 from . import nn as ann
+from .nn.defined import Definition
 
 __all__ = ["ALIASES", "FAMILIES", "GATED", "ActivationSpec", "available", "catalogue", "create", "get",
-           "get_act_layer", "spec"]
+           "get_act_layer", "register", "spec"]
 
 Family = Literal["classic", "learnable", "adaptive"]
 FAMILIES: tuple[str, ...] = ("classic", "learnable", "adaptive")
@@ -49,6 +51,7 @@ class ActivationSpec:
         lazy: per-channel and able to take ``channels`` from its first input.
         takes_channel_dim: the layout matters to it (per-channel state, normalisation or gating).
         elementwise: it has a curve y = f(x) (not PolyNorm, not a gated form).
+        definition: the record of an activation made by ``adaptact.define`` (None for built-ins).
     """
 
     name: str
@@ -63,6 +66,7 @@ class ActivationSpec:
     uses_layout: bool = False
     gated: bool = False
     lazy_channels: bool = True
+    definition: Definition | None = None
 
     @property
     def lazy(self) -> bool:
@@ -277,11 +281,46 @@ def _normalise(name: str) -> str:
     return name.strip().lower().replace("-", "_")
 
 
+_BUILT_IN = frozenset(_REGISTRY)
+
+
+def register(entry: ActivationSpec) -> None:
+    """Add ``entry`` (made by ``adaptact.define``) to the registry under its name; it replaces an
+    entry of that name made the same way (a notebook cell run again), never a built-in, an alias
+    or a gated form's name."""
+    name = entry.name
+    if name in _BUILT_IN or name in ALIASES or name in GATED or name.endswith(GLU_SUFFIX):
+        raise ValueError(f"{name!r} is a built-in activation's name (or an alias, or a gated form's): "
+                         "choose another")
+    _REGISTRY[name] = entry
+
+
+def _imported(name: str) -> str:
+    """``module:name``: import ``module`` (which defines ``name`` with ``adaptact.define``), then
+    ``name``; ValueError when it does not import or defines no such name."""
+    module_name, _, entry = name.partition(":")
+    entry = _normalise(entry)
+    if not module_name.strip() or not entry:
+        raise ValueError(f"activation {name!r}: expected a name or module:name")
+    try:
+        importlib.import_module(module_name.strip())
+    except Exception as err:  # noqa: BLE001  (any failure of the user's module, in one line)
+        raise ValueError(f"activation {name!r}: module {module_name.strip()!r} cannot be imported "
+                         f"({type(err).__name__}: {err})") from None
+    if entry not in _REGISTRY or _REGISTRY[entry].definition is None:
+        raise ValueError(f"activation {name!r}: module {module_name.strip()!r} defines no activation "
+                         f"{entry!r} (adaptact.define)")
+    return entry
+
+
 def spec(name: str) -> ActivationSpec:
     """The spec of a registered activation (or of one of its ``ALIASES``, or of a gated form:
-    ``swiglu_oss`` or ``<entry>_glu``); unknown names raise ValueError with suggestions."""
+    ``swiglu_oss`` or ``<entry>_glu``, or ``module:name``: ``name`` as ``module`` defines it with
+    ``adaptact.define``, importing it first); unknown names raise ValueError with suggestions."""
     if not isinstance(name, str):
         raise TypeError(f"activation name must be a str, got {type(name).__name__}")
+    if ":" in name:
+        return _REGISTRY[_imported(name)]
     asked = _normalise(name)
     key = ALIASES.get(asked, asked)
     gated = _gated_spec(key)
@@ -301,10 +340,10 @@ def available(family: str | None = None) -> list[str]:
     gated forms (``ALIASES``, ``GATED``, ``<entry>_glu``) resolve in ``spec``/``create`` but are not
     listed: a gated form maps 2H channels to H and is no elementwise function of its input."""
     if family is None:
-        return list(_REGISTRY)
+        return sorted(_REGISTRY)
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES} or None, got {family!r}")
-    return [n for n, s in _REGISTRY.items() if s.family == family]
+    return sorted(n for n, s in _REGISTRY.items() if s.family == family)
 
 
 def create(activation: ActivationLike, channels: int | None = None, **kwargs) -> nn.Module:

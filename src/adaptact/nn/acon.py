@@ -10,7 +10,10 @@ from torch import Tensor, nn
 from ..ops import dispatch
 from .channels import ChannelModule
 
-__all__ = ["AconA", "AconB", "AconC"]
+__all__ = ["AconA", "AconB", "AconC", "MATCH_BETAS"]
+
+# ``init="match"``'s starts for beta: Swish (1), x sigmoid(1.702 x) ~ GELU, and steep (~ ReLU)
+MATCH_BETAS = (1.0, 1.702, 8.0)
 
 
 class AconA(ChannelModule):
@@ -38,6 +41,7 @@ class AconA(ChannelModule):
     """
 
     _channels_entry = ("beta", -1)
+    per_channel_parameters = ("beta",)
 
     def __init__(self, channels: int | None = None, beta: float = 1.0, inplace: bool = False,
                  backend: str = "auto", *, channel_dim: int = 1, device: Any = None,
@@ -59,6 +63,12 @@ class AconA(ChannelModule):
     def _forward(self, x: Tensor) -> Tensor:
         one = torch.ones((), dtype=self.beta.dtype, device=self.beta.device)
         return self._run(dispatch.acon_c, x, one, one - 1, self.beta)
+
+    def fit_parameters(self) -> list[Tensor]:
+        return [self.beta]
+
+    def fit_starts(self, negative_slope: float) -> list[list[list[float]]]:
+        return [[[b]] for b in MATCH_BETAS]
 
     def extra_repr(self) -> str:
         return self._channels_repr() + self._backend_repr()
@@ -91,6 +101,7 @@ class AconB(ChannelModule):
     """
 
     _channels_entry = ("p", -1)
+    per_channel_parameters = ("p", "beta")
 
     def __init__(self, channels: int | None = None, p: float = 0.25, beta: float = 1.0, inplace: bool = False,
                  backend: str = "auto", *, channel_dim: int = 1, device: Any = None,
@@ -114,6 +125,12 @@ class AconB(ChannelModule):
     def _forward(self, x: Tensor) -> Tensor:
         one = torch.ones((), dtype=self.p.dtype, device=self.p.device)
         return self._run(dispatch.acon_c, x, one, self.p, self.beta)
+
+    def fit_parameters(self) -> list[Tensor]:
+        return [self.p, self.beta]
+
+    def fit_starts(self, negative_slope: float) -> list[list[list[float]]]:
+        return [[[negative_slope], [b]] for b in MATCH_BETAS]
 
     def extra_repr(self) -> str:
         return self._channels_repr() + self._backend_repr()
@@ -152,6 +169,7 @@ class AconC(ChannelModule):
     """
 
     _channels_entry = ("p1", -1)
+    per_channel_parameters = ("p1", "p2", "beta")
 
     def __init__(self, channels: int | None = None, beta: float = 1.0, inplace: bool = False,
                  backend: str = "auto", *, channel_dim: int = 1, device: Any = None,
@@ -176,6 +194,12 @@ class AconC(ChannelModule):
 
     def _forward(self, x: Tensor) -> Tensor:
         return self._run(dispatch.acon_c, x, self.p1, self.p2, self.beta)
+
+    def fit_parameters(self) -> list[Tensor]:
+        return [self.p1, self.p2, self.beta]
+
+    def fit_starts(self, negative_slope: float) -> list[list[list[float]]]:
+        return [[[1.0], [negative_slope], [b]] for b in MATCH_BETAS]
 
     def extra_repr(self) -> str:
         return self._channels_repr() + self._backend_repr()

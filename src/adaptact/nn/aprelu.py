@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..ops import dispatch
-from .base import batch_norm
+from .base import batch_norm, logit, silence
 from .channels import ChannelModule
 from .context import (Context, check_context, check_sequence, decoding, masked_mean, padding, position_norm,
                       position_statistics, refuse_cached)
@@ -155,6 +155,18 @@ class APReLU(ChannelModule):
                              fused=dispatch.fuses_positions(x))
         return self._run(dispatch.aprelu, x, self.alpha_from_stats, self._weights,
                          self.fc1.weight.dtype)
+
+    @property
+    def generated_per_channel(self) -> int | None:  # type: ignore[override]
+        return 1 if self.granularity == "channel" else 0  # "layer": one alpha per sample
+
+    def fit_parameters(self) -> list[Tensor]:
+        """bn2's bias, which sets alpha once fc2 is silenced."""
+        silence(self.fc2)
+        return [self.bn2.bias]
+
+    def fit_starts(self, negative_slope: float) -> list[list[list[float]]]:
+        return [[[logit(negative_slope)]]]
 
     def extra_repr(self) -> str:
         context = "" if self.context == "sample" else f", context={self.context!r}"

@@ -53,5 +53,12 @@ class AReLU(ActivationModule):
         check_input(self, x, None)
         return self._run(dispatch.arelu, x, self.alpha, self.beta)
 
+    def fit_parameters(self) -> list[Tensor]:
+        return [self.alpha, self.beta]
+
+    def fit_starts(self, negative_slope: float) -> list[list[list[float]]]:
+        # the slope inside the clamp's range; a gain of 1 + sigmoid(-8) ~ 1 (ReLU-like) or 1.5
+        return [[[min(max(negative_slope, 0.02), 0.98)], [b]] for b in (-8.0, 0.0)]
+
     def extra_repr(self) -> str:
         return f"alpha={self.init_alpha:g}, beta={self.init_beta:g}" + self._backend_repr()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 
@@ -12,7 +13,26 @@ from ..ops import dispatch, distributed, fallback
 from .families import BatchNorm
 
 __all__ = ["ActivationModule", "CheckedStateDict", "PointwiseActivation", "batch_norm", "check_input",
-           "int_at_least", "normalise", "statistics_dtype", "track_running_stats"]
+           "int_at_least", "logit", "normalise", "silence", "statistics_dtype", "track_running_stats"]
+
+FITS = ("it fits AReLU, ACON-A/B/C, Meta-ACON-C, APReLU, Dynamic ReLU, FReLU, PReLU, Swish and the "
+        "activations made with adaptact.define")
+# ``init="match"``'s starting values: per start, per fitted tensor, its values
+Starts = list[list[list[float]]]
+
+
+def silence(layer: nn.Module) -> None:
+    """A generator's last layer outputs zeros whatever its input (``init="match"`` makes an
+    input-conditioned activation constant in its input this way)."""
+    with torch.no_grad():
+        for p in layer.parameters(recurse=False):
+            p.zero_()
+
+
+def logit(p: float) -> float:
+    """log(p / (1 - p)), with p kept in [1e-6, 1 - 1e-6]."""
+    p = min(max(p, 1e-6), 1 - 1e-6)
+    return math.log(p / (1 - p))
 
 
 def int_at_least(name: str, value: object, minimum: int = 1) -> int:
@@ -190,6 +210,26 @@ class ActivationModule(CheckedStateDict):
     ``load_state_dict`` accepts the official layouts and refuses non-finite values
     (``CheckedStateDict``).
     """
+
+    per_channel_parameters: tuple[str, ...] = ()
+    """The parameters of one value per channel, (C,): tensor parallelism shards them with the
+    channels (``adaptact.parallel``)."""
+    generated_per_channel: int | None = None
+    """A generator's (``fc1``, ``fc2``) outputs per channel: 1 for Meta-ACON-C's beta or APReLU's
+    alpha, 2K for DY-ReLU-B's pieces, 0 where it writes none per channel (DY-ReLU-A); None without a
+    generator. Tensor parallelism shards a first layer that reads the channels, and the last layer
+    (``fc2``) and its BatchNorm (``bn2``) where they write per-channel values."""
+
+    def fit_parameters(self) -> list[torch.Tensor]:
+        """What ``init="match"`` fits (``adaptact.matching``), after making the module constant in
+        its input where it is input-conditioned (its generator's last layer silenced)."""
+        raise ValueError(f"init='match' does not know how to fit {type(self).__name__}; {FITS}")
+
+    def fit_starts(self, negative_slope: float) -> Starts:
+        """``init="match"``'s starting values for ``fit_parameters``, given the negative-side slope
+        of the activation it replaces: one list per start, one list of values per tensor (one value
+        fills it)."""
+        return [[[negative_slope] for _ in self.fit_parameters()]]
 
     _backend: str = "auto"
     _triton_failed: bool = False  # under "auto", a Triton kernel failed: autograd from then on

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from .. import functional as AF
 from ..ops import distributed
+from .acon import MATCH_BETAS
 from .base import ActivationModule, CheckedStateDict, check_input, int_at_least
 from .channels import check_channel_dim
 
@@ -72,6 +73,16 @@ class PReLU(CheckedStateDict, nn.PReLU):
         slope = weight.reshape((-1,) + (1,) * (x.ndim - 2)) if x.ndim > 1 and weight.numel() > 1 else weight
         return x.clamp_min(0) + slope * x.clamp_max(0)
 
+    per_channel_parameters = ("weight",)  # one slope per channel (when num_parameters > 1)
+    generated_per_channel = None
+
+    def fit_parameters(self) -> list[Tensor]:
+        """What ``init="match"`` fits: the slope."""
+        return [self.weight]
+
+    def fit_starts(self, negative_slope: float) -> list[list[list[float]]]:
+        return [[[negative_slope]]]
+
     def extra_repr(self) -> str:
         return super().extra_repr() + ("" if self.channel_dim == 1 else f", channel_dim={self.channel_dim}")
 
@@ -117,6 +128,12 @@ class Swish(ActivationModule):
     def forward(self, x: Tensor) -> Tensor:
         check_input(self, x, None)
         return AF.swish(x, self.beta)
+
+    def fit_parameters(self) -> list[Tensor]:
+        return [self.beta]
+
+    def fit_starts(self, negative_slope: float) -> list[list[list[float]]]:
+        return [[[b]] for b in MATCH_BETAS]
 
     def extra_repr(self) -> str:
         return f"beta={self.init_beta:.4g}, learnable={self.learnable}"

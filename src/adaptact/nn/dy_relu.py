@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from .. import functional as AF
 from ..ops import dispatch
-from .base import int_at_least
+from .base import int_at_least, silence
 from .channels import ChannelModule
 from .context import (Context, check_context, check_sequence, decoding, masked_mean, padding,
                       position_statistics, refuse_cached)
@@ -135,6 +135,20 @@ class DyReLU(ChannelModule):
             return self._run(dispatch.dy_relu_positions, x, a, b, fused=dispatch.fuses_positions(x))
         return self._run(dispatch.dy_relu, x, self.coefficients_from_mean, self._weights,
                          self.fc1.weight.dtype)
+
+    @property
+    def generated_per_channel(self) -> int | None:  # type: ignore[override]
+        return 2 * self.k if self.granularity == "channel" else 0  # DY-ReLU-A: 2K for the layer
+
+    def fit_parameters(self) -> list[Tensor]:
+        """The initial coefficients ``init_v``, which are the pieces once fc2 is silenced."""
+        silence(self.fc2)
+        return [self.get_buffer("init_v")]
+
+    def fit_starts(self, negative_slope: float) -> list[list[list[float]]]:
+        k = self.k
+        a = [1.0, negative_slope] + [0.0] * (k - 2) if k >= 2 else [1.0]  # ReLU's pieces, or leaky
+        return [[a + [0.0] * k]]
 
     def extra_repr(self) -> str:
         context = "" if self.context == "sample" else f", context={self.context!r}"

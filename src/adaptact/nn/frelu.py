@@ -7,7 +7,7 @@ from typing import Any, Literal
 from torch import Tensor, nn
 
 from ..ops import dispatch
-from .base import batch_norm, int_at_least
+from .base import batch_norm, int_at_least, silence
 from .channels import ChannelModule
 from .context import (Context, batch_norm_real, check_context, decode_offset, padding, position_norm,
                       refuse_cached)
@@ -114,6 +114,14 @@ class FReLU(ChannelModule):
                              f"{tuple(x.shape)}")
         dtype = self.conv_frelu.weight.dtype  # the condition in the parameters' dtype (float32 for half x)
         return dispatch.frelu_max(x, self.condition(x.to(dtype)).to(x.dtype), self.backend)
+
+    def fit_parameters(self) -> list[Tensor]:
+        """The BatchNorm's bias, the funnel condition once the convolution is silenced: max(x, b)."""
+        silence(self.conv_frelu)
+        return [self.bn_frelu.bias]
+
+    def fit_starts(self, negative_slope: float) -> list[list[list[float]]]:
+        return [[[0.0]]]  # max(x, 0): ReLU
 
     def extra_repr(self) -> str:
         context = "" if self.context == "sample" else f", context={self.context!r}"

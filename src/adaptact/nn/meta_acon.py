@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from .. import functional as AF
 from ..ops import dispatch
-from .base import batch_norm, int_at_least
+from .base import batch_norm, int_at_least, logit, silence
 from .channels import ChannelModule
 from .context import (Context, check_context, check_sequence, decoding, masked_mean, padding, position_norm,
                       position_statistics, refuse_cached)
@@ -76,6 +76,7 @@ class MetaAconC(ChannelModule):
     """
 
     _channels_entry = ("p1", -1)
+    per_channel_parameters = ("p1", "p2")
 
     def __init__(
         self,
@@ -179,6 +180,23 @@ class MetaAconC(ChannelModule):
 
     def _weights(self) -> tuple[Tensor, ...]:
         return tuple(p for name, p in self.named_parameters() if name not in ("p1", "p2"))
+
+    @property
+    def generated_per_channel(self) -> int | None:  # type: ignore[override]
+        return 1 if self.granularity == "channel" else None
+
+    def fit_parameters(self) -> list[Tensor]:
+        """p1, p2 and what sets beta once the generator is silenced (bn2's bias, or fc2's without
+        BatchNorm); beta = sigmoid(x) or sigmoid(mean x) has no generator to silence."""
+        if self.granularity != "channel":
+            return [self.p1, self.p2]
+        silence(self.fc2)
+        return [self.p1, self.p2, self.bn2.bias if self.norm == "bn" else self.fc2.bias]
+
+    def fit_starts(self, negative_slope: float) -> list[list[list[float]]]:
+        if self.granularity != "channel":
+            return [[[1.0], [negative_slope]]]
+        return [[[1.0], [negative_slope], [logit(0.99)]], [[1.0], [negative_slope], [0.0]]]
 
     def extra_repr(self) -> str:
         granularity = f"granularity={self.granularity!r}"

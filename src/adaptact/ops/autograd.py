@@ -24,8 +24,8 @@ from torch import Tensor
 
 from ..functional import GOLU_FLOOR
 
-__all__ = ["acon_c", "acon_c_pixel", "aprelu", "arelu", "dy_relu", "frelu_max", "golu", "lean_function",
-           "polynorm", "signed_mean_function", "signed_spatial_mean", "xielu"]
+__all__ = ["acon_c", "acon_c_pixel", "apply", "aprelu", "arelu", "dy_relu", "frelu_max", "golu",
+           "lean_function", "polynorm", "signed_mean_function", "signed_spatial_mean", "up", "xielu"]
 
 
 _LOW = (torch.float16, torch.bfloat16)
@@ -45,7 +45,7 @@ def _first_order(backward):
     return checked
 
 
-def _up(*tensors: Tensor) -> tuple[Tensor, ...]:
+def up(*tensors: Tensor) -> tuple[Tensor, ...]:
     """float16/bfloat16 tensors as float32 for computing; others as they are."""
     return tuple(t.float() if t.dtype in _LOW else t for t in tensors)
 
@@ -98,7 +98,7 @@ def signed_mean_function(name: str, forward: Callable[..., tuple[Tensor, Tensor]
                                                     "body": staticmethod(forward)})
 
 
-def _apply(function: Any, *args):
+def apply(function: Any, *args):
     """``function.apply(*args)`` (a ``lean_function``), or its forward body alone when autograd
     records nothing: no Function to build, and dynamo cannot trace every Function applied to
     tensors that need no gradient (it raised on Dynamic ReLU's)."""
@@ -111,12 +111,12 @@ def _apply(function: Any, *args):
 
 
 def arelu_forward(x: Tensor, slope: Tensor, gain: Tensor) -> Tensor:
-    xc, sc, gc = _up(x, slope, gain)
+    xc, sc, gc = up(x, slope, gain)
     return (sc * xc).addcmul_(torch.relu(xc), gc - sc).to(x.dtype)
 
 
 def arelu_backward(dy: Tensor, x: Tensor, slope: Tensor, gain: Tensor, want: tuple[bool, ...]):
-    x, slope, gain, dy = _up(x, slope, gain, dy)
+    x, slope, gain, dy = up(x, slope, gain, dy)
     on_pos = _positive_part(dy, x)
     on_neg = _positive_part(dy, x.neg())  # relu'(0) = 0 on both sides, as in the reference
     dx = dslope = dgain = None
@@ -178,24 +178,24 @@ def _acon_backward(dy: Tensor, x: Tensor, dp: Tensor, p2: Tensor, beta: Tensor, 
 
 
 def acon_c_forward(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> Tensor:
-    xc, p1c, p2c, bc = _up(x, p1, p2, beta)
+    xc, p1c, p2c, bc = up(x, p1, p2, beta)
     return _acon_forward(xc, p1c - p2c, p2c, bc).to(x.dtype)
 
 
 def acon_c_backward(dy: Tensor, x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor, want: tuple[bool, ...]):
-    x, p1, p2, beta, dy = _up(x, p1, p2, beta, dy)
+    x, p1, p2, beta, dy = up(x, p1, p2, beta, dy)
     return _acon_backward(dy, x, p1 - p2, p2, beta, want)
 
 
 def acon_c_pixel_forward(x: Tensor, p1: Tensor, p2: Tensor) -> Tensor:
     """Meta-ACON-C with pixel-wise beta = sigmoid(x)."""
-    xc, p1c, p2c = _up(x, p1, p2)
+    xc, p1c, p2c = up(x, p1, p2)
     return _acon_forward(xc, p1c - p2c, p2c, torch.sigmoid(xc)).to(x.dtype)
 
 
 def acon_c_pixel_backward(dy: Tensor, x: Tensor, p1: Tensor, p2: Tensor, want: tuple[bool, ...]):
     """The beta = sigmoid(x) path folds into dx."""
-    x, p1, p2, dy = _up(x, p1, p2, dy)
+    x, p1, p2, dy = up(x, p1, p2, dy)
     beta = torch.sigmoid(x)
     dx, dp1, dp2, dbeta = _acon_backward(dy, x, p1 - p2, p2, beta, (want[0], want[1], want[2], want[0]))
     if want[0]:
@@ -204,12 +204,12 @@ def acon_c_pixel_backward(dy: Tensor, x: Tensor, p1: Tensor, p2: Tensor, want: t
 
 
 def aprelu_forward(x: Tensor, alpha: Tensor) -> Tensor:
-    xc, ac = _up(x, alpha)
+    xc, ac = up(x, alpha)
     return torch.relu(xc).addcmul_(ac, torch.clamp(xc, max=0)).to(x.dtype)
 
 
 def aprelu_backward(dy: Tensor, x: Tensor, alpha: Tensor, want: tuple[bool, ...]):
-    x, alpha, dy = _up(x, alpha, dy)
+    x, alpha, dy = up(x, alpha, dy)
     on_pos = _positive_part(dy, x)
     on_neg = dy - on_pos  # relu'(0) = 0 and d min(x, 0)/dx = 1 at 0, as torch's ops
     dx = dalpha = None
@@ -230,7 +230,7 @@ def signed_mean_forward(x: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
 
 
 def signed_mean_backward(dneg: Tensor, dpos: Tensor, x: Tensor) -> Tensor:
-    (xc,) = _up(x)
+    (xc,) = up(x)
     count = 1
     for size in xc.shape[2:]:
         count *= size
@@ -244,7 +244,7 @@ def signed_mean_backward(dneg: Tensor, dpos: Tensor, x: Tensor) -> Tensor:
 def dy_relu_forward(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
     """max_k (a_k x + b_k); ``a``, ``b`` broadcast against x.unsqueeze(-1): (N, C or 1, 1..., K).
     The pieces unrolled (as in ``_pieces``): eagerly no (x, K)-sized tensor, traced one loop."""
-    xc, ac, bc = _up(x, a, b)
+    xc, ac, bc = up(x, a, b)
     y = ac[..., 0] * xc + bc[..., 0]
     for k in range(1, ac.shape[-1]):
         y = torch.maximum(y, ac[..., k] * xc + bc[..., k])
@@ -271,7 +271,7 @@ def dy_relu_backward(dy: Tensor, x: Tensor, a: Tensor, b: Tensor, want: tuple[bo
     have measure zero for inputs in general position). The one formulation of the derivative: run
     eagerly by the autograd backend and traced by ``ops.compiled`` (dx and the pieces' spatial sums
     out of one loop over x and dy)."""
-    x, a, b, dy = _up(x, a, b, dy)
+    x, a, b, dy = up(x, a, b, dy)
     _, slope, win = _pieces(x, a, b)
     dx = dy * slope if want[0] else None
     da = db = None
@@ -306,12 +306,12 @@ class _FReLUMax(torch.autograd.Function):
 
 
 def golu_forward(x: Tensor) -> Tensor:
-    (xc,) = _up(x)
+    (xc,) = up(x)
     return (xc * torch.exp(-torch.exp(-xc.clamp(min=GOLU_FLOOR)))).to(x.dtype)
 
 
 def golu_backward(dy: Tensor, x: Tensor, want: tuple[bool, ...]):
-    x, dy = _up(x, dy)
+    x, dy = up(x, dy)
     inner = torch.exp(-x.clamp(min=GOLU_FLOOR))
     # d/dx x exp(-exp(-x)) = g (1 + x exp(-x)); below the floor the clamp passes no gradient
     slope = torch.where(x >= GOLU_FLOOR, x * inner, 0.0)
@@ -326,7 +326,7 @@ def _xielu_terms(x: Tensor, alpha_p: Tensor, alpha_n: Tensor, beta: Tensor, eps:
 
 
 def xielu_forward(x: Tensor, alpha_p: Tensor, alpha_n: Tensor, beta: Tensor, eps: Tensor) -> Tensor:
-    xc, *params = _up(x, alpha_p, alpha_n, beta, eps)
+    xc, *params = up(x, alpha_p, alpha_n, beta, eps)
     a_p, a_n, _, bend = _xielu_terms(xc, *params)
     b = params[2]
     return torch.where(xc > 0, a_p * xc * xc + b * xc, a_n * bend + b * xc).to(x.dtype)
@@ -334,7 +334,7 @@ def xielu_forward(x: Tensor, alpha_p: Tensor, alpha_n: Tensor, beta: Tensor, eps
 
 def xielu_backward(dy: Tensor, x: Tensor, alpha_p: Tensor, alpha_n: Tensor, beta: Tensor, eps: Tensor,
                    want: tuple[bool, ...]):
-    x, ap, an, b, e, dy = _up(x, alpha_p, alpha_n, beta, eps, dy)
+    x, ap, an, b, e, dy = up(x, alpha_p, alpha_n, beta, eps, dy)
     a_p, a_n, low, bend = _xielu_terms(x, ap, an, b, e)
     pos = x > 0
     # torch.minimum's gradient: to the smaller input, half to each at a tie
@@ -360,7 +360,7 @@ POLYNORM_POWERS = (3, 2, 1)  # PolyNorm's weight[i] scales n(x ** POLYNORM_POWER
 
 def polynorm_forward(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
     """PolyNorm over x's last dim: sum_i weight[i] n(x^p_i) + bias, n(u) = u rsqrt(mean(u^2) + eps)."""
-    xc, w, b = _up(x, weight, bias)
+    xc, w, b = up(x, weight, bias)
     y = b
     for i, power in enumerate(POLYNORM_POWERS):
         u = xc ** power
@@ -372,7 +372,7 @@ def polynorm_backward(dy: Tensor, x: Tensor, weight: Tensor, bias: Tensor, eps: 
                       want: tuple[bool, ...]):
     """RMS normalisation's backward per power: with r = rsqrt(mean(u^2) + eps) and n = u r,
     du = r (g - n mean(g n)) for the incoming g; then through u = x^p."""
-    x, w, dy = _up(x, weight, dy)
+    x, w, dy = up(x, weight, dy)
     dx = torch.zeros_like(x) if want[0] else None
     dweight = []
     for i, power in enumerate(POLYNORM_POWERS):
@@ -421,45 +421,45 @@ _SignedMean = signed_mean_function("SignedMeanFunction", signed_mean_forward, si
 def arelu(x: Tensor, slope: Tensor, gain: Tensor) -> Tensor:
     """y = gain * relu(x) - slope * relu(-x), i.e. gain * x for x > 0 and slope * x below;
     ``gain`` = 1 + sigmoid(beta) and ``slope`` = clamp(alpha) come in already computed."""
-    return _apply(_AReLU, x, slope, gain)
+    return apply(_AReLU, x, slope, gain)
 
 
 def acon_c(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> Tensor:
     """(p1 - p2) x sigmoid(beta (p1 - p2) x) + p2 x with per-channel or per-sample ``beta``."""
-    return _apply(_AconC, x, p1, p2, beta)
+    return apply(_AconC, x, p1, p2, beta)
 
 
 def acon_c_pixel(x: Tensor, p1: Tensor, p2: Tensor) -> Tensor:
-    return _apply(_AconCPixel, x, p1, p2)
+    return apply(_AconCPixel, x, p1, p2)
 
 
 def aprelu(x: Tensor, alpha: Tensor) -> Tensor:
     """max(x, 0) + alpha min(x, 0) with per-sample ``alpha`` viewed as (N, C, 1, ...)."""
-    return _apply(_APReLU, x, alpha)
+    return apply(_APReLU, x, alpha)
 
 
 def signed_spatial_mean(x: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    return _apply(_SignedMean, x, dtype)
+    return apply(_SignedMean, x, dtype)
 
 
 def dy_relu(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
     """max_k (a_k x + b_k) with per-sample ``a``, ``b`` viewed as (N, C or 1, 1..., K)."""
-    return _apply(_DyReLU, x, a, b)
+    return apply(_DyReLU, x, a, b)
 
 
 def golu(x: Tensor) -> Tensor:
     """x exp(-exp(-x)) saving x alone."""
-    return _apply(_GoLU, x)
+    return apply(_GoLU, x)
 
 
 def xielu(x: Tensor, alpha_p: Tensor, alpha_n: Tensor, beta: Tensor, eps: Tensor) -> Tensor:
     """xIELU from its raw parameters (``functional.xielu``) saving x alone (and the scalars)."""
-    return _apply(_XIELU, x, alpha_p, alpha_n, beta, eps)
+    return apply(_XIELU, x, alpha_p, alpha_n, beta, eps)
 
 
 def polynorm(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
     """PolyNorm (``functional.polynorm``) normalising over x's last dim, saving x alone."""
-    return _apply(_PolyNorm, x, weight, bias, eps)
+    return apply(_PolyNorm, x, weight, bias, eps)
 
 
 def frelu_max(x: Tensor, t: Tensor) -> Tensor:

@@ -43,8 +43,8 @@ from . import autograd as AG
 from .transforms import transform_active
 
 __all__ = ["COMPILE_ENV", "DTYPES", "acon_c", "acon_c_from_parameters", "acon_c_pixel", "aprelu", "arelu",
-           "arelu_from_parameters", "available", "dy_relu", "failure", "golu", "polynorm",
-           "signed_spatial_mean", "whole", "xielu"]
+           "arelu_from_parameters", "available", "dy_relu", "failure", "from_parameters", "golu", "own_code",
+           "polynorm", "signed_spatial_mean", "whole", "xielu"]
 
 COMPILE_ENV = "ADAPTACT_COMPILE"
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what is compiled; float64 runs eagerly
@@ -76,7 +76,7 @@ def _give_up(err: BaseException) -> None:
                   f"{COMPILE_ENV}=0 to skip compiling)", RuntimeWarning, stacklevel=4)
 
 
-def _own_code(fn: Callable) -> Callable:
+def own_code(fn: Callable) -> Callable:
     """``fn`` with a code object of its own: torch.compile keeps its graphs (and its recompile
     limit) per code object, so each kind of input gets its own."""
     code = fn.__code__.replace()
@@ -176,7 +176,7 @@ class _Entry:
 
     def __init__(self, fn: Callable) -> None:
         self.fn = fn
-        self.compiled = torch.compile(_own_code(fn), dynamic=True, fullgraph=True, options=_INDUCTOR_OPTIONS)
+        self.compiled = torch.compile(own_code(fn), dynamic=True, fullgraph=True, options=_INDUCTOR_OPTIONS)
         self.ready = False
 
     def __call__(self, *args):
@@ -380,10 +380,10 @@ def acon_c(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> Tensor:
 # graph, not as eager ops (and autograd nodes) on every call.
 
 
-def _from_parameters(traced: Callable[..., Tensor], x: Tensor, *params: Tensor) -> Tensor | None:
+def from_parameters(traced: Callable[..., Tensor], x: Tensor, *params: Tensor) -> Tensor | None:
     """``traced(x, *params)`` compiled, params each (C,) or one value; None when x cannot take
     this path."""
-    if not _compiles(x) or max(p.ndim for p in params) > 1:
+    if not _compiles(x) or max((p.ndim for p in params), default=0) > 1:
         return None
     flat = _rows(x, ()) or _flattened(x, ())
     return None if flat is None else _as_shape_of(_call(traced, x.ndim, flat[0], *params), x)
@@ -399,7 +399,7 @@ def _arelu_traced(x: Tensor, alpha: Tensor, beta: Tensor) -> Tensor:
 
 def arelu_from_parameters(x: Tensor, alpha: Tensor, beta: Tensor) -> Tensor | None:
     """AReLU from its parameters alpha and beta; None when x cannot take this path."""
-    return _from_parameters(_arelu_traced, x, alpha, beta)
+    return from_parameters(_arelu_traced, x, alpha, beta)
 
 
 def _acon_c_traced(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> Tensor:
@@ -409,7 +409,7 @@ def _acon_c_traced(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> Tensor:
 def acon_c_from_parameters(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> Tensor | None:
     """ACON-C from per-channel (C,) parameters or single values; None when x cannot take this
     path (e.g. Meta-ACON's per-sample beta)."""
-    return _from_parameters(_acon_c_traced, x, p1, p2, beta)
+    return from_parameters(_acon_c_traced, x, p1, p2, beta)
 
 
 def acon_c_pixel(x: Tensor, p1: Tensor, p2: Tensor) -> Tensor:

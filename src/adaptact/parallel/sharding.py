@@ -2,13 +2,14 @@
 parallelism shards like the channels of the producer's output; everything else is replicated.
 
 Per-channel tensors are the parameters of one value per channel (ACON's p1, p2, beta; PReLU's
-weight; Meta-ACON's p1, p2), the generators' layers that read the channels (the first fully
-connected layer of Meta-ACON-C and DY-ReLU, sharded on its input dim: its partial sums are
-reduced over the ranks) and those that write them (the last layer with one output per channel,
-or DY-ReLU-B's 2K per channel, and the BatchNorm over them, sharded on their output dim). APReLU's
-first layer reads the positive and the negative halves together (2C inputs) and is replicated: its
-(N, 2C) input is gathered. Scalar and per-layer parameters (AReLU, xIELU, PAU, Swish, PolyNorm)
-are replicated.
+weight; Meta-ACON's p1, p2; a defined activation's per-channel parameters), the generators' layers
+that read the channels (the first fully connected layer of Meta-ACON-C and DY-ReLU, sharded on its
+input dim: its partial sums are reduced over the ranks) and those that write them (the last layer
+with one output per channel, or DY-ReLU-B's 2K per channel, and the BatchNorm over them, sharded on
+their output dim). APReLU's first layer reads the positive and the negative halves together (2C
+inputs) and is replicated: its (N, 2C) input is gathered. Scalar and per-layer parameters (AReLU,
+xIELU, PAU, Swish, PolyNorm) are replicated. Each class names its own (``per_channel_parameters``,
+``generated_per_channel``).
 """
 
 from __future__ import annotations
@@ -16,44 +17,31 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..nn.acon import AconA, AconB, AconC
-from ..nn.aprelu import APReLU
-from ..nn.dy_relu import DyReLU
 from ..nn.families import BATCH_NORMS
 from ..nn.gated import GatedActivation
-from ..nn.meta_acon import MetaAconC
 
 __all__ = ["channel_shards"]
-
-# the parameters of one value per channel, by class
-_PER_CHANNEL: dict[type, tuple[str, ...]] = {
-    AconA: ("beta",), AconB: ("p", "beta"), AconC: ("p1", "p2", "beta"), MetaAconC: ("p1", "p2"),
-    nn.PReLU: ("weight",)}
 
 
 def channel_shards(module: nn.Module, channels: int) -> dict[str, int]:
     """The names (as in ``module.state_dict()``) of the tensors of ``module`` that hold ``channels``
     channels, each with the dim its channels are on; a gated activation's are its gate's (of
-    ``channels // 2``: it maps 2H channels to H)."""
+    ``channels // 2``: it maps 2H channels to H). What each class shards it says itself:
+    ``per_channel_parameters`` and ``generated_per_channel`` (``nn.base.ActivationModule``)."""
     if isinstance(module, GatedActivation):
         return {f"gate.{k}": d for k, d in channel_shards(module.gate, channels // 2).items()}
     shards: dict[str, int] = {}
-    for kind, names in _PER_CHANNEL.items():
-        if isinstance(module, kind):
-            for name in names:
-                t = getattr(module, name, None)
-                if isinstance(t, torch.Tensor) and t.ndim == 1 and t.shape[0] == channels:
-                    shards[name] = 0
+    for name in getattr(module, "per_channel_parameters", ()):
+        t = getattr(module, name, None)
+        if isinstance(t, torch.Tensor) and t.ndim == 1 and t.shape[0] == channels:
+            shards[name] = 0
     fc1, fc2 = getattr(module, "fc1", None), getattr(module, "fc2", None)
-    generator = isinstance(module, MetaAconC | APReLU | DyReLU)
-    if not (generator and isinstance(fc1, nn.Linear) and isinstance(fc2, nn.Linear)):
+    outputs: int | None = getattr(module, "generated_per_channel", None)
+    if outputs is None or not (isinstance(fc1, nn.Linear) and isinstance(fc2, nn.Linear)):
         return shards
     if fc1.in_features == channels:  # Meta-ACON-C, DY-ReLU: reads the channels; partial sums reduced
         shards["fc1.weight"] = 1
-    per_channel = channels
-    if isinstance(module, DyReLU) and module.granularity == "channel":
-        per_channel *= 2 * module.k
-    if fc2.out_features == per_channel:  # writes the channels (DY-ReLU-B: 2K each, contiguous per channel)
+    if outputs and fc2.out_features == outputs * channels:  # writes the channels (DY-ReLU-B: 2K each)
         shards["fc2.weight"] = shards["fc2.bias"] = 0
         bn2 = getattr(module, "bn2", None)
         if isinstance(bn2, BATCH_NORMS) and bn2.num_features == channels:

@@ -1,0 +1,186 @@
+"""The module of an activation defined with ``adaptact.define``: its record (``Definition``) and the
+class made from it (``defined_class``).
+
+A defined activation is a formula ``fn(x, **params)`` in torch operations and its parameters, each
+with an initial value: one value per channel ((C,), on ``channel_dim``) or one value shared by the
+layer (0-D). Its class has what the built-ins have: ``channel_dim`` and lazy ``channels`` where it
+has per-channel parameters, ``inplace``, ``device``/``dtype``, ``reset_parameters``, every backend
+of ``ops.defined`` (the reference, a memory-lean Function keeping x alone, the compiled CPU path),
+what ``init="match"`` fits and what tensor parallelism shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from ..ops.defined import DefinedOp
+from .base import ActivationModule, check_input
+from .channels import ChannelModule
+
+__all__ = ["DefinedActivation", "DefinedChannelActivation", "Definition", "defined_class"]
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Definition:
+    """One defined activation.
+
+    Attributes:
+        name: its registry name.
+        fn: ``fn(x, **params) -> y``, torch operations on x and the parameters (broadcast against
+            x: per-channel ones on its channel dim, shared ones 0-D).
+        per_channel: parameter name -> initial value, one value per channel.
+        scalars: parameter name -> initial value, one value for the layer.
+        paper: where the formula comes from (the registry's "paper").
+        origin: the module ``fn`` was defined in: a spawned worker imports it to find the name
+            (None where it cannot be imported, as for ``__main__``).
+    """
+
+    name: str
+    fn: Callable[..., Tensor]
+    per_channel: dict[str, float]
+    scalars: dict[str, float]
+    paper: str
+    origin: str | None
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every parameter, per-channel ones first: the order the backends take them in."""
+        return (*self.per_channel, *self.scalars)
+
+    @property
+    def initial(self) -> dict[str, float]:
+        return {**self.per_channel, **self.scalars}
+
+    def fingerprint(self) -> str:
+        """A hash of the formula's source (its qualified name where the source cannot be read) and
+        the initial values: results of a changed definition are never taken for this one's."""
+        try:
+            source = inspect.getsource(self.fn)
+        except (OSError, TypeError):
+            source = f"{getattr(self.fn, '__module__', '')}.{getattr(self.fn, '__qualname__', repr(self.fn))}"
+        text = repr((self.name, source, sorted(self.per_channel.items()), sorted(self.scalars.items())))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class _Defined:
+    """What the two defined module classes share: the parameters of the definition, made, reset,
+    fitted and run."""
+
+    definition: ClassVar[Definition]
+    op: ClassVar[DefinedOp]
+    per_channel_parameters: ClassVar[tuple[str, ...]] = ()
+    initial: dict[str, float]
+
+    def _set_initial(self, given: dict[str, Any]) -> None:
+        names = self.definition.names
+        unknown = sorted(set(given) - set(names))
+        if unknown:
+            raise TypeError(f"{type(self).__name__} got unexpected keyword argument(s) {', '.join(unknown)}; "
+                            f"its parameters are {', '.join(names) or 'none'}")
+        self.initial = {**self.definition.initial, **{k: float(v) for k, v in given.items()}}
+
+    def _make(self, channels: int | None, device: Any, dtype: Any) -> None:
+        module: nn.Module = self  # type: ignore[assignment]
+        for name in self.definition.per_channel:
+            value = torch.empty(channels or 1, device=device, dtype=dtype)
+            module.register_parameter(name, nn.Parameter(value))
+        for name in self.definition.scalars:
+            module.register_parameter(name, nn.Parameter(torch.empty((), device=device, dtype=dtype)))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        module: nn.Module = self  # type: ignore[assignment]
+        with torch.no_grad():
+            for name, p in module.named_parameters(recurse=False):
+                p.fill_(self.initial[name])
+
+    def _parameters_in_order(self) -> tuple[Tensor, ...]:
+        return tuple(getattr(self, name) for name in self.definition.names)
+
+    def fit_parameters(self) -> list[Tensor]:
+        """What ``init="match"`` fits: every parameter."""
+        return list(self._parameters_in_order())
+
+    def fit_starts(self, negative_slope: float) -> list[list[list[float]]]:
+        """``init="match"``'s one start: the initial values."""
+        return [[[self.initial[name]] for name in self.definition.names]]
+
+    def _initial_repr(self) -> str:
+        changed = {k: v for k, v in self.initial.items() if v != self.definition.initial[k]}
+        return "".join(f", {k}={v:g}" for k, v in changed.items())
+
+
+class DefinedActivation(_Defined, ActivationModule):
+    """A defined activation whose parameters are all shared by the layer: any input shape.
+
+    Built by ``adaptact.define`` (a class per definition); see there for the arguments."""
+
+    def __init__(self, channels: int | None = None, inplace: bool = False, backend: str = "auto", *,
+                 device: Any = None, dtype: Any = None, **initial: float) -> None:
+        super().__init__()
+        self.backend = backend
+        self.inplace = inplace
+        self._set_initial(initial)
+        self._make(None, device, dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_input(self, x, None)
+        return self._run(self.op, x, *self._parameters_in_order(), triton=False)
+
+    def extra_repr(self) -> str:
+        return self._initial_repr().removeprefix(", ") + self._backend_repr()
+
+
+class DefinedChannelActivation(_Defined, ChannelModule):
+    """A defined activation with per-channel parameters: ``channels`` (None: from the first input)
+    on ``channel_dim``.
+
+    Built by ``adaptact.define`` (a class per definition); see there for the arguments."""
+
+    def __init__(self, channels: int | None = None, inplace: bool = False, backend: str = "auto", *,
+                 channel_dim: int = 1, device: Any = None, dtype: Any = None, **initial: float) -> None:
+        super().__init__()
+        self.backend = backend
+        self.inplace = inplace
+        self._set_initial(initial)
+        self._init_channels(channels, channel_dim, device, dtype)
+
+    def _build(self, channels: int, device: Any, dtype: Any) -> None:
+        self._make(channels, device, dtype)
+
+    def _forward(self, x: Tensor) -> Tensor:
+        return self._run(self.op, x, *self._parameters_in_order(), triton=False)
+
+    def extra_repr(self) -> str:
+        return self._channels_repr() + self._initial_repr() + self._backend_repr()
+
+
+def _class_name(name: str) -> str:
+    return "".join(part[:1].upper() + part[1:] for part in name.split("_") if part) or "Defined"
+
+
+def defined_class(definition: Definition) -> type[ActivationModule]:
+    """The module class of ``definition``: ``DefinedChannelActivation`` where it has per-channel
+    parameters, else ``DefinedActivation``, with the definition's name, formula and backends."""
+    base: type = DefinedChannelActivation if definition.per_channel else DefinedActivation
+    name = _class_name(definition.name)
+    per_channel = tuple(definition.per_channel)
+    namespace = {
+        "definition": definition,
+        "op": DefinedOp(name, definition.fn, definition.names),
+        "per_channel_parameters": per_channel,
+        "__doc__": f"``{definition.name}``, defined with ``adaptact.define``: {definition.paper}.\n\n"
+                   f"Parameters: {', '.join(f'{k}={v:g}' for k, v in definition.initial.items()) or 'none'}"
+                   + (f" ({', '.join(per_channel)} per channel)" if per_channel else "") + ".",
+        "__module__": definition.origin or __name__,
+    }
+    if per_channel:
+        namespace["_channels_entry"] = (per_channel[0], -1)
+    return type(name, (base,), namespace)
