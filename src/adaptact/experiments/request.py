@@ -224,6 +224,22 @@ def _fine_tuning(r: CompareRequest, settings: dict, datasets: list) -> None:
         raise UserError("a language model pretrains by iterations: give pretrain iters (--pretrain-iters N)")
 
 
+def _canonical(activation: str, workers: int, executor: str) -> str:
+    """The registry name of ``activation``; for one made by ``adaptact.define``, ``module:name``, which
+    a worker process imports. A definition made in ``__main__`` runs in this process only (one local
+    worker): a spawned worker cannot import it."""
+    entry = spec(activation)
+    if entry.definition is None:
+        return entry.name
+    if entry.definition.origin is not None:
+        return f"{entry.definition.origin}:{entry.name}"
+    if workers > 1 or executor != "local":
+        raise ValueError(f"activation {entry.name!r} is defined in the script being run (__main__), which "
+                         "worker processes cannot import: define it in an importable module, or use one "
+                         "local worker")
+    return entry.name
+
+
 def plan(request: CompareRequest) -> Plan:
     """``request`` checked whole and resolved; UserError (one line) for the first thing wrong.
     Nothing is loaded, trained or written (the output folder is checked writable)."""
@@ -253,8 +269,9 @@ def plan(request: CompareRequest) -> Plan:
             raise UserError("give a model for your own data (a built-in name, module:attribute or a factory)")
         model = DEFAULT_MODEL[family]
     try:
-        activations = [spec(a).name for a in activations]
-        baseline = None if settings["baseline"] is None else spec(settings["baseline"]).name
+        activations = [_canonical(a, r.workers, r.executor) for a in activations]
+        baseline = None if settings["baseline"] is None else _canonical(settings["baseline"], r.workers,
+                                                                          r.executor)
     except ValueError as err:
         raise UserError(str(err)) from None
     optimizers, lrs = list(settings["optimizers"]), list(settings["lrs"])

@@ -16,6 +16,7 @@ from typing import Any
 from .executors import execute
 from ..files import atomic_write
 from .store import ResultStore, StoreError, owner
+from ..registry import spec
 from .sources import Source
 from .train import RunConfig, result_row, run
 
@@ -74,14 +75,22 @@ def expand(dataset: str | Source, model: str | Source, activations: Sequence[str
     net = model if isinstance(model, Source) else Source(model, model)
     user_data = data if data.ref is not None else None
     user_model = net if net.ref is not None else None
+    definitions = {a: definition_fingerprint(a) for a in activations}
     return [RunConfig(dataset=data.fingerprint, model=net.fingerprint, activation=a, optimizer=o,
-                      lr=float(lr), seed=s, epochs=epochs, batch_size=batch_size,
+                      lr=float(lr), seed=s, definition=definitions[a], epochs=epochs, batch_size=batch_size,
                       policy=policies.get(a, "all"), device=device, amp=amp, compile=compile, scale=scale,
                       loss=loss, validation=validation, iters=iters, eval_every=eval_every if iters else 0,
                       data_dir=data_dir, checkpoint_dir=checkpoint_dir,
                       data_source=user_data,
                       model_source=user_model)
             for a, o, lr, s in itertools.product(activations, optimizers, lrs, range(seeds))]
+
+
+def definition_fingerprint(activation: str) -> str:
+    """The fingerprint of an activation made by ``adaptact.define`` (its formula and initial
+    values: a changed formula is a new run), "" for the built-ins."""
+    definition = spec(activation).definition
+    return "" if definition is None else definition.fingerprint()
 
 
 def _store(store: ResultStore, result: dict) -> bool:

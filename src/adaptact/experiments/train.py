@@ -21,6 +21,7 @@ from ..datasets.builtin import is_language_data
 from ..errors import InfrastructureError
 from ..datasets.shakespeare import TextData
 from ..optim import param_groups
+from ..registry import spec
 from .checkpoints import save_checkpoint
 from .evaluate import accuracy
 from .finetune import Start, start_from
@@ -78,6 +79,7 @@ class RunConfig:
     eval_every: int = 0  # iterations between evaluations (0: a tenth of ``iters``)
     start: str = ""  # fine-tuning: the key of ``pretrained``, the run whose trained network it starts from
     init: str = "paper"  # fine-tuning into another activation: replace_activations' init, "paper" or "match"
+    definition: str = ""  # an activation made by adaptact.define: its fingerprint (enters the key)
     pretrained: RunConfig | None = field(default=None, compare=False)
     data_dir: str | None = field(default=None, compare=False)
     checkpoint_dir: str | None = field(default=None, compare=False)
@@ -91,7 +93,7 @@ class RunConfig:
              if k not in ("pretrained", "data_dir", "checkpoint_dir", "data_source", "model_source")}
         for name, default in (("policy", "all"), ("amp", None), ("compile", False), ("scale", "standard"),
                               ("loss", "cross_entropy"), ("validation", VALIDATION), ("iters", 0),
-                              ("eval_every", 0), ("start", ""), ("init", "paper")):
+                              ("eval_every", 0), ("start", ""), ("init", "paper"), ("definition", "")):
             if d[name] == default:  # defaults keep the keys of runs stored before the field existed
                 d.pop(name)
         d["protocol"] = PROTOCOL
@@ -149,6 +151,10 @@ def _activation_parameters(model: torch.nn.Module) -> int:
 
 
 def _build(config: RunConfig, ds) -> torch.nn.Module:
+    definition = spec(config.activation).definition  # imports the module of a defined one (module:name)
+    if config.definition and (definition is None or definition.fingerprint() != config.definition):
+        raise ValueError(f"the definition of {config.activation} (adaptact.define) is not the one this "
+                         "comparison was planned with: its module changed since")
     shape = sample_shape(ds)
     source = config.model_source or Source(config.model, config.model)
     return build_model(source, config.activation, shape, ds.num_classes, config.policy)

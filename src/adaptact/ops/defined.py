@@ -3,11 +3,12 @@ torch operations, is all there is, and every backend derives from it.
 
 * reference: ``fn`` itself on x and the parameters viewed against x (autograd differentiates it).
 * autograd: a memory-lean Function (``ops.autograd.lean_function``) that saves x and the parameters
-  alone and recomputes ``fn`` in backward, differentiated there by ``torch.func.vjp``: first-order
-  gradients, as the built-ins' Functions. float16/bfloat16 are computed in float32.
-* compiled: that Function traced and compiled whole by Inductor (``ops.compiled``), forward and
-  backward, as the built-ins' are; x enters as an (N, C, S) or (M, C) view, or flat where every
-  parameter is a single value.
+  alone and recomputes ``fn`` in backward, differentiated there by autograd: first-order gradients,
+  as the built-ins' Functions. float16/bfloat16 are computed in float32.
+* compiled: ``fn`` compiled by Inductor (``ops.compiled``), forward and backward: for a pointwise
+  formula its partitioner keeps x and the parameters alone and recomputes the rest in backward (a
+  test measures it). x enters as an (N, C, S) or (M, C) view.
+* inside a user's ``torch.compile``: ``fn``, compiled with the rest of their graph.
 * triton: no kernel is generated; "auto" runs the others.
 
 Parameters are single values (0-D) or one value per channel ((C,), viewed on x's dim 1).
@@ -44,10 +45,9 @@ class DefinedOp:
     def __init__(self, name: str, fn: Formula, names: Sequence[str]) -> None:
         self.fn, self.names = fn, tuple(names)
         self.function = AG.lean_function(f"{name}Function", self._forward, self._backward)
-        function = self.function
 
         def traced(x: Tensor, *params: Tensor) -> Tensor:
-            return AG.apply(function, x, *(_view(p, x) for p in params))
+            return self.formula(x, *(_view(p.to(x.dtype), x) for p in params))
 
         # a code object of its own: torch.compile's graphs and recompile limit are per code object
         self.traced = CP.own_code(traced)
@@ -62,22 +62,28 @@ class DefinedOp:
         return self.formula(*AG.up(x, *params)).to(x.dtype)
 
     def _backward(self, dy: Tensor, x: Tensor, *params_and_want) -> tuple:
+        """The formula again, from the saved x and parameters, differentiated by autograd."""
         *params, want = params_and_want
-        inputs = AG.up(x, *params)
-        vjp = torch.func.vjp(self.formula, *inputs)[1]
-        grads = vjp(dy.to(inputs[0].dtype))
-        return tuple(g if w else None for g, w in zip(grads, want, strict=True))
+        with torch.enable_grad():
+            inputs = [t.detach().requires_grad_(w) for t, w in zip(AG.up(x, *params), want, strict=True)]
+            y = self.formula(*inputs)
+            asked = [t for t in inputs if t.requires_grad]
+            grads = iter(torch.autograd.grad(y, asked, dy.to(y.dtype), allow_unused=True,
+                                             materialize_grads=True))
+        return tuple(next(grads) if w else None for w in want)
 
     def reference(self, x: Tensor, *params: Tensor) -> Tensor:
-        return self.formula(x, *(_view(p.to(x.dtype), x) for p in params))
+        return self.traced(x, *params)
 
     def __call__(self, x: Tensor, *params_and_backend) -> Tensor:
         *params, backend = params_and_backend
+        if torch.compiler.is_compiling():  # in a user's torch.compile: the formula, compiled with the rest
+            return self.reference(x, *params)
         b = resolve(backend, x, *params)
         if b == "reference":
             return self.reference(x, *params)
-        if b == "compiled":
+        if b == "compiled":  # Inductor's partitioner recomputes the pointwise formula: x alone is kept
             y = CP.from_parameters(self.traced, x, *params)
             if y is not None:
                 return y
-        return self.traced(x, *params)
+        return AG.apply(self.function, x, *(_view(p, x) for p in params))

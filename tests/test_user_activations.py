@@ -1,0 +1,179 @@
+"""``adaptact.define``: a defined activation gets what the built-ins get. The registry-wide tests
+(every name of ``adaptact.available()``: forward and backward at every rank, dtype and mode, layouts,
+state_dict, lazy channels, half inputs, gradcheck, torch.compile, torch.export) run over
+``tests.defined`` as over the built-ins; here, the backend matrix the built-ins pass in
+tests/ops, what it costs in memory, matching, sharding, the comparison, and the errors."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import adaptact
+from adaptact.cli import main
+from adaptact.experiments.store import ResultStore
+from adaptact.experiments.sweep import definition_fingerprint
+from adaptact.kernel_benchmark import saved_bytes
+from adaptact.ops import compiled as CP
+from adaptact.parallel.sharding import channel_shards
+from tests.conftest import random_input
+from tests.defined import NAME, swish_tanh
+from tests.ops.test_backends import SHAPES, TOL, TOKEN_SHAPES, check_equals_reference
+
+CASE = (NAME, {})
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("dtype", list(TOL), ids=str)
+@pytest.mark.parametrize("shape", list(SHAPES.values()), ids=list(SHAPES))
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+def test_lean_function_equals_the_formula(layout, shape, dtype, training):
+    check_equals_reference(CASE, layout, shape, dtype, "autograd", training)
+
+
+@pytest.mark.parametrize("shape_dtype", TOKEN_SHAPES, ids=[f"{s}-{d}" for s, d in TOKEN_SHAPES])
+def test_channels_last_tokens_equal_the_formula(shape_dtype):
+    shape, dtype = shape_dtype
+    check_equals_reference(CASE, "tokens", SHAPES[shape], dtype, "autograd", training=True)
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # a fallback to eager would fail the test
+@pytest.mark.parametrize("layout_shape", [("contiguous", "rank4"), ("channels_last", "rank4"),
+                                          ("contiguous", "rank2"), ("tokens", "rank3")])
+def test_compiled_equals_the_formula_and_keeps_only_the_input(layout_shape, monkeypatch):
+    monkeypatch.setenv("ADAPTACT_COMPILE", "1")
+    monkeypatch.setattr(CP, "_failure", [])
+    layout, shape = layout_shape
+    check_equals_reference(CASE, layout, SHAPES[shape], torch.float32, "compiled", training=True)
+    if layout == "contiguous" and shape == "rank4":
+        check_equals_reference(CASE, layout, SHAPES[shape], torch.bfloat16, "compiled", training=True)
+        x = torch.randn(8, 32, 12, 12, requires_grad=True)
+        m = adaptact.create(NAME, channels=32, backend="compiled")
+        assert saved_bytes(m, x) <= x.nbytes + 4096
+        assert m.ran_backend == "compiled" and CP.available()
+
+
+@pytest.mark.parametrize("channel_dim", [1, -1])
+def test_the_lean_function_keeps_only_the_input(channel_dim):
+    x = torch.randn(8, 32, 12, 12) if channel_dim == 1 else torch.randn(8, 144, 32)
+    x.requires_grad_()
+    m = adaptact.create(NAME, channels=32, backend="autograd", channel_dim=channel_dim)
+    assert saved_bytes(m, x) <= x.nbytes + 4096  # x, and the (C,) parameters
+    ref = adaptact.create(NAME, channels=32, backend="reference", channel_dim=channel_dim)
+    assert saved_bytes(ref, x) >= 2 * x.nbytes  # autograd through the formula keeps its intermediates
+
+
+def test_first_order_only_and_triton_refused_clearly():
+    m = adaptact.create(NAME, channels=3, backend="autograd").double()
+    x = random_input((2, 3, 4), torch.float64, requires_grad=True)
+    with pytest.raises(RuntimeError, match="first-order gradients only"):
+        torch.autograd.grad(m(x).sum(), x, create_graph=True)
+    m.backend = "reference"
+    assert torch.autograd.gradgradcheck(m, (x,), eps=1e-6, atol=1e-4)
+    with pytest.raises(ValueError, match="no Triton kernel"):
+        adaptact.create(NAME, channels=3, backend="triton")(x)
+
+
+def test_values_parameters_and_initial_values_follow_the_definition():
+    m = adaptact.create(NAME, channels=4, p=0.5, gain=2.0)
+    assert {n: tuple(p.shape) for n, p in m.named_parameters()} == {"beta": (4,), "p": (4,), "gain": ()}
+    x = torch.randn(3, 4, 5)
+    beta, p = torch.ones(4, 1), torch.full((4, 1), 0.5)
+    torch.testing.assert_close(m(x), swish_tanh(x, beta, p, torch.tensor(2.0)))
+    with torch.no_grad():
+        m.p.zero_()
+    m.reset_parameters()
+    assert float(m.p[0]) == 0.5 and "p=0.5, gain=2" in repr(m)
+    lazy = adaptact.create(NAME, channel_dim=-1)
+    assert not lazy.initialized and lazy(torch.randn(2, 7, 6)).shape == (2, 7, 6) and lazy.channels == 6
+    with pytest.raises(TypeError, match="unexpected keyword argument.*alpha.*beta, p, gain"):
+        adaptact.create(NAME, channels=4, alpha=1.0)
+
+
+def test_init_match_fits_the_parameters_to_the_replaced_activation():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.GELU(), torch.nn.Linear(8, 2))
+    report = adaptact.replace_activations(model, NAME, init="match")
+    act = model[1]
+    assert type(act).__name__ == "DefinedSwishTanh" and list(report.fits) == ["1"]
+    assert report.fits["1"] < 0.05  # x sigmoid(1.7 x) is close to GELU
+    x = torch.linspace(-3, 3, 61).reshape(-1, 1).expand(-1, 8)
+    torch.testing.assert_close(act(x), torch.nn.functional.gelu(x), atol=0.05, rtol=0)
+
+
+def test_tensor_parallelism_shards_the_per_channel_parameters():
+    assert channel_shards(adaptact.create(NAME, channels=16), 16) == {"beta": 0, "p": 0}
+
+
+def test_defining_again_replaces_and_built_in_names_are_refused():
+    spec = adaptact.define("defined_scaled_tanh", lambda x, a: a * torch.tanh(x), scalars={"a": 2.0})
+    assert spec.family == "learnable" and not spec.per_channel
+    assert "defined_scaled_tanh" in adaptact.available()
+    m = adaptact.create("defined_scaled_tanh")
+    assert m(torch.zeros(())).shape == () and m(torch.ones(3)).allclose(2 * torch.tanh(torch.ones(3)))
+    adaptact.define("defined_scaled_tanh", lambda x, a: a * torch.tanh(x), scalars={"a": 3.0})
+    assert float(adaptact.create("defined_scaled_tanh").a) == 3.0
+    with pytest.raises(ValueError, match="built-in activation's name"):
+        adaptact.define("acon_c", lambda x: x)
+
+
+@pytest.mark.parametrize("args, kwargs, message", [
+    (("", lambda x: x), {}, "non-empty str"),
+    (("two words", lambda x: x), {}, "letters, digits and underscores"),
+    (("bad_params", lambda x, a: x), {"scalars": {"a": float("nan")}}, "finite number"),
+    (("bad_params", lambda x, a: x), {"scalars": {"x": 1.0}}, "identifiers other than 'x'"),
+    (("bad_params", lambda x, a: x), {"scalars": {"a": 1.0}, "per_channel": {"a": 1.0}}, "both"),
+    (("bad_formula", lambda x, b: x * b), {"scalars": {"a": 1.0}}, "failed on a"),
+    (("bad_formula", lambda x: x.mean(1)), {}, "tensor of x's shape"),
+    (("bad_formula", lambda x: torch.zeros_like(x)), {}, "does not depend differentiably"),
+    (("bad_family", lambda x: x * 2), {"family": "odd"}, "family must be"),
+])
+def test_bad_definitions_are_one_line_errors(args, kwargs, message):
+    with pytest.raises(ValueError, match=message) as info:
+        adaptact.define(*args, **kwargs)
+    assert "\n" not in str(info.value) and args[0] not in adaptact.available()
+
+
+def test_the_comparison_runs_a_defined_activation_by_module_name_in_spawned_workers(tmp_path, capsys):
+    """From the CLI, ``module:name`` imports the module that defines it; two spawned workers import it
+    too, and the run's key carries the definition's fingerprint."""
+    argv = ["compare", "--model", "tests.experiments.user_defs:net",
+            "--dataset", "tests.experiments.user_defs:blobs",
+            "--activations", f"relu,tests.defined:{NAME}", "--optimizers", "adam", "--lrs", "0.01",
+            "--seeds", "1", "--epochs", "2", "--workers", "2", "--db", str(tmp_path / "r.sqlite"),
+            "--out", str(tmp_path / "out"), "--no-progress"]
+    assert main(argv) == 0
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        rows = store.rows()
+    assert {r["activation"]: r["status"] for r in rows} == {"relu": "ok", f"tests.defined:{NAME}": "ok"}
+    assert f"tests.defined:{NAME}" in (tmp_path / "out" / "report.md").read_text()
+    assert definition_fingerprint(f"tests.defined:{NAME}") == adaptact.spec(NAME).definition.fingerprint()
+    capsys.readouterr()
+    at = argv.index("--activations") + 1
+    assert main(argv[:at] + ["tests.nowhere:thing"] + argv[at + 1:]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot be imported" in err
+
+
+def test_a_definition_in_main_needs_one_worker(tmp_path):
+    script = tmp_path / "mine.py"
+    script.write_text(
+        "import torch, adaptact\n"
+        "adaptact.define('mine', lambda x, a: x * torch.sigmoid(a * x), scalars={'a': 1.0})\n"
+        "from tests.experiments import user_defs\n"
+        "args = dict(activations=('mine',), lrs=(0.05,), seeds=1, epochs=1,\n"
+        f"            db={str(tmp_path / 'r.sqlite')!r}, out={str(tmp_path / 'out')!r}, progress=False)\n"
+        "try:\n"
+        "    adaptact.compare(user_defs.net, user_defs.blobs(), workers=2, **args)\n"
+        "except Exception as err:\n"
+        "    print('refused:', err)\n"
+        "rows = adaptact.compare(user_defs.net, user_defs.blobs(), workers=1, **args)\n"
+        "print([(r['activation'], r['status']) for r in rows])\n")
+    root = str(Path(__file__).parents[1])
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=root,
+                         env={**os.environ, "PYTHONPATH": root})
+    assert out.returncode == 0, out.stderr
+    assert "refused: activation 'mine' is defined in the script being run" in out.stdout
+    assert "[('mine', 'ok')]" in out.stdout
