@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from torch import nn
 
 import adaptact
 from adaptact.nn.context import CALL, PREFIX, decoding, track_decoding
@@ -253,3 +254,34 @@ def test_only_calls_with_a_cache_or_padding_count_as_decoding():
     cache = Cache()
     model(x, past_key_values=cache, use_cache=True)
     assert set(getattr(cache, PREFIX).sums) == {"act"}
+
+
+def test_a_models_conditioned_modules_are_found_again_after_a_registration_not_at_every_call():
+    """The walk over a tracked model's modules is kept until a module is registered outside a call
+    (or a conditioned one anywhere); transformers re-registers its layers in a temporary
+    ModuleList at every call, which keeps it."""
+    from adaptact.nn import context
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            act = adaptact.create("meta_acon_c", channels=4, channel_dim=-1, context="causal")
+            self.layers = nn.ModuleList([nn.Sequential(nn.Linear(4, 4), act)])  # a decoder layer
+
+        def forward(self, x, use_cache=None):
+            for layer in nn.ModuleList(list(self.layers)):  # as transformers slices its layers
+                x = layer(x)
+            return x
+
+    net = Net().eval()
+    track_decoding(net)
+    with torch.no_grad():
+        net(torch.randn(1, 3, 4), use_cache=True)
+        kept = net.__dict__[context._CONDITIONED]
+        net(torch.randn(1, 3, 4), use_cache=True)
+        assert net.__dict__[context._CONDITIONED] is kept  # no walk: the in-call registrations kept it
+        net.extra = adaptact.create("aprelu", channels=4, channel_dim=-1, context="causal")
+        assert [n for n, _ in context._conditioned(net)[0]] == ["layers.0.1", "extra"]
+        inner = nn.Sequential(adaptact.create("dy_relu_b", channels=4, channel_dim=-1, context="causal"))
+        net.layers.append(inner)  # a subtree holding a conditioned module, built before
+        assert [n for n, _ in context._conditioned(net)[0]] == ["layers.0.1", "layers.1.0", "extra"]

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..nn import AconC, ActivationModule, APReLU, AReLU, DyReLU, FReLU, MetaAconC
+from ..nn import AconC, ActivationModule
 from .plots import pyplot, save_figure
 
 __all__ = ["Collected", "acon_reference_beta", "collect", "learned_activations", "plot_aprelu_alpha",
@@ -49,31 +49,25 @@ class Collected:
 def collect(model: nn.Module, x: torch.Tensor, batch_size: int = 500, keep_maps: int = 8) -> Collected:
     """Run ``model`` (eval mode) over ``x`` and collect what its adaptive activations compute."""
     out = Collected(inputs=x[:keep_maps].clone())
-    parts: dict[str, dict[str, list]] = {"beta": {}, "alpha": {}, "dy": {}, "frelu": {}}
+    parts: dict[str, dict[str, list]] = {}
     hooks = []
 
     def hook(name: str):
-        def fn(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            (inp,) = args
-            if isinstance(module, MetaAconC):
-                beta = module.generate_beta(inp)
-                if beta.ndim > 2:  # pixel-wise: one value per channel and sample, its spatial mean
-                    beta = beta.flatten(2).mean(2)
-                parts["beta"].setdefault(name, []).append(beta.float())
-            elif isinstance(module, APReLU):
-                parts["alpha"].setdefault(name, []).append(module.generate_alpha(inp).float())
-            elif isinstance(module, DyReLU):
-                parts["dy"].setdefault(name, []).append(tuple(t.float() for t in module.coefficients(inp)))
-            elif isinstance(module, FReLU):
-                wins = (module.condition(inp) > inp).flatten(2).float().mean(2)
-                parts["frelu"].setdefault(name, []).append(wins)
-            elif isinstance(module, AReLU) and inp.ndim > 2 and name not in out.arelu_maps:
-                out.arelu_maps[name] = (inp[:keep_maps].clone(), output[:keep_maps].clone())
+        def fn(module: ActivationModule, args: tuple, output: torch.Tensor) -> None:
+            found = module.inspected(args[0], output)  # what the class says the analysis reads
+            if found is None:
+                return
+            what, value = found
+            if what == "arelu_maps":  # feature maps: the first batch's first ``keep_maps``
+                if name not in out.arelu_maps:
+                    out.arelu_maps[name] = tuple(t[:keep_maps].clone() for t in value)  # type: ignore[attr-defined]
+                return
+            parts.setdefault(what, {}).setdefault(name, []).append(value)
 
         return fn
 
     for name, m in model.named_modules():
-        if isinstance(m, (MetaAconC, APReLU, AReLU, DyReLU, FReLU)):
+        if isinstance(m, ActivationModule):
             hooks.append(m.register_forward_hook(hook(name)))
     try:
         model.eval()
@@ -82,11 +76,11 @@ def collect(model: nn.Module, x: torch.Tensor, batch_size: int = 500, keep_maps:
     finally:
         for h in hooks:
             h.remove()
-    out.meta_acon_beta = {k: torch.cat(v) for k, v in parts["beta"].items()}
-    out.aprelu_alpha = {k: torch.cat(v) for k, v in parts["alpha"].items()}
+    out.meta_acon_beta = {k: torch.cat(v) for k, v in parts.get("meta_acon_beta", {}).items()}
+    out.aprelu_alpha = {k: torch.cat(v) for k, v in parts.get("aprelu_alpha", {}).items()}
     out.dy_relu_pieces = {k: (torch.cat([a for a, _ in v]), torch.cat([b for _, b in v]))
-                          for k, v in parts["dy"].items()}
-    out.frelu_share = {k: torch.cat(v) for k, v in parts["frelu"].items()}
+                          for k, v in parts.get("dy_relu_pieces", {}).items()}
+    out.frelu_share = {k: torch.cat(v) for k, v in parts.get("frelu_share", {}).items()}
     return out
 
 

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..ops import dispatch
+from ..ops import dispatch, small
 from .channels import ChannelModule
 
 __all__ = ["AconA", "AconB", "AconC", "MATCH_BETAS"]
@@ -63,6 +63,10 @@ class AconA(ChannelModule):
     def _forward(self, x: Tensor) -> Tensor:
         one = torch.ones((), dtype=self.beta.dtype, device=self.beta.device)
         return self._run(dispatch.acon_c, x, one, one - 1, self.beta)
+
+    def _small_form(self, x: Tensor) -> Tensor | None:
+        params = self._small(x, ("beta",), self.channels, self.channel_dim)
+        return None if params is None else small.acon_a(x, *small.along(x, self.channel_dim, *params))
 
     def fit_parameters(self) -> list[Tensor]:
         return [self.beta]
@@ -125,6 +129,10 @@ class AconB(ChannelModule):
     def _forward(self, x: Tensor) -> Tensor:
         one = torch.ones((), dtype=self.p.dtype, device=self.p.device)
         return self._run(dispatch.acon_c, x, one, self.p, self.beta)
+
+    def _small_form(self, x: Tensor) -> Tensor | None:
+        params = self._small(x, ("p", "beta"), self.channels, self.channel_dim)
+        return None if params is None else small.acon_b(x, *small.along(x, self.channel_dim, *params))
 
     def fit_parameters(self) -> list[Tensor]:
         return [self.p, self.beta]
@@ -194,6 +202,10 @@ class AconC(ChannelModule):
 
     def _forward(self, x: Tensor) -> Tensor:
         return self._run(dispatch.acon_c, x, self.p1, self.p2, self.beta)
+
+    def _small_form(self, x: Tensor) -> Tensor | None:
+        params = self._small(x, ("p1", "p2", "beta"), self.channels, self.channel_dim)
+        return None if params is None else small.acon_c(x, *small.along(x, self.channel_dim, *params))
 
     def fit_parameters(self) -> list[Tensor]:
         return [self.p1, self.p2, self.beta]

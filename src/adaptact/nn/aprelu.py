@@ -8,7 +8,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from ..ops import dispatch
+from ..ops import dispatch, small
 from .base import batch_norm, logit, silence
 from .channels import ChannelModule
 from .context import (Context, check_context, check_sequence, decoding, masked_mean, padding, position_norm,
@@ -139,6 +139,17 @@ class APReLU(ChannelModule):
         tokens = x.transpose(1, 2).to(self.fc1.weight.dtype)
         s = torch.cat((torch.clamp(tokens, max=0), torch.relu(tokens)), dim=-1)
         return self.alpha_from_stats(position_statistics(self, s, self.context)).transpose(1, 2)
+
+    def inspected(self, x: Tensor, y: Tensor) -> tuple[str, object] | None:
+        """The generated negative slopes, (N, C) or (N, 1)."""
+        return "aprelu_alpha", self.generate_alpha(x).float()
+
+    def _small_form(self, x: Tensor) -> Tensor | None:
+        if self._small_tokens(x, (), self.fc1.weight.dtype) is None:
+            return None
+        negative, positive = torch.clamp(x, max=0), torch.relu(x)
+        s = position_statistics(self, torch.cat((negative, positive), dim=-1), self.context)
+        return small.aprelu(negative, positive, self.alpha_from_stats(s))
 
     def _forward(self, x: Tensor) -> Tensor:
         if self.context != "sample":

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..ops import dispatch
+from ..ops import dispatch, small
 from .base import ActivationModule, check_input
 
 
@@ -50,8 +50,15 @@ class AReLU(ActivationModule):
         nn.init.constant_(self.beta, self.init_beta)
 
     def forward(self, x: Tensor) -> Tensor:
+        params = self._small(x, ("alpha", "beta"))
+        if params is not None:  # a small inference call: the fewest ops
+            return small.arelu(x, *params)
         check_input(self, x, None)
         return self._run(dispatch.arelu, x, self.alpha, self.beta)
+
+    def inspected(self, x: Tensor, y: Tensor) -> tuple[str, object] | None:
+        """Its input and output feature maps (those with spatial dims, after convolutions)."""
+        return ("arelu_maps", (x, y)) if x.ndim > 2 else None
 
     def fit_parameters(self) -> list[Tensor]:
         return [self.alpha, self.beta]

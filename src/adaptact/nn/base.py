@@ -9,6 +9,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from torch.func import debug_unwrap
+
 from ..ops import dispatch, distributed, fallback
 from .families import BatchNorm
 
@@ -17,6 +19,8 @@ __all__ = ["ActivationModule", "CheckedStateDict", "PointwiseActivation", "batch
 
 FITS = ("it fits AReLU, ACON-A/B/C, Meta-ACON-C, APReLU, Dynamic ReLU, FReLU, PReLU, Swish and the "
         "activations made with adaptact.define")
+_FLOAT32 = torch.float32
+
 # ``init="match"``'s starting values: per start, per fitted tensor, its values
 Starts = list[list[list[float]]]
 
@@ -231,6 +235,11 @@ class ActivationModule(CheckedStateDict):
         fills it)."""
         return [[[negative_slope] for _ in self.fit_parameters()]]
 
+    def inspected(self, x: torch.Tensor, y: torch.Tensor) -> tuple[str, object] | None:
+        """What ``adaptact.analysis.inspect.collect`` keeps of a call with input ``x`` and output
+        ``y``: (the ``Collected`` field, its value for this batch), or None (nothing to inspect)."""
+        return None
+
     _backend: str = "auto"
     _triton_failed: bool = False  # under "auto", a Triton kernel failed: autograd from then on
     ran_backend: str | None = None
@@ -248,60 +257,109 @@ class ActivationModule(CheckedStateDict):
     def backend(self, backend: str) -> None:
         self._backend = dispatch.check_backend(backend)
         self._triton_failed = False
+        self.__dict__.pop("_routes", None)
 
     def _run(self, op: Callable[..., torch.Tensor], x: torch.Tensor, *args,
              fused: bool = True, triton: bool = True) -> torch.Tensor:
-        """``op(x, *args, backend)`` with this module's backend. Under "auto", when the Triton path
-        raises (a kernel that does not compile or launch, here or in the backward), warn once and
-        use "autograd" for this module from then on; "triton" itself always raises. ``fused=False``:
-        ``op`` runs no Triton kernel or compiled entry for this ``x`` (per-position coefficients of
-        channels-first x), so "auto" runs (and reports) "autograd" where it would pick one of those.
-        Under a torch.func transform "auto" runs (and reports) "reference", and the other backends
-        are refused with one line: our Functions compute first-order gradients and have no
-        batching rules. ``triton=False``: ``op`` has no Triton kernel; "auto" runs (and reports)
-        "autograd" where it would pick "triton", and "triton" is refused."""
-        backend = self.backend
+        """``op(x, *args, backend)`` with this module's backend; under "auto" the backend ``_route``
+        chose for this kind of input. When the Triton path raises under "auto" (a kernel that does
+        not compile or launch, here or in the backward), warn once and use "autograd" for this
+        module from then on; "triton" itself always raises. ``fused=False``: ``op`` runs no Triton
+        kernel or compiled entry for this ``x`` (per-position coefficients of channels-first x), so
+        "auto" runs (and reports) "autograd" where it would pick one of those. Under a torch.func
+        transform "auto" runs (and reports) "reference", and the other backends are refused with
+        one line: our Functions compute first-order gradients and have no batching rules.
+        ``triton=False``: ``op`` has no Triton kernel; "auto" runs (and reports) "autograd" where it
+        would pick "triton", and "triton" is refused."""
+        backend = self._backend
         if backend == "triton" and not triton:
             raise ValueError(f"{type(self).__name__} has no Triton kernel yet: use backend='autograd' (its "
                              "memory-lean Function, on any device), 'compiled' or 'auto'")
-        if backend == "auto" and self._triton_failed:
-            backend = "autograd"
         if torch.compiler.is_compiling():
-            return op(x, *args, backend)
-        if backend == "auto" and dispatch.eager_pays(x):  # small inference calls: no compiled entry
-            self.__dict__["ran_backend"] = "reference"
-            return op(x, *args, "reference")
-        tensors = [a for a in args if isinstance(a, torch.Tensor)]
-        if backend != "reference" and dispatch.under_torch_func(x, *tensors):
-            if backend != "auto":
-                raise dispatch.refusal(backend)
+            return op(x, *args, "autograd" if backend == "auto" and self._triton_failed else backend)
+        if backend != "reference" and self._plain_torch_only(x, args, backend):
             backend = "reference"
-        if backend != "reference" and distributed.sharded(x, *tensors):  # ChannelwiseParallel's input
-            if backend != "auto":
-                raise distributed.refusal(type(self).__name__, backend)
-            backend = "reference"  # DTensors: plain torch ops, which DTensor shards itself
-        if backend == "auto":  # a transform may reach our Functions through the generator's weights
-            return dispatch.reference_under_torch_func(lambda: self._run_auto(op, x, args, fused, triton),
-                                                       lambda: self._run_reference(op, x, args), "auto")
+        elif backend == "auto":
+            backend = self._route(x, fused, triton)
+            if backend == "triton":
+                return self._run_triton(op, x, args)
+            try:
+                y = op(x, *args, backend)
+            except RuntimeError:
+                if not dispatch.transform_active():  # a transform reaching our Functions through weights
+                    raise
+                backend, y = "reference", op(x, *args, "reference")
+            # compiling may have been given up during this very call (ops.compiled warns once)
+            self.__dict__["ran_backend"] = dispatch.fused_backend(x) if backend == "compiled" else backend
+            return y
         self.__dict__["ran_backend"] = backend
         return op(x, *args, backend)
 
-    def _run_reference(self, op: Callable[..., torch.Tensor], x: torch.Tensor, args: tuple) -> torch.Tensor:
-        self.__dict__["ran_backend"] = "reference"
-        return op(x, *args, "reference")
+    def _plain_torch_only(self, x: torch.Tensor, args: tuple, backend: str) -> bool:
+        """Whether only plain torch ops can take ``x`` and ``args``: a torch.func transform's tensors,
+        or DTensors (``ChannelwiseParallel``'s input), which DTensor shards itself. "auto" then runs
+        the reference; another named backend is refused with one line."""
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        if dispatch.under_torch_func(x, *tensors):
+            if backend != "auto":
+                raise dispatch.refusal(backend)
+            return True
+        if distributed.sharded(x, *tensors):
+            if backend != "auto":
+                raise distributed.refusal(type(self).__name__, backend)
+            return True
+        return False
 
-    def _run_auto(self, op: Callable[..., torch.Tensor], x: torch.Tensor, args: tuple,
-                  fused: bool, triton: bool = True) -> torch.Tensor:
-        chosen = dispatch.fused_backend(x)  # ``_run`` checked the transforms
-        if (not fused and chosen in ("triton", "compiled")) or (not triton and chosen == "triton"):
-            chosen = "autograd"
-        if chosen == "compiled" and self._first_of_kind(x):
-            chosen = "autograd"  # the same lean Function, eager: a compile pays from a kind's second call
-        if chosen != "triton":
-            y = op(x, *args, chosen)
-            # compiling may have been given up during this very call (ops.compiled warns once)
-            self.__dict__["ran_backend"] = dispatch.fused_backend(x) if chosen == "compiled" else chosen
-            return y
+    def _route(self, x: torch.Tensor, fused: bool, triton: bool) -> str:
+        """What "auto" runs for ``x``, decided once per kind of input (dtype, device, rank, grad mode,
+        small or not; ``fused``, ``triton``) and kept on the module: the reference for small inference
+        calls (``dispatch.eager_pays``), else the fused backend for the device (``fused_backend``),
+        "autograd" where ``op`` has no fused form for ``x``. A kind's first call that would compile
+        runs the eager lean Function instead (the same numbers and saved tensors): one call never
+        waits for a compile that only later calls repay, and a training loop compiles at its
+        second step."""
+        key = (x.dtype, x.device, x.dim(), torch.is_grad_enabled(), x.numel() <= dispatch.EAGER_NUMEL,
+               fused, triton)
+        routes: dict = self.__dict__.setdefault("_routes", {})
+        chosen = routes.get(key)
+        if chosen is not None:
+            return chosen
+        if dispatch.eager_pays(x):
+            chosen = "reference"
+        else:
+            chosen = "autograd" if self._triton_failed else dispatch.fused_backend(x)
+            if (not fused and chosen in ("triton", "compiled")) or (not triton and chosen == "triton"):
+                chosen = "autograd"
+        routes[key] = chosen
+        return "autograd" if chosen == "compiled" else chosen
+
+    def _small(self, x: torch.Tensor, names: tuple[str, ...], channels: int | None = None,
+               dim: int = 1) -> list[torch.Tensor] | None:
+        """The parameters ``names`` where this call takes the class's small-call form (``ops.small``),
+        else None. It does for backend "auto", eagerly, with nothing recorded for backward, on a
+        plain float32 CPU tensor of rank >= 1 and at most ``EAGER_NUMEL`` elements
+        (``dispatch.eager_pays``), with ``channels`` on ``dim`` where given (anything else goes the
+        usual way, which explains what is wrong), float32 parameters of the module's own, no
+        torch.func transform. Then the reference is reported as run. (Written for speed: it is on
+        every call's path.)"""
+        if not (type(x) is torch.Tensor and x.dtype is _FLOAT32 and self._backend == "auto"
+                and not torch.is_grad_enabled() and x.ndim > 0 and x.numel() <= dispatch.EAGER_NUMEL
+                and x.is_cpu and not torch.compiler.is_compiling()
+                and debug_unwrap(x, recurse=False) is x):
+            return None
+        if channels is not None and not (-x.ndim <= dim < x.ndim and dim % x.ndim
+                                         and x.shape[dim] == channels):
+            return None
+        own, params = self._parameters, list[torch.Tensor]()
+        for name in names:  # the module's own parameters (a transform's wrappers are plain tensors)
+            p = own[name]
+            if type(p) is not nn.Parameter or p.dtype is not _FLOAT32:
+                return None
+            params.append(p)
+        self.__dict__["ran_backend"] = "reference"
+        return params
+
+    def _run_triton(self, op: Callable[..., torch.Tensor], x: torch.Tensor, args: tuple) -> torch.Tensor:
         try:
             y = op(x, *args, "triton")
         except Exception as err:  # any failure of the Triton path: compile, launch, driver
@@ -312,18 +370,6 @@ class ActivationModule(CheckedStateDict):
         self.__dict__["ran_backend"] = "triton"
         return fallback.mark(y, self._fall_back)
 
-    def _first_of_kind(self, x: torch.Tensor) -> bool:
-        """Whether this is the module's first "auto" call with this kind of input (dtype, rank,
-        grad mode); it is remembered. Such a call runs the eager lean Function (the same numbers
-        and saved tensors as the compiled one): one call never waits for a compile that only later
-        calls repay, and a training loop compiles at its second step."""
-        kind = (x.dtype, x.dim(), torch.is_grad_enabled())
-        seen = self.__dict__.setdefault("_auto_kinds", set())
-        if kind in seen:
-            return False
-        seen.add(kind)
-        return True
-
     def _weights(self) -> tuple[torch.Tensor, ...]:
         """The tensors a generated activation's generator uses that may need gradients (the Triton
         path asks for them; Meta-ACON-C leaves out its p1 and p2)."""
@@ -331,6 +377,7 @@ class ActivationModule(CheckedStateDict):
 
     def _fall_back(self, err: BaseException) -> None:
         self.__dict__["ran_backend"] = "autograd"
+        self.__dict__.pop("_routes", None)  # decided again, without Triton
         if not self._triton_failed:
             warnings.warn(f"{type(self).__name__}: the Triton kernels failed under backend='auto' "
                           f"({type(err).__name__}: {err}); this module uses backend='autograd' from now on",

@@ -101,6 +101,9 @@ class ChannelModule(ActivationModule):
                 self.materialise(value.numel() if dim < 0 else value.shape[dim])
 
     def forward(self, x: Tensor) -> Tensor:
+        small = self._small_form(x)
+        if small is not None:
+            return small
         first = self.channels_first(x)
         if first.ndim == 2 and getattr(self, "context", None) == "token":  # rows (N, C): one position each
             return self._forward(first.unsqueeze(-1)).squeeze(-1)
@@ -110,6 +113,21 @@ class ChannelModule(ActivationModule):
         y = y.movedim(1, self.channel_dim)
         # the input's layout back (code after a token MLP's activation may .view() it)
         return y.contiguous() if x.is_contiguous() else y
+
+    def _small_form(self, x: Tensor) -> Tensor | None:
+        """The output by the class's small-call form (``ops.small``) where this call takes it (see
+        ``ActivationModule._small``), else None. Classes without one return None."""
+        return None
+
+    def _small_tokens(self, x: Tensor, names: tuple[str, ...], dtype: torch.dtype) -> list[Tensor] | None:
+        """``_small`` for a generated activation (Meta-ACON-C, APReLU, Dynamic ReLU) in eval mode
+        with per-position coefficients (context "causal" or "token") of channels-last (B, T, C)
+        tokens, its generator in ``dtype`` float32: a decoded token, or a few (what the decoding of
+        a language model calls them with). The parameters ``names`` where it takes it, else None."""
+        if (self.training or getattr(self, "context", "sample") == "sample" or x.ndim != 3
+                or self.channel_dim not in (-1, 2) or dtype is not torch.float32):
+            return None
+        return self._small(x, names, self.channels, self.channel_dim)
 
     def _first(self, x: Tensor) -> bool:
         return self.channel_dim == 1 or (x.ndim == 2 and self.channel_dim == -1)

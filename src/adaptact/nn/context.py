@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -56,6 +57,8 @@ CALL = "adaptact_call"  # (ModelCall, the module's name in the model) on each co
 PREFIX = "adaptact_prefix"  # the Prefix a cache object carries
 _OWNER = "adaptact_owns_call"  # on the hooked model whose call set CALL (an outer one, if several are hooked)
 _HOOKED = "adaptact_hooked"
+_CONDITIONED = "adaptact_conditioned"  # (structure, conditioned modules, hooked models inside), kept
+_TOLD = "adaptact_told"  # on a hooked model inside the hooked model whose call told the activations
 
 
 def check_context(context: object) -> str:
@@ -177,12 +180,16 @@ def position_statistics(module: nn.Module, s: Tensor, context: str) -> Tensor:
         return s
     entry = _call(module)
     n, t = s.shape[0], s.shape[1]
+    if t == 1 and (entry is None or (entry[0].offset is None and entry[0].mask is None)):
+        return s  # one position, nothing before it: its own mean
     if entry is None:
         counts = torch.arange(1, t + 1, device=s.device, dtype=s.dtype)
         counts = distributed.replicated_like(counts, s)  # tensor parallel: s is a DTensor
         return s.cumsum(1) / counts.unsqueeze(-1)
     call, name = entry
     mask = position_mask(module, n, t)
+    if t == 1 and mask is None and call.offset and not distributed.sharded(s):
+        return _one_more(module, name, call, s)  # a decoded token: the fewest ops
     if mask is None:
         sums = s.cumsum(1)
         counts = torch.arange(1, t + 1, device=s.device, dtype=s.dtype).expand(n, t)
@@ -201,6 +208,17 @@ def position_statistics(module: nn.Module, s: Tensor, context: str) -> Tensor:
     return sums / counts.clamp(min=1).unsqueeze(-1)
 
 
+def _one_more(module: nn.Module, name: str, call: ModelCall, s: Tensor) -> Tensor:
+    """``position_statistics`` of one new position (N, 1, S) after ``call.offset`` cached ones, no
+    padding: the carried running sum and count, plus this position."""
+    assert call.prefix is not None and call.offset
+    carried_sums, carried_counts = call.prefix.carried(module, name, call.offset, s.shape[0])
+    sums = s + carried_sums.to(s.dtype).unsqueeze(1)
+    counts = carried_counts.to(s.dtype).unsqueeze(1) + 1
+    call.prefix.keep(name, call.offset, sums, counts)
+    return sums / counts.unsqueeze(-1)
+
+
 def batch_norm_positions(bn: BatchNorm, h: Tensor, mask: Tensor | None = None) -> Tensor:
     """``bn`` applied to (N, T, F) generator features, each position normalised on its own (see
     the module docstring) over the samples real at that position (``mask`` (N, T); None: all);
@@ -212,8 +230,9 @@ def batch_norm_positions(bn: BatchNorm, h: Tensor, mask: Tensor | None = None) -
     if not bn.training or n == 1:
         if bn.running_mean is None:
             raise ValueError("a BatchNorm without running statistics cannot normalise one sample")
-        y = nn.functional.batch_norm(h.reshape(n * t, f), bn.running_mean, bn.running_var, bn.weight, bn.bias,
-                                     False, 0.0, bn.eps)
+        # torch's op itself (nn.functional's wrapper checks a batch size that eval mode never needs)
+        y = torch.batch_norm(h.reshape(n * t, f), bn.weight, bn.bias, bn.running_mean, bn.running_var, False,
+                             0.0, bn.eps, False)
         return y.reshape(n, t, f)
     x = statistics_dtype(h)
     if mask is None:
@@ -317,10 +336,40 @@ def _follow(prefix: Prefix, cache: Any, offset: int) -> None:
     prefix.select(same.int().argmax(1))
 
 
-def _conditioned(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The modules of ``model`` that condition on positions, by name. (Runs on every tracked call:
-    ``context`` is a plain attribute, read from ``__dict__`` without nn.Module's slow lookup.)"""
-    return [(name, m) for name, m in model.named_modules() if m.__dict__.get("context") in CONTEXTS]
+# A model's conditioned modules are found by one walk over its modules, kept on the model until the
+# structure may have changed: ``_structure`` counts the registrations of submodules anywhere in the
+# process (torch's global registration hook: setattr, add_module, a container's items), but those
+# made inside a tracked model's call in this thread that register no conditioned module themselves
+# (transformers slices its ModuleList of layers at every call, re-registering them in a temporary
+# list). A decoded token then costs no walk.
+_structure = [0]
+_in_call = threading.local()  # .depth: tracked model calls under way in this thread
+
+
+def _registered(module: nn.Module, name: str, submodule: nn.Module | None) -> None:
+    if (submodule is not None and submodule.__dict__.get("context") in CONTEXTS) or not getattr(
+            _in_call, "depth", 0):
+        _structure[0] += 1
+
+
+nn.modules.module.register_module_module_registration_hook(_registered)
+
+
+def _conditioned(model: nn.Module) -> tuple[list[tuple[str, nn.Module]], list[nn.Module]]:
+    """The modules of ``model`` that condition on positions, by name, and the hooked models inside
+    it (kept on the model while ``_structure`` stands; plain attributes are read from ``__dict__``
+    without nn.Module's slow lookup)."""
+    kept = model.__dict__.get(_CONDITIONED)
+    if kept is not None and kept[0] == _structure[0]:
+        return kept[1], kept[2]
+    conditioned, hooked = [], []
+    for name, m in model.named_modules():
+        if m.__dict__.get("context") in CONTEXTS:
+            conditioned.append((name, m))
+        elif m is not model and m.__dict__.get(_HOOKED):
+            hooked.append(m)
+    model.__dict__[_CONDITIONED] = (_structure[0], conditioned, hooked)
+    return conditioned, hooked
 
 
 def _real_positions(mask: object) -> Tensor | None:
@@ -330,7 +379,19 @@ def _real_positions(mask: object) -> Tensor | None:
 
 
 def _before_call(model: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-    modules = _conditioned(model)
+    _in_call.depth = getattr(_in_call, "depth", 0) + 1  # ``_after_call`` (always called) takes it back
+    try:
+        _tell(model, kwargs)
+    except BaseException:
+        _in_call.depth -= 1
+        raise
+
+
+def _tell(model: nn.Module, kwargs: dict[str, Any]) -> None:
+    """Tell ``model``'s conditioned activations what this call's keywords say of padding and cache."""
+    if model.__dict__.get(_TOLD):
+        return  # a hooked model around it told its activations in this call (its walk found this one)
+    modules, inner = _conditioned(model)
     if not modules or any(CALL in m.__dict__ for _, m in modules):
         return  # nothing to tell, or an outer hooked model already told them
     cache = _cache(kwargs)
@@ -345,18 +406,23 @@ def _before_call(model: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
     call = ModelCall(offset, prefix, _real_positions(kwargs.get("attention_mask")))
     if offset is None and call.mask is None:
         return  # a training forward without pads: nothing to tell (their compiled graphs stay as they are)
-    model.__dict__[_OWNER] = (call, modules)
+    model.__dict__[_OWNER] = (call, modules, inner)
     for name, m in modules:
         m.__dict__[CALL] = (call, name)
+    for m in inner:  # the hooked models inside: their own hooks need not walk again in this call
+        m.__dict__[_TOLD] = True
 
 
 def _after_call(model: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> None:
+    _in_call.depth = max(getattr(_in_call, "depth", 0) - 1, 0)
     told = model.__dict__.pop(_OWNER, None)
     if told is None:
         return
-    call, modules = told
+    call, modules, inner = told
     for _, m in modules:  # the ones ``_before_call`` told
         m.__dict__.pop(CALL, None)
+    for m in inner:
+        m.__dict__.pop(_TOLD, None)
     if call.prefix is None or not call.prefix.sums:
         return
     cache = next((c for c in (getattr(output, "cache", None), getattr(output, "past_key_values", None),

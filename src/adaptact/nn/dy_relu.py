@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import functional as AF
-from ..ops import dispatch
+from ..ops import dispatch, small
 from .base import int_at_least, silence
 from .channels import ChannelModule
 from .context import (Context, check_context, check_sequence, decoding, masked_mean, padding,
@@ -121,6 +121,15 @@ class DyReLU(ChannelModule):
         means = position_statistics(self, x.transpose(1, 2).to(self.fc1.weight.dtype), self.context)
         a, b = self.coefficients_from_mean(means)
         return a.transpose(1, 2), b.transpose(1, 2)
+
+    def inspected(self, x: Tensor, y: Tensor) -> tuple[str, object] | None:
+        """The generated pieces (a, b), each (N, C or 1, K)."""
+        return "dy_relu_pieces", tuple(t.float() for t in self.coefficients(x))
+
+    def _small_form(self, x: Tensor) -> Tensor | None:
+        if self._small_tokens(x, (), self.fc1.weight.dtype) is None:
+            return None
+        return small.dy_relu(x, *self.coefficients_from_mean(position_statistics(self, x, self.context)))
 
     def _forward(self, x: Tensor) -> Tensor:
         if self.context != "sample":

@@ -115,6 +115,10 @@ class FReLU(ChannelModule):
         dtype = self.conv_frelu.weight.dtype  # the condition in the parameters' dtype (float32 for half x)
         return dispatch.frelu_max(x, self.condition(x.to(dtype)).to(x.dtype), self.backend)
 
+    def inspected(self, x: Tensor, y: Tensor) -> tuple[str, object] | None:
+        """The share of each sample's and channel's elements where the funnel condition T(x) wins."""
+        return "frelu_share", (self.condition(x) > x).flatten(2).float().mean(2)
+
     def fit_parameters(self) -> list[Tensor]:
         """The BatchNorm's bias, the funnel condition once the convolution is silenced: max(x, b)."""
         silence(self.conv_frelu)

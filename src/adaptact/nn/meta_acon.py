@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import functional as AF
-from ..ops import dispatch
+from ..ops import dispatch, small
 from .base import batch_norm, int_at_least, logit, silence
 from .channels import ChannelModule
 from .context import (Context, check_context, check_sequence, decoding, masked_mean, padding, position_norm,
@@ -177,6 +177,21 @@ class MetaAconC(ChannelModule):
             return self._run(dispatch.acon_c, x, self.p1, self.p2, beta)
         return self._run(dispatch.meta_acon_c, x, self.p1, self.p2, self.beta_from_mean, self._weights,
                          self._stats_dtype)
+
+    def _small_form(self, x: Tensor) -> Tensor | None:
+        if self.granularity == "pixel":
+            return None
+        params = self._small_tokens(x, ("p1", "p2"), self._stats_dtype)
+        if params is None:
+            return None
+        beta = self.beta_from_mean(position_statistics(self, x, self.context))  # (N, T, C or 1)
+        p1, p2 = params
+        return small.meta_acon_c(x, p1, p2, beta)
+
+    def inspected(self, x: Tensor, y: Tensor) -> tuple[str, object] | None:
+        """The generated beta, (N, C) or (N, 1); pixel-wise, its spatial mean per channel."""
+        beta = self.generate_beta(x)
+        return "meta_acon_beta", (beta.flatten(2).mean(2) if beta.ndim > 2 else beta).float()
 
     def _weights(self) -> tuple[Tensor, ...]:
         return tuple(p for name, p in self.named_parameters() if name not in ("p1", "p2"))

@@ -230,22 +230,23 @@ def meta_acon_c(x: Tensor, p1: Tensor, p2: Tensor, beta_from_mean: Callable[[Ten
     b = resolve(backend, x, p1, p2)
     if _owns_generator(b):
         return _triton().generated_acon_c(x, _view(p1, x), _view(p2, x), beta_from_mean, weights(), dtype)
-    return _generated(_meta_acon_c, b, x, p1, p2, beta_from_mean, dtype)
+    if b == "compiled":
+        y = CP.whole(_meta_acon_c, x, p1, p2, beta_from_mean, dtype, "autograd",
+                     channels_last=_meta_acon_c_last)
+        if y is not None:
+            return y
+        b = "autograd"  # eager, as ops.compiled runs where it does not compile
+    return _meta_acon_c(x, p1, p2, beta_from_mean, dtype, b)
 
 
 def _meta_acon_c(x: Tensor, p1: Tensor, p2: Tensor, beta_from_mean: Callable[[Tensor], Tensor],
                  dtype: torch.dtype, backend: str) -> Tensor:
-    return acon_c(x, p1, p2, beta_from_mean(AF.spatial_mean(x, dtype)), backend)
-
-
-def _generated(composite: Callable[..., Tensor], backend: str, x: Tensor, *args) -> Tensor:
-    """``composite(x, *args, backend)``: pooling, generator and activation. On the compiled
-    backend they are traced and compiled as one graph, running the autograd Functions' formulas
-    (``ops.compiled.whole``; channels-last x through the composite's channels-last form)."""
-    if backend == "compiled":
-        y = CP.whole(composite, x, *args, "autograd", channels_last=_CHANNELS_LAST.get(composite))
-        return composite(x, *args, "autograd") if y is None else y  # None: eager, as CP does
-    return composite(x, *args, backend)
+    """Pooling, generator and activation by ``backend`` (reference or a lean one): what the compiled
+    backend traces and compiles as one graph (``ops.compiled.whole``, with "autograd")."""
+    beta = beta_from_mean(AF.spatial_mean(x, dtype))
+    if backend == "reference":
+        return AF.acon_c(x, p1, p2, beta)
+    return _lean(backend).acon_c(x, _view(p1, x), _view(p2, x), _view(beta, x))
 
 
 # The composites written for channels-last x, (N, *, C) with the channels innermost (transformer
@@ -299,7 +300,12 @@ def aprelu(x: Tensor, alpha_from_stats: Callable[[Tensor], Tensor], weights: Cal
     b = resolve(backend, x)
     if _owns_generator(b):
         return _triton().generated_aprelu(x, alpha_from_stats, weights(), dtype)
-    return _generated(_aprelu, b, x, alpha_from_stats, dtype)
+    if b == "compiled":
+        y = CP.whole(_aprelu, x, alpha_from_stats, dtype, "autograd", channels_last=_aprelu_last)
+        if y is not None:
+            return y
+        b = "autograd"
+    return _aprelu(x, alpha_from_stats, dtype, b)
 
 
 def _aprelu(x: Tensor, alpha_from_stats: Callable[[Tensor], Tensor], dtype: torch.dtype,
@@ -318,7 +324,12 @@ def dy_relu(x: Tensor, coefficients_from_mean: Callable[[Tensor], tuple[Tensor, 
     b = resolve(backend, x)
     if _owns_generator(b):
         return _triton().generated_dy_relu(x, coefficients_from_mean, weights(), dtype)
-    return _generated(_dy_relu, b, x, coefficients_from_mean, dtype)
+    if b == "compiled":
+        y = CP.whole(_dy_relu, x, coefficients_from_mean, dtype, "autograd", channels_last=_dy_relu_last)
+        if y is not None:
+            return y
+        b = "autograd"
+    return _dy_relu(x, coefficients_from_mean, dtype, b)
 
 
 def _dy_relu(x: Tensor, coefficients_from_mean: Callable[[Tensor], tuple[Tensor, Tensor]], dtype: torch.dtype,
@@ -404,32 +415,37 @@ def dy_relu_positions(x: Tensor, a: Tensor, b: Tensor, backend: str = "auto") ->
 def meta_acon_c_per_position(x: Tensor, p1: Tensor, p2: Tensor, beta_per_position: Callable[[Tensor], Tensor],
                              stateless: bool, backend: str = "auto") -> Tensor:
     """Meta-ACON-C with beta = ``beta_per_position``(x), (N, C or 1, T) for (N, C, T) ``x``."""
-    return _per_position(acon_c_positions, x, (p1, p2), beta_per_position, stateless, backend)
+    b = _position_backend(backend, x)
+    if b == "compiled" and stateless:
+        y = CP.whole(_generated_then, x, acon_c_positions, beta_per_position, p1, p2, "autograd")
+        if y is not None:
+            return y
+    return _generated_then(x, acon_c_positions, beta_per_position, p1, p2, b)
 
 
 def aprelu_per_position(x: Tensor, alpha_per_position: Callable[[Tensor], Tensor], stateless: bool,
                         backend: str = "auto") -> Tensor:
     """APReLU with alpha = ``alpha_per_position``(x), (N, C or 1, T) for (N, C, T) ``x``."""
-    return _per_position(aprelu_positions, x, (), alpha_per_position, stateless, backend)
+    b = _position_backend(backend, x)
+    if b == "compiled" and stateless:
+        y = CP.whole(_generated_then, x, aprelu_positions, alpha_per_position, "autograd")
+        if y is not None:
+            return y
+    return _generated_then(x, aprelu_positions, alpha_per_position, b)
 
 
 def dy_relu_per_position(x: Tensor, pieces_per_position: Callable[[Tensor], tuple[Tensor, Tensor]],
                          stateless: bool, backend: str = "auto") -> Tensor:
     """Dynamic ReLU with (a, b) = ``pieces_per_position``(x), each (N, C or 1, T, K)."""
-    return _per_position(dy_relu_positions, x, (), pieces_per_position, stateless, backend)
+    b = _position_backend(backend, x)
+    if b == "compiled" and stateless:
+        y = CP.whole(_generated_then, x, dy_relu_positions, pieces_per_position, "autograd")
+        if y is not None:
+            return y
+    return _generated_then(x, dy_relu_positions, pieces_per_position, b)
 
 
 Coefficients = Callable[[Tensor], "Tensor | tuple[Tensor, ...]"]  # x -> its coefficients per position
-
-
-def _per_position(op: Callable[..., Tensor], x: Tensor, params: tuple[Tensor, ...], generate: Coefficients,
-                  stateless: bool, backend: str) -> Tensor:
-    b = _position_backend(backend, x)
-    if b == "compiled" and stateless:
-        y = CP.whole(_generated_then, x, op, generate, *params, "autograd")
-        if y is not None:
-            return y
-    return _generated_then(x, op, generate, *params, b)
 
 
 def _generated_then(x: Tensor, op: Callable[..., Tensor], generate: Coefficients,
@@ -461,6 +477,3 @@ def signed_spatial_mean(x: Tensor, dtype: torch.dtype, backend: str = "auto") ->
     lean = CP if b == "compiled" else AG  # saves only x
     return reference_under_torch_func(lambda: lean.signed_spatial_mean(x, dtype), reference, backend)
 
-
-_CHANNELS_LAST: dict[Callable[..., Tensor], Callable[..., Tensor]] = {
-    _meta_acon_c: _meta_acon_c_last, _dy_relu: _dy_relu_last, _aprelu: _aprelu_last}

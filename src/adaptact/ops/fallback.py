@@ -15,8 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from . import autograd as AG
-from .kinds import ACON_C, ACON_C_PIXEL, AReLU
+from . import kinds
 
 __all__ = ["activation_grads", "handler", "kernels_or_autograd", "mark"]
 
@@ -55,14 +54,6 @@ def activation_grads(x: Tensor, dy: Tensor, a: Tensor, b: Tensor, c: Tensor, kin
     with parameters a, b, c (see ``ops.kinds``), by ops.autograd's Functions."""
     with torch.enable_grad():
         leaves = [t.detach().requires_grad_() for t in (x, a, b, c)]
-        xl, al, bl, cl = leaves
-        if kind == AReLU:
-            y = AG.arelu(xl, al, bl)
-        elif kind == ACON_C:
-            y = AG.acon_c(xl, al + bl, bl, cl)
-        elif kind == ACON_C_PIXEL:
-            y = AG.acon_c_pixel(xl, al + bl, bl)
-        else:
-            y = AG.aprelu(xl, cl)
+        y = kinds.LEAN[kind](*leaves)
         dx, da, db, dc = torch.autograd.grad(y, leaves, dy, allow_unused=True, materialize_grads=True)
     return dx, da, db, dc
