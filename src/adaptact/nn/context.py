@@ -47,7 +47,7 @@ from ..ops import distributed
 from .base import normalise, statistics_dtype, track_running_stats
 from .families import BatchNorm
 
-__all__ = ["CONTEXTS", "Context", "ModelCall", "Prefix", "batch_norm_positions", "batch_norm_real",
+__all__ = ["CONTEXTS", "Context", "ModelCall", "Prefix", "Running", "batch_norm_positions", "batch_norm_real",
            "check_context", "check_sequence", "decode_offset", "decoding", "is_hf_model", "masked_mean",
            "padding", "position_norm", "position_statistics", "refuse_cached", "track_decoding"]
 
@@ -77,36 +77,66 @@ def check_sequence(module: nn.Module, x: Tensor, context: str) -> None:
 
 
 @dataclass
+class Running:
+    """One module's running statistics at every position so far: sums (B, capacity, S) and counts
+    (B, capacity), of which the first ``length`` positions hold; the capacity grows by doubling, so
+    a decoded token writes its position instead of copying all of them."""
+
+    sums: Tensor
+    counts: Tensor
+    length: int
+
+
+@dataclass
 class Prefix:
     """What causal generators carry from one cached call to the next, kept on the cache object:
-    per module name, the running sums (B, T, S) and counts (B, T) of the statistics at every
-    position so far; and the cache's fingerprint (B, T) when they were kept (``_fingerprint``)."""
+    per module name, the running sums and counts of the statistics at every position so far
+    (``Running``); and the cache's fingerprint (B, T) when they were kept (``_fingerprint``)."""
 
-    sums: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)
+    sums: dict[str, Running] = field(default_factory=dict)
     fingerprint: Tensor | None = None
 
     def carried(self, module: nn.Module, name: str, offset: int, batch: int) -> tuple[Tensor, Tensor]:
         """The running (sums (B, S), counts (B,)) at position ``offset - 1``."""
         state = self.sums.get(name)
-        if state is None or state[0].shape[1] < offset or state[0].shape[0] != batch:
+        if state is None or state.length < offset or state.sums.shape[0] != batch:
             have = ("no prefix" if state is None
-                    else f"a prefix of {state[0].shape[1]} positions for batch {state[0].shape[0]}")
+                    else f"a prefix of {state.length} positions for batch {state.sums.shape[0]}")
             raise RuntimeError(f"{type(module).__name__}(context='causal') cannot continue a cached decode "
                                f"at position {offset} for batch {batch}: its cache holds {have} (a cache "
                                f"built without this model's activations); decode with use_cache=False")
-        return state[0][:, offset - 1], state[1][:, offset - 1]
+        return state.sums[:, offset - 1], state.counts[:, offset - 1]
 
     def keep(self, name: str, offset: int, sums: Tensor, counts: Tensor) -> None:
-        old = self.sums.get(name)
-        if offset and old is not None:
-            sums = torch.cat((old[0][:, :offset].to(sums.dtype), sums), 1)
-            counts = torch.cat((old[1][:, :offset].to(counts.dtype), counts), 1)
-        self.sums[name] = (sums.detach(), counts.detach())
+        """The running ``sums`` (B, T, S) and ``counts`` (B, T) of positions ``offset`` on: what was
+        kept before ``offset`` stays, anything after it (a cropped cache's) goes. Without those
+        ``offset`` positions kept nothing holds (``carried`` then refuses to continue)."""
+        state, end = self.sums.get(name), offset + sums.shape[1]
+        kept = (state is not None and state.length >= offset and state.sums.shape[0] == sums.shape[0]
+                and state.sums.shape[2] == sums.shape[2])
+        if offset and not kept:
+            state = None  # nothing to continue from
+        elif not (state is not None and end <= state.sums.shape[1] and state.sums.dtype == sums.dtype
+                  and state.sums.device == sums.device and state.counts.dtype == counts.dtype):
+            grown = Running(sums.new_empty((sums.shape[0], max(2 * end, 16), sums.shape[2])),
+                            counts.new_empty((counts.shape[0], max(2 * end, 16))), 0)
+            if offset and state is not None:
+                grown.sums[:, :offset] = state.sums[:, :offset]
+                grown.counts[:, :offset] = state.counts[:, :offset]
+            state = grown
+        if state is None:
+            self.sums[name] = Running(sums.detach(), counts.detach(), 0)
+            return
+        state.sums[:, offset:end] = sums.detach()
+        state.counts[:, offset:end] = counts.detach()
+        state.length = end
+        self.sums[name] = state
 
     def select(self, rows: Tensor) -> None:
         """Rows ``rows`` of every state, in that order (a cache reordered by beam search)."""
-        self.sums = {k: (s.index_select(0, rows.to(s.device)), c.index_select(0, rows.to(c.device)))
-                     for k, (s, c) in self.sums.items()}
+        self.sums = {k: Running(r.sums.index_select(0, rows.to(r.sums.device)),
+                                r.counts.index_select(0, rows.to(r.counts.device)), r.length)
+                     for k, r in self.sums.items()}
         if self.fingerprint is not None:
             self.fingerprint = self.fingerprint.index_select(0, rows.to(self.fingerprint.device))
 
@@ -267,8 +297,9 @@ def batch_norm_real(bn: BatchNorm, h: Tensor, mask: Tensor) -> Tensor:
 
 def position_norm(module: nn.Module) -> Callable[[BatchNorm, Tensor], Tensor]:
     """``batch_norm_positions`` with the padding of ``module``'s current call."""
-    def norm(bn: BatchNorm, h: Tensor) -> Tensor:
-        return batch_norm_positions(bn, h, position_mask(module, h.shape[0], h.shape[1]))
+    def norm(bn: BatchNorm, h: Tensor) -> Tensor:  # (eval mode normalises with the running statistics)
+        mask = position_mask(module, h.shape[0], h.shape[1]) if bn.training else None
+        return batch_norm_positions(bn, h, mask)
 
     return norm
 
