@@ -177,3 +177,29 @@ def test_a_definition_in_main_needs_one_worker(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "refused: activation 'mine' is defined in the script being run" in out.stdout
     assert "[('mine', 'ok')]" in out.stdout
+
+
+def test_a_hugging_face_model_converted_to_a_defined_activation_saves_and_reloads(tmp_path):
+    """Defined after transformers is imported, the name still reaches ACT2FN: from_pretrained builds
+    the converted model with its trained parameters, never the original activation."""
+    pytest.importorskip("transformers")
+    import transformers.activations  # loaded before the definition
+
+    from tests.test_huggingface import llama
+
+    adaptact.define("defined_late_gate", lambda x, a: x * torch.sigmoid(a * x), per_channel={"a": 1.5})
+    torch.manual_seed(0)
+    model = llama()
+    adaptact.replace_activations(model, "defined_late_gate")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model.save_pretrained(tmp_path)
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    acts = [type(m).__name__ for m in loaded.modules() if isinstance(m, adaptact.nn.ActivationModule)]
+    assert acts == ["DefinedLateGate"] * 2
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    ids = torch.randint(3, 64, (2, 7))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, model.eval()(ids).logits, rtol=0, atol=0)

@@ -9,8 +9,10 @@
 
 The name is then a registry entry like any other: ``create``, ``get_act_layer``,
 ``replace_activations`` (``init="match"`` fits its parameters), tensor parallelism (its per-channel
-parameters are sharded with the channels), the analysis, and ``adaptact compare --activations
-module:name`` from the command line (the module defines it when imported).
+parameters are sharded with the channels), the analysis, transformers' ``ACT2FN`` (a converted
+model's ``save_pretrained``/``from_pretrained``, once the defining module is imported), and
+``adaptact compare --activations module:name`` from the command line (the module defines it when
+imported).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor
 
+from . import huggingface
 from .nn.defined import Definition, defined_class
 from .registry import ActivationSpec, register
 
@@ -128,4 +131,5 @@ def define(name: str, fn: Callable[..., Tensor], *, per_channel: Mapping[str, fl
     entry = ActivationSpec(name=key, factory=cls, family=family, paper=str(paper),  # type: ignore[arg-type]
                            learnable=learnable, per_channel=bool(channel_params), definition=definition)
     register(entry)
+    huggingface.install()  # its name in transformers' ACT2FN, where transformers is loaded already
     return entry

@@ -105,7 +105,7 @@ def test_the_route_is_decided_once_per_kind_of_input_and_forgotten_with_the_back
 
     monkeypatch.setattr(dispatch, "fused_backend", lambda x: pytest.fail("decided again"))
     m(x)
-    m(torch.randn(2, 9, 12, requires_grad=True))  # same kind: dtype, device, rank, grad mode, size class
+    m(torch.randn(2, 9, 12, requires_grad=True))  # same kind: dtype, device, rank, grad mode (any size)
     monkeypatch.undo()
     m.backend = "autograd"
     assert "_routes" not in m.__dict__

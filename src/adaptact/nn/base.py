@@ -312,14 +312,15 @@ class ActivationModule(CheckedStateDict):
 
     def _route(self, x: torch.Tensor, fused: bool, triton: bool) -> str:
         """What "auto" runs for ``x``, decided once per kind of input (dtype, device, rank, grad mode,
-        small or not; ``fused``, ``triton``) and kept on the module: the reference for small inference
-        calls (``dispatch.eager_pays``), else the fused backend for the device (``fused_backend``),
-        "autograd" where ``op`` has no fused form for ``x``. A kind's first call that would compile
-        runs the eager lean Function instead (the same numbers and saved tensors): one call never
-        waits for a compile that only later calls repay, and a training loop compiles at its
-        second step."""
-        key = (x.dtype, x.device, x.dim(), torch.is_grad_enabled(), x.numel() <= dispatch.EAGER_NUMEL,
-               fused, triton)
+        and without gradients small or not; ``fused``, ``triton``) and kept on the module: the
+        reference for small inference calls (``dispatch.eager_pays``), else the fused backend for
+        the device (``fused_backend``), "autograd" where ``op`` has no fused form for ``x``. A
+        kind's first call that would compile runs the eager lean Function instead (the same numbers
+        and saved tensors): one call never waits for a compile that only later calls repay, and a
+        training loop compiles at its second step."""
+        grad = torch.is_grad_enabled()  # (the size matters only to calls without gradients)
+        small = not grad and x.numel() <= dispatch.EAGER_NUMEL
+        key = (x.dtype, x.device, x.dim(), grad, small, fused, triton)
         routes: dict = self.__dict__.setdefault("_routes", {})
         chosen = routes.get(key)
         if chosen is not None:
