@@ -8,7 +8,6 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-
 from torch.func import debug_unwrap
 
 from ..ops import dispatch, distributed, fallback
