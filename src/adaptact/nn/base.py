@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import nn
@@ -343,21 +344,25 @@ class ActivationModule(CheckedStateDict):
         torch.func transform. Then the reference is reported as run. (Written for speed: it is on
         every call's path.)"""
         if not (type(x) is torch.Tensor and x.dtype is _FLOAT32 and self._backend == "auto"
-                and not torch.is_grad_enabled() and x.ndim > 0 and x.numel() <= dispatch.EAGER_NUMEL
-                and x.is_cpu and not torch.compiler.is_compiling()
-                and debug_unwrap(x, recurse=False) is x):
+                and not torch.is_grad_enabled() and x.numel() <= dispatch.EAGER_NUMEL and x.is_cpu
+                and not torch.compiler.is_compiling() and debug_unwrap(x, recurse=False) is x):
             return None
-        if channels is not None and not (-x.ndim <= dim < x.ndim and dim % x.ndim
-                                         and x.shape[dim] == channels):
-            return None
-        own, params = self._parameters, list[torch.Tensor]()
-        for name in names:  # the module's own parameters (a transform's wrappers are plain tensors)
-            p = own[name]
+        if channels is None:
+            if x.ndim == 0:
+                return None
+        else:
+            try:  # channels on ``dim``, which is not the batch dim
+                if x.shape[dim] != channels or not dim % x.ndim:
+                    return None
+            except IndexError:
+                return None
+        own = self._parameters
+        params = [own[name] for name in names]
+        for p in params:  # the module's own parameters (a transform's wrappers are plain tensors)
             if type(p) is not nn.Parameter or p.dtype is not _FLOAT32:
                 return None
-            params.append(p)
         self.__dict__["ran_backend"] = "reference"
-        return params
+        return cast(list[torch.Tensor], params)  # each one checked a Parameter above
 
     def _run_triton(self, op: Callable[..., torch.Tensor], x: torch.Tensor, args: tuple) -> torch.Tensor:
         try:
