@@ -56,6 +56,18 @@ def shape_of_rank(rank, n=3, c=5):
 
 
 @pytest.fixture(autouse=True)
+def registry_as_it_was():
+    """Names a test defines (``adaptact.define``, the README's example) leave with it: tests over
+    ``adaptact.available()`` in the same process see the registry their module saw."""
+    from adaptact import registry
+
+    before = dict(registry._REGISTRY)
+    yield
+    registry._REGISTRY.clear()
+    registry._REGISTRY.update(before)
+
+
+@pytest.fixture(autouse=True)
 def rng_seed(request):
     """Every test starts from a seed of its own (torch, numpy and Python ``random``): the CRC-32
     of its id plus ADAPTACT_TEST_SEED (default 0; set it to draw other inputs). So a failure
