@@ -55,10 +55,10 @@ def _origin(fn: Callable) -> str | None:
     return None if module in (None, "__main__", "__mp_main__") else module
 
 
-def _probe(definition: Definition) -> None:
-    """Call the formula once on a small input: it must take the parameters by name and return a
-    floating-point tensor of x's shape that depends differentiably on x."""
-    cls = defined_class(definition)
+def _probe(definition: Definition, cls: type) -> None:
+    """Call the formula once on a small input through its module ``cls``: it must take the
+    parameters by name and return a floating-point tensor of x's shape that depends differentiably
+    on x."""
     module = cls(_PROBE[1], backend="reference")
     x = torch.randn(_PROBE, generator=torch.Generator().manual_seed(0), requires_grad=True)
     try:
@@ -126,8 +126,8 @@ def define(name: str, fn: Callable[..., Tensor], *, per_channel: Mapping[str, fl
                          f"got {family!r}")
     definition = Definition(name=key, fn=fn, per_channel=channel_params, scalars=shared, paper=str(paper),
                             origin=_origin(fn))
-    _probe(definition)
     cls = defined_class(definition)
+    _probe(definition, cls)
     entry = ActivationSpec(name=key, factory=cls, family=family, paper=str(paper),  # type: ignore[arg-type]
                            learnable=learnable, per_channel=bool(channel_params), definition=definition)
     register(entry)

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from .. import functional as AF
 from . import autograd as AG
 from . import compiled as CP
 from .dispatch import resolve
@@ -28,13 +29,6 @@ from .dispatch import resolve
 __all__ = ["DefinedOp"]
 
 Formula = Callable[..., Tensor]
-
-
-def _view(p: Tensor, x: Tensor) -> Tensor:
-    """A parameter (0-D, or (C,) for x's dim 1) viewed so it broadcasts against x."""
-    if p.ndim == 0 or x.ndim <= 2:
-        return p
-    return p.reshape((-1,) + (1,) * (x.ndim - 2))
 
 
 class DefinedOp:
@@ -47,7 +41,7 @@ class DefinedOp:
         self.function = AG.lean_function(f"{name}Function", self._forward, self._backward)
 
         def traced(x: Tensor, *params: Tensor) -> Tensor:
-            return self.formula(x, *(_view(p.to(x.dtype), x) for p in params))
+            return self.formula(x, *(AF.channel_view(p, x) for p in params))
 
         # a code object of its own: torch.compile's graphs and recompile limit are per code object
         self.traced = CP.own_code(traced)
@@ -83,4 +77,4 @@ class DefinedOp:
             y = CP.from_parameters(self.traced, x, *params)
             if y is not None:
                 return y
-        return AG.apply(self.function, x, *(_view(p, x) for p in params))
+        return AG.apply(self.function, x, *(AF.channel_view(p, x, cast=False) for p in params))
