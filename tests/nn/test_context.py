@@ -163,6 +163,33 @@ def test_causal_prefix_continues_across_cached_calls(case):
     torch.testing.assert_close(host(x[:, :5]), full[:, :5])
 
 
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
+@pytest.mark.parametrize("case", CONDITIONED[::3], ids=IDS[::3])
+def test_a_long_decode_keeps_the_full_sequence_numbers(case, grad):
+    """One position per call for 45 positions ("auto", as a served model runs, and with gradients):
+    every step equals the full-sequence forward, the running sums hold a row per position, and a
+    step after a crop continues from the crop."""
+    name, kwargs = case
+    m = _module(name, kwargs, "causal", backend="auto").eval()
+    x = torch.randn(2, 45, C, requires_grad=grad)
+    host = Host(m)
+    track_decoding(host)
+    cache = Cache()
+    with torch.set_grad_enabled(grad):
+        full = m(x)
+        steps = [host(x[:, :1], past_key_values=cache, cache_position=torch.arange(1))]
+        for t in range(1, x.shape[1]):
+            steps.append(host(x[:, t: t + 1], past_key_values=cache, cache_position=torch.arange(t, t + 1)))
+        torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-6)
+        state = cache.adaptact_prefix.sums["act"]
+        assert len(state.sums) == len(state.counts) == 45
+        assert not any(row.requires_grad for row in state.sums)
+        again = host(x[:, 20:21], past_key_values=cache, cache_position=torch.arange(20, 21))  # cropped to 20
+        torch.testing.assert_close(again, full[:, 20:21], rtol=1e-5, atol=1e-6)
+        assert len(state.sums) == 21
+    assert full.requires_grad == grad
+
+
 def _padded(x, lengths, side):
     """Rows of ``x`` cut to ``lengths``, padded with noise on ``side`` to x's length, and the mask."""
     padded, mask = torch.randn_like(x) * 5, torch.zeros(x.shape[:2], dtype=torch.long)

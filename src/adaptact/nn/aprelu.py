@@ -145,11 +145,16 @@ class APReLU(ChannelModule):
         return "aprelu_alpha", self.generate_alpha(x).float()
 
     def _small_form(self, x: Tensor) -> Tensor | None:
-        if self._small_tokens(x, (), self.fc1.weight.dtype) is None:
+        fc1, bn1, fc2, bn2 = self._layers("fc1", "bn1", "fc2", "bn2")
+        if self._small_tokens(x, (), fc1) is None or not small.evaluating(bn1, bn2):
             return None
         negative, positive = torch.clamp(x, max=0), torch.relu(x)
         s = position_statistics(self, torch.cat((negative, positive), dim=-1), self.context)
-        return small.aprelu(negative, positive, self.alpha_from_stats(s))
+        if self.granularity == "layer":  # the Keras code's channel means, (N, T, 2)
+            s = s.unflatten(-1, (2, -1)).mean(dim=-1)
+        h = small.linear_norm(s.reshape(-1, s.shape[-1]), fc1, bn1).relu_()
+        alpha = small.linear_norm(h, fc2, bn2).sigmoid_().view(*s.shape[:-1], -1)
+        return small.aprelu(negative, positive, alpha)
 
     def _forward(self, x: Tensor) -> Tensor:
         if self.context != "sample":

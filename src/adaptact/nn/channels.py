@@ -16,10 +16,10 @@ that first forward, as with torch's lazy modules.
 from __future__ import annotations
 
 import types
-from typing import Any
+from typing import Any, cast
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .base import ActivationModule, check_input, int_at_least
 
@@ -119,15 +119,22 @@ class ChannelModule(ActivationModule):
         ``ActivationModule._small``), else None. Classes without one return None."""
         return None
 
-    def _small_tokens(self, x: Tensor, names: tuple[str, ...], dtype: torch.dtype) -> list[Tensor] | None:
+    def _small_tokens(self, x: Tensor, names: tuple[str, ...], fc1: nn.Module | None) -> list[Tensor] | None:
         """``_small`` for a generated activation (Meta-ACON-C, APReLU, Dynamic ReLU) in eval mode
         with per-position coefficients (context "causal" or "token") of channels-last (B, T, C)
-        tokens, its generator in ``dtype`` float32: a decoded token, or a few (what the decoding of
-        a language model calls them with). The parameters ``names`` where it takes it, else None."""
+        tokens, its generator's first layer ``fc1`` (None: none) float32: a decoded token, or a few
+        (what the decoding of a language model calls them with). The parameters ``names`` where it
+        takes it, else None."""
         if (self.training or getattr(self, "context", "sample") == "sample" or x.ndim != 3
-                or self.channel_dim not in (-1, 2) or dtype is not torch.float32):
+                or self.channel_dim not in (-1, 2)
+                or (fc1 is not None and cast(Tensor, fc1._parameters["weight"]).dtype is not torch.float32)):
             return None
         return self._small(x, names, self.channels, self.channel_dim)
+
+    def _layers(self, *names: str) -> list[nn.Module]:
+        """The generator's layers ``names``, read from the module's dict (nn.Module's attribute lookup
+        costs half a microsecond, as much as an operation on one row: see ``ops.small``)."""
+        return [cast(nn.Module, self._modules[name]) for name in names]
 
     def _first(self, x: Tensor) -> bool:
         return self.channel_dim == 1 or (x.ndim == 2 and self.channel_dim == -1)

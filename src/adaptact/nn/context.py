@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -78,65 +79,77 @@ def check_sequence(module: nn.Module, x: Tensor, context: str) -> None:
 
 @dataclass
 class Running:
-    """One module's running statistics at every position so far: sums (B, capacity, S) and counts
-    (B, capacity), of which the first ``length`` positions hold; the capacity grows by doubling, so
-    a decoded token writes its position instead of copying all of them."""
+    """One module's running statistics at every position so far, a tensor per position: the sums
+    (B, 1, S) and the counts (B, 1, 1) of the statistics (B, ., S) at positions <= t. A decoded token
+    appends its own (two operations), a crop drops the tail, and nothing is copied again."""
 
-    sums: Tensor
-    counts: Tensor
-    length: int
-
+    sums: list[Tensor]
+    counts: list[Tensor]
+    batch: int
+    width: int
 
 @dataclass
 class Prefix:
     """What causal generators carry from one cached call to the next, kept on the cache object:
     per module name, the running sums and counts of the statistics at every position so far
-    (``Running``); and the cache's fingerprint (B, T) when they were kept (``_fingerprint``)."""
+    (``Running``); and the cache's fingerprint (B, T) when they were kept (``_fingerprint``), with
+    the keys tensor it was taken from (a weak reference) and that tensor's version then: while the
+    cache holds the same tensor unchanged, its fingerprint is the one kept."""
 
     sums: dict[str, Running] = field(default_factory=dict)
     fingerprint: Tensor | None = None
+    keys: weakref.ref[Tensor] | None = None
+    keys_version: int = -1
+
+    def take_fingerprint(self, cache: Any) -> None:
+        """Keep ``cache``'s fingerprint as it is now."""
+        keys = _keys(cache)
+        self.fingerprint = None if keys is None else _fingerprint(keys)
+        self.keys = None if keys is None else weakref.ref(keys)
+        self.keys_version = -1 if keys is None else keys._version
+
+    def unchanged(self, cache: Any) -> bool:
+        """Whether ``cache`` holds the very keys tensor its kept fingerprint was taken from, unchanged
+        since (a cache that grows, crops or reorders makes a new tensor or writes in place)."""
+        keys = _keys(cache)
+        return (keys is not None and self.keys is not None and self.keys() is keys
+                and keys._version == self.keys_version)
 
     def carried(self, module: nn.Module, name: str, offset: int, batch: int) -> tuple[Tensor, Tensor]:
-        """The running (sums (B, S), counts (B,)) at position ``offset - 1``."""
+        """The running sums (B, 1, S) and counts (B, 1, 1) at position ``offset - 1``."""
         state = self.sums.get(name)
-        if state is None or state.length < offset or state.sums.shape[0] != batch:
+        if state is None or len(state.sums) < offset or state.batch != batch:
             have = ("no prefix" if state is None
-                    else f"a prefix of {state.length} positions for batch {state.sums.shape[0]}")
+                    else f"a prefix of {len(state.sums)} positions for batch {state.batch}")
             raise RuntimeError(f"{type(module).__name__}(context='causal') cannot continue a cached decode "
                                f"at position {offset} for batch {batch}: its cache holds {have} (a cache "
                                f"built without this model's activations); decode with use_cache=False")
-        return state.sums[:, offset - 1], state.counts[:, offset - 1]
+        return state.sums[offset - 1], state.counts[offset - 1]
 
     def keep(self, name: str, offset: int, sums: Tensor, counts: Tensor) -> None:
         """The running ``sums`` (B, T, S) and ``counts`` (B, T) of positions ``offset`` on: what was
         kept before ``offset`` stays, anything after it (a cropped cache's) goes. Without those
         ``offset`` positions kept nothing holds (``carried`` then refuses to continue)."""
-        state, end = self.sums.get(name), offset + sums.shape[1]
-        kept = (state is not None and state.length >= offset and state.sums.shape[0] == sums.shape[0]
-                and state.sums.shape[2] == sums.shape[2])
-        if offset and not kept:
-            state = None  # nothing to continue from
-        elif not (state is not None and end <= state.sums.shape[1] and state.sums.dtype == sums.dtype
-                  and state.sums.device == sums.device and state.counts.dtype == counts.dtype):
-            grown = Running(sums.new_empty((sums.shape[0], max(2 * end, 16), sums.shape[2])),
-                            counts.new_empty((counts.shape[0], max(2 * end, 16))), 0)
-            if offset and state is not None:
-                grown.sums[:, :offset] = state.sums[:, :offset]
-                grown.counts[:, :offset] = state.counts[:, :offset]
-            state = grown
-        if state is None:
-            self.sums[name] = Running(sums.detach(), counts.detach(), 0)
+        state = self.sums.get(name)
+        b, t, width = sums.shape
+        if offset and not (state is not None and len(state.sums) >= offset and state.batch == b
+                           and state.width == width):
+            self.sums[name] = Running([], [], b, width)  # nothing to continue from
             return
-        state.sums[:, offset:end] = sums.detach()
-        state.counts[:, offset:end] = counts.detach()
-        state.length = end
-        self.sums[name] = state
+        kept = Running([], [], b, width) if state is None or not offset else state
+        del kept.sums[offset:], kept.counts[offset:]
+        kept.sums += sums.detach().split(1, dim=1)
+        kept.counts += counts.detach().view(b, t, 1).split(1, dim=1)
+        self.sums[name] = kept
 
     def select(self, rows: Tensor) -> None:
         """Rows ``rows`` of every state, in that order (a cache reordered by beam search)."""
-        self.sums = {k: Running(r.sums.index_select(0, rows.to(r.sums.device)),
-                                r.counts.index_select(0, rows.to(r.counts.device)), r.length)
-                     for k, r in self.sums.items()}
+        for state in self.sums.values():
+            if state.sums:
+                at = rows.to(state.sums[0].device)
+                state.sums = list(torch.cat(state.sums, dim=1).index_select(0, at).split(1, dim=1))
+                state.counts = list(torch.cat(state.counts, dim=1).index_select(0, at).split(1, dim=1))
+            state.batch = rows.shape[0]
         if self.fingerprint is not None:
             self.fingerprint = self.fingerprint.index_select(0, rows.to(self.fingerprint.device))
 
@@ -210,6 +223,8 @@ def position_statistics(module: nn.Module, s: Tensor, context: str) -> Tensor:
         return s
     entry = _call(module)
     n, t = s.shape[0], s.shape[1]
+    if t == 1 and entry is not None and entry[0].offset and entry[0].mask is None and type(s) is Tensor:
+        return _one_more(module, entry[1], entry[0], s)  # a decoded token: the fewest ops
     if t == 1 and (entry is None or (entry[0].offset is None and entry[0].mask is None)):
         return s  # one position, nothing before it: its own mean
     if entry is None:
@@ -218,8 +233,6 @@ def position_statistics(module: nn.Module, s: Tensor, context: str) -> Tensor:
         return s.cumsum(1) / counts.unsqueeze(-1)
     call, name = entry
     mask = position_mask(module, n, t)
-    if t == 1 and mask is None and call.offset and not distributed.sharded(s):
-        return _one_more(module, name, call, s)  # a decoded token: the fewest ops
     if mask is None:
         sums = s.cumsum(1)
         counts = torch.arange(1, t + 1, device=s.device, dtype=s.dtype).expand(n, t)
@@ -231,8 +244,8 @@ def position_statistics(module: nn.Module, s: Tensor, context: str) -> Tensor:
     if call.offset:
         assert call.prefix is not None
         carried_sums, carried_counts = call.prefix.carried(module, name, call.offset, n)
-        sums = sums + carried_sums.to(s.dtype).unsqueeze(1)
-        counts = counts + carried_counts.to(s.dtype).unsqueeze(1)
+        sums = sums + carried_sums.to(s.dtype)
+        counts = counts + carried_counts.to(s.dtype).view(n, 1)
     if call.prefix is not None:
         call.prefix.keep(name, call.offset or 0, sums, counts)
     return sums / counts.clamp(min=1).unsqueeze(-1)
@@ -240,13 +253,18 @@ def position_statistics(module: nn.Module, s: Tensor, context: str) -> Tensor:
 
 def _one_more(module: nn.Module, name: str, call: ModelCall, s: Tensor) -> Tensor:
     """``position_statistics`` of one new position (N, 1, S) after ``call.offset`` cached ones, no
-    padding: the carried running sum and count, plus this position."""
+    padding: the carried running sum and count, plus this position (three operations)."""
     assert call.prefix is not None and call.offset
-    carried_sums, carried_counts = call.prefix.carried(module, name, call.offset, s.shape[0])
-    sums = s + carried_sums.to(s.dtype).unsqueeze(1)
-    counts = carried_counts.to(s.dtype).unsqueeze(1) + 1
-    call.prefix.keep(name, call.offset, sums, counts)
-    return sums / counts.unsqueeze(-1)
+    offset = call.offset
+    last_sums, last_counts = call.prefix.carried(module, name, offset, s.shape[0])
+    if last_sums.dtype != s.dtype or last_counts.dtype != s.dtype:
+        last_sums, last_counts = last_sums.to(s.dtype), last_counts.to(s.dtype)
+    sums, counts = s + last_sums, last_counts + 1
+    state = call.prefix.sums[name]
+    del state.sums[offset:], state.counts[offset:]  # what a cropped cache kept after it
+    state.sums.append(sums.detach())
+    state.counts.append(counts)
+    return sums / counts
 
 
 def batch_norm_positions(bn: BatchNorm, h: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -327,14 +345,20 @@ def _cache(kwargs: dict[str, Any]) -> Any:
     return kwargs.get("past_key_values", kwargs.get("cache"))
 
 
-def _fingerprint(cache: Any) -> Tensor | None:
-    """Each row's key sums per position, (B, T), from the first full-attention layer of a Hugging
-    Face cache (None for other caches): equal rows have equal histories, so a reorder is found."""
+def _keys(cache: Any) -> Tensor | None:
+    """The keys (B, H, T, D) of the first full-attention layer of a Hugging Face cache (None for
+    other caches), whose fingerprint ``_fingerprint`` takes."""
     for layer in getattr(cache, "layers", None) or ():
         keys = getattr(layer, "keys", None)
         if isinstance(keys, Tensor) and keys.ndim == 4 and not getattr(layer, "is_sliding", False):
-            return keys.detach().float().sum(dim=(1, 3))
+            return keys
     return None
+
+
+def _fingerprint(keys: Tensor) -> Tensor:
+    """Each row's key sums per position, (B, T): equal rows have equal histories, so a reorder is
+    found."""
+    return keys.detach().float().sum(dim=(1, 3))
 
 
 def _prefix(cache: Any) -> Prefix:
@@ -353,7 +377,10 @@ def _follow(prefix: Prefix, cache: Any, offset: int) -> None:
     if offset == 0:
         prefix.sums.clear()
         return
-    old, now = prefix.fingerprint, _fingerprint(cache)
+    if prefix.unchanged(cache):
+        return  # the cache as its fingerprint was kept after the last call
+    keys = _keys(cache)
+    old, now = prefix.fingerprint, None if keys is None else _fingerprint(keys)
     if old is None or now is None or not prefix.sums or min(old.shape[1], now.shape[1]) < offset:
         return
     old, now = old[:, :offset], now[:, :offset].to(old.device)
@@ -461,7 +488,7 @@ def _after_call(model: nn.Module, args: tuple, kwargs: dict[str, Any], output: A
     if cache is not None:
         if getattr(cache, PREFIX, None) is not call.prefix:
             _prefix(cache).sums = call.prefix.sums  # a cache made inside the call
-        _prefix(cache).fingerprint = _fingerprint(cache)
+        _prefix(cache).take_fingerprint(cache)
 
 
 def is_hf_model(m: object) -> bool:

@@ -63,6 +63,8 @@ class DyReLU(ChannelModule):
     """
 
     _channels_entry = ("fc1.weight", 1)
+    lambdas: Tensor
+    init_v: Tensor
 
     def __init__(self, channels: int | None = None, granularity: Literal["channel", "layer"] = "channel",
                  k: int = 2, reduction: int = 4, lambda_a: float = 1.0, lambda_b: float = 0.5,
@@ -127,9 +129,12 @@ class DyReLU(ChannelModule):
         return "dy_relu_pieces", tuple(t.float() for t in self.coefficients(x))
 
     def _small_form(self, x: Tensor) -> Tensor | None:
-        if self._small_tokens(x, (), self.fc1.weight.dtype) is None:
+        fc1, fc2 = self._layers("fc1", "fc2")
+        if self._small_tokens(x, (), fc1) is None:
             return None
-        return small.dy_relu(x, *self.coefficients_from_mean(position_statistics(self, x, self.context)))
+        means = position_statistics(self, x, self.context)
+        a, b = small.dy_relu_coefficients(means, fc1, fc2, self.lambdas, self.init_v, self.k)
+        return small.dy_relu(x, a, b)
 
     def _forward(self, x: Tensor) -> Tensor:
         if self.context != "sample":

@@ -181,10 +181,17 @@ class MetaAconC(ChannelModule):
     def _small_form(self, x: Tensor) -> Tensor | None:
         if self.granularity == "pixel":
             return None
-        params = self._small_tokens(x, ("p1", "p2"), self._stats_dtype)
-        if params is None:
+        layers = self._modules  # (read from the dict: see ``ChannelModule._layers``)
+        fc1, bn1, fc2, bn2 = layers.get("fc1"), layers.get("bn1"), layers.get("fc2"), layers.get("bn2")
+        params = self._small_tokens(x, ("p1", "p2"), fc1)
+        if params is None or not small.evaluating(bn1, bn2):
             return None
-        beta = self.beta_from_mean(position_statistics(self, x, self.context))  # (N, T, C or 1)
+        mean = position_statistics(self, x, self.context)  # (N, T, C)
+        if fc1 is None or fc2 is None:  # "layer"
+            beta = torch.sigmoid(mean.mean(-1, keepdim=True))
+        else:
+            rows = small.linear_norm(mean.reshape(-1, mean.shape[-1]), fc1, bn1)
+            beta = small.linear_norm(rows, fc2, bn2).sigmoid_().view(x.shape)
         p1, p2 = params
         return small.meta_acon_c(x, p1, p2, beta)
 

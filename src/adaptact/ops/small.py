@@ -13,12 +13,14 @@ torch.func transform over x or the parameters.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-__all__ = ["acon_a", "acon_b", "acon_c", "along", "aprelu", "arelu", "dy_relu", "meta_acon_c"]
+__all__ = ["acon_a", "acon_b", "acon_c", "along", "aprelu", "arelu", "dy_relu", "dy_relu_coefficients",
+           "evaluating", "linear_norm", "meta_acon_c"]
 
 
 def along(x: Tensor, dim: int, *params: Tensor) -> tuple[Tensor, ...]:
@@ -57,6 +59,39 @@ def meta_acon_c(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> Tensor:
     """ACON-C with ``beta`` per position, (N, T, C or 1) for channels-last (N, T, C) ``x``."""
     switch = torch.mul(x, torch.sub(p1, p2)).mul_(beta).sigmoid_()
     return torch.lerp(p2, p1, switch).mul_(x)
+
+
+def evaluating(*norms: nn.Module | None) -> bool:
+    """Whether each of a generator's BatchNorms (None: none there) normalises with its running
+    statistics, as ``linear_norm`` does: a BatchNorm1d (a SyncBatchNorm goes the usual route, which
+    refuses it in a decoder's contexts) in eval mode that keeps its statistics."""
+    return all(bn is None or (type(bn) is nn.BatchNorm1d and not bn.training and bn.track_running_stats)
+               for bn in norms)
+
+
+def linear_norm(rows: Tensor, linear: nn.Module, bn: nn.Module | None = None) -> Tensor:
+    """A generator's ``bn(linear(rows))`` for rows (R, in): ``linear`` an nn.Linear, ``bn`` (None:
+    none) an eval-mode BatchNorm1d (see ``evaluating``). Torch's two operations, without the modules'
+    calls; their tensors are read from the modules' dicts, since nn.Module's attribute lookup
+    (half a microsecond) costs as much as an operation on one row."""
+    weights = linear._parameters
+    h = F.linear(rows, cast(Tensor, weights["weight"]), weights["bias"])
+    if bn is None:
+        return h
+    affine, stats = bn._parameters, bn._buffers
+    return torch.batch_norm(h, affine["weight"], affine["bias"], stats["running_mean"], stats["running_var"],
+                            False, 0.0, cast(float, bn.eps), False)
+
+
+def dy_relu_coefficients(means: Tensor, fc1: nn.Module, fc2: nn.Module, lambdas: Tensor, init_v: Tensor,
+                         k: int) -> tuple[Tensor, Tensor]:
+    """Dynamic ReLU's pieces (a, b), each (..., C or 1, K), from the means (..., C):
+    (2 sigmoid(fc2(relu(fc1(means)))) - 1) lambdas + init_v (``fc1``, ``fc2``: its nn.Linear layers),
+    with 2 sigmoid(z) - 1 = tanh(z / 2)."""
+    theta = linear_norm(linear_norm(means, fc1).relu_(), fc2).mul_(0.5).tanh_()
+    coefficients = torch.addcmul(init_v, theta.unflatten(-1, (-1, 2 * k)), lambdas)
+    a, b = coefficients.split(k, dim=-1)
+    return a, b
 
 
 def aprelu(negative: Tensor, positive: Tensor, alpha: Tensor) -> Tensor:
