@@ -3,6 +3,7 @@ later one (train and eval), equals the "sample" output of the prefix in eval mod
 prefix across cached calls; "token" sees its own position alone."""
 
 import copy
+import pickle
 
 import pytest
 import torch
@@ -187,6 +188,10 @@ def test_a_long_decode_keeps_the_full_sequence_numbers(case, grad):
         again = host(x[:, 20:21], past_key_values=cache, cache_position=torch.arange(20, 21))  # cropped to 20
         torch.testing.assert_close(again, full[:, 20:21], rtol=1e-5, atol=1e-6)
         assert len(state.sums) == 21
+        if not grad:  # a pickled cache (a prompt's, kept on disk) continues as the cache does
+            copied = pickle.loads(pickle.dumps(cache))
+            later = host(x[:, 21:22], past_key_values=copied, cache_position=torch.arange(21, 22))
+            torch.testing.assert_close(later, full[:, 21:22], rtol=1e-5, atol=1e-6)
     assert full.requires_grad == grad
 
 

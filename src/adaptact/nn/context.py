@@ -101,6 +101,11 @@ class Prefix:
     keys: weakref.ref[Tensor] | None = None
     keys_version: int = -1
 
+    def __getstate__(self) -> dict[str, Any]:
+        """A pickled prefix (a pickled cache's) without the weak reference, which pickle refuses: its
+        copy takes the cache's fingerprint again at its next call."""
+        return {**self.__dict__, "keys": None, "keys_version": -1}
+
     def take_fingerprint(self, cache: Any) -> None:
         """Keep ``cache``'s fingerprint as it is now."""
         keys = _keys(cache)
