@@ -66,7 +66,7 @@ class AconA(ChannelModule):
 
     def _small_form(self, x: Tensor) -> Tensor | None:
         params = self._small(x, ("beta",), self.channels, self.channel_dim)
-        return None if params is None else small.acon_a(x, *small.along(x, self.channel_dim, *params))
+        return None if params is None else small.acon_a(x, *params)
 
     def fit_parameters(self) -> list[Tensor]:
         return [self.beta]
@@ -132,7 +132,7 @@ class AconB(ChannelModule):
 
     def _small_form(self, x: Tensor) -> Tensor | None:
         params = self._small(x, ("p", "beta"), self.channels, self.channel_dim)
-        return None if params is None else small.acon_b(x, *small.along(x, self.channel_dim, *params))
+        return None if params is None else small.acon_b(x, *params)
 
     def fit_parameters(self) -> list[Tensor]:
         return [self.p, self.beta]
@@ -205,7 +205,7 @@ class AconC(ChannelModule):
 
     def _small_form(self, x: Tensor) -> Tensor | None:
         params = self._small(x, ("p1", "p2", "beta"), self.channels, self.channel_dim)
-        return None if params is None else small.acon_c(x, *small.along(x, self.channel_dim, *params))
+        return None if params is None else small.acon_c(x, *params)
 
     def fit_parameters(self) -> list[Tensor]:
         return [self.p1, self.p2, self.beta]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
-from typing import cast
 
 import torch
 from torch import nn
@@ -20,6 +19,7 @@ __all__ = ["ActivationModule", "CheckedStateDict", "PointwiseActivation", "batch
 FITS = ("it fits AReLU, ACON-A/B/C, Meta-ACON-C, APReLU, Dynamic ReLU, FReLU, PReLU, Swish and the "
         "activations made with adaptact.define")
 _FLOAT32 = torch.float32
+_is_compiling = torch.compiler.is_compiling
 
 # ``init="match"``'s starting values: per start, per fitted tensor, its values
 Starts = list[list[list[float]]]
@@ -341,28 +341,33 @@ class ActivationModule(CheckedStateDict):
         plain float32 CPU tensor of rank >= 1 and at most ``EAGER_NUMEL`` elements
         (``dispatch.eager_pays``), with ``channels`` on ``dim`` where given (anything else goes the
         usual way, which explains what is wrong), float32 parameters of the module's own, no
-        torch.func transform. Then the reference is reported as run. (Written for speed: it is on
-        every call's path.)"""
+        torch.func transform. Then the reference is reported as run. Per-channel (C,) parameters
+        come viewed so that they broadcast on ``dim`` of ``x``. (Written for speed: it is on every
+        call's path.)"""
         if not (type(x) is torch.Tensor and x.dtype is _FLOAT32 and self._backend == "auto"
                 and not torch.is_grad_enabled() and x.numel() <= dispatch.EAGER_NUMEL and x.is_cpu
-                and not torch.compiler.is_compiling() and debug_unwrap(x, recurse=False) is x):
+                and not _is_compiling() and debug_unwrap(x, recurse=False) is x):
             return None
+        ndim = x.ndim
         if channels is None:
-            if x.ndim == 0:
+            if not ndim:
                 return None
         else:
             try:  # channels on ``dim``, which is not the batch dim
-                if x.shape[dim] != channels or not dim % x.ndim:
+                if x.shape[dim] != channels or not dim % ndim:
                     return None
             except IndexError:
                 return None
         own = self._parameters
-        params = [own[name] for name in names]
+        params: list = [own[name] for name in names]
         for p in params:  # the module's own parameters (a transform's wrappers are plain tensors)
             if type(p) is not nn.Parameter or p.dtype is not _FLOAT32:
                 return None
         self.__dict__["ran_backend"] = "reference"
-        return cast(list[torch.Tensor], params)  # each one checked a Parameter above
+        if channels is not None and dim != -1 and dim != ndim - 1:  # (C,) against channels on ``dim``
+            shape = (-1,) + (1,) * (ndim - 1 - dim % ndim)
+            params = [p.view(shape) for p in params]
+        return params
 
     def _run_triton(self, op: Callable[..., torch.Tensor], x: torch.Tensor, args: tuple) -> torch.Tensor:
         try:

@@ -3,8 +3,10 @@
 There a call's cost is the number of torch operations, not the bytes: each costs about a microsecond
 whatever its size, and the reference's composition (``adaptact.functional``) spends several on
 views and casts of the parameters. These compute the reference's maths in as few operations as
-torch has for it, on x as given (the channels on ``dim``, no view of x moved), with the
-parameters' small transforms done on the parameters. They equal the reference up to float32
+torch has for it, on x as given (no view of x moved; per-channel parameters come viewed against
+it), with the parameters' small transforms done on the parameters. A generator's layers are
+called as torch's operations on their tensors, read from the modules' dicts: nn.Module's attribute
+lookup and call cost as much as an operation on one row. They equal the reference up to float32
 rounding (tests/ops/test_small.py) and run where ``ActivationModule._small`` says: eagerly, on
 float32 CPU tensors of at most ``EAGER_NUMEL`` elements, nothing recorded for backward, no
 torch.func transform over x or the parameters.
@@ -19,17 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["acon_a", "acon_b", "acon_c", "along", "aprelu", "arelu", "dy_relu", "dy_relu_coefficients",
+__all__ = ["acon_a", "acon_b", "acon_c", "aprelu", "arelu", "dy_relu", "dy_relu_coefficients",
            "evaluating", "linear_norm", "meta_acon_c"]
-
-
-def along(x: Tensor, dim: int, *params: Tensor) -> tuple[Tensor, ...]:
-    """Per-channel (C,) parameters viewed so that they broadcast on ``dim`` of ``x`` (as they are
-    for the last dim)."""
-    if dim == -1 or dim == x.ndim - 1:
-        return params
-    shape = (-1,) + (1,) * (x.ndim - 1 - dim % x.ndim)
-    return tuple(p.view(shape) for p in params)
 
 
 def arelu(x: Tensor, alpha: Tensor, beta: Tensor) -> Tensor:
