@@ -1,7 +1,8 @@
 """The time of one call where calls are small: each activation's backends and torch's SiLU at
 decoding shapes, no grad, one thread, every variant in turn in each round (interleaved), many calls
-per round (their mean is the round's time); prints the median per call, its min-max over rounds
-and the ratio of medians to SiLU's.
+per round (their mean is the round's time); prints the median per call, its min-max over rounds,
+the ratio of medians to SiLU's and the median of the per-round ratios (each variant against SiLU in
+the same round).
 
     python benchmarks/call_time.py [C] [rounds] [calls] [names]
 
@@ -58,10 +59,12 @@ def main(channels: int, rounds: int, calls: int, names: tuple[str, ...]) -> None
                     times[k].append(per_call(fn, x, n))
         silu = statistics.median(times["silu"])
         print(f"\n{shape}, no grad, float32, one thread; {rounds} rounds of {n} calls; median per call "
-              "[min-max over rounds], x SiLU's median")
+              "[min-max over rounds], x SiLU's median, and the median of each round's ratio to SiLU's")
         for k, v in times.items():
             med = statistics.median(v)
-            print(f"  {k:<24} {1e6 * med:9.1f} us [{1e6 * min(v):.1f}-{1e6 * max(v):.1f}]  {med / silu:6.2f}x")
+            paired = statistics.median(t / s for t, s in zip(v, times["silu"], strict=True))
+            print(f"  {k:<24} {1e6 * med:9.1f} us [{1e6 * min(v):.1f}-{1e6 * max(v):.1f}]  {med / silu:6.2f}x  "
+                  f"paired {paired:6.2f}x")
 
 
 if __name__ == "__main__":

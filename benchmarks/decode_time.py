@@ -3,7 +3,9 @@ intermediate 688, 4 layers, 4 heads, random weights from a seed), its SiLU kept 
 activation with ``replace_activations`` (the pooling ones causal, as in a decoder), batch 1, a
 prompt of 16 tokens, ``generate(max_new_tokens=N, do_sample=False)`` with the cache. Every model
 in turn in each round (interleaved), one thread; prints the median time per generated token, its
-min-max over rounds and the ratio of medians to SiLU's.
+min-max over rounds and the ratio of medians to SiLU's, and the median of the per-round ratios
+(each model against SiLU in the same round, which cancels a machine's slower and faster spells)
+with their quartiles.
 
     python benchmarks/decode_time.py [new_tokens] [rounds] [names]
 """
@@ -53,10 +55,14 @@ def main(new: int, rounds: int, names: tuple[str, ...]) -> None:
             times[k].append(per_token(m, prompt, new))
     silu = statistics.median(times["silu"])
     print(f"LLaMA 256/688 x 4 layers, batch 1, prompt 16, {new} new tokens, greedy with the cache, one thread; "
-          f"{rounds} rounds; median ms per token [min-max], x SiLU's")
+          f"{rounds} rounds; median ms per token [min-max], x SiLU's median; and the median of each "
+          "round's ratio to SiLU in that round [its quartiles]")
     for k, v in times.items():
         med = statistics.median(v)
-        print(f"  {k:<12} {1e3 * med:7.2f} ms [{1e3 * min(v):.2f}-{1e3 * max(v):.2f}]  {med / silu:5.2f}x")
+        paired = [t / s for t, s in zip(v, times["silu"], strict=True)]
+        q1, q2, q3 = statistics.quantiles(paired, n=4)
+        print(f"  {k:<12} {1e3 * med:7.2f} ms [{1e3 * min(v):.2f}-{1e3 * max(v):.2f}]  {med / silu:5.2f}x  "
+              f"paired {statistics.median(paired):5.2f}x [{q1:.2f}-{q3:.2f}]")
 
 
 if __name__ == "__main__":
