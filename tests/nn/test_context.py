@@ -167,31 +167,34 @@ def test_causal_prefix_continues_across_cached_calls(case):
 @pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
 @pytest.mark.parametrize("case", CONDITIONED[::3], ids=IDS[::3])
 def test_a_long_decode_keeps_the_full_sequence_numbers(case, grad):
-    """One position per call for 45 positions ("auto", as a served model runs, and with gradients):
-    every step equals the full-sequence forward, the running sums hold a row per position, and a
-    step after a crop continues from the crop."""
+    """An 8-position prompt, then one position per call up to 45 ("auto", as a served model runs,
+    and with gradients): every step equals the full-sequence forward and the running statistics
+    are one chunk per call. A crop back to 20 positions, and then into the prompt (3), continues
+    from the crop; so does a pickled cache."""
     name, kwargs = case
     m = _module(name, kwargs, "causal", backend="auto").eval()
     x = torch.randn(2, 45, C, requires_grad=grad)
     host = Host(m)
     track_decoding(host)
     cache = Cache()
+
+    def call(start, stop, on=cache):
+        return host(x[:, start:stop], past_key_values=on, cache_position=torch.arange(start, stop))
+
     with torch.set_grad_enabled(grad):
         full = m(x)
-        steps = [host(x[:, :1], past_key_values=cache, cache_position=torch.arange(1))]
-        for t in range(1, x.shape[1]):
-            steps.append(host(x[:, t: t + 1], past_key_values=cache, cache_position=torch.arange(t, t + 1)))
+        steps = [call(0, 8)] + [call(t, t + 1) for t in range(8, x.shape[1])]
         torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-6)
         state = cache.adaptact_prefix.sums["act"]
-        assert len(state.sums) == len(state.counts) == 45
-        assert not any(row.requires_grad for row in state.sums)
-        again = host(x[:, 20:21], past_key_values=cache, cache_position=torch.arange(20, 21))  # cropped to 20
-        torch.testing.assert_close(again, full[:, 20:21], rtol=1e-5, atol=1e-6)
-        assert len(state.sums) == 21
+        assert len(state) == 45 and len(state.sums) == 1 + 45 - 8
+        assert not any(chunk.requires_grad for chunk in state.sums)
+        torch.testing.assert_close(call(20, 21), full[:, 20:21], rtol=1e-5, atol=1e-6)  # cropped to 20
+        assert len(state) == 21
+        torch.testing.assert_close(call(3, 6), full[:, 3:6], rtol=1e-5, atol=1e-6)  # into the prompt's chunk
+        assert len(state) == 6 and len(state.sums) == 2
         if not grad:  # a pickled cache (a prompt's, kept on disk) continues as the cache does
             copied = pickle.loads(pickle.dumps(cache))
-            later = host(x[:, 21:22], past_key_values=copied, cache_position=torch.arange(21, 22))
-            torch.testing.assert_close(later, full[:, 21:22], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(call(6, 7, copied), full[:, 6:7], rtol=1e-5, atol=1e-6)
     assert full.requires_grad == grad
 
 

@@ -33,6 +33,7 @@ conditioned activations two things, read from the call's keywords as Hugging Fac
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import inspect
 import threading
@@ -79,14 +80,46 @@ def check_sequence(module: nn.Module, x: Tensor, context: str) -> None:
 
 @dataclass
 class Running:
-    """One module's running statistics at every position so far, a tensor per position: the sums
-    (B, 1, S) and the counts (B, 1, 1) of the statistics (B, ., S) at positions <= t. A decoded token
-    appends its own (two operations), a crop drops the tail, and nothing is copied again."""
+    """One module's running statistics at every position so far, in chunks of consecutive positions
+    (one per call that kept them): the sums (B, T_i, S) and counts (B, T_i, 1) of the statistics at
+    positions <= t, and the position each chunk ends at. A prompt is one chunk; a decoded token
+    appends one of its own (nothing is copied again); a crop drops or cuts the last ones."""
 
     sums: list[Tensor]
     counts: list[Tensor]
+    ends: list[int]
     batch: int
     width: int
+
+    def __len__(self) -> int:
+        return self.ends[-1] if self.ends else 0
+
+    def at(self, position: int) -> tuple[Tensor, Tensor]:
+        """The sums (B, 1, S) and counts (B, 1, 1) at ``position`` (one that is kept)."""
+        i = bisect.bisect_right(self.ends, position)
+        sums, counts = self.sums[i], self.counts[i]
+        if sums.shape[1] == 1:
+            return sums, counts
+        at = position - (self.ends[i - 1] if i else 0)
+        return sums[:, at:at + 1], counts[:, at:at + 1]
+
+    def cut(self, length: int) -> None:
+        """Keep the first ``length`` positions."""
+        while self.ends and self.ends[-1] > length:
+            start = self.ends[-2] if len(self.ends) > 1 else 0
+            if start >= length:
+                del self.sums[-1], self.counts[-1], self.ends[-1]
+            else:
+                keep = length - start
+                self.sums[-1], self.counts[-1] = self.sums[-1][:, :keep], self.counts[-1][:, :keep]
+                self.ends[-1] = length
+
+    def append(self, sums: Tensor, counts: Tensor) -> None:
+        """The next positions' sums (B, T, S) and counts (B, T, 1)."""
+        self.sums.append(sums)
+        self.counts.append(counts)
+        self.ends.append(len(self) + sums.shape[1])
+
 
 @dataclass
 class Prefix:
@@ -123,13 +156,13 @@ class Prefix:
     def carried(self, module: nn.Module, name: str, offset: int, batch: int) -> tuple[Tensor, Tensor]:
         """The running sums (B, 1, S) and counts (B, 1, 1) at position ``offset - 1``."""
         state = self.sums.get(name)
-        if state is None or len(state.sums) < offset or state.batch != batch:
+        if state is None or len(state) < offset or state.batch != batch:
             have = ("no prefix" if state is None
-                    else f"a prefix of {len(state.sums)} positions for batch {state.batch}")
+                    else f"a prefix of {len(state)} positions for batch {state.batch}")
             raise RuntimeError(f"{type(module).__name__}(context='causal') cannot continue a cached decode "
                                f"at position {offset} for batch {batch}: its cache holds {have} (a cache "
                                f"built without this model's activations); decode with use_cache=False")
-        return state.sums[offset - 1], state.counts[offset - 1]
+        return state.at(offset - 1)
 
     def keep(self, name: str, offset: int, sums: Tensor, counts: Tensor) -> None:
         """The running ``sums`` (B, T, S) and ``counts`` (B, T) of positions ``offset`` on: what was
@@ -137,23 +170,23 @@ class Prefix:
         ``offset`` positions kept nothing holds (``carried`` then refuses to continue)."""
         state = self.sums.get(name)
         b, t, width = sums.shape
-        if offset and not (state is not None and len(state.sums) >= offset and state.batch == b
+        if offset and not (state is not None and len(state) >= offset and state.batch == b
                            and state.width == width):
-            self.sums[name] = Running([], [], b, width)  # nothing to continue from
+            self.sums[name] = Running([], [], [], b, width)  # nothing to continue from
             return
-        kept = Running([], [], b, width) if state is None or not offset else state
-        del kept.sums[offset:], kept.counts[offset:]
-        kept.sums += sums.detach().split(1, dim=1)
-        kept.counts += counts.detach().view(b, t, 1).split(1, dim=1)
+        kept = Running([], [], [], b, width) if state is None or not offset else state
+        kept.cut(offset)
+        kept.append(sums.detach(), counts.detach().unsqueeze(-1))
         self.sums[name] = kept
 
     def select(self, rows: Tensor) -> None:
         """Rows ``rows`` of every state, in that order (a cache reordered by beam search)."""
         for state in self.sums.values():
-            if state.sums:
+            if state.ends:
                 at = rows.to(state.sums[0].device)
-                state.sums = list(torch.cat(state.sums, dim=1).index_select(0, at).split(1, dim=1))
-                state.counts = list(torch.cat(state.counts, dim=1).index_select(0, at).split(1, dim=1))
+                state.sums = [torch.cat(state.sums, dim=1).index_select(0, at)]
+                state.counts = [torch.cat(state.counts, dim=1).index_select(0, at)]
+                state.ends = [len(state)]
             state.batch = rows.shape[0]
         if self.fingerprint is not None:
             self.fingerprint = self.fingerprint.index_select(0, rows.to(self.fingerprint.device))
@@ -250,7 +283,7 @@ def position_statistics(module: nn.Module, s: Tensor, context: str) -> Tensor:
         assert call.prefix is not None
         carried_sums, carried_counts = call.prefix.carried(module, name, call.offset, n)
         sums = sums + carried_sums.to(s.dtype)
-        counts = counts + carried_counts.to(s.dtype).view(n, 1)
+        counts = counts + carried_counts.to(s.dtype).reshape(n, 1)
     if call.prefix is not None:
         call.prefix.keep(name, call.offset or 0, sums, counts)
     return sums / counts.clamp(min=1).unsqueeze(-1)
@@ -266,9 +299,8 @@ def _one_more(module: nn.Module, name: str, call: ModelCall, s: Tensor) -> Tenso
         last_sums, last_counts = last_sums.to(s.dtype), last_counts.to(s.dtype)
     sums, counts = s + last_sums, last_counts + 1
     state = call.prefix.sums[name]
-    del state.sums[offset:], state.counts[offset:]  # what a cropped cache kept after it
-    state.sums.append(sums.detach())
-    state.counts.append(counts)
+    state.cut(offset)  # what a cropped cache kept after it goes
+    state.append(sums.detach() if sums.requires_grad else sums, counts)
     return sums / counts
 
 
