@@ -67,15 +67,23 @@ def test_arelu_small_form_keeps_the_reference_at_zero_and_infinities():
 
 
 @pytest.mark.parametrize("why", ["grad", "float64", "big", "backend", "training", "sample", "wrapped",
-                                 "rank"])
+                                 "rank", "norm_training", "sync_norm"])
 def test_everything_else_takes_the_usual_route(why, monkeypatch):
-    name, options = ("meta_acon_c", {"context": "causal"}) if why == "training" else ("acon_c", {})
+    """Each reason not to take the small form, one at a time: the small form must not run. A
+    generator BatchNorm left in training mode in an eval module normalises with batch statistics
+    there; a SyncBatchNorm in a causal generator is refused with one line."""
+    generated = why in ("training", "norm_training", "sync_norm")
+    name, options = ("meta_acon_c", {"context": "causal"}) if generated else ("acon_c", {})
     if why == "sample":
         name, options = "meta_acon_c", {}
     m = _module(name, options)
     x = torch.randn(4, 8192, 12) if why == "big" else torch.randn(2, 3, 12)
     if why == "training":
         m.train()
+    if why == "norm_training":
+        m.bn2.train()
+    if why == "sync_norm":
+        m = torch.nn.SyncBatchNorm.convert_sync_batchnorm(m).eval()
     if why == "float64":
         m, x = m.double(), x.double()
     if why == "backend":
@@ -83,9 +91,17 @@ def test_everything_else_takes_the_usual_route(why, monkeypatch):
     if why == "rank":  # causal takes one sequence dim: the usual route explains
         m, x = _module("meta_acon_c", {"context": "causal"}), torch.randn(2, 3, 4, 12)
     for f in small.__all__:
-        monkeypatch.setattr(small, f, lambda *a, **k: pytest.fail("the small form ran"))
+        if f != "evaluating":  # (the check that sends the last two cases the usual way)
+            monkeypatch.setattr(small, f, lambda *a, **k: pytest.fail("the small form ran"))
     with torch.set_grad_enabled(why == "grad"):
-        if why == "wrapped":  # a torch.func transform over the parameters (an ensemble)
+        if why == "norm_training":  # the usual route: the reference's numbers, bn2 with batch statistics
+            y = m(x)
+            m.backend = "reference"
+            torch.testing.assert_close(y, m(x))
+        elif why == "sync_norm":
+            with pytest.raises(ValueError, match="SyncBatchNorm in a causal or token generator"):
+                m(x)
+        elif why == "wrapped":  # a torch.func transform over the parameters (an ensemble)
             params = {k: torch.stack([v, v]) for k, v in m.named_parameters()}
             y = torch.func.vmap(lambda p: torch.func.functional_call(m, p, (x,)))(params)
             assert y.shape == (2, *x.shape)
