@@ -167,58 +167,26 @@ def _specs() -> dict[str, ActivationSpec]:
         _classic("softplus", _torch(nn.Softplus), "Dugas et al., NeurIPS 2001"),
         _classic("softmax", _torch(nn.Softmax, dim=1), "softmax over dim 1"),
         _learnable("prelu", _prelu, "He et al., ICCV 2015", per_channel=True, lazy_channels=False),
-        _learnable("swish", _shared(ann.Swish, learnable=True), "Ramachandran et al., arXiv 1710.05941"),
-        _learnable("apl", _shared(ann.APL), "Agostinelli et al., arXiv 1412.6830"),
-        _learnable("mixture", _shared(ann.Mixture), "AReLU paper's comparator"),
-        _learnable("slaf", _shared(ann.SLAF), "Goyal et al., arXiv 1906.09529"),
-        _learnable("pau", _shared(ann.PAU), "Molina et al., ICLR 2020"),
-        _learnable("maxout", _per_channel(ann.Maxout), "Goodfellow et al., ICML 2013", per_channel=True),
-        # the AReLU paper's own comparators, as its code builds them (``activation()``, no arguments)
-        _classic("swish_fixed", _shared(ann.Swish), "AReLU code's Swish: x * sigmoid(x), beta fixed at 1"),
-        _classic("gelu_arelu", _shared(ann.TanhGELU),
-                 "AReLU code's GELU: tanh form with 0.7979946 for sqrt(2/pi)"),
-        _classic("maxout_pool", _shared(ann.MaxoutPool),
-                 "AReLU code's Maxout: channel pooling, pool_size=1 (the identity)"),
         _learnable("prelu_shared", _prelu_shared,
                    "He et al., ICCV 2015; one slope for all channels (torch.nn.PReLU())"),
-        _adaptive("arelu", _shared(ann.AReLU), "Chen et al., arXiv 2006.13858"),
-        _adaptive("acon_a", _per_channel(ann.AconA), "Ma et al., CVPR 2021", per_channel=True),
-        _adaptive("acon_b", _per_channel(ann.AconB), "Ma et al., CVPR 2021", per_channel=True),
-        _adaptive("acon_c", _per_channel(ann.AconC), "Ma et al., CVPR 2021", per_channel=True),
-        _adaptive("meta_acon_c", _per_channel(ann.MetaAconC),
-                  "Ma et al., CVPR 2021", per_channel=True, per_sample=True),
-        _adaptive("aprelu", _per_channel(ann.APReLU),
-                  "Zhao et al., IEEE TIE 2020", per_channel=True, per_sample=True),
-        _adaptive("meta_acon_c_nobn", _per_channel(ann.MetaAconC, norm="none"),
-                  "Ma et al., CVPR 2021; generator without BatchNorm (first official acon.py, YOLOv5)",
-                  per_channel=True, per_sample=True),
-        _adaptive("dy_relu_a", _per_channel(ann.DyReLU, granularity="layer"),
-                  "Chen et al., ECCV 2020, arXiv 2003.10027 (DY-ReLU-A)", per_channel=True,
-                  per_sample=True),
-        _adaptive("dy_relu_b", _per_channel(ann.DyReLU, granularity="channel"),
-                  "Chen et al., ECCV 2020, arXiv 2003.10027 (DY-ReLU-B)", per_channel=True,
-                  per_sample=True),
-        _adaptive("frelu", _per_channel(ann.FReLU),
-                  "Ma, Zhang, Sun, ECCV 2020, arXiv 2007.11824 (spatial condition: 2-D maps)",
-                  per_channel=True, per_sample=True, ranks=(4,)),
-        # the activations of today's language models, and the rest of the names Hugging Face configs use
-        _classic("relu2", _shared(ann.ReLU2), "So et al. (Primer), arXiv 2109.08668"),
-        _classic("golu", _shared(ann.GoLU), "Das et al., arXiv 2502.03654"),
-        _learnable("xielu", _shared(ann.XIELU), "Huang & Schlag, arXiv 2411.13010 (Apertus LLMs)"),
-        _learnable("polynorm", _shared(ann.PolyNorm),
-                   "Zhuo et al., ICLR 2025, arXiv 2411.03884 (per-token normalisation)",
-                   uses_layout=True, ranks=(2, 3, 4, 5)),
-        _classic("quick_gelu", _shared(ann.QuickGELU),
-                 "Hendrycks & Gimpel, arXiv 1606.08415 (sigmoid form, CLIP)"),
-        _classic("gelu_10", _shared(ann.ClippedGELU),
-                 "GELU clipped to [-10, 10]; Wu et al., arXiv 2004.09602"),
-        _classic("laplace", _shared(ann.Laplace), "Ma et al. (MEGA), arXiv 2209.10655"),
-        _classic("sqrt_softplus", _shared(ann.SqrtSoftplus),
-                 "DeepSeek-V4's router score (transformers' sqrtsoftplus)"),
         _classic("identity", _torch(nn.Identity), "no activation (transformers' linear)"),
-        _classic("crelu", _shared(ann.CReLU), "Shang et al., ICML 2016", channel_factor=2),
+        *_declared(),
     ]
     return dict(sorted((s.name, s) for s in specs))
+
+
+def _declared() -> list[ActivationSpec]:
+    """The entries adaptact's own classes declare (``registry_entries``), each class built with the
+    entry's options (and ``channels`` where it is per channel)."""
+    specs = []
+    for cls in (getattr(ann, name) for name in ann.__all__):
+        for e in vars(cls).get("registry_entries", ()) if isinstance(cls, type) else ():
+            build = (_per_channel if e.per_channel else _shared)(cls, **e.options)
+            specs.append(ActivationSpec(
+                name=e.name, factory=build, family=e.family, paper=e.paper, learnable=e.family != "classic",
+                per_sample=e.per_sample, per_channel=e.per_channel, channel_factor=e.channel_factor,
+                ranks=e.ranks, uses_layout=e.uses_layout))
+    return specs
 
 
 _REGISTRY: dict[str, ActivationSpec] = _specs()

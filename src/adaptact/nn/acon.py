@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from ..ops import dispatch, small
 from .channels import ChannelModule
+from .entry import Entry
 
 __all__ = ["AconA", "AconB", "AconC", "MATCH_BETAS"]
 
@@ -39,6 +40,8 @@ class AconA(ChannelModule):
         >>> act(torch.randn(8, 64, 14, 14)).shape
         torch.Size([8, 64, 14, 14])
     """
+
+    registry_entries = (Entry("acon_a", "adaptive", "Ma et al., CVPR 2021", per_channel=True),)
 
     _channels_entry = ("beta", -1)
     per_channel_parameters = ("beta",)
@@ -103,6 +106,8 @@ class AconB(ChannelModule):
         >>> act(torch.randn(2, 7, 32)).shape
         torch.Size([2, 7, 32])
     """
+
+    registry_entries = (Entry("acon_b", "adaptive", "Ma et al., CVPR 2021", per_channel=True),)
 
     _channels_entry = ("p", -1)
     per_channel_parameters = ("p", "beta")
@@ -175,6 +180,8 @@ class AconC(ChannelModule):
         >>> mlp_act(torch.randn(2, 5, 3072)).shape
         torch.Size([2, 5, 3072])
     """
+
+    registry_entries = (Entry("acon_c", "adaptive", "Ma et al., CVPR 2021", per_channel=True),)
 
     _channels_entry = ("p1", -1)
     per_channel_parameters = ("p1", "p2", "beta")

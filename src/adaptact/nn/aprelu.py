@@ -13,6 +13,7 @@ from .base import batch_norm, logit, silence
 from .channels import ChannelModule
 from .context import (Context, check_context, check_sequence, decoding, masked_mean, padding, position_norm,
                       position_statistics, refuse_cached)
+from .entry import Entry
 
 __all__ = ["APReLU", "keras_state_dict"]
 
@@ -59,6 +60,10 @@ class APReLU(ChannelModule):
     Batch size 1 in training mode: the BatchNorms normalise a single sample with their
     running statistics and do not update them (batch statistics of one sample are undefined).
     """
+
+    registry_entries = (
+        Entry("aprelu", "adaptive", "Zhao et al., IEEE TIE 2020", per_channel=True, per_sample=True),
+    )
 
     _channels_entry = None  # set per instance: "fc2.weight" for "channel"; "layer" has no C in it
 

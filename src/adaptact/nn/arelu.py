@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from ..ops import dispatch, small
 from .base import ActivationModule, check_input
+from .entry import Entry
 
 
 class AReLU(ActivationModule):
@@ -34,6 +35,8 @@ class AReLU(ActivationModule):
         >>> act(torch.randn(8, 64, 14, 14)).shape
         torch.Size([8, 64, 14, 14])
     """
+
+    registry_entries = (Entry("arelu", "adaptive", "Chen et al., arXiv 2006.13858"),)
 
     def __init__(self, alpha: float = 0.90, beta: float = 2.0, inplace: bool = False,
                  backend: str = "auto", *, device: Any = None, dtype: Any = None) -> None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 from torch import nn
 from torch.func import debug_unwrap
 
 from ..ops import dispatch, distributed, fallback
+from .entry import Entry
 from .families import BatchNorm
 
 __all__ = ["ActivationModule", "CheckedStateDict", "PointwiseActivation", "batch_norm", "check_input",
@@ -215,6 +217,9 @@ class ActivationModule(CheckedStateDict):
     (``CheckedStateDict``).
     """
 
+    registry_entries: ClassVar[tuple[Entry, ...]] = ()
+    """The registry names this class declares (``adaptact.registry`` reads them from the classes
+    ``adaptact.nn`` exports; a subclass declares its own)."""
     per_channel_parameters: tuple[str, ...] = ()
     """The parameters of one value per channel, (C,): tensor parallelism shards them with the
     channels (``adaptact.parallel``)."""
@@ -261,7 +266,7 @@ class ActivationModule(CheckedStateDict):
 
     def _run(self, op: Callable[..., torch.Tensor], x: torch.Tensor, *args,
              fused: bool = True, triton: bool = True) -> torch.Tensor:
-        """``op(x, *args, backend)`` with this module's backend; under "auto" the backend ``_route``
+        """``op(x, *args, backend=...)`` with this module's backend; under "auto" the backend ``_route``
         chose for this kind of input. When the Triton path raises under "auto" (a kernel that does
         not compile or launch, here or in the backward), warn once and use "autograd" for this
         module from then on; "triton" itself always raises. ``fused=False``: ``op`` runs no Triton
@@ -276,7 +281,7 @@ class ActivationModule(CheckedStateDict):
             raise ValueError(f"{type(self).__name__} has no Triton kernel yet: use backend='autograd' (its "
                              "memory-lean Function, on any device), 'compiled' or 'auto'")
         if torch.compiler.is_compiling():
-            return op(x, *args, "autograd" if backend == "auto" and self._triton_failed else backend)
+            return op(x, *args, backend="autograd" if backend == "auto" and self._triton_failed else backend)
         if backend != "reference" and self._plain_torch_only(x, args, backend):
             backend = "reference"
         elif backend == "auto":
@@ -284,16 +289,16 @@ class ActivationModule(CheckedStateDict):
             if backend == "triton":
                 return self._run_triton(op, x, args)
             try:
-                y = op(x, *args, backend)
+                y = op(x, *args, backend=backend)
             except RuntimeError:
                 if not dispatch.transform_active():  # a transform reaching our Functions through weights
                     raise
-                backend, y = "reference", op(x, *args, "reference")
+                backend, y = "reference", op(x, *args, backend="reference")
             # compiling may have been given up during this very call (ops.compiled warns once)
             self.__dict__["ran_backend"] = dispatch.fused_backend(x) if backend == "compiled" else backend
             return y
         self.__dict__["ran_backend"] = backend
-        return op(x, *args, backend)
+        return op(x, *args, backend=backend)
 
     def _plain_torch_only(self, x: torch.Tensor, args: tuple, backend: str) -> bool:
         """Whether only plain torch ops can take ``x`` and ``args``: a torch.func transform's tensors,
@@ -371,12 +376,12 @@ class ActivationModule(CheckedStateDict):
 
     def _run_triton(self, op: Callable[..., torch.Tensor], x: torch.Tensor, args: tuple) -> torch.Tensor:
         try:
-            y = op(x, *args, "triton")
+            y = op(x, *args, backend="triton")
         except Exception as err:  # any failure of the Triton path: compile, launch, driver
             if dispatch.transform_active():  # refused under torch.func: not the kernels' failure
                 raise
             self._fall_back(err)
-            return op(x, *args, "autograd")
+            return op(x, *args, backend="autograd")
         self.__dict__["ran_backend"] = "triton"
         return fallback.mark(y, self._fall_back)
 

@@ -19,6 +19,7 @@ from ..ops import distributed
 from .acon import MATCH_BETAS
 from .base import ActivationModule, CheckedStateDict, check_input, int_at_least
 from .channels import check_channel_dim
+from .entry import Entry
 
 __all__ = ["CReLU", "PReLU", "Swish"]
 
@@ -108,6 +109,11 @@ class Swish(ActivationModule):
         torch.Size([4, 10])
     """
 
+    registry_entries = (
+        Entry("swish", "learnable", "Ramachandran et al., arXiv 1710.05941", options={"learnable": True}),
+        Entry("swish_fixed", "classic", "AReLU code's Swish: x * sigmoid(x), beta fixed at 1"),
+    )
+
     def __init__(self, beta: float = 1.0, learnable: bool = False, inplace: bool = False, *,
                  device: Any = None, dtype: Any = None) -> None:
         super().__init__()
@@ -158,6 +164,10 @@ class TanhGELU(ActivationModule):
         torch.Size([4, 10])
     """
 
+    registry_entries = (
+        Entry("gelu_arelu", "classic", "AReLU code's GELU: tanh form with 0.7979946 for sqrt(2/pi)"),
+    )
+
     ARELU_CODE = 0.7979946
 
     def __init__(self, coefficient: float = ARELU_CODE, inplace: bool = False) -> None:
@@ -189,6 +199,8 @@ class CReLU(ActivationModule):
         >>> CReLU()(torch.randn(4, 8, 5)).shape
         torch.Size([4, 16, 5])
     """
+
+    registry_entries = (Entry("crelu", "classic", "Shang et al., ICML 2016", channel_factor=2),)
 
     def __init__(self, inplace: bool = False) -> None:
         super().__init__()

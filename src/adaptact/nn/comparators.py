@@ -15,6 +15,7 @@ from .. import functional as AF
 from ..ops import distributed
 from .base import ActivationModule, check_input, int_at_least
 from .channels import ChannelModule
+from .entry import Entry
 
 __all__ = ["APL", "SLAF", "Maxout", "MaxoutPool", "Mixture"]
 
@@ -38,6 +39,8 @@ class APL(ActivationModule):
         >>> APL(s=2)(torch.randn(4, 10)).shape
         torch.Size([4, 10])
     """
+
+    registry_entries = (Entry("apl", "learnable", "Agostinelli et al., arXiv 1412.6830"),)
 
     def __init__(self, s: int = 1, a: float = 0.2, b: float = 0.5, inplace: bool = False, *,
                  device: Any = None, dtype: Any = None) -> None:
@@ -80,6 +83,8 @@ class Mixture(ActivationModule):
         torch.Size([4, 10])
     """
 
+    registry_entries = (Entry("mixture", "learnable", "AReLU paper's comparator"),)
+
     def __init__(self, p: float = 0.0, inplace: bool = False, *, device: Any = None,
                  dtype: Any = None) -> None:
         super().__init__()
@@ -117,6 +122,8 @@ class SLAF(ActivationModule):
         >>> SLAF(k=3)(torch.randn(4, 10)).shape
         torch.Size([4, 10])
     """
+
+    registry_entries = (Entry("slaf", "learnable", "Goyal et al., arXiv 1906.09529"),)
 
     def __init__(self, k: int = 2, inplace: bool = False, *, device: Any = None, dtype: Any = None) -> None:
         super().__init__()
@@ -161,6 +168,8 @@ class Maxout(ChannelModule):
         >>> act(torch.randn(4, 16, 10)).shape
         torch.Size([4, 16, 10])
     """
+
+    registry_entries = (Entry("maxout", "learnable", "Goodfellow et al., ICML 2013", per_channel=True),)
 
     _channels_entry = ("weight", 0)
 
@@ -210,6 +219,10 @@ class MaxoutPool(ActivationModule):
         >>> MaxoutPool(2)(torch.randn(4, 8, 5)).shape
         torch.Size([4, 4, 5])
     """
+
+    registry_entries = (
+        Entry("maxout_pool", "classic", "AReLU code's Maxout: channel pooling, pool_size=1 (the identity)"),
+    )
 
     def __init__(self, pool_size: int = 1, inplace: bool = False) -> None:
         super().__init__()

@@ -13,6 +13,7 @@ from .base import int_at_least, silence
 from .channels import ChannelModule
 from .context import (Context, check_context, check_sequence, decoding, masked_mean, padding,
                       position_statistics, refuse_cached)
+from .entry import Entry
 
 __all__ = ["DyReLU"]
 
@@ -61,6 +62,13 @@ class DyReLU(ChannelModule):
         >>> act(torch.randn(8, 64, 14, 14)).shape
         torch.Size([8, 64, 14, 14])
     """
+
+    registry_entries = (
+        Entry("dy_relu_a", "adaptive", "Chen et al., ECCV 2020, arXiv 2003.10027 (DY-ReLU-A)",
+              per_channel=True, per_sample=True, options={"granularity": "layer"}),
+        Entry("dy_relu_b", "adaptive", "Chen et al., ECCV 2020, arXiv 2003.10027 (DY-ReLU-B)",
+              per_channel=True, per_sample=True, options={"granularity": "channel"}),
+    )
 
     _channels_entry = ("fc1.weight", 1)
     lambdas: Tensor

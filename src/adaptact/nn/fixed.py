@@ -11,6 +11,7 @@ from torch import Tensor
 
 from .. import functional as AF
 from .base import ActivationModule, PointwiseActivation, check_input
+from .entry import Entry
 
 __all__ = ["ClippedGELU", "Laplace", "QuickGELU", "SqrtSoftplus"]
 
@@ -29,6 +30,10 @@ class QuickGELU(PointwiseActivation):
         >>> QuickGELU()(torch.zeros(2))
         tensor([0., 0.])
     """
+
+    registry_entries = (
+        Entry("quick_gelu", "classic", "Hendrycks & Gimpel, arXiv 1606.08415 (sigmoid form, CLIP)"),
+    )
 
     function = staticmethod(AF.quick_gelu)
 
@@ -50,6 +55,8 @@ class Laplace(PointwiseActivation):
         tensor([0.5000])
     """
 
+    registry_entries = (Entry("laplace", "classic", "Ma et al. (MEGA), arXiv 2209.10655"),)
+
     function = staticmethod(AF.laplace)
 
 
@@ -67,6 +74,10 @@ class SqrtSoftplus(PointwiseActivation):
         >>> SqrtSoftplus()(torch.tensor([0.0]))
         tensor([0.8326])
     """
+
+    registry_entries = (
+        Entry("sqrt_softplus", "classic", "DeepSeek-V4's router score (transformers' sqrtsoftplus)"),
+    )
 
     function = staticmethod(AF.sqrt_softplus)
 
@@ -87,6 +98,10 @@ class ClippedGELU(ActivationModule):
         >>> ClippedGELU()(torch.tensor([20.0]))
         tensor([10.])
     """
+
+    registry_entries = (
+        Entry("gelu_10", "classic", "GELU clipped to [-10, 10]; Wu et al., arXiv 2004.09602"),
+    )
 
     def __init__(self, min: float = -10.0, max: float = 10.0, inplace: bool = False) -> None:
         super().__init__()

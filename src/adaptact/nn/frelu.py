@@ -11,6 +11,7 @@ from .base import batch_norm, int_at_least, silence
 from .channels import ChannelModule
 from .context import (Context, batch_norm_real, check_context, decode_offset, padding, position_norm,
                       refuse_cached)
+from .entry import Entry
 
 __all__ = ["FReLU"]
 
@@ -49,6 +50,12 @@ class FReLU(ChannelModule):
         >>> act(torch.randn(2, 32, 8, 8)).shape
         torch.Size([2, 32, 8, 8])
     """
+
+    registry_entries = (
+        Entry("frelu", "adaptive",
+              "Ma, Zhang, Sun, ECCV 2020, arXiv 2007.11824 (spatial condition: 2-D maps)",
+              per_channel=True, per_sample=True, ranks=(4,)),
+    )
 
     _channels_entry = ("conv_frelu.weight", 0)
 

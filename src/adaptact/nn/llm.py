@@ -13,6 +13,7 @@ from .. import functional as AF
 from ..ops import dispatch
 from .base import ActivationModule, PointwiseActivation, check_input
 from .channels import check_channel_dim
+from .entry import Entry
 
 __all__ = ["XIELU", "GoLU", "PolyNorm", "ReLU2"]
 
@@ -50,6 +51,8 @@ class XIELU(ActivationModule):
         >>> XIELU()(torch.randn(4, 10)).shape
         torch.Size([4, 10])
     """
+
+    registry_entries = (Entry("xielu", "learnable", "Huang & Schlag, arXiv 2411.13010 (Apertus LLMs)"),)
 
     def __init__(self, alpha_p_init: float = 0.8, alpha_n_init: float = 0.8, beta: float = 0.5,
                  eps: float = -1e-6, inplace: bool = False, backend: str = "auto", *, device: Any = None,
@@ -101,6 +104,8 @@ class ReLU2(PointwiseActivation):
         tensor([0., 9.])
     """
 
+    registry_entries = (Entry("relu2", "classic", "So et al. (Primer), arXiv 2109.08668"),)
+
     function = staticmethod(AF.relu2)
 
 
@@ -120,6 +125,8 @@ class GoLU(ActivationModule):
         >>> GoLU()(torch.zeros(2))
         tensor([0., 0.])
     """
+
+    registry_entries = (Entry("golu", "classic", "Das et al., arXiv 2502.03654"),)
 
     def __init__(self, inplace: bool = False, backend: str = "auto") -> None:
         super().__init__()
@@ -158,6 +165,11 @@ class PolyNorm(ActivationModule):
         >>> PolyNorm(channel_dim=-1)(torch.randn(2, 5, 16)).shape
         torch.Size([2, 5, 16])
     """
+
+    registry_entries = (
+        Entry("polynorm", "learnable", "Zhuo et al., ICLR 2025, arXiv 2411.03884 (per-token normalisation)",
+              uses_layout=True, ranks=(2, 3, 4, 5)),
+    )
 
     def __init__(self, eps: float = 1e-6, channel_dim: int = 1, inplace: bool = False,
                  backend: str = "auto", *, device: Any = None, dtype: Any = None) -> None:

@@ -13,6 +13,7 @@ from .base import batch_norm, int_at_least, logit, silence
 from .channels import ChannelModule
 from .context import (Context, check_context, check_sequence, decoding, masked_mean, padding, position_norm,
                       position_statistics, refuse_cached)
+from .entry import Entry
 
 __all__ = ["MetaAconC"]
 
@@ -74,6 +75,13 @@ class MetaAconC(ChannelModule):
         >>> decoder_act(torch.randn(2, 7, 128)).shape
         torch.Size([2, 7, 128])
     """
+
+    registry_entries = (
+        Entry("meta_acon_c", "adaptive", "Ma et al., CVPR 2021", per_channel=True, per_sample=True),
+        Entry("meta_acon_c_nobn", "adaptive",
+              "Ma et al., CVPR 2021; generator without BatchNorm (first official acon.py, YOLOv5)",
+              per_channel=True, per_sample=True, options={"norm": "none"}),
+    )
 
     _channels_entry = ("p1", -1)
     per_channel_parameters = ("p1", "p2")

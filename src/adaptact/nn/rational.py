@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from .. import functional as AF
 from ..ops import distributed
 from .base import ActivationModule, check_input, int_at_least
+from .entry import Entry
 
 __all__ = ["PAU", "fit_pau"]
 
@@ -73,6 +74,8 @@ class PAU(ActivationModule):
         >>> PAU()(torch.randn(4, 10)).shape
         torch.Size([4, 10])
     """
+
+    registry_entries = (Entry("pau", "learnable", "Molina et al., ICLR 2020"),)
 
     def __init__(
         self,

@@ -28,6 +28,7 @@ the caller's graph.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -42,9 +43,8 @@ from torch import Tensor
 from . import autograd as AG
 from .transforms import transform_active
 
-__all__ = ["COMPILE_ENV", "DTYPES", "acon_c", "acon_c_from_parameters", "acon_c_pixel", "aprelu", "arelu",
-           "arelu_from_parameters", "available", "dy_relu", "failure", "from_parameters", "golu", "own_code",
-           "polynorm", "signed_spatial_mean", "whole", "xielu"]
+__all__ = ["COMPILE_ENV", "DTYPES", "available", "dy_relu", "failure", "from_parameters", "golu", "lean",
+           "own_code", "polynorm", "signed_spatial_mean", "whole", "xielu"]
 
 COMPILE_ENV = "ADAPTACT_COMPILE"
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what is compiled; float64 runs eagerly
@@ -366,60 +366,14 @@ def polynorm(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
     return _call(AG.polynorm, 2, x.view(-1, x.shape[-1]), weight, bias, eps).view(x.shape)
 
 
-def arelu(x: Tensor, slope: Tensor, gain: Tensor) -> Tensor:
-    """``ops.autograd.arelu`` compiled by Inductor."""
-    return _apply(AG.arelu, x, slope, gain)
-
-
-def acon_c(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> Tensor:
-    """``ops.autograd.acon_c`` compiled by Inductor."""
-    return _apply(AG.acon_c, x, p1, p2, beta)
-
-
-# From the modules' own parameters: their transforms and views against x happen in the compiled
-# graph, not as eager ops (and autograd nodes) on every call.
-
-
 def from_parameters(traced: Callable[..., Tensor], x: Tensor, *params: Tensor) -> Tensor | None:
-    """``traced(x, *params)`` compiled, params each (C,) or one value; None when x cannot take
-    this path."""
+    """``traced(x, *params)`` compiled, params each (C,) or one value (a module's own parameters,
+    whose transforms and views against x then happen in the compiled graph, not as eager ops and
+    autograd nodes on every call); None when x cannot take this path."""
     if not _compiles(x) or max((p.ndim for p in params), default=0) > 1:
         return None
     flat = _rows(x, ()) or _flattened(x, ())
     return None if flat is None else _as_shape_of(_call(traced, x.ndim, flat[0], *params), x)
-
-
-def _channel_view(x: Tensor, p: Tensor) -> Tensor:
-    return p.reshape((1, -1) + (1,) * (x.ndim - 2))
-
-
-def _arelu_traced(x: Tensor, alpha: Tensor, beta: Tensor) -> Tensor:
-    return AG.arelu(x, _channel_view(x, alpha.clamp(0.01, 0.99)), _channel_view(x, 1 + torch.sigmoid(beta)))
-
-
-def arelu_from_parameters(x: Tensor, alpha: Tensor, beta: Tensor) -> Tensor | None:
-    """AReLU from its parameters alpha and beta; None when x cannot take this path."""
-    return from_parameters(_arelu_traced, x, alpha, beta)
-
-
-def _acon_c_traced(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> Tensor:
-    return AG.acon_c(x, _channel_view(x, p1), _channel_view(x, p2), _channel_view(x, beta))
-
-
-def acon_c_from_parameters(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> Tensor | None:
-    """ACON-C from per-channel (C,) parameters or single values; None when x cannot take this
-    path (e.g. Meta-ACON's per-sample beta)."""
-    return from_parameters(_acon_c_traced, x, p1, p2, beta)
-
-
-def acon_c_pixel(x: Tensor, p1: Tensor, p2: Tensor) -> Tensor:
-    """``ops.autograd.acon_c_pixel`` compiled by Inductor."""
-    return _apply(AG.acon_c_pixel, x, p1, p2)
-
-
-def aprelu(x: Tensor, alpha: Tensor) -> Tensor:
-    """``ops.autograd.aprelu`` compiled by Inductor (per-position alpha: x as (M, C) rows)."""
-    return _apply(AG.aprelu, x, alpha)
 
 
 def dy_relu(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
@@ -428,6 +382,23 @@ def dy_relu(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
     if x.ndim != 2 or not _compiles(x):
         return AG.dy_relu(x, a, b)
     return _call(AG.dy_relu, 2, x, a, b)
+
+
+# The lean Functions compiled on shapes of their own; every other one goes through ``_apply`` (its
+# entry made on first use). A dict, not functools.cache: dynamo warns of a cached function it traces.
+_LEAN: dict[str, Callable[..., Tensor]] = {"golu": golu, "xielu": xielu, "polynorm": polynorm,
+                                            "dy_relu": dy_relu}
+
+
+def lean(name: str) -> Callable[..., Tensor]:
+    """``ops.autograd``'s Function ``name`` compiled by Inductor: the same arguments (x and its
+    parameters viewed against x: per channel, per sample or per row), the same numbers. x enters as
+    (N, C, S) or (M, C) rows (``_apply``); the elementwise ones as one flat view, PolyNorm as rows of
+    its last dim, Dynamic ReLU as (M, C) rows."""
+    compiled = _LEAN.get(name)
+    if compiled is None:
+        compiled = _LEAN[name] = functools.partial(_apply, getattr(AG, name))
+    return compiled
 
 
 def signed_spatial_mean(x: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:

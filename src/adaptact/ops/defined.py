@@ -32,7 +32,7 @@ Formula = Callable[..., Tensor]
 
 
 class DefinedOp:
-    """The backends of one defined formula: ``op(x, *params, backend)`` with ``params`` in the order
+    """The backends of one defined formula: ``op(x, *params, backend=...)`` with ``params`` in the order
     of ``names``, each 0-D or (C,) for x's dim 1; every backend returns ``fn``'s numbers in x's
     dtype."""
 
@@ -66,8 +66,7 @@ class DefinedOp:
                                              materialize_grads=True))
         return tuple(next(grads) if w else None for w in want)
 
-    def __call__(self, x: Tensor, *params_and_backend) -> Tensor:
-        *params, backend = params_and_backend
+    def __call__(self, x: Tensor, *params: Tensor, backend: str = "auto") -> Tensor:
         if torch.compiler.is_compiling():  # in a user's torch.compile: the formula, compiled with the rest
             return self.traced(x, *params)
         b = resolve(backend, x, *params)

@@ -30,12 +30,13 @@ from torch import Tensor
 from .. import functional as AF
 from . import autograd as AG
 from . import compiled as CP
+from . import kinds
 from .transforms import reference_under_torch_func, refusal, transform_active, under_torch_func
 
-__all__ = ["BACKENDS", "IMPLEMENTATIONS", "KERNEL_DTYPES", "acon_c", "acon_c_pixel", "acon_c_positions",
-           "aprelu", "aprelu_per_position", "aprelu_positions", "arelu", "auto_backend", "check_backend",
-           "dy_relu", "dy_relu_per_position", "dy_relu_positions", "eager_pays", "frelu_max", "fused_backend",
-           "fuses_positions", "implementation", "meta_acon_c", "meta_acon_c_per_position",
+__all__ = ["BACKENDS", "IMPLEMENTATIONS", "KERNEL_DTYPES", "Pointwise", "acon_c", "acon_c_pixel",
+           "acon_c_positions", "aprelu", "aprelu_per_position", "aprelu_positions", "arelu", "auto_backend",
+           "check_backend", "dy_relu", "dy_relu_per_position", "dy_relu_positions", "eager_pays", "frelu_max",
+           "fused_backend", "fuses_positions", "implementation", "meta_acon_c", "meta_acon_c_per_position",
            "reference_under_torch_func", "refusal", "resolve", "signed_spatial_mean", "transform_active",
            "triton_available", "under_torch_func"]
 
@@ -141,11 +142,16 @@ def implementation(backend: str) -> ModuleType:
     return IMPLEMENTATIONS[backend]()
 
 
-def _lean(backend: str) -> ModuleType:
-    """The module of memory-lean Functions behind a fused ``backend``."""
-    if backend == "reference":
-        raise ValueError("the reference has no memory-lean Functions")
-    return implementation(backend)
+def _lean(backend: str, name: str) -> Callable[..., Tensor]:
+    """``ops.autograd``'s memory-lean Function ``name`` as a fused ``backend`` runs it: eagerly,
+    compiled by Inductor (``ops.compiled.lean``) or by its Triton kernels (``ops.triton.lean``)."""
+    if backend == "autograd":
+        return getattr(AG, name)
+    if backend == "compiled":
+        return CP.lean(name)
+    if backend == "triton":
+        return _triton().lean(name)
+    raise ValueError(f"backend {backend!r} has no memory-lean Functions")
 
 
 def _no_kernel(backend: str) -> str:
@@ -160,7 +166,7 @@ def golu(x: Tensor, backend: str = "auto") -> Tensor:
     b = _no_kernel(resolve(backend, x))
     if b == "reference":
         return AF.golu(x)
-    return _lean(b).golu(x)
+    return _lean(b, "golu")(x)
 
 
 def xielu(x: Tensor, alpha_p: Tensor, alpha_n: Tensor, beta: Tensor, eps: Tensor,
@@ -169,7 +175,7 @@ def xielu(x: Tensor, alpha_p: Tensor, alpha_n: Tensor, beta: Tensor, eps: Tensor
     b = _no_kernel(resolve(backend, x, alpha_p, alpha_n, beta, eps))
     if b == "reference":
         return AF.xielu(x, alpha_p, alpha_n, beta, eps)
-    return _lean(b).xielu(x, alpha_p, alpha_n, beta, eps)
+    return _lean(b, "xielu")(x, alpha_p, alpha_n, beta, eps)
 
 
 def polynorm(x: Tensor, weight: Tensor, bias: Tensor, eps: float, dim: int, backend: str = "auto") -> Tensor:
@@ -178,42 +184,84 @@ def polynorm(x: Tensor, weight: Tensor, bias: Tensor, eps: float, dim: int, back
     b = _no_kernel(resolve(backend, x, weight, bias))
     if b == "reference":
         return AF.polynorm(x, weight, bias, eps, dim)
-    return _lean(b).polynorm(x.movedim(dim, -1), weight, bias, eps).movedim(-1, dim)
+    return _lean(b, "polynorm")(x.movedim(dim, -1), weight, bias, eps).movedim(-1, dim)
 
 
-def arelu(x: Tensor, alpha: Tensor, beta: Tensor, backend: str = "auto") -> Tensor:
-    b = resolve(backend, x, alpha, beta)
-    if b == "reference":
-        return AF.arelu(x, alpha, beta)
-    if b == "compiled":
-        y = CP.arelu_from_parameters(x, alpha, beta)
-        if y is not None:
-            return y
-    slope = _view(alpha.clamp(0.01, 0.99), x)
-    gain = _view(1 + torch.sigmoid(beta), x)
-    return _lean(b).arelu(x, slope, gain)
+def _as_given(*params: Tensor) -> tuple[Tensor, ...]:
+    return params
 
 
-def acon_c(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor, backend: str = "auto") -> Tensor:
-    """ACON-C with per-channel (C,) or per-sample (N, C) / (N, 1) ``beta`` (also ACON-A/B, Meta-ACON)."""
-    b = resolve(backend, x, p1, p2, beta)
-    if b == "reference":
-        return AF.acon_c(x, p1, p2, beta)
-    if b == "compiled":
-        y = CP.acon_c_from_parameters(x, p1, p2, beta)
-        if y is not None:
-            return y
-    views = (_view(t, x) for t in (p1, p2, beta))
-    return _lean(b).acon_c(x, *views)
+def _channel_view(t: Tensor, x: Tensor) -> Tensor:
+    """A parameter of one value per channel, or a single value, against x: what a compiled entry
+    from the parameters traces (0-D and (C,) alike)."""
+    return t.reshape((1, -1) + (1,) * (x.ndim - 2))
 
 
-def acon_c_pixel(x: Tensor, p1: Tensor, p2: Tensor, backend: str = "auto") -> Tensor:
-    """Meta-ACON-C with pixel-wise beta = sigmoid(x)."""
-    b = resolve(backend, x, p1, p2)
-    if b == "reference":
-        return AF.acon_c(x, p1, p2, torch.sigmoid(x))
-    views = (_view(t, x) for t in (p1, p2))
-    return _lean(b).acon_c_pixel(x, *views)
+class Pointwise:
+    """The route of an activation computed element by element from parameters that broadcast
+    against x (single values, one per channel on x's dim 1, per sample or per row):
+    ``op(x, *params, backend=...)``, the reference's numbers by every backend.
+
+    * "reference": ``reference(x, *params)``, autograd differentiating it;
+    * "compiled", where each parameter is (C,) or a single value: ``prepare``, the views against x
+      and the Function, compiled as one graph from the parameters themselves
+      (``compiled.from_parameters``), so no eager op or autograd node runs for them on each call;
+    * otherwise ``ops.autograd``'s Function ``name`` on ``prepare(*params)`` viewed against x, run
+      by the backend (``_lean``). "triton" runs the kernels of the kind of that name
+      (``ops.kinds``); a Function without a kind runs eagerly there (``_no_kernel``).
+
+    Args:
+        name: the activation's function in ``functional`` (the reference, unless ``reference`` is
+            given), its Function in ``ops.autograd``, and its kind in ``ops.kinds`` where it has one.
+        prepare: the Function's parameters from the caller's (AReLU's slope clamp(alpha) and gain
+            1 + sigmoid(beta)); None: the caller's, as they are.
+        reference: the reference, where it is not ``functional.<name>``.
+    """
+
+    def __init__(self, name: str, *, prepare: Callable[..., tuple[Tensor, ...]] | None = None,
+                 reference: Callable[..., Tensor] | None = None) -> None:
+        self.name = name
+        self.reference: Callable[..., Tensor] = reference or getattr(AF, name)
+        self.prepare = prepare or _as_given
+        self.kernel = name in kinds.NAMED
+        lean, given = getattr(AG, name), self.prepare
+
+        def traced(x: Tensor, *params: Tensor) -> Tensor:
+            return lean(x, *(_channel_view(t, x) for t in given(*params)))
+
+        # a code object of its own: torch.compile's graphs and recompile limit are per code object
+        self.traced = CP.own_code(traced)
+        self.traced.__qualname__ = f"{name} (from its parameters)"  # what a long compile's notice names
+
+    def __call__(self, x: Tensor, *params: Tensor, backend: str = "auto") -> Tensor:
+        b = resolve(backend, x, *params)
+        if b == "reference":
+            return self.reference(x, *params)
+        if not self.kernel:
+            b = _no_kernel(b)
+        if b == "compiled":
+            y = CP.from_parameters(self.traced, x, *params)
+            if y is not None:
+                return y
+        return _lean(b, self.name)(x, *(_view(t, x) for t in self.prepare(*params)))
+
+    def __repr__(self) -> str:
+        return f"Pointwise({self.name!r})"
+
+
+def _slope_and_gain(alpha: Tensor, beta: Tensor) -> tuple[Tensor, Tensor]:
+    return alpha.clamp(0.01, 0.99), 1 + torch.sigmoid(beta)
+
+
+def _acon_c_pixel_reference(x: Tensor, p1: Tensor, p2: Tensor) -> Tensor:
+    return AF.acon_c(x, p1, p2, torch.sigmoid(x))
+
+
+arelu = Pointwise("arelu", prepare=_slope_and_gain)
+acon_c = Pointwise("acon_c")
+"""ACON-C with per-channel (C,) or per-sample (N, C) / (N, 1) ``beta`` (also ACON-A/B, Meta-ACON)."""
+acon_c_pixel = Pointwise("acon_c_pixel", reference=_acon_c_pixel_reference)
+"""Meta-ACON-C with pixel-wise beta = sigmoid(x)."""
 
 
 def _owns_generator(backend: str) -> bool:
@@ -246,7 +294,7 @@ def _meta_acon_c(x: Tensor, p1: Tensor, p2: Tensor, beta_from_mean: Callable[[Te
     beta = beta_from_mean(AF.spatial_mean(x, dtype))
     if backend == "reference":
         return AF.acon_c(x, p1, p2, beta)
-    return _lean(backend).acon_c(x, _view(p1, x), _view(p2, x), _view(beta, x))
+    return _lean(backend, "acon_c")(x, _view(p1, x), _view(p2, x), _view(beta, x))
 
 
 # The composites written for channels-last x, (N, *, C) with the channels innermost (transformer
@@ -313,7 +361,7 @@ def _aprelu(x: Tensor, alpha_from_stats: Callable[[Tensor], Tensor], dtype: torc
     alpha = alpha_from_stats(torch.cat(signed_spatial_mean(x, dtype, backend), dim=1))
     if backend == "reference":
         return AF.aprelu(x, alpha)
-    return _lean(backend).aprelu(x, _view(alpha, x))
+    return _lean(backend, "aprelu")(x, _view(alpha, x))
 
 
 def dy_relu(x: Tensor, coefficients_from_mean: Callable[[Tensor], tuple[Tensor, Tensor]],
@@ -340,7 +388,7 @@ def _dy_relu(x: Tensor, coefficients_from_mean: Callable[[Tensor], tuple[Tensor,
     if backend == "triton":
         return _triton().dy_relu(x, a, bias)
     view = (a.shape[0], a.shape[1]) + (1,) * (x.ndim - 2) + (a.shape[-1],)
-    return _lean(backend).dy_relu(x, a.reshape(view), bias.reshape(view))
+    return _lean(backend, "dy_relu")(x, a.reshape(view), bias.reshape(view))
 
 
 # --- coefficients per position (context "causal" or "token") ---------------------------------
@@ -384,7 +432,7 @@ def acon_c_positions(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor, backend: s
         return AF.acon_c(x, p1, p2, beta)
     if not fuses_positions(x):
         return AG.acon_c(x, _view(p1, x), _view(p2, x), beta)
-    return _from_rows(acon_c(_rows(x), p1, p2, _rows(beta), b), x)
+    return _from_rows(acon_c(_rows(x), p1, p2, _rows(beta), backend=b), x)
 
 
 def aprelu_positions(x: Tensor, alpha: Tensor, backend: str = "auto") -> Tensor:
@@ -394,7 +442,7 @@ def aprelu_positions(x: Tensor, alpha: Tensor, backend: str = "auto") -> Tensor:
         return AF.aprelu(x, alpha)
     if not fuses_positions(x):
         return AG.aprelu(x, alpha)
-    return _from_rows(_lean(b).aprelu(_rows(x), _rows(alpha)), x)
+    return _from_rows(_lean(b, "aprelu")(_rows(x), _rows(alpha)), x)
 
 
 def dy_relu_positions(x: Tensor, a: Tensor, b: Tensor, backend: str = "auto") -> Tensor:
@@ -404,7 +452,7 @@ def dy_relu_positions(x: Tensor, a: Tensor, b: Tensor, backend: str = "auto") ->
         return AF.dy_relu(x, a, b)
     if not fuses_positions(x):
         return AG.dy_relu(x, a, b)
-    return _from_rows(_lean(chosen).dy_relu(_rows(x), _pieces_apart(_rows(a)), _pieces_apart(_rows(b))), x)
+    return _from_rows(_lean(chosen, "dy_relu")(_rows(x), _pieces_apart(_rows(a)), _pieces_apart(_rows(b))), x)
 
 
 # The same with the generator: ``generate(x)`` gives the coefficients per position. On the compiled
@@ -450,12 +498,12 @@ Coefficients = Callable[[Tensor], "Tensor | tuple[Tensor, ...]"]  # x -> its coe
 
 def _generated_then(x: Tensor, op: Callable[..., Tensor], generate: Coefficients,
                     *params_and_backend) -> Tensor:
-    """``op(x, *params, *generate(x), backend)``."""
+    """``op(x, *params, *generate(x), backend=backend)``."""
     *params, backend = params_and_backend
     coefficients = generate(x)
     if isinstance(coefficients, Tensor):
         coefficients = (coefficients,)
-    return op(x, *params, *coefficients, backend)
+    return op(x, *params, *coefficients, backend=backend)
 
 
 def frelu_max(x: Tensor, t: Tensor, backend: str = "auto") -> Tensor:

@@ -54,6 +54,6 @@ def activation_grads(x: Tensor, dy: Tensor, a: Tensor, b: Tensor, c: Tensor, kin
     with parameters a, b, c (see ``ops.kinds``), by ops.autograd's Functions."""
     with torch.enable_grad():
         leaves = [t.detach().requires_grad_() for t in (x, a, b, c)]
-        y = kinds.LEAN[kind](*leaves)
+        y = kinds.KINDS[kind].lean(*leaves)
         dx, da, db, dc = torch.autograd.grad(y, leaves, dy, allow_unused=True, materialize_grads=True)
     return dx, da, db, dc

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +17,7 @@ from .. import autograd as AG
 from .. import fallback, kinds
 from . import kernels as K
 
-__all__ = ["Plan", "acon_c", "acon_c_pixel", "aprelu", "arelu", "plan"]
+__all__ = ["Plan", "lean", "plan"]
 
 MIN_TILE = 256  # elements per program at least (where the tensor has them): amortises each program's set-up
 MAX_TILE = 4096  # elements per program at most
@@ -246,7 +247,7 @@ def _backward(x: Tensor, dy: Tensor, a: Tensor, b: Tensor, c: Tensor, kind: int,
     p = _plan_for(x, dy)
     none = _unused(x)
     out = torch.empty_like(x) if dx else none  # dx in x's layout, as the gradient of a leaf x wants
-    has = kinds.PARAMETERS[kind] if grads else ""
+    has = kinds.KINDS[kind].parameters if grads else ""
     per_sample = _per_sample(x, *(t for name, t in zip("abc", (a, b, c)) if name in has))
     partials = {name: _partial_sums(p, per_sample, x.device) if name in has else none for name in "abc"}
     neg, pos = (none, none) if pooled is None else (t.float().contiguous() for t in pooled)
@@ -326,17 +327,19 @@ def _activation_backward(ctx, dy: Tensor):
 activation_fwd.register_autograd(_activation_backward, setup_context=_setup_context)
 
 
-def arelu(x: Tensor, slope: Tensor, gain: Tensor) -> Tensor:
-    return activation_fwd(x, slope, gain, _unused(x), kinds.AReLU)
+def _launcher(kind: kinds.Kind) -> Callable[..., Tensor]:
+    def launch(x: Tensor, *params: Tensor) -> Tensor:
+        a, b, c = (_unused(x) if t is None else t for t in kind.operands(*params))
+        return activation_fwd(x, a, b, c, kind.number)
+
+    launch.__name__ = launch.__qualname__ = kind.name
+    return launch
 
 
-def acon_c(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> Tensor:
-    return activation_fwd(x, p1 - p2, p2, beta, kinds.ACON_C)
+_LAUNCHERS = {name: _launcher(kind) for name, kind in kinds.NAMED.items()}
 
 
-def acon_c_pixel(x: Tensor, p1: Tensor, p2: Tensor) -> Tensor:
-    return activation_fwd(x, p1 - p2, p2, _unused(x), kinds.ACON_C_PIXEL)
-
-
-def aprelu(x: Tensor, alpha: Tensor) -> Tensor:
-    return activation_fwd(x, _unused(x), _unused(x), alpha, kinds.APReLU)
+def lean(name: str) -> Callable[..., Tensor]:
+    """``ops.autograd``'s Function ``name`` by the kernels of its kind (``ops.kinds``): the same
+    arguments (x and its parameters viewed against x), the same numbers."""
+    return _LAUNCHERS[name]
