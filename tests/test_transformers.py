@@ -171,6 +171,34 @@ def test_cached_and_uncached_greedy_generation_agree(kind, name):
     torch.testing.assert_close(step[:, 0], full[:, 5], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_a_converted_model_generates_without_warnings_of_its_own(kind, monkeypatch):
+    """transformers warns once per process for a deprecated name read (5.x renamed the outputs'
+    ``past_key_values`` to ``cache``): what a converted model's generation logs is what the original's
+    logs, whatever was logged before in this process."""
+    def logged(model):
+        messages: list[str] = []
+
+        def record(message, *args, **kwargs):
+            messages.append(str(message))
+
+        for logger in {transformers.utils.logging.get_logger(n) for n in ("transformers.utils.generic",
+                                                                         "transformers.generation.utils")}:
+            monkeypatch.setattr(logger, "warning_once", record)
+            monkeypatch.setattr(logger, "warning", record)
+        with torch.no_grad():
+            _greedy(model, ids, True)
+        return messages
+
+    torch.manual_seed(0)
+    model, _ = MODELS[kind]()
+    model.eval()
+    ids = torch.randint(3, VOCAB, (1, 5))
+    original = logged(model)
+    adaptact.replace_activations(model, "meta_acon_c")
+    assert logged(model) == original
+
+
 @pytest.mark.parametrize("name, context", [("meta_acon_c", "sample"), ("frelu", None)])
 def test_a_cached_decode_that_cannot_continue_raises(name, context):
     torch.manual_seed(0)

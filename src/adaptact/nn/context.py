@@ -520,8 +520,11 @@ def _after_call(model: nn.Module, args: tuple, kwargs: dict[str, Any], output: A
         m.__dict__.pop(_TOLD, None)
     if call.prefix is None or not call.prefix.sums:
         return
-    cache = next((c for c in (getattr(output, "cache", None), getattr(output, "past_key_values", None),
-                              _cache(kwargs)) if c is not None), None)
+    cache = getattr(output, "cache", None)
+    if cache is None:  # transformers before its output's ``cache`` (where reading it does not warn)
+        cache = getattr(output, "past_key_values", None)
+    if cache is None:
+        cache = _cache(kwargs)
     if cache is not None:
         if getattr(cache, PREFIX, None) is not call.prefix:
             _prefix(cache).sums = call.prefix.sums  # a cache made inside the call
