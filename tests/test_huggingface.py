@@ -171,35 +171,35 @@ def test_every_cache_pattern_gives_the_full_forwards_logits(kind, name):
         full = model(ids).logits
         # the config's use_cache returns a cache unasked; the next call continues it
         first = model(ids[:, :6])
-        later = model(ids[:, 6:], past_key_values=first.past_key_values).logits
+        later = model(ids[:, 6:], cache=first.cache).logits
         torch.testing.assert_close(later, full[:, 6:], rtol=1e-5, atol=1e-5)
         # an explicit cache, one position per call, and a second generation interleaved on its own cache
         one, two = (transformers.DynamicCache(config=model.config) for _ in range(2))
-        model(ids[:, :4], past_key_values=one)
-        model(ids[1:, :3], past_key_values=two)
+        model(ids[:, :4], cache=one)
+        model(ids[1:, :3], cache=two)
         for t in range(4, 10):
-            step = model(ids[:, t: t + 1], past_key_values=one).logits
+            step = model(ids[:, t: t + 1], cache=one).logits
             torch.testing.assert_close(step[:, 0], full[:, t], rtol=1e-5, atol=1e-5)
         # cropped back to 7 positions and continued
         one.crop(-3)  # 10 -> 7 positions, as assisted decoding undoes rejected tokens
-        torch.testing.assert_close(model(ids[:, 7:], past_key_values=one).logits, full[:, 7:], rtol=1e-5,
+        torch.testing.assert_close(model(ids[:, 7:], cache=one).logits, full[:, 7:], rtol=1e-5,
                                    atol=1e-5)
         # reordered as beam search does: rows swapped and one duplicated
         three = transformers.DynamicCache(config=model.config)
-        model(ids[:, :5], past_key_values=three)
+        model(ids[:, :5], cache=three)
         order = torch.tensor([1, 0])
         three.reorder_cache(order)
-        torch.testing.assert_close(model(ids[order, 5:], past_key_values=three).logits, full[order, 5:],
+        torch.testing.assert_close(model(ids[order, 5:], cache=three).logits, full[order, 5:],
                                    rtol=1e-5, atol=1e-5)
         # a deep copy and a pickled copy of the model continue a cache as the model does
         four = transformers.DynamicCache(config=model.config)
-        model(ids[:, :5], past_key_values=four)
+        model(ids[:, :5], cache=four)
         buffer = io.BytesIO()
         torch.save(model, buffer)
         buffer.seek(0)
         for other, mine in ((copy.deepcopy(model), copy.deepcopy(four)),
                             (torch.load(buffer, weights_only=False), pickle.loads(pickle.dumps(four)))):
-            torch.testing.assert_close(other(ids[:, 5:], past_key_values=mine).logits, full[:, 5:], rtol=1e-5,
+            torch.testing.assert_close(other(ids[:, 5:], cache=mine).logits, full[:, 5:], rtol=1e-5,
                                        atol=1e-5)
         assert pickle.loads(pickle.dumps(model)) is not None
 
@@ -239,5 +239,5 @@ def test_lora_trains_the_activations_named_for_peft_and_decodes_with_the_cache()
     with torch.no_grad():  # PEFT calls the causal LM's forward directly: the inner model's hooks tell
         full = wrapped(input_ids=ids).logits
         first = wrapped(input_ids=ids[:, :5])
-        later = wrapped(input_ids=ids[:, 5:], past_key_values=first.past_key_values).logits
+        later = wrapped(input_ids=ids[:, 5:], cache=first.cache).logits
     torch.testing.assert_close(later, full[:, 5:], rtol=1e-5, atol=1e-5)

@@ -22,10 +22,11 @@ conditioned activations two things, read from the call's keywords as Hugging Fac
 * which positions are padding (``attention_mask``, (B, L), 0 at pads): the "sample" and "causal"
   statistics and the per-position BatchNorm statistics leave them out, so a sequence's numbers do
   not depend on how its batch is padded;
-* how many positions the KV cache already holds (``cache_position``, ``past_key_values``). A causal
-  generator's running sums at every position are kept on the cache object they extend (not on the
-  module, not in call order): a reordered cache (beam search), a cropped one (assisted decoding),
-  two generations interleaved, a deep-copied or pickled model all continue from the right prefix.
+* how many positions the KV cache already holds (``cache_position``, ``cache`` or its older name
+  ``past_key_values``). A causal generator's running sums at every position are kept on the cache
+  object they extend (not on the module, not in call order): a reordered cache (beam search), a
+  cropped one (assisted decoding), two generations interleaved, a deep-copied or pickled model all
+  continue from the right prefix.
   A reorder is recognised by the cache's own keys (each row's per-position key sums) and followed.
   "sample" modules (and causal FReLU, whose window needs the previous inputs) raise in a cached
   decode instead of computing other numbers than the full sequence's.
