@@ -4,7 +4,9 @@ state_dict, lazy channels, half inputs, gradcheck, torch.compile, torch.export) 
 ``tests.defined`` as over the built-ins; here, the backend matrix the built-ins pass in
 tests/ops, what it costs in memory, matching, sharding, the comparison, and the errors."""
 
+import copy
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -119,6 +121,19 @@ def test_defining_again_replaces_and_built_in_names_are_refused():
         adaptact.define("acon_c", lambda x: x)
 
 
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_a_definition_made_where_gradients_are_off_is_checked_as_anywhere(mode):
+    """A module that defines its activation may be imported inside an evaluation block."""
+    with mode():
+        adaptact.define("defined_without_grad", lambda x, a: a * torch.tanh(x), scalars={"a": 2.0})
+        with pytest.raises(ValueError, match="does not depend differentiably"):
+            adaptact.define("defined_without_grad_bad", lambda x: torch.zeros_like(x))
+    m = adaptact.create("defined_without_grad")
+    x = torch.randn(3, requires_grad=True)
+    m(x).sum().backward()
+    torch.testing.assert_close(x.grad, 2 * (1 - torch.tanh(x.detach()) ** 2))
+
+
 @pytest.mark.parametrize("args, kwargs, message", [
     (("", lambda x: x), {}, "non-empty str"),
     (("two words", lambda x: x), {}, "letters, digits and underscores"),
@@ -177,6 +192,56 @@ def test_a_definition_in_main_needs_one_worker(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "refused: activation 'mine' is defined in the script being run" in out.stdout
     assert "[('mine', 'ok')]" in out.stdout
+
+
+def test_a_defined_activation_pickles_and_deep_copies_as_the_definition_it_was_made_from():
+    adaptact.define("defined_pickled", lambda x, a: a * torch.tanh(x), per_channel={"a": 2.0})
+    old = adaptact.create("defined_pickled", channels=3)
+    adaptact.define("defined_pickled", lambda x, a: a * torch.sigmoid(x), per_channel={"a": 2.0})
+    new = adaptact.create("defined_pickled", channels=3)
+    x = torch.randn(2, 3)
+    for module, formula in ((old, torch.tanh), (new, torch.sigmoid)):
+        with torch.no_grad():
+            module.a.uniform_(0.5, 1.5)
+        for copied in (copy.deepcopy(module), pickle.loads(pickle.dumps(module))):
+            assert type(copied) is type(module)
+            torch.testing.assert_close(copied(x), module.a * formula(x), rtol=0, atol=0)
+
+
+def test_a_whole_model_saved_with_torch_save_loads_in_a_fresh_process(tmp_path):
+    """torch.save(model) pickles its classes by name, which a class made by ``define`` has not: the
+    process that loads it finds the definition by name and fingerprint, importing the module that
+    made it; a definition it cannot find (a script's) is a one-line error, never another formula."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), adaptact.create(NAME, channel_dim=-1))
+    x = torch.randn(3, 4)
+    model(x)  # lazy channels
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    torch.save({"model": model, "x": x, "y": model(x).detach()}, tmp_path / "model.pt")
+    (tmp_path / "script.py").write_text(
+        "import torch, adaptact\n"
+        "adaptact.define('defined_in_a_script', lambda x, a: a * x, scalars={'a': 1.0})\n"
+        f"torch.save(adaptact.create('defined_in_a_script'), {str(tmp_path / 'script.pt')!r})\n")
+    load = ("import torch\n"
+            f"saved = torch.load({str(tmp_path / 'model.pt')!r}, weights_only=False)\n"
+            "print('equal', torch.equal(saved['model'](saved['x']), saved['y']))\n"
+            "try:\n"
+            f"    torch.load({str(tmp_path / 'script.pt')!r}, weights_only=False)\n"
+            "except Exception as err:\n"
+            "    print(type(err).__name__, err)\n")
+    root = str(Path(__file__).parents[1])
+    env = {**os.environ, "PYTHONPATH": root}
+    for argv in ([str(tmp_path / "script.py")], ["-c", load]):
+        out = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=300,
+                             cwd=tmp_path, env=env)
+        assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "equal True"
+    assert lines[1:] == ["UnpicklingError a pickled 'defined_in_a_script' activation (adaptact.define in "
+                         "the script that saved it) is not defined in this process: run its definition "
+                         "before loading"]
 
 
 def test_a_hugging_face_model_converted_to_a_defined_activation_saves_and_reloads(tmp_path):

@@ -12,7 +12,8 @@ The name is then a registry entry like any other: ``create``, ``get_act_layer``,
 parameters are sharded with the channels), the analysis, transformers' ``ACT2FN`` (a converted
 model's ``save_pretrained``/``from_pretrained``, once the defining module is imported), and
 ``adaptact compare --activations module:name`` from the command line (the module defines it when
-imported).
+imported), and pickling (``torch.save(model)``, ``copy.deepcopy``: ``nn.defined`` finds the
+definition again by name and fingerprint).
 """
 
 from __future__ import annotations
@@ -59,13 +60,14 @@ def _probe(definition: Definition, cls: type) -> None:
     """Call the formula once on a small input through its module ``cls``: it must take the
     parameters by name and return a floating-point tensor of x's shape that depends differentiably
     on x."""
-    module = cls(_PROBE[1], backend="reference")
-    x = torch.randn(_PROBE, generator=torch.Generator().manual_seed(0), requires_grad=True)
-    try:
-        y = module(x)
-    except Exception as err:  # noqa: BLE001  (the user's formula: any failure, in one line)
-        raise ValueError(f"define({definition.name!r}): fn(x, {', '.join(definition.names)}) failed on a "
-                         f"{tuple(x.shape)} input ({type(err).__name__}: {err})") from None
+    with torch.inference_mode(False), torch.enable_grad():  # also where define runs under no_grad
+        module = cls(_PROBE[1], backend="reference")
+        x = torch.randn(_PROBE, generator=torch.Generator().manual_seed(0), requires_grad=True)
+        try:
+            y = module(x)
+        except Exception as err:  # noqa: BLE001  (the user's formula: any failure, in one line)
+            raise ValueError(f"define({definition.name!r}): fn(x, {', '.join(definition.names)}) failed on "
+                             f"a {tuple(x.shape)} input ({type(err).__name__}: {err})") from None
     if not isinstance(y, Tensor) or y.shape != x.shape:
         got = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
         raise ValueError(f"define({definition.name!r}): fn must return a tensor of x's shape (elementwise "

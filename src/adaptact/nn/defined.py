@@ -12,7 +12,9 @@ what ``init="match"`` fits and what tensor parallelism shards.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import inspect
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -69,11 +71,34 @@ class Definition:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+_CLASSES: dict[tuple[str, str], type[nn.Module]] = {}
+"""Every class ``defined_class`` made in this process, by name and fingerprint: what a pickled
+(or deep-copied) module is rebuilt as."""
+
+
+def _rebuilt(name: str, fingerprint: str, origin: str | None) -> nn.Module:
+    """An empty module of the class defined as ``name`` with ``fingerprint`` (unpickling fills it),
+    importing ``origin`` first when this process has not defined it; UnpicklingError when no such
+    definition is made here."""
+    cls = _CLASSES.get((name, fingerprint))
+    if cls is None and origin is not None:
+        importlib.import_module(origin)
+        cls = _CLASSES.get((name, fingerprint))
+    if cls is None:
+        where = f"module {origin!r}" if origin else "the script that saved it"
+        other = any(known == name for known, _ in _CLASSES)
+        why = ("is defined here with another formula or other initial values" if other
+               else "is not defined in this process: run its definition before loading")
+        raise pickle.UnpicklingError(f"a pickled {name!r} activation (adaptact.define in {where}) {why}")
+    return cls.__new__(cls)
+
+
 class _Defined:
     """What the two defined module classes share: the parameters of the definition, made, reset,
-    fitted and run."""
+    fitted, run and pickled."""
 
     definition: ClassVar[Definition]
+    fingerprint: ClassVar[str]
     op: ClassVar[DefinedOp]
     per_channel_parameters: ClassVar[tuple[str, ...]] = ()
     initial: dict[str, float]
@@ -111,6 +136,14 @@ class _Defined:
     def fit_starts(self, negative_slope: float) -> list[list[list[float]]]:
         """``init="match"``'s one start: the initial values."""
         return [[[self.initial[name]] for name in self.definition.names]]
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        """Pickled (and deep-copied) by the definition's name and fingerprint: the class is made by
+        ``define`` and cannot be imported by its name, so loading finds it among the definitions
+        made in the loading process, importing the module that defined it where that is known."""
+        definition = self.definition
+        module: nn.Module = self  # type: ignore[assignment]
+        return _rebuilt, (definition.name, self.fingerprint, definition.origin), module.__getstate__()
 
     def _initial_repr(self) -> str:
         changed = {k: v for k, v in self.initial.items() if v != self.definition.initial[k]}
@@ -172,8 +205,10 @@ def defined_class(definition: Definition) -> type[ActivationModule]:
     base: type = DefinedChannelActivation if definition.per_channel else DefinedActivation
     name = _class_name(definition.name)
     per_channel = tuple(definition.per_channel)
+    fingerprint = definition.fingerprint()
     namespace = {
         "definition": definition,
+        "fingerprint": fingerprint,
         "op": DefinedOp(name, definition.fn, definition.names),
         "per_channel_parameters": per_channel,
         "__doc__": f"``{definition.name}``, defined with ``adaptact.define``: {definition.paper}.\n\n"
@@ -183,4 +218,6 @@ def defined_class(definition: Definition) -> type[ActivationModule]:
     }
     if per_channel:
         namespace["_channels_entry"] = (per_channel[0], -1)
-    return type(name, (base,), namespace)
+    cls = type(name, (base,), namespace)
+    _CLASSES[definition.name, fingerprint] = cls
+    return cls
