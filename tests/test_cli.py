@@ -1,5 +1,6 @@
 """The command line: `adaptact list`, and clear errors with exit code 2 for bad input."""
 
+import os
 import subprocess
 import sys
 
@@ -31,6 +32,22 @@ def test_list_csv_and_module_entry_point():
                          capture_output=True, text=True, check=True).stdout
     assert out.splitlines()[0].startswith("name,family,learnable")
     assert sorted(line.split(",")[0] for line in out.splitlines()[1:]) == adaptact.available("adaptive")
+
+
+def test_the_adaptact_script_imports_module_specs_from_the_working_directory(tmp_path):
+    """The installed ``adaptact`` script runs with its bin folder first on sys.path, not the working
+    directory (``python -P`` does the same); a researcher's ``acts.py`` beside them is found all
+    the same, as under ``python -m adaptact``."""
+    (tmp_path / "my_acts.py").write_text(
+        "import torch, adaptact\n"
+        "adaptact.define('twice_tanh', lambda x, a: a * torch.tanh(x), scalars={'a': 2.0})\n")
+    script = "import sys; from adaptact.cli import main; sys.exit(main())"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-P", "-c", script, "props", "--no-cost", "--format", "csv",
+                          "my_acts:twice_tanh"], capture_output=True, text=True, cwd=tmp_path, env=env,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[1].startswith("twice_tanh,")
 
 
 def _compare(tmp_path, *extra):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
 import signal
 import sys
 import threading
@@ -375,9 +376,20 @@ def _sigterm_exits() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _working_directory_importable() -> None:
+    """``module:attribute`` specs (``--model``, ``--dataset``, ``--activations``) name modules of the
+    working directory, as under ``python -m adaptact``: the ``adaptact`` script's own path starts at
+    its bin folder instead (spawned workers inherit the path)."""
+    here = os.getcwd()
+    if "" not in sys.path and here not in sys.path:
+        sys.path.insert(0, here)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     if any("\0" in a for a in (sys.argv[1:] if argv is None else argv)):
         return _fail("arguments cannot hold NUL characters")
+    if argv is None:  # the command line itself
+        _working_directory_importable()
     args = build_parser().parse_args(argv)
     with _sigterm_exits():
         try:
