@@ -196,6 +196,44 @@ class _OwnForwardCallsRelu(nn.Module):
         return F.relu(self.conv2(self.act(self.conv(x))))
 
 
+class _FusedGate(nn.Module):
+    """A producer split into parts, the activation on one of them (Phi-3's gate_up_proj)."""
+
+    def __init__(self, producer, cut):
+        super().__init__()
+        self.proj, self.act, self.cut = producer, nn.SiLU(), cut
+
+    def forward(self, x):
+        gate, up = self.cut(self.proj(x))
+        return self.act(gate) * up
+
+
+@pytest.mark.parametrize("producer, cut, shape, layout", [
+    (nn.Linear(8, 12), lambda h: h.chunk(2, dim=-1), (2, 5, 8), (6, -1)),
+    (nn.Linear(8, 12), lambda h: torch.chunk(h, 2, -1), (2, 5, 8), (6, -1)),
+    (nn.Linear(8, 12), lambda h: h.split(6, dim=-1), (2, 5, 8), (6, -1)),
+    (nn.Linear(8, 12), lambda h: (lambda p: (p[1], p[1]))(torch.split(h, [4, 8], dim=-1)), (3, 8), (8, -1)),
+    (nn.Conv2d(3, 8, 1), lambda h: h.chunk(2, dim=1), (2, 3, 4, 4), (4, 1)),
+])
+def test_an_activation_on_a_part_of_its_producer_gets_the_parts_channels(producer, cut, shape, layout):
+    block = _FusedGate(producer, cut)
+    replace_activations(block, "acon_c")
+    assert (block.act.channels, block.act.channel_dim) == layout
+    x = torch.randn(shape)
+    gate, up = cut(producer(x))
+    torch.testing.assert_close(block(x), block.act(gate) * up)
+    assert block.act(gate).shape == gate.shape
+
+
+@pytest.mark.parametrize("cut", [lambda h: h.chunk(2, dim=0), lambda h: h.chunk(2, dim=2),
+                                 lambda h: h.split(5, dim=-1)])
+def test_parts_the_converter_cannot_size_are_refused_never_guessed(cut):
+    """Cut along another dim (or the channel dim counted from the front) or in parts that do not
+    divide the channels: the channels are not inferred."""
+    with pytest.raises(ValueError, match="cannot infer the channels.*pass channels="):
+        replace_activations(_FusedGate(nn.Linear(8, 12), cut), "acon_c")
+
+
 def test_replace_activations_is_all_or_nothing():
     model = _OwnForwardCallsRelu()
     before = [(n, type(m)) for n, m in model.named_modules()]

@@ -49,9 +49,20 @@ def gemma2(**options):
     return transformers.Gemma2ForCausalLM(config)
 
 
-MODELS = {"llama": llama, "gpt2": gpt2, "bert": bert, "gemma2": gemma2}
+def phi3(**options):
+    """Gate and up fused in one Linear, chunked in the forward: the activation's producer is half
+    of ``gate_up_proj``."""
+    config = transformers.Phi3Config(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=INTERMEDIATE,
+                                     num_hidden_layers=LAYERS, num_attention_heads=4, num_key_value_heads=2,
+                                     max_position_embeddings=64, pad_token_id=0, bos_token_id=1,
+                                     eos_token_id=2, **options)
+    return transformers.Phi3ForCausalLM(config)
+
+
+MODELS = {"llama": llama, "gpt2": gpt2, "bert": bert, "gemma2": gemma2, "phi3": phi3}
 AUTO = {"llama": transformers.AutoModelForCausalLM, "gpt2": transformers.AutoModelForCausalLM,
-        "bert": transformers.AutoModelForMaskedLM, "gemma2": transformers.AutoModelForCausalLM}
+        "bert": transformers.AutoModelForMaskedLM, "gemma2": transformers.AutoModelForCausalLM,
+        "phi3": transformers.AutoModelForCausalLM}
 
 
 def _converted(kind, name, **kwargs):
@@ -163,7 +174,7 @@ def test_generate_on_a_left_padded_batch_gives_each_row_its_tokens_alone(name):
 
 
 @pytest.mark.parametrize("name", CONDITIONED)
-@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "phi3"])
 def test_every_cache_pattern_gives_the_full_forwards_logits(kind, name):
     model = _converted(kind, name)
     ids = torch.randint(3, VOCAB, (2, 10))

@@ -194,10 +194,54 @@ def _first_tensor_arg(node: fx.Node) -> fx.Node | None:
     return next((a for a in node.args if isinstance(a, fx.Node)), None)
 
 
+def _argument(node: fx.Node, position: int, name: str, default: Any = None) -> Any:
+    return node.args[position] if len(node.args) > position else node.kwargs.get(name, default)
+
+
+def _part(node: fx.Node, owner: nn.Module) -> tuple[Layout | None, bool, str | None]:
+    """The walk for ``parts[i]`` of ``parts = x.chunk(n, dim)`` or ``x.split(size, dim)`` (Phi-3's
+    fused ``gate_up_proj``, chunked into gate and up): x's producer with the part's channels where
+    ``dim`` is x's channel dim as the producer names it (-1 after a Linear, 1 after a convolution);
+    unknown for any other dim, which cannot be told apart from the channel dim without shapes."""
+    parts, index = node.args[0], node.args[1]
+    assert isinstance(parts, fx.Node)
+    layout, reached, path = _walk_to_producer(_first_tensor_arg(parts), owner)
+    if layout is None or not isinstance(index, int):
+        return None, False, None
+    channels, channel_dim = layout
+    dim = _argument(parts, 2, "dim", 0)
+    if dim != channel_dim:
+        return None, False, None  # another dim, or the channel dim counted from the other end
+    if parts.target == "chunk" or parts.target is torch.chunk:
+        n = _argument(parts, 1, "chunks")
+        sizes = [channels // n] * n if isinstance(n, int) and n > 0 and channels % n == 0 else None
+    else:
+        size = _argument(parts, 1, "split_size_or_sections", _argument(parts, 1, "split_size"))
+        if isinstance(size, int) and size > 0 and channels % size == 0:
+            sizes = [size] * (channels // size)
+        else:
+            sizes = list(size) if isinstance(size, (list, tuple)) and sum(size) == channels else None
+    if sizes is None or not -len(sizes) <= index < len(sizes):
+        return None, False, None
+    return (sizes[index], channel_dim), reached, path
+
+
+def _is_part(node: fx.Node) -> bool:
+    """``parts[i]`` of a chunk or split."""
+    if node.op != "call_function" or node.target is not operator.getitem or len(node.args) != 2:
+        return False
+    parts = node.args[0]
+    return isinstance(parts, fx.Node) and (
+        (parts.op == "call_method" and parts.target in ("chunk", "split"))
+        or (parts.op == "call_function" and parts.target in (torch.chunk, torch.split)))
+
+
 def _walk_to_producer(node: fx.Node | None, owner: nn.Module) -> tuple[Layout | None, bool, str | None]:
     """(layout, whether the walk reached the holder's input, the producer's path in ``owner``) for
     the value ``node`` computes."""
     while node is not None:
+        if _is_part(node):
+            return _part(node, owner)
         if node.op == "call_module":
             m = owner.get_submodule(str(node.target))
             layout = producer_layout(m)
@@ -398,8 +442,8 @@ def _build(activation: ActivationLike, site: _Site, old: nn.Module | None, kwarg
                          f"channels=")
     if per_channel and site.layout is None and channels is None and not lazy:
         raise ValueError(f"cannot infer the channels of the activation at {site.path!r}: no Conv, Linear or "
-                         f"norm layer produces its input; give that layer its own module or use a policy "
-                         f"that skips it")
+                         f"norm layer produces its input; pass channels= (with channel_dim= for tokens, "
+                         f"(..., C)), give that layer its own module, or use a policy that skips it")
     if isinstance(activation, str) and spec(activation).channel_factor != 1:
         raise ValueError(f"{spec(activation).name!r} changes the number of channels and cannot replace the "
                          f"activation at {site.path!r}")

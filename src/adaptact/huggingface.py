@@ -8,19 +8,22 @@ plainly (``"meta_acon_c"``, where transformers has no activation of that name) a
 arguments inside a layer's ``__init__``; the entry reads what it needs from the model being built
 (the frames of the ``__init__`` calls around it, read-only):
 
-* its channels and channel dim from the producer the layer registered first (``gate_proj``,
-  GPT-2's ``c_fc`` ``Conv1D``, BERT's ``dense``); a layer without one gets lazy channels;
+* its channels and channel dim from the recorded conversion where every converted site had the
+  same (``config.adaptact["layout"]``: Phi-3's activation takes half of its fused ``gate_up_proj``),
+  else from the producer the layer registered first (``gate_proj``, GPT-2's ``c_fc`` ``Conv1D``,
+  BERT's ``dense``); a layer without one gets lazy channels;
 * ``context="causal"`` for input-conditioned activations when the model is a decoder (as
   ``replace_activations`` decides it), and the model hooked for padding and caches
   (``nn.context.track_decoding``);
 * the options of a recorded conversion (below).
 
 ``replace_activations`` on a Hugging Face model records the conversion in its config
-(``config.adaptact``: activation, options, policy, init, sites, the original activation names,
-a format version) and renames the config's activation to ``"adaptact.<name>"`` when rebuilding
-the model from that config gives the converted model exactly (the same state_dict entries and
-shapes, the same adaptact modules with the same settings): then ``save_pretrained`` and
-``AutoModel...from_pretrained`` (adaptact imported) return the converted model with its weights.
+(``config.adaptact``: activation, options, policy, init, sites, their layout where they share
+one, the original activation names, a format version) and renames the config's activation to
+``"adaptact.<name>"`` when rebuilding the model from that config gives the converted model
+exactly (the same state_dict entries and shapes, the same adaptact modules with the same
+settings): then ``save_pretrained`` and ``AutoModel...from_pretrained`` (adaptact imported)
+return the converted model with its weights.
 Where it does not (a policy that picks some sites, activations outside the config, a rewritten
 forward), the config's activation becomes ``"adaptact.unrebuildable"`` and loading fails with an
 error naming adaptact and the way to load it (rebuild, convert, ``load_state_dict``) — never the
@@ -107,7 +110,7 @@ class _FromConfig:
         s = spec(self.name)
         flag = decoder_flag(owners)
         causal = any(is_causal_model(o) for o in owners) if flag is None else flag
-        layout = _first_producer(owners[0]) if owners else None
+        layout = _recorded_layout(recorded, self.name) or (_first_producer(owners[0]) if owners else None)
         if s.per_sample and "context" not in options and causal:  # a layer without a producer may
             options["context"] = "causal" if layout is not None else "token"  # see its tokens as rows
         if s.takes_channel_dim:
@@ -124,6 +127,29 @@ class _FromConfig:
 
     def __repr__(self) -> str:
         return f"adaptact activation {self.name!r}"
+
+
+def _recorded_layout(recorded: object, name: str) -> tuple[int, int] | None:
+    """(channels, channel dim) every site of a recorded conversion to ``name`` has, where the record
+    holds one (a layer whose first producer is not its activation's: Phi-3's fused gate and up)."""
+    if not isinstance(recorded, dict) or recorded.get("activation") != name:
+        return None
+    layout = recorded.get("layout")
+    if isinstance(layout, list) and len(layout) == 2 and all(type(v) is int for v in layout):
+        return layout[0], layout[1]
+    return None
+
+
+def _sites_layout(model: nn.Module, sites: list[str]) -> list[int] | None:
+    """[channels, channel dim] of the converted activations at ``sites``, where all have the same."""
+    layouts = set()
+    for path in sites:
+        m = model.get_submodule(path)
+        channels, channel_dim = getattr(m, "channels", None), getattr(m, "channel_dim", None)
+        if not isinstance(channels, int) or not isinstance(channel_dim, int):
+            return None
+        layouts.add((channels, channel_dim))
+    return list(layouts.pop()) if len(layouts) == 1 else None
 
 
 def _first_producer(holder: nn.Module) -> tuple[int, int] | None:
@@ -265,6 +291,9 @@ def record_conversion(model: nn.Module, name: object, *, options: dict[str, Any]
         "options": options, "policy": policy if isinstance(policy, str) else repr(policy), "init": init,
         "sites": sites, "contexts": contexts or [],
         "original": original}
+    layout = _sites_layout(model, sites)
+    if layout is not None:
+        entry["layout"] = layout
     reason = _why_not_rebuilt(model, config, name, options, policy, fields, entry)
     for f in fields:
         setattr(config, f, UNREBUILDABLE if reason else config_name(str(name)))
