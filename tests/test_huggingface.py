@@ -6,6 +6,8 @@ generate uses, each checked against the full, unpadded forward."""
 import copy
 import io
 import pickle
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -59,10 +61,18 @@ def phi3(**options):
     return transformers.Phi3ForCausalLM(config)
 
 
-MODELS = {"llama": llama, "gpt2": gpt2, "bert": bert, "gemma2": gemma2, "phi3": phi3}
+def falcon(**options):
+    """Its config names the activation ``activation``."""
+    config = transformers.FalconConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
+                                       num_attention_heads=4, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                                       **options)
+    return transformers.FalconForCausalLM(config)
+
+
+MODELS = {"llama": llama, "gpt2": gpt2, "bert": bert, "gemma2": gemma2, "phi3": phi3, "falcon": falcon}
 AUTO = {"llama": transformers.AutoModelForCausalLM, "gpt2": transformers.AutoModelForCausalLM,
         "bert": transformers.AutoModelForMaskedLM, "gemma2": transformers.AutoModelForCausalLM,
-        "phi3": transformers.AutoModelForCausalLM}
+        "phi3": transformers.AutoModelForCausalLM, "falcon": transformers.AutoModelForCausalLM}
 
 
 def _converted(kind, name, **kwargs):
@@ -112,6 +122,50 @@ def test_a_conversion_the_config_cannot_rebuild_refuses_to_load(tmp_path):
     with pytest.raises(RuntimeError, match=r"converted by adaptact\.replace_activations to 'acon_c'.*"
                                            r"load_state_dict"):
         transformers.AutoModelForCausalLM.from_pretrained(tmp_path)
+
+
+def _bloom():
+    return transformers.BloomForCausalLM(transformers.BloomConfig(vocab_size=VOCAB, hidden_size=HIDDEN,
+                                                                  n_layer=1, n_head=4))
+
+
+def _t5():
+    return transformers.T5ForConditionalGeneration(transformers.T5Config(
+        vocab_size=VOCAB, d_model=HIDDEN, d_ff=INTERMEDIATE, num_layers=1, num_heads=4, d_kv=8))
+
+
+@pytest.mark.parametrize("build, auto", [(_bloom, transformers.AutoModelForCausalLM),
+                                         (_t5, transformers.AutoModelForSeq2SeqLM)])
+def test_a_config_that_cannot_name_the_activation_refuses_to_load(tmp_path, build, auto):
+    """Bloom's activation is a class of its own and T5's is derived from ``feed_forward_proj``: no
+    config field to rename, so the model would be built with its original activation and the
+    trained weights dropped. The model checks what it built against the recorded sites instead."""
+    torch.manual_seed(0)
+    model = build()
+    adaptact.replace_activations(model, "acon_c")
+    assert "names no activation" in model.config.adaptact["reason"]
+    model.save_pretrained(tmp_path)
+    with pytest.raises(RuntimeError, match=r"converted by adaptact\.replace_activations to 'acon_c'.*names "
+                                           r"no activation.*as it was before the conversion"):
+        auto.from_pretrained(tmp_path)
+    with pytest.raises(RuntimeError, match="names no activation"):
+        type(model)(model.config)  # built from the config in the process that converted it, too
+
+
+@pytest.mark.parametrize("imports", ["import adaptact, transformers", "import transformers, adaptact"])
+def test_a_fresh_process_refuses_such_a_checkpoint_whichever_is_imported_first(tmp_path, imports):
+    torch.manual_seed(0)
+    model = _bloom()
+    adaptact.replace_activations(model, "acon_c")
+    model.save_pretrained(tmp_path)
+    load = (f"{imports}\n"
+            "try:\n"
+            f"    transformers.AutoModelForCausalLM.from_pretrained({str(tmp_path)!r})\n"
+            "except RuntimeError as err:\n"
+            "    print('refused:', err)\n")
+    out = subprocess.run([sys.executable, "-c", load], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("refused: this model was converted by adaptact.replace_activations")
 
 
 def test_from_config_with_an_adaptact_name_builds_and_trains():

@@ -39,8 +39,10 @@ import copy
 import importlib.abc
 import importlib.machinery
 import inspect
+import functools
 import json
 import sys
+import threading
 import types
 from collections.abc import Sequence
 from typing import Any
@@ -60,8 +62,10 @@ PREFIX = "adaptact."
 UNREBUILDABLE = PREFIX + "unrebuildable"
 RECORD = "adaptact"  # the config attribute holding the conversion
 FORMAT = 1
-ACTIVATION_FIELDS = ("hidden_act", "activation_function", "hidden_activation")
+ACTIVATION_FIELDS = ("hidden_act", "activation_function", "hidden_activation", "activation")
 _ACTIVATIONS_MODULE = "transformers.activations"
+_MODELING_MODULE = "transformers.modeling_utils"
+_rebuilding = threading.local()  # .trial: a conversion's trial rebuild is running (its own checks)
 
 
 def _is_config(obj: object) -> bool:
@@ -161,20 +165,25 @@ def _first_producer(holder: nn.Module) -> tuple[int, int] | None:
     return None
 
 
+def _refusal(recorded: dict[str, Any], reason: str | None = None) -> RuntimeError:
+    """The error of a load that cannot give back the converted model, with the way to load it."""
+    original = recorded.get("original")
+    build = f"with its original activation {original}" if original else "as it was before the conversion"
+    return RuntimeError(
+        f"this model was converted by adaptact.replace_activations to {recorded.get('activation')!r} in "
+        f"a way its config cannot rebuild ({reason or recorded.get('reason', 'no record')}); load it as it "
+        f"was made: build the model {build}, call "
+        f"adaptact.replace_activations with the recorded options {recorded.get('options')} and policy "
+        f"{recorded.get('policy')!r}, then model.load_state_dict(safetensors.torch.load_file(...)) of "
+        f"the checkpoint's weights")
+
+
 class _Unrebuildable:
     """``ACT2FN["adaptact.unrebuildable"]``: a converted model its config cannot rebuild."""
 
     def __call__(self, **kwargs: Any) -> nn.Module:
         config, _ = _being_built()
-        recorded = getattr(config, RECORD, None) or {}
-        raise RuntimeError(
-            f"this model was converted by adaptact.replace_activations to {recorded.get('activation')!r} in "
-            f"a way its config cannot rebuild ({recorded.get('reason', 'no record')}); load it as it was "
-            f"made: "
-            f"build the model with its original activation {recorded.get('original')}, call "
-            f"adaptact.replace_activations with the recorded options {recorded.get('options')} and policy "
-            f"{recorded.get('policy')!r}, then model.load_state_dict(safetensors.torch.load_file(...)) of "
-            f"the checkpoint's weights")
+        raise _refusal(getattr(config, RECORD, None) or {})
 
     def __repr__(self) -> str:
         return "adaptact: a conversion its config cannot rebuild"
@@ -194,34 +203,79 @@ def _register(activations: types.ModuleType) -> None:
         table[UNREBUILDABLE] = (_Unrebuildable(), {})
 
 
+def _check_built(model: nn.Module) -> None:
+    """A model built from a config that records a conversion holds adaptact activations at the
+    recorded sites, or its building fails: a config that cannot name the activation (Bloom's is a
+    class of its own, T5's is derived from another field) would otherwise build the original
+    activation, and loading would drop the trained weights with a log line at most."""
+    recorded = getattr(getattr(model, "config", None), RECORD, None)
+    if not isinstance(recorded, dict) or getattr(_rebuilding, "trial", False):
+        return
+    modules = dict(model.named_modules())
+    original = sorted(p for p in recorded.get("sites") or () if p in modules
+                      and not isinstance(modules[p], ActivationModule))
+    if original:  # (a model inside the converted one finds none of its paths: nothing to check)
+        raise _refusal(recorded, recorded.get("reason") or f"{original[0]} would be "
+                                                           f"{type(modules[original[0]]).__name__}")
+
+
+def _guard(modeling: types.ModuleType) -> None:
+    """Make every Hugging Face model check, when built, that it holds the converted activations its
+    config records (``_check_built``, after ``post_init``, which every model's ``__init__`` calls)."""
+    base = getattr(modeling, "PreTrainedModel", None)
+    post_init = getattr(base, "post_init", None)
+    if base is None or post_init is None or getattr(post_init, "_adaptact", False):
+        return
+
+    @functools.wraps(post_init)
+    def checked(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        out = post_init(self, *args, **kwargs)
+        _check_built(self)
+        return out
+
+    checked._adaptact = True  # type: ignore[attr-defined]
+    base.post_init = checked
+
+
+_ON_IMPORT = {_ACTIVATIONS_MODULE: _register, _MODELING_MODULE: _guard}
+
+
 class _AfterImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Registers the names once ``transformers.activations`` has been imported (no import of it here)."""
+    """Registers the names once ``transformers.activations`` has been imported, and the check of
+    rebuilt models once ``transformers.modeling_utils`` has (no import of either here)."""
+
+    def __init__(self) -> None:
+        self._loaders: dict[str, importlib.abc.Loader] = {}  # by module (one imports the other)
 
     def find_spec(self, fullname: str, path: Sequence[str] | None, target: types.ModuleType | None = None
                   ) -> importlib.machinery.ModuleSpec | None:
-        if fullname != _ACTIVATIONS_MODULE:
+        if fullname not in _ON_IMPORT:
             return None
         found = importlib.machinery.PathFinder.find_spec(fullname, path)
         if found is None or found.loader is None:
             return None
-        self._loader = found.loader
+        self._loaders[fullname] = found.loader
         found.loader = self
         return found
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType | None:
-        return self._loader.create_module(spec)
+        return self._loaders[spec.name].create_module(spec)
 
     def exec_module(self, module: types.ModuleType) -> None:
-        self._loader.exec_module(module)
-        _register(module)
+        self._loaders[module.__name__].exec_module(module)
+        _ON_IMPORT[module.__name__](module)
 
 
 def install() -> None:
-    """Make adaptact's names known to transformers (``import adaptact`` calls this)."""
-    loaded = sys.modules.get(_ACTIVATIONS_MODULE)
-    if loaded is not None:
-        _register(loaded)
-    elif not any(isinstance(f, _AfterImport) for f in sys.meta_path):
+    """Make adaptact's names known to transformers and its models check what they rebuild
+    (``import adaptact`` calls this): now for the modules of transformers already imported, on
+    import for the others."""
+    for name, then in _ON_IMPORT.items():
+        loaded = sys.modules.get(name)
+        if loaded is not None:
+            then(loaded)
+    if any(name not in sys.modules for name in _ON_IMPORT) and \
+            not any(isinstance(f, _AfterImport) for f in sys.meta_path):
         sys.meta_path.insert(0, _AfterImport())
 
 
@@ -320,9 +374,12 @@ def _why_not_rebuilt(model: nn.Module, config: Any, name: object, options: dict[
     for f in fields:
         setattr(trial, f, config_name(name))
     setattr(trial, RECORD, entry)
+    _rebuilding.trial = True  # _difference says how it differs
     try:
         with torch.device("meta"):
             rebuilt = type(model)(trial)
     except Exception as err:  # noqa: BLE001 - any failure to rebuild is a reason to refuse later loads
         return f"rebuilding {type(model).__name__} from its config fails: {type(err).__name__}: {err}"
+    finally:
+        _rebuilding.trial = False
     return _difference(model, rebuilt)
