@@ -89,7 +89,7 @@ def _converted(kind, name, **kwargs):
     return model.eval()
 
 
-@pytest.mark.parametrize("name", ["meta_acon_c", "aprelu", "acon_c"])
+@pytest.mark.parametrize("name", ["meta_acon_c", "aprelu", "acon_c", "frelu"])
 @pytest.mark.parametrize("kind", list(MODELS))
 def test_save_pretrained_then_from_pretrained_is_the_converted_model(tmp_path, kind, name):
     model = _converted(kind, name)

@@ -450,10 +450,16 @@ def _build(activation: ActivationLike, site: _Site, old: nn.Module | None, kwarg
     kwargs = {"inplace": bool(getattr(old, "inplace", False)), **kwargs}
     if site.layout is not None and site.layout[1] != 1 and (per_channel or not isinstance(activation, str)):
         kwargs.setdefault("channel_dim", site.layout[1])
-        if isinstance(activation, str) and spec(activation).name == "frelu":
-            kwargs.setdefault("dims", 1)  # tokens: the funnel window runs along the sequence
+        if isinstance(activation, str):
+            kwargs = {**token_options(activation), **kwargs}
     return create(activation, channels=channels if channels is not None else None if lazy else site.channels,
                   **kwargs)
+
+
+def token_options(name: str) -> dict[str, Any]:
+    """What ``name`` needs besides ``channel_dim=-1`` on tokens (B, T, C): FReLU's funnel window
+    runs along the sequence (``dims=1``)."""
+    return {"dims": 1} if spec(name).name == "frelu" else {}
 
 
 def activation_producers(model: nn.Module) -> dict[str, str | None]:

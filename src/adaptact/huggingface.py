@@ -50,7 +50,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .convert import decoder_flag, is_causal_model, producer_layout
+from .convert import decoder_flag, is_causal_model, producer_layout, token_options
 from .nn import ActivationModule
 from .nn.context import is_hf_model, track_decoding
 from .registry import available, create, spec
@@ -120,6 +120,8 @@ class _FromConfig:
         if s.takes_channel_dim:
             channels, channel_dim = layout if layout is not None else (None, -1)
             options.setdefault("channel_dim", channel_dim)
+            if channel_dim != 1:
+                options = {**token_options(self.name), **options}
             module = create(self.name, channels=channels, **options)
         else:
             module = create(self.name, **options)
