@@ -19,7 +19,7 @@ transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
 
 VOCAB, HIDDEN, INTERMEDIATE, LAYERS = 64, 32, 48, 2
-CONDITIONED = ["meta_acon_c", "aprelu", "dy_relu_b"]
+CONDITIONED = ["meta_acon_c", "aprelu", "dy_relu_b", "frelu"]  # FReLU: its window of earlier inputs
 
 
 def llama(**options):

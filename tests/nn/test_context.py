@@ -133,7 +133,7 @@ class Cache:
     """A cache object: track_decoding keeps the causal prefix on it."""
 
 
-@pytest.mark.parametrize("case", CONDITIONED, ids=IDS)
+@pytest.mark.parametrize("case", WITH_FRELU, ids=WITH_FRELU_IDS)
 def test_causal_prefix_continues_across_cached_calls(case):
     """What a KV cache does: the prompt first, then one position per call; the outputs equal the
     full-sequence forward's. The prefix lives on the cache: a crop continues from the cropped
@@ -165,7 +165,7 @@ def test_causal_prefix_continues_across_cached_calls(case):
 
 
 @pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
-@pytest.mark.parametrize("case", CONDITIONED[::3], ids=IDS[::3])
+@pytest.mark.parametrize("case", [*CONDITIONED[::3], WITH_FRELU[-1]], ids=[*IDS[::3], WITH_FRELU_IDS[-1]])
 def test_a_long_decode_keeps_the_full_sequence_numbers(case, grad):
     """An 8-position prompt, then one position per call up to 45 ("auto", as a served model runs,
     and with gradients): every step equals the full-sequence forward and the running statistics

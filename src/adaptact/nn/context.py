@@ -28,8 +28,9 @@ conditioned activations two things, read from the call's keywords as Hugging Fac
   cropped one (assisted decoding), two generations interleaved, a deep-copied or pickled model all
   continue from the right prefix.
   A reorder is recognised by the cache's own keys (each row's per-position key sums) and followed.
-  "sample" modules (and causal FReLU, whose window needs the previous inputs) raise in a cached
-  decode instead of computing other numbers than the full sequence's.
+  Causal FReLU keeps its inputs there the same way, for the window of the next positions.
+  "sample" modules raise in a cached decode instead of computing other numbers than the full
+  sequence's.
 """
 
 from __future__ import annotations
@@ -51,8 +52,9 @@ from .base import normalise, statistics_dtype, track_running_stats
 from .families import BatchNorm
 
 __all__ = ["CONTEXTS", "Context", "ModelCall", "Prefix", "Running", "batch_norm_positions", "batch_norm_real",
-           "check_context", "check_sequence", "decode_offset", "decoding", "is_hf_model", "masked_mean",
-           "padding", "position_norm", "position_statistics", "refuse_cached", "track_decoding"]
+           "causal_window", "check_context", "check_sequence", "decode_offset", "decoding", "is_hf_model",
+           "masked_mean", "padding", "position_norm", "position_statistics", "refuse_cached",
+           "track_decoding"]
 
 Context = Literal["sample", "causal", "token"]
 CONTEXTS: tuple[str, ...] = ("sample", "causal", "token")
@@ -84,7 +86,8 @@ class Running:
     """One module's running statistics at every position so far, in chunks of consecutive positions
     (one per call that kept them): the sums (B, T_i, S) and counts (B, T_i, 1) of the statistics at
     positions <= t, and the position each chunk ends at. A prompt is one chunk; a decoded token
-    appends one of its own (nothing is copied again); a crop drops or cuts the last ones."""
+    appends one of its own (nothing is copied again); a crop drops or cuts the last ones. (Causal
+    FReLU keeps its inputs the same way, as the "sums" with counts of one: ``causal_window``.)"""
 
     sums: list[Tensor]
     counts: list[Tensor]
@@ -114,6 +117,16 @@ class Running:
                 keep = length - start
                 self.sums[-1], self.counts[-1] = self.sums[-1][:, :keep], self.counts[-1][:, :keep]
                 self.ends[-1] = length
+
+    def positions(self, start: int, stop: int) -> Tensor:
+        """The sums (B, stop - start, S) at positions start..stop - 1 (ones that are kept)."""
+        parts, begin = [], 0
+        for sums, end in zip(self.sums, self.ends, strict=True):
+            low, high = max(start, begin), min(stop, end)
+            if low < high:
+                parts.append(sums[:, low - begin:high - begin])
+            begin = end
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
     def append(self, sums: Tensor, counts: Tensor) -> None:
         """The next positions' sums (B, T, S) and counts (B, T, 1)."""
@@ -230,6 +243,26 @@ def position_mask(module: nn.Module, batch: int, positions: int) -> Tensor | Non
     if mask is None or mask.shape[0] != batch or mask.shape[1] < positions:
         return None
     return mask[:, mask.shape[1] - positions:]
+
+
+def causal_window(module: nn.Module, x: Tensor, size: int) -> Tensor:
+    """Channels-first (N, C, T) ``x`` with the ``size`` positions before it in front, for a window
+    that ends at each position: zeros at the start of a sequence; in a cached decode, ``module``'s
+    inputs at those positions, which each call keeps on the cache (``Prefix``) as the running sums
+    are kept, so crops, reorders and copies of the cache continue from the right inputs."""
+    entry = _call(module)
+    prefix = None if entry is None else entry[0].prefix
+    if entry is None or prefix is None:
+        return nn.functional.pad(x, (size, 0))
+    call, name = entry
+    offset, n = call.offset or 0, x.shape[0]
+    before = x.new_zeros(n, x.shape[1], 0)
+    if offset:
+        prefix.carried(module, name, offset, n)  # raises unless the cache holds the positions before
+        before = prefix.sums[name].positions(max(offset - size, 0), offset).transpose(1, 2).to(x.dtype)
+    zeros = x.new_zeros(n, x.shape[1], size - before.shape[-1])
+    prefix.keep(name, offset, x.transpose(1, 2), x.new_ones(n, x.shape[-1]))
+    return torch.cat([zeros, before, x], dim=-1)
 
 
 def refuse_cached(module: nn.Module) -> None:

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from ..ops import dispatch
 from .base import batch_norm, int_at_least, silence
 from .channels import ChannelModule
-from .context import (Context, batch_norm_real, check_context, decode_offset, padding, position_norm,
+from .context import (Context, batch_norm_real, causal_window, check_context, padding, position_norm,
                       refuse_cached)
 from .entry import Entry
 
@@ -31,6 +31,9 @@ class FReLU(ChannelModule):
 
     On tokens ((B, T, C) with ``channel_dim=-1`` and ``dims=1``) T is a depthwise convolution
     along the sequence; ``context="causal"`` pads on the left only, so the window at t ends at t.
+    Inside a Hugging Face model decoded with a KV cache, the k - 1 inputs before a call's first
+    position come from the cache (``nn.context.causal_window``), so cached decoding gives the full
+    sequence's numbers.
 
     Args:
         channels: C; None takes it from the first input (lazy, see ``nn.channels``).
@@ -102,11 +105,8 @@ class FReLU(ChannelModule):
         if mask is not None:  # a padded batch in a model: pads enter the window as zeros
             x = x * mask.to(x.dtype).unsqueeze(1)
         if self.context == "causal":
-            if decode_offset(self):
-                raise RuntimeError("FReLU(context='causal') cannot continue a cached decode: its window "
-                                   "needs the previous positions; decode with use_cache=False")
             conv = self.conv_frelu
-            h = nn.functional.conv1d(nn.functional.pad(x, (self.kernel_size - 1, 0)), conv.weight, conv.bias,
+            h = nn.functional.conv1d(causal_window(self, x, self.kernel_size - 1), conv.weight, conv.bias,
                                      groups=conv.groups)
             return position_norm(self)(bn, h.transpose(1, 2)).transpose(1, 2)
         refuse_cached(self)
