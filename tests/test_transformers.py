@@ -412,6 +412,28 @@ def test_more_architectures_get_the_right_channels_context_and_report(kind):
                                    if path.startswith(start)), path
 
 
+def test_frelu_where_fx_cannot_tell_sequences_from_rows_asks_for_the_context():
+    """BART's layers hide whether the activation sees (B, T, C) or (B*T, C) (OPT's do see rows): the
+    decoder's other activations get context="token", which FReLU's window has not. The conversion
+    says what to pass and changes nothing; with context="causal" (BART's layers see sequences)
+    cached decoding agrees with the full forward."""
+    torch.manual_seed(0)
+    model = transformers.BartForConditionalGeneration(transformers.BartConfig(
+        vocab_size=VOCAB, d_model=HIDDEN, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4,
+        decoder_attention_heads=4, encoder_ffn_dim=INTERMEDIATE, decoder_ffn_dim=INTERMEDIATE,
+        max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        decoder_start_token_id=1)).eval()
+    before = {n: type(m) for n, m in model.named_modules()}
+    with pytest.raises(ValueError, match=r"frelu cannot replace the activation at 'model.encoder.layers.0."
+                                         r"activation_fn'.*pass context='causal'"):
+        adaptact.replace_activations(model, "frelu")
+    assert {n: type(m) for n, m in model.named_modules()} == before
+    adaptact.replace_activations(model, "frelu", context="causal")
+    ids = torch.randint(3, VOCAB, (2, 5))
+    with torch.no_grad():
+        assert torch.equal(_greedy(model, ids, True), _greedy(model, ids, False))
+
+
 def test_channels_can_be_given_per_site_or_for_all():
     torch.manual_seed(0)
     model = _more("opt")

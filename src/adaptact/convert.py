@@ -546,6 +546,11 @@ def _contexts(model: nn.Module, name: ActivationLike, kwargs: dict, causal: bool
     notes = [f"{spec(name).name} pools over positions; {type(model).__name__} is a causal decoder, so its "
              f"generators see positions <= t only (context='causal'{where}; pass context= to choose)"]
     tokens = [p for p, c in context.items() if c == "token"]
+    if tokens and spec(name).name == "frelu":
+        raise ValueError(f"frelu cannot replace the activation at {tokens[0]!r}: torch.fx cannot trace the "
+                         f"layer holding it, so whether it sees sequences (B, T, C) or rows of tokens "
+                         f"(B*T, C) is unknown, and FReLU's window needs sequences; where they are "
+                         f"sequences, pass context='causal'")
     if tokens:
         notes.append(f"{', '.join(tokens)}: context='token' (each position alone), since torch.fx cannot "
                      f"trace the layers holding them and they may see tokens as rows (B*T, C)")
