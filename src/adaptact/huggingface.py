@@ -27,7 +27,10 @@ return the converted model with its weights.
 Where it does not (a policy that picks some sites, activations outside the config, a rewritten
 forward), the config's activation becomes ``"adaptact.unrebuildable"`` and loading fails with an
 error naming adaptact and the way to load it (rebuild, convert, ``load_state_dict``) — never the
-original activation with the trained weights dropped.
+original activation with the trained weights dropped. A config with no activation field to rename
+(Bloom's, T5's) cannot make ``ACT2FN`` raise: every Hugging Face model built from a config that
+records a conversion checks, after its ``post_init``, that it holds adaptact activations at the
+recorded sites (``_check_built``).
 
 transformers is never imported here: names are added when transformers' ``activations`` module is
 imported (now, if it already is).
@@ -36,10 +39,10 @@ imported (now, if it already is).
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.abc
 import importlib.machinery
 import inspect
-import functools
 import json
 import sys
 import threading
