@@ -283,6 +283,37 @@ def test_beam_search_with_and_without_the_cache_agree(name):
     torch.testing.assert_close(runs[0].sequences_scores, runs[1].sequences_scores, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("reentrant", [False, True], ids=["non_reentrant", "reentrant"])
+@pytest.mark.parametrize("name", [*CONDITIONED, "acon_c"])
+def test_gradient_checkpointing_on_a_padded_batch_gives_the_gradients_without_it(name, reentrant):
+    """transformers' gradient checkpointing recomputes each decoder layer in backward, after the
+    model call that told the activations its padding: they are told again. Before, the recomputation
+    ran without the padding (non-reentrant: a CheckpointError; reentrant: gradients off by up to
+    1.0, silently). Non-reentrant recomputes exactly what the forward ran; the reentrant forward
+    runs without gradients, where "auto" may take another route, equal up to float32 rounding.
+    The generators' BatchNorm running statistics move once a step, as without checkpointing."""
+    tolerance = {"rtol": 1e-4, "atol": 2e-5} if reentrant else {"rtol": 0, "atol": 0}
+    model = _converted("llama", name).train()
+    plain = copy.deepcopy(model)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+    ids = torch.randint(3, VOCAB, (3, 7))
+    mask = torch.ones_like(ids)
+    mask[0, :3] = mask[1, :1] = 0  # left padding
+    for step in range(2):
+        batch = {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
+        expected, got = plain(**batch).loss, model(**batch).loss
+        expected.backward()
+        got.backward()
+        torch.testing.assert_close(got, expected, **tolerance)
+        for (key, p), q in zip(plain.named_parameters(), model.parameters(), strict=True):
+            where = f"step {step}, {key}"
+            torch.testing.assert_close(q.grad, p.grad, **tolerance, msg=lambda m, at=where: f"{at}: {m}")
+        for (key, b), c in zip(plain.named_buffers(), model.buffers(), strict=True):  # moved once a step
+            where = f"step {step}, {key}"
+            torch.testing.assert_close(c, b, **tolerance, msg=lambda m, at=where: f"{at}: {m}")
+        ids = ids.roll(1, dims=1)
+
+
 def test_lora_trains_the_activations_named_for_peft_and_decodes_with_the_cache():
     peft = pytest.importorskip("peft")
     model = _converted("llama", "meta_acon_c")

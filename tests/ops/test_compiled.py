@@ -2,6 +2,7 @@
 layout and dtype, keeps only the input for backward, really runs compiled, falls back to the eager
 Functions with one warning when compiling fails, and ADAPTACT_COMPILE=0 switches it off."""
 
+import copy
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import torch
 
 import adaptact
 from adaptact.kernel_benchmark import saved_bytes
+from adaptact.nn.base import COMPILE_AFTER_CALLS
 from adaptact.ops import compiled as CP
 from adaptact.nn.context import CALL, ModelCall, Prefix
 from adaptact.ops import dispatch
@@ -114,6 +116,7 @@ def test_auto_runs_compiled_code_and_keeps_the_layout(monkeypatch):
     monkeypatch.setattr(CP, "_compiled", lambda *key: keys.append(key) or real(*key))
     first = m(x)  # a module's first call of a kind of input runs the eager lean Function
     assert not keys and m.ran_backend == "autograd"
+    first.sum().backward()  # (with gradients the compiled entry takes over once backward reached it)
     y = m(x)
     assert m.ran_backend == "compiled" and torch.allclose(y, first, rtol=1e-6, atol=1e-6)
     fn, kind = keys[0]
@@ -129,6 +132,32 @@ def test_auto_runs_compiled_code_and_keeps_the_layout(monkeypatch):
 
 
 @pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_gradient_checkpointing_recomputes_a_first_call_as_it_ran(monkeypatch):
+    """A kind of input's first call runs the lean Function, which saves other tensors than the
+    compiled entry; torch's checkpoint recomputes the call in backward and checks that it saves the
+    same: so the compiled entry takes over only once backward has reached the first call (before,
+    the first step raised a CheckpointError), or, with gradients and no backward, at the
+    ``COMPILE_AFTER_CALLS``-th call."""
+    monkeypatch.setenv("ADAPTACT_COMPILE", "1")
+    monkeypatch.setattr(CP, "_failure", [])
+    torch.manual_seed(0)
+    act = adaptact.create("acon_c", channels=16, channel_dim=-1)
+    block = torch.nn.Sequential(torch.nn.Linear(8, 16), act, torch.nn.Linear(16, 4))
+    plain = copy.deepcopy(block)
+    plain[1].backend = "autograd"
+    x = torch.randn(5, 8)
+    for step, ran in enumerate(["autograd", "compiled"]):  # (the recomputation is the last call)
+        torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False).square().sum().backward()
+        plain(x).square().sum().backward()
+        assert block[1].ran_backend == ran, step
+        for p, q in zip(plain.parameters(), block.parameters(), strict=True):
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-6)
+    m = adaptact.create("acon_c", channels=16, channel_dim=-1)
+    ran = [(m(torch.randn(5, 16)), m.ran_backend)[1] for _ in range(COMPILE_AFTER_CALLS)]
+    assert ran == ["autograd"] * (COMPILE_AFTER_CALLS - 1) + ["compiled"]
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
 @pytest.mark.parametrize("case", MAIN + [("dy_relu_b", {})],
                          ids=[IDS[CASES.index(c)] for c in MAIN] + ["dy_relu_b"])
 @pytest.mark.parametrize("dtype, channel_dim", [(torch.bfloat16, 1), (torch.float32, 1), (torch.float32, -1)],
@@ -141,7 +170,7 @@ def test_compiled_saves_only_the_input(case, dtype, channel_dim):
     shape = (8, 32, 24, 24) if channel_dim == 1 else (8, 96, 32)
     x = torch.randn(shape, dtype=dtype, requires_grad=True)
     m = adaptact.create(name, channels=32, channel_dim=channel_dim, **kwargs).train()
-    m(x)  # a module's first call of a kind of input runs eagerly: the compiled Function is the second's
+    m(x).sum().backward()  # a first call of a kind of input runs eagerly: compiled after its backward
     assert saved_bytes(m, x) <= x.nbytes + 64 * 1024
     assert m.ran_backend == "compiled"
 
@@ -244,7 +273,7 @@ def test_a_failing_compiler_falls_back_once_with_one_warning(monkeypatch):
     failed = r"compiling the CPU activation kernels failed .* no C\+\+ compiler"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        m(x)  # a module's first call of a kind of input runs eagerly: nothing compiled yet
+        m(x).sum().backward()  # a module's first call of a kind of input runs eagerly: nothing compiled yet
     with pytest.warns(RuntimeWarning, match=failed):
         y = m(x)
     eager = adaptact.AconC(4, backend="autograd")

@@ -164,7 +164,9 @@ def _route_depths(m, x) -> list[tuple[int, str]]:
         depths.append((depth, frame.f_code.co_name))
 
     for _ in range(3):  # a steady state: routes decided, lazy parameters made, compiled entries built
-        m(x)
+        y = m(x)  # (with gradients, "auto" compiles once a backward came: ActivationModule._route)
+        if y.requires_grad:
+            y.sum().backward()
     sys.setprofile(profile)
     try:
         m(x)

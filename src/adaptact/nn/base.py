@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 import warnings
 from collections.abc import Callable
 from typing import ClassVar
@@ -21,6 +22,21 @@ __all__ = ["ActivationModule", "CheckedStateDict", "PointwiseActivation", "batch
 FITS = ("it fits AReLU, ACON-A/B/C, Meta-ACON-C, APReLU, Dynamic ReLU, FReLU, PReLU, Swish and the "
         "activations made with adaptact.define")
 _FLOAT32 = torch.float32
+_COMPILE_NEXT = "compiled, once backward reached the first call"  # see ActivationModule._route
+COMPILE_AFTER_CALLS = 8
+"""With gradients, the call of a kind of input that compiles where no backward came (``_route``)."""
+
+
+def _compile_after_backward(y: torch.Tensor, routes: dict, key: tuple) -> None:
+    """Make ``routes[key]`` "compiled" once backward has reached ``y`` (at once where it will not)."""
+    def compiled(grad: torch.Tensor) -> None:
+        if routes.get(key) == _COMPILE_NEXT:
+            routes[key] = "compiled"
+
+    if isinstance(y, torch.Tensor) and y.requires_grad:
+        y.register_hook(compiled)
+    else:
+        compiled(y)
 _is_compiling = torch.compiler.is_compiling
 
 # ``init="match"``'s starting values: per start, per fitted tensor, its values
@@ -141,12 +157,21 @@ def normalise(bn: BatchNorm, x: torch.Tensor, mean: torch.Tensor,
     return y * bn.weight + bn.bias if bn.affine else y
 
 
+class _Recomputing(threading.local):
+    depth = 0  # forwards under way that gradient checkpointing recomputes in backward (nn.context)
+
+
+RECOMPUTING = _Recomputing()
+
+
 def track_running_stats(bn: BatchNorm, mean: torch.Tensor,
                         unbiased_var: torch.Tensor) -> None:
     """Move ``bn``'s running statistics towards a batch's, as its own forward does in training
-    (nothing when it does not track them: ``track_running_stats=False``)."""
+    (nothing when it does not track them: ``track_running_stats=False``, nor in a recomputation
+    in backward, whose forward moved them already: ``RECOMPUTING``)."""
     tracked, running_mean, running_var = bn.num_batches_tracked, bn.running_mean, bn.running_var
-    if not bn.track_running_stats or tracked is None or running_mean is None or running_var is None:
+    if not bn.track_running_stats or tracked is None or running_mean is None or running_var is None \
+            or RECOMPUTING.depth:
         return
     with torch.no_grad():
         tracked.add_(1)
@@ -294,6 +319,8 @@ class ActivationModule(CheckedStateDict):
                 if not dispatch.transform_active():  # a transform reaching our Functions through weights
                     raise
                 backend, y = "reference", op(x, *args, backend="reference")
+            if backend == "autograd" and "_compile_after" in self.__dict__:
+                _compile_after_backward(y, *self.__dict__.pop("_compile_after"))
             # compiling may have been given up during this very call (ops.compiled warns once)
             self.__dict__["ran_backend"] = dispatch.fused_backend(x) if backend == "compiled" else backend
             return y
@@ -322,13 +349,24 @@ class ActivationModule(CheckedStateDict):
         the device (``fused_backend``), "autograd" where ``op`` has no fused form for ``x``. A
         kind's first call that would compile runs the eager lean Function instead (the same numbers
         and saved tensors): one call never waits for a compile that only later calls repay, and a
-        training loop compiles at its second step."""
+        training loop compiles at its second step. With gradients, the compiled entry takes over
+        once backward has reached that first call's output (``_run``), or at the kind's
+        ``COMPILE_AFTER_CALLS``-th call without a backward (a loop that forgot ``torch.no_grad``):
+        it saves other tensors than the lean Function, and gradient checkpointing recomputes the
+        first call in backward, which must save what the call saved."""
         grad = torch.is_grad_enabled()  # (the size matters only to calls without gradients)
         small = not grad and x.numel() <= dispatch.EAGER_NUMEL
         key = (x.dtype, x.device, x.dim(), grad, small, fused, triton)
         routes: dict = self.__dict__.setdefault("_routes", {})
         chosen = routes.get(key)
         if chosen is not None:
+            if chosen == _COMPILE_NEXT:
+                calls = self.__dict__.setdefault("_calls_before_backward", {})
+                calls[key] = calls.get(key, 1) + 1
+                if calls[key] < COMPILE_AFTER_CALLS:
+                    self.__dict__["_compile_after"] = (routes, key)
+                    return "autograd"
+                routes[key] = chosen = "compiled"
             return chosen
         if dispatch.eager_pays(x):
             chosen = "reference"
@@ -336,8 +374,13 @@ class ActivationModule(CheckedStateDict):
             chosen = "autograd" if self._triton_failed else dispatch.fused_backend(x)
             if (not fused and chosen in ("triton", "compiled")) or (not triton and chosen == "triton"):
                 chosen = "autograd"
+        if chosen == "compiled":
+            routes[key] = _COMPILE_NEXT if grad else "compiled"
+            if grad:
+                self.__dict__["_compile_after"] = (routes, key)
+            return "autograd"
         routes[key] = chosen
-        return "autograd" if chosen == "compiled" else chosen
+        return chosen
 
     def _small(self, x: torch.Tensor, names: tuple[str, ...], channels: int | None = None,
                dim: int = 1) -> list[torch.Tensor] | None:

@@ -36,6 +36,7 @@ conditioned activations two things, read from the call's keywords as Hugging Fac
 from __future__ import annotations
 
 import bisect
+import collections
 import contextlib
 import inspect
 import threading
@@ -48,7 +49,7 @@ import torch
 from torch import Tensor, nn
 
 from ..ops import distributed
-from .base import normalise, statistics_dtype, track_running_stats
+from .base import RECOMPUTING, normalise, statistics_dtype, track_running_stats
 from .families import BatchNorm
 
 __all__ = ["CONTEXTS", "Context", "ModelCall", "Prefix", "Running", "batch_norm_positions", "batch_norm_real",
@@ -64,6 +65,12 @@ _OWNER = "adaptact_owns_call"  # on the hooked model whose call set CALL (an out
 _HOOKED = "adaptact_hooked"
 _CONDITIONED = "adaptact_conditioned"  # (structure, conditioned modules, hooked models inside), kept
 _TOLD = "adaptact_told"  # on a hooked model inside the hooked model whose call told the activations
+_REPLAY_HOOKED = "adaptact_replay_hooked"  # on a conditioned module: the hooks of ``_replay`` are on it
+_REPLAYING = "adaptact_replaying"  # on a conditioned module whose CALL ``_replay`` set for a recomputation
+_REMEMBERED = "adaptact_remembered"  # on a conditioned module in a model call in training: its _Remembered
+_REMEMBERING = "adaptact_remembering"  # on the model during that call: the modules holding _REMEMBERED
+_REPLAYS_KEPT = 64  # model calls in training remembered per module for recomputation
+_replays: weakref.WeakKeyDictionary[nn.Module, collections.deque] = weakref.WeakKeyDictionary()
 
 
 def check_context(context: object) -> str:
@@ -533,7 +540,10 @@ def _tell(model: nn.Module, kwargs: dict[str, Any]) -> None:
         if cache is not None:
             _follow(prefix, cache, offset)
     call = ModelCall(offset, prefix, _real_positions(kwargs.get("attention_mask")))
-    if offset is None and call.mask is None:
+    told = offset is not None or call.mask is not None
+    if model.training and torch.is_grad_enabled():
+        _remember(model, modules, call if told else None)
+    if not told:
         return  # a training forward without pads: nothing to tell (their compiled graphs stay as they are)
     model.__dict__[_OWNER] = (call, modules, inner)
     for name, m in modules:
@@ -542,8 +552,74 @@ def _tell(model: nn.Module, kwargs: dict[str, Any]) -> None:
         m.__dict__[_TOLD] = True
 
 
+@dataclass(eq=False)
+class _Remembered:
+    """What one model call in training told a conditioned module (``told``; None: nothing), and how
+    many of the module's forwards in that call have not been recomputed (``forwards``)."""
+
+    told: tuple[ModelCall, str] | None
+    forwards: int = 0
+
+
+def _remember(model: nn.Module, modules: list[tuple[str, nn.Module]], call: ModelCall | None) -> None:
+    """Keep what a model call in training tells each conditioned module, for the recomputation of
+    its forwards in backward (gradient checkpointing: ``_replay``); the module's forwards in this
+    call count themselves in (``_replayed``) while ``model`` holds the list (``_after_call``)."""
+    for name, m in modules:
+        kept = _replays.get(m)
+        if kept is None:
+            kept = _replays[m] = collections.deque(maxlen=_REPLAYS_KEPT)
+        if not m.__dict__.get(_REPLAY_HOOKED):
+            m.register_forward_pre_hook(_replay)
+            m.register_forward_hook(_replayed, always_call=True)
+            m.__dict__[_REPLAY_HOOKED] = True
+        m.__dict__[_REMEMBERED] = remembered = _Remembered(None if call is None else (call, name))
+        kept.append(remembered)
+    model.__dict__[_REMEMBERING] = [m for _, m in modules]
+
+
+def _replay(module: nn.Module, args: tuple) -> None:
+    """Gradient checkpointing recomputes a layer's forward in backward, after its model's call has
+    ended: the module then gets again what that call told it (padding), so the recomputation gives
+    the same numbers and saves the same tensors (a call of a module in training outside any tracked
+    model call is taken for a recomputation). Backward reaches later forwards first (autograd runs
+    later nodes first), so the latest call with forwards not yet recomputed is the one."""
+    if getattr(_in_call, "depth", 0) or not module.training or not torch.is_grad_enabled():
+        return
+    kept = _replays.get(module)
+    remembered = next((r for r in reversed(kept) if r.forwards), None) if kept else None
+    if remembered is None:
+        return  # not a recomputation of a remembered call: nothing to give it
+    remembered.forwards -= 1
+    if remembered.told is not None:  # (None: the call told it nothing, and its forward ran as this will)
+        x = next((a for a in args if isinstance(a, Tensor)), None)
+        mask = remembered.told[0].mask
+        if mask is not None and (x is None or x.ndim < 2 or x.shape[0] != mask.shape[0]):
+            raise RuntimeError(f"{type(module).__name__}: recomputed in backward (gradient checkpointing) "
+                               f"for an input of shape {None if x is None else tuple(x.shape)}, but the "
+                               f"model call it belongs to had a batch of {mask.shape[0]}: call the model, "
+                               f"not its layers")
+        module.__dict__[CALL] = remembered.told
+    module.__dict__[_REPLAYING] = remembered.told is not None
+    RECOMPUTING.depth += 1  # its BatchNorms' running statistics moved in the forward already
+
+
+def _replayed(module: nn.Module, args: tuple, output: Any) -> None:
+    replaying = module.__dict__.pop(_REPLAYING, None)
+    if replaying is not None:
+        RECOMPUTING.depth -= 1
+        if replaying:
+            module.__dict__.pop(CALL, None)
+    elif getattr(_in_call, "depth", 0):
+        remembered = module.__dict__.get(_REMEMBERED)
+        if remembered is not None:
+            remembered.forwards += 1  # a forward of the model call that remembered it
+
+
 def _after_call(model: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> None:
     _in_call.depth = max(getattr(_in_call, "depth", 0) - 1, 0)
+    for m in model.__dict__.pop(_REMEMBERING, ()):
+        m.__dict__.pop(_REMEMBERED, None)
     told = model.__dict__.pop(_OWNER, None)
     if told is None:
         return
