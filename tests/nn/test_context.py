@@ -164,6 +164,25 @@ def test_causal_prefix_continues_across_cached_calls(case):
     torch.testing.assert_close(host(x[:, :5]), full[:, :5])
 
 
+@pytest.mark.parametrize("checkpointed", [False, True], ids=["plain", "checkpointed"])
+def test_a_call_outside_its_model_after_a_training_step_is_no_recomputation(checkpointed):
+    """Each model call in training remembers its padding for gradient checkpointing, which recomputes
+    the activation in backward after the call: once backward has reached the activation's output (or
+    recomputed it), a later call of the module alone is its own call, with no padding replayed."""
+    m = _module("meta_acon_c", {}, "causal")
+    host = Host(m)
+    track_decoding(host)
+    x = torch.randn(B, T, C, requires_grad=True)
+    mask = torch.ones(B, T, dtype=torch.bool)
+    mask[0, :3] = False
+    if checkpointed:
+        torch.utils.checkpoint.checkpoint(host, x, attention_mask=mask, use_reentrant=False).sum().backward()
+    else:
+        host(x, attention_mask=mask).sum().backward()
+    alone = copy.deepcopy(m)  # (a copy remembers no model call)
+    torch.testing.assert_close(m(x), alone(x), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
 @pytest.mark.parametrize("case", [*CONDITIONED[::3], WITH_FRELU[-1]], ids=[*IDS[::3], WITH_FRELU_IDS[-1]])
 def test_a_long_decode_keeps_the_full_sequence_numbers(case, grad):

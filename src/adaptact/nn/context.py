@@ -553,18 +553,41 @@ def _tell(model: nn.Module, kwargs: dict[str, Any]) -> None:
 
 
 @dataclass(eq=False)
+class _Backward:
+    """Whether backward has reached the outputs of one model call in training."""
+
+    started: bool = False
+
+    def start(self, grad: Tensor) -> None:
+        self.started = True
+
+
+@dataclass(eq=False)
 class _Remembered:
-    """What one model call in training told a conditioned module (``told``; None: nothing), and how
-    many of the module's forwards in that call have not been recomputed (``forwards``)."""
+    """What one model call in training told a conditioned module (``told``; None: nothing), the
+    module's forwards in that call, how many of them were recomputed, and how many outputs backward
+    has reached (after their recomputation, if any): the call is pending, once its backward has
+    started, while both are short."""
 
     told: tuple[ModelCall, str] | None
+    backward: _Backward
     forwards: int = 0
+    recomputed: int = 0
+    reached: int = 0
+
+    @property
+    def pending(self) -> bool:
+        return self.backward.started and self.recomputed < self.forwards and self.reached < self.forwards
+
+    def reach(self, grad: Tensor) -> None:
+        self.reached += 1
 
 
 def _remember(model: nn.Module, modules: list[tuple[str, nn.Module]], call: ModelCall | None) -> None:
     """Keep what a model call in training tells each conditioned module, for the recomputation of
     its forwards in backward (gradient checkpointing: ``_replay``); the module's forwards in this
     call count themselves in (``_replayed``) while ``model`` holds the list (``_after_call``)."""
+    backward = _Backward()
     for name, m in modules:
         kept = _replays.get(m)
         if kept is None:
@@ -573,24 +596,25 @@ def _remember(model: nn.Module, modules: list[tuple[str, nn.Module]], call: Mode
             m.register_forward_pre_hook(_replay)
             m.register_forward_hook(_replayed, always_call=True)
             m.__dict__[_REPLAY_HOOKED] = True
-        m.__dict__[_REMEMBERED] = remembered = _Remembered(None if call is None else (call, name))
+        m.__dict__[_REMEMBERED] = remembered = _Remembered(None if call is None else (call, name), backward)
         kept.append(remembered)
-    model.__dict__[_REMEMBERING] = [m for _, m in modules]
+    model.__dict__[_REMEMBERING] = ([m for _, m in modules], backward)
 
 
 def _replay(module: nn.Module, args: tuple) -> None:
     """Gradient checkpointing recomputes a layer's forward in backward, after its model's call has
     ended: the module then gets again what that call told it (padding), so the recomputation gives
     the same numbers and saves the same tensors (a call of a module in training outside any tracked
-    model call is taken for a recomputation). Backward reaches later forwards first (autograd runs
-    later nodes first), so the latest call with forwards not yet recomputed is the one."""
+    model call, while a remembered call's backward is under way, is taken for a recomputation).
+    Backward reaches later forwards first (autograd runs later nodes first), so the latest pending
+    call is the one."""
     if getattr(_in_call, "depth", 0) or not module.training or not torch.is_grad_enabled():
         return
     kept = _replays.get(module)
-    remembered = next((r for r in reversed(kept) if r.forwards), None) if kept else None
+    remembered = next((r for r in reversed(kept) if r.pending), None) if kept else None
     if remembered is None:
         return  # not a recomputation of a remembered call: nothing to give it
-    remembered.forwards -= 1
+    remembered.recomputed += 1
     if remembered.told is not None:  # (None: the call told it nothing, and its forward ran as this will)
         x = next((a for a in args if isinstance(a, Tensor)), None)
         mask = remembered.told[0].mask
@@ -612,14 +636,22 @@ def _replayed(module: nn.Module, args: tuple, output: Any) -> None:
             module.__dict__.pop(CALL, None)
     elif getattr(_in_call, "depth", 0):
         remembered = module.__dict__.get(_REMEMBERED)
-        if remembered is not None:
-            remembered.forwards += 1  # a forward of the model call that remembered it
+        if remembered is not None:  # a forward of the model call that remembered it
+            remembered.forwards += 1
+            if isinstance(output, Tensor) and output.requires_grad:
+                output.register_hook(remembered.reach)  # then a call outside backward is no recomputation
 
 
 def _after_call(model: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> None:
     _in_call.depth = max(getattr(_in_call, "depth", 0) - 1, 0)
-    for m in model.__dict__.pop(_REMEMBERING, ()):
-        m.__dict__.pop(_REMEMBERED, None)
+    remembering = model.__dict__.pop(_REMEMBERING, None)
+    if remembering is not None:
+        modules, backward = remembering
+        for m in modules:
+            m.__dict__.pop(_REMEMBERED, None)
+        for t in _tensors(output):  # backward of this call starts where it reaches them
+            if t.requires_grad:
+                t.register_hook(backward.start)
     told = model.__dict__.pop(_OWNER, None)
     if told is None:
         return
@@ -639,6 +671,16 @@ def _after_call(model: nn.Module, args: tuple, kwargs: dict[str, Any], output: A
         if getattr(cache, PREFIX, None) is not call.prefix:
             _prefix(cache).sums = call.prefix.sums  # a cache made inside the call
         _prefix(cache).take_fingerprint(cache)
+
+
+def _tensors(output: Any) -> list[Tensor]:
+    """The tensors of a model's output: itself, or the values of a tuple, list or dict (a Hugging
+    Face ``ModelOutput`` is one), one level deep."""
+    if isinstance(output, Tensor):
+        return [output]
+    if isinstance(output, dict):
+        output = list(output.values())
+    return [v for v in output if isinstance(v, Tensor)] if isinstance(output, (tuple, list)) else []
 
 
 def is_hf_model(m: object) -> bool:
