@@ -170,6 +170,15 @@ def test_a_model_that_does_not_fit_the_data(tmp_path, capsys, no_training):
     _error(capsys, _compare(tmp_path, "--model", "conv"), "model 'conv' does not fit data 'digits'")
 
 
+def test_a_data_loader_that_fails_is_one_line(tmp_path, capsys, no_training):
+    """A loader that raises (here: a model factory given as the data, which wants an argument)."""
+    _error(capsys, _compare(tmp_path, "--dataset", "tests.experiments.user_defs:net", "--model",
+                            "tests.experiments.user_defs:net"),
+           "data tests.experiments.user_defs:net: the loader failed (TypeError: net() missing 1 required "
+           "positional argument")
+    assert not (tmp_path / "r.sqlite").exists()
+
+
 def test_an_activation_that_does_not_fit_the_model_is_refused_before_training(tmp_path, capsys, no_training):
     """FReLU's spatial condition needs (N, C, H, W) maps: the digits MLP gives it (N, C)."""
     _error(capsys, _compare(tmp_path, "--activations", "relu,frelu"),

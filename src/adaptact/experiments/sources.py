@@ -137,6 +137,16 @@ def _as_dataset(label: str, value) -> builtin.Dataset:
     return builtin.Dataset(label, train_x.float(), train_y.long(), test_x.float(), test_y.long(), classes)
 
 
+def _loaded(label: str, loader: Callable[[], Any]) -> Any:
+    """What the user's ``loader()`` returns; its failure as one line (UserError, from the error)."""
+    try:
+        return loader()
+    except Exception as err:  # the user's code: any failure, named in one line
+        message = str(err).splitlines()[0] if str(err) else ""
+        raise UserError(f"data {label}: the loader failed ({type(err).__name__}: {message}); it is called "
+                        f"with no arguments and returns (train_x, train_y, test_x, test_y)") from err
+
+
 def _tensor_fingerprint(ds: builtin.Dataset) -> str:
     h = hashlib.sha256()
     for t in (ds.train_x, ds.train_y, ds.test_x, ds.test_y):
@@ -162,11 +172,11 @@ def data_source(data, data_dir: str | None = None, cache_dir: str | Path | None 
     if isinstance(data, str):
         loader = _import(data, "data")
         with builtin.rng_preserved():  # a user's loader may seed random, numpy or torch
-            ds = _as_dataset(data, loader())
+            ds = _as_dataset(data, _loaded(data, loader))
         return Source(data, f"{data}@{_tensor_fingerprint(ds)}", data), ds
     label = _qualified(data) if callable(data) else "tensors"
     with builtin.rng_preserved():
-        ds = _as_dataset(label, data() if callable(data) else data)
+        ds = _as_dataset(label, _loaded(label, data) if callable(data) else data)
     digest = _tensor_fingerprint(ds)
     fingerprint = f"{label}@{digest}"
     ref: object = data if callable(data) else ds
