@@ -170,6 +170,13 @@ def test_a_model_that_does_not_fit_the_data(tmp_path, capsys, no_training):
     _error(capsys, _compare(tmp_path, "--model", "conv"), "model 'conv' does not fit data 'digits'")
 
 
+def test_a_model_factory_that_fails_is_one_line(tmp_path, capsys, no_training):
+    _error(capsys, _compare(tmp_path, "--model", "tests.experiments.user_defs:broken_net"),
+           "model 'tests.experiments.user_defs:broken_net' does not fit data 'digits'",
+           "KeyError: \"no layer named 'head'\"")
+    assert not (tmp_path / "r.sqlite").exists()
+
+
 def test_a_data_loader_that_fails_is_one_line(tmp_path, capsys, no_training):
     """A loader that raises (here: a model factory given as the data, which wants an argument)."""
     _error(capsys, _compare(tmp_path, "--dataset", "tests.experiments.user_defs:net", "--model",

@@ -59,3 +59,8 @@ def doomed_net(activation: str) -> nn.Module:
     """A network whose process dies (as under the kernel's OOM killer) when it trains swish; each
     attempt is counted as a line in the file $DOOMED_ATTEMPTS."""
     return _FailsInTraining(net(activation), _die) if activation == "swish" else net(activation)
+
+
+def broken_net(activation: str) -> nn.Module:
+    """A factory with a bug of its own (not a shape or value error)."""
+    raise KeyError("no layer named 'head'")

@@ -70,13 +70,22 @@ def check_fits(data: Source, model: Source, ds: builtin.Dataset | TextData,
                     m.backend = "autograd"
             with torch.no_grad():
                 out = net.eval()(ds.train_x[:2])
-        except (RuntimeError, ValueError, TypeError) as err:
-            message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        except UserError:
+            raise
+        except Exception as err:  # noqa: BLE001 - the user's model or the activation: any failure, one line
             raise UserError(f"{what} does not fit data {data.label!r} (samples of shape {shape}): "
-                            f"{message}") from None
+                            f"{_first_line(err)}") from None
         if tuple(out.shape) != (min(2, len(ds.train_x)), ds.num_classes):
             raise UserError(f"{what} gives outputs of shape {tuple(out.shape)} for data {data.label!r}, "
                             f"expected (N, {ds.num_classes})")
+
+
+def _first_line(err: Exception) -> str:
+    """``err``'s first line; named by its type unless it is a shape or value error of torch's kind."""
+    message = str(err).splitlines()[0] if str(err) else ""
+    if isinstance(err, (RuntimeError, ValueError, TypeError)) and message:
+        return message
+    return f"{type(err).__name__}: {message}" if message else type(err).__name__
 
 
 def _check_language_model(data: Source, model: Source, ds: TextData, activations: Sequence[str]) -> None:
@@ -90,10 +99,11 @@ def _check_language_model(data: Source, model: Source, ds: TextData, activations
                     m.backend = "autograd"
             with torch.no_grad():
                 out = net.eval()(x)
-        except (RuntimeError, ValueError, TypeError) as err:
-            message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        except UserError:
+            raise
+        except Exception as err:  # noqa: BLE001 - the user's model or the activation: any failure, one line
             raise UserError(f"{what} does not fit data {data.label!r} (windows of {CONTEXT} tokens): "
-                            f"{message}") from None
+                            f"{_first_line(err)}") from None
         if tuple(out.shape) != (2, CONTEXT, ds.num_classes):
             raise UserError(f"{what} gives outputs of shape {tuple(out.shape)} for data {data.label!r}, "
                             f"expected (N, {CONTEXT}, {ds.num_classes})")
