@@ -124,6 +124,34 @@ def test_a_conversion_the_config_cannot_rebuild_refuses_to_load(tmp_path):
         transformers.AutoModelForCausalLM.from_pretrained(tmp_path)
 
 
+@pytest.mark.parametrize("name", ["meta_acon_c", "acon_c"])
+def test_opt_converted_with_its_channels_given_saves_and_reloads(tmp_path, name):
+    """OPT's layers hide their producer from torch.fx: without ``channels=`` its activations are lazy
+    and the conversion refuses to reload (loudly, saying so); with them, the recorded layout and
+    context ("token": those layers see rows of tokens) rebuild it exactly."""
+    def opt():
+        return transformers.OPTForCausalLM(transformers.OPTConfig(
+            vocab_size=VOCAB, hidden_size=HIDDEN, ffn_dim=INTERMEDIATE, num_hidden_layers=LAYERS,
+            num_attention_heads=4, word_embed_proj_dim=HIDDEN, max_position_embeddings=64, pad_token_id=0))
+
+    torch.manual_seed(0)
+    lazy = opt()
+    adaptact.replace_activations(lazy, name)
+    assert "channels=" in lazy.config.adaptact["reason"]
+    model = opt().eval()
+    adaptact.replace_activations(model, name, channels=INTERMEDIATE)
+    assert "reason" not in model.config.adaptact
+    model.save_pretrained(tmp_path)
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    def acts(m):
+        return {p: repr(a) for p, a in m.named_modules() if isinstance(a, adaptact.nn.ActivationModule)}
+
+    assert acts(loaded) == acts(model) and len(acts(model)) == LAYERS
+    ids = torch.randint(3, VOCAB, (2, 7))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=0, atol=0)
+
+
 def _bloom():
     return transformers.BloomForCausalLM(transformers.BloomConfig(vocab_size=VOCAB, hidden_size=HIDDEN,
                                                                   n_layer=1, n_head=4))

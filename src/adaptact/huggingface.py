@@ -118,6 +118,10 @@ class _FromConfig:
         flag = decoder_flag(owners)
         causal = any(is_causal_model(o) for o in owners) if flag is None else flag
         layout = _recorded_layout(recorded, self.name) or (_first_producer(owners[0]) if owners else None)
+        contexts = recorded.get("contexts") if isinstance(recorded, dict) and \
+            recorded.get("activation") == self.name else None
+        if s.per_sample and "context" not in options and isinstance(contexts, list) and len(contexts) == 1:
+            options["context"] = contexts[0]  # the conversion's (OPT's layers, given channels=: "token")
         if s.per_sample and "context" not in options and causal:  # a layer without a producer may
             options["context"] = "causal" if layout is not None else "token"  # see its tokens as rows
         if s.takes_channel_dim:
@@ -374,7 +378,8 @@ def _why_not_rebuilt(model: nn.Module, config: Any, name: object, options: dict[
         return f"{name!r} changes the width"
     lazy = [p for p, m in model.named_modules() if getattr(m, "initialized", True) is False]
     if lazy:
-        return f"{lazy[0]} takes its channels from its first input, which the config cannot say"
+        return (f"{lazy[0]} takes its channels from its first input, which the config cannot say; "
+                f"replace_activations(..., channels=) gives them")
     trial = copy.deepcopy(config)
     for f in fields:
         setattr(trial, f, config_name(name))
