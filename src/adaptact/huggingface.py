@@ -12,9 +12,10 @@ arguments inside a layer's ``__init__``; the entry reads what it needs from the 
   same (``config.adaptact["layout"]``: Phi-3's activation takes half of its fused ``gate_up_proj``),
   else from the producer the layer registered first (``gate_proj``, GPT-2's ``c_fc`` ``Conv1D``,
   BERT's ``dense``); a layer without one gets lazy channels;
-* ``context="causal"`` for input-conditioned activations when the model is a decoder (as
-  ``replace_activations`` decides it), and the model hooked for padding and caches
-  (``nn.context.track_decoding``);
+* the context of a recorded conversion whose sites all had one (OPT's, converted with
+  ``channels=``: "token"), else ``context="causal"`` for input-conditioned activations when the
+  model is a decoder (as ``replace_activations`` decides it); the model hooked for padding and
+  caches (``nn.context.track_decoding``);
 * the options of a recorded conversion (below).
 
 ``replace_activations`` on a Hugging Face model records the conversion in its config
