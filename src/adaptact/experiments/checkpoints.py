@@ -37,8 +37,9 @@ def read_checkpoint(path: str | Path) -> dict:
     except OSError as err:
         raise CheckpointError(f"cannot load checkpoint {path}: {err.strerror or err}") from None
     except Exception as err:  # noqa: BLE001  (torch.load fails in many ways on a foreign file)
+        why = str(err).split(". ")[0].splitlines()[0] if str(err) else ""  # (torch's advice not ours)
         raise CheckpointError(f"cannot load checkpoint {path}: not one of `adaptact compare "
-                              f"--save-checkpoints` ({type(err).__name__}: {err})") from None
+                              f"--save-checkpoints` ({type(err).__name__}: {why})") from None
     fields = ("config", "sample_shape", "num_classes", "state_dict")
     if not (isinstance(ckpt, dict) and all(k in ckpt for k in fields) and isinstance(ckpt["config"], dict)):
         raise CheckpointError(f"cannot load checkpoint {path}: not one of `adaptact compare "
