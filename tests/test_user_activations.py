@@ -268,3 +268,46 @@ def test_a_hugging_face_model_converted_to_a_defined_activation_saves_and_reload
     ids = torch.randint(3, 64, (2, 7))
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids).logits, model.eval()(ids).logits, rtol=0, atol=0)
+
+
+def test_a_fresh_process_loads_a_model_converted_to_a_defined_activation(tmp_path):
+    """from_pretrained in a process that has not defined the activation: the conversion record names
+    the module that defined it, which is imported (defining it), so the model loads as saved; a
+    definition made in a script (no module to import) is a one-line error saying what to run."""
+    pytest.importorskip("transformers")
+    import json
+
+    from tests.test_huggingface import llama
+
+    torch.manual_seed(0)
+    model = llama().eval()
+    adaptact.replace_activations(model, NAME)
+    assert model.config.adaptact["defined_in"] == "tests.defined"
+    model.save_pretrained(tmp_path / "module")
+    ids = torch.randint(3, 64, (2, 7))
+    with torch.no_grad():
+        torch.save({"ids": ids, "logits": model(ids).logits}, tmp_path / "expected.pt")
+    model.save_pretrained(tmp_path / "script")
+    config = json.loads((tmp_path / "script" / "config.json").read_text())
+    config["adaptact"]["defined_in"] = None  # as a conversion in a script records it
+    (tmp_path / "script" / "config.json").write_text(json.dumps(config))
+    load = ("import sys, torch, transformers, adaptact\n"
+            "try:\n"  # first: nothing has defined it in this process yet
+            f"    transformers.AutoModelForCausalLM.from_pretrained({str(tmp_path / 'script')!r})\n"
+            "except RuntimeError as err:\n"
+            "    print('refused:', err)\n"
+            f"expected = torch.load({str(tmp_path / 'expected.pt')!r})\n"
+            f"model = transformers.AutoModelForCausalLM.from_pretrained({str(tmp_path / 'module')!r})\n"
+            "model.eval()\n"
+            "with torch.no_grad():\n"
+            "    print('equal', torch.equal(model(expected['ids']).logits, expected['logits']))\n")
+    root = str(Path(__file__).parents[1])
+    out = subprocess.run([sys.executable, "-c", load], capture_output=True, text=True, timeout=300,
+                         cwd=tmp_path, env={**os.environ, "PYTHONPATH": root})
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert len(lines) == 2, (out.stdout, out.stderr)
+    assert lines[0] == (f"refused: this model's activation {NAME!r} was defined with adaptact.define in "
+                        "the script that converted the model, which has not defined it in this process: "
+                        "make its definition run before loading")
+    assert lines[1] == "equal True"

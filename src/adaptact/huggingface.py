@@ -39,6 +39,7 @@ imported (now, if it already is).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import importlib.abc
@@ -211,6 +212,37 @@ def _register(activations: types.ModuleType) -> None:
             table[PREFIX + name] = (_FromConfig(name), {})
     for table in tables:
         table[UNREBUILDABLE] = (_Unrebuildable(), {})
+    act2fn = getattr(activations, "ACT2FN", None)
+    if isinstance(act2fn, dict) and not isinstance(act2fn, _Defines):
+        with contextlib.suppress(TypeError):  # a table whose class cannot take a subclass: left as it is
+            act2fn.__class__ = type("AdaptactACT2FN", (_Defines, type(act2fn)), {})
+
+
+class _Defines:
+    """What transformers' ``ACT2FN`` gets beside its own class: an ``"adaptact.<name>"`` it does not
+    know is an activation defined with ``adaptact.define``. The conversion record names the module
+    that defined it, which is imported (defining it) where it can be; otherwise the error says what
+    to import, instead of a bare KeyError."""
+
+    def __missing__(self, key: object) -> Any:
+        if not (isinstance(key, str) and key.startswith(PREFIX)):
+            raise KeyError(key)
+        config, _ = _being_built()
+        recorded = getattr(config, RECORD, None)
+        name = key[len(PREFIX):]
+        origin = recorded.get("defined_in") if isinstance(recorded, dict) and \
+            recorded.get("activation") == name else None
+        where = f"module {origin!r}" if isinstance(origin, str) else "the script that converted the model"
+        why = "which has not defined it in this process"
+        if isinstance(origin, str):
+            try:
+                importlib.import_module(origin)  # its define() adds the name to this table
+            except Exception as err:  # noqa: BLE001 - the user's module: any failure, in one line
+                why = f"which cannot be imported here ({type(err).__name__}: {err})"
+            if key in self:  # type: ignore[operator]
+                return dict.__getitem__(self, key)  # type: ignore[index]
+        raise RuntimeError(f"this model's activation {name!r} was defined with adaptact.define in {where}, "
+                           f"{why}: make its definition run before loading")
 
 
 def _check_built(model: nn.Module) -> None:
@@ -358,6 +390,9 @@ def record_conversion(model: nn.Module, name: object, *, options: dict[str, Any]
     layout = _sites_layout(model, sites)
     if layout is not None:
         entry["layout"] = layout
+    definition = spec(name).definition if isinstance(name, str) else None
+    if definition is not None:
+        entry["defined_in"] = definition.origin  # None: in a script (``__main__``)
     reason = _why_not_rebuilt(model, config, name, options, policy, fields, entry)
     for f in fields:
         setattr(config, f, UNREBUILDABLE if reason else config_name(str(name)))
