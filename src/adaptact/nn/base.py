@@ -22,6 +22,7 @@ __all__ = ["ActivationModule", "CheckedStateDict", "PointwiseActivation", "batch
 FITS = ("it fits AReLU, ACON-A/B/C, Meta-ACON-C, APReLU, Dynamic ReLU, FReLU, PReLU, Swish and the "
         "activations made with adaptact.define")
 _FLOAT32 = torch.float32
+_is_compiling = torch.compiler.is_compiling
 _COMPILE_NEXT = "compiled, once backward reached the first call"  # see ActivationModule._route
 COMPILE_AFTER_CALLS = 8
 """With gradients, the call of a kind of input that compiles where no backward came (``_route``)."""
@@ -37,7 +38,7 @@ def _compile_after_backward(y: torch.Tensor, routes: dict, key: tuple) -> None:
         y.register_hook(compiled)
     else:
         compiled(y)
-_is_compiling = torch.compiler.is_compiling
+
 
 # ``init="match"``'s starting values: per start, per fitted tensor, its values
 Starts = list[list[list[float]]]
