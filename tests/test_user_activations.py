@@ -208,6 +208,22 @@ def test_a_defined_activation_pickles_and_deep_copies_as_the_definition_it_was_m
             torch.testing.assert_close(copied(x), module.a * formula(x), rtol=0, atol=0)
 
 
+def test_unpickling_a_definition_whose_module_fails_to_import_is_one_line(monkeypatch):
+    from adaptact.nn import defined
+
+    def fn(x, a):
+        return a * x
+
+    fn.__module__ = "tests.no_such_module"  # where it says it was defined
+    adaptact.define("defined_elsewhere", fn, scalars={"a": 1.0})
+    saved = pickle.dumps(adaptact.create("defined_elsewhere"))
+    monkeypatch.setattr(defined, "_CLASSES", {})  # a process that has not defined it
+    expected = (r"'defined_elsewhere' activation \(adaptact.define in module 'tests.no_such_module'\) "
+                r"cannot be imported here \(ModuleNotFoundError: No module named")
+    with pytest.raises(pickle.UnpicklingError, match=expected):
+        pickle.loads(saved)
+
+
 def test_a_whole_model_saved_with_torch_save_loads_in_a_fresh_process(tmp_path):
     """torch.save(model) pickles its classes by name, which a class made by ``define`` has not: the
     process that loads it finds the definition by name and fingerprint, importing the module that

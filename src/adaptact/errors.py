@@ -1,7 +1,7 @@
 """The errors that are the user's to fix (a bad file, path, option or missing extra): the CLI
 prints them as one line, ``adaptact: error: ...``, and exits with 2. Everything else is a bug."""
 
-__all__ = ["InfrastructureError", "MissingExtra", "UserError", "require"]
+__all__ = ["InfrastructureError", "MissingExtra", "UserError", "described", "require"]
 
 
 class UserError(Exception):
@@ -25,3 +25,9 @@ def require(module: str, extra: str):
         return importlib.import_module(module)
     except ImportError as err:
         raise MissingExtra(f"{module} is needed for this: pip install 'adaptact[{extra}]' ({err})") from None
+
+
+def described(err: BaseException) -> str:
+    """``err`` in one line for an error message: its type and the first line of its text."""
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__

@@ -56,6 +56,7 @@ import torch
 from torch import nn
 
 from .convert import decoder_flag, is_causal_model, producer_layout, token_options
+from .errors import described
 from .nn import ActivationModule
 from .nn.context import is_hf_model, track_decoding
 from .registry import available, create, spec
@@ -112,16 +113,14 @@ class _FromConfig:
     def __call__(self, **kwargs: Any) -> nn.Module:
         config, owners = _being_built()
         recorded = getattr(config, RECORD, None)
-        options: dict[str, Any] = {}
-        if isinstance(recorded, dict) and recorded.get("activation") == self.name:
-            options = dict(recorded.get("options") or {})
-        options.update(kwargs)
+        if not (isinstance(recorded, dict) and recorded.get("activation") == self.name):
+            recorded = {}  # no conversion to this activation recorded
+        options = {**(recorded.get("options") or {}), **kwargs}
         s = spec(self.name)
         flag = decoder_flag(owners)
         causal = any(is_causal_model(o) for o in owners) if flag is None else flag
-        layout = _recorded_layout(recorded, self.name) or (_first_producer(owners[0]) if owners else None)
-        contexts = recorded.get("contexts") if isinstance(recorded, dict) and \
-            recorded.get("activation") == self.name else None
+        layout = _recorded_layout(recorded) or (_first_producer(owners[0]) if owners else None)
+        contexts = recorded.get("contexts")
         if s.per_sample and "context" not in options and isinstance(contexts, list) and len(contexts) == 1:
             options["context"] = contexts[0]  # the conversion's (OPT's layers, given channels=: "token")
         if s.per_sample and "context" not in options and causal:  # a layer without a producer may
@@ -144,11 +143,9 @@ class _FromConfig:
         return f"adaptact activation {self.name!r}"
 
 
-def _recorded_layout(recorded: object, name: str) -> tuple[int, int] | None:
-    """(channels, channel dim) every site of a recorded conversion to ``name`` has, where the record
-    holds one (a layer whose first producer is not its activation's: Phi-3's fused gate and up)."""
-    if not isinstance(recorded, dict) or recorded.get("activation") != name:
-        return None
+def _recorded_layout(recorded: dict[str, Any]) -> tuple[int, int] | None:
+    """(channels, channel dim) every site of a recorded conversion has, where the record holds one
+    (a layer whose first producer is not its activation's: Phi-3's fused gate and up)."""
     layout = recorded.get("layout")
     if isinstance(layout, list) and len(layout) == 2 and all(type(v) is int for v in layout):
         return layout[0], layout[1]
@@ -238,7 +235,7 @@ class _Defines:
             try:
                 importlib.import_module(origin)  # its define() adds the name to this table
             except Exception as err:  # noqa: BLE001 - the user's module: any failure, in one line
-                why = f"which cannot be imported here ({type(err).__name__}: {err})"
+                why = f"which cannot be imported here ({described(err)})"
             if key in self:  # type: ignore[operator]
                 return dict.__getitem__(self, key)  # type: ignore[index]
         raise RuntimeError(f"this model's activation {name!r} was defined with adaptact.define in {where}, "

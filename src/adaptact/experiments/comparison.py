@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ..datasets import builtin
-from ..errors import UserError
+from ..errors import UserError, described
 from ..files import writable_dir
 from ..nn import ActivationModule
 from .executors import check_ray_address
@@ -81,11 +81,10 @@ def check_fits(data: Source, model: Source, ds: builtin.Dataset | TextData,
 
 
 def _first_line(err: Exception) -> str:
-    """``err``'s first line; named by its type unless it is a shape or value error of torch's kind."""
-    message = str(err).splitlines()[0] if str(err) else ""
-    if isinstance(err, (RuntimeError, ValueError, TypeError)) and message:
-        return message
-    return f"{type(err).__name__}: {message}" if message else type(err).__name__
+    """``err`` in one line; its type left out for a shape or value error of torch's kind."""
+    if isinstance(err, (RuntimeError, ValueError, TypeError)) and str(err).strip():
+        return str(err).strip().splitlines()[0]
+    return described(err)
 
 
 def _check_language_model(data: Source, model: Source, ds: TextData, activations: Sequence[str]) -> None:

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import InfrastructureError, UserError
+from ..errors import InfrastructureError, UserError, described
 from ..files import atomic_write
 from ..datasets import builtin
 from ..datasets.shakespeare import TextData
@@ -142,9 +142,8 @@ def _loaded(label: str, loader: Callable[[], Any]) -> Any:
     try:
         return loader()
     except Exception as err:  # the user's code: any failure, named in one line
-        message = str(err).splitlines()[0] if str(err) else ""
-        raise UserError(f"data {label}: the loader failed ({type(err).__name__}: {message}); it is called "
-                        f"with no arguments and returns (train_x, train_y, test_x, test_y)") from err
+        raise UserError(f"data {label}: the loader failed ({described(err)}); it is called with no "
+                        f"arguments and returns (train_x, train_y, test_x, test_y)") from err
 
 
 def _tensor_fingerprint(ds: builtin.Dataset) -> str:

@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from ..errors import described
 from ..ops.defined import DefinedOp
 from .base import ActivationModule, check_input
 from .channels import ChannelModule
@@ -81,13 +82,18 @@ def _rebuilt(name: str, fingerprint: str, origin: str | None) -> nn.Module:
     importing ``origin`` first when this process has not defined it; UnpicklingError when no such
     definition is made here."""
     cls = _CLASSES.get((name, fingerprint))
+    failed = None
     if cls is None and origin is not None:
-        importlib.import_module(origin)
+        try:
+            importlib.import_module(origin)
+        except Exception as err:  # noqa: BLE001 - the user's module: any failure, in one line
+            failed = described(err)
         cls = _CLASSES.get((name, fingerprint))
     if cls is None:
         where = f"module {origin!r}" if origin else "the script that saved it"
         other = any(known == name for known, _ in _CLASSES)
-        why = ("is defined here with another formula or other initial values" if other
+        why = (f"cannot be imported here ({failed})" if failed
+               else "is defined here with another formula or other initial values" if other
                else "is not defined in this process: run its definition before loading")
         raise pickle.UnpicklingError(f"a pickled {name!r} activation (adaptact.define in {where}) {why}")
     return cls.__new__(cls)
