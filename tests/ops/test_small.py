@@ -112,6 +112,53 @@ def test_everything_else_takes_the_usual_route(why, monkeypatch):
             m(x)
 
 
+# the generated activations: in a decoder's contexts, and in a CNN's (context "sample")
+GENERATED = [case for case in CASES if case[0] in ("meta_acon_c", "aprelu", "dy_relu_a", "dy_relu_b")] + [
+    ("meta_acon_c", {}), ("aprelu", {}), ("dy_relu_b", {})]
+# torch.ao's eager quantization (deprecated for torchao's, still in torch)
+quantized = pytest.mark.skipif(not hasattr(torch.ao.quantization, "quantize_dynamic"),
+                               reason="this torch has no torch.ao.quantization.quantize_dynamic")
+quiet = pytest.mark.filterwarnings("ignore:torch.ao.quantization is deprecated",
+                                   "ignore:torch.quantize_per_tensor")
+
+
+def _quantized(name, options):
+    model = torch.nn.Sequential(_module(name, options))
+    return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)[0]
+
+
+@quantized
+@quiet
+@pytest.mark.parametrize("shape", [(1, 1, 12), (2, 1500, 12)])  # a decoded token; beyond the small form
+@pytest.mark.parametrize("case", GENERATED, ids=[n + "".join(f"-{v}" for v in kw.values())
+                                                  for n, kw in GENERATED])
+def test_a_dynamically_quantized_generator_runs_as_quantized(case, shape):
+    """``torch.ao.quantization.quantize_dynamic(model, {nn.Linear})``, the usual CPU serving step,
+    swaps the generators' Linear layers for ones that pack an int8 weight: every backend calls
+    them (before: a KeyError in the small form, an AttributeError in the usual route)."""
+    name, options = case
+    m = _quantized(name, options)
+    assert "fc1" not in m._modules or type(m.fc1) is not torch.nn.Linear
+    x = torch.randn(shape)
+    with torch.no_grad():
+        y = m(x)
+        for backend in ("reference", "autograd", "compiled"):
+            m.backend = backend
+            torch.testing.assert_close(m(x), y, rtol=1e-6, atol=1e-6)
+
+
+@quantized
+@quiet
+def test_a_dynamically_quantized_meta_acon_generator_gives_its_formula():
+    m = _quantized("meta_acon_c", {"context": "causal"})
+    x = torch.randn(2, 5, 12)
+    with torch.no_grad():
+        means = (x.cumsum(1) / torch.arange(1, 6).view(1, 5, 1)).reshape(10, 12)
+        beta = torch.sigmoid(m.bn2(m.fc2(m.bn1(m.fc1(means))))).view(2, 5, 12)
+        d = m.p1 - m.p2
+        torch.testing.assert_close(m(x), d * x * torch.sigmoid(beta * d * x) + m.p2 * x, rtol=1e-6, atol=1e-6)
+
+
 def test_the_route_is_decided_once_per_kind_of_input_and_forgotten_with_the_backend(monkeypatch):
     m = adaptact.create("acon_c", channels=12, channel_dim=-1)
     x = torch.randn(4, 64, 12, requires_grad=True)

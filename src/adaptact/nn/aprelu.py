@@ -127,7 +127,7 @@ class APReLU(ChannelModule):
         (N, C or 1, T), under the "causal" and "token" contexts)."""
         if self.context != "sample":
             return self._alpha_per_position(x)
-        dtype = self.fc1.weight.dtype
+        dtype = self._generator_dtype
         return self.alpha_from_stats(torch.cat(dispatch.signed_spatial_mean(x, dtype, self.backend), dim=1))
 
     def alpha_from_stats(self, s: Tensor) -> Tensor:
@@ -141,7 +141,7 @@ class APReLU(ChannelModule):
 
     def _alpha_per_position(self, x: Tensor) -> Tensor:
         check_sequence(self, x, self.context)
-        tokens = x.transpose(1, 2).to(self.fc1.weight.dtype)
+        tokens = x.transpose(1, 2).to(self._generator_dtype)
         s = torch.cat((torch.clamp(tokens, max=0), torch.relu(tokens)), dim=-1)
         return self.alpha_from_stats(position_statistics(self, s, self.context)).transpose(1, 2)
 
@@ -151,7 +151,7 @@ class APReLU(ChannelModule):
 
     def _small_form(self, x: Tensor) -> Tensor | None:
         fc1, bn1, fc2, bn2 = self._layers("fc1", "bn1", "fc2", "bn2")
-        if self._small_tokens(x, (), fc1) is None or not small.evaluating(bn1, bn2):
+        if self._small_tokens(x, (), fc1, fc2) is None or not small.evaluating(bn1, bn2):
             return None
         negative, positive = torch.clamp(x, max=0), torch.relu(x)
         s = position_statistics(self, torch.cat((negative, positive), dim=-1), self.context)
@@ -169,13 +169,13 @@ class APReLU(ChannelModule):
         refuse_cached(self)
         mask = padding(self, x)
         if mask is not None:  # a padded batch in a model: statistics of its real positions
-            dtype = self.fc1.weight.dtype
+            dtype = self._generator_dtype
             alpha = self.alpha_from_stats(torch.cat([masked_mean(x.clamp(max=0), mask, dtype),
                                                      masked_mean(x.relu(), mask, dtype)], dim=1))
             return self._run(dispatch.aprelu_positions, x, alpha.unsqueeze(-1).expand(-1, -1, x.shape[-1]),
                              fused=dispatch.fuses_positions(x))
         return self._run(dispatch.aprelu, x, self.alpha_from_stats, self._weights,
-                         self.fc1.weight.dtype)
+                         self._generator_dtype)
 
     @property
     def generated_per_channel(self) -> int | None:  # type: ignore[override]

@@ -119,17 +119,28 @@ class ChannelModule(ActivationModule):
         ``ActivationModule._small``), else None. Classes without one return None."""
         return None
 
-    def _small_tokens(self, x: Tensor, names: tuple[str, ...], fc1: nn.Module | None) -> list[Tensor] | None:
+    def _small_tokens(self, x: Tensor, names: tuple[str, ...],
+                      *linears: nn.Module | None) -> list[Tensor] | None:
         """``_small`` for a generated activation (Meta-ACON-C, APReLU, Dynamic ReLU) in eval mode
         with per-position coefficients (context "causal" or "token") of channels-last (B, T, C)
-        tokens, its generator's first layer ``fc1`` (None: none) float32: a decoded token, or a few
-        (what the decoding of a language model calls them with). The parameters ``names`` where it
-        takes it, else None."""
+        tokens, its generator's Linear layers ``linears`` (None: none there) with float32 weights:
+        a decoded token, or a few (what the decoding of a language model calls them with). The
+        parameters ``names`` where it takes it, else None. A layer whose weight is not a float32
+        parameter (a dynamically quantized Linear packs its own) goes the usual route, which calls
+        the layer."""
         if (self.training or getattr(self, "context", "sample") == "sample" or x.ndim != 3
                 or self.channel_dim not in (-1, 2)
-                or (fc1 is not None and cast(Tensor, fc1._parameters["weight"]).dtype is not torch.float32)):
+                or not all(layer is None or _float32_weight(layer) for layer in linears)):
             return None
         return self._small(x, names, self.channels, self.channel_dim)
+
+    @property
+    def _generator_dtype(self) -> torch.dtype:
+        """The dtype of the statistics the generator takes: its first layer's weight's, float32 for
+        a layer whose weight is not a floating parameter (``torch.ao.quantization.quantize_dynamic``'s
+        Linear keeps an int8 weight packed and takes float32)."""
+        weight = self._modules["fc1"]._parameters.get("weight")  # type: ignore[union-attr]
+        return weight.dtype if weight is not None and weight.is_floating_point() else torch.float32
 
     def _layers(self, *names: str) -> list[nn.Module]:
         """The generator's layers ``names``, read from the module's dict (nn.Module's attribute lookup
@@ -168,3 +179,8 @@ def _materialise_on_forward(module: ChannelModule, args: tuple) -> None:
         raise ValueError(f"{type(module).__name__} takes its channels from dim {dim} of its first input, "
                          f"which has shape {tuple(x.shape)}")
     module.materialise(x.shape[dim])
+
+
+def _float32_weight(linear: nn.Module) -> bool:
+    weight = linear._parameters.get("weight")
+    return weight is not None and weight.dtype is torch.float32

@@ -124,11 +124,11 @@ class DyReLU(ChannelModule):
         "token" contexts: each (N, C or 1, T, K))."""
         if self.context != "sample":
             return self._coefficients_per_position(x)
-        return self.coefficients_from_mean(AF.spatial_mean(x, dtype=self.fc1.weight.dtype))
+        return self.coefficients_from_mean(AF.spatial_mean(x, dtype=self._generator_dtype))
 
     def _coefficients_per_position(self, x: Tensor) -> tuple[Tensor, Tensor]:
         check_sequence(self, x, self.context)
-        means = position_statistics(self, x.transpose(1, 2).to(self.fc1.weight.dtype), self.context)
+        means = position_statistics(self, x.transpose(1, 2).to(self._generator_dtype), self.context)
         a, b = self.coefficients_from_mean(means)
         return a.transpose(1, 2), b.transpose(1, 2)
 
@@ -138,7 +138,7 @@ class DyReLU(ChannelModule):
 
     def _small_form(self, x: Tensor) -> Tensor | None:
         fc1, fc2 = self._layers("fc1", "fc2")
-        if self._small_tokens(x, (), fc1) is None:
+        if self._small_tokens(x, (), fc1, fc2) is None:
             return None
         means = position_statistics(self, x, self.context)
         a, b = small.dy_relu_coefficients(means, fc1, fc2, self.lambdas, self.init_v, self.k)
@@ -152,11 +152,11 @@ class DyReLU(ChannelModule):
         refuse_cached(self)
         mask = padding(self, x)
         if mask is not None:  # a padded batch in a model: statistics of its real positions
-            pieces = self.coefficients_from_mean(masked_mean(x, mask, self.fc1.weight.dtype))
+            pieces = self.coefficients_from_mean(masked_mean(x, mask, self._generator_dtype))
             a, b = (t.unsqueeze(2).expand(-1, -1, x.shape[-1], -1) for t in pieces)
             return self._run(dispatch.dy_relu_positions, x, a, b, fused=dispatch.fuses_positions(x))
         return self._run(dispatch.dy_relu, x, self.coefficients_from_mean, self._weights,
-                         self.fc1.weight.dtype)
+                         self._generator_dtype)
 
     @property
     def generated_per_channel(self) -> int | None:  # type: ignore[override]

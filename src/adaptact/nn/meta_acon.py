@@ -169,7 +169,7 @@ class MetaAconC(ChannelModule):
 
     @property
     def _stats_dtype(self) -> torch.dtype:
-        return (self.fc1.weight if self.granularity == "channel" else self.p1).dtype
+        return self._generator_dtype if self.granularity == "channel" else self.p1.dtype
 
     def _forward(self, x: Tensor) -> Tensor:
         if self.granularity == "pixel":  # beta = sigmoid(x) is fused: no x-sized beta tensor
@@ -191,7 +191,7 @@ class MetaAconC(ChannelModule):
             return None
         layers = self._modules  # (read from the dict: see ``ChannelModule._layers``)
         fc1, bn1, fc2, bn2 = layers.get("fc1"), layers.get("bn1"), layers.get("fc2"), layers.get("bn2")
-        params = self._small_tokens(x, ("p1", "p2"), fc1)
+        params = self._small_tokens(x, ("p1", "p2"), fc1, fc2)
         if params is None or not small.evaluating(bn1, bn2):
             return None
         mean = position_statistics(self, x, self.context)  # (N, T, C)
