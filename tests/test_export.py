@@ -1,4 +1,5 @@
-"""A converted ResNet-18 exports with torch.export and to ONNX, and gives the same outputs."""
+"""A converted ResNet-18 exports with torch.export and to ONNX, and gives the same outputs; every
+adaptive activation traces with torch.jit."""
 
 import pytest
 import torch
@@ -28,6 +29,25 @@ def test_torch_export(name):
     exported = torch.export.export(model, (x,))
     x2 = torch.randn(2, 1, 16, 16)
     torch.testing.assert_close(exported.module()(x2), model(x2), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace", "ignore::torch.jit.TracerWarning")
+@pytest.mark.parametrize("name", ADAPTIVE)
+def test_torch_jit_trace_keeps_the_parameters_as_parameters(name):
+    """Traced on one small input (the small inference form's ground), the trace computes from the
+    module's parameters: weights loaded into the traced module after tracing are the ones used
+    (before: AReLU's alpha and beta were traced as constants)."""
+    torch.manual_seed(0)
+    nn = torch.nn
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), adaptact.create(name, channels=8), nn.Flatten(), nn.Linear(128, 4)).eval()
+    with torch.no_grad():
+        traced = torch.jit.trace(model, torch.randn(1, 3, 6, 6), check_trace=False)
+        state = {k: v + 0.3 * torch.randn_like(v) if v.is_floating_point() else v
+                 for k, v in model.state_dict().items()}
+        model.load_state_dict(state)
+        traced.load_state_dict(state)
+        x = torch.randn(5, 3, 6, 6)
+        torch.testing.assert_close(traced(x), model(x), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ONNX)

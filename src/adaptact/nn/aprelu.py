@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from ..ops import dispatch, small
 from .base import batch_norm, logit, silence
-from .channels import ChannelModule
+from .channels import ChannelModule, generator_dtype
 from .context import (Context, check_context, check_sequence, decoding, masked_mean, padding, position_norm,
                       position_statistics, refuse_cached)
 from .entry import Entry
@@ -127,7 +127,7 @@ class APReLU(ChannelModule):
         (N, C or 1, T), under the "causal" and "token" contexts)."""
         if self.context != "sample":
             return self._alpha_per_position(x)
-        dtype = self._generator_dtype
+        dtype = generator_dtype(self.fc1)
         return self.alpha_from_stats(torch.cat(dispatch.signed_spatial_mean(x, dtype, self.backend), dim=1))
 
     def alpha_from_stats(self, s: Tensor) -> Tensor:
@@ -141,7 +141,7 @@ class APReLU(ChannelModule):
 
     def _alpha_per_position(self, x: Tensor) -> Tensor:
         check_sequence(self, x, self.context)
-        tokens = x.transpose(1, 2).to(self._generator_dtype)
+        tokens = x.transpose(1, 2).to(generator_dtype(self.fc1))
         s = torch.cat((torch.clamp(tokens, max=0), torch.relu(tokens)), dim=-1)
         return self.alpha_from_stats(position_statistics(self, s, self.context)).transpose(1, 2)
 
@@ -169,13 +169,13 @@ class APReLU(ChannelModule):
         refuse_cached(self)
         mask = padding(self, x)
         if mask is not None:  # a padded batch in a model: statistics of its real positions
-            dtype = self._generator_dtype
+            dtype = generator_dtype(self.fc1)
             alpha = self.alpha_from_stats(torch.cat([masked_mean(x.clamp(max=0), mask, dtype),
                                                      masked_mean(x.relu(), mask, dtype)], dim=1))
             return self._run(dispatch.aprelu_positions, x, alpha.unsqueeze(-1).expand(-1, -1, x.shape[-1]),
                              fused=dispatch.fuses_positions(x))
         return self._run(dispatch.aprelu, x, self.alpha_from_stats, self._weights,
-                         self._generator_dtype)
+                         generator_dtype(self.fc1))
 
     @property
     def generated_per_channel(self) -> int | None:  # type: ignore[override]

@@ -54,7 +54,9 @@ class AReLU(ActivationModule):
 
     def forward(self, x: Tensor) -> Tensor:
         params = self._small(x, ("alpha", "beta"))
-        if params is not None:  # a small inference call: the fewest ops
+        # a small inference call: the fewest ops (which read alpha and beta as numbers: not in a
+        # torch.jit trace, which would keep them as constants)
+        if params is not None and not torch.jit.is_tracing():
             return small.arelu(x, *params)
         check_input(self, x, None)
         return self._run(dispatch.arelu, x, self.alpha, self.beta)

@@ -134,14 +134,6 @@ class ChannelModule(ActivationModule):
             return None
         return self._small(x, names, self.channels, self.channel_dim)
 
-    @property
-    def _generator_dtype(self) -> torch.dtype:
-        """The dtype of the statistics the generator takes: its first layer's weight's, float32 for
-        a layer whose weight is not a floating parameter (``torch.ao.quantization.quantize_dynamic``'s
-        Linear keeps an int8 weight packed and takes float32)."""
-        weight = self._modules["fc1"]._parameters.get("weight")  # type: ignore[union-attr]
-        return weight.dtype if weight is not None and weight.is_floating_point() else torch.float32
-
     def _layers(self, *names: str) -> list[nn.Module]:
         """The generator's layers ``names``, read from the module's dict (nn.Module's attribute lookup
         costs half a microsecond, as much as an operation on one row: see ``ops.small``)."""
@@ -179,6 +171,15 @@ def _materialise_on_forward(module: ChannelModule, args: tuple) -> None:
         raise ValueError(f"{type(module).__name__} takes its channels from dim {dim} of its first input, "
                          f"which has shape {tuple(x.shape)}")
     module.materialise(x.shape[dim])
+
+
+def generator_dtype(fc1: nn.Module) -> torch.dtype:
+    """The dtype of the statistics a generator whose first layer is ``fc1`` takes: that layer's
+    weight's, float32 for a layer whose weight is not a floating parameter
+    (``torch.ao.quantization.quantize_dynamic``'s Linear keeps an int8 weight packed and takes
+    float32)."""
+    weight = fc1._parameters.get("weight")
+    return weight.dtype if weight is not None and weight.is_floating_point() else torch.float32
 
 
 def _float32_weight(linear: nn.Module) -> bool:

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from .. import functional as AF
 from ..ops import dispatch, small
 from .base import int_at_least, silence
-from .channels import ChannelModule
+from .channels import ChannelModule, generator_dtype
 from .context import (Context, check_context, check_sequence, decoding, masked_mean, padding,
                       position_statistics, refuse_cached)
 from .entry import Entry
@@ -124,11 +124,11 @@ class DyReLU(ChannelModule):
         "token" contexts: each (N, C or 1, T, K))."""
         if self.context != "sample":
             return self._coefficients_per_position(x)
-        return self.coefficients_from_mean(AF.spatial_mean(x, dtype=self._generator_dtype))
+        return self.coefficients_from_mean(AF.spatial_mean(x, dtype=generator_dtype(self.fc1)))
 
     def _coefficients_per_position(self, x: Tensor) -> tuple[Tensor, Tensor]:
         check_sequence(self, x, self.context)
-        means = position_statistics(self, x.transpose(1, 2).to(self._generator_dtype), self.context)
+        means = position_statistics(self, x.transpose(1, 2).to(generator_dtype(self.fc1)), self.context)
         a, b = self.coefficients_from_mean(means)
         return a.transpose(1, 2), b.transpose(1, 2)
 
@@ -152,11 +152,11 @@ class DyReLU(ChannelModule):
         refuse_cached(self)
         mask = padding(self, x)
         if mask is not None:  # a padded batch in a model: statistics of its real positions
-            pieces = self.coefficients_from_mean(masked_mean(x, mask, self._generator_dtype))
+            pieces = self.coefficients_from_mean(masked_mean(x, mask, generator_dtype(self.fc1)))
             a, b = (t.unsqueeze(2).expand(-1, -1, x.shape[-1], -1) for t in pieces)
             return self._run(dispatch.dy_relu_positions, x, a, b, fused=dispatch.fuses_positions(x))
         return self._run(dispatch.dy_relu, x, self.coefficients_from_mean, self._weights,
-                         self._generator_dtype)
+                         generator_dtype(self.fc1))
 
     @property
     def generated_per_channel(self) -> int | None:  # type: ignore[override]

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from .. import functional as AF
 from ..ops import dispatch, small
 from .base import batch_norm, int_at_least, logit, silence
-from .channels import ChannelModule
+from .channels import ChannelModule, generator_dtype
 from .context import (Context, check_context, check_sequence, decoding, masked_mean, padding, position_norm,
                       position_statistics, refuse_cached)
 from .entry import Entry
@@ -169,7 +169,7 @@ class MetaAconC(ChannelModule):
 
     @property
     def _stats_dtype(self) -> torch.dtype:
-        return self._generator_dtype if self.granularity == "channel" else self.p1.dtype
+        return generator_dtype(self.fc1) if self.granularity == "channel" else self.p1.dtype
 
     def _forward(self, x: Tensor) -> Tensor:
         if self.granularity == "pixel":  # beta = sigmoid(x) is fused: no x-sized beta tensor
