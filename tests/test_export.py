@@ -39,7 +39,8 @@ def test_torch_jit_trace_keeps_the_parameters_as_parameters(name):
     (before: AReLU's alpha and beta were traced as constants)."""
     torch.manual_seed(0)
     nn = torch.nn
-    model = nn.Sequential(nn.Conv2d(3, 8, 3), adaptact.create(name, channels=8), nn.Flatten(), nn.Linear(128, 4)).eval()
+    act = adaptact.create(name, channels=8)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), act, nn.Flatten(), nn.Linear(128, 4)).eval()
     with torch.no_grad():
         traced = torch.jit.trace(model, torch.randn(1, 3, 6, 6), check_trace=False)
         state = {k: v + 0.3 * torch.randn_like(v) if v.is_floating_point() else v
