@@ -36,14 +36,33 @@ def test_builds_on_the_meta_device_and_reprs(cls):
         m.reset_parameters()  # on meta tensors too
         real = _build(cls)
         before = {k: v.clone() for k, v in real.state_dict().items()}
-        with torch.no_grad():
-            for p in real.parameters():
-                p.add_(1.0)
+        with torch.no_grad():  # every tensor of its state moved: as uninitialised memory after to_empty
+            for t in [*real.parameters(), *real.buffers()]:
+                t.add_(1)
         torch.manual_seed(0)
         real.reset_parameters()
         for k, v in real.state_dict().items():  # back to the initial values (random ones: same law)
             if not k.endswith(("p1", "p2", "weight", "bias")) or cls in (ann.AReLU, ann.PReLU):
                 torch.testing.assert_close(v, before[k], msg=k)
+
+
+@pytest.mark.parametrize("cls", [c for c in MODULES if c not in STATELESS], ids=lambda c: c.__name__)
+def test_deferred_init_gives_the_module_as_built(cls):
+    """Built on the meta device, ``to_empty`` then ``reset_parameters`` (FSDP2's and torchtitan's
+    deferred init): every entry the initialisation sets to given values has them (before: DY-ReLU's
+    lambdas and initial pieces and xIELU's beta and eps kept whatever memory to_empty gave)."""
+    with torch.device("meta"):
+        m = _build(cls)
+    m.to_empty(device="cpu")
+    with torch.no_grad():
+        for t in [*m.parameters(), *m.buffers()]:
+            t.fill_(float("nan") if t.is_floating_point() else 7)
+    m.reset_parameters()
+    for k, v in _build(cls).state_dict().items():
+        if not k.endswith(("p1", "p2", "weight", "bias")) or cls in (ann.AReLU, ann.PReLU):
+            torch.testing.assert_close(m.state_dict()[k], v, msg=k)
+        else:  # a random initialisation: drawn anew
+            assert not m.state_dict()[k].isnan().any(), k
 
 
 @pytest.mark.parametrize("cls", MODULES, ids=lambda c: c.__name__)

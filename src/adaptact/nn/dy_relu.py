@@ -94,10 +94,10 @@ class DyReLU(ChannelModule):
         if len(init_a) != k or len(init_b) != k:
             raise ValueError(f"init_a and init_b need k = {k} values each, got {len(init_a)} and "
                              f"{len(init_b)}")
-        self.register_buffer("lambdas", torch.tensor([float(lambda_a)] * k + [float(lambda_b)] * k,
-                                                     device=device, dtype=dtype))
-        self.register_buffer("init_v", torch.tensor([float(v) for v in init_a + init_b], device=device,
-                                                    dtype=dtype))
+        self._initial = ([float(lambda_a)] * k + [float(lambda_b)] * k, [float(v) for v in init_a + init_b])
+        self.register_buffer("lambdas", torch.empty(2 * k, device=device, dtype=dtype))
+        self.register_buffer("init_v", torch.empty(2 * k, device=device, dtype=dtype))
+        self._reset_coefficients()
         self._init_channels(channels, channel_dim, device, dtype)
 
     def _build(self, channels: int, device: Any, dtype: Any) -> None:
@@ -107,10 +107,18 @@ class DyReLU(ChannelModule):
         self.fc2 = nn.Linear(hidden, per_sample, device=device, dtype=dtype)
 
     def reset_parameters(self) -> None:
-        """fc1 and fc2 as torch initialises them."""
+        """fc1 and fc2 as torch initialises them; the lambdas and initial pieces as given (all of
+        the module's state, as after ``to_empty`` from the meta device)."""
+        self._reset_coefficients()
         if self.initialized:
             self.fc1.reset_parameters()
             self.fc2.reset_parameters()
+
+    def _reset_coefficients(self) -> None:
+        lambdas, init_v = self._initial
+        with torch.no_grad():
+            self.lambdas.copy_(torch.tensor(lambdas))
+            self.init_v.copy_(torch.tensor(init_v))
 
     def coefficients_from_mean(self, mean: Tensor) -> tuple[Tensor, Tensor]:
         """(a, b), each (N, C, K) for "B" or (N, 1, K) for "A", from the means (N, C); per

@@ -63,21 +63,25 @@ class XIELU(ActivationModule):
             raise ValueError(f"xIELU needs alpha_p_init > 0 and alpha_n_init > beta, got {alpha_p_init}, "
                              f"{alpha_n_init} and beta {beta}")
         self.alpha_p_init, self.alpha_n_init = float(alpha_p_init), float(alpha_n_init)
-        self.beta_value = float(beta)
+        self.beta_value, self.eps_value = float(beta), float(eps)
         self.inplace = inplace
         factory = {"device": device, "dtype": dtype if dtype is not None else torch.float32}
         self.alpha_p = nn.Parameter(torch.empty(1, **factory))
         self.alpha_n = nn.Parameter(torch.empty(1, **factory))
         self.beta: Tensor
         self.eps: Tensor
-        self.register_buffer("beta", torch.tensor(float(beta), **factory))
-        self.register_buffer("eps", torch.tensor(float(eps), **factory))
+        self.register_buffer("beta", torch.empty((), **factory))
+        self.register_buffer("eps", torch.empty((), **factory))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        """alpha_p and alpha_n at their initial values, beta and eps set (all of the module's state,
+        as after ``to_empty`` from the meta device)."""
         with torch.no_grad():
             self.alpha_p.fill_(_softplus_inverse(self.alpha_p_init))
             self.alpha_n.fill_(_softplus_inverse(self.alpha_n_init - self.beta_value))
+            self.beta.fill_(self.beta_value)
+            self.eps.fill_(self.eps_value)
 
     def forward(self, x: Tensor) -> Tensor:
         check_input(self, x, None)
