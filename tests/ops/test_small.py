@@ -115,6 +115,8 @@ def test_everything_else_takes_the_usual_route(why, monkeypatch):
 # the generated activations: in a decoder's contexts, and in a CNN's (context "sample")
 GENERATED = [case for case in CASES if case[0] in ("meta_acon_c", "aprelu", "dy_relu_a", "dy_relu_b")] + [
     ("meta_acon_c", {}), ("aprelu", {}), ("dy_relu_b", {})]
+# with Linear layers in their generators (Meta-ACON-C "layer" has none)
+WITH_LAYERS = [case for case in GENERATED if case != ("meta_acon_c", {"context": "token", "granularity": "layer"})]
 # torch.ao's eager quantization (deprecated for torchao's, still in torch)
 quantized = pytest.mark.skipif(not hasattr(torch.ao.quantization, "quantize_dynamic"),
                                reason="this torch has no torch.ao.quantization.quantize_dynamic")
@@ -157,6 +159,28 @@ def test_a_dynamically_quantized_meta_acon_generator_gives_its_formula():
         beta = torch.sigmoid(m.bn2(m.fc2(m.bn1(m.fc1(means))))).view(2, 5, 12)
         d = m.p1 - m.p2
         torch.testing.assert_close(m(x), d * x * torch.sigmoid(beta * d * x) + m.p2 * x, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", WITH_LAYERS, ids=lambda c: c[0] + "".join(f"-{v}" for v in c[1].values()))
+def test_a_generator_whose_layers_peft_wraps_takes_their_dtype(case, dtype):
+    """LoRA on a generator's layers (PEFT's wrapper is no nn.Linear and keeps its weight in the
+    layer it wraps): the statistics take the wrapped weight's dtype, in a decoded token's call and
+    in training, and a fresh adapter (B = 0) changes nothing."""
+    peft = pytest.importorskip("peft")
+    name, options = case
+    m = _module(name, options).to(dtype)
+    x = torch.randn(2, 5, 12, dtype=dtype)
+    with torch.no_grad():
+        before = [m(x[:1, :1]), m(x)]
+    wrapped = peft.get_peft_model(torch.nn.Sequential(m), peft.LoraConfig(r=2, target_modules=["fc1", "fc2"]))
+    act = wrapped.base_model.model[0]
+    assert type(act.fc1) is not torch.nn.Linear
+    with torch.no_grad():
+        for y, x_ in zip(before, [x[:1, :1], x], strict=True):
+            torch.testing.assert_close(act(x_), y)  # (the small form and the usual route: rounding)
+    act.train()(x).float().sum().backward()
+    assert act.fc2.lora_B.default.weight.grad is not None
 
 
 def test_the_route_is_decided_once_per_kind_of_input_and_forgotten_with_the_backend(monkeypatch):

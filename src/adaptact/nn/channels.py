@@ -175,11 +175,14 @@ def _materialise_on_forward(module: ChannelModule, args: tuple) -> None:
 
 def generator_dtype(fc1: nn.Module) -> torch.dtype:
     """The dtype of the statistics a generator whose first layer is ``fc1`` takes: that layer's
-    weight's, float32 for a layer whose weight is not a floating parameter
+    weight's (a parameter, or a tensor computed by a parametrization or a wrapper such as PEFT's
+    LoRA layer), float32 for a layer without a floating weight tensor
     (``torch.ao.quantization.quantize_dynamic``'s Linear keeps an int8 weight packed and takes
     float32)."""
     weight = fc1._parameters.get("weight")
-    return weight.dtype if weight is not None and weight.is_floating_point() else torch.float32
+    if weight is None:
+        weight = getattr(fc1, "weight", None)
+    return weight.dtype if isinstance(weight, Tensor) and weight.is_floating_point() else torch.float32
 
 
 def _float32_weight(linear: nn.Module) -> bool:
