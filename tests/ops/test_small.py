@@ -116,7 +116,8 @@ def test_everything_else_takes_the_usual_route(why, monkeypatch):
 GENERATED = [case for case in CASES if case[0] in ("meta_acon_c", "aprelu", "dy_relu_a", "dy_relu_b")] + [
     ("meta_acon_c", {}), ("aprelu", {}), ("dy_relu_b", {})]
 # with Linear layers in their generators (Meta-ACON-C "layer" has none)
-WITH_LAYERS = [case for case in GENERATED if case != ("meta_acon_c", {"context": "token", "granularity": "layer"})]
+WITH_LAYERS = [case for case in GENERATED
+               if case != ("meta_acon_c", {"context": "token", "granularity": "layer"})]
 # torch.ao's eager quantization (deprecated for torchao's, still in torch)
 quantized = pytest.mark.skipif(not hasattr(torch.ao.quantization, "quantize_dynamic"),
                                reason="this torch has no torch.ao.quantization.quantize_dynamic")
