@@ -140,6 +140,12 @@ def test_a_definition_made_where_gradients_are_off_is_checked_as_anywhere(mode):
     (("bad_params", lambda x, a: x), {"scalars": {"a": float("nan")}}, "finite number"),
     (("bad_params", lambda x, a: x), {"scalars": {"x": 1.0}}, "identifiers other than 'x'"),
     (("bad_params", lambda x, a: x), {"scalars": {"a": 1.0}, "per_channel": {"a": 1.0}}, "both"),
+    (("bad_params", lambda x, _a: x), {"scalars": {"_a": 1.0}}, "not starting with '_'"),
+    # a name the module holds already: registered, it would shadow nn.Module's state or adaptact's
+    # (before: 'channels' silently replaced the module's channel count; 'training' a bare KeyError)
+    *[(("bad_params", lambda x, **p: x), {where: {name: 1.0}}, f"{name!r} is a name the activation's module")
+      for name, where in [("training", "scalars"), ("channels", "per_channel"), ("channel_dim", "scalars"),
+                          ("forward", "per_channel"), ("backend", "scalars"), ("cuda", "scalars")]],
     (("bad_formula", lambda x, b: x * b), {"scalars": {"a": 1.0}}, "failed on a"),
     (("bad_formula", lambda x: x.mean(1)), {}, "tensor of x's shape"),
     (("bad_formula", lambda x: torch.zeros_like(x)), {}, "does not depend differentiably"),

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from . import huggingface
-from .nn.defined import Definition, defined_class
+from .nn.defined import Definition, defined_class, reserved_names
 from .registry import ActivationSpec, register
 
 __all__ = ["define"]
@@ -40,9 +40,12 @@ def _parameters(what: str, given: Mapping[str, float] | None) -> dict[str, float
         raise TypeError(f"{what} must map parameter names to initial values, got {type(given).__name__}")
     out = {}
     for name, value in given.items():
-        if not isinstance(name, str) or not name.isidentifier() or name == "x":
-            raise ValueError(f"{what}: parameter names must be Python identifiers other than 'x', "
-                             f"got {name!r}")
+        if not isinstance(name, str) or not name.isidentifier() or name == "x" or name.startswith("_"):
+            raise ValueError(f"{what}: parameter names must be Python identifiers other than 'x', not "
+                             f"starting with '_', got {name!r}")
+        if name in reserved_names():
+            raise ValueError(f"{what}: {name!r} is a name the activation's module already has (an attribute, "
+                             f"method or argument of nn.Module or adaptact's modules): choose another")
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             raise ValueError(f"{what}: the initial value of {name!r} must be a finite number, "
                              f"got {value!r}")
@@ -98,8 +101,10 @@ def define(name: str, fn: Callable[..., Tensor], *, per_channel: Mapping[str, fl
         name: the registry name (lower case, underscores); not a built-in's. Defining a name again
             replaces its earlier definition.
         fn: ``fn(x, **params) -> Tensor``.
-        per_channel: parameter name -> initial value, one value per channel.
-        scalars: parameter name -> initial value, one value for the layer.
+        per_channel: parameter name -> initial value, one value per channel. A name is an
+            identifier other than ``x``, not private (``_``) and not one the module has already
+            (``channels``, ``training``, ``forward``, ...: ``nn.defined.reserved_names()``).
+        scalars: parameter name -> initial value, one value for the layer (names as above).
         paper: where the formula comes from, for the catalogue and the reports.
         family: "classic", "learnable" or "adaptive"; by default "learnable" where it has
             parameters, "classic" where it has none.

@@ -11,6 +11,7 @@ what ``init="match"`` fits and what tensor parallelism shards.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import inspect
@@ -208,6 +209,27 @@ def _class_name(name: str) -> str:
 def defined_class(definition: Definition) -> type[ActivationModule]:
     """The module class of ``definition``: ``DefinedChannelActivation`` where it has per-channel
     parameters, else ``DefinedActivation``, with the definition's name, formula and backends."""
+    cls = _made(definition)
+    _CLASSES[definition.name, cls.fingerprint] = cls  # type: ignore[attr-defined]
+    return cls
+
+
+@functools.cache
+def reserved_names() -> frozenset[str]:
+    """The names a defined activation's parameters cannot take: what its modules already hold by
+    that name (nn.Module's and adaptact's attributes and methods, on the class or set when built)
+    and their constructors' keywords. A parameter registered under one would shadow it, or fail
+    when the module is made."""
+    names: set[str] = set()
+    for per_channel, scalars in (({"p": 1.0}, {}), ({}, {"p": 1.0})):
+        probe = Definition(name="reserved", fn=torch.mul, per_channel=per_channel, scalars=scalars, paper="",
+                           origin=None)
+        cls = _made(probe)
+        names |= set(dir(cls(channels=2))) | set(inspect.signature(cls.__init__).parameters)
+    return frozenset(names - {"p", "self", "initial"})
+
+
+def _made(definition: Definition) -> type[ActivationModule]:
     base: type = DefinedChannelActivation if definition.per_channel else DefinedActivation
     name = _class_name(definition.name)
     per_channel = tuple(definition.per_channel)
@@ -224,6 +246,4 @@ def defined_class(definition: Definition) -> type[ActivationModule]:
     }
     if per_channel:
         namespace["_channels_entry"] = (per_channel[0], -1)
-    cls = type(name, (base,), namespace)
-    _CLASSES[definition.name, fingerprint] = cls
-    return cls
+    return type(name, (base,), namespace)
