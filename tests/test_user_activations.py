@@ -157,6 +157,14 @@ def test_bad_definitions_are_one_line_errors(args, kwargs, message):
     assert "\n" not in str(info.value) and args[0] not in adaptact.available()
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), True, "2", None])
+def test_initial_values_given_to_the_module_are_finite_numbers(value):
+    """``create(name, beta=...)`` checks the value as ``define`` does (before: NaN and True taken)."""
+    with pytest.raises(ValueError, match="the initial value of 'beta' must be a finite number") as info:
+        adaptact.create(NAME, channels=3, beta=value)
+    assert "\n" not in str(info.value)
+
+
 def test_the_comparison_runs_a_defined_activation_by_module_name_in_spawned_workers(tmp_path, capsys):
     """From the CLI, ``module:name`` imports the module that defines it; two spawned workers import it
     too, and the run's key carries the definition's fingerprint."""

@@ -18,14 +18,13 @@ definition again by name and fingerprint).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor
 
 from . import huggingface
-from .nn.defined import Definition, defined_class, reserved_names
+from .nn.defined import Definition, defined_class, initial_value, reserved_names
 from .registry import ActivationSpec, register
 
 __all__ = ["define"]
@@ -46,10 +45,7 @@ def _parameters(what: str, given: Mapping[str, float] | None) -> dict[str, float
         if name in reserved_names():
             raise ValueError(f"{what}: {name!r} is a name the activation's module already has (an attribute, "
                              f"method or argument of nn.Module or adaptact's modules): choose another")
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise ValueError(f"{what}: the initial value of {name!r} must be a finite number, "
-                             f"got {value!r}")
-        out[name] = float(value)
+        out[name] = initial_value(what, name, value)
     return out
 
 

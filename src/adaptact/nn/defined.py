@@ -15,6 +15,7 @@ import functools
 import hashlib
 import importlib
 import inspect
+import math
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -73,6 +74,14 @@ class Definition:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def initial_value(what: str, name: str, value: Any) -> float:
+    """``value`` as the initial value of the parameter ``name`` (of ``what``, for the error): a
+    finite int or float."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{what}: the initial value of {name!r} must be a finite number, got {value!r}")
+    return float(value)
+
+
 _CLASSES: dict[tuple[str, str], type[nn.Module]] = {}
 """Every class ``defined_class`` made in this process, by name and fingerprint: what a pickled
 (or deep-copied) module is rebuilt as."""
@@ -116,7 +125,8 @@ class _Defined:
         if unknown:
             raise TypeError(f"{type(self).__name__} got unexpected keyword argument(s) {', '.join(unknown)}; "
                             f"its parameters are {', '.join(names) or 'none'}")
-        self.initial = {**self.definition.initial, **{k: float(v) for k, v in given.items()}}
+        self.initial = {**self.definition.initial,
+                        **{k: initial_value(type(self).__name__, k, v) for k, v in given.items()}}
 
     def _make(self, channels: int | None, device: Any, dtype: Any) -> None:
         module: nn.Module = self  # type: ignore[assignment]
