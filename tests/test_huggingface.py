@@ -69,10 +69,21 @@ def falcon(**options):
     return transformers.FalconForCausalLM(config)
 
 
-MODELS = {"llama": llama, "gpt2": gpt2, "bert": bert, "gemma2": gemma2, "phi3": phi3, "falcon": falcon}
+def t5(**options):
+    """Its activation is derived from ``feed_forward_proj`` ("gated-gelu": T5 v1.1's and FLAN-T5's)
+    each time its config is made; an encoder ("sample") and a decoder ("causal")."""
+    config = transformers.T5Config(vocab_size=VOCAB, d_model=HIDDEN, d_ff=INTERMEDIATE, num_layers=LAYERS,
+                                   num_heads=4, d_kv=8, feed_forward_proj="gated-gelu",
+                                   decoder_start_token_id=0, **options)
+    return transformers.T5ForConditionalGeneration(config)
+
+
+MODELS = {"llama": llama, "gpt2": gpt2, "bert": bert, "gemma2": gemma2, "phi3": phi3, "falcon": falcon,
+          "t5": t5}
 AUTO = {"llama": transformers.AutoModelForCausalLM, "gpt2": transformers.AutoModelForCausalLM,
         "bert": transformers.AutoModelForMaskedLM, "gemma2": transformers.AutoModelForCausalLM,
-        "phi3": transformers.AutoModelForCausalLM, "falcon": transformers.AutoModelForCausalLM}
+        "phi3": transformers.AutoModelForCausalLM, "falcon": transformers.AutoModelForCausalLM,
+        "t5": transformers.AutoModelForSeq2SeqLM}
 
 
 def _converted(kind, name, **kwargs):
@@ -102,8 +113,9 @@ def test_save_pretrained_then_from_pretrained_is_the_converted_model(tmp_path, k
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
     ids = torch.randint(3, VOCAB, (2, 7))
+    inputs = {"input_ids": ids, **({"decoder_input_ids": ids[:, :5]} if kind == "t5" else {})}
     with torch.no_grad():
-        torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=0, atol=0)
+        torch.testing.assert_close(loaded(**inputs).logits, model(**inputs).logits, rtol=0, atol=0)
 
 
 def test_a_conversion_the_config_cannot_rebuild_refuses_to_load(tmp_path):
@@ -157,19 +169,13 @@ def _bloom():
                                                                   n_layer=1, n_head=4))
 
 
-def _t5():
-    return transformers.T5ForConditionalGeneration(transformers.T5Config(
-        vocab_size=VOCAB, d_model=HIDDEN, d_ff=INTERMEDIATE, num_layers=1, num_heads=4, d_kv=8))
-
-
-@pytest.mark.parametrize("build, auto", [(_bloom, transformers.AutoModelForCausalLM),
-                                         (_t5, transformers.AutoModelForSeq2SeqLM)])
-def test_a_config_that_cannot_name_the_activation_refuses_to_load(tmp_path, build, auto):
-    """Bloom's activation is a class of its own and T5's is derived from ``feed_forward_proj``: no
-    config field to rename, so the model would be built with its original activation and the
-    trained weights dropped. The model checks what it built against the recorded sites instead."""
+def test_a_config_that_cannot_name_the_activation_refuses_to_load(tmp_path):
+    """Bloom's activation is a class of its own: no config field to rename, so the model would be
+    built with its original activation and the trained weights dropped. The model checks what it
+    built against the recorded sites instead."""
     torch.manual_seed(0)
-    model = build()
+    model = _bloom()
+    auto = transformers.AutoModelForCausalLM
     adaptact.replace_activations(model, "acon_c")
     assert "names no activation" in model.config.adaptact["reason"]
     model.save_pretrained(tmp_path)

@@ -28,8 +28,9 @@ return the converted model with its weights.
 Where it does not (a policy that picks some sites, activations outside the config, a rewritten
 forward), the config's activation becomes ``"adaptact.unrebuildable"`` and loading fails with an
 error naming adaptact and the way to load it (rebuild, convert, ``load_state_dict``) — never the
-original activation with the trained weights dropped. A config with no activation field to rename
-(Bloom's, T5's) cannot make ``ACT2FN`` raise: every Hugging Face model built from a config that
+original activation with the trained weights dropped. T5's ``feed_forward_proj``, from which its
+config derives ``dense_act_fn``, becomes ``"gated-adaptact.<name>"`` (or ``"adaptact.<name>"``).
+A config with no activation field to rename (Bloom's) cannot make ``ACT2FN`` raise: every Hugging Face model built from a config that
 records a conversion checks, after its ``post_init``, that it holds adaptact activations at the
 recorded sites (``_check_built``).
 
@@ -69,6 +70,10 @@ UNREBUILDABLE = PREFIX + "unrebuildable"
 RECORD = "adaptact"  # the config attribute holding the conversion
 FORMAT = 1
 ACTIVATION_FIELDS = ("hidden_act", "activation_function", "hidden_activation", "activation")
+# T5's family derives its activation (``dense_act_fn``) from ``feed_forward_proj`` ("<act>" or
+# "gated-<act>") whenever the config is made: both are renamed, the "gated-" kept
+_DERIVED = ("feed_forward_proj", "dense_act_fn")
+_GATED = "gated-"
 _ACTIVATIONS_MODULE = "transformers.activations"
 _MODELING_MODULE = "transformers.modeling_utils"
 _rebuilding = threading.local()  # .trial: a conversion's trial rebuild is running (its own checks)
@@ -375,7 +380,7 @@ def record_conversion(model: nn.Module, name: object, *, options: dict[str, Any]
     config = getattr(model, "config", None)
     if not _is_config(config):
         return None
-    fields = [f for f in ACTIVATION_FIELDS if isinstance(getattr(config, f, None), str)]
+    fields = _fields(config)
     before = getattr(config, RECORD, None)
     original = before["original"] if isinstance(before, dict) and "original" in before \
         else {f: getattr(config, f) for f in fields}
@@ -391,12 +396,27 @@ def record_conversion(model: nn.Module, name: object, *, options: dict[str, Any]
     if definition is not None:
         entry["defined_in"] = definition.origin  # None: in a script (``__main__``)
     reason = _why_not_rebuilt(model, config, name, options, policy, fields, entry)
-    for f in fields:
-        setattr(config, f, UNREBUILDABLE if reason else config_name(str(name)))
+    _name(config, fields, UNREBUILDABLE if reason else config_name(str(name)))
     if reason:
         entry["reason"] = reason
     setattr(config, RECORD, entry)
     return reason
+
+
+def _fields(config: Any) -> list[str]:
+    """The fields of ``config`` that name its activation."""
+    fields = [f for f in ACTIVATION_FIELDS if isinstance(getattr(config, f, None), str)]
+    if all(isinstance(getattr(config, f, None), str) for f in _DERIVED):
+        fields += _DERIVED
+    return fields
+
+
+def _name(config: Any, fields: list[str], value: str) -> None:
+    """Set the activation ``fields`` of ``config`` to ``value`` (T5's ``feed_forward_proj`` keeps its
+    "gated-")."""
+    for f in fields:
+        gated = f == _DERIVED[0] and str(getattr(config, f)).startswith(_GATED)
+        setattr(config, f, _GATED + value if gated else value)
 
 
 def _why_not_rebuilt(model: nn.Module, config: Any, name: object, options: dict[str, Any], policy: object,
@@ -414,8 +434,7 @@ def _why_not_rebuilt(model: nn.Module, config: Any, name: object, options: dict[
         return (f"{lazy[0]} takes its channels from its first input, which the config cannot say; "
                 f"replace_activations(..., channels=) gives them")
     trial = copy.deepcopy(config)
-    for f in fields:
-        setattr(trial, f, config_name(name))
+    _name(trial, fields, config_name(name))
     setattr(trial, RECORD, entry)
     _rebuilding.trial = True  # _difference says how it differs
     try:
