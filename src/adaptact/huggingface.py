@@ -30,9 +30,10 @@ forward), the config's activation becomes ``"adaptact.unrebuildable"`` and loadi
 error naming adaptact and the way to load it (rebuild, convert, ``load_state_dict``) — never the
 original activation with the trained weights dropped. T5's ``feed_forward_proj``, from which its
 config derives ``dense_act_fn``, becomes ``"gated-adaptact.<name>"`` (or ``"adaptact.<name>"``).
-A config with no activation field to rename (Bloom's) cannot make ``ACT2FN`` raise: every Hugging Face model built from a config that
-records a conversion checks, after its ``post_init``, that it holds adaptact activations at the
-recorded sites (``_check_built``).
+Whether the config rebuilds the model is tried on the config as ``from_pretrained`` makes it (from
+its saved dict). A config with no activation field to rename (Bloom's) cannot make ``ACT2FN``
+raise: every Hugging Face model built from a config that records a conversion checks, after its
+``post_init``, that it holds adaptact activations at the recorded sites (``_check_built``).
 
 transformers is never imported here: names are added when transformers' ``activations`` module is
 imported (now, if it already is).
@@ -69,10 +70,11 @@ PREFIX = "adaptact."
 UNREBUILDABLE = PREFIX + "unrebuildable"
 RECORD = "adaptact"  # the config attribute holding the conversion
 FORMAT = 1
-ACTIVATION_FIELDS = ("hidden_act", "activation_function", "hidden_activation", "activation")
-# T5's family derives its activation (``dense_act_fn``) from ``feed_forward_proj`` ("<act>" or
-# "gated-<act>") whenever the config is made: both are renamed, the "gated-" kept
-_DERIVED = ("feed_forward_proj", "dense_act_fn")
+ACTIVATION_FIELDS = ("hidden_act", "activation_function", "hidden_activation", "activation",
+                     "dense_act_fn")
+# T5's family derives ``dense_act_fn`` from ``feed_forward_proj`` ("<act>" or "gated-<act>") when its
+# config is made: that one is renamed too, the "gated-" kept
+_DERIVING = "feed_forward_proj"
 _GATED = "gated-"
 _ACTIVATIONS_MODULE = "transformers.activations"
 _MODELING_MODULE = "transformers.modeling_utils"
@@ -406,8 +408,8 @@ def record_conversion(model: nn.Module, name: object, *, options: dict[str, Any]
 def _fields(config: Any) -> list[str]:
     """The fields of ``config`` that name its activation."""
     fields = [f for f in ACTIVATION_FIELDS if isinstance(getattr(config, f, None), str)]
-    if all(isinstance(getattr(config, f, None), str) for f in _DERIVED):
-        fields += _DERIVED
+    if "dense_act_fn" in fields and isinstance(getattr(config, _DERIVING, None), str):
+        fields.append(_DERIVING)
     return fields
 
 
@@ -415,7 +417,7 @@ def _name(config: Any, fields: list[str], value: str) -> None:
     """Set the activation ``fields`` of ``config`` to ``value`` (T5's ``feed_forward_proj`` keeps its
     "gated-")."""
     for f in fields:
-        gated = f == _DERIVED[0] and str(getattr(config, f)).startswith(_GATED)
+        gated = f == _DERIVING and str(getattr(config, f)).startswith(_GATED)
         setattr(config, f, _GATED + value if gated else value)
 
 
@@ -436,6 +438,10 @@ def _why_not_rebuilt(model: nn.Module, config: Any, name: object, options: dict[
     trial = copy.deepcopy(config)
     _name(trial, fields, config_name(name))
     setattr(trial, RECORD, entry)
+    try:  # as from_pretrained makes it: from the saved dict (fields derived from others derived again)
+        trial = type(config).from_dict(trial.to_dict())
+    except Exception as err:  # noqa: BLE001 - a config that cannot be saved and loaded cannot rebuild
+        return f"{type(config).__name__} does not load back from its dict: {described(err)}"
     _rebuilding.trial = True  # _difference says how it differs
     try:
         with torch.device("meta"):
