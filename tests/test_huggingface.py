@@ -164,6 +164,44 @@ def test_opt_converted_with_its_channels_given_saves_and_reloads(tmp_path, name)
         torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=0, atol=0)
 
 
+def _mixtral():
+    return transformers.MixtralForCausalLM(transformers.MixtralConfig(
+        vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=LAYERS,
+        num_attention_heads=4, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
+        pad_token_id=0))
+
+
+def _opt():
+    return transformers.OPTForCausalLM(transformers.OPTConfig(
+        vocab_size=VOCAB, hidden_size=HIDDEN, ffn_dim=INTERMEDIATE, num_hidden_layers=LAYERS,
+        num_attention_heads=4, word_embed_proj_dim=HIDDEN, max_position_embeddings=64, pad_token_id=0))
+
+
+@pytest.mark.parametrize("build", [_opt, _mixtral], ids=["opt", "mixtral"])
+def test_lazy_channels_made_by_a_forward_are_recorded_by_save_pretrained(tmp_path, build):
+    """Converted without ``channels=``, OPT's and Mixtral's experts' activations take their channels
+    from their first input, which the config cannot say: saved before any forward, loading refuses
+    (loudly). After a forward (fine-tuning), ``save_pretrained`` records the conversion again with
+    the channels made, and ``from_pretrained`` gives the model back exactly (before: refused)."""
+    torch.manual_seed(0)
+    model = build()
+    adaptact.replace_activations(model, "meta_acon_c")
+    model.save_pretrained(tmp_path / "before")
+    with pytest.raises(RuntimeError, match="takes its channels from its first input"):
+        transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "before")
+    ids = torch.randint(3, VOCAB, (2, 7))
+    model(ids, labels=ids).loss.backward()  # a training step's forward makes the channels
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model.save_pretrained(tmp_path / "after")
+    assert "reason" not in model.config.adaptact
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "after").eval()
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=0, atol=0)
+
+
 def _bloom():
     return transformers.BloomForCausalLM(transformers.BloomConfig(vocab_size=VOCAB, hidden_size=HIDDEN,
                                                                   n_layer=1, n_head=4))

@@ -373,6 +373,9 @@ def _more(kind):
         "t5": lambda: t.T5ForConditionalGeneration(t.T5Config(
             d_model=h, d_ff=i, num_layers=LAYERS, num_heads=4, d_kv=8, feed_forward_proj="gelu",
             vocab_size=VOCAB)),
+        "qwen2_moe": lambda: t.Qwen2MoeForCausalLM(t.Qwen2MoeConfig(
+            hidden_size=h, intermediate_size=i, moe_intermediate_size=i, shared_expert_intermediate_size=i,
+            num_hidden_layers=LAYERS, num_key_value_heads=2, num_experts=4, num_experts_per_tok=2, **small)),
     }[kind]()
 
 
@@ -381,7 +384,10 @@ MORE = {"opt": (INTERMEDIATE, {"": "token"}, []), "mixtral": (INTERMEDIATE, {"":
         "gemma2": (INTERMEDIATE, {"": "causal"}, []), "bloom": (4 * HIDDEN, {"": "causal"}, []),
         "roberta": (INTERMEDIATE, {"": "sample"},
                     ["lm_head.<gelu> (GELUActivation called by a forward fx cannot trace: not replaced)"]),
-        "t5": (INTERMEDIATE, {"encoder": "sample", "decoder": "causal"}, [])}
+        "t5": (INTERMEDIATE, {"encoder": "sample", "decoder": "causal"}, []),
+        # its shared expert is a traceable MLP called on rows (B*T, C), seen in a dry forward (before:
+        # "causal", and the first forward failed)
+        "qwen2_moe": (INTERMEDIATE, {"": "token"}, [])}
 
 
 @pytest.mark.parametrize("kind", list(MORE))
@@ -393,7 +399,7 @@ def test_more_architectures_get_the_right_channels_context_and_report(kind):
     model = _more(kind).eval()
     replaced = adaptact.replace_activations(model, "meta_acon_c")
     width, contexts, left = MORE[kind]
-    assert len(replaced) == (2 * LAYERS if kind == "t5" else LAYERS) and replaced.left == left
+    assert len(replaced) == (2 * LAYERS if kind in ("t5", "qwen2_moe") else LAYERS) and replaced.left == left
     ids = torch.randint(3, VOCAB, (2, 7))
     later = ids.clone()
     later[:, 4:] = torch.randint(3, VOCAB, (2, 3))
@@ -402,7 +408,7 @@ def test_more_architectures_get_the_right_channels_context_and_report(kind):
             (lambda x: model(x).logits)
         y = run(ids)
         if kind != "roberta":  # a decoder's outputs before 4 never see the tokens after (Mixtral's expert
-            atol = 1e-6 if kind == "mixtral" else 0  # batches round differently: ~6e-8 unconverted)
+            atol = 1e-6 if kind in ("mixtral", "qwen2_moe") else 0  # batches round differently: ~6e-8)
             torch.testing.assert_close(run(later)[:, :4], y[:, :4], rtol=0, atol=atol)
     assert not any(m.training for m in model.modules())  # converted in eval mode, made in eval mode
     for path in replaced:
@@ -412,26 +418,29 @@ def test_more_architectures_get_the_right_channels_context_and_report(kind):
                                    if path.startswith(start)), path
 
 
-def test_frelu_where_fx_cannot_tell_sequences_from_rows_asks_for_the_context():
-    """BART's layers hide whether the activation sees (B, T, C) or (B*T, C) (OPT's do see rows): the
-    decoder's other activations get context="token", which FReLU's window has not. The conversion
-    says what to pass and changes nothing; with context="causal" (BART's layers see sequences)
-    cached decoding agrees with the full forward."""
+def test_layers_fx_cannot_trace_take_the_context_their_inputs_show():
+    """torch.fx cannot trace BART's or OPT's layers; a dry forward of the model's dummy inputs shows
+    what each activation sees: BART's see sequences (B, T, C), so FReLU's causal window converts them
+    (before: a refusal asking for context='causal') and cached decoding agrees with the full forward;
+    OPT's see rows (B*T, C), which FReLU's window cannot take: the conversion says so and changes
+    nothing."""
     torch.manual_seed(0)
     model = transformers.BartForConditionalGeneration(transformers.BartConfig(
         vocab_size=VOCAB, d_model=HIDDEN, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4,
         decoder_attention_heads=4, encoder_ffn_dim=INTERMEDIATE, decoder_ffn_dim=INTERMEDIATE,
         max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2,
         decoder_start_token_id=1)).eval()
-    before = {n: type(m) for n, m in model.named_modules()}
-    with pytest.raises(ValueError, match=r"frelu cannot replace the activation at 'model.encoder.layers.0."
-                                         r"activation_fn'.*pass context='causal'"):
-        adaptact.replace_activations(model, "frelu")
-    assert {n: type(m) for n, m in model.named_modules()} == before
-    adaptact.replace_activations(model, "frelu", context="causal")
+    replaced = adaptact.replace_activations(model, "frelu")
+    assert {model.get_submodule(p).context for p in replaced} == {"causal"} and len(replaced) == 2
     ids = torch.randint(3, VOCAB, (2, 5))
     with torch.no_grad():
         assert torch.equal(_greedy(model, ids, True), _greedy(model, ids, False))
+    opt = _more("opt").eval()
+    before = {n: type(m) for n, m in opt.named_modules()}
+    with pytest.raises(ValueError, match=r"frelu cannot replace the activation at 'model.decoder.layers.0."
+                                         r"activation_fn': it sees rows of tokens"):
+        adaptact.replace_activations(opt, "frelu")
+    assert {n: type(m) for n, m in opt.named_modules()} == before
 
 
 def test_channels_can_be_given_per_site_or_for_all():

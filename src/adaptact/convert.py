@@ -535,11 +535,14 @@ def _contexts(model: nn.Module, name: ActivationLike, kwargs: dict, causal: bool
     flatten tokens to rows (OPT's MLP, mixture-of-experts experts), where no prefix is known."""
     if not isinstance(name, str) or not spec(name).per_sample or "context" in kwargs:
         return (lambda s: kwargs), []
-    context = {}
+    decoding = []
     for s in sites:
         flag = decoder_flag(_ancestors(model, s.owner_path))
         if causal if flag is None else flag:
-            context[s.path] = "token" if s.guessed else "causal"
+            decoding.append(s)
+    ranks = _input_ranks(model, decoding) if decoding else {}
+    context = {s.path: "token" if ranks.get(s.path, 2 if s.guessed else 3) == 2 else "causal"
+               for s in decoding}
     if not context:
         return (lambda s: kwargs), []
     where = "" if len(context) == len(sites) else " (its encoder's keep context='sample')"
@@ -547,14 +550,44 @@ def _contexts(model: nn.Module, name: ActivationLike, kwargs: dict, causal: bool
              f"generators see positions <= t only (context='causal'{where}; pass context= to choose)"]
     tokens = [p for p, c in context.items() if c == "token"]
     if tokens and spec(name).name == "frelu":
-        raise ValueError(f"frelu cannot replace the activation at {tokens[0]!r}: torch.fx cannot trace the "
-                         f"layer holding it, so whether it sees sequences (B, T, C) or rows of tokens "
-                         f"(B*T, C) is unknown, and FReLU's window needs sequences; where they are "
-                         f"sequences, pass context='causal'")
+        raise ValueError(f"frelu cannot replace the activation at {tokens[0]!r}: it sees rows of tokens "
+                         f"(B*T, C), or torch.fx cannot trace the layer holding it and whether it sees "
+                         f"sequences (B, T, C) is unknown, and FReLU's window needs sequences; where they "
+                         f"are sequences, pass context='causal'")
     if tokens:
-        notes.append(f"{', '.join(tokens)}: context='token' (each position alone), since torch.fx cannot "
-                     f"trace the layers holding them and they may see tokens as rows (B*T, C)")
+        notes.append(f"{', '.join(tokens)}: context='token' (each position alone), since they see tokens "
+                     f"as rows (B*T, C), or may (torch.fx cannot trace the layers holding them)")
     return (lambda s: {**kwargs, "context": context[s.path]} if s.path in context else kwargs), notes
+
+
+def _input_ranks(model: nn.Module, sites: list[_Site]) -> dict[str, int]:
+    """The rank of the input each activation module at ``sites`` gets in one forward of a Hugging
+    Face model's own ``dummy_inputs`` (eval mode, no gradients; 2 where any call gets rows), before
+    the conversion: a decoder's layer may flatten its tokens to rows (B*T, C) before its MLP
+    (Qwen2-MoE's shared expert, OPT's MLP), where no prefix is known. Empty where the model has no
+    dummy inputs or that forward fails; functional sites are not seen."""
+    dummy = getattr(model, "dummy_inputs", None) if is_hf_model(model) else None
+    modules = {s.path: model.get_submodule(s.path) for s in sites if s.child is not None}
+    if not isinstance(dummy, dict) or not modules:
+        return {}
+    ranks: dict[str, int] = {}
+
+    def seen(path: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple) -> None:
+            if args and isinstance(args[0], torch.Tensor):
+                ranks[path] = min(ranks.get(path, args[0].ndim), args[0].ndim)
+        return hook
+
+    hooks = [m.register_forward_pre_hook(seen(path)) for path, m in modules.items()]
+    try:
+        device = next(model.parameters()).device
+        _run_example(model, {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in dummy.items()})
+    except Exception:  # noqa: BLE001 - no forward here (meta weights, inputs it needs): nothing seen
+        return {}
+    finally:
+        for h in hooks:
+            h.remove()
+    return ranks
 
 
 def _channel_override(channels: int | Mapping[str, int] | None, sites: list[_Site]) -> dict[str, int]:

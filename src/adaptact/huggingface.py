@@ -265,11 +265,32 @@ def _check_built(model: nn.Module) -> None:
                                                            f"{type(modules[original[0]]).__name__}")
 
 
+def _record_again(model: nn.Module) -> None:
+    """Before ``save_pretrained``: each conversion in ``model`` its config could not rebuild is
+    recorded again. One whose activations took their channels from their first input (torch.fx
+    could not see their producers: OPT's, Mixtral's experts) becomes rebuildable once a forward has
+    made them: the record then holds their layout."""
+    for m in model.modules():
+        config = getattr(m, "config", None)
+        recorded = getattr(config, RECORD, None)
+        if not (isinstance(recorded, dict) and recorded.get("reason")
+                and isinstance(recorded.get("activation"), str) and is_hf_model(m)):
+            continue
+        if any(getattr(a, "initialized", True) is False for a in m.modules()):
+            continue  # still lazy: the reason stands
+        with contextlib.suppress(Exception):  # the activation no longer defined here: the record stands
+            record_conversion(m, recorded["activation"], options=recorded.get("options") or {},
+                              policy=recorded.get("policy"), init=str(recorded.get("init")),
+                              sites=list(recorded.get("sites") or ()), contexts=recorded.get("contexts"))
+
+
 def _guard(modeling: types.ModuleType) -> None:
     """Make every Hugging Face model check, when built, that it holds the converted activations its
-    config records (``_check_built``, after ``post_init``, which every model's ``__init__`` calls)."""
+    config records (``_check_built``, after ``post_init``, which every model's ``__init__`` calls),
+    and record its conversion again before ``save_pretrained`` (``_record_again``)."""
     base = getattr(modeling, "PreTrainedModel", None)
     post_init = getattr(base, "post_init", None)
+    save_pretrained = getattr(base, "save_pretrained", None)
     if base is None or post_init is None or getattr(post_init, "_adaptact", False):
         return
 
@@ -281,6 +302,13 @@ def _guard(modeling: types.ModuleType) -> None:
 
     checked._adaptact = True  # type: ignore[attr-defined]
     base.post_init = checked
+    if save_pretrained is not None:
+        @functools.wraps(save_pretrained)
+        def saved(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+            _record_again(self)
+            return save_pretrained(self, *args, **kwargs)
+
+        base.save_pretrained = saved
 
 
 _ON_IMPORT = {_ACTIVATIONS_MODULE: _register, _MODELING_MODULE: _guard}
@@ -433,7 +461,8 @@ def _why_not_rebuilt(model: nn.Module, config: Any, name: object, options: dict[
         return f"{name!r} changes the width"
     lazy = [p for p, m in model.named_modules() if getattr(m, "initialized", True) is False]
     if lazy:
-        return (f"{lazy[0]} takes its channels from its first input, which the config cannot say; "
+        return (f"{lazy[0]} takes its channels from its first input, which the config cannot say before "
+                f"a forward has made them (save_pretrained after one records them); "
                 f"replace_activations(..., channels=) gives them")
     trial = copy.deepcopy(config)
     _name(trial, fields, config_name(name))
