@@ -177,12 +177,21 @@ def _opt():
         num_attention_heads=4, word_embed_proj_dim=HIDDEN, max_position_embeddings=64, pad_token_id=0))
 
 
-@pytest.mark.parametrize("build", [_opt, _mixtral], ids=["opt", "mixtral"])
+def _qwen2_moe():
+    """Experts of one width (no Linear layers: lazy channels) beside a shared expert's MLP of another."""
+    return transformers.Qwen2MoeForCausalLM(transformers.Qwen2MoeConfig(
+        vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, moe_intermediate_size=24,
+        shared_expert_intermediate_size=40, num_hidden_layers=LAYERS, num_attention_heads=4,
+        num_key_value_heads=2, num_experts=4, num_experts_per_tok=2, pad_token_id=0))
+
+
+@pytest.mark.parametrize("build", [_opt, _mixtral, _qwen2_moe], ids=["opt", "mixtral", "qwen2_moe"])
 def test_lazy_channels_made_by_a_forward_are_recorded_by_save_pretrained(tmp_path, build):
-    """Converted without ``channels=``, OPT's and Mixtral's experts' activations take their channels
-    from their first input, which the config cannot say: saved before any forward, loading refuses
+    """Converted without ``channels=``, OPT's and the experts' activations take their channels from
+    their first input, which the config cannot say: saved before any forward, loading refuses
     (loudly). After a forward (fine-tuning), ``save_pretrained`` records the conversion again with
-    the channels made, and ``from_pretrained`` gives the model back exactly (before: refused)."""
+    the channels made (by the class of the layer holding them where widths differ: Qwen2-MoE), and
+    ``from_pretrained`` gives the model back exactly (before: refused)."""
     torch.manual_seed(0)
     model = build()
     adaptact.replace_activations(model, "meta_acon_c")

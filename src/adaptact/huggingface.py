@@ -9,9 +9,11 @@ arguments inside a layer's ``__init__``; the entry reads what it needs from the 
 (the frames of the ``__init__`` calls around it, read-only):
 
 * its channels and channel dim from the recorded conversion where every converted site had the
-  same (``config.adaptact["layout"]``: Phi-3's activation takes half of its fused ``gate_up_proj``),
-  else from the producer the layer registered first (``gate_proj``, GPT-2's ``c_fc`` ``Conv1D``,
-  BERT's ``dense``); a layer without one gets lazy channels;
+  same (``config.adaptact["layout"]``: Phi-3's activation takes half of its fused
+  ``gate_up_proj``), or every site in layers of its layer's class (``"layouts"``: Qwen2-MoE's
+  experts beside its shared expert), else from the producer the layer registered first
+  (``gate_proj``, GPT-2's ``c_fc`` ``Conv1D``, BERT's ``dense``); a layer without one gets lazy
+  channels;
 * the context of a recorded conversion whose sites all had one (OPT's, converted with
   ``channels=``: "token"), else ``context="causal"`` for input-conditioned activations when the
   model is a decoder (as ``replace_activations`` decides it); the model hooked for padding and
@@ -126,7 +128,8 @@ class _FromConfig:
         s = spec(self.name)
         flag = decoder_flag(owners)
         causal = any(is_causal_model(o) for o in owners) if flag is None else flag
-        layout = _recorded_layout(recorded) or (_first_producer(owners[0]) if owners else None)
+        layout = (_recorded_layout(recorded, type(owners[0]).__name__ if owners else None)
+                  or (_first_producer(owners[0]) if owners else None))
         contexts = recorded.get("contexts")
         if s.per_sample and "context" not in options and isinstance(contexts, list) and len(contexts) == 1:
             options["context"] = contexts[0]  # the conversion's (OPT's layers, given channels=: "token")
@@ -150,25 +153,32 @@ class _FromConfig:
         return f"adaptact activation {self.name!r}"
 
 
-def _recorded_layout(recorded: dict[str, Any]) -> tuple[int, int] | None:
-    """(channels, channel dim) every site of a recorded conversion has, where the record holds one
-    (a layer whose first producer is not its activation's: Phi-3's fused gate and up)."""
-    layout = recorded.get("layout")
-    if isinstance(layout, list) and len(layout) == 2 and all(type(v) is int for v in layout):
-        return layout[0], layout[1]
+def _recorded_layout(recorded: dict[str, Any], holder: str | None) -> tuple[int, int] | None:
+    """(channels, channel dim) of the activation a layer of class ``holder`` builds, where the record
+    holds one: every site's (a layer whose first producer is not its activation's: Phi-3's fused
+    gate and up), else the sites' in layers of that class (Qwen2-MoE's experts, whose weights are
+    no Linear layers, beside its shared expert's MLP of another width)."""
+    by_holder = recorded.get("layouts")
+    for layout in (recorded.get("layout"), by_holder.get(holder) if isinstance(by_holder, dict) else None):
+        if isinstance(layout, list) and len(layout) == 2 and all(type(v) is int for v in layout):
+            return layout[0], layout[1]
     return None
 
 
-def _sites_layout(model: nn.Module, sites: list[str]) -> list[int] | None:
-    """[channels, channel dim] of the converted activations at ``sites``, where all have the same."""
-    layouts = set()
+def _sites_layouts(model: nn.Module, sites: list[str]) -> tuple[list[int] | None, dict[str, list[int]]]:
+    """[channels, channel dim] of the converted activations at ``sites`` where all have the same, and
+    by the class of the layer holding them, for each class whose sites have the same."""
+    by_holder: dict[str, set[tuple[int, int]]] = {}
     for path in sites:
         m = model.get_submodule(path)
         channels, channel_dim = getattr(m, "channels", None), getattr(m, "channel_dim", None)
         if not isinstance(channels, int) or not isinstance(channel_dim, int):
-            return None
-        layouts.add((channels, channel_dim))
-    return list(layouts.pop()) if len(layouts) == 1 else None
+            return None, {}
+        holder = type(model.get_submodule(path.rpartition(".")[0])).__name__
+        by_holder.setdefault(holder, set()).add((channels, channel_dim))
+    every = set().union(*by_holder.values()) if by_holder else set()
+    common = list(next(iter(every))) if len(every) == 1 else None
+    return common, {k: list(next(iter(v))) for k, v in by_holder.items() if len(v) == 1}
 
 
 def _first_producer(holder: nn.Module) -> tuple[int, int] | None:
@@ -419,9 +429,11 @@ def record_conversion(model: nn.Module, name: object, *, options: dict[str, Any]
         "options": options, "policy": policy if isinstance(policy, str) else repr(policy), "init": init,
         "sites": sites, "contexts": contexts or [],
         "original": original}
-    layout = _sites_layout(model, sites)
+    layout, layouts = _sites_layouts(model, sites)
     if layout is not None:
         entry["layout"] = layout
+    elif layouts:
+        entry["layouts"] = layouts
     definition = spec(name).definition if isinstance(name, str) else None
     if definition is not None:
         entry["defined_in"] = definition.origin  # None: in a script (``__main__``)
