@@ -211,6 +211,66 @@ def test_lazy_channels_made_by_a_forward_are_recorded_by_save_pretrained(tmp_pat
         torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=0, atol=0)
 
 
+def _llava():
+    """A LLaVA: a CLIP vision tower (an encoder: its attention marked not causal), a projector and a
+    LLaMA, each with its own config field for the activation (two in sub-configs)."""
+    text = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=INTERMEDIATE,
+                                    num_hidden_layers=LAYERS, num_attention_heads=4, num_key_value_heads=2,
+                                    pad_token_id=0)
+    vision = transformers.CLIPVisionConfig(hidden_size=HIDDEN, intermediate_size=INTERMEDIATE,
+                                           num_hidden_layers=1, num_attention_heads=4, image_size=16,
+                                           patch_size=8)
+    return transformers.LlavaForConditionalGeneration(transformers.LlavaConfig(
+        vision_config=vision, text_config=text, image_token_index=VOCAB - 1))
+
+
+def test_a_vision_language_model_converts_whole_saves_reloads_and_pads_its_text_alone(tmp_path):
+    """Every activation of a LLaVA (vision tower, projector, language model): the vision tower keeps
+    the papers' context, the text is causal; its sub-configs' fields are renamed, so it reloads
+    exactly (before: refused, the top config names no activation); right padding of the text
+    changes no row's logits, nor the image's (before: the text's mask was taken for the vision
+    tower's and the projector's positions)."""
+    torch.manual_seed(0)
+    model = _llava().eval()
+    replaced = adaptact.replace_activations(model, "meta_acon_c")
+    contexts = {p.split(".")[1]: model.get_submodule(p).context for p in replaced}
+    assert contexts == {"vision_tower": "sample", "multi_modal_projector": "causal",
+                        "language_model": "causal"}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    image = VOCAB - 1
+    ids = torch.cat([torch.full((2, 4), image), torch.randint(3, VOCAB - 1, (2, 6))], dim=1)
+    pixels = torch.randn(2, 3, 16, 16)
+    mask = torch.ones_like(ids)
+    ids[0, 7:], mask[0, 7:] = 0, 0  # row 0 right-padded
+    with torch.no_grad():
+        padded = model(input_ids=ids, pixel_values=pixels, attention_mask=mask).logits
+        alone = model(input_ids=ids[:1, :7], pixel_values=pixels[:1]).logits
+        torch.testing.assert_close(padded[0, :7], alone[0], rtol=1e-5, atol=1e-5)
+    model.save_pretrained(tmp_path)
+    loaded = transformers.LlavaForConditionalGeneration.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        again = loaded(input_ids=ids, pixel_values=pixels, attention_mask=mask).logits
+        torch.testing.assert_close(again, padded, rtol=0, atol=0)
+
+
+def test_an_encoder_decoders_decoder_takes_its_own_padding_not_the_encoders():
+    """T5 with a right-padded encoder input (its tokenizer pads right): each stack is told its own
+    mask, so a padded row's logits are its logits alone (before: the decoder's causal statistics
+    took the encoder's mask, 0.09 off)."""
+    torch.manual_seed(0)
+    model = t5().eval()
+    adaptact.replace_activations(model, "meta_acon_c")
+    ids, decoder_ids = torch.randint(3, VOCAB, (2, 8)), torch.randint(3, VOCAB, (2, 4))
+    mask = torch.ones_like(ids)
+    ids[0, 5:], mask[0, 5:] = 0, 0
+    with torch.no_grad():
+        padded = model(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_ids).logits
+        alone = model(input_ids=ids[:1, :5], decoder_input_ids=decoder_ids[:1]).logits
+    torch.testing.assert_close(padded[:1], alone, rtol=1e-5, atol=1e-5)
+
+
 def _bloom():
     return transformers.BloomForCausalLM(transformers.BloomConfig(vocab_size=VOCAB, hidden_size=HIDDEN,
                                                                   n_layer=1, n_head=4))

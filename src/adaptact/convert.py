@@ -537,8 +537,9 @@ def _contexts(model: nn.Module, name: ActivationLike, kwargs: dict, causal: bool
         return (lambda s: kwargs), []
     decoding = []
     for s in sites:
-        flag = decoder_flag(_ancestors(model, s.owner_path))
-        if causal if flag is None else flag:
+        chain = _ancestors(model, s.owner_path)
+        flag = decoder_flag(chain)
+        if flag or (flag is None and causal and not _in_encoder_model(chain, model)):
             decoding.append(s)
     ranks = _input_ranks(model, decoding) if decoding else {}
     context = {s.path: "token" if ranks.get(s.path, 2 if s.guessed else 3) == 2 else "causal"
@@ -558,6 +559,18 @@ def _contexts(model: nn.Module, name: ActivationLike, kwargs: dict, causal: bool
         notes.append(f"{', '.join(tokens)}: context='token' (each position alone), since they see tokens "
                      f"as rows (B*T, C), or may (torch.fx cannot trace the layers holding them)")
     return (lambda s: {**kwargs, "context": context[s.path]} if s.path in context else kwargs), notes
+
+
+def _in_encoder_model(chain: list[nn.Module], model: nn.Module) -> bool:
+    """Whether the nearest Hugging Face model around a site, inside ``model``, is an encoder by its
+    own attention (a VLM's vision tower: CLIP's attention says ``is_causal = False``): some module
+    marked not causal and none marked causal. Where nothing is marked the model's own causality
+    stands, so a decoder never gets "sample" by a missing mark."""
+    inner = next((m for m in chain if m is not model and is_hf_model(m)), None)
+    if inner is None:
+        return False
+    marks = {getattr(m, "is_causal", None) for m in inner.modules()}
+    return False in marks and True not in marks
 
 
 def _input_ranks(model: nn.Module, sites: list[_Site]) -> dict[str, int]:

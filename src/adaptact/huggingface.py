@@ -53,7 +53,7 @@ import json
 import sys
 import threading
 import types
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -73,7 +73,7 @@ UNREBUILDABLE = PREFIX + "unrebuildable"
 RECORD = "adaptact"  # the config attribute holding the conversion
 FORMAT = 1
 ACTIVATION_FIELDS = ("hidden_act", "activation_function", "hidden_activation", "activation",
-                     "dense_act_fn")
+                     "dense_act_fn", "projector_hidden_act")
 # T5's family derives ``dense_act_fn`` from ``feed_forward_proj`` ("<act>" or "gated-<act>") when its
 # config is made: that one is renamed too, the "gated-" kept
 _DERIVING = "feed_forward_proj"
@@ -105,8 +105,10 @@ def _being_built() -> tuple[Any, list[nn.Module]]:
                 if isinstance(owner, nn.Module) and all(owner is not o for o in owners):
                     owners.append(owner)
                 found = frame.f_locals.get("config")
-                if config is None and _is_config(found):
-                    config = found
+                if _is_config(found) and (config is None or (getattr(config, RECORD, None) is None
+                                                             and getattr(found, RECORD, None) is not None)):
+                    config = found  # the innermost, or an outer one with a record (a VLM's, whose
+                    # text and vision models are built from its sub-configs)
             frame = frame.f_back
     finally:
         del frame
@@ -130,9 +132,12 @@ class _FromConfig:
         causal = any(is_causal_model(o) for o in owners) if flag is None else flag
         layout = (_recorded_layout(recorded, type(owners[0]).__name__ if owners else None)
                   or (_first_producer(owners[0]) if owners else None))
-        contexts = recorded.get("contexts")
+        contexts, by_layer = recorded.get("contexts"), recorded.get("layer_contexts")
         if s.per_sample and "context" not in options and isinstance(contexts, list) and len(contexts) == 1:
             options["context"] = contexts[0]  # the conversion's (OPT's layers, given channels=: "token")
+        if s.per_sample and "context" not in options and isinstance(by_layer, dict) and owners \
+                and isinstance(by_layer.get(type(owners[0]).__name__), str):
+            options["context"] = by_layer[type(owners[0]).__name__]  # a VLM's: its vision tower's "sample"
         if s.per_sample and "context" not in options and causal:  # a layer without a producer may
             options["context"] = "causal" if layout is not None else "token"  # see its tokens as rows
         if s.takes_channel_dim:
@@ -165,20 +170,30 @@ def _recorded_layout(recorded: dict[str, Any], holder: str | None) -> tuple[int,
     return None
 
 
+def _by_layer(model: nn.Module, sites: list[str], read: Callable[[nn.Module], Any]) -> dict[str, Any]:
+    """``read`` of the activation at each of ``sites``, by the class name of the layer holding it,
+    for each class whose sites give one value (None: none)."""
+    values: dict[str, list[Any]] = {}
+    for path in sites:
+        holder = type(model.get_submodule(path.rpartition(".")[0])).__name__
+        value = read(model.get_submodule(path))
+        if value not in values.setdefault(holder, []):
+            values[holder].append(value)
+    return {k: v[0] for k, v in values.items() if len(v) == 1 and v[0] is not None}
+
+
 def _sites_layouts(model: nn.Module, sites: list[str]) -> tuple[list[int] | None, dict[str, list[int]]]:
     """[channels, channel dim] of the converted activations at ``sites`` where all have the same, and
     by the class of the layer holding them, for each class whose sites have the same."""
-    by_holder: dict[str, set[tuple[int, int]]] = {}
-    for path in sites:
-        m = model.get_submodule(path)
+    def layout(m: nn.Module) -> list[int] | None:
         channels, channel_dim = getattr(m, "channels", None), getattr(m, "channel_dim", None)
-        if not isinstance(channels, int) or not isinstance(channel_dim, int):
-            return None, {}
-        holder = type(model.get_submodule(path.rpartition(".")[0])).__name__
-        by_holder.setdefault(holder, set()).add((channels, channel_dim))
-    every = set().union(*by_holder.values()) if by_holder else set()
-    common = list(next(iter(every))) if len(every) == 1 else None
-    return common, {k: list(next(iter(v))) for k, v in by_holder.items() if len(v) == 1}
+        return [channels, channel_dim] if isinstance(channels, int) and isinstance(channel_dim, int) else None
+
+    layouts = [layout(model.get_submodule(path)) for path in sites]
+    if any(v is None for v in layouts):
+        return None, {}
+    common = layouts[0] if layouts and all(v == layouts[0] for v in layouts) else None
+    return common, _by_layer(model, sites, layout)
 
 
 def _first_producer(holder: nn.Module) -> tuple[int, int] | None:
@@ -423,7 +438,7 @@ def record_conversion(model: nn.Module, name: object, *, options: dict[str, Any]
     fields = _fields(config)
     before = getattr(config, RECORD, None)
     original = before["original"] if isinstance(before, dict) and "original" in before \
-        else {f: getattr(config, f) for f in fields}
+        else {f: functools.reduce(getattr, f.split("."), config) for f in fields}
     entry: dict[str, Any] = {
         "format": FORMAT, "activation": spec(name).name if isinstance(name, str) else None,
         "options": options, "policy": policy if isinstance(policy, str) else repr(policy), "init": init,
@@ -434,6 +449,8 @@ def record_conversion(model: nn.Module, name: object, *, options: dict[str, Any]
         entry["layout"] = layout
     elif layouts:
         entry["layouts"] = layouts
+    if len(entry["contexts"]) > 1:  # each layer class's, where its sites have one
+        entry["layer_contexts"] = _by_layer(model, sites, lambda m: getattr(m, "context", None))
     definition = spec(name).definition if isinstance(name, str) else None
     if definition is not None:
         entry["defined_in"] = definition.origin  # None: in a script (``__main__``)
@@ -445,20 +462,27 @@ def record_conversion(model: nn.Module, name: object, *, options: dict[str, Any]
     return reason
 
 
-def _fields(config: Any) -> list[str]:
-    """The fields of ``config`` that name its activation."""
+def _fields(config: Any, depth: int = 2) -> list[str]:
+    """The fields of ``config`` that name its activation, and those of its sub-configs (a VLM's
+    ``text_config`` and ``vision_config``) as dotted paths."""
     fields = [f for f in ACTIVATION_FIELDS if isinstance(getattr(config, f, None), str)]
     if "dense_act_fn" in fields and isinstance(getattr(config, _DERIVING, None), str):
         fields.append(_DERIVING)
+    if depth:
+        for key, sub in vars(config).items():
+            if _is_config(sub):
+                fields += [f"{key}.{f}" for f in _fields(sub, depth - 1)]
     return fields
 
 
 def _name(config: Any, fields: list[str], value: str) -> None:
-    """Set the activation ``fields`` of ``config`` to ``value`` (T5's ``feed_forward_proj`` keeps its
-    "gated-")."""
-    for f in fields:
-        gated = f == _DERIVING and str(getattr(config, f)).startswith(_GATED)
-        setattr(config, f, _GATED + value if gated else value)
+    """Set the activation ``fields`` (dotted paths) of ``config`` to ``value`` (T5's
+    ``feed_forward_proj`` keeps its "gated-")."""
+    for path in fields:
+        *parents, f = path.split(".")
+        owner = functools.reduce(getattr, parents, config)
+        gated = f == _DERIVING and str(getattr(owner, f)).startswith(_GATED)
+        setattr(owner, f, _GATED + value if gated else value)
 
 
 def _why_not_rebuilt(model: nn.Module, config: Any, name: object, options: dict[str, Any], policy: object,

@@ -335,7 +335,7 @@ def test_a_models_conditioned_modules_are_found_again_after_a_registration_not_a
         net(torch.randn(1, 3, 4), use_cache=True)
         assert net.__dict__[context._CONDITIONED] is kept  # no walk: the in-call registrations kept it
         net.extra = adaptact.create("aprelu", channels=4, channel_dim=-1, context="causal")
-        assert [n for n, _ in context._conditioned(net)[0]] == ["layers.0.1", "extra"]
+        assert [n for n, _ in context._conditioned(net)] == ["layers.0.1", "extra"]
         inner = nn.Sequential(adaptact.create("dy_relu_b", channels=4, channel_dim=-1, context="causal"))
         net.layers.append(inner)  # a subtree holding a conditioned module, built before
-        assert [n for n, _ in context._conditioned(net)[0]] == ["layers.0.1", "layers.1.0", "extra"]
+        assert [n for n, _ in context._conditioned(net)] == ["layers.0.1", "layers.1.0", "extra"]

@@ -63,8 +63,7 @@ CALL = "adaptact_call"  # (ModelCall, the module's name in the model) on each co
 PREFIX = "adaptact_prefix"  # the Prefix a cache object carries
 _OWNER = "adaptact_owns_call"  # on the hooked model whose call set CALL (an outer one, if several are hooked)
 _HOOKED = "adaptact_hooked"
-_CONDITIONED = "adaptact_conditioned"  # (structure, conditioned modules, hooked models inside), kept
-_TOLD = "adaptact_told"  # on a hooked model inside the hooked model whose call told the activations
+_CONDITIONED = "adaptact_conditioned"  # (structure, conditioned modules it tells), kept
 _REPLAY_HOOKED = "adaptact_replay_hooked"  # on a conditioned module: the hooks of ``_replay`` are on it
 _REPLAYING = "adaptact_replaying"  # on a conditioned module whose CALL ``_replay`` set for a recomputation
 _REMEMBERED = "adaptact_remembered"  # on a conditioned module in a model call in training: its _Remembered
@@ -246,9 +245,13 @@ def position_mask(module: nn.Module, batch: int, positions: int) -> Tensor | Non
     """(N, T) bool, True at the real positions among the ``positions`` this call computes; None
     without padding (or when the activation's input does not line up with the mask)."""
     entry = _call(module)
-    mask = None if entry is None else entry[0].mask
+    if entry is None:
+        return None
+    mask = entry[0].mask
     if mask is None or mask.shape[0] != batch or mask.shape[1] < positions:
         return None
+    if not entry[0].offset and mask.shape[1] != positions:  # a sequence of another length than the
+        return None  # call's tokens (a VLM's projector on image features): not the mask's
     return mask[:, mask.shape[1] - positions:]
 
 
@@ -491,21 +494,31 @@ def _registered(module: nn.Module, name: str, submodule: nn.Module | None) -> No
 nn.modules.module.register_module_module_registration_hook(_registered)
 
 
-def _conditioned(model: nn.Module) -> tuple[list[tuple[str, nn.Module]], list[nn.Module]]:
-    """The modules of ``model`` that condition on positions, by name, and the hooked models inside
-    it (kept on the model while ``_structure`` stands; plain attributes are read from ``__dict__``
-    without nn.Module's slow lookup)."""
+def _conditioned(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The modules of ``model`` that condition on positions, by name, leaving out those inside a
+    Hugging Face model inside it: that model's own call tells them its own padding and cache (a T5
+    decoder's are not its encoder's), or nothing where it takes no mask (a VLM's vision tower sees
+    patches, not the text). Kept on the model while ``_structure`` stands; plain attributes are
+    read from ``__dict__`` without nn.Module's slow lookup."""
     kept = model.__dict__.get(_CONDITIONED)
     if kept is not None and kept[0] == _structure[0]:
-        return kept[1], kept[2]
-    conditioned, hooked = [], []
-    for name, m in model.named_modules():
-        if m.__dict__.get("context") in CONTEXTS:
-            conditioned.append((name, m))
-        elif m is not model and m.__dict__.get(_HOOKED):
-            hooked.append(m)
-    model.__dict__[_CONDITIONED] = (_structure[0], conditioned, hooked)
-    return conditioned, hooked
+        return kept[1]
+    conditioned: list[tuple[str, nn.Module]] = []
+    seen = {id(model)}
+
+    def walk(module: nn.Module, prefix: str) -> None:  # named_modules' order, each module once
+        for name, child in module._modules.items():
+            if child is None or id(child) in seen:
+                continue
+            seen.add(id(child))
+            if child.__dict__.get("context") in CONTEXTS:
+                conditioned.append((prefix + name, child))
+            elif not is_hf_model(child):
+                walk(child, f"{prefix}{name}.")
+
+    walk(model, "")
+    model.__dict__[_CONDITIONED] = (_structure[0], conditioned)
+    return conditioned
 
 
 def _real_positions(mask: object) -> Tensor | None:
@@ -525,11 +538,9 @@ def _before_call(model: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
 
 def _tell(model: nn.Module, kwargs: dict[str, Any]) -> None:
     """Tell ``model``'s conditioned activations what this call's keywords say of padding and cache."""
-    if model.__dict__.get(_TOLD):
-        return  # a hooked model around it told its activations in this call (its walk found this one)
-    modules, inner = _conditioned(model)
+    modules = _conditioned(model)
     if not modules or any(CALL in m.__dict__ for _, m in modules):
-        return  # nothing to tell, or an outer hooked model already told them
+        return  # nothing to tell, or told in this call already
     cache = _cache(kwargs)
     if kwargs.get("use_cache") is None and cache is None and not model.training:  # the config's default
         kwargs = {**kwargs, "use_cache": getattr(getattr(model, "config", None), "use_cache", None)}
@@ -545,11 +556,9 @@ def _tell(model: nn.Module, kwargs: dict[str, Any]) -> None:
         _remember(model, modules, call if told else None)
     if not told:
         return  # a training forward without pads: nothing to tell (their compiled graphs stay as they are)
-    model.__dict__[_OWNER] = (call, modules, inner)
+    model.__dict__[_OWNER] = (call, modules)
     for name, m in modules:
         m.__dict__[CALL] = (call, name)
-    for m in inner:  # the hooked models inside: their own hooks need not walk again in this call
-        m.__dict__[_TOLD] = True
 
 
 @dataclass(eq=False)
@@ -655,11 +664,9 @@ def _after_call(model: nn.Module, args: tuple, kwargs: dict[str, Any], output: A
     told = model.__dict__.pop(_OWNER, None)
     if told is None:
         return
-    call, modules, inner = told
+    call, modules = told
     for _, m in modules:  # the ones ``_before_call`` told
         m.__dict__.pop(CALL, None)
-    for m in inner:
-        m.__dict__.pop(_TOLD, None)
     if call.prefix is None or not call.prefix.sums:
         return
     cache = getattr(output, "cache", None)
@@ -695,10 +702,12 @@ def _takes_model_keywords(m: nn.Module) -> bool:
 
 def track_decoding(model: nn.Module) -> Callable[[], None]:
     """Hook ``model`` (and the Hugging Face models inside it) so that the conditioned activations
-    it holds learn, at every call, its padding and its cache (module docstring). Hooks on the inner
-    models keep this working when a wrapper (PEFT) calls the outer model's ``forward`` directly;
-    the outermost hooked model called tells them. The hooks are module-level functions, so a
-    hooked model deep-copies and pickles. Idempotent; returns a function that removes the hooks."""
+    it holds learn, at every call, its padding and its cache (module docstring). Each activation
+    is told by the innermost Hugging Face model holding it, from that model's own call (a T5
+    decoder's mask and cache are not its encoder's; a wrapper such as PEFT calling the outer
+    model's ``forward`` directly still calls the inner models); one inside a model that takes no
+    mask (a VLM's vision tower) is told nothing. The hooks are module-level functions, so a hooked
+    model deep-copies and pickles. Idempotent; returns a function that removes the hooks."""
     targets = [model] + [m for m in model.modules() if m is not model and _takes_model_keywords(m)]
     handles = []
     hooked = []
