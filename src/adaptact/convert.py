@@ -530,9 +530,12 @@ def _contexts(model: nn.Module, name: ActivationLike, kwargs: dict, causal: bool
               sites: list[_Site]) -> tuple[Callable[[_Site], dict], list[str]]:
     """Each site's constructor arguments: input-conditioned activations in a decoder get
     context="causal" unless ``context`` is given; a site inside a stack that says it is no decoder
-    (T5's encoder) keeps the papers' "sample" although the model is causal (``causal``). A decoder's
-    site in a layer torch.fx cannot trace gets "token" (each position alone): such layers often
-    flatten tokens to rows (OPT's MLP, mixture-of-experts experts), where no prefix is known."""
+    (T5's encoder), or inside a model whose attention is marked not causal (a VLM's vision tower,
+    BART's encoder), keeps the papers' "sample" although the model is causal (``causal``). A
+    decoder's site fed rows of tokens (B*T, C) gets "token" (each position alone: no prefix is known
+    in rows), as a dry forward of a Hugging Face model's dummy inputs shows (``_input_ranks``: OPT's
+    MLP, Qwen2-MoE's experts and shared expert); without that forward, a site in a layer torch.fx
+    cannot trace gets "token", since such layers often flatten tokens to rows."""
     if not isinstance(name, str) or not spec(name).per_sample or "context" in kwargs:
         return (lambda s: kwargs), []
     decoding = []
@@ -710,7 +713,8 @@ def replace_activations(model: nn.Module, name: ActivationLike, policy: str | Po
     In a causal decoder (``is_causal_model``, or a forward traced here that calls
     ``F.scaled_dot_product_attention(..., is_causal=True)``), input-conditioned activations
     (Meta-ACON-C, APReLU, Dynamic ReLU, FReLU) get ``context="causal"`` unless ``context`` is
-    given. A decoder or a Hugging Face model with such activations is hooked
+    given; those fed rows of tokens (B*T, C) get ``context="token"``, and those in an encoder inside
+    the model keep "sample" (``_contexts``). A decoder or a Hugging Face model with such activations is hooked
     (``nn.track_decoding``): padding (``attention_mask``) is left out of their statistics, and cached
     generation continues their prefix statistics from the cache.
     Replacing nothing warns. All or nothing: if any site cannot be replaced (or ``example_inputs``

@@ -17,7 +17,9 @@ statistics are updated with their mean over positions and used in eval mode, as 
 
 Inside a model (``track_decoding``; ``replace_activations`` installs it on decoders and on Hugging
 Face models, and a model rebuilt from its config gets it too), every call of the model tells its
-conditioned activations two things, read from the call's keywords as Hugging Face models take them:
+conditioned activations (those of the innermost Hugging Face model holding them: a T5 decoder's
+call tells the decoder's) two things, read from the call's keywords as Hugging Face models take
+them:
 
 * which positions are padding (``attention_mask``, (B, L), 0 at pads): the "sample" and "causal"
   statistics and the per-position BatchNorm statistics leave them out, so a sequence's numbers do
@@ -61,7 +63,7 @@ Context = Literal["sample", "causal", "token"]
 CONTEXTS: tuple[str, ...] = ("sample", "causal", "token")
 CALL = "adaptact_call"  # (ModelCall, the module's name in the model) on each conditioned module during a call
 PREFIX = "adaptact_prefix"  # the Prefix a cache object carries
-_OWNER = "adaptact_owns_call"  # on the hooked model whose call set CALL (an outer one, if several are hooked)
+_OWNER = "adaptact_owns_call"  # on the hooked model whose call set CALL on its conditioned modules
 _HOOKED = "adaptact_hooked"
 _CONDITIONED = "adaptact_conditioned"  # (structure, conditioned modules it tells), kept
 _REPLAY_HOOKED = "adaptact_replay_hooked"  # on a conditioned module: the hooks of ``_replay`` are on it
