@@ -271,6 +271,29 @@ def test_an_encoder_decoders_decoder_takes_its_own_padding_not_the_encoders():
     torch.testing.assert_close(padded[:1], alone, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("name, options, refused", [("meta_acon_c", {}, True), ("frelu", {}, True),
+                                                   ("meta_acon_c", {"context": "token"}, False)])
+def test_sequences_packed_in_a_row_are_refused_where_statistics_would_cross_them(name, options, refused):
+    """Padding-free training packs sequences in one row with restarting ``position_ids`` and no mask
+    (transformers' ``DataCollatorWithFlattening``): a pooling activation's statistics would reach from
+    one sequence into the next, silently. Such a call is a one-line error; per-token activations
+    take it, and plain position ids and padded batches are unaffected."""
+    torch.manual_seed(0)
+    model = llama()
+    adaptact.replace_activations(model, name, **options)
+    packed = torch.randint(3, VOCAB, (1, 9))
+    positions = torch.cat([torch.arange(5), torch.arange(4)]).unsqueeze(0)
+    if refused:
+        with pytest.raises(ValueError, match=r"packs several sequences in a row .*context='token'") as info:
+            model(input_ids=packed, position_ids=positions, labels=packed)
+        assert "\n" not in str(info.value)
+    else:
+        model(input_ids=packed, position_ids=positions, labels=packed).loss.backward()
+    ids = torch.randint(3, VOCAB, (2, 6))
+    model(input_ids=ids, position_ids=torch.arange(6).expand(2, 6), labels=ids)
+    model(input_ids=ids, attention_mask=torch.tensor([[0, 1, 1, 1, 1, 1], [1] * 6]), labels=ids)
+
+
 def _bloom():
     return transformers.BloomForCausalLM(transformers.BloomConfig(vocab_size=VOCAB, hidden_size=HIDDEN,
                                                                   n_layer=1, n_head=4))

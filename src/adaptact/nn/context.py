@@ -543,6 +543,7 @@ def _tell(model: nn.Module, kwargs: dict[str, Any]) -> None:
     modules = _conditioned(model)
     if not modules or any(CALL in m.__dict__ for _, m in modules):
         return  # nothing to tell, or told in this call already
+    _refuse_packed(modules, kwargs)
     cache = _cache(kwargs)
     if kwargs.get("use_cache") is None and cache is None and not model.training:  # the config's default
         kwargs = {**kwargs, "use_cache": getattr(getattr(model, "config", None), "use_cache", None)}
@@ -561,6 +562,22 @@ def _tell(model: nn.Module, kwargs: dict[str, Any]) -> None:
     model.__dict__[_OWNER] = (call, modules)
     for name, m in modules:
         m.__dict__[CALL] = (call, name)
+
+
+def _refuse_packed(modules: list[tuple[str, nn.Module]], kwargs: dict[str, Any]) -> None:
+    """Sequences packed in one row (``position_ids`` restarting within a row and no
+    ``attention_mask``: padding-free training, as transformers' ``DataCollatorWithFlattening``
+    makes it) would have pooling activations ("sample", "causal", FReLU's window) reach across
+    them: a one-line error, never statistics of another sequence. "token" takes them."""
+    positions = kwargs.get("position_ids")
+    if not (isinstance(positions, Tensor) and positions.ndim == 2 and positions.shape[1] > 1
+            and kwargs.get("attention_mask") is None):
+        return
+    pooling = [name for name, m in modules if m.__dict__.get("context") != "token"]
+    if pooling and bool((positions.diff(dim=1) != 1).any()):
+        raise ValueError(f"{pooling[0]} pools over positions, and this call packs several sequences in a row "
+                         f"(position_ids restart within it, no attention_mask): its statistics would reach "
+                         f"across them; pad the batch (an attention_mask) or convert with context='token'")
 
 
 @dataclass(eq=False)
