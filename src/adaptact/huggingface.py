@@ -303,7 +303,9 @@ def _record_again(model: nn.Module) -> None:
             continue
         if any(getattr(a, "initialized", True) is False for a in m.modules()):
             continue  # still lazy: the reason stands
-        with contextlib.suppress(Exception):  # the activation no longer defined here: the record stands
+        # the activation no longer defined here (ValueError), a recorded site gone from the model
+        # (AttributeError): the record stands, and loading refuses as it says
+        with contextlib.suppress(ValueError, AttributeError):
             record_conversion(m, recorded["activation"], options=recorded.get("options") or {},
                               policy=recorded.get("policy"), init=str(recorded.get("init")),
                               sites=list(recorded.get("sites") or ()), contexts=recorded.get("contexts"))
