@@ -271,27 +271,57 @@ def test_an_encoder_decoders_decoder_takes_its_own_padding_not_the_encoders():
     torch.testing.assert_close(padded[:1], alone, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name, options, refused", [("meta_acon_c", {}, True), ("frelu", {}, True),
-                                                   ("meta_acon_c", {"context": "token"}, False)])
-def test_sequences_packed_in_a_row_are_refused_where_statistics_would_cross_them(name, options, refused):
-    """Padding-free training packs sequences in one row with restarting ``position_ids`` and no mask
-    (transformers' ``DataCollatorWithFlattening``): a pooling activation's statistics would reach from
-    one sequence into the next, silently. Such a call is a one-line error; per-token activations
-    take it, and plain position ids and padded batches are unaffected."""
+@pytest.mark.parametrize("name", CONDITIONED)
+def test_sequences_packed_in_a_row_train_as_each_alone(name):
+    """Padding-free training (transformers' ``DataCollatorWithFlattening``: sequences packed in one
+    row, ``position_ids`` restarting, no mask), as transformers' own attention keeps them apart
+    without a cache: each packed sequence's logits are its logits alone, and the gradients of a loss
+    over the packed row are the sum of those over the sequences alone, with and without gradient
+    checkpointing (before: refused; statistics would have crossed the sequences)."""
     torch.manual_seed(0)
     model = llama()
-    adaptact.replace_activations(model, name, **options)
+    adaptact.replace_activations(model, name)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    lengths = [5, 1, 3, 7]
+    ids = torch.randint(3, VOCAB, (1, sum(lengths)))
+    positions = torch.cat([torch.arange(n) for n in lengths]).unsqueeze(0)
+    weights = torch.randn(1, sum(lengths), VOCAB)
+    model.train()
+    alone = [model(input_ids=part, use_cache=False).logits for part in ids.split(lengths, dim=1)]
+    torch.cat(alone, dim=1).mul(weights).sum().backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
+    for checkpointing in (False, True):
+        if checkpointing:
+            model.activation_checkpointing_enable()
+        model.zero_grad()
+        packed = model(input_ids=ids, position_ids=positions, use_cache=False).logits
+        torch.testing.assert_close(packed, torch.cat(alone, dim=1), rtol=1e-5, atol=1e-5)
+        packed.mul(weights).sum().backward()
+        for n, p in model.named_parameters():
+            torch.testing.assert_close(p.grad, expected[n], rtol=1e-4, atol=1e-5, msg=n)
+
+
+def test_sequences_packed_in_a_row_are_refused_where_a_sample_is_pooled():
+    """An activation pooling a whole sample cannot tell packed sequences apart (transformers keeps
+    them apart only in causal attention): a one-line error; per-token activations take them, and plain
+    position ids and padded batches are unaffected."""
+    torch.manual_seed(0)
     packed = torch.randint(3, VOCAB, (1, 9))
     positions = torch.cat([torch.arange(5), torch.arange(4)]).unsqueeze(0)
-    if refused:
-        with pytest.raises(ValueError, match=r"packs several sequences in a row .*context='token'") as info:
-            model(input_ids=packed, position_ids=positions, labels=packed)
-        assert "\n" not in str(info.value)
-    else:
-        model(input_ids=packed, position_ids=positions, labels=packed).loss.backward()
-    ids = torch.randint(3, VOCAB, (2, 6))
-    model(input_ids=ids, position_ids=torch.arange(6).expand(2, 6), labels=ids)
-    model(input_ids=ids, attention_mask=torch.tensor([[0, 1, 1, 1, 1, 1], [1] * 6]), labels=ids)
+    for options, refused in (({"context": "sample"}, True), ({"context": "token"}, False)):
+        model = llama()
+        adaptact.replace_activations(model, "meta_acon_c", **options)
+        if refused:
+            with pytest.raises(ValueError, match="pools every position of a sample, and this call") as info:
+                model(input_ids=packed, position_ids=positions, labels=packed)
+            assert "\n" not in str(info.value)
+        else:
+            model(input_ids=packed, position_ids=positions, labels=packed).loss.backward()
+        ids = torch.randint(3, VOCAB, (2, 6))
+        model(input_ids=ids, position_ids=torch.arange(6).expand(2, 6), labels=ids)
+        model(input_ids=ids, attention_mask=torch.tensor([[0, 1, 1, 1, 1, 1], [1] * 6]), labels=ids)
 
 
 def _bloom():

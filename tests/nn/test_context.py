@@ -6,11 +6,13 @@ import copy
 import pickle
 
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 import torch
 from torch import nn
 
 import adaptact
-from adaptact.nn.context import CALL, PREFIX, decoding, track_decoding
+from adaptact.nn.context import CALL, PREFIX, decoding, position_statistics, track_decoding
 
 CONDITIONED = [
     ("meta_acon_c", {}), ("meta_acon_c", {"granularity": "layer"}), ("meta_acon_c", {"norm": "none"}),
@@ -125,7 +127,8 @@ class Host(torch.nn.Module):
         super().__init__()
         self.act = act
 
-    def forward(self, x, attention_mask=None, past_key_values=None, cache_position=None, use_cache=None):
+    def forward(self, x, attention_mask=None, past_key_values=None, cache_position=None, use_cache=None,
+                position_ids=None):
         return self.act(x)
 
 
@@ -249,6 +252,87 @@ def test_a_padded_batch_gives_each_sequence_its_own_numbers(case, context, side)
     a, b = copy.deepcopy(host)(xp, attention_mask=mask), host(longer, attention_mask=longer_mask)
     b = b[:, :T] if side == "right" else b[:, 3:]
     torch.testing.assert_close(a[mask.bool()], b[mask.bool()], rtol=1e-5, atol=1e-5)
+
+
+def _packed(lengths):
+    return torch.stack([torch.cat([torch.arange(n) for n in row]) for row in lengths])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", WITH_FRELU, ids=WITH_FRELU_IDS)
+def test_sequences_packed_in_a_row_are_each_their_own(case, backend):
+    """Padding-free training packs sequences in a row (``position_ids`` restarting, no mask: transformers'
+    ``DataCollatorWithFlattening``): causal statistics and FReLU's window restart at each sequence, so
+    each packed sequence's outputs and input gradients are its own alone; two rows packed differently,
+    in eval mode, and one row in training (batch 1: BatchNorm's running statistics, as alone)."""
+    name, kwargs = case
+    host = Host(_module(name, kwargs, "causal", backend))
+    track_decoding(host)
+    for training, lengths in ((False, [[4, 1, 4], [2, 7]]), (True, [[3, 6]])):
+        host.train(training)
+        x = torch.randn(len(lengths), T, C, requires_grad=True)
+        y = host(x, position_ids=_packed(lengths))
+        weights = torch.randn_like(y)
+        (y * weights).sum().backward()
+        for row, parts in enumerate(lengths):
+            start = 0
+            for n in parts:
+                piece = x[row:row + 1, start:start + n].detach().requires_grad_()
+                alone = host(piece)
+                torch.testing.assert_close(y[row, start:start + n], alone[0], rtol=1e-5, atol=1e-5)
+                (alone * weights[row:row + 1, start:start + n]).sum().backward()
+                torch.testing.assert_close(x.grad[row, start:start + n], piece.grad[0], rtol=1e-5, atol=1e-5)
+                start += n
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.integers(1, 6), min_size=1, max_size=4), min_size=1, max_size=3),
+       st.sampled_from([torch.float32, torch.float64, torch.bfloat16]))
+def test_packed_running_means_restart_at_each_sequence(pieces, dtype):
+    """The causal means of rows packed any way (position ids per row, or one row's for all) are each
+    sequence's own running means, to the dtype's rounding (the row's sums are kept in float64)."""
+    t = max(sum(row) for row in pieces)
+    assume(t > 1)
+    lengths = [row + [t - sum(row)] if sum(row) < t else row for row in pieces]  # rows of t positions
+    act = _module("meta_acon_c", {}, "causal")
+    host = Host(act)
+    track_decoding(host)
+    s = (torch.randn(len(lengths), t, 3) + 5).to(dtype)  # far from zero: a row's sums grow along it
+    seen = []
+    act.register_forward_pre_hook(lambda m, args: seen.append(position_statistics(m, s, "causal")))
+    for packing in (lengths, [lengths[0]] * len(lengths)):
+        positions = _packed(packing) if packing is lengths else _packed(packing[:1])  # (1, t): every row's
+        host(torch.randn(len(lengths), t, C), position_ids=positions)
+        got = seen.pop()
+        for row, parts in enumerate(packing):
+            start = 0
+            for n in parts:
+                piece = s[row, start:start + n].double()
+                want = piece.cumsum(0) / torch.arange(1, n + 1, dtype=torch.float64).unsqueeze(-1)
+                torch.testing.assert_close(got[row, start:start + n].double(), want, **_rounding(dtype))
+                start += n
+
+
+def _rounding(dtype):
+    return {"rtol": 0, "atol": {torch.float64: 1e-12, torch.float32: 5e-6, torch.bfloat16: 5e-2}[dtype]}
+
+
+def test_packed_sequences_where_a_sample_is_pooled_or_a_cache_continues_are_refused():
+    """"sample" pools a whole row (transformers keeps packed sequences apart only in causal
+    attention), and a cache continued with restarting position ids has no sequence to continue:
+    one-line errors; "token" takes any packing."""
+    x, positions = torch.randn(1, T, C), _packed([[4, 5]])
+    for context, keywords, match in (("sample", {}, "pools every position of a sample"),
+                                     ("causal", {"cache_position": torch.arange(3, 3 + T)},
+                                      "would continue a cache of 3 positions")):
+        host = Host(_module("meta_acon_c", {}, context)).eval()
+        track_decoding(host)
+        with pytest.raises(ValueError, match=f"{match}, and this call packs several sequences") as info:
+            host(x, position_ids=positions, **keywords)
+        assert "\n" not in str(info.value)
+    host = Host(_module("meta_acon_c", {}, "token")).eval()
+    track_decoding(host)
+    torch.testing.assert_close(host(x, position_ids=positions), host(x), rtol=0, atol=0)
 
 
 def test_contexts_need_one_sequence_dim_and_valid_names():

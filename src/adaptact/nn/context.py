@@ -24,6 +24,11 @@ them:
 * which positions are padding (``attention_mask``, (B, L), 0 at pads): the "sample" and "causal"
   statistics and the per-position BatchNorm statistics leave them out, so a sequence's numbers do
   not depend on how its batch is padded;
+* which sequence each position belongs to, where the call packs several sequences in a row
+  (``position_ids`` restarting within it, no ``attention_mask``: padding-free training, as
+  transformers' ``DataCollatorWithFlattening`` makes it): "causal" statistics, and causal FReLU's
+  window, restart at each sequence's first position, so a packed sequence's numbers are its numbers
+  alone ("sample" pools a whole sample and refuses such a call);
 * how many positions the KV cache already holds (``cache_position``, ``cache`` or its older name
   ``past_key_values``). A causal generator's running sums at every position are kept on the cache
   object they extend (not on the module, not in call order): a reordered cache (beam search), a
@@ -218,12 +223,15 @@ class Prefix:
 class ModelCall:
     """One call of a hooked model, as its conditioned activations see it: ``offset`` positions
     already in its cache (None: no cache given or asked for), the cache's ``prefix`` (None without
-    a cache), and ``mask`` (B, L), True at the real positions of the call's sequence (None: no
-    padding); L covers the cached positions too, the call's own are the last ones."""
+    a cache), ``mask`` (B, L), True at the real positions of the call's sequence (None: no
+    padding; L covers the cached positions too, the call's own are the last ones), and ``starts``
+    (B or 1, T), where the call packs sequences in its rows: the position each position's sequence
+    starts at (None: one sequence per row; ``sequence_starts``)."""
 
     offset: int | None
     prefix: Prefix | None
     mask: Tensor | None
+    starts: Tensor | None = None
 
 
 def _call(module: nn.Module) -> tuple[ModelCall, str] | None:
@@ -237,10 +245,12 @@ def decode_offset(module: nn.Module) -> int | None:
 
 
 def decoding(module: nn.Module) -> bool:
-    """Whether ``module`` is being called inside a hooked model's call that carries state or padding
-    (a cache, or an attention mask with pads): its generator reads them, so it runs eagerly."""
+    """Whether ``module`` is being called inside a hooked model's call that carries state, padding
+    or packing (a cache, an attention mask with pads, sequences packed in a row): its generator
+    reads them, so it runs eagerly."""
     entry = _call(module)
-    return entry is not None and (entry[0].offset is not None or entry[0].mask is not None)
+    return entry is not None and (entry[0].offset is not None or entry[0].mask is not None
+                                  or entry[0].starts is not None)
 
 
 def position_mask(module: nn.Module, batch: int, positions: int) -> Tensor | None:
@@ -255,6 +265,43 @@ def position_mask(module: nn.Module, batch: int, positions: int) -> Tensor | Non
     if not entry[0].offset and mask.shape[1] != positions:  # a sequence of another length than the
         return None  # call's tokens (a VLM's projector on image features): not the mask's
     return mask[:, mask.shape[1] - positions:]
+
+
+def packed_starts(module: nn.Module, batch: int, positions: int) -> Tensor | None:
+    """(N or 1, T) long, where the current model call packs several sequences in each row of the
+    ``positions`` this call computes: the position each position's sequence starts at; None where
+    each row holds one sequence (or the activation's input does not line up with the call's)."""
+    entry = _call(module)
+    starts = None if entry is None else entry[0].starts
+    if starts is None or starts.shape[1] != positions or starts.shape[0] not in (1, batch):
+        return None
+    return starts
+
+
+def sequence_starts(position_ids: Tensor) -> Tensor | None:
+    """(B, T) long from ``position_ids`` (B, T): the position each position's sequence starts at,
+    a sequence ending wherever the next position id is not one more (as transformers finds packed
+    sequences); None where no row restarts."""
+    restarts = position_ids.diff(dim=1) != 1
+    if not bool(restarts.any()):
+        return None
+    first = torch.cat([torch.ones_like(restarts[:, :1]), restarts], dim=1)
+    at = torch.arange(position_ids.shape[1], device=position_ids.device)
+    return torch.where(first, at, 0).cummax(dim=1).values
+
+
+def _sequence_sums(s: Tensor, starts: Tensor) -> tuple[Tensor, Tensor]:
+    """The sums (N, T, S) of ``s`` over positions ``starts``..t and their counts (N, T): each packed
+    sequence's running sums. One running sum along the row less its value before each sequence, in
+    float64 where ``s`` is of a smaller float, so a late sequence keeps float32's precision."""
+    n, t, width = s.shape
+    wide = s.double() if s.dtype in (torch.float32, torch.float16, torch.bfloat16) else s
+    total = wide.cumsum(1)
+    at = starts.expand(n, t)
+    index = distributed.replicated_like(at.unsqueeze(-1).expand(n, t, width).contiguous(), s)
+    before = nn.functional.pad(total, (0, 0, 1, 0)).gather(1, index)
+    counts = distributed.replicated_like((torch.arange(1, t + 1, device=s.device) - at).to(s.dtype), s)
+    return (total - before).to(s.dtype), counts
 
 
 def causal_window(module: nn.Module, x: Tensor, size: int) -> Tensor:
@@ -275,6 +322,20 @@ def causal_window(module: nn.Module, x: Tensor, size: int) -> Tensor:
     zeros = x.new_zeros(n, x.shape[1], size - before.shape[-1])
     prefix.keep(name, offset, x.transpose(1, 2), x.new_ones(n, x.shape[-1]))
     return torch.cat([zeros, before, x], dim=-1)
+
+
+def packed_conv1d(window: Tensor, weight: Tensor, bias: Tensor | None, starts: Tensor) -> Tensor:
+    """A depthwise ``conv1d`` (``weight`` (C, 1, k)) of ``window`` (N, C, k - 1 + T), as
+    ``causal_window`` makes it, whose window at each position leaves out the positions before that
+    position's packed sequence (``starts`` (N or 1, T)): each sequence convolved as alone, with
+    zeros before its first position. (N, C, T)."""
+    k = weight.shape[-1]
+    t = window.shape[-1] - k + 1
+    windows = window.unfold(-1, k, 1)  # (N, C, T, k): position t - (k - 1) + j at j; kept: (N or 1, 1, T, k)
+    at = torch.arange(t, device=window.device).unsqueeze(-1) - (k - 1) + torch.arange(k, device=window.device)
+    kept = distributed.replicated_like((at >= starts.unsqueeze(-1)).to(window.dtype).unsqueeze(1), window)
+    h = torch.einsum("nctk,ck->nct", windows * kept, weight[:, 0])
+    return h if bias is None else h + bias.unsqueeze(-1)
 
 
 def refuse_cached(module: nn.Module) -> None:
@@ -301,8 +362,9 @@ def masked_mean(x: Tensor, mask: Tensor, dtype: torch.dtype) -> Tensor:
 
 def position_statistics(module: nn.Module, s: Tensor, context: str) -> Tensor:
     """What the generator sees at each position, from per-position statistics ``s`` (N, T, S):
-    ``s`` itself for "token"; for "causal" the mean over the real positions <= t, continuing the
-    prefix its cache carries when ``module`` is decoded with one."""
+    ``s`` itself for "token"; for "causal" the mean over the real positions <= t of t's sequence
+    (the row's, or the packed one's), continuing the prefix its cache carries when ``module`` is
+    decoded with one."""
     if context == "token":
         return s
     entry = _call(module)
@@ -317,14 +379,17 @@ def position_statistics(module: nn.Module, s: Tensor, context: str) -> Tensor:
         return s.cumsum(1) / counts.unsqueeze(-1)
     call, name = entry
     mask = position_mask(module, n, t)
-    if mask is None:
+    starts = packed_starts(module, n, t)
+    if starts is not None:  # sequences packed in a row (no mask then): each restarts its sums
+        sums, counts = _sequence_sums(s, starts)
+    elif mask is None:
         sums = s.cumsum(1)
         counts = torch.arange(1, t + 1, device=s.device, dtype=s.dtype).expand(n, t)
     else:
         weights = distributed.replicated_like(mask.to(s.dtype), s)
         sums = (s * weights.unsqueeze(-1)).cumsum(1)
         counts = weights.cumsum(1)
-    counts = distributed.replicated_like(counts, s) if mask is None else counts
+    counts = distributed.replicated_like(counts, s) if mask is None and starts is None else counts
     if call.offset:
         assert call.prefix is not None
         carried_sums, carried_counts = call.prefix.carried(module, name, call.offset, n)
@@ -543,18 +608,18 @@ def _tell(model: nn.Module, kwargs: dict[str, Any]) -> None:
     modules = _conditioned(model)
     if not modules or any(CALL in m.__dict__ for _, m in modules):
         return  # nothing to tell, or told in this call already
-    _refuse_packed(modules, kwargs)
     cache = _cache(kwargs)
     if kwargs.get("use_cache") is None and cache is None and not model.training:  # the config's default
         kwargs = {**kwargs, "use_cache": getattr(getattr(model, "config", None), "use_cache", None)}
     offset = _decode_offset(kwargs)
+    starts = _packed(modules, kwargs, offset)
     prefix = None
     if offset is not None:
         prefix = Prefix() if cache is None else _prefix(cache)
         if cache is not None:
             _follow(prefix, cache, offset)
-    call = ModelCall(offset, prefix, _real_positions(kwargs.get("attention_mask")))
-    told = offset is not None or call.mask is not None
+    call = ModelCall(offset, prefix, _real_positions(kwargs.get("attention_mask")), starts)
+    told = offset is not None or call.mask is not None or starts is not None
     if model.training and torch.is_grad_enabled():
         _remember(model, modules, call if told else None)
     if not told:
@@ -564,20 +629,29 @@ def _tell(model: nn.Module, kwargs: dict[str, Any]) -> None:
         m.__dict__[CALL] = (call, name)
 
 
-def _refuse_packed(modules: list[tuple[str, nn.Module]], kwargs: dict[str, Any]) -> None:
-    """Sequences packed in one row (``position_ids`` restarting within a row and no
-    ``attention_mask``: padding-free training, as transformers' ``DataCollatorWithFlattening``
-    makes it) would have pooling activations ("sample", "causal", FReLU's window) reach across
-    them: a one-line error, never statistics of another sequence. "token" takes them."""
+def _packed(modules: list[tuple[str, nn.Module]], kwargs: dict[str, Any],
+            offset: int | None) -> Tensor | None:
+    """``sequence_starts`` of a call that packs sequences in its rows (``position_ids`` restarting
+    within a row, no ``attention_mask``: padding-free training, as transformers'
+    ``DataCollatorWithFlattening`` makes it; None otherwise). "causal" statistics restart at each
+    sequence; a one-line error where an activation pools a whole sample ("sample": transformers
+    keeps packed sequences apart only in causal attention) or where the call continues a cache."""
     positions = kwargs.get("position_ids")
     if not (isinstance(positions, Tensor) and positions.ndim == 2 and positions.shape[1] > 1
             and kwargs.get("attention_mask") is None):
-        return
+        return None
     pooling = [name for name, m in modules if m.__dict__.get("context") != "token"]
-    if pooling and bool((positions.diff(dim=1) != 1).any()):
-        raise ValueError(f"{pooling[0]} pools over positions, and this call packs several sequences in a row "
-                         f"(position_ids restart within it, no attention_mask): its statistics would reach "
-                         f"across them; pad the batch (an attention_mask) or convert with context='token'")
+    starts = sequence_starts(positions) if pooling else None
+    if starts is None:
+        return None
+    whole = [name for name, m in modules if m.__dict__.get("context") == "sample"]
+    if whole or offset:
+        why = (f"{whole[0]} pools every position of a sample" if whole
+               else f"{pooling[0]} would continue a cache of {offset} positions")
+        raise ValueError(f"{why}, and this call packs several sequences in a row (position_ids restart "
+                         f"within it, no attention_mask): pad the batch (an attention_mask), or convert with "
+                         f"context='causal' (statistics restart at each packed sequence) or 'token'")
+    return starts
 
 
 @dataclass(eq=False)

@@ -9,8 +9,8 @@ from torch import Tensor, nn
 from ..ops import dispatch
 from .base import batch_norm, int_at_least, silence
 from .channels import ChannelModule
-from .context import (Context, batch_norm_real, causal_window, check_context, padding, position_norm,
-                      refuse_cached)
+from .context import (Context, batch_norm_real, causal_window, check_context, packed_conv1d, packed_starts,
+                      padding, position_norm, refuse_cached)
 from .entry import Entry
 
 __all__ = ["FReLU"]
@@ -98,16 +98,21 @@ class FReLU(ChannelModule):
         """T(x), the funnel condition of channels-first ``x``. A single value per channel in
         training mode (batch size 1 on 1x1 maps) has no batch statistics (torch's BatchNorm
         raises): it is normalised with the running statistics, which stay unchanged, as in eval
-        mode. Under context="causal" the window ends at each position (left padding k - 1) and
-        each position is normalised over the batch (``nn.context``)."""
+        mode. Under context="causal" the window ends at each position (left padding k - 1; at the
+        start of each sequence packed in a row) and each position is normalised over the batch
+        (``nn.context``)."""
         bn = self.bn_frelu
         mask = padding(self, x)
         if mask is not None:  # a padded batch in a model: pads enter the window as zeros
             x = x * mask.to(x.dtype).unsqueeze(1)
         if self.context == "causal":
             conv = self.conv_frelu
-            h = nn.functional.conv1d(causal_window(self, x, self.kernel_size - 1), conv.weight, conv.bias,
-                                     groups=conv.groups)
+            window = causal_window(self, x, self.kernel_size - 1)
+            starts = packed_starts(self, x.shape[0], x.shape[-1])
+            if starts is None:
+                h = nn.functional.conv1d(window, conv.weight, conv.bias, groups=conv.groups)
+            else:  # sequences packed in a row: each window stops at its sequence's start
+                h = packed_conv1d(window, conv.weight, conv.bias, starts)
             return position_norm(self)(bn, h.transpose(1, 2)).transpose(1, 2)
         refuse_cached(self)
         if mask is not None:
