@@ -303,6 +303,44 @@ def test_sequences_packed_in_a_row_train_as_each_alone(name):
             torch.testing.assert_close(p.grad, expected[n], rtol=1e-4, atol=1e-5, msg=n)
 
 
+@pytest.mark.parametrize("name", CONDITIONED)
+@pytest.mark.parametrize("kind", ["llama", "gemma2"])
+def test_generate_with_a_static_cache_reads_the_padding_of_its_4d_masks(kind, name):
+    """generate with a static cache (``cache_implementation="static"``, the compiled serving path)
+    hands the model 4-D masks made from the 2-D one (Gemma 2: one per kind of layer, additive
+    floats): each step's scores are those of the uncached generation on the 2-D mask (before: the
+    4-D masks were not read, so a left-padded row's pads counted; FReLU then chose other tokens)."""
+    model = _converted(kind, name)
+    ids = torch.randint(3, VOCAB, (2, 6))
+    mask = torch.ones_like(ids)
+    ids[0, :2], mask[0, :2] = 0, 0
+    options = {"attention_mask": mask, "max_new_tokens": 4, "do_sample": False, "pad_token_id": 0,
+               "output_scores": True, "return_dict_in_generate": True}
+    with torch.no_grad():
+        want = model.generate(ids, use_cache=False, **options)
+        got = model.generate(ids, cache_implementation="static", **options)
+    assert torch.equal(got.sequences, want.sequences)
+    for step, (a, b) in enumerate(zip(got.scores, want.scores, strict=True)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=f"step {step}")
+
+
+@pytest.mark.parametrize("name", CONDITIONED)
+def test_sequences_packed_by_a_block_diagonal_4d_mask_are_each_their_own(name):
+    """Packing by a 4-D block-diagonal attention mask (each token attending within its own sequence,
+    as packing was done before position_ids told it): the statistics restart where the mask does, so
+    each sequence's logits are its logits alone, as with restarting position_ids."""
+    model = _converted("llama", name)
+    lengths = [4, 1, 5]
+    ids = torch.randint(3, VOCAB, (1, sum(lengths)))
+    positions = torch.cat([torch.arange(n) for n in lengths]).unsqueeze(0)
+    block = torch.block_diag(*[torch.ones(n, n) for n in lengths]).bool() & torch.ones(10, 10).tril().bool()
+    with torch.no_grad():
+        packed = model(input_ids=ids, attention_mask=block[None, None], position_ids=positions,
+                       use_cache=False).logits
+        alone = torch.cat([model(input_ids=part).logits for part in ids.split(lengths, dim=1)], dim=1)
+    torch.testing.assert_close(packed, alone, rtol=1e-5, atol=1e-5)
+
+
 def test_sequences_packed_in_a_row_are_refused_where_a_sample_is_pooled():
     """An activation pooling a whole sample cannot tell packed sequences apart (transformers keeps
     them apart only in causal attention): a one-line error; per-token activations take them, and plain

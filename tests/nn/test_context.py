@@ -317,6 +317,38 @@ def _rounding(dtype):
     return {"rtol": 0, "atol": {torch.float64: 1e-12, torch.float32: 5e-6, torch.bfloat16: 5e-2}[dtype]}
 
 
+def _four_d(keys, causal=True, window=None, additive=False):
+    """A 4-D attention mask (B, 1, T, T) as transformers makes one from a 2-D ``keys`` (B, T): pads
+    attended by no query; optionally causal, with a sliding window, or additive (0 / the dtype's min)."""
+    t = keys.shape[1]
+    attend = keys.bool()[:, None, None, :].expand(-1, 1, t, t)
+    if causal:
+        attend = attend & torch.ones(t, t).tril().bool()
+    if window is not None:
+        attend = attend & torch.ones(t, t).triu(1 - window).bool()
+    if additive:
+        return torch.zeros(attend.shape).masked_fill(~attend, torch.finfo(torch.float32).min)
+    return attend
+
+
+@pytest.mark.parametrize("case", [("meta_acon_c", {}), ("frelu", {"dims": 1})], ids=["meta_acon_c", "frelu"])
+def test_a_4d_attention_mask_is_read_as_its_2d_one(case):
+    """4-D masks (generate makes them for static caches; models pass them on): the pads they mask are
+    the 2-D mask's, bool or additive, under a sliding window too (which is no packing); "sample" reads a
+    bidirectional one's pads."""
+    name, kwargs = case
+    x, lengths = torch.randn(B, T, C), [T, 5, 3, 7]
+    for context in ("causal", "sample") if name == "meta_acon_c" else ("causal",):
+        host = Host(_module(name, kwargs, context)).eval()
+        track_decoding(host)
+        xp, mask = _padded(x, lengths, "left" if context == "causal" else "right")
+        want = host(xp, attention_mask=mask)
+        causal = context == "causal"
+        for four_d in (_four_d(mask, causal), _four_d(mask, causal, additive=True),
+                       *((_four_d(mask, window=3),) if causal else ())):
+            torch.testing.assert_close(host(xp, attention_mask=four_d), want, rtol=0, atol=0)
+
+
 def test_packed_sequences_where_a_sample_is_pooled_or_a_cache_continues_are_refused():
     """"sample" pools a whole row (transformers keeps packed sequences apart only in causal
     attention), and a cache continued with restarting position ids has no sequence to continue:
@@ -330,6 +362,11 @@ def test_packed_sequences_where_a_sample_is_pooled_or_a_cache_continues_are_refu
         with pytest.raises(ValueError, match=f"{match}, and this call packs several sequences") as info:
             host(x, position_ids=positions, **keywords)
         assert "\n" not in str(info.value)
+    host = Host(_module("meta_acon_c", {}, "sample")).eval()
+    track_decoding(host)
+    block = torch.block_diag(torch.ones(4, 4), torch.ones(5, 5)).bool()[None, None]
+    with pytest.raises(ValueError, match="its 4-D attention_mask is block-diagonal"):
+        host(x, attention_mask=block)
     host = Host(_module("meta_acon_c", {}, "token")).eval()
     track_decoding(host)
     torch.testing.assert_close(host(x, position_ids=positions), host(x), rtol=0, atol=0)

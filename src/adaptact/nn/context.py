@@ -21,7 +21,8 @@ conditioned activations (those of the innermost Hugging Face model holding them:
 call tells the decoder's) two things, read from the call's keywords as Hugging Face models take
 them:
 
-* which positions are padding (``attention_mask``, (B, L), 0 at pads): the "sample" and "causal"
+* which positions are padding (``attention_mask``, (B, L), 0 at pads; or the 4-D mask made from
+  it, such as generate passes with a static cache: ``_from_4d``): the "sample" and "causal"
   statistics and the per-position BatchNorm statistics leave them out, so a sequence's numbers do
   not depend on how its batch is padded;
 * which sequence each position belongs to, where the call packs several sequences in a row
@@ -594,6 +595,42 @@ def _real_positions(mask: object) -> Tensor | None:
     return None
 
 
+def _attention_mask(kwargs: dict[str, Any], offset: int) -> tuple[Tensor | None, Tensor | None]:
+    """The call's padding (``ModelCall.mask``) and packed sequences (``ModelCall.starts``) read from
+    its ``attention_mask``: a 2-D mask as it is; a 4-D one (B, H, q, K) read by ``_from_4d``, such as
+    generate makes for a static cache (for each kind of layer: the full-attention layers' is read)."""
+    mask = kwargs.get("attention_mask")
+    if isinstance(mask, dict):  # one mask per kind of layer (transformers' mask mapping)
+        mask = mask.get("full_attention", next(iter(mask.values()), None))
+    if isinstance(mask, Tensor) and mask.ndim == 4:
+        return _from_4d(mask, offset)
+    return _real_positions(mask), None
+
+
+def _from_4d(mask: Tensor, offset: int) -> tuple[Tensor | None, Tensor | None]:
+    """Which of a call's q positions are real, (B, q) (None: all), from a 4-D attention mask
+    (B, H, q, K) (bool, True where a query attends; or additive float, 0 there), whose head 0 is
+    read: a real position attends to itself, a pad to nothing (transformers masks pads as keys). Its
+    own key is column ``offset + i`` where the keys are positions 0.. (K >= offset + q), else the
+    window ending at it (a sliding layer's). At offset 0, a block-diagonal mask (each query attending
+    from its own sequence's first position, as packed sequences are masked) also gives the
+    ``sequence_starts`` (None otherwise: one sequence per row, or a sliding window)."""
+    attend = mask[:, 0] if mask.dtype == torch.bool else mask[:, 0] == 0
+    b, q, k = attend.shape
+    if k < q:
+        return None, None
+    at = torch.arange(q, device=mask.device)
+    own = offset + at if k >= offset + q else k - q + at
+    real = attend[:, at, own]  # (B, q)
+    starts = None
+    if not offset:
+        first = torch.where(real, attend.int().argmax(-1), at)  # the first key attended; a pad: itself
+        before = torch.cat([first[:, :1], first[:, :-1]], dim=1)
+        if bool(((first == before) | (first == at)).all()) and int(((first == at) & real).sum(1).max()) > 1:
+            starts = first
+    return (None if bool(real.all()) else real), starts
+
+
 def _before_call(model: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
     _in_call.depth = getattr(_in_call, "depth", 0) + 1  # ``_after_call`` (always called) takes it back
     try:
@@ -618,8 +655,11 @@ def _tell(model: nn.Module, kwargs: dict[str, Any]) -> None:
         prefix = Prefix() if cache is None else _prefix(cache)
         if cache is not None:
             _follow(prefix, cache, offset)
-    call = ModelCall(offset, prefix, _real_positions(kwargs.get("attention_mask")), starts)
-    told = offset is not None or call.mask is not None or starts is not None
+    mask, packed = _attention_mask(kwargs, offset or 0)
+    if packed is not None:
+        _refuse_whole(modules, "its 4-D attention_mask is block-diagonal")
+    call = ModelCall(offset, prefix, mask, packed if starts is None else starts)
+    told = offset is not None or call.mask is not None or call.starts is not None
     if model.training and torch.is_grad_enabled():
         _remember(model, modules, call if told else None)
     if not told:
@@ -644,14 +684,22 @@ def _packed(modules: list[tuple[str, nn.Module]], kwargs: dict[str, Any],
     starts = sequence_starts(positions) if pooling else None
     if starts is None:
         return None
-    whole = [name for name, m in modules if m.__dict__.get("context") == "sample"]
-    if whole or offset:
-        why = (f"{whole[0]} pools every position of a sample" if whole
-               else f"{pooling[0]} would continue a cache of {offset} positions")
-        raise ValueError(f"{why}, and this call packs several sequences in a row (position_ids restart "
-                         f"within it, no attention_mask): pad the batch (an attention_mask), or convert with "
-                         f"context='causal' (statistics restart at each packed sequence) or 'token'")
+    how = "position_ids restart within it, no attention_mask"
+    _refuse_whole(modules, how)
+    if offset:
+        raise ValueError(f"{pooling[0]} would continue a cache of {offset} positions, and this call packs "
+                         f"several sequences in a row ({how}): pad the batch (an attention_mask)")
     return starts
+
+
+def _refuse_whole(modules: list[tuple[str, nn.Module]], how: str) -> None:
+    """A one-line error where a call packing sequences in a row (``how`` it shows) meets an
+    activation pooling a whole sample: it cannot tell them apart."""
+    whole = [name for name, m in modules if m.__dict__.get("context") == "sample"]
+    if whole:
+        raise ValueError(f"{whole[0]} pools every position of a sample, and this call packs several "
+                         f"sequences in a row ({how}): pad the batch (a 2-D attention_mask), or convert with "
+                         f"context='causal' (statistics restart at each packed sequence) or 'token'")
 
 
 @dataclass(eq=False)
