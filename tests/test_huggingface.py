@@ -341,6 +341,29 @@ def test_sequences_packed_by_a_block_diagonal_4d_mask_are_each_their_own(name):
     torch.testing.assert_close(packed, alone, rtol=1e-5, atol=1e-5)
 
 
+def test_continuous_batching_fails_each_request_in_one_line_where_statistics_continue():
+    """transformers' continuous batching (``generate_batch``) packs the requests' prompts in a row
+    (read as packed sequences) and then decodes them from a paged cache whose length adaptact cannot
+    read: each request fails with the one-line reason (before: every step started the statistics
+    afresh and FReLU, DY-ReLU-B chose other tokens, silently). "token" serves them as generate does."""
+    prompts = [torch.randint(3, VOCAB, (n,), generator=torch.Generator().manual_seed(n)).tolist()
+               for n in (5, 8, 3)]
+    config = transformers.GenerationConfig(max_new_tokens=4, do_sample=False, eos_token_id=-1, pad_token_id=0)
+    paged = transformers.ContinuousBatchingConfig(page_size=16, num_blocks=8, max_batch_tokens=32,
+                                                  max_requests_per_batch=4)  # (its default sizes take 16 s)
+    for options, refused in (({}, True), ({"context": "token"}, False)):
+        model = _converted("llama", "dy_relu_b", **options)
+        with torch.no_grad():
+            results = model.generate_batch(inputs=prompts, generation_config=config,
+                                           continuous_batching_config=paged)
+            for prompt, result in zip(prompts, results.values(), strict=True):
+                if refused:
+                    assert "whose length adaptact cannot read (continuous batching)" in str(result.error)
+                    continue
+                alone = model.generate(torch.tensor([prompt]), max_new_tokens=4, do_sample=False)
+                assert result.generated_tokens == alone[0, len(prompt):].tolist()
+
+
 def test_sequences_packed_in_a_row_are_refused_where_a_sample_is_pooled():
     """An activation pooling a whole sample cannot tell packed sequences apart (transformers keeps
     them apart only in causal attention): a one-line error; per-token activations take them, and plain

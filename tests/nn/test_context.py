@@ -372,6 +372,26 @@ def test_packed_sequences_where_a_sample_is_pooled_or_a_cache_continues_are_refu
     torch.testing.assert_close(host(x, position_ids=positions), host(x), rtol=0, atol=0)
 
 
+def test_a_call_continuing_a_cache_whose_length_cannot_be_read_is_refused():
+    """A cache object without ``get_seq_length`` nor ``cache_position`` (a paged cache) is taken to
+    start empty; position ids not 0 at a sequence's first real position show a continuation, whose
+    earlier statistics were never kept: one line. A prompt's call passes, left-padded or packed."""
+    host = Host(_module("meta_acon_c", {}, "causal")).eval()
+    track_decoding(host)
+    x = torch.randn(2, T, C)
+    mask = torch.ones(2, T, dtype=torch.long)
+    mask[0, :3] = 0
+    prompt = (mask.cumsum(1) - 1).clamp(min=0)  # as generate makes them: 0 at each first real position
+    host(x, past_key_values=Cache(), position_ids=prompt, attention_mask=mask)
+    host(x, past_key_values=Cache(), position_ids=_packed([[4, 5], [9]]))
+    for positions in (prompt + 5, torch.arange(5, 5 + T).expand(2, T)):
+        with pytest.raises(ValueError, match=r"continues sequences .* from a Cache, whose length adaptact"):
+            host(x, past_key_values=Cache(), position_ids=positions, attention_mask=mask)
+    token = Host(_module("meta_acon_c", {}, "token")).eval()
+    track_decoding(token)
+    token(x, past_key_values=Cache(), position_ids=prompt + 5)
+
+
 def test_contexts_need_one_sequence_dim_and_valid_names():
     m = adaptact.MetaAconC(C, context="causal")
     with pytest.raises(ValueError, match=r"context='causal'\) takes inputs with one sequence dim"):

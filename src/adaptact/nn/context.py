@@ -490,6 +490,40 @@ def _decode_offset(kwargs: dict[str, Any]) -> int | None:
     return 0
 
 
+def _readable(kwargs: dict[str, Any]) -> bool:
+    """Whether ``_decode_offset`` reads how many positions the call's cache holds (from
+    ``cache_position``, the cache's ``get_seq_length`` or a legacy tuple), rather than taking 0."""
+    position, cache = kwargs.get("cache_position"), _cache(kwargs)
+    return ((isinstance(position, Tensor) and position.numel() > 0) or hasattr(cache, "get_seq_length")
+            or (isinstance(cache, (tuple, list)) and bool(cache) and isinstance(cache[0], (tuple, list))))
+
+
+def _refuse_unreadable(modules: list[tuple[str, nn.Module]], cache: Any, positions: object,
+                       starts: Tensor | None, mask: Tensor | None) -> None:
+    """A one-line error where a call gives a cache whose length cannot be read (a paged cache:
+    transformers' continuous batching) with ``position_ids`` not 0 at a sequence's first (real)
+    position: it continues sequences whose earlier positions' statistics were never kept with that
+    cache, and a pooling activation would start them afresh. A prompt's first call passes."""
+    if not isinstance(positions, Tensor) or positions.ndim != 2 or not any(
+            m.__dict__.get("context") != "token" for _, m in modules):
+        return
+    t = positions.shape[1]
+    if starts is not None and starts.shape[1] == t:
+        first = starts.expand(positions.shape[0], t) == torch.arange(t, device=positions.device)
+        if mask is not None and mask.shape == first.shape:
+            first = first & mask.to(first.device)
+        at = positions[first.to(positions.device)]
+    elif mask is not None and mask.shape[1] == t and mask.shape[0] == positions.shape[0]:
+        at = positions.gather(1, mask.int().argmax(1, keepdim=True).to(positions.device))
+    else:
+        at = positions[:, :1]
+    if bool((at != 0).any()):
+        raise ValueError(f"this call continues sequences (their position_ids do not start at 0) from a "
+                         f"{type(cache).__name__}, whose length adaptact cannot read (continuous batching): "
+                         f"the statistics of their earlier positions were never kept there; generate with "
+                         f"generate() or convert with context='token'")
+
+
 def _cache(kwargs: dict[str, Any]) -> Any:
     return kwargs.get("past_key_values", kwargs.get("cache"))
 
@@ -658,7 +692,10 @@ def _tell(model: nn.Module, kwargs: dict[str, Any]) -> None:
     mask, packed = _attention_mask(kwargs, offset or 0)
     if packed is not None:
         _refuse_whole(modules, "its 4-D attention_mask is block-diagonal")
-    call = ModelCall(offset, prefix, mask, packed if starts is None else starts)
+    starts = packed if starts is None else starts
+    if cache is not None and not _readable(kwargs):
+        _refuse_unreadable(modules, cache, kwargs.get("position_ids"), starts, mask)
+    call = ModelCall(offset, prefix, mask, starts)
     told = offset is not None or call.mask is not None or call.starts is not None
     if model.training and torch.is_grad_enabled():
         _remember(model, modules, call if told else None)
