@@ -520,8 +520,8 @@ def _refuse_unreadable(modules: list[tuple[str, nn.Module]], cache: Any, positio
     if bool((at != 0).any()):
         raise ValueError(f"this call continues sequences (their position_ids do not start at 0) from a "
                          f"{type(cache).__name__}, whose length adaptact cannot read (continuous batching): "
-                         f"the statistics of their earlier positions were never kept there; generate with "
-                         f"generate() or convert with context='token'")
+                         f"the statistics of their earlier positions were never kept there; use "
+                         f"model.generate, or convert with context='token'")
 
 
 def _cache(kwargs: dict[str, Any]) -> Any:
