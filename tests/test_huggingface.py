@@ -364,6 +364,30 @@ def test_continuous_batching_fails_each_request_in_one_line_where_statistics_con
                 assert result.generated_tokens == alone[0, len(prompt):].tolist()
 
 
+@pytest.mark.parametrize("name", CONDITIONED)
+def test_a_converted_model_exports_with_its_attention_mask(name):
+    """``torch.export`` of a converted model called with an ``attention_mask`` (a serving input):
+    traced, the hooks apply the mask whatever it holds (before: asking whether it held pads was a
+    data-dependent guard, and export failed), so the program, exported with dynamic batch and
+    length, gives eager's logits for other paddings and shapes."""
+    model = _converted("llama", name)
+    ids = torch.randint(3, VOCAB, (2, 7))
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0
+    batch, length = torch.export.Dim("batch", min=1, max=8), torch.export.Dim("length", min=2, max=32)
+    inputs = {"input_ids": ids, "attention_mask": mask, "use_cache": False}
+    program = torch.export.export(model, (), kwargs=inputs, dynamic_shapes={
+        "input_ids": {0: batch, 1: length}, "attention_mask": {0: batch, 1: length}, "use_cache": None})
+    for shape, pads in (((2, 7), 0), ((3, 9), 3), ((1, 5), 0)):
+        ids = torch.randint(3, VOCAB, shape)
+        mask = torch.ones_like(ids)
+        mask[0, :pads] = 0
+        with torch.no_grad():
+            got = program.module()(input_ids=ids, attention_mask=mask, use_cache=False).logits
+            want = model(ids, attention_mask=mask, use_cache=False).logits
+        torch.testing.assert_close(got[mask.bool()], want[mask.bool()], rtol=1e-5, atol=1e-5)
+
+
 def test_sequences_packed_in_a_row_are_refused_where_a_sample_is_pooled():
     """An activation pooling a whole sample cannot tell packed sequences apart (transformers keeps
     them apart only in causal attention): a one-line error; per-token activations take them, and plain

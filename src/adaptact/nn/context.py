@@ -282,9 +282,9 @@ def packed_starts(module: nn.Module, batch: int, positions: int) -> Tensor | Non
 def sequence_starts(position_ids: Tensor) -> Tensor | None:
     """(B, T) long from ``position_ids`` (B, T): the position each position's sequence starts at,
     a sequence ending wherever the next position id is not one more (as transformers finds packed
-    sequences); None where no row restarts."""
+    sequences); None where no row restarts (found only outside tracing: ``_tracing``)."""
     restarts = position_ids.diff(dim=1) != 1
-    if not bool(restarts.any()):
+    if not _tracing() and not bool(restarts.any()):
         return None
     first = torch.cat([torch.ones_like(restarts[:, :1]), restarts], dim=1)
     at = torch.arange(position_ids.shape[1], device=position_ids.device)
@@ -623,8 +623,15 @@ def _conditioned(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return conditioned
 
 
+def _tracing() -> bool:
+    """Whether the call is being traced (torch.compile, torch.export, torch.jit.trace): no decision
+    may read a tensor's values, so a mask is applied whatever it holds and a packing is found
+    from the position ids by the ops themselves."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
 def _real_positions(mask: object) -> Tensor | None:
-    if isinstance(mask, Tensor) and mask.ndim == 2 and not bool(mask.all()):
+    if isinstance(mask, Tensor) and mask.ndim == 2 and (_tracing() or not bool(mask.all())):
         return mask.bool()
     return None
 
@@ -657,6 +664,8 @@ def _from_4d(mask: Tensor, offset: int) -> tuple[Tensor | None, Tensor | None]:
     own = offset + at if k >= offset + q else k - q + at
     real = attend[:, at, own]  # (B, q)
     starts = None
+    if _tracing():
+        return real, None  # (no packing found by reading the mask's values)
     if not offset:
         first = torch.where(real, attend.int().argmax(-1), at)  # the first key attended; a pad: itself
         before = torch.cat([first[:, :1], first[:, :-1]], dim=1)
@@ -693,7 +702,7 @@ def _tell(model: nn.Module, kwargs: dict[str, Any]) -> None:
     if packed is not None:
         _refuse_whole(modules, "its 4-D attention_mask is block-diagonal")
     starts = packed if starts is None else starts
-    if cache is not None and not _readable(kwargs):
+    if cache is not None and not _readable(kwargs) and not _tracing():
         _refuse_unreadable(modules, cache, kwargs.get("position_ids"), starts, mask)
     call = ModelCall(offset, prefix, mask, starts)
     told = offset is not None or call.mask is not None or call.starts is not None
@@ -718,7 +727,12 @@ def _packed(modules: list[tuple[str, nn.Module]], kwargs: dict[str, Any],
             and kwargs.get("attention_mask") is None):
         return None
     pooling = [name for name, m in modules if m.__dict__.get("context") != "token"]
-    starts = sequence_starts(positions) if pooling else None
+    if not pooling:
+        return None
+    if _tracing():  # the values unread: the causal sums follow any packing, nothing can be refused
+        whole = any(m.__dict__.get("context") == "sample" for _, m in modules)
+        return None if whole or offset else sequence_starts(positions)
+    starts = sequence_starts(positions)
     if starts is None:
         return None
     how = "position_ids restart within it, no attention_mask"
