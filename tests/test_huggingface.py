@@ -185,6 +185,32 @@ def _qwen2_moe():
         num_key_value_heads=2, num_experts=4, num_experts_per_tok=2, pad_token_id=0))
 
 
+def test_a_model_converted_on_the_meta_device_gets_the_contexts_of_one_converted_with_weights():
+    """Deferred init (built on the meta device, converted, then materialised and loaded): Qwen2-MoE's
+    shared expert, called on rows, gets "token" as on the CPU (before: its grouped matmuls refuse
+    float32 on meta, so the conversion's dry forward failed, the shared expert got "causal" and the
+    first forward raised); loaded with the twin's weights, the model gives the twin's logits."""
+    channels = {f"model.layers.{i}.mlp.{p}.act_fn": c for i in range(LAYERS)
+                for p, c in (("shared_expert", 40), ("experts", 24))}
+    torch.manual_seed(0)
+    twin = _qwen2_moe().eval()
+    adaptact.replace_activations(twin, "meta_acon_c", channels=channels)
+    with torch.device("meta"):
+        model = _qwen2_moe()
+    adaptact.replace_activations(model, "meta_acon_c", channels=channels)
+    contexts = {p: model.get_submodule(p).context for p in channels}
+    assert contexts == {p: twin.get_submodule(p).context for p in channels}
+    assert {c for p, c in contexts.items() if "shared_expert." in p} == {"token"}
+    model.to_empty(device="cpu")
+    model.load_state_dict(twin.state_dict())
+    with torch.no_grad():  # and the rotary embedding's buffers, which no state dict holds
+        for name, buffer in twin.named_buffers():
+            model.get_buffer(name).copy_(buffer)
+    ids = torch.randint(3, VOCAB, (2, 6))
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(ids).logits, twin(ids).logits, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("build", [_opt, _mixtral, _qwen2_moe], ids=["opt", "mixtral", "qwen2_moe"])
 def test_lazy_channels_made_by_a_forward_are_recorded_by_save_pretrained(tmp_path, build):
     """Converted without ``channels=``, OPT's and the experts' activations take their channels from

@@ -24,6 +24,7 @@ Anything that cannot be handled raises ValueError naming the layer.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import operator
@@ -594,15 +595,21 @@ def _input_ranks(model: nn.Module, sites: list[_Site]) -> dict[str, int]:
                 ranks[path] = min(ranks.get(path, args[0].ndim), args[0].ndim)
         return hook
 
-    hooks = [m.register_forward_pre_hook(seen(path)) for path, m in modules.items()]
-    try:
-        device = next(model.parameters()).device
-        _run_example(model, {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in dummy.items()})
-    except Exception:  # noqa: BLE001 - no forward here (meta weights, inputs it needs): nothing seen
-        return {}
-    finally:
-        for h in hooks:
-            h.remove()
+    device = next(model.parameters()).device
+    inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in dummy.items()}
+    tries = [model]
+    if device.type == "meta":  # some ops take only half precision on meta (grouped matmuls): a copy
+        tries.append(copy.deepcopy(model).to(torch.bfloat16))  # in bfloat16 (no memory on meta)
+    for tried in tries:
+        hooks = [tried.get_submodule(path).register_forward_pre_hook(seen(path)) for path in modules]
+        try:
+            _run_example(tried, inputs)
+            return ranks
+        except Exception:  # noqa: BLE001 - no forward here (inputs it needs, ops meta lacks): nothing seen
+            ranks.clear()
+        finally:
+            for h in hooks:
+                h.remove()
     return ranks
 
 
