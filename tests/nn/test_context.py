@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import adaptact
-from adaptact.nn.context import CALL, PREFIX, decoding, position_statistics, track_decoding
+from adaptact.nn.context import CALL, PREFIX, decoding, position_statistics, shifted_conv1d, track_decoding
 
 CONDITIONED = [
     ("meta_acon_c", {}), ("meta_acon_c", {"granularity": "layer"}), ("meta_acon_c", {"norm": "none"}),
@@ -311,6 +311,26 @@ def test_packed_running_means_restart_at_each_sequence(pieces, dtype):
                 want = piece.cumsum(0) / torch.arange(1, n + 1, dtype=torch.float64).unsqueeze(-1)
                 torch.testing.assert_close(got[row, start:start + n].double(), want, **_rounding(dtype))
                 start += n
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 20), st.sampled_from([1, 2, 3, 5]), st.integers(1, 9), st.booleans(),
+       st.sampled_from([torch.float32, torch.float64, torch.bfloat16]))
+def test_shifted_conv1d_is_the_depthwise_conv1d(t, k, channels, bias, dtype):
+    """The few-position form causal FReLU takes (k shifted multiply-adds) gives torch's depthwise
+    conv1d and its gradients, to the dtype's rounding."""
+    window = torch.randn(2, channels, k - 1 + t, dtype=dtype, requires_grad=True)
+    weight = torch.randn(channels, 1, k, dtype=dtype, requires_grad=True)
+    b = torch.randn(channels, dtype=dtype, requires_grad=True) if bias else None
+    got = shifted_conv1d(window, weight, b)
+    want = torch.nn.functional.conv1d(window, weight, b, groups=channels)
+    tolerance = {"rtol": 3e-2, "atol": 8e-2} if dtype == torch.bfloat16 else {"rtol": 1e-5, "atol": 1e-5}
+    torch.testing.assert_close(got, want, **tolerance)
+    grad = torch.randn_like(want)
+    inputs = [window, weight] + ([b] if bias else [])
+    grads = torch.autograd.grad(got, inputs, grad), torch.autograd.grad(want, inputs, grad)
+    for g, w in zip(*grads, strict=True):
+        torch.testing.assert_close(g, w, **tolerance)
 
 
 def _rounding(dtype):

@@ -9,8 +9,9 @@ from torch import Tensor, nn
 from ..ops import dispatch
 from .base import batch_norm, int_at_least, silence
 from .channels import ChannelModule
-from .context import (Context, batch_norm_real, causal_window, check_context, packed_conv1d, packed_starts,
-                      padding, position_norm, refuse_cached)
+from .context import (SHIFTED_POSITIONS, Context, batch_norm_real, causal_window, check_context,
+                      packed_conv1d, packed_starts, padding, position_norm, refuse_cached, shifted_conv1d,
+                      tracing)
 from .entry import Entry
 
 __all__ = ["FReLU"]
@@ -109,10 +110,12 @@ class FReLU(ChannelModule):
             conv = self.conv_frelu
             window = causal_window(self, x, self.kernel_size - 1)
             starts = packed_starts(self, x.shape[0], x.shape[-1])
-            if starts is None:
-                h = nn.functional.conv1d(window, conv.weight, conv.bias, groups=conv.groups)
-            else:  # sequences packed in a row: each window stops at its sequence's start
+            if starts is not None:  # sequences packed in a row: each window stops at its sequence's start
                 h = packed_conv1d(window, conv.weight, conv.bias, starts)
+            elif not tracing() and x.shape[-1] <= SHIFTED_POSITIONS:  # a decoded token, a short prompt
+                h = shifted_conv1d(window, conv.weight, conv.bias)
+            else:
+                h = nn.functional.conv1d(window, conv.weight, conv.bias, groups=conv.groups)
             return position_norm(self)(bn, h.transpose(1, 2)).transpose(1, 2)
         refuse_cached(self)
         if mask is not None:
