@@ -354,8 +354,9 @@ def _four_d(keys, causal=True, window=None, additive=False):
 @pytest.mark.parametrize("case", [("meta_acon_c", {}), ("frelu", {"dims": 1})], ids=["meta_acon_c", "frelu"])
 def test_a_4d_attention_mask_is_read_as_its_2d_one(case):
     """4-D masks (generate makes them for static caches; models pass them on): the pads they mask are
-    the 2-D mask's, bool or additive, under a sliding window too (which is no packing); "sample" reads a
-    bidirectional one's pads."""
+    the 2-D mask's, bool or additive, under a sliding window too (which is no packing), and flex
+    attention's BlockMask's (before: not read, pads counted); "sample" reads a bidirectional one's
+    pads."""
     name, kwargs = case
     x, lengths = torch.randn(B, T, C), [T, 5, 3, 7]
     for context in ("causal", "sample") if name == "meta_acon_c" else ("causal",):
@@ -365,8 +366,20 @@ def test_a_4d_attention_mask_is_read_as_its_2d_one(case):
         want = host(xp, attention_mask=mask)
         causal = context == "causal"
         for four_d in (_four_d(mask, causal), _four_d(mask, causal, additive=True),
-                       *((_four_d(mask, window=3),) if causal else ())):
+                       *((_four_d(mask, window=3),) if causal else ()), _block_mask(mask, causal)):
             torch.testing.assert_close(host(xp, attention_mask=four_d), want, rtol=0, atol=0)
+
+
+def _block_mask(keys, causal=True):
+    """Flex attention's BlockMask of the same masking as ``_four_d``."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    real = keys.bool()
+
+    def mask_mod(b, h, q, kv):
+        return real[b, kv] & (kv <= q) if causal else real[b, kv]
+
+    return create_block_mask(mask_mod, keys.shape[0], None, keys.shape[1], keys.shape[1], device="cpu")
 
 
 def test_packed_sequences_where_a_sample_is_pooled_or_a_cache_continues_are_refused():

@@ -55,6 +55,7 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+from torch.nn.attention.flex_attention import BlockMask
 
 from ..ops import distributed
 from .base import RECOMPUTING, normalise, statistics_dtype, track_running_stats
@@ -656,14 +657,33 @@ def _real_positions(mask: object) -> Tensor | None:
 
 def _attention_mask(kwargs: dict[str, Any], offset: int) -> tuple[Tensor | None, Tensor | None]:
     """The call's padding (``ModelCall.mask``) and packed sequences (``ModelCall.starts``) read from
-    its ``attention_mask``: a 2-D mask as it is; a 4-D one (B, H, q, K) read by ``_from_4d``, such as
-    generate makes for a static cache (for each kind of layer: the full-attention layers' is read)."""
+    its ``attention_mask``: a 2-D mask as it is; a 4-D one (B, H, q, K) read by ``_from_4d``, or flex
+    attention's ``BlockMask`` by ``_from_block_mask``, such as generate makes for a static cache (for
+    each kind of layer: the full-attention layers' is read)."""
     mask = kwargs.get("attention_mask")
     if isinstance(mask, dict):  # one mask per kind of layer (transformers' mask mapping)
         mask = mask.get("full_attention", next(iter(mask.values()), None))
     if isinstance(mask, Tensor) and mask.ndim == 4:
         return _from_4d(mask, offset)
+    if isinstance(mask, BlockMask):
+        return _from_block_mask(mask, offset), None
     return _real_positions(mask), None
+
+
+def _from_block_mask(mask: BlockMask, offset: int) -> Tensor | None:
+    """Which of a call's q positions are real, (B, q) (None: all), from flex attention's
+    ``BlockMask`` (generate makes one for a static cache under ``attn_implementation=
+    "flex_attention"``): its ``mask_mod`` at each position's own key, as ``_from_4d`` reads a
+    dense mask (its query index counts from the call's first position, its keys are positions)."""
+    q, k = mask.seq_lengths
+    device = mask.kv_indices.device
+    at = torch.arange(q, device=device)
+    own = offset + at if k >= offset + q else k - q + at
+    head = torch.zeros((), dtype=torch.long, device=device)
+    per_position = torch.vmap(lambda b, i, key: mask.mask_mod(b, head, i, key), in_dims=(None, 0, 0))
+    rows = torch.arange(mask.shape[0], device=device)
+    real = torch.vmap(per_position, in_dims=(0, None, None))(rows, at, own)
+    return None if not tracing() and bool(real.all()) else real.bool()
 
 
 def _from_4d(mask: Tensor, offset: int) -> tuple[Tensor | None, Tensor | None]:
