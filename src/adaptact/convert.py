@@ -597,12 +597,12 @@ def _input_ranks(model: nn.Module, sites: list[_Site]) -> dict[str, int]:
 
     device = next(model.parameters()).device
     inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in dummy.items()}
-    tries = [model]
-    if device.type == "meta":  # some ops take only half precision on meta (grouped matmuls): a copy
-        tries.append(copy.deepcopy(model).to(torch.bfloat16))  # in bfloat16 (no memory on meta)
-    for tried in tries:
-        hooks = [tried.get_submodule(path).register_forward_pre_hook(seen(path)) for path in modules]
+    # on meta, some ops take only half precision (grouped matmuls): then a bfloat16 copy (no memory there)
+    for half in (False, True) if device.type == "meta" else (False,):
+        hooks = []
         try:
+            tried = copy.deepcopy(model).to(torch.bfloat16) if half else model
+            hooks = [tried.get_submodule(path).register_forward_pre_hook(seen(path)) for path in modules]
             _run_example(tried, inputs)
             return ranks
         except Exception:  # noqa: BLE001 - no forward here (inputs it needs, ops meta lacks): nothing seen
