@@ -156,12 +156,14 @@ class Prefix:
     per module name, the running sums and counts of the statistics at every position so far
     (``Running``); and the cache's fingerprint (B, T) when they were kept (``_fingerprint``), with
     the keys tensor it was taken from (a weak reference) and that tensor's version then: while the
-    cache holds the same tensor unchanged, its fingerprint is the one kept."""
+    cache holds the same tensor unchanged, its fingerprint is the one kept. On a paged cache
+    (continuous batching: ``Paged``), the running sums at each of its slots instead."""
 
     sums: dict[str, Running] = field(default_factory=dict)
     fingerprint: Tensor | None = None
     keys: weakref.ref[Tensor] | None = None
     keys_version: int = -1
+    slots: dict[str, Tensor] = field(default_factory=dict)  # a paged cache's: running sums at each slot
 
     def __getstate__(self) -> dict[str, Any]:
         """A pickled prefix (a pickled cache's) without the weak reference, which pickle refuses: its
@@ -222,18 +224,34 @@ class Prefix:
 
 
 @dataclass
+class Paged:
+    """A call of transformers' continuous batching, which packs its requests' new positions in one
+    row and keeps their keys in the slots of a paged cache: ``starts`` (1, T), where each request's
+    positions start in the row; ``positions`` (1, T), each one's position in its request;
+    ``before`` (T,), at each position the cache slot of the position before its request's first new
+    one (-1 where that is the request's first position); ``slots`` (T,), the slots the call writes."""
+
+    starts: Tensor
+    positions: Tensor
+    before: Tensor
+    slots: Tensor
+
+
+@dataclass
 class ModelCall:
     """One call of a hooked model, as its conditioned activations see it: ``offset`` positions
     already in its cache (None: no cache given or asked for), the cache's ``prefix`` (None without
     a cache), ``mask`` (B, L), True at the real positions of the call's sequence (None: no
     padding; L covers the cached positions too, the call's own are the last ones), and ``starts``
     (B or 1, T), where the call packs sequences in its rows: the position each position's sequence
-    starts at (None: one sequence per row; ``sequence_starts``)."""
+    starts at (None: one sequence per row; ``sequence_starts``); ``paged``, a continuous batching
+    call's (``Paged``)."""
 
     offset: int | None
     prefix: Prefix | None
     mask: Tensor | None
     starts: Tensor | None = None
+    paged: Paged | None = None
 
 
 def _call(module: nn.Module) -> tuple[ModelCall, str] | None:
@@ -316,6 +334,8 @@ def causal_window(module: nn.Module, x: Tensor, size: int) -> Tensor:
     if entry is None or prefix is None:
         return nn.functional.pad(x, (size, 0))
     call, name = entry
+    if call.paged is not None:
+        _refuse_paged(name)
     offset, n = call.offset or 0, x.shape[0]
     before = x.new_zeros(n, x.shape[1], 0)
     if offset:
@@ -398,6 +418,8 @@ def position_statistics(module: nn.Module, s: Tensor, context: str) -> Tensor:
         counts = distributed.replicated_like(counts, s)  # tensor parallel: s is a DTensor
         return s.cumsum(1) / counts.unsqueeze(-1)
     call, name = entry
+    if call.paged is not None:
+        return _paged_statistics(call, name, s)
     mask = position_mask(module, n, t)
     starts = packed_starts(module, n, t)
     if starts is not None:  # sequences packed in a row (no mask then): each restarts its sums
@@ -418,6 +440,26 @@ def position_statistics(module: nn.Module, s: Tensor, context: str) -> Tensor:
     if call.prefix is not None:
         call.prefix.keep(name, call.offset or 0, sums, counts)
     return sums / counts.clamp(min=1).unsqueeze(-1)
+
+
+def _paged_statistics(call: ModelCall, name: str, s: Tensor) -> Tensor:
+    """``position_statistics`` ("causal") of a continuous batching call (``Paged``): each request's
+    running sums continue from those kept at the slot of the position before its new ones, and are
+    kept at the slots its new positions take (``Prefix.slots``)."""
+    paged, prefix = call.paged, call.prefix
+    assert paged is not None and prefix is not None
+    sums, _ = _sequence_sums(s, paged.starts)
+    kept = prefix.slots.get(name)
+    size = int(paged.slots.max()) + 1
+    if kept is None or kept.shape[0] < size or kept.shape[1] != s.shape[-1] or kept.dtype != s.dtype:
+        grown = s.new_zeros(max(size, 0 if kept is None else kept.shape[0]), s.shape[-1])
+        if kept is not None and kept.shape[1] == s.shape[-1]:
+            grown[:kept.shape[0]] = kept.to(s.dtype)
+        kept = prefix.slots[name] = grown
+    carried = kept.index_select(0, paged.before.clamp(min=0)) * (paged.before >= 0).unsqueeze(-1).to(s.dtype)
+    sums = sums + carried.unsqueeze(0)
+    kept.index_copy_(0, paged.slots, sums[0].detach())
+    return sums / (paged.positions + 1).to(s.dtype).unsqueeze(-1)
 
 
 def _one_more(module: nn.Module, name: str, call: ModelCall, s: Tensor) -> Tensor:
@@ -541,6 +583,49 @@ def _refuse_unreadable(modules: list[tuple[str, nn.Module]], cache: Any, positio
                          f"{type(cache).__name__}, whose length adaptact cannot read (continuous batching): "
                          f"the statistics of their earlier positions were never kept there; use "
                          f"model.generate, or convert with context='token'")
+
+
+def _paged(modules: list[tuple[str, nn.Module]], kwargs: dict[str, Any]) -> Paged | None:
+    """``Paged`` from the keywords transformers' continuous batching calls a model with (one row of
+    its requests' new positions, ``cu_seq_lens_q`` between them, and the first slot group's
+    ``read_index`` (every key of each request, in order, its new ones last; empty where no request
+    has earlier positions) and ``write_index`` (its new keys' slots)); None for other calls. Only
+    running sums continue so: an activation pooling a whole sample refuses such a call in one line,
+    as a causal FReLU's window does (``causal_window``)."""
+    positions, bounds = kwargs.get("position_ids"), kwargs.get("cu_seq_lens_q")
+    reads, writes, keys = kwargs.get("read_index"), kwargs.get("write_index"), kwargs.get("cu_seq_lens_k")
+    if not (isinstance(positions, Tensor) and positions.ndim == 2 and positions.shape[0] == 1
+            and isinstance(bounds, Tensor) and isinstance(reads, (list, tuple)) and reads
+            and isinstance(writes, (list, tuple)) and writes and isinstance(keys, dict)):
+        return None
+    t = positions.shape[1]
+    read, slots = reads[0].long(), writes[0].long()
+    if slots.numel() != t:
+        return None
+    whole = [name for name, m in modules if m.__dict__.get("context") == "sample"]
+    if whole:
+        _refuse_paged(whole[0])
+    device = positions.device
+    bounds = bounds.long().to(device)
+    lengths = bounds.diff()
+    request = torch.repeat_interleave(torch.arange(lengths.numel(), device=device), lengths)
+    first = bounds[:-1].index_select(0, request)  # each position's request's first new position
+    continuing = positions[0].index_select(0, first) > 0
+    before = torch.full((t,), -1, dtype=torch.long, device=device)
+    if bool(continuing.any()):
+        ends = next((v for v in keys.values() if isinstance(v, Tensor) and int(v[-1]) == read.numel()), None)
+        if ends is None:
+            return None  # the slots before cannot be found: refused by ``_refuse_unreadable``
+        last_key = ends.long().to(device)[1:].index_select(0, request)  # the end of each request's keys
+        previous = last_key - lengths.index_select(0, request) - 1  # the key before its first new one
+        before = torch.where(continuing, read.to(device).index_select(0, previous.clamp(min=0)), before)
+    return Paged(starts=first.unsqueeze(0), positions=positions, before=before, slots=slots.to(device))
+
+
+def _refuse_paged(name: str) -> None:
+    raise ValueError(f"{name} cannot continue a request of continuous batching: only running means are "
+                     f"kept with its paged cache (not a window, nor a whole sample); use model.generate, or "
+                     f"convert with context='token'")
 
 
 def _cache(kwargs: dict[str, Any]) -> Any:
@@ -740,10 +825,15 @@ def _tell(model: nn.Module, kwargs: dict[str, Any]) -> None:
     if packed is not None:
         _refuse_whole(modules, "its 4-D attention_mask is block-diagonal")
     starts = packed if starts is None else starts
+    paged = None
     if cache is not None and not _readable(kwargs) and not tracing():
-        _refuse_unreadable(modules, cache, kwargs.get("position_ids"), starts, mask)
-    call = ModelCall(offset, prefix, mask, starts)
-    told = offset is not None or call.mask is not None or call.starts is not None
+        paged = _paged(modules, kwargs)
+        if paged is None:
+            _refuse_unreadable(modules, cache, kwargs.get("position_ids"), starts, mask)
+        else:
+            starts = None
+    call = ModelCall(offset, prefix, mask, starts, paged)
+    told = offset is not None or call.mask is not None or call.starts is not None or paged is not None
     if model.training and torch.is_grad_enabled():
         _remember(model, modules, call if told else None)
     if not told:
