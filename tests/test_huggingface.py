@@ -370,26 +370,37 @@ def test_sequences_packed_by_a_block_diagonal_4d_mask_are_each_their_own(name):
 @pytest.mark.parametrize("name", ["meta_acon_c", "dy_relu_b", "frelu"])
 def test_continuous_batching_gives_each_request_its_generate_tokens(name):
     """transformers' continuous batching (``generate_batch``) packs its requests' new positions in a
-    row and keeps their keys in a paged cache: the running means continue from the cache slot before
-    each request's new positions, so each request's tokens are those ``generate`` gives it alone,
-    with prompts split over several steps (a small ``max_batch_tokens``) and decoding mixed with
-    prefills (before: every step started afresh, and DY-ReLU-B chose other tokens). A causal FReLU's
-    window is not kept there: each request fails with that reason in one line."""
+    row and keeps their keys in a paged cache: the running means continue from those kept at the
+    slot of the position before each request's new ones, so each request gets the tokens ``generate``
+    gives it alone, with prompts split over several steps (a small ``max_batch_tokens``) and decoding
+    mixed with prefills (before: every step started afresh; DY-ReLU-B chose other tokens). Kept is
+    each request's last position only: a request continuing from a prefix another one computed (the
+    cache's block sharing) fails in one line naming the setting that avoids it, as every request
+    does where a causal FReLU's window would have to continue."""
     model = _converted("llama", name)
     generator = torch.Generator().manual_seed(1)
+    shared = torch.randint(3, VOCAB, (8,), generator=generator).tolist()  # two full pages of 4
     prompts = [torch.randint(3, VOCAB, (n,), generator=generator).tolist() for n in (5, 11, 3)]
+    prompts += [shared + [5, 6], shared + [7]]
     config = transformers.GenerationConfig(max_new_tokens=6, do_sample=False, eos_token_id=-1, pad_token_id=0)
-    paged = transformers.ContinuousBatchingConfig(page_size=4, num_blocks=32, max_batch_tokens=6,
-                                                  max_requests_per_batch=3)  # (its default sizes take 16 s)
     with torch.no_grad():
-        results = model.generate_batch(inputs=prompts, generation_config=config,
-                                       continuous_batching_config=paged)
-        for prompt, result in zip(prompts, results.values(), strict=True):
+        alone = [model.generate(torch.tensor([p]), max_new_tokens=6, do_sample=False)[0, len(p):].tolist()
+                 for p in prompts]
+        for sharing in (False, True):
+            paged = transformers.ContinuousBatchingConfig(  # (its default sizes take 16 s to set up)
+                page_size=4, num_blocks=32, max_batch_tokens=6, max_requests_per_batch=3,
+                allow_block_sharing=sharing)
+            results = model.generate_batch(inputs=prompts, generation_config=config,
+                                           continuous_batching_config=paged)
+            errors = [str(r.error) for r in results.values() if r.error is not None]
             if name == "frelu":
-                assert "cannot continue a request of continuous batching" in str(result.error)
+                assert len(errors) == len(prompts)
+                assert all("cannot continue a request of continuous batching: only running means" in e
+                           for e in errors)
                 continue
-            alone = model.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False)
-            assert result.generated_tokens == alone[0, len(prompt):].tolist()
+            for want, result in zip(alone, results.values(), strict=True):
+                assert result.generated_tokens == want or "allow_block_sharing=False" in str(result.error)
+            assert bool(errors) == sharing
 
 
 def test_sequences_packed_in_a_row_are_refused_where_a_sample_is_pooled():

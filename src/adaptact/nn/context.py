@@ -157,13 +157,14 @@ class Prefix:
     (``Running``); and the cache's fingerprint (B, T) when they were kept (``_fingerprint``), with
     the keys tensor it was taken from (a weak reference) and that tensor's version then: while the
     cache holds the same tensor unchanged, its fingerprint is the one kept. On a paged cache
-    (continuous batching: ``Paged``), the running sums at each of its slots instead."""
+    (continuous batching: ``Paged``), per module the running sums (S,) at the slot of each
+    request's last position so far instead."""
 
     sums: dict[str, Running] = field(default_factory=dict)
     fingerprint: Tensor | None = None
     keys: weakref.ref[Tensor] | None = None
     keys_version: int = -1
-    slots: dict[str, Tensor] = field(default_factory=dict)  # a paged cache's: running sums at each slot
+    slots: dict[str, dict[int, Tensor]] = field(default_factory=dict)  # a paged cache's (``Paged``)
 
     def __getstate__(self) -> dict[str, Any]:
         """A pickled prefix (a pickled cache's) without the weak reference, which pickle refuses: its
@@ -226,15 +227,18 @@ class Prefix:
 @dataclass
 class Paged:
     """A call of transformers' continuous batching, which packs its requests' new positions in one
-    row and keeps their keys in the slots of a paged cache: ``starts`` (1, T), where each request's
-    positions start in the row; ``positions`` (1, T), each one's position in its request;
-    ``before`` (T,), at each position the cache slot of the position before its request's first new
-    one (-1 where that is the request's first position); ``slots`` (T,), the slots the call writes."""
+    row and keeps their keys in the slots of a paged cache: ``starts`` (1, T), where each position's
+    request starts in the row; ``positions`` (1, T), each one's position in its request;
+    ``request`` (T,), each one's request; per request, ``before``, the cache slot of the position
+    before its first new one (-1 where that is its first position), and ``last``, the index of its
+    last new one in the row; ``slots``, the slots the call writes."""
 
     starts: Tensor
     positions: Tensor
-    before: Tensor
-    slots: Tensor
+    request: Tensor
+    before: list[int]
+    last: list[int]
+    slots: list[int]
 
 
 @dataclass
@@ -444,21 +448,28 @@ def position_statistics(module: nn.Module, s: Tensor, context: str) -> Tensor:
 
 def _paged_statistics(call: ModelCall, name: str, s: Tensor) -> Tensor:
     """``position_statistics`` ("causal") of a continuous batching call (``Paged``): each request's
-    running sums continue from those kept at the slot of the position before its new ones, and are
-    kept at the slots its new positions take (``Prefix.slots``)."""
+    running sums continue from those kept at the slot of the position before its new ones, and
+    the sums at its last new position are kept at that position's slot (``Prefix.slots``); a slot
+    the call writes again drops what was kept there (its request is gone), so what is kept stays
+    one row per live request at most, whatever the cache's size."""
     paged, prefix = call.paged, call.prefix
     assert paged is not None and prefix is not None
     sums, _ = _sequence_sums(s, paged.starts)
-    kept = prefix.slots.get(name)
-    size = int(paged.slots.max()) + 1
-    if kept is None or kept.shape[0] < size or kept.shape[1] != s.shape[-1] or kept.dtype != s.dtype:
-        grown = s.new_zeros(max(size, 0 if kept is None else kept.shape[0]), s.shape[-1])
-        if kept is not None and kept.shape[1] == s.shape[-1]:
-            grown[:kept.shape[0]] = kept.to(s.dtype)
-        kept = prefix.slots[name] = grown
-    carried = kept.index_select(0, paged.before.clamp(min=0)) * (paged.before >= 0).unsqueeze(-1).to(s.dtype)
-    sums = sums + carried.unsqueeze(0)
-    kept.index_copy_(0, paged.slots, sums[0].detach())
+    kept = prefix.slots.setdefault(name, {})
+    zeros = s.new_zeros(s.shape[-1])
+    carried = []
+    for slot in paged.before:
+        row = zeros if slot < 0 else kept.get(slot)
+        if row is None:
+            raise ValueError(f"{name} cannot continue a request of continuous batching from a position whose "
+                             f"running means were not kept (a prefix shared with another request): use "
+                             f"ContinuousBatchingConfig(allow_block_sharing=False)")
+        carried.append(row.to(s.dtype))
+    sums = sums + torch.stack(carried).index_select(0, paged.request).unsqueeze(0)
+    for slot in paged.slots:
+        kept.pop(slot, None)
+    for last in paged.last:
+        kept[paged.slots[last]] = sums[0, last].detach()
     return sums / (paged.positions + 1).to(s.dtype).unsqueeze(-1)
 
 
@@ -600,7 +611,7 @@ def _paged(modules: list[tuple[str, nn.Module]], kwargs: dict[str, Any]) -> Page
         return None
     t = positions.shape[1]
     read, slots = reads[0].long(), writes[0].long()
-    if slots.numel() != t:
+    if slots.numel() != t or bounds.numel() < 2 or int(bounds[-1]) != t:  # (a padded batch: refused)
         return None
     whole = [name for name, m in modules if m.__dict__.get("context") == "sample"]
     if whole:
@@ -609,17 +620,21 @@ def _paged(modules: list[tuple[str, nn.Module]], kwargs: dict[str, Any]) -> Page
     bounds = bounds.long().to(device)
     lengths = bounds.diff()
     request = torch.repeat_interleave(torch.arange(lengths.numel(), device=device), lengths)
-    first = bounds[:-1].index_select(0, request)  # each position's request's first new position
-    continuing = positions[0].index_select(0, first) > 0
-    before = torch.full((t,), -1, dtype=torch.long, device=device)
-    if bool(continuing.any()):
-        ends = next((v for v in keys.values() if isinstance(v, Tensor) and int(v[-1]) == read.numel()), None)
-        if ends is None:
+    firsts, ends = bounds[:-1].tolist(), bounds[1:].tolist()
+    starting = positions[0].index_select(0, bounds[:-1]).tolist()  # each request's first new position
+    before = [-1] * len(firsts)
+    if any(starting):
+        key_bounds = [v for v in keys.values() if isinstance(v, Tensor) and int(v[-1]) == read.numel()]
+        if not key_bounds:
             return None  # the slots before cannot be found: refused by ``_refuse_unreadable``
-        last_key = ends.long().to(device)[1:].index_select(0, request)  # the end of each request's keys
-        previous = last_key - lengths.index_select(0, request) - 1  # the key before its first new one
-        before = torch.where(continuing, read.to(device).index_select(0, previous.clamp(min=0)), before)
-    return Paged(starts=first.unsqueeze(0), positions=positions, before=before, slots=slots.to(device))
+        keys_end = key_bounds[0].long()[1:].tolist()
+        at_key = [end - (stop - first) - 1 if at else 0  # the key before each request's first new one
+                  for at, first, stop, end in zip(starting, firsts, ends, keys_end, strict=True)]
+        found = read.index_select(0, torch.tensor(at_key, device=read.device)).tolist()
+        before = [slot if at else -1 for slot, at in zip(found, starting, strict=True)]
+    starts = bounds[:-1].index_select(0, request).unsqueeze(0)
+    return Paged(starts=starts, positions=positions, request=request, before=before,
+                 last=[stop - 1 for stop in ends], slots=slots.tolist())
 
 
 def _refuse_paged(name: str) -> None:
