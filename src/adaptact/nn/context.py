@@ -469,7 +469,7 @@ def _paged_statistics(call: ModelCall, name: str, s: Tensor) -> Tensor:
     for slot in paged.slots:
         kept.pop(slot, None)
     for last in paged.last:
-        kept[paged.slots[last]] = sums[0, last].detach()
+        kept[paged.slots[last]] = sums[0, last].detach().clone()  # (not a view holding the whole call's)
     return sums / (paged.positions + 1).to(s.dtype).unsqueeze(-1)
 
 
