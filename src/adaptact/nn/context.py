@@ -350,35 +350,29 @@ def causal_window(module: nn.Module, x: Tensor, size: int) -> Tensor:
     return torch.cat([zeros, before, x], dim=-1)
 
 
-def packed_conv1d(window: Tensor, weight: Tensor, bias: Tensor | None, starts: Tensor) -> Tensor:
-    """A depthwise ``conv1d`` (``weight`` (C, 1, k)) of ``window`` (N, C, k - 1 + T), as
-    ``causal_window`` makes it, whose window at each position leaves out the positions before that
-    position's packed sequence (``starts`` (N or 1, T)): each sequence convolved as alone, with
-    zeros before its first position. (N, C, T)."""
-    k = weight.shape[-1]
-    t = window.shape[-1] - k + 1
-    windows = window.unfold(-1, k, 1)  # (N, C, T, k): position t - (k - 1) + j at j; kept: (N or 1, 1, T, k)
-    at = torch.arange(t, device=window.device).unsqueeze(-1) - (k - 1) + torch.arange(k, device=window.device)
-    kept = distributed.replicated_like((at >= starts.unsqueeze(-1)).to(window.dtype).unsqueeze(1), window)
-    h = torch.einsum("nctk,ck->nct", windows * kept, weight[:, 0])
-    return h if bias is None else h + bias.unsqueeze(-1)
-
-
 SHIFTED_POSITIONS = 16  # causal windows of at most this many outputs: k shifted multiply-adds, not conv1d
 
 
-def shifted_conv1d(window: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+def shifted_conv1d(window: Tensor, weight: Tensor, bias: Tensor | None,
+                   starts: Tensor | None = None) -> Tensor:
     """``conv1d(window, weight, bias, groups=C)`` for a depthwise ``weight`` (C, 1, k) as k shifted
-    multiply-adds, (N, C, T) from ``window`` (N, C, k - 1 + T): for the few positions of a decoded
-    token torch's depthwise conv1d costs several times more (at C = 688, k = 3, one thread: 53 us
-    against 17 us for one position, 56 against 26 for 16; 202 against 273 for 512)."""
+    multiply-adds, (N, C, T) from ``window`` (N, C, k - 1 + T) as ``causal_window`` makes it. For
+    the few positions of a decoded token torch's depthwise conv1d costs several times more (at
+    C = 688, k = 3, one thread: 53 us against 17 us for one position, 56 against 26 for 16; 202
+    against 273 for 512). With ``starts`` (N or 1, T), where sequences are packed in a row, a tap
+    reaching before its position's sequence reads zero: each sequence convolved as alone."""
     k = weight.shape[-1]
     t = window.shape[-1] - k + 1
     taps = weight[:, 0].unsqueeze(-1)  # (C, k, 1)
-    first = window[..., :t]
-    h = first * taps[:, 0] if bias is None else torch.addcmul(bias.unsqueeze(-1), first, taps[:, 0])
-    for j in range(1, k):
-        h = torch.addcmul(h, window[..., j:j + t], taps[:, j])
+    at = torch.arange(t, device=window.device)
+    h: Tensor | None = None if bias is None else bias.unsqueeze(-1)
+    for j in range(k):
+        x = window[..., j:j + t]  # the position k - 1 - j before each one
+        if starts is not None and j < k - 1:
+            kept = (at - (k - 1 - j) >= starts).to(x.dtype).unsqueeze(1)  # (N or 1, 1, T)
+            x = x * distributed.replicated_like(kept, x)
+        h = x * taps[:, j] if h is None else torch.addcmul(h, x, taps[:, j])
+    assert h is not None
     return h
 
 

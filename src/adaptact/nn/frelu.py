@@ -10,8 +10,7 @@ from ..ops import dispatch
 from .base import batch_norm, int_at_least, silence
 from .channels import ChannelModule
 from .context import (SHIFTED_POSITIONS, Context, batch_norm_real, causal_window, check_context,
-                      packed_conv1d, packed_starts, padding, position_norm, refuse_cached, shifted_conv1d,
-                      tracing)
+                      packed_starts, padding, position_norm, refuse_cached, shifted_conv1d, tracing)
 from .entry import Entry
 
 __all__ = ["FReLU"]
@@ -111,7 +110,7 @@ class FReLU(ChannelModule):
             window = causal_window(self, x, self.kernel_size - 1)
             starts = packed_starts(self, x.shape[0], x.shape[-1])
             if starts is not None:  # sequences packed in a row: each window stops at its sequence's start
-                h = packed_conv1d(window, conv.weight, conv.bias, starts)
+                h = shifted_conv1d(window, conv.weight, conv.bias, starts)
             elif not tracing() and x.shape[-1] <= SHIFTED_POSITIONS:  # a decoded token, a short prompt
                 h = shifted_conv1d(window, conv.weight, conv.bias)
             else:
