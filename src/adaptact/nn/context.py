@@ -764,6 +764,14 @@ def _attention_mask(kwargs: dict[str, Any], offset: int) -> tuple[Tensor | None,
     return _real_positions(mask), None
 
 
+def _own_keys(q: int, k: int, offset: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """The call's q positions (0..q-1) and the column of each one's own key among a mask's k: the
+    keys are positions where they cover them (k >= offset + q), else a window ending at the call's
+    last position (a sliding layer's)."""
+    at = torch.arange(q, device=device)
+    return at, (offset + at if k >= offset + q else k - q + at)
+
+
 def _from_block_mask(mask: BlockMask, offset: int) -> Tensor | None:
     """Which of a call's q positions are real, (B, q) (None: all), from flex attention's
     ``BlockMask`` (generate makes one for a static cache under ``attn_implementation=
@@ -771,8 +779,7 @@ def _from_block_mask(mask: BlockMask, offset: int) -> Tensor | None:
     dense mask (its query index counts from the call's first position, its keys are positions)."""
     q, k = mask.seq_lengths
     device = mask.kv_indices.device
-    at = torch.arange(q, device=device)
-    own = offset + at if k >= offset + q else k - q + at
+    at, own = _own_keys(q, k, offset, device)
     head = torch.zeros((), dtype=torch.long, device=device)
     per_position = torch.vmap(lambda b, i, key: mask.mask_mod(b, head, i, key), in_dims=(None, 0, 0))
     rows = torch.arange(mask.shape[0], device=device)
@@ -792,8 +799,7 @@ def _from_4d(mask: Tensor, offset: int) -> tuple[Tensor | None, Tensor | None]:
     b, q, k = attend.shape
     if k < q:
         return None, None
-    at = torch.arange(q, device=mask.device)
-    own = offset + at if k >= offset + q else k - q + at
+    at, own = _own_keys(q, k, offset, mask.device)
     real = attend[:, at, own]  # (B, q)
     starts = None
     if tracing():

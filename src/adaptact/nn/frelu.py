@@ -109,10 +109,9 @@ class FReLU(ChannelModule):
             conv = self.conv_frelu
             window = causal_window(self, x, self.kernel_size - 1)
             starts = packed_starts(self, x.shape[0], x.shape[-1])
-            if starts is not None:  # sequences packed in a row: each window stops at its sequence's start
+            # packed sequences (each window stops at its sequence's start), a decoded token, a short prompt
+            if starts is not None or (not tracing() and x.shape[-1] <= SHIFTED_POSITIONS):
                 h = shifted_conv1d(window, conv.weight, conv.bias, starts)
-            elif not tracing() and x.shape[-1] <= SHIFTED_POSITIONS:  # a decoded token, a short prompt
-                h = shifted_conv1d(window, conv.weight, conv.bias)
             else:
                 h = nn.functional.conv1d(window, conv.weight, conv.bias, groups=conv.groups)
             return position_norm(self)(bn, h.transpose(1, 2)).transpose(1, 2)
