@@ -513,3 +513,33 @@ def test_a_models_conditioned_modules_are_found_again_after_a_registration_not_a
         inner = nn.Sequential(adaptact.create("dy_relu_b", channels=4, channel_dim=-1, context="causal"))
         net.layers.append(inner)  # a subtree holding a conditioned module, built before
         assert [n for n, _ in context._conditioned(net)] == ["layers.0.1", "layers.1.0", "extra"]
+
+
+def test_importing_adaptact_adds_no_recompilation_to_a_model_that_slices_its_layers():
+    """A compiled model that slices its ModuleList in its forward (transformers' decoders do, at
+    every call) is compiled once for calls of one shape. adaptact counts module registrations (to
+    know when a model's structure changed); traced, that count became a guard that every call's
+    slicing broke, so every call of any compiled model recompiled (before: 3 graphs for 3 calls)."""
+
+    class Sliced(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ModuleList(nn.Linear(4, 4) for _ in range(3))
+
+        def forward(self, x):
+            for layer in self.layers[:2]:
+                x = layer(x)
+            return x
+
+    graphs = []
+
+    def counting(gm, inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    model = torch.compile(Sliced(), backend=counting)
+    x = torch.randn(2, 4)
+    for _ in range(3):
+        model(x)
+    assert len(graphs) == 1

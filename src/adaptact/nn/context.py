@@ -695,12 +695,14 @@ def _follow(prefix: Prefix, cache: Any, offset: int) -> None:
 # process (torch's global registration hook: setattr, add_module, a container's items), but those
 # made inside a tracked model's call in this thread that register no conditioned module themselves
 # (transformers slices its ModuleList of layers at every call, re-registering them in a temporary
-# list). A decoded token then costs no walk.
+# list), nor those made while a compiled forward is traced. A decoded token then costs no walk.
 _structure = [0]
 _in_call = threading.local()  # .depth: tracked model calls under way in this thread
 
 
 def _registered(module: nn.Module, name: str, submodule: nn.Module | None) -> None:
+    if torch.compiler.is_compiling():  # a compiled forward's temporary lists: read, the count would be a
+        return  # guard that every call's registrations broke (each call of any compiled model recompiled)
     if (submodule is not None and submodule.__dict__.get("context") in CONTEXTS) or not getattr(
             _in_call, "depth", 0):
         _structure[0] += 1

@@ -397,7 +397,9 @@ def lean(name: str) -> Callable[..., Tensor]:
     its last dim, Dynamic ReLU as (M, C) rows."""
     compiled = _LEAN.get(name)
     if compiled is None:
-        compiled = _LEAN[name] = functools.partial(_apply, getattr(AG, name))
+        compiled = functools.partial(_apply, getattr(AG, name))
+        if not torch.compiler.is_compiling():  # (kept while traced, the dict's size would be a guard
+            _LEAN[name] = compiled  # that the next call broke: one more graph)
     return compiled
 
 
