@@ -631,3 +631,120 @@ def test_lora_trains_the_activations_named_for_peft_and_decodes_with_the_cache()
         first = wrapped(input_ids=ids[:, :5])
         later = wrapped(input_ids=ids[:, 5:], cache=first.cache).logits
     torch.testing.assert_close(later, full[:, 5:], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", CONDITIONED)
+@pytest.mark.parametrize("kind", ["llama", "gemma2"])
+def test_every_cache_pattern_on_a_static_cache_gives_the_full_forwards_logits(kind, name):
+    """A static cache (transformers' ``StaticCache``: fixed capacity, its length a tensor) keeps the
+    generators' running sums as tensors by position: split calls, one position per call with a
+    second generation interleaved, a crop, a reorder by beam search's method, a deep copy, a pickle
+    and a reset cache all continue as the full forward (Gemma 2: sliding and full layers)."""
+    model = _converted(kind, name)
+    ids = torch.randint(3, VOCAB, (2, 10))
+
+    def static():
+        return transformers.StaticCache(config=model.config, max_cache_len=16)
+
+    with torch.no_grad():
+        full = model(ids).logits
+        one, two = static(), static()
+        torch.testing.assert_close(model(ids[:, :6], cache=one).logits, full[:, :6], rtol=1e-5, atol=1e-5)
+        model(ids[1:, :3], cache=two)
+        for t in range(6, 10):
+            step = model(ids[:, t: t + 1], cache=one).logits
+            torch.testing.assert_close(step[:, 0], full[:, t], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(model(ids[1:, 3:], cache=two).logits, full[1:, 3:], rtol=1e-5, atol=1e-5)
+        one.crop(-3)  # 10 -> 7 positions, as assisted decoding undoes rejected tokens
+        torch.testing.assert_close(model(ids[:, 7:], cache=one).logits, full[:, 7:], rtol=1e-5, atol=1e-5)
+        three = static()
+        model(ids[:, :5], cache=three)
+        order = torch.tensor([1, 1])  # beam search's reorder: row 1 twice
+        three.reorder_cache(order)
+        torch.testing.assert_close(model(ids[order, 5:], cache=three).logits, full[order, 5:],
+                                   rtol=1e-5, atol=1e-5)
+        four = static()
+        model(ids[:, :5], cache=four)
+        for other, mine in ((copy.deepcopy(model), copy.deepcopy(four)),
+                            (pickle.loads(pickle.dumps(model)), pickle.loads(pickle.dumps(four)))):
+            torch.testing.assert_close(other(ids[:, 5:], cache=mine).logits, full[:, 5:], rtol=1e-5,
+                                       atol=1e-5)
+        four.reset()  # a cache used again from its start (generate reuses a static cache so)
+        flipped = ids.flip(0)
+        model(flipped[:, :4], cache=four)
+        torch.testing.assert_close(model(flipped[:, 4:], cache=four).logits, full.flip(0)[:, 4:],
+                                   rtol=1e-5, atol=1e-5)
+
+
+def _counting_backend(graphs):
+    """A torch.compile backend that keeps each graph it is given and runs it through AOTAutograd
+    (functionalized, as Inductor gets it: in-place writes to the cache's tensors become copies back)."""
+    aot_eager = torch._dynamo.lookup_backend("aot_eager")
+
+    def backend(gm, inputs):
+        graphs.append(gm)
+        return aot_eager(gm, inputs)
+
+    return backend
+
+
+@pytest.mark.parametrize("name", CONDITIONED)
+def test_compiled_static_cache_decoding_is_one_graph_for_every_token(name):
+    """generate on a static cache compiles the model's call for decoding (transformers does so on
+    GPUs by default; ``_compile_all_devices`` does it here): a padded batch decodes the tokens and
+    scores of the uncompiled, uncached generation, in one graph for all its decoding calls.
+    Before, the causal generators' running sums raised there (Python lists, and numbers read from
+    tensors, under tracing), and compiling ``model.forward`` by hand gave a graph per token."""
+    model = _converted("llama", name)
+    ids = torch.randint(3, VOCAB, (2, 6))
+    mask = torch.ones_like(ids)
+    ids[0, :2], mask[0, :2] = 0, 0
+    options = {"attention_mask": mask, "do_sample": False, "pad_token_id": 0, "output_scores": True,
+               "return_dict_in_generate": True}
+    torch._dynamo.reset()
+    graphs = []
+    config = transformers.CompileConfig(backend=_counting_backend(graphs), mode=None)
+    config._compile_all_devices = True
+    with torch.no_grad():
+        want = model.generate(ids, use_cache=False, max_new_tokens=8, **options)
+        got = model.generate(ids, cache_implementation="static", compile_config=config, max_new_tokens=8,
+                             **options)
+    assert len(graphs) == 1  # for the 7 decoding calls (as the unconverted model)
+    assert torch.equal(got.sequences, want.sequences)
+    for step, (a, b) in enumerate(zip(got.scores, want.scores, strict=True)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=f"step {step}")
+
+
+@pytest.mark.parametrize("name", ["meta_acon_c", "frelu"])
+def test_a_forward_compiled_whole_decodes_a_static_cache_in_one_graph_per_call_length(name):
+    """The serving recipe ``model.forward = torch.compile(model.forward, fullgraph=True)`` with a
+    static cache: the prompt and the decoded tokens each compile once (no graph break, which
+    fullgraph refuses), and the tokens are the uncached generation's. Before, tracing the inner
+    model's hooks read a tensor's value and fullgraph raised."""
+    model = _converted("llama", name)
+    ids = torch.randint(3, VOCAB, (2, 6))
+    mask = torch.ones_like(ids)
+    ids[0, :2], mask[0, :2] = 0, 0
+    options = {"attention_mask": mask, "do_sample": False, "pad_token_id": 0, "max_new_tokens": 6}
+    torch._dynamo.reset()
+    graphs = []
+    with torch.no_grad():
+        want = model.generate(ids, use_cache=False, **options)
+        model.forward = torch.compile(model.forward, fullgraph=True, backend=_counting_backend(graphs))
+        got = model.generate(ids, cache_implementation="static", disable_compile=True, **options)
+    assert len(graphs) == 2  # the prompt's length, and one position
+    assert torch.equal(got, want)
+
+
+def test_exporting_a_static_cache_decoding_step_is_refused_in_one_line():
+    """ExecuTorch's decoding program (transformers' exportable module, a static cache in its
+    buffers) cannot carry the running statistics kept beside the cache from one call to the next:
+    each call of the program would start them afresh (0.004 off in the logits after six tokens, had
+    it exported). The export raises, naming the way out."""
+    executorch = pytest.importorskip("transformers.integrations.executorch")
+    model = _converted("llama", "meta_acon_c")
+    model.generation_config.cache_implementation = "static"
+    model.generation_config.cache_config = {"batch_size": 1, "max_cache_len": 16}
+    exportable = executorch.TorchExportableModuleForDecoderOnlyLM(model)
+    with pytest.raises(Exception, match="running statistics beside the static cache"):
+        exportable.export(input_ids=torch.ones(1, 1, dtype=torch.long), cache_position=torch.tensor([0]))

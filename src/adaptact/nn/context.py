@@ -36,7 +36,11 @@ them:
   cropped one (assisted decoding), two generations interleaved, a deep-copied or pickled model all
   continue from the right prefix.
   A reorder is recognised by the cache's own keys (each row's per-position key sums) and followed.
-  Causal FReLU keeps its inputs there the same way, for the window of the next positions.
+  Causal FReLU keeps its inputs there the same way, for the window of the next positions. On a
+  static cache (fixed capacity, its length a tensor: what compiled decoding uses) they are kept as
+  tensors by position instead, read and written by tensor index (``static_cache``), so a compiled
+  decoding step is one graph for every token; its rows' moves are followed through the cache's
+  own methods. An exported program cannot carry them from call to call: its export is refused.
   "sample" modules raise in a cached decode instead of computing other numbers than the full
   sequence's.
 """
@@ -58,6 +62,7 @@ from torch import Tensor, nn
 from torch.nn.attention.flex_attention import BlockMask
 
 from ..ops import distributed
+from . import static_cache
 from .base import RECOMPUTING, normalise, statistics_dtype, track_running_stats
 from .families import BatchNorm
 
@@ -158,13 +163,15 @@ class Prefix:
     the keys tensor it was taken from (a weak reference) and that tensor's version then: while the
     cache holds the same tensor unchanged, its fingerprint is the one kept. On a paged cache
     (continuous batching: ``Paged``), per module the running sums (S,) at the slot of each
-    request's last position so far instead."""
+    request's last position so far instead; on a static cache, per module its tensors indexed by
+    position (``static_cache``)."""
 
     sums: dict[str, Running] = field(default_factory=dict)
     fingerprint: Tensor | None = None
     keys: weakref.ref[Tensor] | None = None
     keys_version: int = -1
     slots: dict[str, dict[int, Tensor]] = field(default_factory=dict)  # a paged cache's (``Paged``)
+    static: dict[str, tuple[Tensor, ...]] = field(default_factory=dict)  # a static cache's (``static_cache``)
 
     def __getstate__(self) -> dict[str, Any]:
         """A pickled prefix (a pickled cache's) without the weak reference, which pickle refuses: its
@@ -222,6 +229,7 @@ class Prefix:
             state.batch = rows.shape[0]
         if self.fingerprint is not None:
             self.fingerprint = self.fingerprint.index_select(0, rows.to(self.fingerprint.device))
+        static_cache.select_rows(self.static, rows)
 
 
 @dataclass
@@ -249,13 +257,30 @@ class ModelCall:
     padding; L covers the cached positions too, the call's own are the last ones), and ``starts``
     (B or 1, T), where the call packs sequences in its rows: the position each position's sequence
     starts at (None: one sequence per row; ``sequence_starts``); ``paged``, a continuous batching
-    call's (``Paged``)."""
+    call's (``Paged``). On a static cache (``static_cache``), ``position`` (0-d) is the positions it
+    holds before the call, of ``capacity``, and ``offset`` is None: nothing about the call is a
+    Python number read from a tensor, so a compiled decoding step is one graph for every position."""
 
     offset: int | None
     prefix: Prefix | None
     mask: Tensor | None
     starts: Tensor | None = None
     paged: Paged | None = None
+    position: Tensor | None = None
+    capacity: int = 0
+
+    @property
+    def cached(self) -> bool:
+        """Whether the call writes to a cache (of any kind)."""
+        return self.offset is not None or self.position is not None
+
+    @property
+    def continues(self) -> bool:
+        """Whether positions the call's cache holds come before its own (or may: a static cache's
+        count is not read while a compiled call is traced)."""
+        if self.position is None:
+            return bool(self.offset)
+        return tracing() or bool(self.position > 0)
 
 
 def _call(module: nn.Module) -> tuple[ModelCall, str] | None:
@@ -273,8 +298,7 @@ def decoding(module: nn.Module) -> bool:
     or packing (a cache, an attention mask with pads, sequences packed in a row): its generator
     reads them, so it runs eagerly."""
     entry = _call(module)
-    return entry is not None and (entry[0].offset is not None or entry[0].mask is not None
-                                  or entry[0].starts is not None)
+    return entry is not None and (entry[0].cached or entry[0].mask is not None or entry[0].starts is not None)
 
 
 def position_mask(module: nn.Module, batch: int, positions: int) -> Tensor | None:
@@ -286,7 +310,7 @@ def position_mask(module: nn.Module, batch: int, positions: int) -> Tensor | Non
     mask = entry[0].mask
     if mask is None or mask.shape[0] != batch or mask.shape[1] < positions:
         return None
-    if not entry[0].offset and mask.shape[1] != positions:  # a sequence of another length than the
+    if not entry[0].cached and mask.shape[1] != positions:  # a sequence of another length than the
         return None  # call's tokens (a VLM's projector on image features): not the mask's
     return mask[:, mask.shape[1] - positions:]
 
@@ -340,6 +364,8 @@ def causal_window(module: nn.Module, x: Tensor, size: int) -> Tensor:
     call, name = entry
     if call.paged is not None:
         _refuse_paged(name)
+    if call.position is not None:
+        return static_cache.kept_window(prefix.static, name, x, size, call.position, call.capacity)
     offset, n = call.offset or 0, x.shape[0]
     before = x.new_zeros(n, x.shape[1], 0)
     if offset:
@@ -379,7 +405,8 @@ def shifted_conv1d(window: Tensor, weight: Tensor, bias: Tensor | None,
 def refuse_cached(module: nn.Module) -> None:
     """Raise when ``module`` (context "sample") is called inside a cached decode: pooling every
     position of the sample cannot be continued from the new positions alone."""
-    if decode_offset(module):
+    entry = _call(module)
+    if entry is not None and entry[0].continues:
         raise RuntimeError(f"{type(module).__name__}(context='sample') pools every position of a sample; a "
                            f"cached decode shows it the new positions only: use context='causal', or decode "
                            f"with use_cache=False")
@@ -407,6 +434,8 @@ def position_statistics(module: nn.Module, s: Tensor, context: str) -> Tensor:
         return s
     entry = _call(module)
     n, t = s.shape[0], s.shape[1]
+    if entry is not None and entry[0].position is not None:
+        return _static_statistics(module, entry[0], entry[1], s)
     if t == 1 and entry is not None and entry[0].offset and entry[0].mask is None and type(s) is Tensor:
         return _one_more(module, entry[1], entry[0], s)  # a decoded token: the fewest ops
     if t == 1 and (entry is None or (entry[0].offset is None and entry[0].mask is None)):
@@ -437,6 +466,25 @@ def position_statistics(module: nn.Module, s: Tensor, context: str) -> Tensor:
         counts = counts + carried_counts.to(s.dtype).reshape(n, 1)
     if call.prefix is not None:
         call.prefix.keep(name, call.offset or 0, sums, counts)
+    return sums / counts.clamp(min=1).unsqueeze(-1)
+
+
+def _static_statistics(module: nn.Module, call: ModelCall, name: str, s: Tensor) -> Tensor:
+    """``position_statistics`` ("causal") of a call on a static cache: the call's (real) positions'
+    running sums continue from the tensors kept at the position before them
+    (``static_cache.running_sums``)."""
+    assert call.prefix is not None and call.position is not None
+    n, t = s.shape[0], s.shape[1]
+    mask = position_mask(module, n, t)
+    if mask is None:
+        sums = s.cumsum(1)
+        counts = torch.arange(1, t + 1, device=s.device, dtype=s.dtype).expand(n, t)
+    else:
+        weights = mask.to(s.dtype)
+        sums = (s * weights.unsqueeze(-1)).cumsum(1)
+        counts = weights.cumsum(1)
+    sums, counts = static_cache.running_sums(call.prefix.static, name, sums, counts, call.position,
+                                             call.capacity)
     return sums / counts.clamp(min=1).unsqueeze(-1)
 
 
@@ -631,6 +679,17 @@ def _paged(modules: list[tuple[str, nn.Module]], kwargs: dict[str, Any]) -> Page
                  last=[stop - 1 for stop in ends], slots=slots.tolist())
 
 
+def _refuse_exporting(modules: list[tuple[str, nn.Module]]) -> None:
+    """A one-line error where a call on a static cache is exported (ExecuTorch's decoding program):
+    an exported program does not carry the running statistics kept beside the cache from one call
+    to the next, so each call would start them afresh."""
+    pooling = [name for name, m in modules if m.__dict__.get("context") != "token"]
+    if pooling and torch.compiler.is_exporting():
+        raise ValueError(f"{pooling[0]} keeps its running statistics beside the static cache from one call "
+                         f"to the next, which an exported program does not carry: export the model without "
+                         f"a cache (use_cache=False), or convert it with context='token'")
+
+
 def _refuse_paged(name: str) -> None:
     raise ValueError(f"{name} cannot continue a request of continuous batching: only running means are "
                      f"kept with its paged cache (not a window, nor a whole sample); use model.generate, or "
@@ -655,6 +714,13 @@ def _fingerprint(keys: Tensor) -> Tensor:
     """Each row's key sums per position, (B, T): equal rows have equal histories, so a reorder is
     found."""
     return keys.detach().float().sum(dim=(1, 3))
+
+
+def _rows_moved(cache: Any, rows: Tensor) -> None:
+    """The prefix of ``cache`` follows its rows moved (``static_cache.follow_row_moves``)."""
+    prefix = getattr(cache, PREFIX, None)
+    if isinstance(prefix, Prefix):
+        prefix.select(rows)
 
 
 def _prefix(cache: Any) -> Prefix:
@@ -751,7 +817,7 @@ def _real_positions(mask: object) -> Tensor | None:
     return None
 
 
-def _attention_mask(kwargs: dict[str, Any], offset: int) -> tuple[Tensor | None, Tensor | None]:
+def _attention_mask(kwargs: dict[str, Any], offset: int | Tensor) -> tuple[Tensor | None, Tensor | None]:
     """The call's padding (``ModelCall.mask``) and packed sequences (``ModelCall.starts``) read from
     its ``attention_mask``: a 2-D mask as it is; a 4-D one (B, H, q, K) read by ``_from_4d``, or flex
     attention's ``BlockMask`` by ``_from_block_mask``, such as generate makes for a static cache (for
@@ -766,15 +832,18 @@ def _attention_mask(kwargs: dict[str, Any], offset: int) -> tuple[Tensor | None,
     return _real_positions(mask), None
 
 
-def _own_keys(q: int, k: int, offset: int, device: torch.device) -> tuple[Tensor, Tensor]:
+def _own_keys(q: int, k: int, offset: int | Tensor, device: torch.device) -> tuple[Tensor, Tensor]:
     """The call's q positions (0..q-1) and the column of each one's own key among a mask's k: the
-    keys are positions where they cover them (k >= offset + q), else a window ending at the call's
-    last position (a sliding layer's)."""
+    keys are positions where they cover them (k >= offset + q; always for a static cache's full
+    attention, whose ``offset`` is a tensor), else a window ending at the call's last position (a
+    sliding layer's)."""
     at = torch.arange(q, device=device)
+    if isinstance(offset, Tensor):
+        return at, offset.to(device) + at
     return at, (offset + at if k >= offset + q else k - q + at)
 
 
-def _from_block_mask(mask: BlockMask, offset: int) -> Tensor | None:
+def _from_block_mask(mask: BlockMask, offset: int | Tensor) -> Tensor | None:
     """Which of a call's q positions are real, (B, q) (None: all), from flex attention's
     ``BlockMask`` (generate makes one for a static cache under ``attn_implementation=
     "flex_attention"``): its ``mask_mod`` at each position's own key, as ``_from_4d`` reads a
@@ -789,7 +858,7 @@ def _from_block_mask(mask: BlockMask, offset: int) -> Tensor | None:
     return None if not tracing() and bool(real.all()) else real.bool()
 
 
-def _from_4d(mask: Tensor, offset: int) -> tuple[Tensor | None, Tensor | None]:
+def _from_4d(mask: Tensor, offset: int | Tensor) -> tuple[Tensor | None, Tensor | None]:
     """Which of a call's q positions are real, (B, q) (None: all), from a 4-D attention mask
     (B, H, q, K) (bool, True where a query attends; or additive float, 0 there), whose head 0 is
     read: a real position attends to itself, a pad to nothing (transformers masks pads as keys). Its
@@ -831,14 +900,24 @@ def _tell(model: nn.Module, kwargs: dict[str, Any]) -> None:
     cache = _cache(kwargs)
     if kwargs.get("use_cache") is None and cache is None and not model.training:  # the config's default
         kwargs = {**kwargs, "use_cache": getattr(getattr(model, "config", None), "use_cache", None)}
-    offset = _decode_offset(kwargs)
-    starts = _packed(modules, kwargs, offset)
+    static = None if cache is None else static_cache.static_length(cache)
+    if static is None:
+        offset = _decode_offset(kwargs)
+        starts = _packed(modules, kwargs, offset)
+        at: int | Tensor = offset or 0
+    else:  # positions by tensor (``static_cache``); read as a number only eagerly
+        _refuse_exporting(modules)
+        offset, position = None, static[0].clone()
+        at = position if tracing() else int(position)
+        starts = _packed(modules, kwargs, at if isinstance(at, int) else 1)
     prefix = None
-    if offset is not None:
+    if offset is not None or static is not None:
         prefix = Prefix() if cache is None else _prefix(cache)
-        if cache is not None:
-            _follow(prefix, cache, offset)
-    mask, packed = _attention_mask(kwargs, offset or 0)
+        if static is not None:
+            static_cache.follow_row_moves(cache, _rows_moved)
+        elif cache is not None:
+            _follow(prefix, cache, offset or 0)
+    mask, packed = _attention_mask(kwargs, at)
     if packed is not None:
         _refuse_whole(modules, "its 4-D attention_mask is block-diagonal")
     starts = packed if starts is None else starts
@@ -850,7 +929,9 @@ def _tell(model: nn.Module, kwargs: dict[str, Any]) -> None:
         else:
             starts = None
     call = ModelCall(offset, prefix, mask, starts, paged)
-    told = offset is not None or call.mask is not None or call.starts is not None or paged is not None
+    if static is not None:
+        call.position, call.capacity = position, static[1]
+    told = call.cached or call.mask is not None or call.starts is not None or paged is not None
     if model.training and torch.is_grad_enabled():
         _remember(model, modules, call if told else None)
     if not told:

@@ -1,0 +1,130 @@
+"""What causal generators carry between the calls of a model decoding with a static KV cache
+(transformers' ``StaticCache``: ``cache_implementation="static"``, the cache of compiled
+serving), kept as tensors indexed by position.
+
+A static cache holds its keys in tensors of a fixed capacity and counts its positions in a 0-d
+tensor it updates in place. The running sums of a causal generator (and a causal FReLU's inputs)
+are kept the same way: one (B, capacity, S) tensor per module, written at the call's positions
+and read at the position before them, by tensor index, so every call is the same few operations
+whatever its position. A compiled decoding step is then one graph for every token (a Python
+number per position would be a guard, and a recompilation, per token), and a crop costs nothing
+(the positions after it are written again). A reorder of the cache's rows (beam search) reorders
+these tensors through the cache's own methods (``follow_row_moves``).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["follow_row_moves", "kept_window", "running_sums", "select_rows", "static_length"]
+
+ROW_MOVES = ("reorder_cache", "batch_select_indices", "batch_repeat_interleave")  # methods moving rows
+_FOLLOWED = "adaptact_follows_rows"  # on a cache whose ROW_MOVES ``follow_row_moves`` wrapped
+
+
+def static_length(cache: Any) -> tuple[Tensor, int] | None:
+    """The positions a static cache holds (its own 0-d tensor, updated in place as the model
+    writes) and its capacity, read from its first full-attention layer (an encoder-decoder cache's
+    self-attention one); None for any other cache (one that grows, or only sliding layers)."""
+    cache = getattr(cache, "self_attention_cache", cache)
+    for layer in getattr(cache, "layers", None) or ():
+        length, capacity = getattr(layer, "cumulative_length", None), getattr(layer, "max_cache_len", None)
+        if (not getattr(layer, "is_sliding", False) and isinstance(length, Tensor) and length.ndim == 0
+                and isinstance(capacity, int)):
+            return length, capacity
+    return None
+
+
+def _kept(state: dict[str, tuple[Tensor, ...]], name: str, like: Tensor, capacity: int,
+          widths: tuple[int, ...]) -> tuple[Tensor, ...]:
+    """``state[name]``: tensors (N, capacity, w) for each width w, zeros where they are made."""
+    n = like.shape[0]
+    kept = state.get(name)
+    if kept is None or any(t.shape != (n, capacity, w) or t.device != like.device
+                           for t, w in zip(kept, widths, strict=True)):
+        kept = state[name] = tuple(like.new_zeros(n, capacity, w) for w in widths)
+    return kept
+
+
+def running_sums(state: dict[str, tuple[Tensor, ...]], name: str, sums: Tensor, counts: Tensor,
+                 position: Tensor, capacity: int) -> tuple[Tensor, Tensor]:
+    """The running ``sums`` (N, T, S) and ``counts`` (N, T) of a call's T positions, which start
+    at ``position`` (0-d: the positions the cache held before the call), continued from those kept
+    at the position before them (nothing before position 0), and kept at the call's positions in
+    ``state[name]`` for the calls after."""
+    n, t, width = sums.shape
+    kept_sums, kept_counts = _kept(state, name, sums, capacity, (width, 1))
+    before = (position - 1).clamp(min=0).reshape(1)
+    started = (position > 0).to(sums.dtype)
+    sums = sums + kept_sums.index_select(1, before).to(sums.dtype) * started
+    counts = counts + kept_counts.index_select(1, before).reshape(n, 1).to(counts.dtype) * started
+    at = position + torch.arange(t, device=sums.device)
+    kept_sums.index_copy_(1, at, sums.detach().to(kept_sums.dtype))
+    kept_counts.index_copy_(1, at, counts.detach().unsqueeze(-1).to(kept_counts.dtype))
+    return sums, counts
+
+
+def kept_window(state: dict[str, tuple[Tensor, ...]], name: str, x: Tensor, size: int,
+                position: Tensor, capacity: int) -> Tensor:
+    """Channels-first (N, C, T) ``x`` with the ``size`` inputs kept before ``position`` in front
+    (zeros before position 0), ``x`` kept at the call's positions for the calls after."""
+    t = x.shape[-1]
+    (inputs,) = _kept(state, name, x, capacity, (x.shape[1],))
+    at = position - size + torch.arange(size, device=x.device)
+    before = inputs.index_select(1, at.clamp(min=0)) * (at >= 0).to(inputs.dtype).unsqueeze(-1)
+    written = position + torch.arange(t, device=x.device)
+    inputs.index_copy_(1, written, x.detach().transpose(1, 2).to(inputs.dtype))
+    return torch.cat([before.transpose(1, 2).to(x.dtype), x], dim=-1)
+
+
+def select_rows(state: dict[str, tuple[Tensor, ...]], rows: Tensor) -> None:
+    """Rows ``rows`` of every kept tensor, in that order."""
+    for name, kept in state.items():
+        state[name] = tuple(t.index_select(0, rows.to(t.device)) for t in kept)
+
+
+def _moved(cache: Any, method: str, on_rows: Any, *args: Any, **kwargs: Any) -> Any:
+    """``cache``'s own ``method`` (one of ``ROW_MOVES``), then ``on_rows(cache, rows)`` with the rows
+    it kept, in their new order."""
+    rows = _rows(cache, method, args[0] if args else next(iter(kwargs.values())))
+    result = getattr(type(cache), method)(cache, *args, **kwargs)
+    if rows is not None:
+        on_rows(cache, rows)
+    return result
+
+
+def _rows(cache: Any, method: str, argument: Any) -> Tensor | None:
+    if method != "batch_repeat_interleave":
+        return argument if isinstance(argument, Tensor) else torch.as_tensor(argument)
+    length = static_length(cache)
+    batch = _batch(cache)
+    if length is None or batch is None:
+        return None
+    return torch.arange(batch, device=length[0].device).repeat_interleave(int(argument))
+
+
+def _batch(cache: Any) -> int | None:
+    cache = getattr(cache, "self_attention_cache", cache)
+    for layer in getattr(cache, "layers", None) or ():
+        keys = getattr(layer, "keys", None)
+        if isinstance(keys, Tensor) and keys.ndim == 4:
+            return keys.shape[0]
+    return None
+
+
+def follow_row_moves(cache: Any, on_rows: Any) -> None:
+    """Make ``cache``'s methods that move its rows (``ROW_MOVES``: beam search's reorder, a batch's
+    selection or repetition) call ``on_rows(cache, rows)`` after moving them, with each row's source
+    row: what is kept beside the cache moves with it, where no tensor could tell that it moved (a
+    compiled call reads no values). Wrapped on the instance once, by module-level partials, so
+    the cache deep-copies and pickles (a copy's methods move the copy's)."""
+    if not hasattr(cache, "__dict__") or cache.__dict__.get(_FOLLOWED):
+        return
+    for method in ROW_MOVES:
+        if callable(getattr(type(cache), method, None)):
+            setattr(cache, method, functools.partial(_moved, cache, method, on_rows))
+    cache.__dict__[_FOLLOWED] = True

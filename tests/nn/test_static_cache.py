@@ -1,0 +1,94 @@
+"""A static cache's running sums and windows kept as tensors by position (``nn.static_cache``): any
+split of a sequence into calls, with crops back, gives the whole sequence's running sums and
+windows; a cache's row moves carry what is kept beside it, in copies too."""
+
+import copy
+import pickle
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+import torch
+
+from adaptact.nn import static_cache
+
+N, S, CAPACITY = 2, 3, 12
+
+
+@settings(max_examples=40, deadline=None)
+@given(lengths=st.lists(st.integers(1, 4), min_size=1, max_size=6),
+       crops=st.lists(st.integers(0, 3), min_size=6, max_size=6), seed=st.integers(0, 2**16))
+def test_calls_of_any_length_with_crops_continue_the_whole_sequences_sums(lengths, crops, seed):
+    torch.manual_seed(seed)
+    s = torch.randn(N, CAPACITY, S)
+    weights = (torch.rand(N, CAPACITY) > 0.3).float()  # pads weigh 0
+    want_sums, want_counts = (s * weights.unsqueeze(-1)).cumsum(1), weights.cumsum(1)
+    window = torch.cat([torch.zeros(N, S, 2), s.transpose(1, 2)], dim=-1)  # two inputs before each one
+    state = {}
+    position = 0
+    for length, crop in zip(lengths, crops, strict=False):
+        position = max(position - crop, 0)  # a crop: the positions after it are written again
+        length = min(length, CAPACITY - position)
+        if length == 0:
+            break
+        part = slice(position, position + length)
+        at = torch.tensor(position)
+        sums, counts = static_cache.running_sums(state, "m", (s * weights.unsqueeze(-1))[:, part].cumsum(1),
+                                                 weights[:, part].cumsum(1), at, CAPACITY)
+        torch.testing.assert_close(sums, want_sums[:, part])
+        torch.testing.assert_close(counts, want_counts[:, part])
+        got = static_cache.kept_window(state, "w", s[:, part].transpose(1, 2), 2, at, CAPACITY)
+        torch.testing.assert_close(got, window[..., position:position + length + 2])
+        position += length
+
+
+class _Layer:
+    is_sliding = False
+
+    def __init__(self):
+        self.cumulative_length = torch.tensor(0)
+        self.max_cache_len = CAPACITY
+        self.keys = torch.zeros(N, 1, CAPACITY, 1)
+
+
+class _Cache:
+    """A static cache's shape: its layers' length tensors and keys, and the methods moving rows."""
+
+    def __init__(self):
+        self.layers = [_Layer()]
+        self.moved = []
+
+    def reorder_cache(self, rows):
+        self.layers[0].keys = self.layers[0].keys.index_select(0, rows)
+
+    def batch_select_indices(self, rows):
+        self.layers[0].keys = self.layers[0].keys[rows]
+
+    def batch_repeat_interleave(self, repeats):
+        self.layers[0].keys = self.layers[0].keys.repeat_interleave(repeats, dim=0)
+
+
+def _record(cache, rows):
+    cache.moved.append(rows.tolist())
+
+
+def test_a_static_cache_is_read_and_its_row_moves_followed_in_copies_too():
+    cache = _Cache()
+    length, capacity = static_cache.static_length(cache)
+    assert length is cache.layers[0].cumulative_length and capacity == CAPACITY
+    assert static_cache.static_length(object()) is None
+    static_cache.follow_row_moves(cache, _record)
+    static_cache.follow_row_moves(cache, _record)  # once
+    cache.reorder_cache(torch.tensor([1, 1]))
+    cache.batch_repeat_interleave(2)
+    cache.batch_select_indices(torch.tensor([0, 3]))
+    assert cache.moved == [[1, 1], [0, 0, 1, 1], [0, 3]]
+    assert cache.layers[0].keys.shape[0] == 2
+    for other in (copy.deepcopy(cache), pickle.loads(pickle.dumps(cache))):
+        other.reorder_cache(torch.tensor([1, 0]))
+        assert other.moved[-1] == [1, 0] and cache.moved[-1] == [0, 3]  # the copy's own
+
+
+def test_select_rows_moves_every_kept_tensor():
+    state = {"m": (torch.arange(4.0).reshape(2, 2, 1), torch.ones(2, 2, 1))}
+    static_cache.select_rows(state, torch.tensor([1, 1, 0]))
+    assert state["m"][0][:, :, 0].tolist() == [[2, 3], [2, 3], [0, 1]] and state["m"][1].shape == (3, 2, 1)
