@@ -5,9 +5,11 @@ prompt of 16 tokens, ``generate(max_new_tokens=N, do_sample=False)`` with the ca
 in turn in each round (interleaved), one thread; prints the median time per generated token, its
 min-max over rounds and the ratio of medians to SiLU's, and the median of the per-round ratios
 (each model against SiLU in the same round, which cancels a machine's slower and faster spells)
-with their quartiles.
+with their quartiles. The cache: "dynamic" (generate's default), "static" (``cache_implementation=
+"static"``), or "compiled": a static cache with the model's call compiled by Inductor for decoding,
+as transformers does on GPUs (``CompileConfig``, here on the CPU too).
 
-    python benchmarks/decode_time.py [new_tokens] [rounds] [names]
+    python benchmarks/decode_time.py [new_tokens] [rounds] [names] [dynamic|static|compiled]
 """
 
 import statistics
@@ -30,15 +32,28 @@ def llama() -> torch.nn.Module:
     return transformers.LlamaForCausalLM(config).eval()
 
 
-def per_token(model: torch.nn.Module, prompt: torch.Tensor, new: int) -> float:
+def cache_options(cache: str) -> dict:
+    if cache == "dynamic":
+        return {}
+    if cache not in ("static", "compiled"):
+        raise SystemExit(f"the cache is 'dynamic', 'static' or 'compiled', got {cache!r}")
+    if cache == "static":
+        return {"cache_implementation": "static", "disable_compile": True}
+    config = transformers.CompileConfig(mode=None)
+    config._compile_all_devices = True  # transformers compiles on GPUs only, unless told
+    return {"cache_implementation": "static", "compile_config": config}
+
+
+def per_token(model: torch.nn.Module, prompt: torch.Tensor, new: int, options: dict) -> float:
     start = time.perf_counter()
     with torch.no_grad():
-        out = model.generate(prompt, max_new_tokens=new, min_new_tokens=new, do_sample=False)
+        out = model.generate(prompt, max_new_tokens=new, min_new_tokens=new, do_sample=False, **options)
     assert out.shape[1] == prompt.shape[1] + new
     return (time.perf_counter() - start) / new
 
 
-def main(new: int, rounds: int, names: tuple[str, ...]) -> None:
+def main(new: int, rounds: int, names: tuple[str, ...], cache: str) -> None:
+    options = cache_options(cache)
     torch.set_num_threads(1)
     transformers.logging.set_verbosity_error()
     models = {"silu": llama()}
@@ -48,14 +63,14 @@ def main(new: int, rounds: int, names: tuple[str, ...]) -> None:
         models[name] = model.eval()
     prompt = torch.randint(3, 256, (1, 16), generator=torch.Generator().manual_seed(0))
     times: dict[str, list[float]] = {k: [] for k in models}
-    for m in models.values():  # warm up: caches, compiled entries
-        per_token(m, prompt, 4)
+    for m in models.values():  # warm up: caches, compiled entries, the compiled decoding step
+        per_token(m, prompt, new, options)
     for _ in range(rounds):
         for k, m in models.items():
-            times[k].append(per_token(m, prompt, new))
+            times[k].append(per_token(m, prompt, new, options))
     silu = statistics.median(times["silu"])
-    print(f"LLaMA 256/688 x 4 layers, batch 1, prompt 16, {new} new tokens, greedy with the cache, one thread; "
-          f"{rounds} rounds; median ms per token [min-max], x SiLU's median; and the median of each "
+    print(f"LLaMA 256/688 x 4 layers, batch 1, prompt 16, {new} new tokens, greedy with a {cache} cache, "
+          f"one thread; {rounds} rounds; median ms per token [min-max], x SiLU's median; and the median of each "
           "round's ratio to SiLU in that round [its quartiles]")
     for k, v in times.items():
         med = statistics.median(v)
@@ -68,4 +83,4 @@ def main(new: int, rounds: int, names: tuple[str, ...]) -> None:
 if __name__ == "__main__":
     args = sys.argv[1:]
     main(int(args[0]) if args else 32, int(args[1]) if len(args) > 1 else 7,
-         tuple(args[2].split(",")) if len(args) > 2 else NAMES)
+         tuple(args[2].split(",")) if len(args) > 2 else NAMES, args[3] if len(args) > 3 else "dynamic")

@@ -692,9 +692,11 @@ def _counting_backend(graphs):
 def test_compiled_static_cache_decoding_is_one_graph_for_every_token(name):
     """generate on a static cache compiles the model's call for decoding (transformers does so on
     GPUs by default; ``_compile_all_devices`` does it here): a padded batch decodes the tokens and
-    scores of the uncompiled, uncached generation, in one graph for all its decoding calls.
-    Before, the causal generators' running sums raised there (Python lists, and numbers read from
-    tensors, under tracing), and compiling ``model.forward`` by hand gave a graph per token."""
+    scores of the uncompiled, uncached generation, in one graph for all its decoding calls, also
+    after a module is made elsewhere in the process. Before, the causal generators' running sums
+    raised there (Python lists, and numbers read from tensors, under tracing), compiling
+    ``model.forward`` by hand gave a graph per token, and a module made anywhere (another model's
+    call) broke a guard on adaptact's count of registrations: one more graph each time."""
     model = _converted("llama", name)
     ids = torch.randint(3, VOCAB, (2, 6))
     mask = torch.ones_like(ids)
@@ -709,8 +711,11 @@ def test_compiled_static_cache_decoding_is_one_graph_for_every_token(name):
         want = model.generate(ids, use_cache=False, max_new_tokens=8, **options)
         got = model.generate(ids, cache_implementation="static", compile_config=config, max_new_tokens=8,
                              **options)
-    assert len(graphs) == 1  # for the 7 decoding calls (as the unconverted model)
-    assert torch.equal(got.sequences, want.sequences)
+        torch.nn.Sequential(torch.nn.Linear(2, 2))  # a module registered elsewhere in the process
+        again = model.generate(ids, cache_implementation="static", compile_config=config, max_new_tokens=8,
+                               **options)
+    assert len(graphs) == 1  # for the 14 decoding calls (as the unconverted model)
+    assert torch.equal(got.sequences, want.sequences) and torch.equal(again.sequences, want.sequences)
     for step, (a, b) in enumerate(zip(got.scores, want.scores, strict=True)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=f"step {step}")
 

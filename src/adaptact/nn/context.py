@@ -781,9 +781,12 @@ def _conditioned(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The modules of ``model`` that condition on positions, by name, leaving out those inside a
     Hugging Face model inside it: that model's own call tells them its own padding and cache (a T5
     decoder's are not its encoder's), or nothing where it takes no mask (a VLM's vision tower sees
-    patches, not the text). Kept on the model while ``_structure`` stands; plain attributes are
-    read from ``__dict__`` without nn.Module's slow lookup."""
-    kept = model.__dict__.get(_CONDITIONED)
+    patches, not the text). Kept on the model while ``_structure`` stands (a compiled call walks the
+    modules as it is traced instead: read there, the count of registrations anywhere in the process
+    would be a guard that any other model's calls broke); plain attributes are read from
+    ``__dict__`` without nn.Module's slow lookup."""
+    compiling = torch.compiler.is_compiling()
+    kept = None if compiling else model.__dict__.get(_CONDITIONED)
     if kept is not None and kept[0] == _structure[0]:
         return kept[1]
     conditioned: list[tuple[str, nn.Module]] = []
@@ -800,7 +803,8 @@ def _conditioned(model: nn.Module) -> list[tuple[str, nn.Module]]:
                 walk(child, f"{prefix}{name}.")
 
     walk(model, "")
-    model.__dict__[_CONDITIONED] = (_structure[0], conditioned)
+    if not compiling:
+        model.__dict__[_CONDITIONED] = (_structure[0], conditioned)
     return conditioned
 
 
