@@ -16,8 +16,11 @@ N, S, CAPACITY = 2, 3, 12
 
 @settings(max_examples=40, deadline=None)
 @given(lengths=st.lists(st.integers(1, 4), min_size=1, max_size=6),
-       crops=st.lists(st.integers(0, 3), min_size=6, max_size=6), seed=st.integers(0, 2**16))
-def test_calls_of_any_length_with_crops_continue_the_whole_sequences_sums(lengths, crops, seed):
+       crops=st.lists(st.integers(0, 3), min_size=6, max_size=6), seed=st.integers(0, 2**16),
+       eager=st.lists(st.booleans(), min_size=6, max_size=6))
+def test_calls_of_any_length_with_crops_continue_the_whole_sequences_sums(lengths, crops, seed, eager):
+    """Each call's start given as the cache's tensor (a traced call: indexed) or as the number read
+    from it (an eager call: sliced), in any mix."""
     torch.manual_seed(seed)
     s = torch.randn(N, CAPACITY, S)
     weights = (torch.rand(N, CAPACITY) > 0.3).float()  # pads weigh 0
@@ -25,13 +28,13 @@ def test_calls_of_any_length_with_crops_continue_the_whole_sequences_sums(length
     window = torch.cat([torch.zeros(N, S, 2), s.transpose(1, 2)], dim=-1)  # two inputs before each one
     state = {}
     position = 0
-    for length, crop in zip(lengths, crops, strict=False):
+    for length, crop, sliced in zip(lengths, crops, eager, strict=False):
         position = max(position - crop, 0)  # a crop: the positions after it are written again
         length = min(length, CAPACITY - position)
         if length == 0:
             break
         part = slice(position, position + length)
-        at = torch.tensor(position)
+        at = position if sliced else torch.tensor(position)
         sums, counts = static_cache.running_sums(state, "m", (s * weights.unsqueeze(-1))[:, part].cumsum(1),
                                                  weights[:, part].cumsum(1), at, CAPACITY)
         torch.testing.assert_close(sums, want_sums[:, part])

@@ -258,8 +258,9 @@ class ModelCall:
     (B or 1, T), where the call packs sequences in its rows: the position each position's sequence
     starts at (None: one sequence per row; ``sequence_starts``); ``paged``, a continuous batching
     call's (``Paged``). On a static cache (``static_cache``), ``position`` (0-d) is the positions it
-    holds before the call, of ``capacity``, and ``offset`` is None: nothing about the call is a
-    Python number read from a tensor, so a compiled decoding step is one graph for every position."""
+    holds before the call, of ``capacity``, and ``offset`` the number read from it in an eager call
+    only (None while traced): nothing about a traced call is a Python number read from a tensor,
+    so a compiled decoding step is one graph for every position."""
 
     offset: int | None
     prefix: Prefix | None
@@ -278,9 +279,7 @@ class ModelCall:
     def continues(self) -> bool:
         """Whether positions the call's cache holds come before its own (or may: a static cache's
         count is not read while a compiled call is traced)."""
-        if self.position is None:
-            return bool(self.offset)
-        return tracing() or bool(self.position > 0)
+        return (self.position is not None and tracing()) or bool(self.offset)
 
 
 def _call(module: nn.Module) -> tuple[ModelCall, str] | None:
@@ -365,7 +364,7 @@ def causal_window(module: nn.Module, x: Tensor, size: int) -> Tensor:
     if call.paged is not None:
         _refuse_paged(name)
     if call.position is not None:
-        return static_cache.kept_window(prefix.static, name, x, size, call.position, call.capacity)
+        return static_cache.kept_window(prefix.static, name, x, size, _static_at(call), call.capacity)
     offset, n = call.offset or 0, x.shape[0]
     before = x.new_zeros(n, x.shape[1], 0)
     if offset:
@@ -483,9 +482,16 @@ def _static_statistics(module: nn.Module, call: ModelCall, name: str, s: Tensor)
         weights = mask.to(s.dtype)
         sums = (s * weights.unsqueeze(-1)).cumsum(1)
         counts = weights.cumsum(1)
-    sums, counts = static_cache.running_sums(call.prefix.static, name, sums, counts, call.position,
+    sums, counts = static_cache.running_sums(call.prefix.static, name, sums, counts, _static_at(call),
                                              call.capacity)
     return sums / counts.clamp(min=1).unsqueeze(-1)
+
+
+def _static_at(call: ModelCall) -> Tensor | int:
+    """Where a call on a static cache starts: the number read eagerly, the tensor while traced (the
+    number not even read there: a guard on it would compile a graph per position)."""
+    assert call.position is not None
+    return call.position if tracing() or call.offset is None else call.offset
 
 
 def _paged_statistics(call: ModelCall, name: str, s: Tensor) -> Tensor:
@@ -911,9 +917,10 @@ def _tell(model: nn.Module, kwargs: dict[str, Any]) -> None:
         at: int | Tensor = offset or 0
     else:  # positions by tensor (``static_cache``); read as a number only eagerly
         _refuse_exporting(modules)
-        offset, position = None, static[0].clone()
-        at = position if tracing() else int(position)
-        starts = _packed(modules, kwargs, at if isinstance(at, int) else 1)
+        position = static[0].clone()
+        offset = None if tracing() else int(position)
+        at = position if offset is None else offset
+        starts = _packed(modules, kwargs, 1 if offset is None else offset)
     prefix = None
     if offset is not None or static is not None:
         prefix = Prefix() if cache is None else _prefix(cache)

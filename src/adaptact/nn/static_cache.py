@@ -18,7 +18,7 @@ import functools
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 __all__ = ["follow_row_moves", "kept_window", "running_sums", "select_rows", "static_length"]
 
@@ -51,13 +51,21 @@ def _kept(state: dict[str, tuple[Tensor, ...]], name: str, like: Tensor, capacit
 
 
 def running_sums(state: dict[str, tuple[Tensor, ...]], name: str, sums: Tensor, counts: Tensor,
-                 position: Tensor, capacity: int) -> tuple[Tensor, Tensor]:
+                 position: Tensor | int, capacity: int) -> tuple[Tensor, Tensor]:
     """The running ``sums`` (N, T, S) and ``counts`` (N, T) of a call's T positions, which start
-    at ``position`` (0-d: the positions the cache held before the call), continued from those kept
-    at the position before them (nothing before position 0), and kept at the call's positions in
+    at ``position`` (the positions the cache held before the call: its 0-d tensor, or the number
+    read from it in an eager call, which slices instead of indexing), continued from those kept at
+    the position before them (nothing before position 0), and kept at the call's positions in
     ``state[name]`` for the calls after."""
     n, t, width = sums.shape
     kept_sums, kept_counts = _kept(state, name, sums, capacity, (width, 1))
+    if isinstance(position, int):
+        if position:
+            sums = sums + kept_sums[:, position - 1:position].to(sums.dtype)
+            counts = counts + kept_counts[:, position - 1].to(counts.dtype)
+        kept_sums[:, position:position + t] = sums.detach()
+        kept_counts[:, position:position + t] = counts.detach().unsqueeze(-1)
+        return sums, counts
     before = (position - 1).clamp(min=0).reshape(1)
     started = (position > 0).to(sums.dtype)
     sums = sums + kept_sums.index_select(1, before).to(sums.dtype) * started
@@ -69,11 +77,17 @@ def running_sums(state: dict[str, tuple[Tensor, ...]], name: str, sums: Tensor, 
 
 
 def kept_window(state: dict[str, tuple[Tensor, ...]], name: str, x: Tensor, size: int,
-                position: Tensor, capacity: int) -> Tensor:
-    """Channels-first (N, C, T) ``x`` with the ``size`` inputs kept before ``position`` in front
-    (zeros before position 0), ``x`` kept at the call's positions for the calls after."""
+                position: Tensor | int, capacity: int) -> Tensor:
+    """Channels-first (N, C, T) ``x`` with the ``size`` inputs kept before ``position`` (as
+    ``running_sums`` takes it) in front (zeros before position 0), ``x`` kept at the call's
+    positions for the calls after."""
     t = x.shape[-1]
     (inputs,) = _kept(state, name, x, capacity, (x.shape[1],))
+    if isinstance(position, int):
+        low = max(position - size, 0)
+        before = nn.functional.pad(inputs[:, low:position].transpose(1, 2), (size - (position - low), 0))
+        inputs[:, position:position + t] = x.detach().transpose(1, 2)
+        return torch.cat([before.to(x.dtype), x], dim=-1)
     at = position - size + torch.arange(size, device=x.device)
     before = inputs.index_select(1, at.clamp(min=0)) * (at >= 0).to(inputs.dtype).unsqueeze(-1)
     written = position + torch.arange(t, device=x.device)
