@@ -753,3 +753,18 @@ def test_exporting_a_static_cache_decoding_step_is_refused_in_one_line():
     exportable = executorch.TorchExportableModuleForDecoderOnlyLM(model)
     with pytest.raises(Exception, match="running statistics beside the static cache"):
         exportable.export(input_ids=torch.ones(1, 1, dtype=torch.long), cache_position=torch.tensor([0]))
+
+
+@pytest.mark.parametrize("name", CONDITIONED)
+def test_a_packed_row_written_to_a_static_cache_gets_the_numbers_it_gets_with_a_dynamic_one(name):
+    """Sequences packed in a row (``position_ids`` restarting) prefilled into an empty static cache:
+    the statistics restart at each sequence as with a dynamic cache (the attention is the same in
+    both, so the logits are equal). Before, the static cache's sums ran across the packed sequences."""
+    model = _converted("llama", name)
+    ids = torch.randint(3, VOCAB, (1, 9))
+    positions = torch.tensor([[0, 1, 2, 3, 0, 1, 0, 1, 2]])
+    with torch.no_grad():
+        caches = transformers.DynamicCache(config=model.config), transformers.StaticCache(config=model.config,
+                                                                                           max_cache_len=16)
+        dynamic, static = (model(ids, position_ids=positions, cache=cache).logits for cache in caches)
+    torch.testing.assert_close(static, dynamic, rtol=1e-5, atol=1e-5)

@@ -470,12 +470,15 @@ def position_statistics(module: nn.Module, s: Tensor, context: str) -> Tensor:
 
 def _static_statistics(module: nn.Module, call: ModelCall, name: str, s: Tensor) -> Tensor:
     """``position_statistics`` ("causal") of a call on a static cache: the call's (real) positions'
-    running sums continue from the tensors kept at the position before them
-    (``static_cache.running_sums``)."""
+    running sums (each packed sequence's own) continue from the tensors kept at the position before
+    them (``static_cache.running_sums``)."""
     assert call.prefix is not None and call.position is not None
     n, t = s.shape[0], s.shape[1]
     mask = position_mask(module, n, t)
-    if mask is None:
+    starts = packed_starts(module, n, t)
+    if starts is not None:  # sequences packed in a row, at the cache's start (``_packed`` refuses later)
+        sums, counts = _sequence_sums(s, starts)
+    elif mask is None:
         sums = s.cumsum(1)
         counts = torch.arange(1, t + 1, device=s.device, dtype=s.dtype).expand(n, t)
     else:
