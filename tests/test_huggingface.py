@@ -768,3 +768,38 @@ def test_a_packed_row_written_to_a_static_cache_gets_the_numbers_it_gets_with_a_
                                                                                            max_cache_len=16)
         dynamic, static = (model(ids, position_ids=positions, cache=cache).logits for cache in caches)
     torch.testing.assert_close(static, dynamic, rtol=1e-5, atol=1e-5)
+
+
+def test_a_lora_adapter_and_its_trained_activations_reload_onto_the_saved_converted_model(tmp_path):
+    """PEFT's round trip: the converted model saved, LoRA trained with the activations in
+    ``modules_to_save``, the adapter saved, then ``PeftModel.from_pretrained`` on the reloaded model
+    gives the trained logits and tokens, as does the merged model saved and reloaded. Before, the
+    adapter's load (``strict=False``, without the wrapped original activations' entries) raised in
+    the activations' all-or-nothing check."""
+    peft = pytest.importorskip("peft")
+    model = _converted("llama", "meta_acon_c")
+    model.save_pretrained(tmp_path / "base")
+    lora = peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+                           modules_to_save=adaptact.huggingface.modules_to_save(model))
+    wrapped = peft.get_peft_model(model, lora)
+    optimizer = torch.optim.SGD([p for p in wrapped.parameters() if p.requires_grad], lr=0.1)
+    ids = torch.randint(3, VOCAB, (3, 8))
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0
+    wrapped.train()
+    wrapped(input_ids=ids, labels=ids).loss.backward()
+    optimizer.step()
+    wrapped.eval().save_pretrained(tmp_path / "adapter")
+    options = {"attention_mask": mask, "max_new_tokens": 4, "do_sample": False, "pad_token_id": 0}
+    with torch.no_grad():
+        want = wrapped(input_ids=ids, attention_mask=mask).logits
+        tokens = wrapped.generate(input_ids=ids, **options)
+        base = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "base")
+        again = peft.PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
+        torch.testing.assert_close(again(input_ids=ids, attention_mask=mask).logits, want, rtol=0, atol=0)
+        assert torch.equal(again.generate(input_ids=ids, **options), tokens)
+        again.merge_and_unload().save_pretrained(tmp_path / "merged")
+        merged = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+        merged_logits = merged(input_ids=ids, attention_mask=mask).logits
+        torch.testing.assert_close(merged_logits, want, rtol=1e-5, atol=1e-5)
+        assert torch.equal(merged.generate(ids, **options), tokens)

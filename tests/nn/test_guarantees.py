@@ -96,3 +96,23 @@ def test_a_refused_load_leaves_the_module_as_it_was(source):
                 assert all(torch.equal(after[k], v) for k, v in before.items()), (source, target, strict)
             else:
                 assert strict is False or set(given) == set(before), (source, target)
+
+
+@pytest.mark.parametrize("name", LEARNABLE)
+def test_a_load_that_leaves_the_module_out_is_the_callers_to_judge(name):
+    """A model's ``load_state_dict(..., strict=False)`` without the activation's entries (a partial
+    load, as PEFT loads an adapter beside the model's own weights) loads the rest and leaves the
+    activation as it was; ``strict=True`` raises for the missing keys, and the activation is still
+    unchanged. Before, the activation raised in both (torch tells every module's hook strict=True)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 6), adaptact.create(name, channels=6))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    linear = {"0.weight": torch.ones(6, 6), "0.bias": torch.zeros(6)}
+    result = model.load_state_dict(linear, strict=False)
+    parameters = {k for k, _ in model.named_parameters() if k.startswith("1.")}
+    assert parameters <= set(result.missing_keys) <= set(before) - set(linear) and not result.unexpected_keys
+    assert torch.equal(model[0].weight, torch.ones(6, 6))
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items() if k.startswith("1."))
+    with pytest.raises(RuntimeError, match="Missing key"):
+        model.load_state_dict(linear)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items() if k.startswith("1."))

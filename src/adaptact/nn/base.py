@@ -206,7 +206,10 @@ class CheckedStateDict(nn.Module):
 def _check_state_dict(module: CheckedStateDict, state_dict: dict, prefix: str, local_metadata, strict,
                       missing_keys, unexpected_keys, error_msgs: list[str]) -> None:
     """All or nothing: every entry of the module (its layers' too) is checked before torch copies
-    any, and a load that would fail raises here, leaving the module as it was."""
+    any, and a load that would fail raises here, leaving the module as it was. A state dict with
+    none of the module's entries leaves it out (a partial load, ``strict=False``: PEFT loading an
+    adapter beside it); torch's hooks are always told ``strict``, so the caller's own strictness
+    then decides, with nothing of the module copied."""
     module._before_load(state_dict, prefix)
     own = {prefix + name: t for name, t in module.state_dict(keep_vars=True).items()
            if isinstance(t, torch.Tensor)}
@@ -222,8 +225,8 @@ def _check_state_dict(module: CheckedStateDict, state_dict: dict, prefix: str, l
         elif value.shape != tensor.shape:
             errors.append(f"size mismatch for {key}: the state_dict has {tuple(value.shape)}, the module "
                           f"{tuple(tensor.shape)}")
-    if strict:
-        given = {k for k in state_dict if k.startswith(prefix)}
+    given = {k for k in state_dict if k.startswith(prefix)}
+    if strict and given:  # (none given: a load that leaves the module out, which its caller's strict decides)
         if missing := sorted(set(own) - given):
             errors.append(f"missing keys {missing}")
         if unexpected := sorted(given - set(own)):
