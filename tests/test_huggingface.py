@@ -716,6 +716,10 @@ def test_compiled_static_cache_decoding_is_one_graph_for_every_token(name):
                                **options)
     assert len(graphs) == 1  # for the 14 decoding calls (as the unconverted model)
     assert torch.equal(got.sequences, want.sequences) and torch.equal(again.sequences, want.sequences)
+    # the kept tensors, written in place by the step, are static addresses as the cache's keys are (what
+    # CUDA graphs, transformers' mode on GPUs, need of a step's in-place writes; torch marks them so)
+    kept = list(got.cache.adaptact_prefix.static.buffers())  # (those the compiled step was traced with)
+    assert kept and all(getattr(t, "_dynamo_static_input_type", None) == "unguarded" for t in kept)
     for step, (a, b) in enumerate(zip(got.scores, want.scores, strict=True)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=f"step {step}")
 

@@ -26,7 +26,7 @@ def test_calls_of_any_length_with_crops_continue_the_whole_sequences_sums(length
     weights = (torch.rand(N, CAPACITY) > 0.3).float()  # pads weigh 0
     want_sums, want_counts = (s * weights.unsqueeze(-1)).cumsum(1), weights.cumsum(1)
     window = torch.cat([torch.zeros(N, S, 2), s.transpose(1, 2)], dim=-1)  # two inputs before each one
-    state = {}
+    state = static_cache.Kept()
     position = 0
     for length, crop, sliced in zip(lengths, crops, eager, strict=False):
         position = max(position - crop, 0)  # a crop: the positions after it are written again
@@ -91,7 +91,16 @@ def test_a_static_cache_is_read_and_its_row_moves_followed_in_copies_too():
         assert other.moved[-1] == [1, 0] and cache.moved[-1] == [0, 3]  # the copy's own
 
 
-def test_select_rows_moves_every_kept_tensor():
-    state = {"m": (torch.arange(4.0).reshape(2, 2, 1), torch.ones(2, 2, 1))}
-    static_cache.select_rows(state, torch.tensor([1, 1, 0]))
-    assert state["m"][0][:, :, 0].tolist() == [[2, 3], [2, 3], [0, 1]] and state["m"][1].shape == (3, 2, 1)
+def test_kept_tensors_are_buffers_moved_in_place_while_the_batch_keeps_its_size():
+    """A reorder writes the kept tensors in place (their addresses stay, as CUDA graphs need); a
+    selection of another size makes new ones. They are a module's buffers, not its state_dict."""
+    state = static_cache.Kept()
+    sums, counts = torch.arange(4.0).reshape(2, 2, 1), torch.ones(2, 2, 1)
+    state.put("layers.0.act", (sums, counts))
+    assert state.get("layers.0.act") == (sums, counts) and state.get("other") == ()
+    state.select_rows(torch.tensor([1, 0]))
+    assert state.get("layers.0.act")[0] is sums and sums[:, :, 0].tolist() == [[2, 3], [0, 1]]
+    state.select_rows(torch.tensor([1, 1, 0]))
+    moved = state.get("layers.0.act")
+    assert moved[0][:, :, 0].tolist() == [[0, 1], [0, 1], [2, 3]] and moved[1].shape == (3, 2, 1)
+    assert len(list(state.buffers())) == 2 and state.state_dict() == {}

@@ -171,7 +171,7 @@ class Prefix:
     keys: weakref.ref[Tensor] | None = None
     keys_version: int = -1
     slots: dict[str, dict[int, Tensor]] = field(default_factory=dict)  # a paged cache's (``Paged``)
-    static: dict[str, tuple[Tensor, ...]] = field(default_factory=dict)  # a static cache's (``static_cache``)
+    static: static_cache.Kept | static_cache.KeptWhileTraced = field(default_factory=static_cache.new_kept)
 
     def __getstate__(self) -> dict[str, Any]:
         """A pickled prefix (a pickled cache's) without the weak reference, which pickle refuses: its
@@ -229,7 +229,7 @@ class Prefix:
             state.batch = rows.shape[0]
         if self.fingerprint is not None:
             self.fingerprint = self.fingerprint.index_select(0, rows.to(self.fingerprint.device))
-        static_cache.select_rows(self.static, rows)
+        self.static.select_rows(rows)
 
 
 @dataclass

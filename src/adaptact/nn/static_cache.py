@@ -9,7 +9,9 @@ and read at the position before them, by tensor index, so every call is the same
 whatever its position. A compiled decoding step is then one graph for every token (a Python
 number per position would be a guard, and a recompilation, per token), and a crop costs nothing
 (the positions after it are written again). A reorder of the cache's rows (beam search) reorders
-these tensors through the cache's own methods (``follow_row_moves``).
+these tensors through the cache's own methods (``follow_row_moves``). They are the buffers of a
+module (``Kept``): torch.compile takes a module's buffers for tensors at fixed addresses, as CUDA
+graphs need of tensors a step writes in place (the cache's own keys are marked so by transformers).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["follow_row_moves", "kept_window", "running_sums", "select_rows", "static_length"]
+__all__ = ["Kept", "KeptWhileTraced", "follow_row_moves", "kept_window", "new_kept", "running_sums",
+           "static_length"]
 
 ROW_MOVES = ("reorder_cache", "batch_select_indices", "batch_repeat_interleave")  # methods moving rows
 _FOLLOWED = "adaptact_follows_rows"  # on a cache whose ROW_MOVES ``follow_row_moves`` wrapped
@@ -39,24 +42,83 @@ def static_length(cache: Any) -> tuple[Tensor, int] | None:
     return None
 
 
-def _kept(state: dict[str, tuple[Tensor, ...]], name: str, like: Tensor, capacity: int,
+class Kept(nn.Module):
+    """The tensors kept for each module name (a conditioned module's, in its model), as this
+    module's non-persistent buffers ``<name>/<i>`` (a buffer's name has no dots: they become "|")."""
+
+    def get(self, name: str) -> tuple[Tensor, ...]:
+        """``name``'s tensors, in order (none: empty)."""
+        key = _key(name)
+        found: list[Tensor] = []
+        while (t := self._buffers.get(f"{key}/{len(found)}")) is not None:
+            found.append(t)
+        return tuple(found)
+
+    def put(self, name: str, tensors: tuple[Tensor, ...]) -> None:
+        """Keep ``tensors`` for ``name`` (in place of any kept before)."""
+        key = _key(name)
+        for i, t in enumerate(tensors):
+            self.register_buffer(f"{key}/{i}", t, persistent=False)
+
+    def select_rows(self, rows: Tensor) -> None:
+        """Rows ``rows`` of every kept tensor, in that order: written in place where the batch keeps
+        its size (the addresses stay), new tensors where it does not."""
+        for key, t in list(self._buffers.items()):
+            assert t is not None
+            moved = t.index_select(0, rows.to(t.device))
+            if moved.shape == t.shape:
+                t.copy_(moved)
+            else:
+                self.register_buffer(key, moved, persistent=False)
+
+
+class KeptWhileTraced:
+    """``Kept``'s methods over a dict, for a prefix made while a compiled call is traced (a model
+    whose first call on the cache is compiled: no module can be made there). Its tensors are the
+    compiled calls' inputs, not buffers."""
+
+    def __init__(self) -> None:
+        self.tensors: dict[str, tuple[Tensor, ...]] = {}
+
+    def get(self, name: str) -> tuple[Tensor, ...]:
+        return self.tensors.get(name, ())
+
+    def put(self, name: str, tensors: tuple[Tensor, ...]) -> None:
+        self.tensors[name] = tensors
+
+    def select_rows(self, rows: Tensor) -> None:
+        for name, kept in self.tensors.items():
+            self.tensors[name] = tuple(t.index_select(0, rows.to(t.device)) for t in kept)
+
+
+def new_kept() -> Kept | KeptWhileTraced:
+    """A store for a new prefix: ``Kept``, or ``KeptWhileTraced`` while a compiled call is traced."""
+    return KeptWhileTraced() if torch.compiler.is_compiling() else Kept()
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "|")
+
+
+def _kept(state: Kept | KeptWhileTraced, name: str, like: Tensor, capacity: int,
           widths: tuple[int, ...]) -> tuple[Tensor, ...]:
-    """``state[name]``: tensors (N, capacity, w) for each width w, zeros where they are made."""
+    """``state``'s tensors for ``name``: (N, capacity, w) for each width w, zeros where they are made."""
     n = like.shape[0]
     kept = state.get(name)
-    if kept is None or any(t.shape != (n, capacity, w) or t.device != like.device
-                           for t, w in zip(kept, widths, strict=True)):
-        kept = state[name] = tuple(like.new_zeros(n, capacity, w) for w in widths)
+    if len(kept) != len(widths) or any(t.shape != (n, capacity, w) or t.device != like.device
+                                       for t, w in zip(kept, widths, strict=True)):
+        kept = tuple(like.new_zeros(n, capacity, w) for w in widths)
+        state.put(name, kept)
     return kept
 
 
-def running_sums(state: dict[str, tuple[Tensor, ...]], name: str, sums: Tensor, counts: Tensor,
+def running_sums(state: Kept | KeptWhileTraced, name: str, sums: Tensor, counts: Tensor,
                  position: Tensor | int, capacity: int) -> tuple[Tensor, Tensor]:
     """The running ``sums`` (N, T, S) and ``counts`` (N, T) of a call's T positions, which start
     at ``position`` (the positions the cache held before the call: its 0-d tensor, or the number
     read from it in an eager call, which slices instead of indexing), continued from those kept at
     the position before them (nothing before position 0), and kept at the call's positions in
-    ``state[name]`` for the calls after."""
+    ``state`` for the calls after."""
     n, t, width = sums.shape
     kept_sums, kept_counts = _kept(state, name, sums, capacity, (width, 1))
     if isinstance(position, int):
@@ -76,7 +138,7 @@ def running_sums(state: dict[str, tuple[Tensor, ...]], name: str, sums: Tensor, 
     return sums, counts
 
 
-def kept_window(state: dict[str, tuple[Tensor, ...]], name: str, x: Tensor, size: int,
+def kept_window(state: Kept | KeptWhileTraced, name: str, x: Tensor, size: int,
                 position: Tensor | int, capacity: int) -> Tensor:
     """Channels-first (N, C, T) ``x`` with the ``size`` inputs kept before ``position`` (as
     ``running_sums`` takes it) in front (zeros before position 0), ``x`` kept at the call's
@@ -93,12 +155,6 @@ def kept_window(state: dict[str, tuple[Tensor, ...]], name: str, x: Tensor, size
     written = position + torch.arange(t, device=x.device)
     inputs.index_copy_(1, written, x.detach().transpose(1, 2).to(inputs.dtype))
     return torch.cat([before.transpose(1, 2).to(x.dtype), x], dim=-1)
-
-
-def select_rows(state: dict[str, tuple[Tensor, ...]], rows: Tensor) -> None:
-    """Rows ``rows`` of every kept tensor, in that order."""
-    for name, kept in state.items():
-        state[name] = tuple(t.index_select(0, rows.to(t.device)) for t in kept)
 
 
 def _moved(cache: Any, method: str, on_rows: Any, *args: Any, **kwargs: Any) -> Any:
