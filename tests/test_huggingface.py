@@ -807,3 +807,31 @@ def test_a_lora_adapter_and_its_trained_activations_reload_onto_the_saved_conver
         merged_logits = merged(input_ids=ids, attention_mask=mask).logits
         torch.testing.assert_close(merged_logits, want, rtol=1e-5, atol=1e-5)
         assert torch.equal(merged.generate(ids, **options), tokens)
+
+
+@pytest.mark.parametrize("checkpointing", ["none", "reentrant", "non_reentrant"])
+def test_a_compiled_converted_model_trains_on_padded_batches_as_eagerly(checkpointing):
+    """``torch.compile(model)`` in training on left-padded batches, with transformers' gradient
+    checkpointing (reentrant or not) or without: each step's loss and gradients are the eager
+    model's. The hooks that tell the activations the padding run inside the compiled call (and the
+    recomputation of a checkpointed layer in backward gets the padding again, compiled or not)."""
+    model = _converted("llama", "meta_acon_c").train()
+    eager = copy.deepcopy(model)
+    if checkpointing != "none":
+        options = {"use_reentrant": checkpointing == "reentrant"}
+        for m in (model, eager):
+            m.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend=_counting_backend([]))
+    for step in range(2):
+        ids = torch.randint(3, VOCAB, (3, 7))
+        mask = torch.ones_like(ids)
+        mask[0, :3] = mask[1, :1] = 0
+        batch = {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
+        got, want = compiled(**batch).loss, eager(**batch).loss
+        got.backward()
+        want.backward()
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        for (name, p), q in zip(model.named_parameters(), eager.parameters(), strict=True):
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-6, msg=f"step {step}, {name}")
+            p.grad = q.grad = None
