@@ -835,3 +835,18 @@ def test_a_compiled_converted_model_trains_on_padded_batches_as_eagerly(checkpoi
         for (name, p), q in zip(model.named_parameters(), eager.parameters(), strict=True):
             torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-6, msg=f"step {step}, {name}")
             p.grad = q.grad = None
+
+
+@pytest.mark.parametrize("name", CONDITIONED)
+def test_a_static_cache_filled_without_the_activations_is_refused_not_continued_from_zeros(name):
+    """A static cache whose positions were written without this model's activations keeping their
+    running statistics beside it (filled by another model, or its prefix lost) cannot be continued:
+    the next call raises in one line instead of continuing sums of zeros."""
+    model = _converted("llama", name)
+    ids = torch.randint(3, VOCAB, (2, 8))
+    cache = transformers.StaticCache(config=model.config, max_cache_len=16)
+    with torch.no_grad():
+        model(ids[:, :5], cache=cache)
+        del cache.adaptact_prefix
+        with pytest.raises(RuntimeError, match="cannot continue a static cache at position 5"):
+            model(ids[:, 5:], cache=cache)

@@ -101,12 +101,19 @@ def _key(name: str) -> str:
 
 
 def _kept(state: Kept | KeptWhileTraced, name: str, like: Tensor, capacity: int,
-          widths: tuple[int, ...]) -> tuple[Tensor, ...]:
-    """``state``'s tensors for ``name``: (N, capacity, w) for each width w, zeros where they are made."""
+          widths: tuple[int, ...], position: Tensor | int) -> tuple[Tensor, ...]:
+    """``state``'s tensors for ``name``: (N, capacity, w) for each width w, zeros where they are made
+    (a call at a later ``position`` read eagerly finding none raises: nothing to continue from)."""
     n = like.shape[0]
     kept = state.get(name)
     if len(kept) != len(widths) or any(t.shape != (n, capacity, w) or t.device != like.device
                                        for t, w in zip(kept, widths, strict=True)):
+        if isinstance(position, int) and position:
+            have = (f"kept for {tuple(kept[0].shape)} on {kept[0].device}" if kept else "none kept")
+            raise RuntimeError(f"{name} cannot continue a static cache at position {position} for a batch "
+                               f"of {n} on {like.device}: its running statistics are {have} (a cache "
+                               f"filled without this model's activations, or moved since); decode with "
+                               f"use_cache=False")
         kept = tuple(like.new_zeros(n, capacity, w) for w in widths)
         state.put(name, kept)
     return kept
@@ -120,7 +127,7 @@ def running_sums(state: Kept | KeptWhileTraced, name: str, sums: Tensor, counts:
     the position before them (nothing before position 0), and kept at the call's positions in
     ``state`` for the calls after."""
     n, t, width = sums.shape
-    kept_sums, kept_counts = _kept(state, name, sums, capacity, (width, 1))
+    kept_sums, kept_counts = _kept(state, name, sums, capacity, (width, 1), position)
     if isinstance(position, int):
         if position:
             sums = sums + kept_sums[:, position - 1:position].to(sums.dtype)
@@ -144,7 +151,7 @@ def kept_window(state: Kept | KeptWhileTraced, name: str, x: Tensor, size: int,
     ``running_sums`` takes it) in front (zeros before position 0), ``x`` kept at the call's
     positions for the calls after."""
     t = x.shape[-1]
-    (inputs,) = _kept(state, name, x, capacity, (x.shape[1],))
+    (inputs,) = _kept(state, name, x, capacity, (x.shape[1],), position)
     if isinstance(position, int):
         low = max(position - size, 0)
         before = nn.functional.pad(inputs[:, low:position].transpose(1, 2), (size - (position - low), 0))
