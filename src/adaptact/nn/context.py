@@ -67,7 +67,7 @@ from .base import RECOMPUTING, normalise, statistics_dtype, track_running_stats
 from .families import BatchNorm
 
 __all__ = ["CONTEXTS", "Context", "ModelCall", "Prefix", "Running", "batch_norm_positions", "batch_norm_real",
-           "causal_window", "check_context", "check_sequence", "decode_offset", "decoding", "is_hf_model",
+           "causal_window", "check_context", "check_sequence", "decoding", "is_hf_model",
            "masked_mean", "padding", "position_norm", "position_statistics", "refuse_cached",
            "track_decoding"]
 
@@ -284,12 +284,6 @@ class ModelCall:
 
 def _call(module: nn.Module) -> tuple[ModelCall, str] | None:
     return module.__dict__.get(CALL)
-
-
-def decode_offset(module: nn.Module) -> int | None:
-    """Positions already cached when ``module`` is called inside a cached decode, else None."""
-    entry = _call(module)
-    return None if entry is None else entry[0].offset
 
 
 def decoding(module: nn.Module) -> bool:
