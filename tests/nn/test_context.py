@@ -543,3 +543,27 @@ def test_importing_adaptact_adds_no_recompilation_to_a_model_that_slices_its_lay
     for _ in range(3):
         model(x)
     assert len(graphs) == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("case", CONDITIONED, ids=IDS)
+def test_a_long_half_precision_decode_keeps_the_full_forwards_means(case, dtype):
+    """A model in bfloat16 or float16 decoded one position per call for 600 positions, its inputs
+    drifting from zero (as a channel's activations do): each step's output is the full forward's, to
+    the dtype's rounding. The running sums are carried in float32: carried in bfloat16, a sum of
+    one-signed statistics stopped growing after a few hundred positions, and a late position's
+    mean was off the full forward's by more than the mean itself."""
+    name, kwargs = case
+    m = _module(name, kwargs, "causal").eval().to(dtype)
+    positions = 600
+    x = (torch.randn(1, positions, C) * 0.5 + 1.0).to(dtype)
+    host = Host(m)
+    track_decoding(host)
+    cache = Cache()
+    with torch.no_grad():
+        full = m(x).float()
+        steps = [host(x[:, :1], past_key_values=cache, cache_position=torch.arange(1))]
+        steps += [host(x[:, t:t + 1], past_key_values=cache, cache_position=torch.tensor([t]))
+                  for t in range(1, positions)]
+    tolerance = {torch.bfloat16: 2e-2, torch.float16: 2e-3}[dtype]
+    torch.testing.assert_close(torch.cat(steps, dim=1).float(), full, rtol=tolerance, atol=tolerance)

@@ -418,13 +418,26 @@ def masked_mean(x: Tensor, mask: Tensor, dtype: torch.dtype) -> Tensor:
     return (x.to(dtype) * weights).sum(-1) / weights.sum(-1).clamp(min=1)
 
 
+ACCUMULATED = (torch.float32, torch.float64)  # running sums of half statistics are kept in float32
+
+
 def position_statistics(module: nn.Module, s: Tensor, context: str) -> Tensor:
     """What the generator sees at each position, from per-position statistics ``s`` (N, T, S):
     ``s`` itself for "token"; for "causal" the mean over the real positions <= t of t's sequence
     (the row's, or the packed one's), continuing the prefix its cache carries when ``module`` is
-    decoded with one."""
+    decoded with one. The running sums are taken, and kept, in float32 at least (``ACCUMULATED``):
+    carried in bfloat16, a sum of one-signed statistics stops growing after a few hundred
+    positions (a decoded token's mean at position 1000 was 250% off the full forward's), and the
+    mean is returned in ``s``'s dtype."""
     if context == "token":
         return s
+    wide = s if s.dtype in ACCUMULATED else s.float()
+    means = _causal_means(module, wide)
+    return means if means.dtype == s.dtype else means.to(s.dtype)
+
+
+def _causal_means(module: nn.Module, s: Tensor) -> Tensor:
+    """``position_statistics`` ("causal") of ``s`` in an accumulating dtype."""
     entry = _call(module)
     n, t = s.shape[0], s.shape[1]
     if entry is not None and entry[0].position is not None:
