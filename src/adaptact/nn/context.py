@@ -418,21 +418,17 @@ def masked_mean(x: Tensor, mask: Tensor, dtype: torch.dtype) -> Tensor:
     return (x.to(dtype) * weights).sum(-1) / weights.sum(-1).clamp(min=1)
 
 
-ACCUMULATED = (torch.float32, torch.float64)  # running sums of half statistics are kept in float32
-
-
 def position_statistics(module: nn.Module, s: Tensor, context: str) -> Tensor:
     """What the generator sees at each position, from per-position statistics ``s`` (N, T, S):
     ``s`` itself for "token"; for "causal" the mean over the real positions <= t of t's sequence
     (the row's, or the packed one's), continuing the prefix its cache carries when ``module`` is
-    decoded with one. The running sums are taken, and kept, in float32 at least (``ACCUMULATED``):
-    carried in bfloat16, a sum of one-signed statistics stops growing after a few hundred
-    positions (a decoded token's mean at position 1000 was 250% off the full forward's), and the
-    mean is returned in ``s``'s dtype."""
+    decoded with one. The running sums are taken, and kept, in float32 at least
+    (``statistics_dtype``): carried in bfloat16, a sum of one-signed statistics stops growing
+    after a few hundred positions (a decoded token's mean at position 1000 was 250% off the full
+    forward's). The mean is returned in ``s``'s dtype."""
     if context == "token":
         return s
-    wide = s if s.dtype in ACCUMULATED else s.float()
-    means = _causal_means(module, wide)
+    means = _causal_means(module, statistics_dtype(s))
     return means if means.dtype == s.dtype else means.to(s.dtype)
 
 
