@@ -17,6 +17,7 @@ graphs need of tensors a step writes in place (the cache's own keys are marked s
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -27,6 +28,7 @@ __all__ = ["Kept", "KeptWhileTraced", "follow_row_moves", "kept_window", "new_ke
 
 ROW_MOVES = ("reorder_cache", "batch_select_indices", "batch_repeat_interleave")  # methods moving rows
 _FOLLOWED = "adaptact_follows_rows"  # on a cache whose ROW_MOVES ``follow_row_moves`` wrapped
+RowsMoved = Callable[[Any, Tensor], None]  # called with a cache and each row's source row, after a move
 
 
 def static_length(cache: Any) -> tuple[Tensor, int] | None:
@@ -164,7 +166,7 @@ def kept_window(state: Kept | KeptWhileTraced, name: str, x: Tensor, size: int,
     return torch.cat([before.transpose(1, 2).to(x.dtype), x], dim=-1)
 
 
-def _moved(cache: Any, method: str, on_rows: Any, *args: Any, **kwargs: Any) -> Any:
+def _moved(cache: Any, method: str, on_rows: RowsMoved, *args: Any, **kwargs: Any) -> Any:
     """``cache``'s own ``method`` (one of ``ROW_MOVES``), then ``on_rows(cache, rows)`` with the rows
     it kept, in their new order."""
     rows = _rows(cache, method, args[0] if args else next(iter(kwargs.values())))
@@ -193,7 +195,7 @@ def _batch(cache: Any) -> int | None:
     return None
 
 
-def follow_row_moves(cache: Any, on_rows: Any) -> None:
+def follow_row_moves(cache: Any, on_rows: RowsMoved) -> None:
     """Make ``cache``'s methods that move its rows (``ROW_MOVES``: beam search's reorder, a batch's
     selection or repetition) call ``on_rows(cache, rows)`` after moving them, with each row's source
     row: what is kept beside the cache moves with it, where no tensor could tell that it moved (a
