@@ -171,7 +171,7 @@ class Prefix:
     keys: weakref.ref[Tensor] | None = None
     keys_version: int = -1
     slots: dict[str, dict[int, Tensor]] = field(default_factory=dict)  # a paged cache's (``Paged``)
-    static: static_cache.Kept | static_cache.KeptWhileTraced = field(default_factory=static_cache.new_kept)
+    static: static_cache.Kept | static_cache.KeptWhileTraced | None = None  # a static cache's, made there
 
     def __getstate__(self) -> dict[str, Any]:
         """A pickled prefix (a pickled cache's) without the weak reference, which pickle refuses: its
@@ -229,7 +229,8 @@ class Prefix:
             state.batch = rows.shape[0]
         if self.fingerprint is not None:
             self.fingerprint = self.fingerprint.index_select(0, rows.to(self.fingerprint.device))
-        self.static.select_rows(rows)
+        if self.static is not None:
+            self.static.select_rows(rows)
 
 
 @dataclass
@@ -358,6 +359,7 @@ def causal_window(module: nn.Module, x: Tensor, size: int) -> Tensor:
     if call.paged is not None:
         _refuse_paged(name)
     if call.position is not None:
+        assert prefix.static is not None
         return static_cache.kept_window(prefix.static, name, x, size, _static_at(call), call.capacity)
     offset, n = call.offset or 0, x.shape[0]
     before = x.new_zeros(n, x.shape[1], 0)
@@ -449,18 +451,7 @@ def _causal_means(module: nn.Module, s: Tensor) -> Tensor:
     call, name = entry
     if call.paged is not None:
         return _paged_statistics(call, name, s)
-    mask = position_mask(module, n, t)
-    starts = packed_starts(module, n, t)
-    if starts is not None:  # sequences packed in a row (no mask then): each restarts its sums
-        sums, counts = _sequence_sums(s, starts)
-    elif mask is None:
-        sums = s.cumsum(1)
-        counts = torch.arange(1, t + 1, device=s.device, dtype=s.dtype).expand(n, t)
-    else:
-        weights = distributed.replicated_like(mask.to(s.dtype), s)
-        sums = (s * weights.unsqueeze(-1)).cumsum(1)
-        counts = weights.cumsum(1)
-    counts = distributed.replicated_like(counts, s) if mask is None and starts is None else counts
+    sums, counts = _call_sums(module, s)
     if call.offset:
         assert call.prefix is not None
         carried_sums, carried_counts = call.prefix.carried(module, name, call.offset, n)
@@ -471,23 +462,28 @@ def _causal_means(module: nn.Module, s: Tensor) -> Tensor:
     return sums / counts.clamp(min=1).unsqueeze(-1)
 
 
-def _static_statistics(module: nn.Module, call: ModelCall, name: str, s: Tensor) -> Tensor:
-    """``position_statistics`` ("causal") of a call on a static cache: the call's (real) positions'
-    running sums (each packed sequence's own) continue from the tensors kept at the position before
-    them (``static_cache.running_sums``)."""
-    assert call.prefix is not None and call.position is not None
+def _call_sums(module: nn.Module, s: Tensor) -> tuple[Tensor, Tensor]:
+    """The running sums (N, T, S) and counts (N, T) of the call's own positions: over its real ones
+    (``position_mask``), restarting at each sequence packed in a row (``packed_starts``; only at a
+    cache's start: ``_packed`` refuses a later call)."""
     n, t = s.shape[0], s.shape[1]
     mask = position_mask(module, n, t)
     starts = packed_starts(module, n, t)
-    if starts is not None:  # sequences packed in a row, at the cache's start (``_packed`` refuses later)
-        sums, counts = _sequence_sums(s, starts)
-    elif mask is None:
-        sums = s.cumsum(1)
+    if starts is not None:
+        return _sequence_sums(s, starts)
+    if mask is None:
         counts = torch.arange(1, t + 1, device=s.device, dtype=s.dtype).expand(n, t)
-    else:
-        weights = mask.to(s.dtype)
-        sums = (s * weights.unsqueeze(-1)).cumsum(1)
-        counts = weights.cumsum(1)
+        return s.cumsum(1), distributed.replicated_like(counts, s)  # tensor parallel: s is a DTensor
+    weights = distributed.replicated_like(mask.to(s.dtype), s)
+    return (s * weights.unsqueeze(-1)).cumsum(1), weights.cumsum(1)
+
+
+def _static_statistics(module: nn.Module, call: ModelCall, name: str, s: Tensor) -> Tensor:
+    """``position_statistics`` ("causal") of a call on a static cache: the call's running sums
+    (``_call_sums``) continue from the tensors kept at the position before them
+    (``static_cache.running_sums``)."""
+    assert call.prefix is not None and call.prefix.static is not None and call.position is not None
+    sums, counts = _call_sums(module, s)
     sums, counts = static_cache.running_sums(call.prefix.static, name, sums, counts, _static_at(call),
                                              call.capacity)
     return sums / counts.clamp(min=1).unsqueeze(-1)
@@ -931,6 +927,8 @@ def _tell(model: nn.Module, kwargs: dict[str, Any]) -> None:
     if offset is not None or static is not None:
         prefix = Prefix() if cache is None else _prefix(cache)
         if static is not None:
+            if prefix.static is None:
+                prefix.static = static_cache.new_kept()
             static_cache.follow_row_moves(cache, _rows_moved)
         elif cache is not None:
             _follow(prefix, cache, offset or 0)

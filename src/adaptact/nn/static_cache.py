@@ -177,21 +177,21 @@ def _moved(cache: Any, method: str, on_rows: RowsMoved, *args: Any, **kwargs: An
 
 
 def _rows(cache: Any, method: str, argument: Any) -> Tensor | None:
+    """Each row's source row after ``method`` with ``argument``; None where the cache holds no keys
+    yet (nothing kept to move)."""
     if method != "batch_repeat_interleave":
         return argument if isinstance(argument, Tensor) else torch.as_tensor(argument)
-    length = static_length(cache)
-    batch = _batch(cache)
-    if length is None or batch is None:
-        return None
-    return torch.arange(batch, device=length[0].device).repeat_interleave(int(argument))
+    keys = _keys(cache)
+    return None if keys is None else torch.arange(keys.shape[0], device=keys.device).repeat_interleave(
+        int(argument))
 
 
-def _batch(cache: Any) -> int | None:
+def _keys(cache: Any) -> Tensor | None:
     cache = getattr(cache, "self_attention_cache", cache)
     for layer in getattr(cache, "layers", None) or ():
         keys = getattr(layer, "keys", None)
         if isinstance(keys, Tensor) and keys.ndim == 4:
-            return keys.shape[0]
+            return keys
     return None
 
 
