@@ -40,7 +40,7 @@ from torch import fx, nn
 
 from .matching import FIT_TOLERANCE, match
 from .nn import ActivationModule, track_decoding
-from .nn.context import is_hf_model
+from .nn.tracking import is_hf_model
 from .nn.base import int_at_least
 from .nn.families import BATCH_NORMS, CHANNEL_NORMS, CONVOLUTIONS
 from .registry import ActivationLike, create, spec

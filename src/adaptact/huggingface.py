@@ -17,7 +17,7 @@ arguments inside a layer's ``__init__``; the entry reads what it needs from the 
 * the context of a recorded conversion whose sites all had one (OPT's, converted with
   ``channels=``: "token"), else ``context="causal"`` for input-conditioned activations when the
   model is a decoder (as ``replace_activations`` decides it); the model hooked for padding and
-  caches (``nn.context.track_decoding``);
+  caches (``nn.tracking.track_decoding``);
 * the options of a recorded conversion (below).
 
 ``replace_activations`` on a Hugging Face model records the conversion in its config
@@ -62,7 +62,7 @@ from torch import nn
 from .convert import decoder_flag, is_causal_model, producer_layout, token_options
 from .errors import described
 from .nn import ActivationModule
-from .nn.context import is_hf_model, track_decoding
+from .nn.tracking import is_hf_model, track_decoding
 from .registry import available, create, spec
 
 __all__ = ["ACTIVATION_FIELDS", "FORMAT", "PREFIX", "RECORD", "UNREBUILDABLE", "config_name", "install",

@@ -12,7 +12,10 @@ import torch
 from torch import nn
 
 import adaptact
-from adaptact.nn.context import CALL, PREFIX, decoding, position_statistics, shifted_conv1d, track_decoding
+from adaptact.nn.context import decoding, position_statistics, shifted_conv1d
+from adaptact.nn.model_call import CALL
+from adaptact.nn.running import PREFIX
+from adaptact.nn.tracking import track_decoding
 
 CONDITIONED = [
     ("meta_acon_c", {}), ("meta_acon_c", {"granularity": "layer"}), ("meta_acon_c", {"norm": "none"}),
@@ -488,7 +491,7 @@ def test_a_models_conditioned_modules_are_found_again_after_a_registration_not_a
     """The walk over a tracked model's modules is kept until a module is registered outside a call
     (or a conditioned one anywhere); transformers re-registers its layers in a temporary
     ModuleList at every call, which keeps it."""
-    from adaptact.nn import context
+    from adaptact.nn import tracking
 
     class Net(nn.Module):
         def __init__(self):
@@ -505,14 +508,14 @@ def test_a_models_conditioned_modules_are_found_again_after_a_registration_not_a
     track_decoding(net)
     with torch.no_grad():
         net(torch.randn(1, 3, 4), use_cache=True)
-        kept = net.__dict__[context._CONDITIONED]
+        kept = net.__dict__[tracking._CONDITIONED]
         net(torch.randn(1, 3, 4), use_cache=True)
-        assert net.__dict__[context._CONDITIONED] is kept  # no walk: the in-call registrations kept it
+        assert net.__dict__[tracking._CONDITIONED] is kept  # no walk: the in-call registrations kept it
         net.extra = adaptact.create("aprelu", channels=4, channel_dim=-1, context="causal")
-        assert [n for n, _ in context._conditioned(net)] == ["layers.0.1", "extra"]
+        assert [n for n, _ in tracking._conditioned(net)] == ["layers.0.1", "extra"]
         inner = nn.Sequential(adaptact.create("dy_relu_b", channels=4, channel_dim=-1, context="causal"))
         net.layers.append(inner)  # a subtree holding a conditioned module, built before
-        assert [n for n, _ in context._conditioned(net)] == ["layers.0.1", "layers.1.0", "extra"]
+        assert [n for n, _ in tracking._conditioned(net)] == ["layers.0.1", "layers.1.0", "extra"]
 
 
 def test_importing_adaptact_adds_no_recompilation_to_a_model_that_slices_its_layers():

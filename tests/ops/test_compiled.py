@@ -16,7 +16,8 @@ import adaptact
 from adaptact.kernel_benchmark import saved_bytes
 from adaptact.nn.base import COMPILE_AFTER_CALLS
 from adaptact.ops import compiled as CP
-from adaptact.nn.context import CALL, ModelCall, Prefix
+from adaptact.nn.model_call import CALL, ModelCall
+from adaptact.nn.running import Prefix
 from adaptact.ops import dispatch
 
 from .test_backends import CASES, IDS, POSITION_CASES, POSITION_IDS, SHAPES, TOL, check_equals_reference

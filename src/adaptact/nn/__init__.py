@@ -5,7 +5,8 @@ from .aprelu import APReLU
 from .arelu import AReLU
 from .base import ActivationModule
 from .channels import ChannelModule
-from .context import CONTEXTS, track_decoding
+from .context import CONTEXTS
+from .tracking import track_decoding
 from .classic import CReLU, PReLU, Swish, TanhGELU
 from .dy_relu import DyReLU
 from .fixed import ClippedGELU, Laplace, QuickGELU, SqrtSoftplus

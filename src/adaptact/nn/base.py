@@ -159,7 +159,7 @@ def normalise(bn: BatchNorm, x: torch.Tensor, mean: torch.Tensor,
 
 
 class _Recomputing(threading.local):
-    depth = 0  # forwards under way that gradient checkpointing recomputes in backward (nn.context)
+    depth = 0  # forwards under way that gradient checkpointing recomputes in backward (nn.replay)
 
 
 RECOMPUTING = _Recomputing()

@@ -10,8 +10,9 @@ from ..ops import dispatch
 from .base import batch_norm, int_at_least, silence
 from .channels import ChannelModule
 from .context import (SHIFTED_POSITIONS, Context, batch_norm_real, causal_window, check_context,
-                      packed_starts, padding, position_norm, refuse_cached, shifted_conv1d, tracing)
+                      packed_starts, padding, position_norm, refuse_cached, shifted_conv1d)
 from .entry import Entry
+from .model_call import tracing
 
 __all__ = ["FReLU"]
 
