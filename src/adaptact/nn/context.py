@@ -12,7 +12,7 @@ with one sequence dim ((B, T, C) with ``channel_dim=-1``, or (B, C, T)):
 
 BatchNorm in a generator under "causal" and "token": batch statistics over samples *and*
 positions would mix later positions into earlier ones in training mode, so each position is
-normalised with the statistics over the samples at that position (``batch_norm``); the running
+normalised with the statistics over the samples at that position (``batch_norm_positions``); the running
 statistics are updated with their mean over positions and used in eval mode, as usual.
 
 Inside a model, what each call says (padding, packed sequences, the cache) reaches the modules from
@@ -110,7 +110,7 @@ def _sequence_sums(s: Tensor, starts: Tensor) -> tuple[Tensor, Tensor]:
 def causal_window(module: nn.Module, x: Tensor, size: int) -> Tensor:
     """Channels-first (N, C, T) ``x`` with the ``size`` positions before it in front, for a window
     that ends at each position: zeros at the start of a sequence; in a cached decode, ``module``'s
-    inputs at those positions, which each call keeps on the cache (``Prefix``) as the running sums
+    inputs at those positions, which each call keeps on the cache (``running.Prefix``) as the running sums
     are kept, so crops, reorders and copies of the cache continue from the right inputs."""
     entry = call_of(module)
     prefix = None if entry is None else entry[0].prefix
@@ -226,7 +226,7 @@ def _causal_means(module: nn.Module, s: Tensor) -> Tensor:
 def _call_sums(module: nn.Module, s: Tensor) -> tuple[Tensor, Tensor]:
     """The running sums (N, T, S) and counts (N, T) of the call's own positions: over its real ones
     (``position_mask``), restarting at each sequence packed in a row (``packed_starts``; only at a
-    cache's start: ``_packed`` refuses a later call)."""
+    cache's start: ``tracking._packed`` refuses a later call)."""
     n, t = s.shape[0], s.shape[1]
     mask = position_mask(module, n, t)
     starts = packed_starts(module, n, t)
@@ -258,9 +258,9 @@ def _static_at(call: ModelCall) -> Tensor | int:
 
 
 def _paged_statistics(call: ModelCall, name: str, s: Tensor) -> Tensor:
-    """``position_statistics`` ("causal") of a continuous batching call (``Paged``): each request's
+    """``position_statistics`` ("causal") of a continuous batching call (``model_call.Paged``): each request's
     running sums continue from those kept at the slot of the position before its new ones, and
-    the sums at its last new position are kept at that position's slot (``Prefix.slots``); a slot
+    the sums at its last new position are kept at that position's slot (``running.Prefix.slots``); a slot
     the call writes again drops what was kept there (its request is gone), so what is kept stays
     one row per live request at most, whatever the cache's size."""
     paged, prefix = call.paged, call.prefix

@@ -59,7 +59,7 @@ class _Remembered:
 def remember(model: nn.Module, modules: list[tuple[str, nn.Module]], call: ModelCall | None) -> None:
     """Keep what a model call in training tells each conditioned module, for the recomputation of
     its forwards in backward (gradient checkpointing: ``_replay``); the module's forwards in this
-    call count themselves in (``_replayed``) while ``model`` holds the list (``_after_call``)."""
+    call count themselves in (``_replayed``) while ``model`` holds the list (until ``end_call``)."""
     backward = _Backward()
     for name, m in modules:
         kept = _replays.get(m)

@@ -31,7 +31,7 @@ class Running:
     (one per call that kept them): the sums (B, T_i, S) and counts (B, T_i, 1) of the statistics at
     positions <= t, and the position each chunk ends at. A prompt is one chunk; a decoded token
     appends one of its own (nothing is copied again); a crop drops or cuts the last ones. (Causal
-    FReLU keeps its inputs the same way, as the "sums" with counts of one: ``causal_window``.)"""
+    FReLU keeps its inputs the same way, as the "sums" with counts of one: ``context.causal_window``.)"""
 
     sums: list[Tensor]
     counts: list[Tensor]
@@ -86,7 +86,7 @@ class Prefix:
     (``Running``); and the cache's fingerprint (B, T) when they were kept (``key_fingerprint``), with
     the keys tensor it was taken from (a weak reference) and that tensor's version then: while the
     cache holds the same tensor unchanged, its fingerprint is the one kept. On a paged cache
-    (continuous batching: ``Paged``), per module the running sums (S,) at the slot of each
+    (continuous batching: ``model_call.Paged``), per module the running sums (S,) at the slot of each
     request's last position so far instead; on a static cache, per module its tensors indexed by
     position (``static_cache``)."""
 
