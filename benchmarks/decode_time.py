@@ -6,10 +6,11 @@ in turn in each round (interleaved), one thread; prints the median time per gene
 min-max over rounds and the ratio of medians to SiLU's, and the median of the per-round ratios
 (each model against SiLU in the same round, which cancels a machine's slower and faster spells)
 with their quartiles. The cache: "dynamic" (generate's default), "static" (``cache_implementation=
-"static"``), or "compiled": a static cache with the model's call compiled by Inductor for decoding,
-as transformers does on GPUs (``CompileConfig``, here on the CPU too).
+"static"``), "compiled": a static cache with the model's call compiled by Inductor for decoding,
+as transformers does on GPUs (``CompileConfig``, here on the CPU too), or "forward": the default
+dynamic cache with ``model.forward = torch.compile(model.forward)`` (Inductor, default mode).
 
-    python benchmarks/decode_time.py [new_tokens] [rounds] [names] [dynamic|static|compiled]
+    python benchmarks/decode_time.py [new_tokens] [rounds] [names] [dynamic|static|compiled|forward]
 """
 
 import statistics
@@ -33,10 +34,10 @@ def llama() -> torch.nn.Module:
 
 
 def cache_options(cache: str) -> dict:
-    if cache == "dynamic":
+    if cache in ("dynamic", "forward"):
         return {}
     if cache not in ("static", "compiled"):
-        raise SystemExit(f"the cache is 'dynamic', 'static' or 'compiled', got {cache!r}")
+        raise SystemExit(f"the cache is 'dynamic', 'static', 'compiled' or 'forward', got {cache!r}")
     if cache == "static":
         return {"cache_implementation": "static", "disable_compile": True}
     config = transformers.CompileConfig(mode=None)
@@ -61,6 +62,9 @@ def main(new: int, rounds: int, names: tuple[str, ...], cache: str) -> None:
         model = llama()
         adaptact.replace_activations(model, name)
         models[name] = model.eval()
+    if cache == "forward":
+        for m in models.values():
+            m.forward = torch.compile(m.forward)
     prompt = torch.randint(3, 256, (1, 16), generator=torch.Generator().manual_seed(0))
     times: dict[str, list[float]] = {k: [] for k in models}
     for m in models.values():  # warm up: caches, compiled entries, the compiled decoding step

@@ -745,6 +745,30 @@ def test_a_forward_compiled_whole_decodes_a_static_cache_in_one_graph_per_call_l
     assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("name", ["meta_acon_c", "frelu"])  # running sums; a window of inputs
+def test_a_forward_compiled_on_the_default_cache_compiles_no_more_graphs_for_more_tokens(name):
+    """``torch.compile(model.forward)`` with generate's default (dynamic) cache: the activations run
+    eagerly in the compiled calls (their running sums are Python state read at Python offsets), so
+    generating more tokens compiles no new graph, and the tokens are the uncached generation's on a
+    padded batch. Before, every token's offset was a guard: a graph per token until dynamo's
+    recompile limit (47 graphs for 12 tokens at 4 layers), then eager frames."""
+    model = _converted("llama", name)
+    ids = torch.randint(3, VOCAB, (2, 6))
+    mask = torch.ones_like(ids)
+    ids[0, :2], mask[0, :2] = 0, 0
+    options = {"attention_mask": mask, "do_sample": False, "pad_token_id": 0}
+    torch._dynamo.reset()
+    graphs = []
+    with torch.no_grad():
+        want = model.generate(ids, use_cache=False, max_new_tokens=9, **options)
+        model.forward = torch.compile(model.forward, backend=_counting_backend(graphs))
+        model.generate(ids, max_new_tokens=3, **options)
+        after_three = len(graphs)
+        got = model.generate(ids, max_new_tokens=9, **options)
+    assert len(graphs) == after_three
+    assert torch.equal(got, want)
+
+
 def test_exporting_a_static_cache_decoding_step_is_refused_in_one_line():
     """ExecuTorch's decoding program (transformers' exportable module, a static cache in its
     buffers) cannot carry the running statistics kept beside the cache from one call to the next:

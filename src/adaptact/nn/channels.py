@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import ActivationModule, check_input, int_at_least
+from .model_call import runs_eagerly
 
 __all__ = ["ChannelModule", "check_channel_dim"]
 
@@ -104,6 +105,8 @@ class ChannelModule(ActivationModule):
         small = self._small_form(x)
         if small is not None:
             return small
+        if torch.compiler.is_compiling() and runs_eagerly(self):
+            return _forward_eagerly(self, x)
         first = self.channels_first(x)
         if first.ndim == 2 and getattr(self, "context", None) == "token":  # rows (N, C): one position each
             return self._forward(first.unsqueeze(-1)).squeeze(-1)
@@ -188,3 +191,10 @@ def generator_dtype(fc1: nn.Module) -> torch.dtype:
 def _float32_weight(linear: nn.Module) -> bool:
     weight = linear._parameters.get("weight")
     return weight is not None and weight.dtype is torch.float32
+
+
+@torch.compiler.disable
+def _forward_eagerly(module: ChannelModule, x: Tensor) -> Tensor:
+    """``module``'s forward run eagerly from a traced call (``model_call.ModelCall.eager``): a graph
+    break, and no guard on the Python state it reads."""
+    return module.forward(x)

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from .running import Prefix
 
-__all__ = ["CALL", "ModelCall", "Paged", "call_of", "refuse_paged", "tracing", "under_way"]
+__all__ = ["CALL", "ModelCall", "Paged", "call_of", "refuse_paged", "runs_eagerly", "tracing", "under_way"]
 
 CALL = "adaptact_call"  # (ModelCall, the module's name in the model) on each conditioned module during a call
 under_way = threading.local()  # .depth: tracked model calls under way in this thread
@@ -46,7 +46,10 @@ class ModelCall:
     call's (``Paged``). On a static cache (``static_cache``), ``position`` (0-d) is the positions it
     holds before the call, of ``capacity``, and ``offset`` the number read from it in an eager call
     only (None while traced): nothing about a traced call is a Python number read from a tensor,
-    so a compiled decoding step is one graph for every position."""
+    so a compiled decoding step is one graph for every position. ``eager``: the call continues a
+    dynamic cache (any other than a static one), whose running sums are Python state read at
+    Python offsets: traced (a compiled ``forward``), its activations run eagerly
+    (``runs_eagerly``), so the graphs around them are the same for every position."""
 
     offset: int | None
     prefix: Prefix | None
@@ -55,6 +58,7 @@ class ModelCall:
     paged: Paged | None = None
     position: Tensor | None = None
     capacity: int = 0
+    eager: bool = False
 
     @property
     def cached(self) -> bool:
@@ -72,6 +76,12 @@ def call_of(module: nn.Module) -> tuple[ModelCall, str] | None:
     """The call under way that told ``module`` (and the module's name in that model); None outside
     one, or where the call had nothing to tell."""
     return module.__dict__.get(CALL)
+
+
+def runs_eagerly(module: nn.Module) -> bool:
+    """Whether ``module``, traced, is to run eagerly in the call under way (``ModelCall.eager``)."""
+    entry = call_of(module)
+    return entry is not None and entry[0].eager
 
 
 def refuse_paged(name: str) -> None:

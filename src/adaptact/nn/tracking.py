@@ -295,12 +295,24 @@ def _from_4d(mask: Tensor, offset: int | Tensor) -> tuple[Tensor | None, Tensor 
 
 
 def _before_call(model: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+    if tracing() and _dynamic_cache(kwargs):
+        _before_call_eagerly(model, args, kwargs)
+        return
     under_way.depth = getattr(under_way, "depth", 0) + 1  # ``_after_call`` (always called) takes it back
     try:
         _tell(model, kwargs)
     except BaseException:
         under_way.depth -= 1
         raise
+
+
+def _dynamic_cache(kwargs: dict[str, Any]) -> bool:
+    """Whether a call is given a cache other than a static one (``static_cache.static_length``): the
+    running sums kept with it are Python state read at Python offsets, which a traced call would
+    guard on (a graph per position), so a traced call's hooks, and its activations, run eagerly
+    (``ModelCall.eager``)."""
+    cache = _cache(kwargs)
+    return cache is not None and static_cache.static_length(cache) is None
 
 
 def _tell(model: nn.Module, kwargs: dict[str, Any]) -> None:
@@ -345,6 +357,7 @@ def _tell(model: nn.Module, kwargs: dict[str, Any]) -> None:
     call = ModelCall(offset, prefix, mask, starts, paged)
     if static is not None:
         call.position, call.capacity = position, static[1]
+    call.eager = cache is not None and static is None
     told = call.cached or call.mask is not None or call.starts is not None or paged is not None
     if model.training and torch.is_grad_enabled():
         remember(model, modules, call if told else None)
@@ -394,6 +407,9 @@ def _refuse_whole(modules: list[tuple[str, nn.Module]], how: str) -> None:
 
 
 def _after_call(model: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> None:
+    if tracing() and _dynamic_cache(kwargs):
+        _after_call_eagerly(model, args, kwargs, output)
+        return
     under_way.depth = max(getattr(under_way, "depth", 0) - 1, 0)
     end_call(model, output)
     told = model.__dict__.pop(_OWNER, None)
@@ -413,6 +429,10 @@ def _after_call(model: nn.Module, args: tuple, kwargs: dict[str, Any], output: A
         if getattr(cache, PREFIX, None) is not call.prefix:
             prefix_of(cache).sums = call.prefix.sums  # a cache made inside the call
         prefix_of(cache).take_fingerprint(cache)
+
+
+_before_call_eagerly = torch.compiler.disable(_before_call)
+_after_call_eagerly = torch.compiler.disable(_after_call)
 
 
 def is_hf_model(m: object) -> bool:
