@@ -46,7 +46,7 @@ class ModelCall:
     call's (``Paged``). On a static cache (``static_cache``), ``position`` (0-d) is the positions it
     holds before the call, of ``capacity``, and ``offset`` the number read from it in an eager call
     only (None while traced): nothing about a traced call is a Python number read from a tensor,
-    so a compiled decoding step is one graph for every position. ``eager``: the call continues a
+    so a compiled decoding step is one graph for every position. ``eager``: the call is given a
     dynamic cache (any other than a static one), whose running sums are Python state read at
     Python offsets: traced (a compiled ``forward``), its activations run eagerly
     (``runs_eagerly``), so the graphs around them are the same for every position."""
