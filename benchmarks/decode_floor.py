@@ -19,14 +19,13 @@ module as ``adaptact.create`` makes it (causal, eval) against its floor and torc
     python benchmarks/decode_floor.py [new_tokens] [rounds] [names]
 """
 
-import statistics
 import sys
 import time
 
 import torch
 import torch.nn.functional as F
 import transformers
-from decode_time import llama, per_token
+from decode_time import llama, per_token, report
 
 import adaptact
 
@@ -76,17 +75,6 @@ class Floor(torch.nn.Module):
         pieces = torch.addcmul(a.init_v - a.lambdas, z.sigmoid_().unflatten(-1, (-1, 2 * a.k)), a.lambdas * 2)
         slopes, intercepts = pieces.split(a.k, dim=-1)
         return torch.addcmul(intercepts, slopes, x.unsqueeze(-1)).amax(-1)
-
-
-def report(title: str, times: dict[str, list[float]], unit: float, label: str) -> None:
-    silu = statistics.median(times["silu"])
-    print(title)
-    for k, v in times.items():
-        med = statistics.median(v)
-        paired = [t / s for t, s in zip(v, times["silu"], strict=True)]
-        q1, _, q3 = statistics.quantiles(paired, n=4)
-        print(f"  {k:<18} {unit * med:7.2f} {label} [{unit * min(v):.2f}-{unit * max(v):.2f}]  "
-              f"{med / silu:5.2f}x  paired {statistics.median(paired):5.2f}x [{q1:.2f}-{q3:.2f}]")
 
 
 def per_call(rounds: int, names: tuple[str, ...], calls: int = 200) -> None:

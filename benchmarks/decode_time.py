@@ -72,16 +72,22 @@ def main(new: int, rounds: int, names: tuple[str, ...], cache: str) -> None:
     for _ in range(rounds):
         for k, m in models.items():
             times[k].append(per_token(m, prompt, new, options))
+    report(f"LLaMA 256/688 x 4 layers, batch 1, prompt 16, {new} new tokens, greedy with a {cache} cache, "
+           f"one thread; {rounds} rounds; median ms per token [min-max], x SiLU's median; and the median of "
+           "each round's ratio to SiLU in that round [its quartiles]", times, 1e3, "ms")
+
+
+def report(title: str, times: dict[str, list[float]], unit: float, label: str) -> None:
+    """``title``, then per variant its median time (x ``unit``, in ``label``) [min-max], the ratio
+    of medians to SiLU's, and the median of the per-round ratios to SiLU [their quartiles]."""
     silu = statistics.median(times["silu"])
-    print(f"LLaMA 256/688 x 4 layers, batch 1, prompt 16, {new} new tokens, greedy with a {cache} cache, "
-          f"one thread; {rounds} rounds; median ms per token [min-max], x SiLU's median; and the median of each "
-          "round's ratio to SiLU in that round [its quartiles]")
+    print(title)
     for k, v in times.items():
         med = statistics.median(v)
         paired = [t / s for t, s in zip(v, times["silu"], strict=True)]
-        q1, q2, q3 = statistics.quantiles(paired, n=4)
-        print(f"  {k:<12} {1e3 * med:7.2f} ms [{1e3 * min(v):.2f}-{1e3 * max(v):.2f}]  {med / silu:5.2f}x  "
-              f"paired {statistics.median(paired):5.2f}x [{q1:.2f}-{q3:.2f}]")
+        q1, _, q3 = statistics.quantiles(paired, n=4)
+        print(f"  {k:<18} {unit * med:7.2f} {label} [{unit * min(v):.2f}-{unit * max(v):.2f}]  "
+              f"{med / silu:5.2f}x  paired {statistics.median(paired):5.2f}x [{q1:.2f}-{q3:.2f}]")
 
 
 if __name__ == "__main__":
