@@ -72,7 +72,8 @@ def main(new: int, rounds: int, names: tuple[str, ...], cache: str) -> None:
     for _ in range(rounds):
         for k, m in models.items():
             times[k].append(per_token(m, prompt, new, options))
-    report(f"LLaMA 256/688 x 4 layers, batch 1, prompt 16, {new} new tokens, greedy with a {cache} cache, "
+    how = "a dynamic cache, forward compiled" if cache == "forward" else f"a {cache} cache"
+    report(f"LLaMA 256/688 x 4 layers, batch 1, prompt 16, {new} new tokens, greedy with {how}, "
            f"one thread; {rounds} rounds; median ms per token [min-max], x SiLU's median; and the median of "
            "each round's ratio to SiLU in that round [its quartiles]", times, 1e3, "ms")
 
@@ -85,7 +86,7 @@ def report(title: str, times: dict[str, list[float]], unit: float, label: str) -
     for k, v in times.items():
         med = statistics.median(v)
         paired = [t / s for t, s in zip(v, times["silu"], strict=True)]
-        q1, _, q3 = statistics.quantiles(paired, n=4)
+        q1, _, q3 = statistics.quantiles(paired, n=4) if len(paired) > 1 else paired * 3  # (one round)
         print(f"  {k:<18} {unit * med:7.2f} {label} [{unit * min(v):.2f}-{unit * max(v):.2f}]  "
               f"{med / silu:5.2f}x  paired {statistics.median(paired):5.2f}x [{q1:.2f}-{q3:.2f}]")
 
