@@ -1,6 +1,6 @@
 """What a cache carries from one call to the next (nn/running.py): the causal prefix continues across
-cached calls (crops, two caches interleaved, a deep copy), and a long decode keeps the full sequence's
-numbers, in half precision too."""
+cached calls (crops, two caches interleaved, a deep copy), a long decode keeps the full sequence's
+numbers, in half precision too, and the prefix's rows move with the cache's."""
 
 import copy
 import pickle
@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from adaptact.nn.model_call import CALL
+from adaptact.nn.running import follow, follow_row_moves, prefix_of
 from adaptact.nn.tracking import track_decoding
 from tests.nn.test_context import (B, C, CONDITIONED, IDS, T, WITH_FRELU, WITH_FRELU_IDS, Cache, Host,
                                    _module)
@@ -101,3 +102,69 @@ def test_a_long_half_precision_decode_keeps_the_full_forwards_means(case, dtype)
                   for t in range(1, positions)]
     tolerance = {torch.bfloat16: 2e-2, torch.float16: 2e-3}[dtype]
     torch.testing.assert_close(torch.cat(steps, dim=1).float(), full, rtol=tolerance, atol=tolerance)
+
+
+class _Layer:
+    is_sliding = False
+
+    def __init__(self, keys):
+        self.keys = keys
+
+
+class _MovingCache:
+    """A cache's shape as transformers makes it: layers with keys (B, H, T, D), methods moving rows."""
+
+    def __init__(self, keys):
+        self.layers = [_Layer(keys)]
+
+    def reorder_cache(self, rows):
+        self.layers[0].keys = self.layers[0].keys.index_select(0, rows)
+
+    def batch_select_indices(self, rows):
+        self.layers[0].keys = self.layers[0].keys[rows]
+
+    def batch_repeat_interleave(self, repeats):
+        self.layers[0].keys = self.layers[0].keys.repeat_interleave(repeats, dim=0)
+
+
+def _kept_rows(cache, positions=3):
+    """A prefix kept on ``cache`` whose row i holds i at every position; returns a reader of the rows."""
+    prefix = prefix_of(cache)
+    rows = cache.layers[0].keys.shape[0]
+    prefix.keep("act", 0, torch.arange(float(rows))[:, None, None].expand(rows, positions, 1).clone(),
+                torch.ones(rows, positions))
+    prefix.take_fingerprint(cache)
+    return lambda: prefix_of(cache).sums["act"].positions(0, positions)[:, 0, 0].tolist()
+
+
+def test_a_caches_own_row_moves_move_its_prefix_in_copies_too():
+    cache = _MovingCache(torch.randn(2, 1, 3, 1))
+    rows = _kept_rows(cache)
+    follow_row_moves(cache)
+    follow_row_moves(cache)  # once
+    cache.reorder_cache(torch.tensor([1, 0]))
+    cache.batch_repeat_interleave(2)
+    cache.batch_select_indices(torch.tensor([0, 3]))
+    assert rows() == [1.0, 0.0] and cache.layers[0].keys.shape[0] == 2
+    for other in (copy.deepcopy(cache), pickle.loads(pickle.dumps(cache))):
+        other.reorder_cache(torch.tensor([1, 0]))
+        assert prefix_of(other).sums["act"].positions(0, 3)[:, 0, 0].tolist() == [0.0, 1.0]
+        assert rows() == [1.0, 0.0]  # the copy's own
+
+
+def test_rows_moved_by_other_means_are_found_by_their_keys_or_refused_where_keys_cannot_tell():
+    """Rows moved without the cache's methods are paired by their keys; where two kept rows with
+    equal keys hold different statistics, which one a row continues cannot be told: one line."""
+    keys = torch.randn(3, 1, 3, 1)
+    keys[1] = keys[0]
+    cache = _MovingCache(keys.clone())
+    rows = _kept_rows(cache)
+    cache.layers[0].keys = keys[[2, 0, 0]]  # rows 0 and 1 alike by their keys: the first is taken
+    with pytest.raises(RuntimeError, match="moved by other means than its own methods"):
+        follow(prefix_of(cache), cache, 3)
+    cache = _MovingCache(keys.clone())
+    rows = _kept_rows(cache)
+    prefix_of(cache).sums["act"].sums[0][1] = 0.0  # rows 0 and 1 the same history
+    cache.layers[0].keys = keys[[2, 1, 0]]
+    follow(prefix_of(cache), cache, 3)
+    assert rows() == [2.0, 0.0, 0.0]

@@ -1,9 +1,7 @@
 """A static cache's running sums and windows kept as tensors by position (``nn.static_cache``): any
 split of a sequence into calls, with crops back, gives the whole sequence's running sums and
-windows; a cache's row moves carry what is kept beside it, in copies too."""
+windows; the kept tensors move with the cache's rows."""
 
-import copy
-import pickle
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -54,41 +52,17 @@ class _Layer:
 
 
 class _Cache:
-    """A static cache's shape: its layers' length tensors and keys, and the methods moving rows."""
+    """A static cache's shape: its layers' length tensors and keys."""
 
     def __init__(self):
         self.layers = [_Layer()]
-        self.moved = []
-
-    def reorder_cache(self, rows):
-        self.layers[0].keys = self.layers[0].keys.index_select(0, rows)
-
-    def batch_select_indices(self, rows):
-        self.layers[0].keys = self.layers[0].keys[rows]
-
-    def batch_repeat_interleave(self, repeats):
-        self.layers[0].keys = self.layers[0].keys.repeat_interleave(repeats, dim=0)
 
 
-def _record(cache, rows):
-    cache.moved.append(rows.tolist())
-
-
-def test_a_static_cache_is_read_and_its_row_moves_followed_in_copies_too():
+def test_a_static_cache_is_read_by_its_first_full_attention_layer():
     cache = _Cache()
     length, capacity = static_cache.static_length(cache)
     assert length is cache.layers[0].cumulative_length and capacity == CAPACITY
     assert static_cache.static_length(object()) is None
-    static_cache.follow_row_moves(cache, _record)
-    static_cache.follow_row_moves(cache, _record)  # once
-    cache.reorder_cache(torch.tensor([1, 1]))
-    cache.batch_repeat_interleave(2)
-    cache.batch_select_indices(torch.tensor([0, 3]))
-    assert cache.moved == [[1, 1], [0, 0, 1, 1], [0, 3]]
-    assert cache.layers[0].keys.shape[0] == 2
-    for other in (copy.deepcopy(cache), pickle.loads(pickle.dumps(cache))):
-        other.reorder_cache(torch.tensor([1, 0]))
-        assert other.moved[-1] == [1, 0] and cache.moved[-1] == [0, 3]  # the copy's own
 
 
 def test_kept_tensors_are_buffers_moved_in_place_while_the_batch_keeps_its_size():

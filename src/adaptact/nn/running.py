@@ -2,14 +2,17 @@
 object they extend (not on the module, not in call order): per module, the running sums and counts
 of its statistics at every position so far (``Running``), so that a reordered cache (beam search),
 a cropped one (assisted decoding), two generations interleaved, a deep-copied or pickled model all
-continue from the right prefix. A reorder is recognised by the cache's own keys (each row's
-per-position key sums: ``key_fingerprint``) and followed (``follow``). Causal FReLU keeps its
-inputs there the same way, for the window of the next positions."""
+continue from the right prefix. Rows moved by the cache's own methods move the prefix's rows with
+them (``follow_row_moves``); rows moved by other means are recognised by the cache's own keys (each
+row's per-position key sums of its last full-attention layer: ``fingerprint``) and followed
+(``follow``). Causal FReLU keeps its inputs there the same way, for the window of the next
+positions."""
 
 from __future__ import annotations
 
 import bisect
 import contextlib
+import functools
 import weakref
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,10 +22,12 @@ from torch import Tensor, nn
 
 from . import static_cache
 
-__all__ = ["PREFIX", "Prefix", "Running", "cache_keys", "follow", "key_fingerprint", "prefix_of",
-           "rows_moved"]
+__all__ = ["PREFIX", "ROW_MOVES", "Prefix", "Running", "cache_keys", "fingerprint", "follow",
+           "follow_row_moves", "prefix_of"]
 
 PREFIX = "adaptact_prefix"  # the Prefix a cache object carries
+ROW_MOVES = ("reorder_cache", "batch_select_indices", "batch_repeat_interleave")  # methods moving rows
+_FOLLOWED = "adaptact_follows_rows"  # on a cache whose ROW_MOVES ``follow_row_moves`` wrapped
 
 
 @dataclass
@@ -83,7 +88,7 @@ class Running:
 class Prefix:
     """What causal generators carry from one cached call to the next, kept on the cache object:
     per module name, the running sums and counts of the statistics at every position so far
-    (``Running``); and the cache's fingerprint (B, T) when they were kept (``key_fingerprint``), with
+    (``Running``); and the cache's fingerprint (B, T, F) when they were kept (``fingerprint``), with
     the keys tensor it was taken from (a weak reference) and that tensor's version then: while the
     cache holds the same tensor unchanged, its fingerprint is the one kept. On a paged cache
     (continuous batching: ``model_call.Paged``), per module the running sums (S,) at the slot of each
@@ -105,7 +110,7 @@ class Prefix:
     def take_fingerprint(self, cache: Any) -> None:
         """Keep ``cache``'s fingerprint as it is now."""
         keys = cache_keys(cache)
-        self.fingerprint = None if keys is None else key_fingerprint(keys)
+        self.fingerprint = fingerprint(cache)
         self.keys = None if keys is None else weakref.ref(keys)
         self.keys_version = -1 if keys is None else keys._version
 
@@ -142,6 +147,18 @@ class Prefix:
         kept.append(sums.detach(), counts.detach().unsqueeze(-1))
         self.sums[name] = kept
 
+    def alike(self, same: Tensor, rows: Tensor) -> bool:
+        """Whether every kept row that ``same`` (rows now, rows kept: equal fingerprints) pairs with a
+        row now keeps what the row ``rows`` picks for it keeps (equal keys, equal histories)."""
+        now, kept = same.nonzero(as_tuple=True)
+        if now.numel() == rows.numel():
+            return True  # one kept row for each row now
+        for state in self.sums.values():
+            for part in (state.sums, state.counts):
+                if part and not torch.equal(*(torch.cat(part, dim=1)[at] for at in (kept, rows[now]))):
+                    return False
+        return True
+
     def select(self, rows: Tensor) -> None:
         """Rows ``rows`` of every state, in that order (a cache reordered by beam search)."""
         for state in self.sums.values():
@@ -158,26 +175,85 @@ class Prefix:
 
 
 def cache_keys(cache: Any) -> Tensor | None:
-    """The keys (B, H, T, D) of the first full-attention layer of a Hugging Face cache (None for
-    other caches), whose fingerprint ``key_fingerprint`` takes."""
+    """The keys (B, H, T, D) of the last full-attention layer of a Hugging Face cache (an
+    encoder-decoder cache's self-attention one; None for other caches), which ``fingerprint``
+    takes."""
+    return _full_attention_keys(getattr(cache, "self_attention_cache", cache), last=True)
+
+
+def fingerprint(cache: Any) -> Tensor | None:
+    """Each row's history, (B, T, F), by which rows moved are found (equal histories, equal rows):
+    per position, the sum of the keys of the cache's last full-attention layer (``cache_keys``;
+    a first layer's are a function of the tokens and positions alone, a last one's of all the row
+    has seen); in an encoder-decoder cache also the sum of the row's keys in its first
+    cross-attention layer (a function of the row's input), so rows of different inputs differ even
+    where their decoders are one layer given the same tokens. None without keys."""
+    keys = cache_keys(cache)
+    if keys is None:
+        return None
+    sums = keys.detach().float().sum(dim=(1, 3)).unsqueeze(-1)
+    cross = _full_attention_keys(getattr(cache, "cross_attention_cache", None), last=False)
+    if cross is None or cross.shape[0] != sums.shape[0]:
+        return sums
+    inputs = cross.detach().float().sum(dim=(1, 2, 3)).to(sums.device)
+    return torch.cat([sums, inputs[:, None, None].expand_as(sums)], dim=-1)
+
+
+def _full_attention_keys(cache: Any, *, last: bool) -> Tensor | None:
+    """The keys (B, H, T, D) of the ``last`` (or first) full-attention layer of ``cache``."""
+    found = None
     for layer in getattr(cache, "layers", None) or ():
         keys = getattr(layer, "keys", None)
         if isinstance(keys, Tensor) and keys.ndim == 4 and not getattr(layer, "is_sliding", False):
+            if not last:
+                return keys
+            found = keys
+    return found
+
+
+def follow_row_moves(cache: Any) -> None:
+    """Make ``cache``'s methods that move its rows (``ROW_MOVES``: beam search's reorder, a batch's
+    selection or repetition) move its prefix's rows with them (``Prefix.select``, with each row's
+    source row): exact whatever the keys hold, and where no tensor could tell that they moved (a
+    compiled call reads no values). Wrapped on the instance once, by module-level partials, so the
+    cache deep-copies and pickles (a copy's methods move the copy's). Rows moved by other means are
+    found by the keys (``follow``)."""
+    if not hasattr(cache, "__dict__") or cache.__dict__.get(_FOLLOWED):
+        return
+    for method in ROW_MOVES:
+        if callable(getattr(type(cache), method, None)):
+            setattr(cache, method, functools.partial(_moved, cache, method))
+    cache.__dict__[_FOLLOWED] = True
+
+
+def _moved(cache: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+    """``cache``'s own ``method`` (one of ``ROW_MOVES``), then its prefix's rows moved the same way."""
+    rows = _rows(cache, method, args[0] if args else next(iter(kwargs.values())))
+    result = getattr(type(cache), method)(cache, *args, **kwargs)
+    prefix = getattr(cache, PREFIX, None)
+    if rows is not None and isinstance(prefix, Prefix):
+        prefix.select(rows)
+    return result
+
+
+def _rows(cache: Any, method: str, argument: Any) -> Tensor | None:
+    """Each row's source row after ``method`` with ``argument``; None where the cache holds no keys
+    yet (nothing kept to move)."""
+    if method != "batch_repeat_interleave":
+        return argument if isinstance(argument, Tensor) else torch.as_tensor(argument)
+    keys = _any_keys(cache)
+    return None if keys is None else torch.arange(keys.shape[0], device=keys.device).repeat_interleave(
+        int(argument))
+
+
+def _any_keys(cache: Any) -> Tensor | None:
+    """The keys (B, H, T, D) of any layer of ``cache``, for its batch size."""
+    cache = getattr(cache, "self_attention_cache", cache)
+    for layer in getattr(cache, "layers", None) or ():
+        keys = getattr(layer, "keys", None)
+        if isinstance(keys, Tensor) and keys.ndim == 4:
             return keys
     return None
-
-
-def key_fingerprint(keys: Tensor) -> Tensor:
-    """Each row's key sums per position, (B, T): equal rows have equal histories, so a reorder is
-    found."""
-    return keys.detach().float().sum(dim=(1, 3))
-
-
-def rows_moved(cache: Any, rows: Tensor) -> None:
-    """The prefix of ``cache`` follows its rows moved (``static_cache.follow_row_moves``)."""
-    prefix = getattr(cache, PREFIX, None)
-    if isinstance(prefix, Prefix):
-        prefix.select(rows)
 
 
 def prefix_of(cache: Any) -> Prefix:
@@ -198,16 +274,21 @@ def follow(prefix: Prefix, cache: Any, offset: int) -> None:
         return
     if prefix.unchanged(cache):
         return  # the cache as its fingerprint was kept after the last call
-    keys = cache_keys(cache)
-    old, now = prefix.fingerprint, None if keys is None else key_fingerprint(keys)
+    old, now = prefix.fingerprint, fingerprint(cache)
     if old is None or now is None or not prefix.sums or min(old.shape[1], now.shape[1]) < offset:
         return
     old, now = old[:, :offset], now[:, :offset].to(old.device)
     if old.shape == now.shape and torch.equal(old, now):
         return
-    same = (now.unsqueeze(1) == old.unsqueeze(0)).all(-1)  # (rows now, rows then)
+    same = (now.unsqueeze(1) == old.unsqueeze(0)).flatten(2).all(-1)  # (rows now, rows then)
     if not bool(same.any(1).all()):
         raise RuntimeError("the KV cache holds rows that adaptact's causal activations never saw (a cache "
                            "edited or built elsewhere): their prefix statistics cannot continue; decode "
                            "with use_cache=False")
-    prefix.select(same.int().argmax(1))
+    rows = same.int().argmax(1)
+    if not prefix.alike(same, rows):
+        raise RuntimeError("the KV cache's rows moved by other means than its own methods, and rows with "
+                           "equal keys hold different statistics here (rows of different inputs): which one "
+                           "a row continues cannot be told; move rows with the cache's reorder_cache or "
+                           "batch_select_indices, or decode with use_cache=False")
+    prefix.select(rows)

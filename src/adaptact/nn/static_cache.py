@@ -9,26 +9,21 @@ and read at the position before them, by tensor index, so every call is the same
 whatever its position. A compiled decoding step is then one graph for every token (a Python
 number per position would be a guard, and a recompilation, per token), and a crop costs nothing
 (the positions after it are written again). A reorder of the cache's rows (beam search) reorders
-these tensors through the cache's own methods (``follow_row_moves``). They are the buffers of a
+these tensors through the cache's own methods (``running.follow_row_moves``). They are the buffers of a
 module (``Kept``): torch.compile takes a module's buffers for tensors at fixed addresses, as CUDA
 graphs need of tensors a step writes in place (the cache's own keys are marked so by transformers).
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Kept", "KeptWhileTraced", "follow_row_moves", "kept_window", "new_kept", "running_sums",
+__all__ = ["Kept", "KeptWhileTraced", "kept_window", "new_kept", "running_sums",
            "static_length"]
 
-ROW_MOVES = ("reorder_cache", "batch_select_indices", "batch_repeat_interleave")  # methods moving rows
-_FOLLOWED = "adaptact_follows_rows"  # on a cache whose ROW_MOVES ``follow_row_moves`` wrapped
-RowsMoved = Callable[[Any, Tensor], None]  # called with a cache and each row's source row, after a move
 
 
 def static_length(cache: Any) -> tuple[Tensor, int] | None:
@@ -164,46 +159,3 @@ def kept_window(state: Kept | KeptWhileTraced, name: str, x: Tensor, size: int,
     written = position + torch.arange(t, device=x.device)
     inputs.index_copy_(1, written, x.detach().transpose(1, 2).to(inputs.dtype))
     return torch.cat([before.transpose(1, 2).to(x.dtype), x], dim=-1)
-
-
-def _moved(cache: Any, method: str, on_rows: RowsMoved, *args: Any, **kwargs: Any) -> Any:
-    """``cache``'s own ``method`` (one of ``ROW_MOVES``), then ``on_rows(cache, rows)`` with the rows
-    it kept, in their new order."""
-    rows = _rows(cache, method, args[0] if args else next(iter(kwargs.values())))
-    result = getattr(type(cache), method)(cache, *args, **kwargs)
-    if rows is not None:
-        on_rows(cache, rows)
-    return result
-
-
-def _rows(cache: Any, method: str, argument: Any) -> Tensor | None:
-    """Each row's source row after ``method`` with ``argument``; None where the cache holds no keys
-    yet (nothing kept to move)."""
-    if method != "batch_repeat_interleave":
-        return argument if isinstance(argument, Tensor) else torch.as_tensor(argument)
-    keys = _keys(cache)
-    return None if keys is None else torch.arange(keys.shape[0], device=keys.device).repeat_interleave(
-        int(argument))
-
-
-def _keys(cache: Any) -> Tensor | None:
-    cache = getattr(cache, "self_attention_cache", cache)
-    for layer in getattr(cache, "layers", None) or ():
-        keys = getattr(layer, "keys", None)
-        if isinstance(keys, Tensor) and keys.ndim == 4:
-            return keys
-    return None
-
-
-def follow_row_moves(cache: Any, on_rows: RowsMoved) -> None:
-    """Make ``cache``'s methods that move its rows (``ROW_MOVES``: beam search's reorder, a batch's
-    selection or repetition) call ``on_rows(cache, rows)`` after moving them, with each row's source
-    row: what is kept beside the cache moves with it, where no tensor could tell that it moved (a
-    compiled call reads no values). Wrapped on the instance once, by module-level partials, so
-    the cache deep-copies and pickles (a copy's methods move the copy's)."""
-    if not hasattr(cache, "__dict__") or cache.__dict__.get(_FOLLOWED):
-        return
-    for method in ROW_MOVES:
-        if callable(getattr(type(cache), method, None)):
-            setattr(cache, method, functools.partial(_moved, cache, method, on_rows))
-    cache.__dict__[_FOLLOWED] = True

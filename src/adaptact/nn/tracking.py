@@ -44,7 +44,7 @@ from . import static_cache
 from .context import CONTEXTS
 from .model_call import CALL, ModelCall, Paged, refuse_paged, tracing, under_way
 from .replay import end_call, remember
-from .running import PREFIX, Prefix, follow, prefix_of, rows_moved
+from .running import PREFIX, Prefix, follow, follow_row_moves, prefix_of
 
 __all__ = ["is_hf_model", "sequence_starts", "track_decoding"]
 
@@ -337,10 +337,11 @@ def _tell(model: nn.Module, kwargs: dict[str, Any]) -> None:
     prefix = None
     if offset is not None or static is not None:
         prefix = Prefix() if cache is None else prefix_of(cache)
+        if cache is not None:
+            follow_row_moves(cache)
         if static is not None:
             if prefix.static is None:
                 prefix.static = static_cache.new_kept()
-            static_cache.follow_row_moves(cache, rows_moved)
         elif cache is not None:
             follow(prefix, cache, offset or 0)
     mask, packed = _attention_mask(kwargs, at)
