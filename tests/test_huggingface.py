@@ -505,6 +505,32 @@ def _alone_and_padded(model, side, lengths=(7, 4, 2)):
 
 
 @pytest.mark.parametrize("name", CONDITIONED)
+def test_a_converted_model_with_a_layer_offloaded_to_the_disk_gives_its_numbers(tmp_path, name):
+    """``from_pretrained(device_map=...)`` with a decoder layer on "disk": accelerate keeps its
+    weights on the meta device and brings each module's in for that module's own call. A
+    conditioned activation reads its generator's tensors without calling every layer (a BatchNorm
+    per position, FReLU's causal window, the small form's operations), so it brings them in for its
+    whole call (before: "Tensor on device meta is not on the expected device cpu")."""
+    pytest.importorskip("accelerate")
+    model = _converted("llama", name)
+    ids = torch.randint(3, VOCAB, (2, 7))
+    with torch.no_grad():
+        full = model(ids).logits
+        tokens = model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0)
+    model.save_pretrained(tmp_path / "model")
+    device_map = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk",
+                  "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"}
+    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "model", device_map=device_map,
+                                                             offload_folder=tmp_path / "offload").eval()
+    offloaded = back.model.layers[1].mlp.act_fn
+    assert {p.device.type for p in offloaded.parameters()} == {"meta"}
+    with torch.no_grad():
+        torch.testing.assert_close(back(ids).logits, full, rtol=1e-5, atol=1e-5)
+        assert torch.equal(back.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0), tokens)
+    assert {p.device.type for p in offloaded.parameters()} == {"meta"}  # sent back after each call
+
+
+@pytest.mark.parametrize("name", CONDITIONED)
 def test_padding_never_changes_a_sequences_logits(name):
     _alone_and_padded(_converted("llama", name), "left")
     _alone_and_padded(_converted("bert", name), "right")

@@ -21,8 +21,10 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
+from ..ops import small
 from .base import ActivationModule, check_input, int_at_least
 from .model_call import runs_eagerly
+from .offload import layers_loaded
 
 __all__ = ["ChannelModule", "check_channel_dim"]
 
@@ -107,10 +109,11 @@ class ChannelModule(ActivationModule):
             return small
         if torch.compiler.is_compiling() and runs_eagerly(self):
             return _forward_eagerly(self, x)
-        first = self.channels_first(x)
-        if first.ndim == 2 and getattr(self, "context", None) == "token":  # rows (N, C): one position each
-            return self._forward(first.unsqueeze(-1)).squeeze(-1)
-        y = self._forward(first)
+        with layers_loaded(self):  # a generator's layers that accelerate offloads: their weights in
+            first = self.channels_first(x)
+            if first.ndim == 2 and getattr(self, "context", None) == "token":  # rows (N, C): a position each
+                return self._forward(first.unsqueeze(-1)).squeeze(-1)
+            y = self._forward(first)
         if self._first(x):
             return y
         y = y.movedim(1, self.channel_dim)
@@ -128,12 +131,13 @@ class ChannelModule(ActivationModule):
         with per-position coefficients (context "causal" or "token") of channels-last (B, T, C)
         tokens, its generator's Linear layers ``linears`` (None: none there) with float32 weights:
         a decoded token, or a few (what the decoding of a language model calls them with). The
-        parameters ``names`` where it takes it, else None. A layer whose weight is not a float32
-        parameter (a dynamically quantized Linear packs its own) goes the usual route, which calls
-        the layer."""
+        parameters ``names`` where it takes it, else None. A layer that is not a plain float32
+        nn.Linear (``ops.small.linear``: a dynamically quantized Linear packs its weight, a LoRA
+        layer adds its own, an offloaded one loads its weights in its call, a hook watches it) goes
+        the usual route, which calls the layer."""
         if (self.training or getattr(self, "context", "sample") == "sample" or x.ndim != 3
                 or self.channel_dim not in (-1, 2)
-                or not all(layer is None or _float32_weight(layer) for layer in linears)):
+                or not all(layer is None or small.linear(layer) for layer in linears)):
             return None
         return self._small(x, names, self.channels, self.channel_dim)
 
@@ -186,11 +190,6 @@ def generator_dtype(fc1: nn.Module) -> torch.dtype:
     if weight is None:
         weight = getattr(fc1, "weight", None)
     return weight.dtype if isinstance(weight, Tensor) and weight.is_floating_point() else torch.float32
-
-
-def _float32_weight(linear: nn.Module) -> bool:
-    weight = linear._parameters.get("weight")
-    return weight is not None and weight.dtype is torch.float32
 
 
 @torch.compiler.disable

@@ -6,10 +6,11 @@ views and casts of the parameters. These compute the reference's maths in as few
 torch has for it, on x as given (no view of x moved; per-channel parameters come viewed against
 it), with the parameters' small transforms done on the parameters. A generator's layers are
 called as torch's operations on their tensors, read from the modules' dicts: nn.Module's attribute
-lookup and call cost as much as an operation on one row. They equal the reference up to float32
-rounding (tests/ops/test_small.py) and run where ``ActivationModule._small`` says: eagerly, on
-float32 CPU tensors of at most ``EAGER_NUMEL`` elements, nothing recorded for backward, no
-torch.func transform over x or the parameters.
+lookup and call cost as much as an operation on one row. That is done only where a layer's call is
+those operations and nothing else (``linear``, ``evaluating``, ``plain``). They equal the
+reference up to float32 rounding (tests/ops/test_small.py) and run where
+``ActivationModule._small`` says: eagerly, on float32 CPU tensors of at most ``EAGER_NUMEL``
+elements, nothing recorded for backward, no torch.func transform over x or the parameters.
 """
 
 from __future__ import annotations
@@ -21,8 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+# torch's global module hooks (``register_module_forward_hook``): dicts that registering fills in place
+_GLOBAL_FORWARD_HOOKS = nn.modules.module._global_forward_hooks
+_GLOBAL_FORWARD_PRE_HOOKS = nn.modules.module._global_forward_pre_hooks
+
 __all__ = ["acon_a", "acon_b", "acon_c", "aprelu", "arelu", "dy_relu", "dy_relu_coefficients",
-           "evaluating", "linear_norm", "meta_acon_c"]
+           "evaluating", "linear", "linear_norm", "meta_acon_c", "plain"]
 
 
 def arelu(x: Tensor, alpha: Tensor, beta: Tensor) -> Tensor:
@@ -57,9 +62,27 @@ def meta_acon_c(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> Tensor:
 def evaluating(*norms: nn.Module | None) -> bool:
     """Whether each of a generator's BatchNorms (None: none there) normalises with its running
     statistics, as ``linear_norm`` does: a BatchNorm1d (a SyncBatchNorm goes the usual route, which
-    refuses it in a decoder's contexts) in eval mode that keeps its statistics."""
-    return all(bn is None or (type(bn) is nn.BatchNorm1d and not bn.training and bn.track_running_stats)
-               for bn in norms)
+    refuses it in a decoder's contexts) in eval mode that keeps its statistics, called plainly
+    (``plain``)."""
+    return all(bn is None or (type(bn) is nn.BatchNorm1d and not bn.training and bn.track_running_stats
+                              and plain(bn)) for bn in norms)
+
+
+def linear(layer: nn.Module) -> bool:
+    """Whether a generator's ``layer`` is what ``linear_norm`` computes: an nn.Linear (not a
+    subclass, nor a quantized or adapted layer) with float32 weights, called plainly (``plain``)."""
+    weight = layer._parameters.get("weight") if type(layer) is nn.Linear else None
+    return weight is not None and weight.dtype is torch.float32 and plain(layer)
+
+
+def plain(module: nn.Module) -> bool:
+    """Whether calling ``module`` runs its class's forward and nothing else, so that its operations on
+    its tensors are its call: no hooks of its own or global ones, no forward set on the instance
+    (accelerate's offloading sets one, which brings the weights in from the CPU or the disk for the
+    call alone). Anything else goes the usual route, which calls the module."""
+    own = module.__dict__
+    return not (own["_forward_hooks"] or own["_forward_pre_hooks"] or "forward" in own
+                or _GLOBAL_FORWARD_HOOKS or _GLOBAL_FORWARD_PRE_HOOKS)
 
 
 def linear_norm(rows: Tensor, linear: nn.Module, bn: nn.Module | None = None) -> Tensor:
