@@ -23,10 +23,10 @@ def layers_loaded(module: nn.Module) -> contextlib.AbstractContextManager:
     """A context in which the weights of ``module``'s offloaded layers (its children that carry
     accelerate's offloading hook) are in, sent back on leaving it (also where it raises); nothing
     where none is offloaded."""
-    hooked = []
+    hooked: list[tuple[nn.Module, Any]] = []
     for layer in module._modules.values():  # (a loop: torch.compile traces no walrus in a comprehension)
         hook = None if layer is None else layer.__dict__.get("_hf_hook")
-        if hook is not None and _offloads(hook):
+        if layer is not None and hook is not None and _offloads(hook):
             hooked.append((layer, hook))
     return _Loaded(hooked) if hooked else _NOTHING
 
