@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 import adaptact
-from adaptact.convert import HF_ACTIVATIONS, is_activation, is_causal_model
+from adaptact.convert import is_causal_model
+from adaptact.sites import HF_ACTIVATIONS, is_activation
 
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()

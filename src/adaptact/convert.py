@@ -1,10 +1,7 @@
 """Put any activation into an existing network: ``replace_activations(model, "acon_c")``.
 
-How it works. Every module that holds activations (as children, or as functional calls such
-as ``F.relu`` in its ``forward``) is traced on its own with torch.fx, its children kept as
-leaves. Each call site of an activation is then followed back through pass-through ops
-(pooling, dropout, residual adds, ...) to the nearest producer (Conv, Linear, BatchNorm,
-GroupNorm, LayerNorm, or the last producer inside a child block), which gives ``channels``.
+How it works. The activation sites are found with their producers (``sites``: each holder traced
+with torch.fx, each call followed back to the layer that gives its channels). Then:
 
 * A child module whose every call site is replaced with one channel count is swapped in
   place (``setattr``): the module tree and the other parameters keep their names.
@@ -15,9 +12,8 @@ GroupNorm, LayerNorm, or the last producer inside a child block), which gives ``
   calls); the holder is replaced by that ``torch.fx.GraphModule``
   in its parent. The top-level module itself cannot be swapped this way: wrap it
   (``nn.Sequential(model)``) if its own ``forward`` needs rewriting.
-* A holder that fx cannot trace falls back to registration order: each activation child gets
-  the channels of the last producer registered before it. So does an activation applied to
-  its holder's input (the producer registered before the holder).
+* A holder that fx cannot trace falls back to registration order (``sites``), and its
+  activation children are swapped.
 
 Anything that cannot be handled raises ValueError naming the layer.
 """
@@ -25,13 +21,10 @@ Anything that cannot be handled raises ValueError naming the layer.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import functools
-import operator
 import re
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -39,358 +32,16 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from .matching import FIT_TOLERANCE, match
-from .nn import ActivationModule, track_decoding
-from .nn.tracking import is_hf_model
+from .nn import track_decoding
 from .nn.base import int_at_least
-from .nn.families import BATCH_NORMS, CHANNEL_NORMS, CONVOLUTIONS
+from .nn.tracking import is_hf_model
 from .registry import ActivationLike, create, spec
+from .sites import Site, find_sites, first_tensor_arg, is_activation_node, left_alone
 
-__all__ = ["ACTIVATION_TYPES", "HF_ACTIVATIONS", "POLICIES", "Replaced", "activation_producers",
-           "is_activation", "is_causal_model", "producer_channels", "producer_layout", "replace_activations"]
-
-# Rectifier-like activations that are replaced. Sigmoid, Tanh, Hardsigmoid and Softmax are left
-# alone on purpose: in real networks they are gates (SE blocks, LSTMs) or output normalisers.
-ACTIVATION_TYPES: tuple[type, ...] = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
-    nn.Hardswish, nn.Mish, nn.Softplus, ActivationModule,
-)
-# Hugging Face's activation modules (``transformers.activations.ACT2CLS``), recognised by class so
-# that transformers need not be imported. LinearActivation is the identity: reported, never replaced.
-HF_ACTIVATIONS = frozenset({
-    "GELUActivation", "NewGELUActivation", "GELUTanh", "FastGELUActivation", "AccurateGELUActivation",
-    "ClippedGELUActivation", "QuickGELUActivation", "SiLUActivation", "MishActivation",
-    "ReLUSquaredActivation", "XIELUActivation", "LaplaceActivation", "SqrtSoftplusActivation",
-    "PytorchGELUTanh", "GELUPytorchTanh", "BloomGelu",
-})
-_HF_IDENTITY = "LinearActivation"
-# Activation-like modules left alone on purpose (gates, output normalisers): listed in the report.
-_LEFT_TYPES: tuple[type, ...] = (nn.Sigmoid, nn.Tanh, nn.Hardsigmoid, nn.Softmax, nn.LogSoftmax, nn.GLU,
-                                 nn.Hardtanh, nn.Softsign, nn.Tanhshrink, nn.LogSigmoid, nn.Threshold,
-                                 nn.Softshrink, nn.Hardshrink, nn.Softmin)
-
-
-def _from_transformers(m: nn.Module) -> bool:
-    return type(m).__module__.startswith("transformers.")
-
-
-def is_activation(m: nn.Module) -> bool:
-    """Whether ``replace_activations`` replaces ``m``: torch's rectifier-like activations, adaptact's
-    modules and Hugging Face's activation classes (but its identity, ``LinearActivation``)."""
-    return isinstance(m, ACTIVATION_TYPES) or (_from_transformers(m) and type(m).__name__ in HF_ACTIVATIONS)
-
-
-def _left_alone(m: nn.Module) -> bool:
-    """Activation-like modules that are never replaced (reported as left)."""
-    if isinstance(m, _LEFT_TYPES):
-        return True
-    name = type(m).__name__
-    return _from_transformers(m) and name.endswith("Activation") and name not in HF_ACTIVATIONS
-
-
-_FUNCTIONS = {F.relu, F.relu_, torch.relu, torch.relu_, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu,
-              F.silu, F.hardswish, F.mish, F.softplus, torch.selu}
-_METHODS = {"relu", "relu_"}
-_PASS_FUNCTIONS = {operator.add, operator.iadd, torch.add, F.dropout, F.max_pool1d, F.max_pool2d,
-                   F.max_pool3d,
-                   F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool2d, torch.clone, torch.mean,
-                   torch.flatten}
-_PASS_METHODS = {"add", "add_", "contiguous", "clone", "mean", "amax", "flatten"}  # keep channels on dim 1
-_PASS_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.Identity, nn.MaxPool1d,
-                 nn.MaxPool2d,
-                 nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
-                 nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d) + ACTIVATION_TYPES
-_NORM_FUNCTIONS = {F.batch_norm, F.group_norm, F.layer_norm, F.instance_norm}
+__all__ = ["POLICIES", "Replaced", "decoder_flag", "is_causal_model", "replace_activations", "token_options"]
 
 Policy = Callable[[str, nn.Module | None], bool]
 POLICIES = ("all", "resnet_after_3x3")
-
-
-Layout = tuple[int, int]  # (channels, channel_dim) a producer's output has
-
-
-def producer_layout(m: nn.Module) -> Layout | None:
-    """(channels, channel dim) of what a producer layer outputs (None if ``m`` is not one): convolutions
-    and batch/group/instance norms put channels on dim 1; Linear (and Hugging Face's GPT-2 ``Conv1D``),
-    LayerNorm, RMSNorm and Embedding on the last dim."""
-    if isinstance(m, CONVOLUTIONS):
-        return m.out_channels, 1
-    if isinstance(m, nn.Linear):
-        return m.out_features, -1
-    if isinstance(m, CHANNEL_NORMS):
-        return m.num_features, 1
-    if isinstance(m, nn.GroupNorm):
-        return m.num_channels, 1
-    if isinstance(m, (nn.LayerNorm, nn.RMSNorm)):
-        return m.normalized_shape[-1], -1
-    if isinstance(m, nn.Embedding):
-        return m.embedding_dim, -1
-    if _from_transformers(m):
-        nf = getattr(m, "nf", None)
-        if type(m).__name__ == "Conv1D" and isinstance(nf, int):
-            return nf, -1  # GPT-2's transposed Linear: (..., nx) -> (..., nf)
-        weight = getattr(m, "weight", None)
-        if type(m).__name__.endswith(("RMSNorm", "LayerNorm")) and isinstance(weight, torch.Tensor) \
-                and weight.ndim == 1:
-            return weight.shape[0], -1
-    return None
-
-
-def producer_channels(m: nn.Module) -> int | None:
-    """Channels a producer layer outputs (None if ``m`` is not one)."""
-    layout = producer_layout(m)
-    return None if layout is None else layout[0]
-
-
-def _join(prefix: str, name: str) -> str:
-    return f"{prefix}.{name}" if prefix and name else prefix or name
-
-
-def _last_producer_at(m: nn.Module, prefix: str) -> tuple[Layout | None, str | None]:
-    """The layout and the path (``prefix`` + its name in ``m``) of the last producer in ``m``."""
-    found: tuple[Layout | None, str | None] = (None, None)
-    for name, sub in m.named_modules():
-        layout = producer_layout(sub)
-        if layout is not None:
-            found = (layout, _join(prefix, name))
-    return found
-
-
-@dataclass(eq=False)  # sites are compared by identity
-class _Site:
-    owner_path: str
-    owner: nn.Module
-    node: fx.Node | None  # None when the holder could not be traced
-    child: str | None  # the activation child's path in its holder (None: a functional call)
-    layout: Layout | None  # (channels, channel_dim) of its input, from the producer
-    after_3x3: bool
-    producer: str | None = None  # the producer's path in the model (None: not a module, or not found)
-    guessed: bool = False  # layout from registration order in a holder fx cannot trace: not trusted
-
-    @property
-    def channels(self) -> int | None:
-        return None if self.layout is None else self.layout[0]
-
-    @property
-    def path(self) -> str:
-        name = self.child if self.child is not None else f"<{self.node.name if self.node else '?'}>"
-        return f"{self.owner_path}.{name}" if self.owner_path else name
-
-
-class _ChildrenAsLeaves(fx.Tracer):
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return True
-
-
-def _is_activation_node(node: fx.Node, owner: nn.Module) -> bool:
-    if node.op == "call_module":
-        return is_activation(owner.get_submodule(str(node.target)))
-    if node.op == "call_function":
-        return node.target in _FUNCTIONS
-    if node.op == "call_method":
-        return node.target in _METHODS
-    return False
-
-
-def _first_tensor_arg(node: fx.Node) -> fx.Node | None:
-    return next((a for a in node.args if isinstance(a, fx.Node)), None)
-
-
-def _argument(node: fx.Node, position: int, name: str, default: Any = None) -> Any:
-    return node.args[position] if len(node.args) > position else node.kwargs.get(name, default)
-
-
-def _part(node: fx.Node, owner: nn.Module) -> tuple[Layout | None, bool, str | None]:
-    """The walk for ``parts[i]`` of ``parts = x.chunk(n, dim)`` or ``x.split(size, dim)`` (Phi-3's
-    fused ``gate_up_proj``, chunked into gate and up): x's producer with the part's channels where
-    ``dim`` is x's channel dim as the producer names it (-1 after a Linear, 1 after a convolution);
-    unknown for any other dim, which cannot be told apart from the channel dim without shapes."""
-    parts, index = node.args[0], node.args[1]
-    assert isinstance(parts, fx.Node)
-    layout, reached, path = _walk_to_producer(_first_tensor_arg(parts), owner)
-    if layout is None or not isinstance(index, int):
-        return None, False, None
-    channels, channel_dim = layout
-    dim = _argument(parts, 2, "dim", 0)
-    if dim != channel_dim:
-        return None, False, None  # another dim, or the channel dim counted from the other end
-    if parts.target == "chunk" or parts.target is torch.chunk:
-        n = _argument(parts, 1, "chunks")
-        sizes = [channels // n] * n if isinstance(n, int) and n > 0 and channels % n == 0 else None
-    else:
-        size = _argument(parts, 1, "split_size_or_sections", _argument(parts, 1, "split_size"))
-        if isinstance(size, int) and size > 0 and channels % size == 0:
-            sizes = [size] * (channels // size)
-        else:
-            sizes = list(size) if isinstance(size, (list, tuple)) and sum(size) == channels else None
-    if sizes is None or not -len(sizes) <= index < len(sizes):
-        return None, False, None
-    return (sizes[index], channel_dim), reached, path
-
-
-def _is_part(node: fx.Node) -> bool:
-    """``parts[i]`` of a chunk or split."""
-    if node.op != "call_function" or node.target is not operator.getitem or len(node.args) != 2:
-        return False
-    parts = node.args[0]
-    return isinstance(parts, fx.Node) and (
-        (parts.op == "call_method" and parts.target in ("chunk", "split"))
-        or (parts.op == "call_function" and parts.target in (torch.chunk, torch.split)))
-
-
-def _walk_to_producer(node: fx.Node | None, owner: nn.Module) -> tuple[Layout | None, bool, str | None]:
-    """(layout, whether the walk reached the holder's input, the producer's path in ``owner``) for
-    the value ``node`` computes."""
-    while node is not None:
-        if _is_part(node):
-            return _part(node, owner)
-        if node.op == "call_module":
-            m = owner.get_submodule(str(node.target))
-            layout = producer_layout(m)
-            if layout is not None:
-                return layout, False, str(node.target)
-            if isinstance(m, _PASS_MODULES) or is_activation(m):
-                node = _first_tensor_arg(node)
-                continue
-            last, at = _last_producer_at(m, str(node.target))
-            return last, False, at
-        if node.op == "call_function":
-            if node.target in _NORM_FUNCTIONS:
-                return producer_layout(owner), False, ""
-            if node.target in _PASS_FUNCTIONS or node.target in _FUNCTIONS:
-                node = _first_tensor_arg(node)
-                continue
-            return None, False, None
-        if node.op == "call_method" and (node.target in _PASS_METHODS or node.target in _METHODS):
-            node = _first_tensor_arg(node)
-            continue
-        return None, node.op == "placeholder", None
-    return None, False, None
-
-
-def _after_3x3(node: fx.Node, owner: nn.Module, residual: bool) -> bool:
-    """True when ``node``'s input is BN(conv 3x3(...)) directly, in a residual block."""
-    if not residual:
-        return False
-    bn = _first_tensor_arg(node)
-    if bn is None or bn.op != "call_module" or not isinstance(owner.get_submodule(str(bn.target)),
-                                                             BATCH_NORMS):
-        return False
-    conv = _first_tensor_arg(bn)
-    if conv is None or conv.op != "call_module":
-        return False
-    m = owner.get_submodule(str(conv.target))
-    return isinstance(m, CONVOLUTIONS) and all(k == 3 for k in m.kernel_size)
-
-
-def _has_residual_add(graph: fx.Graph) -> bool:
-    return any((n.op == "call_function" and n.target in (operator.add, operator.iadd, torch.add))
-               or (n.op == "call_method" and n.target in ("add", "add_")) for n in graph.nodes)
-
-
-def _holds_activations(m: nn.Module) -> bool:
-    """Activation children, or a forward of its own that may call F.relu (torch's layers do not)."""
-    return (any(is_activation(c) for c in m.children())
-            or not type(m).forward.__module__.startswith("torch."))
-
-
-def _causal_attention_call(node: fx.Node) -> bool:
-    """``F.scaled_dot_product_attention(..., is_causal=True)`` (by keyword or as its 6th argument)."""
-    if node.op != "call_function" or node.target is not F.scaled_dot_product_attention:
-        return False
-    return node.kwargs.get("is_causal", node.args[5] if len(node.args) > 5 else False) is True
-
-
-def _sites(model: nn.Module,
-           untraced: list[str] | None = None) -> tuple[list[_Site], dict[str, fx.Graph], bool]:
-    """The activation sites of ``model``, the traced graphs of their holders, and whether any traced
-    forward calls causal attention (a decoder that marks itself nowhere else). ``untraced`` collects
-    the activations that holders fx cannot trace call without holding them (``.left``)."""
-    sites: list[_Site] = []
-    graphs: dict[str, fx.Graph] = {}
-    causal = False
-    before: Layout | None = None  # the last producer registered before the current holder
-    before_at: str | None = None  # and its path
-    for path, owner in model.named_modules():
-        holder_input, holder_input_at = before, before_at
-        if producer_layout(owner) is not None:
-            before, before_at = producer_layout(owner), path
-        if isinstance(owner, nn.Sequential):
-            sites += _registration_order_sites(path, owner, holder_input, holder_input_at)
-            continue
-        if isinstance(owner, _TORCH_TRANSFORMER_LAYERS):  # activation(linear1(x)), a module or a function
-            sites.append(_Site(path, owner, None, "activation", producer_layout(owner.linear1), False,
-                               _join(path, "linear1")))
-            continue
-        if is_activation(owner) or _left_alone(owner) or isinstance(owner, (nn.ModuleList, nn.ModuleDict)):
-            continue
-        if not _holds_activations(owner):
-            continue
-        try:
-            graph = _ChildrenAsLeaves().trace(owner)
-        except Exception:  # noqa: BLE001 - fx fails in many ways on dynamic code: use registration order
-            own = producer_layout(owner)
-            found_sites = _registration_order_sites(path, owner, own or holder_input,
-                                                    path if own is not None else holder_input_at)
-            # a norm that applies its own activation (timm's BatchNormAct2d) is its producer; else a guess
-            sites += found_sites if own is not None else [dataclasses.replace(s, guessed=True)
-                                                          for s in found_sites]
-            if untraced is not None:
-                untraced += _called_unheld(path, owner)
-            continue
-        causal = causal or any(_causal_attention_call(n) for n in graph.nodes)
-        residual = _has_residual_add(graph)
-        found = False
-        for node in graph.nodes:
-            if not _is_activation_node(node, owner):
-                continue
-            found = True
-            layout, reached_input, at = _walk_to_producer(_first_tensor_arg(node), owner)
-            producer = None if at is None else _join(path, at)
-            if layout is None and isinstance(owner, CHANNEL_NORMS):
-                layout, producer = producer_layout(owner), path
-            if layout is None and reached_input:  # the holder's input: its preceding producer
-                layout, producer = holder_input, holder_input_at
-            child = node.target if node.op == "call_module" else None
-            sites.append(_Site(path, owner, node, child, layout, _after_3x3(node, owner, residual), producer))
-        if found:
-            graphs[path] = graph
-    return sites, graphs, causal
-
-
-def _called_unheld(path: str, owner: nn.Module) -> list[str]:
-    """Activations that ``owner``'s forward calls through a module-level name (RoBERTa's LM head
-    calls transformers' ``gelu`` object): neither a child nor a traced call, so not replaced."""
-    forward = type(owner).forward
-    names = getattr(getattr(forward, "__code__", None), "co_names", ())
-    scope = getattr(forward, "__globals__", {})
-    found = []
-    for name in names:
-        obj = scope.get(name)
-        if (isinstance(obj, nn.Module) and is_activation(obj)) or any(obj is f for f in _FUNCTIONS):
-            found.append(f"{_join(path, f'<{name}>')} ({type(obj).__name__} called by a forward fx cannot "
-                         f"trace: not replaced)")
-    return found
-
-
-def _registration_order_sites(path: str, owner: nn.Module, layout: Layout | None,
-                              at: str | None = None) -> list[_Site]:
-    """Children taken to run in registration order (nn.Sequential does; the fallback for holders
-    fx cannot trace): each activation gets the last producer before it, starting from ``layout``
-    (at the path ``at``)."""
-    sites = []
-    for name, child in owner.named_children():
-        if is_activation(child):
-            sites.append(_Site(path, owner, None, name, layout, False, at))
-        else:
-            last, last_at = _last_producer_at(child, _join(path, name))
-            if last is not None:
-                layout, at = last, last_at
-    return sites
-
-
-# torch's own transformer layers: their activation (a module or a function such as F.relu) is applied
-# to linear1's output; their forward is not traceable by fx (its fast path checks).
-_TORCH_TRANSFORMER_LAYERS = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
 
 
 def _child(owner: nn.Module, path: str) -> Any:
@@ -419,7 +70,7 @@ def _swap(owner: nn.Module, child: str, new: nn.Module) -> Callable[[], None]:
     return undo
 
 
-def _policy(policy: str | Policy) -> Callable[[_Site], bool]:
+def _policy(policy: str | Policy) -> Callable[[Site], bool]:
     if callable(policy):
         return lambda s: bool(policy(s.path, _child(s.owner, s.child) if s.child else None))
     if policy == "all":
@@ -429,7 +80,7 @@ def _policy(policy: str | Policy) -> Callable[[_Site], bool]:
     raise ValueError(f"policy must be one of {POLICIES} or a callable(path, module) -> bool, got {policy!r}")
 
 
-def _build(activation: ActivationLike, site: _Site, old: nn.Module | None, kwargs: dict,
+def _build(activation: ActivationLike, site: Site, old: nn.Module | None, kwargs: dict,
            channels: int | None = None) -> nn.Module:
     """The new activation at ``site``: ``channels`` (given) or the producer's; a site whose producer
     was only guessed (registration order in a holder fx cannot trace) takes them from its first
@@ -461,13 +112,6 @@ def token_options(name: str) -> dict[str, Any]:
     """What ``name`` needs besides ``channel_dim=-1`` on tokens (B, T, C): FReLU's funnel window
     runs along the sequence (``dims=1``)."""
     return {"dims": 1} if spec(name).name == "frelu" else {}
-
-
-def activation_producers(model: nn.Module) -> dict[str, str | None]:
-    """Each activation module of ``model`` (by path) with the path of the layer that produces its
-    input, found as ``replace_activations`` finds it (None: no module found). Functional calls
-    (``F.relu``) are left out: they have no path of their own."""
-    return {site.path: site.producer for site in _sites(model)[0] if site.child is not None}
 
 
 def is_causal_model(model: nn.Module) -> bool:
@@ -505,9 +149,9 @@ class Replaced(list):
         self.fits = fits or {}
 
 
-def _left(model: nn.Module, sites: list[_Site], chosen: list[_Site]) -> list[str]:
+def _left(model: nn.Module, sites: list[Site], chosen: list[Site]) -> list[str]:
     skipped = {s.path for s in sites if s not in chosen}
-    left = [f"{path} ({type(m).__name__})" for path, m in model.named_modules() if path and _left_alone(m)]
+    left = [f"{path} ({type(m).__name__})" for path, m in model.named_modules() if path and left_alone(m)]
     return left + [f"{path} (not chosen by the policy)" for path in sorted(skipped)]
 
 
@@ -528,7 +172,7 @@ def _ancestors(model: nn.Module, path: str) -> list[nn.Module]:
 
 
 def _contexts(model: nn.Module, name: ActivationLike, kwargs: dict, causal: bool,
-              sites: list[_Site]) -> tuple[Callable[[_Site], dict], list[str]]:
+              sites: list[Site]) -> tuple[Callable[[Site], dict], list[str]]:
     """Each site's constructor arguments: input-conditioned activations in a decoder get
     context="causal" unless ``context`` is given; a site inside a stack that says it is no decoder
     (T5's encoder), or inside a model whose attention is marked not causal (a VLM's vision tower,
@@ -577,7 +221,7 @@ def _in_encoder_model(chain: list[nn.Module], model: nn.Module) -> bool:
     return False in marks and True not in marks
 
 
-def _input_ranks(model: nn.Module, sites: list[_Site]) -> dict[str, int]:
+def _input_ranks(model: nn.Module, sites: list[Site]) -> dict[str, int]:
     """The rank of the input each activation module at ``sites`` gets in one forward of a Hugging
     Face model's own ``dummy_inputs`` (eval mode, no gradients; 2 where any call gets rows), before
     the conversion: a decoder's layer may flatten its tokens to rows (B*T, C) before its MLP
@@ -613,7 +257,7 @@ def _input_ranks(model: nn.Module, sites: list[_Site]) -> dict[str, int]:
     return ranks
 
 
-def _channel_override(channels: int | Mapping[str, int] | None, sites: list[_Site]) -> dict[str, int]:
+def _channel_override(channels: int | Mapping[str, int] | None, sites: list[Site]) -> dict[str, int]:
     """``replace_activations(channels=...)`` as {site path: channels}."""
     if channels is None:
         return {}
@@ -648,7 +292,7 @@ def _run_example(model: nn.Module, example_inputs: object) -> None:
 INITS = ("paper", "match")
 
 
-def _target(site: _Site, old: nn.Module | None) -> Callable[[torch.Tensor], torch.Tensor]:
+def _target(site: Site, old: nn.Module | None) -> Callable[[torch.Tensor], torch.Tensor]:
     """What the activation at ``site`` computed: its module, or its functional call with the call's
     constant arguments."""
     if old is not None:
@@ -673,7 +317,7 @@ def _target(site: _Site, old: nn.Module | None) -> Callable[[torch.Tensor], torc
 _FITTED: dict[tuple, list[torch.Tensor]] = {}  # matching.match's fits, shared by conversions in a process
 
 
-def _matched(new: nn.Module, site: _Site, old: nn.Module | None, init: str, path: str,
+def _matched(new: nn.Module, site: Site, old: nn.Module | None, init: str, path: str,
              fits: dict[str, float]) -> nn.Module:
     """``new``, fitted to what it replaces when ``init="match"`` (its fit error kept in ``fits``)."""
     if init == "match":
@@ -731,27 +375,27 @@ def replace_activations(model: nn.Module, name: ActivationLike, policy: str | Po
         raise ValueError(f"init must be one of {', '.join(map(repr, INITS))}, got {init!r}")
     choose = _policy(policy)
     untraced: list[str] = []
-    sites, graphs, causal_attention = _sites(model, untraced)
+    sites, graphs, causal_attention = find_sites(model, untraced)
     causal = causal_attention or is_causal_model(model)
     chosen = [s for s in sites if choose(s)]
     override = _channel_override(channels, sites)
     options, notes = _contexts(model, name, kwargs, causal, chosen)
 
-    def build(s: _Site, old: nn.Module | None, path: str) -> nn.Module:
+    def build(s: Site, old: nn.Module | None, path: str) -> nn.Module:
         if init == "match" and s.guessed and s.path not in override:
             raise ValueError(f"init='match' needs the channels of the activation at {path!r}, which cannot "
                              f"be traced (torch.fx cannot trace its holder): pass channels=")
         new = _matched(_build(name, s, old, options(s), override.get(s.path)), s, old, init, path, fits)
         return new.train(s.owner.training)  # a model converted in eval mode stays in eval mode
 
-    by_child: dict[tuple[str, str], list[_Site]] = {}
+    by_child: dict[tuple[str, str], list[Site]] = {}
     for s in sites:
         if s.child is not None:
             by_child.setdefault((s.owner_path, s.child), []).append(s)
 
     replaced: list[str] = []
     fits: dict[str, float] = {}
-    rewrite: dict[str, list[_Site]] = {}
+    rewrite: dict[str, list[Site]] = {}
     undo: list[Callable[[], None]] = []  # every change made, to take back if a later one fails
     try:
         for s in chosen:
@@ -807,8 +451,8 @@ def replace_activations(model: nn.Module, name: ActivationLike, policy: str | Po
     return Replaced(paths, list(rewrite), left, notes, fits)
 
 
-def _rewrite(model: nn.Module, owner_path: str, graph: fx.Graph, sites: list[_Site],
-             build: Callable[[_Site, nn.Module | None, str], nn.Module],
+def _rewrite(model: nn.Module, owner_path: str, graph: fx.Graph, sites: list[Site],
+             build: Callable[[Site, nn.Module | None, str], nn.Module],
              undo: list[Callable[[], None]]) -> list[str]:
     if not owner_path:
         where = ", ".join(s.path for s in sites)
@@ -816,7 +460,7 @@ def _rewrite(model: nn.Module, owner_path: str, graph: fx.Graph, sites: list[_Si
                          f"wrap it, e.g. replace_activations(nn.Sequential(model), ...), and the model "
                          f"becomes a torch.fx.GraphModule inside the Sequential (listed in .rewritten)")
     owner = sites[0].owner
-    index = {n: k for k, n in enumerate(n for n in graph.nodes if _is_activation_node(n, owner))}
+    index = {n: k for k, n in enumerate(n for n in graph.nodes if is_activation_node(n, owner))}
     new_paths = []
     for s in sites:
         assert s.node is not None  # sites to rewrite come from a traced graph
@@ -828,7 +472,7 @@ def _rewrite(model: nn.Module, owner_path: str, graph: fx.Graph, sites: list[_Si
         owner.add_module(new_name, build(s, old, path))
         undo.append(functools.partial(delattr, owner, new_name))
         with graph.inserting_after(s.node):
-            new = graph.call_module(new_name, (_first_tensor_arg(s.node),))
+            new = graph.call_module(new_name, (first_tensor_arg(s.node),))
         s.node.replace_all_uses_with(new)
         graph.erase_node(s.node)
         new_paths.append(path)

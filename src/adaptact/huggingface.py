@@ -59,7 +59,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .convert import decoder_flag, is_causal_model, producer_layout, token_options
+from .convert import decoder_flag, is_causal_model, token_options
+from .sites import producer_layout
 from .errors import described
 from .nn import ActivationModule
 from .nn.tracking import is_hf_model, track_decoding

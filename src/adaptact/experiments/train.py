@@ -141,7 +141,7 @@ def _loss(name: str, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor
 
 def _activation_parameters(model: torch.nn.Module) -> int:
     """Parameters inside the model's activation modules (what the activation adds to the network)."""
-    from ..convert import ACTIVATION_TYPES
+    from ..sites import ACTIVATION_TYPES
 
     seen: set[int] = set()
     for m in model.modules():

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from torch import nn
 from torch.distributed.tensor.parallel import ColwiseParallel, ParallelStyle
 
-from ..convert import activation_producers
+from ..sites import activation_producers
 from ..nn.base import ActivationModule
 from .style import ChannelwiseParallel
 
