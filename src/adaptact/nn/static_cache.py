@@ -21,9 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Kept", "KeptWhileTraced", "kept_window", "new_kept", "running_sums",
-           "static_length"]
-
+__all__ = ["Kept", "KeptWhileTraced", "kept_window", "new_kept", "running_sums", "static_length"]
 
 
 def static_length(cache: Any) -> tuple[Tensor, int] | None:
