@@ -22,10 +22,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-# torch's global module hooks (``register_module_forward_hook``): dicts that registering fills in place
-_GLOBAL_FORWARD_HOOKS = nn.modules.module._global_forward_hooks
-_GLOBAL_FORWARD_PRE_HOOKS = nn.modules.module._global_forward_pre_hooks
-
 __all__ = ["acon_a", "acon_b", "acon_c", "aprelu", "arelu", "dy_relu", "dy_relu_coefficients",
            "evaluating", "linear", "linear_norm", "meta_acon_c", "plain"]
 
@@ -77,12 +73,13 @@ def linear(layer: nn.Module) -> bool:
 
 def plain(module: nn.Module) -> bool:
     """Whether calling ``module`` runs its class's forward and nothing else, so that its operations on
-    its tensors are its call: no hooks of its own or global ones, no forward set on the instance
-    (accelerate's offloading sets one, which brings the weights in from the CPU or the disk for the
-    call alone). Anything else goes the usual route, which calls the module."""
+    its tensors are its call: no hooks of its own, no forward set on the instance (accelerate's
+    offloading sets one, which brings the weights in from the CPU or the disk for the call alone).
+    Anything else goes the usual route, which calls the module. (Global module hooks,
+    ``register_module_forward_hook``, which torch offers no public way to read, see the activation's
+    call but not its generator's layers in this form.)"""
     own = module.__dict__
-    return not (own["_forward_hooks"] or own["_forward_pre_hooks"] or "forward" in own
-                or _GLOBAL_FORWARD_HOOKS or _GLOBAL_FORWARD_PRE_HOOKS)
+    return not (own["_forward_hooks"] or own["_forward_pre_hooks"] or "forward" in own)
 
 
 def linear_norm(rows: Tensor, linear: nn.Module, bn: nn.Module | None = None) -> Tensor:
