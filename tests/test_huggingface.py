@@ -92,7 +92,7 @@ MODELS = {"llama": llama, "gpt2": gpt2, "bert": bert, "gemma2": gemma2, "phi3": 
 AUTO = {"llama": transformers.AutoModelForCausalLM, "gpt2": transformers.AutoModelForCausalLM,
         "bert": transformers.AutoModelForMaskedLM, "gemma2": transformers.AutoModelForCausalLM,
         "phi3": transformers.AutoModelForCausalLM, "falcon": transformers.AutoModelForCausalLM,
-        "t5": transformers.AutoModelForSeq2SeqLM}
+        "t5": transformers.AutoModelForSeq2SeqLM, "mistral": transformers.AutoModelForCausalLM}
 
 
 def _converted(kind, name, **kwargs):
