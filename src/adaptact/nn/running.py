@@ -178,7 +178,7 @@ def cache_keys(cache: Any) -> Tensor | None:
     """The keys (B, H, T, D) of the last full-attention layer of a Hugging Face cache (an
     encoder-decoder cache's self-attention one; None for other caches), which ``fingerprint``
     takes."""
-    return _full_attention_keys(getattr(cache, "self_attention_cache", cache), last=True)
+    return _layer_keys(getattr(cache, "self_attention_cache", cache), full=True, last=True)
 
 
 def fingerprint(cache: Any) -> Tensor | None:
@@ -192,19 +192,20 @@ def fingerprint(cache: Any) -> Tensor | None:
     if keys is None:
         return None
     sums = keys.detach().float().sum(dim=(1, 3)).unsqueeze(-1)
-    cross = _full_attention_keys(getattr(cache, "cross_attention_cache", None), last=False)
+    cross = _layer_keys(getattr(cache, "cross_attention_cache", None), full=True, last=False)
     if cross is None or cross.shape[0] != sums.shape[0]:
         return sums
     inputs = cross.detach().float().sum(dim=(1, 2, 3)).to(sums.device)
     return torch.cat([sums, inputs[:, None, None].expand_as(sums)], dim=-1)
 
 
-def _full_attention_keys(cache: Any, *, last: bool) -> Tensor | None:
-    """The keys (B, H, T, D) of the ``last`` (or first) full-attention layer of ``cache``."""
+def _layer_keys(cache: Any, *, full: bool, last: bool) -> Tensor | None:
+    """The keys (B, H, T, D) of the ``last`` (or first) layer of ``cache`` that holds them, of a
+    ``full``-attention one (not a sliding window's) where asked."""
     found = None
     for layer in getattr(cache, "layers", None) or ():
         keys = getattr(layer, "keys", None)
-        if isinstance(keys, Tensor) and keys.ndim == 4 and not getattr(layer, "is_sliding", False):
+        if isinstance(keys, Tensor) and keys.ndim == 4 and not (full and getattr(layer, "is_sliding", False)):
             if not last:
                 return keys
             found = keys
@@ -241,19 +242,9 @@ def _rows(cache: Any, method: str, argument: Any) -> Tensor | None:
     yet (nothing kept to move)."""
     if method != "batch_repeat_interleave":
         return argument if isinstance(argument, Tensor) else torch.as_tensor(argument)
-    keys = _any_keys(cache)
+    keys = _layer_keys(getattr(cache, "self_attention_cache", cache), full=False, last=False)  # its batch
     return None if keys is None else torch.arange(keys.shape[0], device=keys.device).repeat_interleave(
         int(argument))
-
-
-def _any_keys(cache: Any) -> Tensor | None:
-    """The keys (B, H, T, D) of any layer of ``cache``, for its batch size."""
-    cache = getattr(cache, "self_attention_cache", cache)
-    for layer in getattr(cache, "layers", None) or ():
-        keys = getattr(layer, "keys", None)
-        if isinstance(keys, Tensor) and keys.ndim == 4:
-            return keys
-    return None
 
 
 def prefix_of(cache: Any) -> Prefix:
