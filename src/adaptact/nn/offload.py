@@ -25,15 +25,16 @@ def layers_loaded(module: nn.Module) -> contextlib.AbstractContextManager:
     where none is offloaded."""
     hooked: list[tuple[nn.Module, Any]] = []
     for layer in module._modules.values():  # (a loop: torch.compile traces no walrus in a comprehension)
-        hook = None if layer is None else layer.__dict__.get("_hf_hook")
-        if layer is not None and hook is not None and _offloads(hook):
+        hook = None if layer is None else _offloading(layer.__dict__.get("_hf_hook"))
+        if layer is not None and hook is not None:
             hooked.append((layer, hook))
     return _Loaded(hooked) if hooked else _NOTHING
 
 
 class _Loaded:
     """The offloaded layers' weights in, through each one's own hook (``pre_forward``), and back out
-    (``post_forward``)."""
+    (``post_forward``); in between, the hooks leave them in where the module calls a layer (its
+    ``offload`` off), so no weight is read from the CPU or the disk twice in one call."""
 
     def __init__(self, hooked: list[tuple[nn.Module, Any]]) -> None:
         self.hooked = hooked
@@ -41,12 +42,21 @@ class _Loaded:
     def __enter__(self) -> None:
         for layer, hook in self.hooked:
             hook.pre_forward(layer)
+            hook.offload = False  # a layer the module calls keeps the weights in, not loading them again
 
     def __exit__(self, *exc: object) -> None:
         for layer, hook in self.hooked:
+            hook.offload = True
             hook.post_forward(layer, None)
 
 
-def _offloads(hook: Any) -> bool:
-    """Whether ``hook`` (an ``AlignDevicesHook``, or a ``SequentialHook`` of several) offloads."""
-    return bool(getattr(hook, "offload", False)) or any(_offloads(h) for h in getattr(hook, "hooks", ()))
+def _offloading(hook: Any) -> Any:
+    """The hook of ``hook`` that offloads (an ``AlignDevicesHook`` itself, or one inside a
+    ``SequentialHook``), or None."""
+    if getattr(hook, "offload", False):
+        return hook
+    for inner in getattr(hook, "hooks", ()):
+        found = _offloading(inner)
+        if found is not None:
+            return found
+    return None
