@@ -4,11 +4,18 @@ result the database cannot take."""
 
 import hashlib
 import multiprocessing
+import os
+import shutil
 import sqlite3
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from adaptact.experiments.store import APPLICATION_ID, ResultStore, StoreError, owner
+from adaptact.cli import main
+from adaptact.experiments import store as store_module
+from adaptact.experiments.store import APPLICATION_ID, ResultStore, StoreError, owner, read_runs
 
 from .test_report import _row
 
@@ -162,3 +169,98 @@ def test_reading_a_database_writes_nothing(tmp_path):
     with ResultStore(path, create=False) as store:
         assert len(store.rows()) == 1 and store.claimed_elsewhere(["k0"], owner()) == {}
     assert _digest(path) == before
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _first_schema_database(path: Path) -> None:
+    """A database as the first adaptact wrote it: the first schema (no later column), a protocol 1
+    run (no validation split) and a protocol 2 one, in WAL mode."""
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(store_module._SCHEMA)
+        for key, protocol in (("k1", 1), ("k2", 2)):
+            db.execute("INSERT INTO runs VALUES (?, 'digits', 'linear', 'relu', 'all', 'sgd', 0.01, 0, 2, 128, ?, "
+                       "0.5, 0.6, 1.5, '[1.0, 0.5]', '[0.5, 0.6]', '{}', 1.0)", (key, protocol))
+    db.close()
+
+
+def test_a_database_from_before_its_columns_reads_as_its_migration_without_a_byte_written(tmp_path):
+    """``read_runs`` (what ``adaptact report`` reads) gives the rows the store gives after migrating
+    a copy, and the database itself keeps every byte (the report once migrated every committed
+    database it read)."""
+    path, copy = tmp_path / "first.sqlite", tmp_path / "copy.sqlite"
+    _first_schema_database(path)
+    shutil.copy(path, copy)
+    committed = tmp_path / "committed.sqlite"
+    shutil.copy(ROOT / "benchmarks" / "arelu-protocol" / "fashion-mnist.sqlite", committed)
+    for db in (path, committed):
+        before = _digest(db)
+        read = read_runs(db)
+        assert main(["report", "--db", str(db), "--out", str(tmp_path / "report")]) == 0
+        assert _digest(db) == before, db
+        migrated = tmp_path / f"migrated-{db.name}"
+        shutil.copy(db, migrated)
+        with ResultStore(migrated) as store:
+            assert read == store.rows()
+    by = {r["key"]: r for r in read_runs(path)}
+    assert by["k1"]["validation"] == 0.0 and by["k2"]["validation"] == 0.1  # protocol 1 had no split
+    assert by["k1"]["iter_time"] == 0.0 and by["k1"]["backend"] == "" and by["k1"]["warnings"] == []
+
+
+def _in_a_read_only_folder(folder: Path, code: str) -> subprocess.CompletedProcess:
+    """``code`` run by a fresh Python with ``folder`` read-only to it: its mode taken away for a
+    user who is not root; for root, a read-only bind mount in a mount namespace of its own."""
+    argv = [sys.executable, "-c", code]
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, timeout=300)
+        finally:
+            folder.chmod(0o755)
+    if shutil.which("unshare") is None:
+        pytest.skip("root without unshare: no read-only folder can be made")
+    script = (f'mount --bind "{folder}" "{folder}" && mount -o remount,bind,ro "{folder}" '
+              f'&& touch "{folder}/probe" 2>/dev/null && exit 99; exec "$@"')
+    done = subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", *argv], capture_output=True, text=True,
+                          timeout=300)
+    if done.returncode == 99 or "mount" in done.stderr and "permission denied" in done.stderr.lower():
+        pytest.skip(f"no read-only bind mount here: {done.stderr.strip()[:200]}")
+    return done
+
+
+def test_a_database_in_a_folder_nothing_may_write_to_is_reported(tmp_path):
+    """A committed database (WAL mode) on read-only media, or another user's: SQLite's read-only
+    mode cannot make its WAL index there; the report reads it all the same. A write-ahead log with
+    runs in it that cannot be read there is refused in one line, never left out."""
+    folder = tmp_path / "media"
+    folder.mkdir()
+    shutil.copy(ROOT / "benchmarks" / "transfer" / "convert.sqlite", folder / "convert.sqlite")
+    expected = len(read_runs(ROOT / "benchmarks" / "transfer" / "convert.sqlite"))
+    out = tmp_path / "report"
+    code = ("import sys; from adaptact.cli import main; from adaptact.experiments.store import read_runs; "
+            f"print(len(read_runs({str(folder / 'convert.sqlite')!r}))); "
+            f"sys.exit(main(['report', '--db', {str(folder / 'convert.sqlite')!r}, '--out', {str(out)!r}]))")
+    done = _in_a_read_only_folder(folder, code)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0] == str(expected) and (out / "report.md").is_file()
+    assert sorted(p.name for p in folder.iterdir()) == ["convert.sqlite"]
+
+    logged = tmp_path / "logged"  # a writer killed before its checkpoint: its runs are in the -wal
+    logged.mkdir()
+    writer = ("import os, sqlite3, sys; db = sqlite3.connect(sys.argv[1], isolation_level=None); "
+              "db.execute('PRAGMA wal_autocheckpoint=0'); "
+              "db.execute('DELETE FROM runs WHERE rowid = (SELECT MIN(rowid) FROM runs)'); os._exit(0)")
+    shutil.copy(ROOT / "benchmarks" / "transfer" / "convert.sqlite", logged / "r.sqlite")
+    subprocess.run([sys.executable, "-c", writer, str(logged / "r.sqlite")], check=True, timeout=60)
+    (logged / "r.sqlite-shm").unlink()
+    assert (logged / "r.sqlite-wal").stat().st_size > 0
+    code = ("from adaptact.experiments.store import read_runs, StoreError\n"
+            "try:\n"
+            f"    print(len(read_runs({str(logged / 'r.sqlite')!r})))\n"
+            "except StoreError as err:\n"
+            "    print(err)")
+    done = _in_a_read_only_folder(logged, code)
+    assert done.returncode == 0, done.stderr
+    assert "its write-ahead log (r.sqlite-wal) holds runs that cannot be read" in done.stdout, done.stdout

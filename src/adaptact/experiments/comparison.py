@@ -27,7 +27,7 @@ from .report import baseline_of, label, setups_of, usable, verdict_of, write_rep
 from .verdict import INDISTINGUISHABLE
 from .request import DEFAULT_MODEL, MAX_LR, MAX_RUNS, MAX_SEEDS, CompareRequest, plan
 from .sources import Source, build_model, data_source, model_source
-from .store import ResultStore
+from .store import ResultStore, read_runs
 from .sweep import SweepSummary, expand, run_sweep
 from ..datasets.shakespeare import TextData
 from .language import CONTEXT, EVAL_WINDOWS, windows
@@ -316,8 +316,7 @@ def report(db: str | Path, out: str | Path = "report", dataset: str | None = Non
            baseline: str | None = None) -> list[Path]:
     """Rebuild the report of the runs in ``db`` (those on ``dataset`` only, if given) in ``out``;
     ``baseline`` None: relu where it ran, else gelu, and gelu for language models."""
-    with ResultStore(db, create=False) as store:
-        rows = [r for r in store.rows() if dataset in (None, r["dataset"])]
+    rows = [r for r in read_runs(db) if dataset in (None, r["dataset"])]
     if not rows:
         raise UserError(f"no runs in {db}" + (f" for data set {dataset}" if dataset else ""))
     return write_report(rows, writable_dir(out, "report folder"), baseline=baseline)

@@ -29,7 +29,7 @@ from typing import Self
 
 from ..errors import UserError
 
-__all__ = ["APPLICATION_ID", "COLUMNS", "STATUSES", "ResultStore", "StoreError", "owner"]
+__all__ = ["APPLICATION_ID", "COLUMNS", "STATUSES", "ResultStore", "StoreError", "owner", "read_runs"]
 
 APPLICATION_ID = 0x41644163  # "AdAc" in the SQLite header: adaptact wrote this file
 
@@ -167,6 +167,119 @@ def _alive(claimant: str) -> bool:
     return True
 
 
+def _read_only(path: Path) -> sqlite3.Connection:
+    """A connection that reads ``path`` and writes nothing to it. SQLite's own read-only mode keeps
+    its locking, so a sweep writing at the same time is read consistently; it needs the WAL index
+    file beside the database, which a folder on read-only media cannot hold. There, where neither
+    the index nor a write-ahead log with content exists (so no process can be writing), the file
+    is read as immutable; a log that cannot be read with it is refused, never left out."""
+    uri = path.resolve().as_uri()
+    try:
+        db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=60)
+        db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        return db
+    except sqlite3.OperationalError as err:
+        if "unable to open" not in str(err) or Path(f"{path}-shm").exists():
+            raise
+    log = Path(f"{path}-wal")
+    if log.exists() and log.stat().st_size > 0:
+        raise StoreError(f"{path}: its write-ahead log ({log.name}) holds runs that cannot be read in a "
+                         f"folder SQLite may not write to; copy the database with its -wal file to a "
+                         f"writable folder")
+    return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True)
+
+
+def _refuse_unless_ours(path: Path) -> None:
+    """Read-only checks of an existing file, before anything writes to it."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with open(path, "rb") as f:
+        if f.read(16) != b"SQLite format 3\x00":
+            raise StoreError(f"{path}: not an SQLite file, so no results database; not touched")
+    db = _read_only(path)
+    try:
+        tables = {n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                  if not n.startswith("sqlite_")}
+        app = db.execute("PRAGMA application_id").fetchone()[0]
+        if app not in (0, APPLICATION_ID):
+            raise StoreError(f"{path}: another program's SQLite file (application_id {app:#x}); not touched")
+        foreign = sorted(tables - _TABLES)
+        if foreign or (tables and "runs" not in tables):
+            names = ", ".join(foreign or sorted(tables))
+            raise StoreError(f"{path}: its tables are not adaptact's ({names}); not touched")
+        if "runs" in tables:
+            columns = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
+            missing = set(COLUMNS) - columns - set(_ADDED)
+            if missing:
+                raise StoreError(f"{path}: its table 'runs' is not adaptact's (no "
+                                 f"{', '.join(sorted(missing))}); not touched")
+        check = [r for (r,) in db.execute("PRAGMA quick_check")]
+        if check != ["ok"]:
+            raise StoreError(f"{path}: the database is damaged (PRAGMA quick_check: {check[0]}); "
+                             f"not touched: restore it from a copy, or use another --db")
+    finally:
+        db.close()
+
+
+def _added_value(column: str, protocol: int) -> object:
+    """What a row written before ``column`` existed holds there (``_ADDED``'s default; protocol 1
+    had no validation split)."""
+    if column == "validation" and protocol < 2:
+        return 0.0
+    kind, _, default = _ADDED[column].partition(" DEFAULT ")
+    if default.startswith("'"):
+        return default.strip("'")
+    return float(default) if kind.startswith("REAL") else int(default)
+
+
+def _parsed(path: Path, row: dict) -> dict:
+    """A stored row as ``ResultStore.rows`` gives it; a StoreError where adaptact could not have
+    written it."""
+    try:
+        for c in _JSON:
+            row[c] = json.loads(row[c])
+    except (json.JSONDecodeError, TypeError) as err:
+        raise StoreError(f"{path}: row {row['key']!r} is not one adaptact wrote ({err})") from None
+    bad = _foreign_value(row)
+    if bad:
+        raise StoreError(f"{path}: row {row['key']!r} is not one adaptact wrote ({bad}: {row[bad]!r:.60})")
+    row["compile"] = bool(row["compile"])
+    return row
+
+
+_ORDER = "ORDER BY dataset, model, activation, optimizer, lr DESC, seed"
+
+
+def read_runs(path: str | Path) -> list[dict]:
+    """The runs of the results database at ``path`` as ``ResultStore.rows`` gives them, read
+    without writing to the database (no migration, no change of journal mode), so a database on
+    read-only media, another user's or a committed one reads as it is; the columns a database
+    written before them lacks get the values its migration would give."""
+    path = Path(path)
+    if not path.is_file():
+        raise StoreError(f"no results database at {path}")
+    try:
+        _refuse_unless_ours(path)
+        db = _read_only(path)
+        try:
+            present = [row[1] for row in db.execute("PRAGMA table_info(runs)")]
+            if not present:
+                return []
+            have = [c for c in COLUMNS if c in present]
+            cur = db.execute(f"SELECT {', '.join(have)} FROM runs {_ORDER}")
+            rows = []
+            for values in cur:
+                row = dict(zip(have, values))
+                protocol = row["protocol"] if isinstance(row["protocol"], int) else 2
+                row.update({c: _added_value(c, protocol) for c in COLUMNS if c not in row})
+                rows.append(_parsed(path, {c: row[c] for c in COLUMNS}))
+            return rows
+        finally:
+            db.close()
+    except (sqlite3.DatabaseError, OSError, ValueError) as err:
+        raise StoreError(f"{path}: cannot be read as a results database ({err})") from None
+
+
 class ResultStore:
     """A results database at ``path`` (created if missing)."""
 
@@ -177,7 +290,7 @@ class ResultStore:
         try:
             if create:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._refuse_unless_ours()
+            _refuse_unless_ours(self.path)
             self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
         except (sqlite3.DatabaseError, OSError, ValueError) as err:
             raise StoreError(f"{self.path}: cannot be used as a results database ({err})") from None
@@ -189,38 +302,6 @@ class ResultStore:
         except StoreError:
             self._db.close()
             raise
-
-    def _refuse_unless_ours(self) -> None:
-        """Read-only checks of an existing file, before anything writes to it."""
-        if not self.path.is_file() or self.path.stat().st_size == 0:
-            return
-        with open(self.path, "rb") as f:
-            if f.read(16) != b"SQLite format 3\x00":
-                raise StoreError(f"{self.path}: not an SQLite file, so no results database; not touched")
-        db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=60)
-        try:
-            tables = {n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-                      if not n.startswith("sqlite_")}
-            app = db.execute("PRAGMA application_id").fetchone()[0]
-            if app not in (0, APPLICATION_ID):
-                raise StoreError(f"{self.path}: another program's SQLite file (application_id {app:#x}); "
-                                 f"not touched")
-            foreign = sorted(tables - _TABLES)
-            if foreign or (tables and "runs" not in tables):
-                names = ", ".join(foreign or sorted(tables))
-                raise StoreError(f"{self.path}: its tables are not adaptact's ({names}); not touched")
-            if "runs" in tables:
-                columns = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
-                missing = set(COLUMNS) - columns - set(_ADDED)
-                if missing:
-                    raise StoreError(f"{self.path}: its table 'runs' is not adaptact's (no "
-                                     f"{', '.join(sorted(missing))}); not touched")
-            check = [r for (r,) in db.execute("PRAGMA quick_check")]
-            if check != ["ok"]:
-                raise StoreError(f"{self.path}: the database is damaged (PRAGMA quick_check: {check[0]}); "
-                                 f"not touched: restore it from a copy, or use another --db")
-        finally:
-            db.close()
 
     def _open(self) -> None:
         # Switching a fresh file to WAL takes an exclusive lock that SQLite does not wait for when
@@ -322,24 +403,8 @@ class ResultStore:
         return cur.rowcount == 1
 
     def rows(self) -> list[dict]:
-        cur = self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM runs ORDER BY dataset, model, activation, "
-                               "optimizer, lr DESC, seed")
-        out = []
-        for values in cur:
-            row = dict(zip(COLUMNS, values))
-            try:
-                for c in _JSON:
-                    row[c] = json.loads(row[c])
-            except (json.JSONDecodeError, TypeError) as err:
-                raise StoreError(f"{self.path}: row {row['key']!r} is not one adaptact wrote ({err})") \
-                    from None
-            bad = _foreign_value(row)
-            if bad:
-                raise StoreError(f"{self.path}: row {row['key']!r} is not one adaptact wrote ({bad}: "
-                                 f"{row[bad]!r:.60})")
-            row["compile"] = bool(row["compile"])
-            out.append(row)
-        return out
+        cur = self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM runs {_ORDER}")
+        return [_parsed(self.path, dict(zip(COLUMNS, values))) for values in cur]
 
     def __len__(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
