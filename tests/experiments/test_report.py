@@ -147,3 +147,28 @@ def test_runs_at_several_snrs_get_the_fault_diagnosis_table(tmp_path):
     assert snr_tables([r for r in rows if r["dataset"] == "bearing-snr5@sim1"]) == []  # one SNR: no table
     write_report(rows, tmp_path, plots=False)
     assert "Fault diagnosis by SNR" in (tmp_path / "report.md").read_text()
+
+
+def _cost_line(report: str, activation: str) -> list[str]:
+    table = report.split("### Costs")[1]
+    line = next(x for x in table.splitlines() if x.startswith(f"| {activation} |"))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_costs_read_the_step_time_not_the_wall_time_that_holds_compiling(tmp_path):
+    """A compiled activation's first run pays its compile in its wall time per epoch (here 10x
+    relu's); its training steps cost 1.5x relu's, and the costs say so."""
+    rows = [_row(f"r{s}", seed=s, epoch_time=0.5, iter_time=0.002) for s in range(2)]
+    rows += [_row(f"a{s}", seed=s, activation="acon_c", epoch_time=5.0, iter_time=0.003) for s in range(2)]
+    write_report(rows, tmp_path, plots=False)
+    report = (tmp_path / "report.md").read_text()
+    assert "| activation | time per training step (ms) | time / relu's |" in report
+    assert _cost_line(report, "acon_c")[1:3] == ["3", "1.50"]
+    assert _cost_line(report, "relu")[1:3] == ["2", "1.00"]
+    assert "median training step after its first two (eager, then compiling)" in report
+    old = [{k: v for k, v in r.items() if k != "iter_time"} for r in rows]  # rows from before the step time
+    write_report(old, tmp_path / "old", plots=False)
+    report = (tmp_path / "old" / "report.md").read_text()
+    assert "| activation | time per epoch (s) | time / relu's |" in report
+    assert _cost_line(report, "acon_c")[1:3] == ["5", "10.00"]
+    assert "loading the data, compiling and evaluating included" in report

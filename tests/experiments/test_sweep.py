@@ -10,10 +10,13 @@ import sys
 import time
 
 import pytest
+import torch
 
+import adaptact
 from adaptact.experiments.report import aggregate
 from adaptact.experiments.store import ResultStore
 from adaptact.experiments.sweep import expand, run_sweep
+from adaptact.experiments.sources import Source
 from adaptact.experiments.train import RunConfig, run
 from adaptact.cli import main
 
@@ -240,3 +243,33 @@ def test_the_backend_that_ran_is_recorded(tmp_path, monkeypatch):
     again = run(RunConfig(dataset="digits", model="linear", activation="arelu", optimizer="sgd", lr=1e-2,
                           seed=0, epochs=1))
     assert again["backend"] == "compiled"  # the training steps' backend, not the last evaluation's
+
+
+class _PausesOnce(torch.nn.Module):
+    """A linear classifier on digits whose fifth training forward waits ``PAUSE`` seconds: what a
+    step that compiles again (a new batch shape under ``--compile``) costs once."""
+
+    PAUSE = 1.0
+
+    def __init__(self, activation: str) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32),
+                                       adaptact.create(activation), torch.nn.Linear(32, 10))
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += self.training
+        if self.training and self.calls == 5:
+            time.sleep(self.PAUSE)
+        return self.net(x)
+
+
+def test_a_step_that_compiles_again_is_not_a_steps_cost():
+    """The step time the report's costs read is the median step's after the first two: a step that
+    waits once (a recompile) leaves it where the other steps are (a mean over the 20 timed steps
+    would be above PAUSE / 20)."""
+    source = Source("pauses_once", "pauses_once", _PausesOnce)
+    row = run(RunConfig(dataset="digits", model="pauses_once", activation="relu", optimizer="sgd", lr=1e-2,
+                        seed=0, epochs=2, model_source=source))
+    assert row["status"] == "ok"
+    assert row["wall_time"] > _PausesOnce.PAUSE and 0 < row["iter_time"] < _PausesOnce.PAUSE / 50

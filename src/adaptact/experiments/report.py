@@ -261,7 +261,7 @@ def _verdict_lines(comparisons: Sequence[Comparison], baseline: str, basis: str,
         lines.append("- Resting on a setting still improving at the end of training (†): "
                      f"{', '.join(shaky)}.")
     lines += ["", f"| rank | activation | setting | Δ {measure.unit} [corrected interval] | "
-                  f"P(better than {baseline}) [95% bootstrap] | verdict | seeds | "
+                  f"P(better than {baseline}) [95% interval] | verdict | seeds | "
                   f"seeds to resolve ({POWER:.0%} power) |",
               "|---|---|---|---|---|---|---|---|"]
     for i, c in enumerate(comparisons, 1):
@@ -277,7 +277,8 @@ def _verdict_lines(comparisons: Sequence[Comparison], baseline: str, basis: str,
     lines += ["", f"Δ: mean difference to {baseline} over the seeds both ran (in {measure.unit}{lower}); "
                   "the interval is the paired t interval at the level Holm's procedure tested it at, so it "
                   "excludes 0 exactly where the verdict is better or worse. P: the chance that a run of the "
-                  f"activation is better than a run of {baseline} (rliable's probability of improvement). "
+                  f"activation is better than a run of {baseline} (rliable's probability of improvement), "
+                  "with Newcombe's score interval, which stays wide where a few seeds all beat the baseline. "
                   f"Seeds to resolve: per activation and baseline, for {POWER:.0%} power against the "
                   "observed difference at the strictest corrected level; `adaptact compare --extra-runs N` "
                   "adds them.",
@@ -323,7 +324,8 @@ def _mib(values: Sequence[int]) -> str:
 
 
 def _costs(rows: Sequence[dict], baseline: str | None = None) -> str:
-    """Time per epoch (or per iteration, in ms, for runs by iterations) with its ratio to
+    """Time per training step (ms; the median of each run's after its first two, which run eagerly
+    and compile; a run's wall time per epoch where the rows predate it) with its ratio to
     ``baseline``'s, parameters the activation adds, the bytes one training step saves for its
     backward, peak memory (CUDA's allocator; not measured on the CPU) and the backend its adaptive
     modules ran (``train.run``'s ``backend``: a fallback shows here), per activation; under the
@@ -332,14 +334,16 @@ def _costs(rows: Sequence[dict], baseline: str | None = None) -> str:
     for r in rows:
         by[r["activation"]].append(r)
     iterations = any(r.get("iters") for r in rows)
+    steps = all((r.get("iter_time") or 0) > 0 for r in rows)  # rows from before it have none
 
     def seconds(rs: list[dict]) -> float:
-        if iterations:
+        if steps:
             return statistics.fmean(r["iter_time"] for r in rs)
         return statistics.fmean(r.get("epoch_time") or r["wall_time"] / max(1, len(r["test_acc"]))
                                 for r in rs)
 
-    time_label = "time per iteration (ms)" if iterations else "time per epoch (s)"
+    time_label = ("time per iteration (ms)" if iterations else "time per training step (ms)" if steps
+                  else "time per epoch (s)")
     base_time = seconds(by[baseline]) if baseline in by else math.nan
     ratio_label = f" | time / {baseline}'s" if baseline in by else ""
     lines = [f"| activation | {time_label}{ratio_label} | activation parameters | saved for backward (MiB) | "
@@ -347,7 +351,7 @@ def _costs(rows: Sequence[dict], baseline: str | None = None) -> str:
     cpu_only = all(str(r.get("device", "cpu")).startswith("cpu") for r in rows)
     for a, rs in sorted(by.items()):
         t = seconds(rs)
-        time_text = f"{(1000 if iterations else 1) * t:.3g}"
+        time_text = f"{(1000 if steps else 1) * t:.3g}"
         if ratio_label:
             time_text += f" | {t / base_time:.2f}" if base_time > 0 else " | "
         params = max(r.get("activation_params", -1) for r in rs)
@@ -360,7 +364,11 @@ def _costs(rows: Sequence[dict], baseline: str | None = None) -> str:
     load = "; ".join(x for x in loads if x) or "under a load that was not recorded"
     if "" in loads and load != "under a load that was not recorded":
         load += "; some under a load that was not recorded"
-    note = ("Times are the sweep's own, mean over runs, timed " + load
+    measured = ("Times are each run's median training step after its first two (eager, then compiling), "
+                "so compiling is no step's cost" if steps else
+                "Times are each run's wall time per epoch, loading the data, compiling and evaluating "
+                "included (these runs predate the step time)")
+    note = (measured + "; the sweep's own, mean over runs, timed " + load
             + ": they move with whatever else the machine ran, so read them as ratios within this table. "
             "`adaptact bench-kernels` times the activations apart, side by side."
             + " Peak memory is CUDA's allocator peak: runs on the CPU do not measure it." * cpu_only)

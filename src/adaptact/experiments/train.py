@@ -164,18 +164,17 @@ def run(config: RunConfig) -> dict:
     """Train and evaluate once; deterministic on CPU for a given config (one thread).
 
     A seeded ``config.validation`` share of the training set is held out; after each epoch the
-    accuracies on it (``val_acc``) and on the test set (``test_acc``) are recorded. ``best_epoch``
-    is the epoch of the best validation accuracy (the first on ties; with no validation split, of
-    the best test accuracy) and ``best_acc`` the test accuracy there; ``first_epoch_acc`` (the
-    AReLU paper's measure) and ``last_acc`` are the test accuracies after the first and the last
-    epoch. Also: ``train_loss`` per epoch,
-    ``wall_time`` and ``epoch_time`` (s), ``activation_params``, ``peak_memory`` (bytes, CUDA;
-    -1 on CPU), ``backend`` (what the adaptive activations ran in the last training step:
-    ``ActivationModule.ran_backend``; evaluations of small batches run the reference; a
-    fallback shows here), ``warnings`` (the distinct warnings the run raised, which a worker process
-    cannot show) and ``versions``. ``status`` is "ok"; "diverged" when the training loss turns
-    non-finite (training stops there); "failed" when the run raised (``error`` says what). Runs
-    that are not "ok" keep the accuracies of the epochs before, 0 where there are none.
+    accuracies on it (``val_acc``) and on the test set (``test_acc``) are recorded. ``best_epoch`` is
+    the epoch of the best validation accuracy (the first on ties; with no validation split, of the best
+    test accuracy) and ``best_acc`` the test accuracy there; ``first_epoch_acc`` (the AReLU paper's
+    measure) and ``last_acc`` are the test accuracies after the first and the last epoch. Also:
+    ``train_loss`` per epoch, ``wall_time``, ``epoch_time`` and ``iter_time`` (s; ``result_row``),
+    ``activation_params``, ``peak_memory`` (bytes, CUDA; -1 on CPU), ``backend`` (what the adaptive
+    activations ran in the last training step: ``ActivationModule.ran_backend``; evaluations of small
+    batches run the reference; a fallback shows here), ``warnings`` (the distinct warnings the run
+    raised, which a worker process cannot show) and ``versions``. ``status`` is "ok"; "diverged" when
+    the training loss turns non-finite (training stops there); "failed" when the run raised (``error``
+    says what). Runs that are not "ok" keep the accuracies of the epochs before, 0 where there are none.
     """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")  # each warning once per place, as a script shows them
@@ -258,8 +257,7 @@ def _run(config: RunConfig) -> dict:
         else:
             _train_epochs(trainer, ds, m)
         m.saved, m.backends = trainer.saved, trainer.backends
-        timed = trainer.steps - WARM_STEPS
-        m.iter_time = trainer.step_time / timed if timed > 0 else 0.0
+        m.iter_time = statistics.median(trainer.step_times) if trainer.step_times else 0.0
         if device.type == "cuda":
             m.peak = torch.cuda.max_memory_allocated(device)
         if config.checkpoint_dir and m.status == "ok":
@@ -288,7 +286,7 @@ class _Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == torch.float16)
         self.steps, self.saved = 0, -1
         self.backends = ""  # what the adaptive activations ran in the last training step
-        self.step_time = 0.0  # seconds in steps after the first two (eager, then compiling: ``WARM_STEPS``)
+        self.step_times: list[float] = []  # seconds of each step after the first two (``WARM_STEPS``)
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> float | None:
         """One step on (x, y); the loss, or None (nothing updated) when it is not finite."""
@@ -316,7 +314,7 @@ class _Trainer:
         value = loss.item()
         self.backends = _ran_backends(self.model)  # the training step's: evaluations may run others
         if self.steps >= WARM_STEPS:
-            self.step_time += time.perf_counter() - start
+            self.step_times.append(time.perf_counter() - start)
         self.steps += 1
         return value
 
@@ -461,8 +459,10 @@ def result_row(config: RunConfig, status: str, error: str = "", losses: Sequence
     """The stored row of a run (see ``run``) from what it measured: ``val`` and ``test`` per
     evaluation are accuracies, or for a language model losses (``metric`` "loss", lower is
     better). Without a validation split the best evaluation is the one with the best test
-    accuracy (the papers' measure). ``iter_time``: the mean time of a training step, the first
-    ``WARM_STEPS`` (eager, then compiling) left out. A fine-tuning run's row names its ``source`` data, the
+    accuracy (the papers' measure). ``iter_time``: the median time of a training step, the first
+    ``WARM_STEPS`` (eager, then compiling) left out: a step that compiles again (a new batch shape
+    under ``--compile``) is not a step's cost. ``epoch_time``: the wall time per epoch, which holds
+    loading the data, compiling and evaluating. A fine-tuning run's row names its ``source`` data, the
     activation it was pretrained with (``start_activation``), its ``init`` and, where it converted
     the network, the source's test accuracy before and after the conversion (``source_acc``,
     ``converted_acc``; a language model's loss: ``source_loss``, ``converted_loss``; -1 where it did
