@@ -172,3 +172,16 @@ def test_costs_read_the_step_time_not_the_wall_time_that_holds_compiling(tmp_pat
     assert "| activation | time per epoch (s) | time / relu's |" in report
     assert _cost_line(report, "acon_c")[1:3] == ["5", "10.00"]
     assert "loading the data, compiling and evaluating included" in report
+
+
+def test_two_seeds_that_differ_by_the_same_amount_decide_nothing(tmp_path):
+    """Each seed of acon_c 2 points above relu's: the Summary says indistinguishable with an
+    unbounded interval (it once said "better" at [+2.00, +2.00]), and the forest draws it."""
+    rows = [_row(f"r{s}", seed=s, acc=0.5 + 0.1 * s) for s in range(2)]
+    rows += [_row(f"a{s}", seed=s, activation="acon_c", acc=0.52 + 0.1 * s) for s in range(2)]
+    written = write_report(rows, tmp_path)
+    summary = (tmp_path / "report.md").read_text().split("## Summary")[1]
+    assert "| 1 | acon_c | SGD lr=0.01 | +2.00 [-∞, +∞] |" in summary
+    assert "| indistinguishable | 2 | 6 |" in summary  # the sign-flip test's 2 / 2^6 <= 5%
+    assert "- Better than relu: none." in summary
+    assert tmp_path / "forest.png" in written

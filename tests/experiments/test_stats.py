@@ -28,8 +28,27 @@ def test_paired_difference_by_hand():
     one = paired_difference({0: 1.0}, {0: 0.5})
     assert one.pairs == 1 and math.isnan(one.low) and math.isnan(one.p) and not one.excludes_zero
     assert paired_difference({0: 1.0}, {1: 1.0}) is None
-    same = paired_difference({0: 2.0, 1: 3.0}, {0: 1.0, 1: 2.0})  # every seed +1: no spread
-    assert same.p == 0.0 and same.excludes_zero
+
+
+
+def test_every_seed_differing_by_the_same_amount_is_the_sign_flip_tests_evidence():
+    """Equal differences (to rounding: accuracies are counts over a test set) make the t statistic
+    infinite; 2 seeds of them once read "better". The exact sign-flip test gives p = 2 / 2^n: not
+    below 5% before 6 seeds, and the interval is the whole line until it is."""
+    test_set = 360  # digits' test samples: accuracies are multiples of 1/360
+    ours = {0: 58 / test_set * 100, 1: 71 / test_set * 100}
+    base = {0: 48 / test_set * 100, 1: 61 / test_set * 100}  # 10 samples fewer on each seed
+    two = paired_difference(ours, base)
+    assert two.mean == pytest.approx(2.78, abs=5e-3) and two.sd == 0.0 and two.p == 0.5
+    assert (two.low, two.high) == (-math.inf, math.inf) and not two.excludes_zero
+    corrected = holm({"a": two, "b": paired_difference({0: 1.0, 1: 2.0}, {0: 0.0, 1: 2.5})})["a"]
+    assert not corrected.excludes_zero and math.isinf(corrected.low)
+    assert seeds_to_resolve(two, comparisons=3) == 7  # 2 / 2^7 <= 0.05 / 3 < 2 / 2^6
+    six = paired_difference({s: s + 1.0 for s in range(6)}, {s: float(s) for s in range(6)})
+    assert six.p == 2 / 2**6 and (six.low, six.high) == (1.0, 1.0) and six.excludes_zero
+    assert seeds_to_resolve(six, comparisons=1) == 6
+    nothing = paired_difference({0: 1.0, 1: 2.0}, {0: 1.0, 1: 2.0})
+    assert nothing.p == 1.0 and not nothing.excludes_zero
 
 
 def _diff(mean_shift: float, rng: np.random.Generator, seeds: int = 5):

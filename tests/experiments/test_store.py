@@ -181,8 +181,8 @@ def _first_schema_database(path: Path) -> None:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(store_module._SCHEMA)
         for key, protocol in (("k1", 1), ("k2", 2)):
-            db.execute("INSERT INTO runs VALUES (?, 'digits', 'linear', 'relu', 'all', 'sgd', 0.01, 0, 2, 128, ?, "
-                       "0.5, 0.6, 1.5, '[1.0, 0.5]', '[0.5, 0.6]', '{}', 1.0)", (key, protocol))
+            db.execute("INSERT INTO runs VALUES (?, 'digits', 'linear', 'relu', 'all', 'sgd', 0.01, 0, 2, "
+                       "128, ?, 0.5, 0.6, 1.5, '[1.0, 0.5]', '[0.5, 0.6]', '{}', 1.0)", (key, protocol))
     db.close()
 
 

@@ -48,11 +48,11 @@ def test_settings_are_chosen_on_validation_never_on_test():
         # relu: lr 0.01 is better on validation, lr 0.001 on test
         rows += [_row("relu", 0.01, s, test=0.80, val=0.90), _row("relu", 0.001, s, test=0.95, val=0.70)]
         rows += [_row("acon_c", 0.01, s, test=0.82 + 0.01 * s, val=0.60),
-                 _row("acon_c", 0.001, s, test=0.70, val=0.91)]
+                 _row("acon_c", 0.001, s, test=0.70 - 0.005 * s, val=0.91)]
     assert tuned_settings(rows, rows) == {"relu": ("sgd", 0.01), "acon_c": ("sgd", 0.001)}
     c = _verdict(rows)["acon_c"]
     assert c.setting == ("sgd", 0.001) and c.baseline_setting == ("sgd", 0.01)
-    assert c.difference.mean == pytest.approx(-10.0) and c.outcome == WORSE  # 70 against relu's 80
+    assert c.difference.mean == pytest.approx(-10.5) and c.outcome == WORSE  # 70-69 against relu's 80
 
 
 def test_without_a_validation_split_the_training_loss_chooses():

@@ -168,11 +168,19 @@ def _activations(rows: Sequence[dict]) -> list[tuple[str, list[str]]]:
     return [(title, [n for n in names if _family(n) == fam]) for fam, title in GROUPS]
 
 
+def _interval_text(d: Difference, digits: int = 2) -> str:
+    """"mean [low, high]", an unbounded end as ∞ (``stats._interval``: every seed differing by the
+    same amount, too few of them to rule any value out)."""
+    def bound(x: float) -> str:
+        return ("+∞" if x > 0 else "-∞") if math.isinf(x) else f"{x:+.{digits}f}"
+
+    return f"{d.mean:+.{digits}f} [{bound(d.low)}, {bound(d.high)}]"
+
+
 def _diff_text(d: Difference, digits: int = 2) -> str:
     if d.pairs < 2:
         return f"{d.mean:+.{digits}f} (1 seed)"
-    interval = f"{d.mean:+.{digits}f} [{d.low:+.{digits}f}, {d.high:+.{digits}f}]"
-    return interval + ("*" if d.excludes_zero else "")
+    return _interval_text(d, digits) + ("*" if d.excludes_zero else "")
 
 
 def markdown_table(rows: Sequence[dict], metric: str, error: bool = False,
@@ -266,8 +274,7 @@ def _verdict_lines(comparisons: Sequence[Comparison], baseline: str, basis: str,
               "|---|---|---|---|---|---|---|---|"]
     for i, c in enumerate(comparisons, 1):
         d, pi = c.difference, c.improvement
-        interval = (f"{d.mean:+.{digits}f} [{d.low:+.{digits}f}, {d.high:+.{digits}f}]" if d.pairs >= 2
-                    else f"{d.mean:+.{digits}f}")
+        interval = _interval_text(d, digits) if d.pairs >= 2 else f"{d.mean:+.{digits}f}"
         chance = f"{pi.probability:.2f}" + ("" if math.isnan(pi.low) else f" [{pi.low:.2f}, {pi.high:.2f}]")
         mark = " †" if "activation" in c.unconverged else ""
         resolve = "" if c.outcome in (BETTER, WORSE) else _seeds_text(c)
@@ -556,11 +563,17 @@ def _forest(plt, comparisons: Sequence[Comparison], baseline: str, m: Measure, p
     not converged."""
     colour = {BETTER: "tab:green", WORSE: "tab:red"}
     fig, ax = plt.subplots(figsize=(7.5, 0.32 * len(comparisons) + 1.6))
+    ends = [x for c in comparisons for x in (c.difference.mean, c.difference.low, c.difference.high)
+            if math.isfinite(x)] + [0.0]
+    reach = max(ends) - min(ends) or 1.0
+    edge = (min(ends) - 0.1 * reach, max(ends) + 0.1 * reach)  # an unbounded interval runs to it, dashed
     for y, c in enumerate(comparisons):
         d = c.difference
         col = colour.get(c.outcome, "0.35")
         if d.pairs >= 2:
-            ax.plot([d.low, d.high], [y, y], color=col, linewidth=1.8)
+            unbounded = math.isinf(d.low) or math.isinf(d.high)
+            ax.plot([max(d.low, edge[0]), min(d.high, edge[1])], [y, y], color=col, linewidth=1.8,
+                    linestyle="--" if unbounded else "-")
         ax.plot([d.mean], [y], marker="o", markersize=6, color=col,
                 markerfacecolor="white" if c.unconverged else col)
     ax.axvline(0.0, color="black", linewidth=0.8)

@@ -3,7 +3,10 @@ comparisons, the probability of improvement and the seeds a difference needs.
 
 Runs of two activations with the same seed start from the same initial weights (where the
 networks match) and see the same batches in the same order, so their difference is paired by
-seed: the test is Student's paired t-test (scipy) over the per-seed differences.
+seed: the test is Student's paired t-test (scipy) over the per-seed differences. Where every seed
+differs by the same amount (common: accuracies are counts over a test set) the t statistic is
+infinite, and the exact sign-flip test decides instead: p = 2 / 2^n, the interval the whole line
+until n seeds can reject (6 at 5%), the single difference after.
 
 Many activations are compared with one baseline at once, so each decision is corrected over all
 of them with Holm's step-down procedure (statsmodels): it keeps the chance of any false "better"
@@ -38,6 +41,7 @@ __all__ = ["ALPHA", "MAX_SEEDS_NEEDED", "POWER", "Difference", "Improvement", "h
 ALPHA = 0.05  # family-wise error rate of a comparison's decisions
 POWER = 0.8  # the chance a seed count is asked to give of resolving the observed difference
 MAX_SEEDS_NEEDED = 10_000  # past this the report says "more than"
+SAME_DIFFERENCE = 1e-9  # relative spread under which the per-seed differences are one difference
 
 K = TypeVar("K", bound=Hashable)
 
@@ -65,12 +69,26 @@ class Difference:
 
 
 def _interval(mean: float, sd: float, n: int, level: float) -> tuple[float, float]:
+    """The paired t interval at ``level``; where every pair differs by the same amount (``sd`` 0),
+    the inverted sign-flip test's (``_same_differences_p``): the mean alone where that test
+    rejects at ``level``, else the whole line (no value of the mean is ruled out)."""
     stats = require("scipy.stats", "bench")
 
     if n < 2:
         return math.nan, math.nan
+    if sd == 0:
+        return (mean, mean) if _same_differences_p(n) <= 1 - level else (-math.inf, math.inf)
     half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
     return mean - half, mean + half
+
+
+def _same_differences_p(n: int) -> float:
+    """The two-sided p-value of the exact sign-flip (randomisation) test of a mean difference
+    against any other value, where all ``n`` pairs differ by the same amount: the observed mean is
+    the largest (or smallest) of the 2^n sign patterns, so p = 2 / 2^n. The t statistic is
+    infinite there; accuracies counted on a few hundred test samples make equal differences over a
+    few seeds common (2 seeds of digits: a difference of 2.78 points in each once read "better")."""
+    return min(1.0, 2.0 / 2.0**n)
 
 
 def paired_difference(values: Mapping[int, float], baseline: Mapping[int, float],
@@ -86,9 +104,14 @@ def paired_difference(values: Mapping[int, float], baseline: Mapping[int, float]
     mean = statistics.fmean(diffs)
     if len(diffs) < 2:
         return Difference(mean, math.nan, math.nan, 1, math.nan, math.nan, level)
-    sd = statistics.stdev(diffs)
-    # every seed differing by the same amount makes the statistic infinite (or 0/0)
-    p = (1.0 if mean == 0 else 0.0) if sd == 0 else float(stats.ttest_1samp(diffs, 0.0).pvalue)
+    # every seed differing by the same amount (to rounding: accuracies are counts over the test set,
+    # their differences equal ones computed in floating point) makes the t statistic infinite or 0/0
+    same = max(diffs) - min(diffs) <= SAME_DIFFERENCE * max(1.0, *map(abs, diffs))
+    sd = 0.0 if same else statistics.stdev(diffs)
+    if sd == 0:
+        p = 1.0 if mean == 0 else _same_differences_p(len(diffs))
+    else:
+        p = float(stats.ttest_1samp(diffs, 0.0).pvalue)
     low, high = _interval(mean, sd, len(diffs), level)
     return Difference(mean, low, high, len(diffs), p, sd, level)
 
@@ -110,7 +133,7 @@ def holm(differences: Mapping[K, Difference], alpha: float = ALPHA) -> dict[K, D
     for i, k in enumerate(testable):
         d = differences[k]
         level = 1 - alpha / (m - min(i, stopped))
-        low, high = (d.mean, d.mean) if d.sd == 0 else _interval(d.mean, d.sd, d.pairs, level)
+        low, high = _interval(d.mean, d.sd, d.pairs, level)
         out[k] = replace(d, low=low, high=high, level=level, p_corrected=float(adjusted[i]), corrected=True)
     return out
 
@@ -202,8 +225,9 @@ def seeds_to_resolve(difference: Difference, comparisons: int, alpha: float = AL
     that bound."""
     if difference.pairs < 2 or difference.mean == 0 or not math.isfinite(difference.sd):
         return None
-    if difference.sd == 0:
-        return difference.pairs
+    if difference.sd == 0:  # the sign-flip test's count, should every seed differ by the same amount
+        level = alpha / max(1, comparisons)
+        return max(difference.pairs, next(n for n in range(2, 64) if _same_differences_p(n) <= level))
     effect = abs(difference.mean) / difference.sd
     level = alpha / max(1, comparisons)
 
