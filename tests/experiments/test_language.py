@@ -12,7 +12,8 @@ from adaptact.datasets import builtin
 from adaptact.errors import UserError
 from adaptact.experiments import language
 from adaptact.experiments.comparison import CompareRequest
-from adaptact.experiments.report import LOSS, markdown_table, usable, write_report
+from adaptact.experiments.cells import LOSS, usable
+from adaptact.experiments.report import markdown_table, write_report
 from adaptact.experiments.request import plan
 from adaptact.experiments.store import ResultStore
 from adaptact.experiments.train import RunConfig, lr_at, result_row, run

@@ -15,7 +15,7 @@ from adaptact import cli
 from adaptact.datasets import builtin as D
 from adaptact.experiments import sweep
 from adaptact.models.catalogue import ConvMNIST
-from adaptact.experiments.report import _activations
+from adaptact.experiments.cells import grouped
 from adaptact.experiments.store import ResultStore
 from adaptact.experiments.train import RunConfig, result_row, run
 from adaptact.errors import UserError
@@ -73,7 +73,7 @@ def test_options_override_the_protocol(monkeypatch, tmp_path):
 
 def test_the_report_groups_the_paper_families():
     names = PAPER_NON_LEARNABLE | PAPER_LEARNABLE | {"arelu"}
-    groups = dict(_activations([{"activation": a} for a in names]))
+    groups = dict(grouped([{"activation": a} for a in names]))
     assert set(groups["Non-learnable"]) == PAPER_NON_LEARNABLE
     assert set(groups["Learnable"]) == PAPER_LEARNABLE
     assert groups["Adaptive"] == ["arelu"]

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy import stats as scipy_stats
 
-from adaptact.experiments.report import differences, ranks
+from adaptact.experiments.cells import differences, ranks
 from adaptact.experiments.stats import (ALPHA, MAX_SEEDS_NEEDED, POWER, holm, paired_difference,
                                         probability_of_improvement, seeds_to_resolve, t_test_power)
 

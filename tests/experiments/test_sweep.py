@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import adaptact
-from adaptact.experiments.report import aggregate
+from adaptact.experiments.cells import aggregate
 from adaptact.experiments.store import ResultStore
 from adaptact.experiments.sweep import expand, run_sweep
 from adaptact.experiments.sources import Source

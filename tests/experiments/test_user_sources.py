@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import adaptact
-from adaptact.experiments.report import aggregate
+from adaptact.experiments.cells import aggregate
 from adaptact.errors import UserError
 from adaptact.experiments.sources import data_source, model_source
 from adaptact.experiments.store import ResultStore

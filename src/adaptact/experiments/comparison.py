@@ -23,7 +23,8 @@ from ..errors import UserError, described
 from ..files import writable_dir
 from ..nn import ActivationModule
 from .executors import check_ray_address
-from .report import baseline_of, label, setups_of, usable, verdict_of, write_report
+from .cells import usable
+from .report import baseline_of, label, setups_of, verdict_of, write_report
 from .verdict import INDISTINGUISHABLE
 from .request import DEFAULT_MODEL, MAX_LR, MAX_RUNS, MAX_SEEDS, CompareRequest, plan
 from .sources import Source, build_model, data_source, model_source

@@ -26,20 +26,20 @@ import statistics
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
 
-from ..registry import spec
 from ..files import StagedFiles, remove_stale_temporaries
+from .cells import (ACCURACY, LOSS, Cell, Measure, aggregate, columns, differences, family, grouped,
+                    measure_of, ranks, setting_text, usable)
 from .language import NATS_PER_BIT
 from .protocols import protocol_names
-from .stats import ALPHA, MAX_SEEDS_NEEDED, POWER, Difference, holm, paired_difference
+from . import report_figures
+from .stats import ALPHA, MAX_SEEDS_NEEDED, POWER, Difference, holm
 from .verdict import BETTER, UNTESTED, WORSE, Comparison, selection_basis, still_improving, verdict
 
-__all__ = ["ACCURACY", "GROUPS", "LOSS", "Measure", "aggregate", "differences", "markdown_table",
-           "measure_of", "ranks", "usable", "write_report"]
+__all__ = ["CSV_FIELDS", "baseline_of", "label", "markdown_table", "setups_of", "snr_tables", "verdict_of",
+           "write_report"]
 
-GROUPS = (("classic", "Non-learnable"), ("learnable", "Learnable"), ("adaptive", "Adaptive"))
 # runs.csv: (column, the row's field, its unit's factor from the stored value); names carry units.
 _PERCENT, _MIB = 100.0, 1 / 2**20
 CSV_FIELDS = (
@@ -67,105 +67,12 @@ _LOSS_ONLY = ("first_loss", "best_loss", "last_loss", "source_loss", "converted_
 _NEGATIVE_IS_MISSING = ("activation_params", "saved_memory", "peak_memory", "source_acc", "converted_acc",
                         "source_loss", "converted_loss")
 _ZERO_IS_MISSING = ("iters", "iter_time", "epoch_time")
-Cell = tuple[str, str, float]  # (activation, optimizer, lr)
-HIGHLIGHTED = 6  # activations drawn in colour in the learning curves, beside the baseline
-
-
-@dataclass(frozen=True)
-class Measure:
-    """How a kind of run is measured: the row's fields for the selected, first and last
-    evaluation and the curve; ``scale`` from the stored value to the table's unit; the unit of a
-    difference and what a cell holds; which way is better."""
-
-    first: str
-    best: str
-    last: str
-    curve: str
-    scale: float
-    unit: str  # of a difference: "points", "nats"
-    label: str  # what a cell holds
-    lower_is_better: bool
-
-
-ACCURACY = Measure("first_epoch_acc", "best_acc", "last_acc", "test_acc", 100.0, "points",
-                   "test accuracy (%)", False)
-LOSS = Measure("first_loss", "best_loss", "last_loss", "test_loss", 1.0, "nats per character",
-               "test loss (nats per character)", True)
-
-
-def measure_of(row: Mapping) -> Measure:
-    return LOSS if row.get("metric") == "loss" else ACCURACY
-
-
-def usable(row: dict) -> bool:
-    """A run that finished with finite measures: the only kind reported in the tables."""
-    m = measure_of(row)
-    try:
-        values = [row[m.first], row[m.best], *row[m.curve]]
-        return (row.get("status", "ok") == "ok" and bool(row[m.curve])
-                and all(math.isfinite(v) for v in values))
-    except (TypeError, KeyError):
-        return False
 
 
 def _file_stem(text: str) -> str:
     """``text`` as a plain file name part: letters, digits and ``._+-`` only, no leading dot, so
     names taken from a database can never point outside the report folder."""
     return re.sub(r"[^A-Za-z0-9._+-]", "_", text).lstrip(".")[:120] or "_"
-
-
-def _family(name: str) -> str:
-    try:
-        return spec(name.split(" ")[0]).family  # "meta_acon_c (resnet_after_3x3)" -> meta_acon_c
-    except ValueError:
-        return "classic"
-
-
-def aggregate(rows: Sequence[dict], metric: str,
-              scale: float = 100.0) -> dict[Cell, tuple[float, float, int]]:
-    """(activation, optimizer, lr) -> (mean, std, seeds) of ``scale`` * ``metric`` over seeds
-    (sample std; accuracies in %)."""
-    groups: dict[Cell, list[float]] = defaultdict(list)
-    for r in rows:
-        groups[(r["activation"], r["optimizer"], r["lr"])].append(scale * r[metric])
-    return {k: (statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v))
-            for k, v in groups.items()}
-
-
-def ranks(stats: Mapping[Cell, tuple[float, float, int]], lower_is_better: bool = False) -> dict[Cell, int]:
-    """Rank of each cell's mean within its column (1 = best; ties share the better rank)."""
-    columns: dict[tuple[str, float], list[float]] = defaultdict(list)
-    for (_, o, lr), (mean, _, _) in stats.items():
-        columns[(o, lr)].append(mean)
-    sign = -1 if lower_is_better else 1
-    return {cell: 1 + sum(sign * m > sign * mean for m in columns[cell[1:]])
-            for cell, (mean, _, _) in stats.items()}
-
-
-def differences(rows: Sequence[dict], metric: str, baseline: str,
-                scale: float = 100.0) -> dict[Cell, Difference]:
-    """Per cell, the difference of ``scale`` * ``metric`` (points of % for accuracies) to
-    ``baseline`` in the same column, paired by seed."""
-    by_cell: dict[Cell, dict[int, float]] = defaultdict(dict)
-    for r in rows:
-        by_cell[(r["activation"], r["optimizer"], r["lr"])][r["seed"]] = scale * r[metric]
-    out = {}
-    for (a, o, lr), values in by_cell.items():
-        base = by_cell.get((baseline, o, lr))
-        if a != baseline and base:
-            diff = paired_difference(values, base)
-            if diff is not None:
-                out[(a, o, lr)] = diff
-    return out
-
-
-def _columns(rows: Sequence[dict]) -> list[tuple[str, float]]:
-    return sorted({(r["optimizer"], r["lr"]) for r in rows}, key=lambda c: (c[0], -c[1]))
-
-
-def _activations(rows: Sequence[dict]) -> list[tuple[str, list[str]]]:
-    names = sorted({r["activation"] for r in rows})
-    return [(title, [n for n in names if _family(n) == fam]) for fam, title in GROUPS]
 
 
 def _interval_text(d: Difference, digits: int = 2) -> str:
@@ -203,10 +110,10 @@ def markdown_table(rows: Sequence[dict], metric: str, error: bool = False,
     rank = ranks(stats, lower_is_better=error or measure.lower_is_better)
     diffs = holm(differences(rows, metric, baseline, measure.scale)) if baseline else {}
     digits = 3 if measure.lower_is_better else 2
-    cols = _columns(rows)
+    cols = columns(rows)
     header = "| activation | " + " | ".join(f"{o.upper()} lr={lr:g}" for o, lr in cols) + " |"
     lines = [header, "|---|" + "---|" * len(cols)]
-    for title, names in _activations(rows):
+    for title, names in grouped(rows):
         if not names:
             continue
         lines.append(f"| *{title}* |" + " |" * len(cols))
@@ -226,10 +133,6 @@ def markdown_table(rows: Sequence[dict], metric: str, error: bool = False,
     return "\n".join(lines) + "\n"
 
 
-def _setting_text(setting: tuple[str, float]) -> str:
-    return f"{setting[0].upper()} lr={setting[1]:g}"
-
-
 def _seeds_text(c: Comparison) -> str:
     """What would resolve an unresolved comparison."""
     if c.seeds_needed is None:
@@ -247,7 +150,7 @@ def _verdict_lines(comparisons: Sequence[Comparison], baseline: str, basis: str,
     for c in comparisons:
         by[c.outcome].append(c.activation)
     tested = sum(c.difference.pairs >= 2 for c in comparisons)
-    base_setting = _setting_text(comparisons[0].baseline_setting)
+    base_setting = setting_text(comparisons[0].baseline_setting)
     judged = ("the validation split" if basis == "validation"
               else "the last training loss (no validation split)")
     lines = [f"Each activation at its own best setting, chosen by {judged}, against {baseline} at its best "
@@ -278,7 +181,7 @@ def _verdict_lines(comparisons: Sequence[Comparison], baseline: str, basis: str,
         chance = f"{pi.probability:.2f}" + ("" if math.isnan(pi.low) else f" [{pi.low:.2f}, {pi.high:.2f}]")
         mark = " †" if "activation" in c.unconverged else ""
         resolve = "" if c.outcome in (BETTER, WORSE) else _seeds_text(c)
-        lines.append(f"| {i} | {c.activation} | {_setting_text(c.setting)}{mark} | {interval} | {chance} | "
+        lines.append(f"| {i} | {c.activation} | {setting_text(c.setting)}{mark} | {interval} | {chance} | "
                      f"{c.outcome} | {d.pairs} | {resolve} |")
     lower = ", negative is lower" if measure.lower_is_better else ""
     lines += ["", f"Δ: mean difference to {baseline} over the seeds both ran (in {measure.unit}{lower}); "
@@ -448,7 +351,7 @@ def _csv_row(row: Mapping, protocol: str) -> dict:
     missing |= {f for f in _ZERO_IS_MISSING if not row.get(f)}
     if not ok:
         missing |= {*_ACCURACY_ONLY[:3], *_LOSS_ONLY[:3], "best_epoch"}
-    values = {**row, "family": _family(row["activation"]), "protocol": protocol,
+    values = {**row, "family": family(row["activation"]), "protocol": protocol,
               "training_version": row.get("protocol"),
               "status": "non-finite" if status == "ok" and not ok else status}
     out = {}
@@ -469,126 +372,6 @@ def _write_csv(rows: Sequence[dict], path: Path) -> None:
         w.writeheader()
         for r, protocol in zip(rows, protocol_names(rows)):
             w.writerow(_csv_row(r, protocol))
-
-
-def _plots(rows: Sequence[dict], out: Path, stem: str, stage: StagedFiles,
-           comparisons: Sequence[Comparison] = (), baseline: str | None = None) -> list[Path]:
-    """The heatmaps of the first and selected measures, the learning curves (the baseline and the
-    ``HIGHLIGHTED`` best of the verdict in colour, the rest faded) and, with a verdict, the forest
-    plot of its differences."""
-    import numpy as np
-
-    from ..analysis.plots import pyplot
-
-    plt = pyplot()
-
-    cols = _columns(rows)
-    names = [n for _, group in _activations(rows) for n in group]
-    paths = []
-    m = measure_of(rows[0])
-    unit = "epoch" if not rows[0].get("iters") else "iteration"
-
-    fig, axes = plt.subplots(1, 2, figsize=(2 * (4.5 + 1.3 * len(cols)), 0.35 * len(names) + 2.2),
-                             squeeze=False)
-    first = "first evaluation" if unit == "iteration" else "first epoch"
-    for ax, (metric, title) in zip(axes[0], ((m.first, first), (m.best, "selected"))):
-        stats = aggregate(rows, metric, m.scale)
-        grid = np.array([[stats.get((a, *c), (np.nan,))[0] for c in cols] for a in names])
-        im = ax.imshow(grid, cmap="viridis", aspect="auto", vmin=np.nanmin(grid), vmax=np.nanmax(grid))
-        ax.set_xticks(range(len(cols)), [f"{o} {lr:g}" for o, lr in cols], rotation=30, ha="right")
-        ax.set_yticks(range(len(names)), names)
-        ax.set_xlabel("optimizer, learning rate")
-        ax.set_ylabel("activation")
-        ax.set_title(f"{m.label}, {title}")
-        for i in range(len(names)):
-            for j in range(len(cols)):
-                if not np.isnan(grid[i, j]):
-                    ax.text(j, i, f"{grid[i, j]:.{3 if m.lower_is_better else 1}f}", ha="center", va="center",
-                            fontsize=7, color="w")
-        fig.colorbar(im, ax=ax)
-    fig.tight_layout()
-    paths.append(stage.add(out / f"{stem}heatmap.png", lambda p: fig.savefig(p, dpi=110, format="png")))
-    plt.close(fig)
-
-    order = [c.activation for c in comparisons]  # the verdict's ranking, else the first column's
-    if not order:
-        by_mean = aggregate(rows, m.best, m.scale)
-        sign = 1 if m.lower_is_better else -1
-        order = sorted(names, key=lambda a: min((sign * v[0] for k, v in by_mean.items() if k[0] == a),
-                                                default=math.inf))
-    shown = ([baseline] if baseline else []) + [a for a in order if a != baseline][:HIGHLIGHTED]
-    fig, axes = plt.subplots(1, len(cols), figsize=(5 * len(cols) + 2.5, 4), squeeze=False, sharey=True)
-    colours = plt.get_cmap("tab10")
-    markers = ("o", "s", "^", "D", "v", "P", "X")
-    for ax, c in zip(axes[0], cols):
-        for a in [n for n in names if n not in shown] + shown[::-1]:  # the highlighted drawn last, on top
-            mine = [r for r in rows if (r["activation"], r["optimizer"], r["lr"]) == (a, *c)]
-            if not mine:
-                continue
-            mean = m.scale * np.mean(np.array([r[m.curve] for r in mine]), axis=0)
-            steps = mine[0].get("evals") or range(1, len(mean) + 1)
-            if a not in shown:
-                ax.plot(steps, mean, color="0.75", linewidth=0.8, zorder=1)
-                continue
-            i = shown.index(a)
-            style = ({"color": "black", "linewidth": 2.2, "linestyle": "--"} if a == baseline else
-                     {"color": colours(i % 10), "linewidth": 1.6, "marker": markers[i % len(markers)],
-                      "markevery": max(1, len(mean) // 8), "markersize": 4})
-            ax.plot(steps, mean, label=a, zorder=2, **style)
-        ax.set_title(f"{c[0].upper()} lr={c[1]:g}")
-        ax.set_xlabel(unit)
-        ax.set_ylabel(f"{m.label}, mean over seeds")
-        ax.grid(alpha=0.3)
-    others = len(names) - len(shown)
-    if others > 0:
-        axes[0][-1].plot([], [], color="0.75", linewidth=0.8, label=f"the other {others}")
-    handles, labels = axes[0][-1].get_legend_handles_labels()
-    rank = {a: i for i, a in enumerate(shown)}  # the legend in the verdict's order, the baseline first
-    ordered = sorted(zip(handles, labels), key=lambda hl: rank.get(hl[1], len(rank)))
-    axes[0][-1].legend(*zip(*ordered), fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0),
-                       borderaxespad=0)
-    fig.tight_layout()
-    paths.append(stage.add(out / f"{stem}curves.png",
-                           lambda p: fig.savefig(p, dpi=110, format="png", bbox_inches="tight")))
-    plt.close(fig)
-    if comparisons and baseline:
-        paths.append(_forest(plt, comparisons, baseline, m, out / f"{stem}forest.png", stage))
-    return paths
-
-
-def _forest(plt, comparisons: Sequence[Comparison], baseline: str, m: Measure, path: Path,
-            stage: StagedFiles) -> Path:
-    """Each activation's difference to ``baseline`` at the tuned settings with its corrected
-    interval, ranked as the verdict ranks them; coloured by outcome, hollow where a setting had
-    not converged."""
-    colour = {BETTER: "tab:green", WORSE: "tab:red"}
-    fig, ax = plt.subplots(figsize=(7.5, 0.32 * len(comparisons) + 1.6))
-    ends = [x for c in comparisons for x in (c.difference.mean, c.difference.low, c.difference.high)
-            if math.isfinite(x)] + [0.0]
-    reach = max(ends) - min(ends) or 1.0
-    edge = (min(ends) - 0.1 * reach, max(ends) + 0.1 * reach)  # an unbounded interval runs to it, dashed
-    for y, c in enumerate(comparisons):
-        d = c.difference
-        col = colour.get(c.outcome, "0.35")
-        if d.pairs >= 2:
-            unbounded = math.isinf(d.low) or math.isinf(d.high)
-            ax.plot([max(d.low, edge[0]), min(d.high, edge[1])], [y, y], color=col, linewidth=1.8,
-                    linestyle="--" if unbounded else "-")
-        ax.plot([d.mean], [y], marker="o", markersize=6, color=col,
-                markerfacecolor="white" if c.unconverged else col)
-    ax.axvline(0.0, color="black", linewidth=0.8)
-    ax.set_yticks(range(len(comparisons)),
-                  [f"{c.activation} ({_setting_text(c.setting)})" for c in comparisons])
-    ax.invert_yaxis()
-    direction = "; negative is better" if m.lower_is_better else ""
-    ax.set_xlabel(f"difference to {baseline} at the tuned settings ({m.unit}{direction})")
-    ax.set_title("Holm-corrected intervals; green better, red worse, grey unresolved; hollow: not converged",
-                 fontsize=8)
-    ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    out = stage.add(path, lambda p: fig.savefig(p, dpi=110, format="png"))
-    plt.close(fig)
-    return out
 
 
 def write_report(rows: Sequence[dict], out_dir: str | Path, plots: bool = True, baseline: str | None = None,
@@ -745,14 +528,14 @@ def _stage_report(rows: Sequence[dict], out: Path, plots: bool, baseline: str | 
                            else f"the best test accuracy over the {point}s (selected on the test set)")
                 summary += [f"### {title}", "", f"Measure: {measure}.", "",
                             *_verdict_lines(comparisons, base, selection_basis(group), ACCURACY)]
-        dead = sorted({f"{o.upper()} lr={lr:g}" for o, lr in _columns(rows_)} -
-                      {f"{o.upper()} lr={lr:g}" for o, lr in _columns(group)})
+        dead = sorted({f"{o.upper()} lr={lr:g}" for o, lr in columns(rows_)} -
+                      {f"{o.upper()} lr={lr:g}" for o, lr in columns(group)})
         if dead:
             body += [f"No activation converged with: {', '.join(dead)}.", ""]
         if failed:
             body += ["### Runs that diverged or failed (not in the tables above)", "", _not_ok(failed)]
         if plots and group:
-            for p in _plots(group, out, stem, stage, comparisons, base):
+            for p in report_figures.plots(group, out, stem, stage, comparisons, base):
                 written.append(p)
                 body += [f"![{p.stem}]({p.name})", ""]
     if summary:
