@@ -226,8 +226,8 @@ def seeds_to_resolve(difference: Difference, comparisons: int, alpha: float = AL
     if difference.pairs < 2 or difference.mean == 0 or not math.isfinite(difference.sd):
         return None
     if difference.sd == 0:  # the sign-flip test's count, should every seed differ by the same amount
-        level = alpha / max(1, comparisons)
-        return max(difference.pairs, next(n for n in range(2, 64) if _same_differences_p(n) <= level))
+        needed = max(2, math.ceil(math.log2(2 * max(1, comparisons) / alpha)))  # 2 / 2^n <= alpha / m
+        return min(max(difference.pairs, needed), MAX_SEEDS_NEEDED + 1)
     effect = abs(difference.mean) / difference.sd
     level = alpha / max(1, comparisons)
 
