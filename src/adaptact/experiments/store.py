@@ -11,6 +11,9 @@ What SQLite guarantees is used fully:
   ``application_id``; those written before it are recognised by their one ``runs`` table.
 * Creating and migrating the schema is one ``BEGIN IMMEDIATE`` transaction, so any number of
   processes may open a fresh database at once.
+* A report reads with ``read_runs``, which writes nothing: no migration, no journal-mode switch,
+  SQLite's read-only mode (immutable on read-only media where nothing can be writing), so a
+  committed database, another user's or one on read-only media reads as it is.
 * Sweeps sharing a database claim the runs they train (table ``claims``: the run, its owner and
   when), so two sweeps never train one run twice; a claim whose process has died (same host) is
   taken over.

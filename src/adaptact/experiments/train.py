@@ -161,7 +161,9 @@ def _build(config: RunConfig, ds) -> torch.nn.Module:
 
 
 def run(config: RunConfig) -> dict:
-    """Train and evaluate once; deterministic on CPU for a given config (one thread).
+    """Train and evaluate once; deterministic on one machine's CPU for a given config (one thread).
+    Another CPU's kernels round differently (AVX2 against AVX-512): the same config trained there
+    can end a point or two of accuracy away, as a seed would.
 
     A seeded ``config.validation`` share of the training set is held out; after each epoch the
     accuracies on it (``val_acc``) and on the test set (``test_acc``) are recorded. ``best_epoch`` is
@@ -214,12 +216,14 @@ class _Measured:
 
 def _start(config: RunConfig, ds) -> Start:
     """A fine-tuning run's network from its pretrained run's checkpoint; the pretrained run is run
-    again (deterministic on the CPU) where its checkpoint is gone, and fails the run if it fails."""
+    again where its checkpoint is gone (the same network on the machine that trained it; another
+    CPU's rounding can make it differ, as the warning says), and fails the run if it fails."""
     pre = config.pretrained
     assert pre is not None and pre.checkpoint_dir
     path = Path(pre.checkpoint_dir) / checkpoint_name(pre)
     if not path.exists():
-        warnings.warn(f"the checkpoint of pretrained run {pre.key} was missing: it was trained again",
+        warnings.warn(f"the checkpoint of pretrained run {pre.key} was missing: it was trained again "
+                      "(on another machine than the stored run's, floating point can make it differ)",
                       stacklevel=2)
         row = run(pre)
         if row["status"] != "ok":
