@@ -116,6 +116,43 @@ def test_the_conversion_warns_by_site_and_reads_functional_calls():
     assert replaced.fits["0.act_site0"] < 1e-3  # leaky_relu(x, 0.2): its slope read from the call
     assert replaced.fits["0.act"] > FIT_TOLERANCE  # APReLU cannot become GELU
     messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
-    assert len(messages) == 1 and messages[0].startswith("0.act: the new activation comes within 0.26")
+    assert len(messages) == 2 and messages[0].startswith("0.act: the new activation comes within 0.26")
+    # the GELU site's fit pushed alpha's sigmoid to its end; the leaky one's slope 0.2 learns
+    assert "APReLU's bn2.bias at 1 site (0.act)" in messages[1] and messages[1] in replaced.notes
     with pytest.raises(ValueError, match="init must be one of 'paper', 'match', got 'fit'"):
         adaptact.replace_activations(Net(), "aprelu", init="fit")
+
+
+@pytest.mark.parametrize("name, frozen, learns", [
+    ("swish", "Swish's beta", set()), ("acon_c", "AconC's beta", {"p1", "p2"}),
+    ("aprelu", "APReLU's bn2.bias", set()), ("meta_acon_c", "MetaAconC's bn2.bias", {"p1", "p2"}),
+    ("arelu", "AReLU's alpha, beta", set()), ("dy_relu_b", None, {"fc2.weight", "fc2.bias"}),
+    ("frelu", None, {"conv_frelu.weight"}), ("prelu", None, {"weight"})])
+def test_a_match_that_saturates_what_learns_says_so(name, frozen, learns):
+    """Matched to ReLU, these families reach it at their limits (ACON's beta near 800, APReLU's
+    slope sigmoid at 1e-6): exact, and unable to learn away. The conversion says so in a warning
+    and its notes; fine-tuning then leaves the saturated knobs where the match put them, while
+    the ones it does not name move."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3), nn.Flatten(),
+                          nn.Linear(4 * 36, 5))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        replaced = adaptact.replace_activations(model, name, init="match")
+    said = [str(w.message) for w in caught if "saturating" in str(w.message)]
+    if frozen is None:
+        assert not said and not any("saturating" in n for n in replaced.notes)
+    else:
+        assert len(said) == 1 and f"{frozen} at 1 site (1)" in said[0] and said[0] in replaced.notes
+    act = model[1]
+    before = {n: p.detach().clone() for n, p in act.named_parameters()}
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(20):
+        x, y = torch.randn(16, 3, 8, 8, generator=g), torch.randint(0, 5, (16,), generator=g)
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    moved = {n for n, p in act.named_parameters() if (p.detach() - before[n]).abs().max() > 1e-5}
+    named = set(frozen.split("'s ")[1].split(", ")) if frozen else set()
+    assert not named & moved and learns <= moved, (named, learns, moved)  # what it names stays

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .matching import FIT_TOLERANCE, match
+from .matching import FIT_TOLERANCE, frozen_knobs, match
 from .nn import track_decoding
 from .nn.base import int_at_least
 from .nn.tracking import is_hf_model
@@ -317,6 +317,30 @@ def _target(site: Site, old: nn.Module | None) -> Callable[[torch.Tensor], torch
 _FITTED: dict[tuple, list[torch.Tensor]] = {}  # matching.match's fits, shared by conversions in a process
 
 
+def _saturated(model: nn.Module, matched: list[str]) -> str:
+    """What a conversion with ``init="match"`` must say where the fit saturated the knobs that make
+    the activation learn (``matching.frozen_knobs``): their gradients vanish, so fine-tuning leaves
+    it as fitted, the activation it replaced. "" where none is; sites of one kind and fit are
+    probed once."""
+    frozen: dict[str, list[str]] = {}
+    seen: dict[tuple, list[str]] = {}
+    for path in matched:
+        module = model.get_submodule(path)
+        values = tuple(float(p.detach().flatten()[0]) for p in module.parameters())
+        key = (type(module), values)
+        if key not in seen:
+            seen[key] = frozen_knobs(module)
+        if seen[key]:
+            frozen.setdefault(f"{type(module).__name__}'s {', '.join(seen[key])}", []).append(path)
+    if not frozen:
+        return ""
+    where = "; ".join(f"{knobs} at {len(paths)} site{'s' * (len(paths) > 1)} ({', '.join(paths[:3])}"
+                      f"{', ...' if len(paths) > 3 else ''})" for knobs, paths in frozen.items())
+    return (f"init='match' reached the activation it replaces by saturating what makes the new one "
+            f"learn: {where}. Their gradients vanish, so fine-tuning leaves these activations as "
+            f"matched; init='paper' trains them from the papers' values, at the cost of the function")
+
+
 def _matched(new: nn.Module, site: Site, old: nn.Module | None, init: str, path: str,
              fits: dict[str, float]) -> nn.Module:
     """``new``, fitted to what it replaces when ``init="match"`` (its fit error kept in ``fits``)."""
@@ -437,6 +461,10 @@ def replace_activations(model: nn.Module, name: ActivationLike, policy: str | Po
             warnings.warn(f"{path}: the new activation comes within {error:.3f} of the one it replaces, not "
                           f"{FIT_TOLERANCE} (max |new - old| on [-3, 3]; its family cannot match it)",
                           RuntimeWarning, stacklevel=2)
+    saturated = _saturated(model, list(fits))
+    if saturated:
+        notes.append(saturated)
+        warnings.warn(saturated, RuntimeWarning, stacklevel=2)
     paths = sorted(replaced, key=lambda p: order.get(p, len(order)))
     if replaced and is_hf_model(model):
         from .huggingface import record_conversion  # it reads this module's analysis

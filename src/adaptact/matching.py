@@ -27,10 +27,15 @@ from torch import Tensor, nn
 from .nn import ActivationModule
 from .nn.base import FITS
 
-__all__ = ["FIT_RANGE", "FIT_TOLERANCE", "fit_error", "match"]
+__all__ = ["FIT_RANGE", "FIT_TOLERANCE", "FROZEN", "fit_error", "frozen_knobs", "match"]
 
 FIT_RANGE = 3.0  # the fit error is measured on [-FIT_RANGE, FIT_RANGE]
 FIT_TOLERANCE = 0.05  # past this a conversion warns, naming the site
+# a fitted knob that moves the output by less than this per unit (standard-normal-weighted, a
+# random direction over the grid) is saturated: its gradients vanish, so training leaves it where
+# the fit put it (matched to ReLU: ACON's beta near 800, APReLU's and Meta-ACON-C's sigmoids at
+# their ends, 1e-4 and less; at the papers' initialisations, 10 and more)
+FROZEN = 1e-2
 _GRID = torch.linspace(-4.0, 4.0, 801, dtype=torch.float64)  # where the least squares are taken
 _WEIGHT = torch.exp(-_GRID.square() / 2)  # standard-normal weights
 # the fit error's grid: even on the range, and dense near 0, where a steep fit (ACON with a large
@@ -148,6 +153,26 @@ def match(new: nn.Module, old: Callable[[Tensor], Tensor],
     if cache is not None:
         cache[key] = best[1]
     return fit_error(new, old)
+
+
+def frozen_knobs(new: nn.Module) -> list[str]:
+    """The names of a matched ``new``'s fitted knobs (``fit_parameters``) that its output hardly
+    depends on where they are (sensitivity under ``FROZEN``): a match that reached its target by
+    saturating them leaves the activation unable to learn away from it. A copy is probed (float64,
+    training mode, as fine-tuning runs it; its generator silenced, as the match left it)."""
+    probe = copy.deepcopy(new).cpu().double().train()
+    if isinstance(probe, ActivationModule):
+        probe.backend = "reference"
+    names = {id(p): n for n, p in probe.named_parameters()}
+    knobs = [k for k in _knobs(probe) if id(k) in names]
+    if not knobs:
+        return []
+    direction = torch.randn(_GRID.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with torch.enable_grad():
+        output = _probe(probe, _GRID)
+        grads = torch.autograd.grad((_WEIGHT * direction * output).sum(), knobs, allow_unused=True)
+    return [names[id(k)] for k, g in zip(knobs, grads, strict=True)
+            if g is None or float(g.abs().max()) < FROZEN]
 
 
 def _set(knobs: list[Tensor], values: list[Tensor]) -> None:
