@@ -171,3 +171,18 @@ def test_what_a_match_to_a_smooth_or_leaky_activation_saturates_is_named_and_not
             warnings.simplefilter("ignore")
             adaptact.replace_activations(model, name, init="match")
         assert frozen_knobs(model[1]) == frozen, (name, source)
+
+
+def test_sites_fitted_alike_are_probed_for_saturation_once(monkeypatch):
+    """A model's sites of one kind take one fit; their saturation probe (seconds at LLaMA-7B's
+    width) runs once for all of them, though their silenced generators' first layers differ."""
+    import adaptact.convert as convert
+
+    probed = []
+    monkeypatch.setattr(convert, "frozen_knobs", lambda m: probed.append(m) or frozen_knobs(m))
+    model = nn.Sequential(*[nn.Sequential(nn.Linear(16, 64), nn.ReLU()) for _ in range(4)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        replaced = adaptact.replace_activations(model, "meta_acon_c", init="match")
+    assert len(probed) == 1
+    assert "MetaAconC's bn2.bias at 4 sites (0.1, 1.1, 2.1, ...)" in replaced.notes[-1]

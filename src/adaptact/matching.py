@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from .nn import ActivationModule
 from .nn.base import FITS
 
-__all__ = ["FIT_RANGE", "FIT_TOLERANCE", "FROZEN", "fit_error", "frozen_knobs", "match"]
+__all__ = ["FIT_RANGE", "FIT_TOLERANCE", "FROZEN", "fit_error", "fitted", "frozen_knobs", "match"]
 
 FIT_RANGE = 3.0  # the fit error is measured on [-FIT_RANGE, FIT_RANGE]
 FIT_TOLERANCE = 0.05  # past this a conversion warns, naming the site
@@ -156,6 +156,16 @@ def match(new: nn.Module, old: Callable[[Tensor], Tensor],
     if cache is not None:
         cache[key] = best[1]
     return fit_error(new, old)
+
+
+def fitted(new: nn.Module) -> tuple:
+    """What the match set in ``new``: its class and settings with the value each fitted knob holds
+    (every channel holds the same), so sites fitted alike compare equal whatever else (a silenced
+    generator's first layer) they hold. ``new`` is unchanged (a copy gives the knobs)."""
+    probe = copy.deepcopy(new)
+    names = {id(p): n for n, p in probe.named_parameters()}
+    knobs = [(names[id(k)], float(k.detach().flatten()[0])) for k in _knobs(probe) if id(k) in names]
+    return (_config(new), tuple(knobs))
 
 
 def frozen_knobs(new: nn.Module) -> list[str]:
