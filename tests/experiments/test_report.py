@@ -182,6 +182,7 @@ def test_two_seeds_that_differ_by_the_same_amount_decide_nothing(tmp_path):
     written = write_report(rows, tmp_path)
     summary = (tmp_path / "report.md").read_text().split("## Summary")[1]
     assert "| 1 | acon_c | SGD lr=0.01 | +2.00 [-∞, +∞] |" in summary
-    assert "| indistinguishable | 2 | 6 |" in summary  # the sign-flip test's 2 / 2^6 <= 5%
+    assert "| indistinguishable | 2 | 6 ‡ |" in summary  # the sign-flip test's 2 / 2^6 <= 5%, not a power's
+    assert "‡: every seed differed by the same amount, where the t-test cannot tell" in summary
     assert "- Better than relu: none." in summary
     assert tmp_path / "forest.png" in written

@@ -139,7 +139,15 @@ def _seeds_text(c: Comparison) -> str:
         return "2 seeds or more to test it" if c.outcome == UNTESTED else "none: no mean difference"
     if c.seeds_needed > MAX_SEEDS_NEEDED:
         return f"more than {MAX_SEEDS_NEEDED}"
-    return str(c.seeds_needed)
+    return f"{c.seeds_needed}{SAME_MARK if _same_differences(c) else ''}"
+
+
+SAME_MARK = " ‡"  # a count of the sign-flip test's, not a power's (``stats.seeds_to_resolve``)
+
+
+def _same_differences(c: Comparison) -> bool:
+    """Every seed differed from the baseline by the same amount (``stats``: the t-test cannot tell)."""
+    return c.difference.pairs >= 2 and c.difference.sd == 0 and c.difference.mean != 0
 
 
 def _verdict_lines(comparisons: Sequence[Comparison], baseline: str, basis: str,
@@ -191,7 +199,11 @@ def _verdict_lines(comparisons: Sequence[Comparison], baseline: str, basis: str,
                   "with Newcombe's score interval, which stays wide where a few seeds all beat the baseline. "
                   f"Seeds to resolve: per activation and baseline, for {POWER:.0%} power against the "
                   "observed difference at the strictest corrected level; `adaptact compare --extra-runs N` "
-                  "adds them.",
+                  "adds them."
+                  + (f" {SAME_MARK.strip()}: every seed differed by the same amount, where the t-test cannot "
+                     "tell; the count at which the exact sign-flip test could decide, should the seeds "
+                     "added keep to it." if any(_same_differences(c) and c.outcome not in (BETTER, WORSE)
+                                               for c in comparisons) else ""),
               ""]
     return lines
 
